@@ -1,0 +1,1 @@
+"""hetex exchange package."""

@@ -1,0 +1,1 @@
+"""hetex matching package."""
