@@ -1,0 +1,56 @@
+"""Root of hetex domain errors: stable codes, optional field, no HTTP (each package subclasses it)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class HetexError(Exception):
+    """Base of every domain error; `code` is stable, `field` names the offending input when known."""
+
+    code: ClassVar[str] = "hetex_error"
+
+    def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain form for logs and problem bodies."""
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            out["field"] = self.field
+        if self.details:
+            out.update(self.details)
+        return out
+
+
+class ValidationError(HetexError):
+    """Input that breaks a documented rule."""
+
+    code = "invalid_input"
+
+
+class NotFoundError(HetexError):
+    """A named thing does not exist."""
+
+    code = "not_found"
+
+
+class ConflictError(HetexError):
+    """The request conflicts with current state."""
+
+    code = "conflict"
+
+
+class AuthenticationError(HetexError):
+    """The caller could not be authenticated (missing/bad/expired/replayed signature, unknown key)."""
+
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(HetexError):
+    """The caller is known but may not do this (wrong owner, wrong role)."""
+
+    code = "forbidden"
