@@ -1,0 +1,7 @@
+"""`python -m exchange` is the `hetex` command."""
+
+import sys
+
+from exchange.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""HTTP API: handlers parse, call one service, serialize."""

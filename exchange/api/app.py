@@ -1,0 +1,21 @@
+"""Builds the aiohttp application from services: middlewares, routes, lifecycle."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from exchange.api import reference
+from exchange.api.keys import SERVICES
+from exchange.api.problems import problem_middleware
+from exchange.composition import Services
+
+ROUTE_TABLES = [reference.routes]
+
+
+def create_app(svc: Services) -> web.Application:
+    """The HTTP application for one set of services (the caller owns their lifecycle)."""
+    app = web.Application(middlewares=[problem_middleware], client_max_size=1 << 20)
+    app[SERVICES] = svc
+    for table in ROUTE_TABLES:
+        app.router.add_routes(table)
+    return app

@@ -1,0 +1,98 @@
+"""One table maps domain errors to RFC 9457 problem+json responses; a middleware applies it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from identifiers.errors import (
+    AuthenticationError,
+    ConflictError,
+    HetexError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
+
+log = logging.getLogger("hetex.api")
+
+PROBLEM_TYPE_BASE = "https://hetex.dev/problems/"
+CONTENT_TYPE = "application/problem+json"
+
+# Most specific class first; the first isinstance match decides the status.
+STATUS_BY_ERROR: list[tuple[type[HetexError], int]] = [
+    (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (ValidationError, 422),
+    (HetexError, 400),
+]
+
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Invalid input",
+    500: "Internal error",
+}
+
+
+def status_for(error: HetexError) -> int:
+    """HTTP status for a domain error (one table, no HTTP inside the domain)."""
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(error, cls):
+            return status
+    return 400
+
+
+def problem_response(status: int, code: str, detail: str, **extra: Any) -> web.Response:
+    """A problem+json response; `extra` adds members such as `field` or `reason`."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    body.update({k: v for k, v in extra.items() if v is not None})
+    headers = {"WWW-Authenticate": 'Signature realm="hetex"'} if status == 401 else None
+    return web.Response(
+        status=status, text=json.dumps(body, default=str), content_type=CONTENT_TYPE, headers=headers
+    )
+
+
+def error_response(error: HetexError) -> web.Response:
+    """Problem response for a domain error."""
+    return problem_response(status_for(error), error.code, error.message, field=error.field, **error.details)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into problem+json: domain errors, HTTP errors, and (logged) unexpected ones."""
+    try:
+        return await handler(request)
+    except HetexError as error:
+        return error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status, "http_error"
+        )
+        return problem_response(exc.status, code, exc.reason or TITLES.get(exc.status, "error"))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(500, "internal_error", "internal error; see the server log")

@@ -1,0 +1,71 @@
+"""Handlers for reference data: health, accelerator catalogue, regions, CRI resolution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from identifiers.catalogue import AcceleratorModel
+
+from exchange.api.keys import services
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness plus a database round trip."""
+    svc = services(request)
+    async with svc.sessions() as session:
+        from sqlalchemy import text
+
+        await session.execute(text("SELECT 1"))
+    return web.json_response({"status": "ok", "authority": svc.settings.authority})
+
+
+def model_json(model: AcceleratorModel) -> dict[str, Any]:
+    """Catalogue entry as JSON (Decimals as strings)."""
+    data = model.model_dump(mode="json") if hasattr(model, "model_dump") else dict(vars(model))
+    return data
+
+
+@routes.get("/v1/catalogue/accelerators")
+async def accelerators(request: web.Request) -> web.Response:
+    """The accelerator catalogue with sources, SCU and memory lens."""
+    cat = services(request).catalogue
+    models = [model_json(m) for m in cat.models]
+    return web.json_response(
+        {"count": len(models), "vendors": sorted({m.vendor for m in cat.models}), "models": models},
+        dumps=_dumps,
+    )
+
+
+@routes.get("/v1/regions")
+async def regions(request: web.Request) -> web.Response:
+    """Regions served, with the approximate round-trip latency matrix."""
+    table = services(request).regions
+    codes = list(table.codes)
+    return web.json_response(
+        {
+            "regions": [_region_json(table.get(c)) for c in codes],
+            "latency_ms": {a: {b: table.latency_ms(a, b) for b in codes} for a in codes},
+        },
+        dumps=_dumps,
+    )
+
+
+def _region_json(region: Any) -> dict[str, Any]:
+    return region.model_dump(mode="json") if hasattr(region, "model_dump") else dict(vars(region))
+
+
+@routes.get("/v1/resolve/{cri}")
+async def resolve(request: web.Request) -> web.Response:
+    """The record of the site or pool a CRI names."""
+    record = await services(request).resolve.resolve(request.match_info["cri"])
+    return web.json_response(record, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, default=str, ensure_ascii=False)

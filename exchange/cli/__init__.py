@@ -1,0 +1,1 @@
+"""The `hetex` command line: one module per group of verbs, each with `register(subparsers)`."""

@@ -1,0 +1,50 @@
+"""The one composition root: builds every service from settings; the app and the CLI call it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from identifiers.catalogue import Catalogue, load_catalogue
+from identifiers.regions import RegionTable, load_regions
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from exchange.services.resolve import ResolveService
+from exchange.settings import Settings
+from exchange.storage.engine import make_engine, make_sessionmaker
+
+
+@dataclass
+class Services:
+    """Every service of one exchange process, wired to one database."""
+
+    settings: Settings
+    engine: AsyncEngine | None
+    sessions: async_sessionmaker[AsyncSession]
+    catalogue: Catalogue
+    regions: RegionTable
+    resolve: ResolveService
+
+    async def close(self) -> None:
+        """Release the database pool (only when this root opened it)."""
+        if self.engine is not None:
+            await self.engine.dispose()
+
+
+async def build_services(
+    settings: Settings, *, sessions: async_sessionmaker[AsyncSession] | None = None
+) -> Services:
+    """Wire services for `settings`; tests pass `sessions` bound to a rolled-back transaction."""
+    engine = None
+    if sessions is None:
+        engine = make_engine(settings.database_url)
+        sessions = make_sessionmaker(engine)
+    catalogue = load_catalogue()
+    regions = load_regions()
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        catalogue=catalogue,
+        regions=regions,
+        resolve=ResolveService(sessions, settings.authority),
+    )

@@ -1,0 +1,1 @@
+"""Domain services, one module per stage of the data path; no HTTP here."""

@@ -1,0 +1,67 @@
+"""Service settings read once from the environment (HETEX_*) and passed to the composition root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+from identifiers.errors import ValidationError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./hetex.db"
+
+
+def normalize_database_url(url: str) -> str:
+    """Map plain `sqlite:///` and `postgresql://` URLs onto the async drivers hetex ships with."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        return url
+    raise ValidationError(
+        f"unsupported database URL scheme in {url.split('://', 1)[0]!r}: use sqlite:/// or postgresql://",
+        field="HETEX_DATABASE_URL",
+    )
+
+
+class Settings(BaseModel):
+    """Everything the service needs to start; no secrets other than paths to key files."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = Field(default=8470, ge=0, le=65535)
+    authority: str = "HX"
+    origin: str = "hetex.example/log"
+    public_base_url: str | None = None
+    key_dir: Path = Path(".hetex/keys")
+    signature_window_seconds: int = Field(default=300, ge=1)
+    heartbeat_timeout_seconds: int = Field(default=900, ge=1)
+    round_interval_seconds: float = Field(default=0, ge=0)
+    checkpoint_interval_seconds: float = Field(default=10, ge=0)
+    fee_bps: int = Field(default=100, ge=0, le=10_000)
+    migrate_on_start: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded default."""
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Read HETEX_* variables (names are the field names upper-cased), then apply overrides."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            key = "HETEX_" + name.upper()
+            if key in env and env[key] != "":
+                values[name] = env[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)

@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy models per stage, the async engine, and migrations."""

@@ -1,0 +1,1 @@
+"""Alembic environment and versions for hetex (schema changes happen only here)."""
