@@ -30,9 +30,7 @@ class Services:
             await self.engine.dispose()
 
 
-async def build_services(
-    settings: Settings, *, sessions: async_sessionmaker[AsyncSession] | None = None
-) -> Services:
+async def build_services(settings: Settings, *, sessions: async_sessionmaker[AsyncSession] | None = None) -> Services:
     """Wire services for `settings`; tests pass `sessions` bound to a rolled-back transaction."""
     engine = None
     if sessions is None:

@@ -39,9 +39,7 @@ def run() -> None:
     if connection is not None:
         _configure_and_run(connection)
         return
-    url = context.config.get_main_option("sqlalchemy.url") or os.environ.get(
-        "HETEX_DATABASE_URL", DEFAULT_DATABASE_URL
-    )
+    url = context.config.get_main_option("sqlalchemy.url") or os.environ.get("HETEX_DATABASE_URL", DEFAULT_DATABASE_URL)
     asyncio.run(_run_online(normalize_database_url(url)))
 
 

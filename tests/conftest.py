@@ -104,6 +104,4 @@ def fresh_db_factory(backend: str, pg_server_url: str | None, tmp_path: Path) ->
 
 def pytest_report_header(config: Any) -> str:
     """Say up front which PostgreSQL the run will use."""
-    return (
-        "hetex: PostgreSQL tests use testcontainers, $HETEX_TEST_PG_URL or 127.0.0.1:5432 (CI=true: required)"
-    )
+    return "hetex: PostgreSQL tests use testcontainers, $HETEX_TEST_PG_URL or 127.0.0.1:5432 (CI=true: required)"

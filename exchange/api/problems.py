@@ -66,9 +66,7 @@ def problem_response(status: int, code: str, detail: str, **extra: Any) -> web.R
     }
     body.update({k: v for k, v in extra.items() if v is not None})
     headers = {"WWW-Authenticate": 'Signature realm="hetex"'} if status == 401 else None
-    return web.Response(
-        status=status, text=json.dumps(body, default=str), content_type=CONTENT_TYPE, headers=headers
-    )
+    return web.Response(status=status, text=json.dumps(body, default=str), content_type=CONTENT_TYPE, headers=headers)
 
 
 def error_response(error: HetexError) -> web.Response:
@@ -89,9 +87,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            exc.status, "http_error"
-        )
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "http_error")
         return problem_response(exc.status, code, exc.reason or TITLES.get(exc.status, "error"))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)

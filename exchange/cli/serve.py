@@ -30,9 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="port (default 8470)")
     p.add_argument("--key-dir", help="directory of the exchange signing key (created if missing)")
     p.add_argument("--authority", help="this exchange's CRI authority code")
-    p.add_argument(
-        "--round-interval", type=float, default=None, help="seconds between clearing rounds (0: off)"
-    )
+    p.add_argument("--round-interval", type=float, default=None, help="seconds between clearing rounds (0: off)")
     p.add_argument("--no-migrate", action="store_true", help="refuse to start if the schema is behind")
     add_db_flag(p)
     p.set_defaults(func=run)

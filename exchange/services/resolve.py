@@ -36,9 +36,7 @@ class ResolveService:
                 if site is None:
                     raise UnknownCriError(f"no site {canonical} at authority {self.authority}", field="cri")
                 return site_view(site)
-            pool_row = (
-                await session.execute(select(Pool, Site).join(Site).where(Pool.cri == canonical))
-            ).one_or_none()
+            pool_row = (await session.execute(select(Pool, Site).join(Site).where(Pool.cri == canonical))).one_or_none()
             if pool_row is None:
                 raise UnknownCriError(f"no pool {canonical} at authority {self.authority}", field="cri")
             pool, site = pool_row
