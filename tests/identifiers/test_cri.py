@@ -55,6 +55,12 @@ def reason_of(text: str, **kwargs: object) -> str:
 def test_iso7064_vector() -> None:
     assert mod_37_36.calc_check_digit("A12425GABC1234002") == "M"
     assert mod_37_36.is_valid("A12425GABC1234002M")
+    assert check_character("A12425GABC1234002") == "M"
+    lines = (specs_dir() / "vectors" / "iso7064" / "mod_37_36.txt").read_text(encoding="utf-8").split("\n")
+    vectors = [line.split() for line in lines if line.strip()]
+    assert vectors
+    for payload, expected in vectors:
+        assert check_character(payload) == expected
 
 
 def test_check_character_skips_separators() -> None:
