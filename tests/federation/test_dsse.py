@@ -128,9 +128,18 @@ def test_rejection_reasons() -> None:
     other = sign_envelope(PT, b"x", [("stranger", stranger)])
     assert _reason(other) == "unknown_key"
     assert _reason(env, threshold=2) == "threshold_not_met"
-    for bad in [None, [], {}, dict(env, payload=5), dict(env, payload="!!"), dict(env, signatures=[]),
-                dict(env, signatures=[{"keyid": 5, "sig": "AA=="}]), dict(env, payloadType=""),
-                dict(env, signatures=["x"]), dict(env, payload="ab+_")]:  # fmt: skip
+    for bad in [
+        None,
+        [],
+        {},
+        dict(env, payload=5),
+        dict(env, payload="!!"),
+        dict(env, signatures=[]),
+        dict(env, signatures=[{"keyid": 5, "sig": "AA=="}]),
+        dict(env, payloadType=""),
+        dict(env, signatures=["x"]),
+        dict(env, payload="ab+_"),
+    ]:
         assert _reason(bad) == "malformed"
 
 

@@ -25,7 +25,9 @@ from tests.federation.conftest import VECTORS
 
 GOLDEN = json.loads((VECTORS / "note" / "hetex-note-vectors.json").read_text(encoding="utf-8"))
 GO = json.loads((VECTORS / "note" / "go-note-example.json").read_text(encoding="utf-8"))
-LOG = NoteSigner(GOLDEN["keys"]["log"]["name"], SigningKey.from_seed(bytes.fromhex(GOLDEN["keys"]["log"]["seed"])))
+LOG = NoteSigner(
+    GOLDEN["keys"]["log"]["name"], SigningKey.from_seed(bytes.fromhex(GOLDEN["keys"]["log"]["seed"]))
+)
 WITNESS = NoteSigner(
     GOLDEN["keys"]["witness"]["name"], SigningKey.from_seed(bytes.fromhex(GOLDEN["keys"]["witness"]["seed"]))
 )
@@ -45,8 +47,11 @@ def test_golden_keys() -> None:
 
 
 def test_golden_checkpoint_signs_byte_for_byte() -> None:
-    cp = Checkpoint(GOLDEN["checkpoint"]["origin"], GOLDEN["checkpoint"]["size"],
-                    base64.b64decode(GOLDEN["checkpoint"]["root"]))  # fmt: skip
+    cp = Checkpoint(
+        GOLDEN["checkpoint"]["origin"],
+        GOLDEN["checkpoint"]["size"],
+        base64.b64decode(GOLDEN["checkpoint"]["root"]),
+    )
     assert cp.to_text() == GOLDEN["text"]
     assert cp.sign([LOG]) == GOLDEN["note"]
     assert sign_note(GOLDEN["text"], [LOG, WITNESS]) == GOLDEN["cosigned_note"]
@@ -146,9 +151,16 @@ def test_checkpoint_round_trip(size: int, root: bytes, ext: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["origin\n08\nAAAA\n", "origin\n-1\nAAAA\n", "origin\n1\n", "origin\n1\n!!\n", "origin\n1\nAAAA", "\n1\nAAAA\n",
-     "o\n1\nAAAA\n\n"],
-)  # fmt: skip
+    [
+        "origin\n08\nAAAA\n",
+        "origin\n-1\nAAAA\n",
+        "origin\n1\n",
+        "origin\n1\n!!\n",
+        "origin\n1\nAAAA",
+        "\n1\nAAAA\n",
+        "o\n1\nAAAA\n\n",
+    ],
+)
 def test_bad_checkpoints(text: str) -> None:
     with pytest.raises(NoteError):
         parse_checkpoint(text)
