@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.canonical import canonical_bytes, canonical_hash
@@ -52,6 +52,7 @@ json_values = st.recursive(
 )
 
 
+@settings(deadline=None)
 @given(json_values)
 def test_idempotent_and_order_independent(value: object) -> None:
     once = canonical_bytes(value)

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.dsse import (
@@ -93,6 +93,7 @@ def _alice_ring(**kw: Any) -> Keyring:
     return ring
 
 
+@settings(deadline=None)
 @given(
     st.dictionaries(
         st.text(max_size=10),
@@ -128,7 +129,7 @@ def test_rejection_reasons() -> None:
     other = sign_envelope(PT, b"x", [("stranger", stranger)])
     assert _reason(other) == "unknown_key"
     assert _reason(env, threshold=2) == "threshold_not_met"
-    for bad in [
+    bads: list[Any] = [
         None,
         [],
         {},
@@ -139,7 +140,8 @@ def test_rejection_reasons() -> None:
         dict(env, payloadType=""),
         dict(env, signatures=["x"]),
         dict(env, payload="ab+_"),
-    ]:
+    ]
+    for bad in bads:
         assert _reason(bad) == "malformed"
 
 

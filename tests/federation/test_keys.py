@@ -7,7 +7,7 @@ import hashlib
 import stat
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.errors import BadSignatureError, KeyFormatError
@@ -102,6 +102,7 @@ def test_bad_verifier_keys(bad: str) -> None:
         parse_verifier_key(bad)
 
 
+@settings(deadline=None)
 @given(seed=seeds, name=names)
 def test_verifier_and_signer_key_round_trip(seed: bytes, name: str) -> None:
     key = SigningKey.from_seed(seed)
@@ -112,6 +113,7 @@ def test_verifier_and_signer_key_round_trip(seed: bytes, name: str) -> None:
     assert n2 == name and k2.seed() == seed
 
 
+@settings(deadline=None)
 @given(seed=seeds)
 def test_public_key_text_round_trip(seed: bytes) -> None:
     pub = SigningKey.from_seed(seed).public

@@ -208,6 +208,7 @@ def test_proof_generation_arguments() -> None:
     assert consistency_proof(TREE, 5, 5) == []
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=0, max_value=5000), st.integers(min_value=0, max_value=5000))
 def test_aligned_subtrees(a: int, b: int) -> None:
     start, end = min(a, b), max(a, b)
@@ -246,6 +247,7 @@ def test_proofs_are_logarithmic_in_lookups() -> None:
         assert src.calls <= 2 * 10
 
 
+@settings(deadline=None)
 @given(st.lists(st.binary(max_size=8), max_size=70))
 def test_compact_range_and_node_store(entries: list[bytes]) -> None:
     cr = CompactRange()

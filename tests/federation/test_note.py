@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.errors import NoteError
@@ -110,7 +111,7 @@ def test_known_key_rules() -> None:
         lambda n: n + "\u2014 x AAAA\n",  # signature shorter than key id + 1 byte
     ],
 )
-def test_malformed_notes(mangle) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_notes(mangle: Callable[[str], str]) -> None:
     assert _reason(mangle(GOLDEN["note"]), [LOG.verifier]) == "malformed"
 
 
@@ -127,10 +128,11 @@ def test_sign_refuses_bad_text() -> None:
 
 
 note_text = st.lists(
-    st.text(alphabet=st.characters(min_codepoint=0x20, blacklist_categories=("Cs",)), max_size=30), min_size=1
+    st.text(alphabet=st.characters(min_codepoint=0x20, blacklist_categories=["Cs"]), max_size=30), min_size=1
 ).map(lambda lines: "".join(line + "\n" for line in lines))
 
 
+@settings(deadline=None)
 @given(text=note_text)
 def test_round_trip(text: str) -> None:
     note = sign_note(text, [LOG, WITNESS])
@@ -138,6 +140,7 @@ def test_round_trip(text: str) -> None:
     assert verify_note(note, [WITNESS.verifier]) == text
 
 
+@settings(deadline=None)
 @given(
     size=st.integers(min_value=0, max_value=2**63),
     root=st.binary(min_size=32, max_size=32),
