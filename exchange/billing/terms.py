@@ -221,3 +221,45 @@ def period_amount(
         "milestone_index": period.milestone,
         "share_bps": m.share_bps,
     }
+
+
+NOMINAL_PERIOD_HOURS = {"month": 30 * 24, "year": 365 * 24}
+_PERIOD_ALIASES = {"monthly": "month", "yearly": "year", "month": "month", "year": "year"}
+
+
+def contract_terms_from_order(
+    mode: str, order_terms: dict[str, Any] | None, *, start_at: int, end_at: int, buyer_price_fen: int
+) -> dict[str, Any]:
+    """Contract terms from an order's terms (specs/billing.md 3): fills what the order leaves to the match.
+
+    subscription: `period` monthly|yearly -> `interval`; price per device defaults to the matched price per
+    device-hour x the nominal period (720 h a month, 8760 h a year). project: milestones without `due_at`
+    fall due at their cumulative share of the contract span (the last at its end); no milestones means one
+    'completion' milestone. compute_tier: `tier_table` names the tier.
+    """
+    terms = dict(order_terms or {})
+    if mode == "subscription":
+        period = terms.pop("period", None)
+        if period is not None and "interval" not in terms:
+            if period not in _PERIOD_ALIASES:
+                raise BillingError("billing_terms.period must be monthly or yearly", field="billing_terms.period")
+            terms["interval"] = _PERIOD_ALIASES[period]
+        terms.setdefault("interval", "month")
+        if "price_fen_per_device" not in terms and terms["interval"] in NOMINAL_PERIOD_HOURS:
+            terms["price_fen_per_device"] = buyer_price_fen * NOMINAL_PERIOD_HOURS[terms["interval"]]
+    elif mode == "project":
+        raw = terms.get("milestones") or [{"name": "completion", "share_bps": 10_000}]
+        span = end_at - start_at
+        cumulative = 0
+        milestones = []
+        for i, m in enumerate(raw):
+            m = dict(m)
+            cumulative += int(m.get("share_bps", 0))
+            if "due_at" not in m:
+                m["due_at"] = end_at if i == len(raw) - 1 else start_at + span * cumulative // 10_000
+            milestones.append(m)
+        terms["milestones"] = milestones
+    elif mode == "compute_tier" and "tier_table" in terms:
+        terms.setdefault("tier", terms.pop("tier_table"))
+        terms.pop("tier_table", None)
+    return terms

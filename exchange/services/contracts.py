@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.billing.compute_tier import TierTable
 from exchange.billing.errors import BillingError
-from exchange.billing.terms import parse_terms, terms_to_json
+from exchange.billing.terms import contract_terms_from_order, parse_terms, terms_to_json
 from exchange.services.parties import Caller, require_party
 from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
@@ -170,7 +170,9 @@ class ContractService:
         """Create one contract in the caller's transaction and append its signed record to the log.
 
         The caller (a clearing round) has already reserved capacity; this checks the pool belongs to the
-        provider, the span and amounts are sane and the billing terms are valid for the mode.
+        provider, the span and amounts are sane and the billing terms are valid for the mode. `billing_terms`
+        may be the order's terms as given (period / tier_table / milestones without due dates): they are
+        completed per specs/billing.md section 3 and the completed terms are what the contract signs.
         """
         if devices < 1:
             raise ValidationError("devices must be >= 1", field="devices")
@@ -190,7 +192,10 @@ class ContractService:
             raise ValidationError("the pool does not belong to the provider", field="provider_id")
         if devices > pool.devices:
             raise ValidationError("more devices than the pool has", field="devices")
-        terms = self._complete_terms(billing_mode, billing_terms, pool.model)
+        order_terms = contract_terms_from_order(
+            billing_mode, billing_terms, start_at=start_at, end_at=end_at, buyer_price_fen=buyer_price_fen
+        )
+        terms = self._complete_terms(billing_mode, order_terms, pool.model)
         typed = parse_terms(billing_mode, terms, start_at=start_at, end_at=end_at)
         contract = Contract(
             id=new_id_str(),

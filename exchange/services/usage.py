@@ -31,6 +31,7 @@ from identifiers.errors import ConflictError, ValidationError
 from identifiers.ids import new_id_str
 
 USAGE_PAYLOAD_TYPE = record_payload_type("usage")
+FUTURE_SKEW_SECONDS = 60
 
 
 class UsageRefusedError(ValidationError):
@@ -65,7 +66,7 @@ class UsagePayload(pydantic.BaseModel):
 
 def usage_payload(**fields: Any) -> bytes:
     """Canonical payload bytes of a usage report (what the node signs)."""
-    return canonical_bytes(UsagePayload(**fields).model_dump())
+    return canonical_bytes(parse_usage_payload(fields).model_dump())
 
 
 def parse_usage_payload(obj: Any) -> UsagePayload:
@@ -151,7 +152,7 @@ class UsageService:
                     f"meter {payload.meter_id} already reported seq {payload.seq} with a different body",
                     existing_id=existing.id,
                 )
-            self._check_fits(contract, payload)
+            self._check_fits(contract, payload, self.clock())
             used = await session.scalar(
                 select(func.coalesce(func.sum(UsageReport.device_minutes), 0)).where(
                     UsageReport.contract_id == contract.id
@@ -189,8 +190,8 @@ class UsageService:
             await session.flush()
             return usage_view(row), True
 
-    def _check_fits(self, contract: Contract, p: UsagePayload) -> None:
-        """Refuse usage outside the contract: unconfirmed, outside the billable span, or too many minutes."""
+    def _check_fits(self, contract: Contract, p: UsagePayload, now: int) -> None:
+        """Refuse usage outside the contract: unconfirmed, outside the billable span, future, too many minutes."""
         if contract.confirmed_at is None:
             raise UsageRefusedError("not_confirmed", "the provider has not confirmed this contract")
         if p.period_end <= p.period_start:
@@ -203,6 +204,8 @@ class UsageService:
                 contract_start=contract.start_at,
                 contract_end=end,
             )
+        if p.period_end > now + FUTURE_SKEW_SECONDS:
+            raise UsageRefusedError("in_future", "the period has not ended yet", now=now)
         if p.device_minutes * 60 > contract.devices * (p.period_end - p.period_start):
             raise UsageRefusedError(
                 "too_many_device_minutes",
