@@ -263,9 +263,9 @@ class ContractService:
             row = await self._load(session, contract_id, lock=True)
             require_party(caller, row.provider_id, row.provider_id)
             if row.status != "pending":
-                raise ContractStateError(f"contract is {row.status}, not pending", status=row.status)
+                raise ContractStateError(f"contract is {row.status}, not pending", contract_status=row.status)
             if now >= row.end_at:
-                raise ContractStateError("the contract has already ended", status=row.status)
+                raise ContractStateError("the contract has already ended", contract_status=row.status)
             row.status = "confirmed"
             row.confirmed_at = now
             await self._event(session, row, "confirmed", caller.id, None)
@@ -278,9 +278,9 @@ class ContractService:
             row = await self._load(session, contract_id, lock=True)
             require_party(caller, row.buyer_id, row.provider_id)
             if row.status not in ("pending", "confirmed"):
-                raise ContractStateError(f"contract is {row.status}", status=row.status)
+                raise ContractStateError(f"contract is {row.status}", contract_status=row.status)
             if now >= row.end_at:
-                raise ContractStateError("the contract has already ended", status=row.status)
+                raise ContractStateError("the contract has already ended", contract_status=row.status)
             row.status = "cancelled"
             row.cancelled_at = now
             row.cancel_reason = reason[:200]

@@ -122,7 +122,12 @@ async def assert_included(market: Market, records: list[dict[str, Any]]) -> None
         note = await resp.text()
     cp = verify_checkpoint(note, verifiers, origin=keys["origin"])
     for rec in records:
-        leaf = leaf_hash(canonical_bytes(rec["envelope"]))
+        entry = await client.request("GET", f"/v1/ledger/entries/{rec['log_index']}")
+        stored = base64.b64decode(entry["payload"])
+        assert entry["record_id"] == rec["id"]
+        if "envelope" in rec:  # usage and settlement views carry the stored envelope: the same bytes
+            assert canonical_bytes(rec["envelope"]) == stored
+        leaf = leaf_hash(stored)
         proof = await client.request(
             "GET", "/v1/ledger/proofs/inclusion", params={"index": rec["log_index"], "size": cp.size}
         )
