@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from federation.keys import SigningKey
 
 from exchange.billing import BillingError
 from exchange.cli.usage import build_usage_envelope
 from exchange.client import RemoteError
+from federation.keys import SigningKey
 from identifiers.errors import ValidationError
 from tests.exchange.registration_support import make_api
 from tests.exchange.settlement_support import Market, cst, make_market
@@ -203,3 +203,23 @@ async def test_create_from_match_validates(market: Market) -> None:
             end=T0 + HOUR,
             billing_terms={"fixed_price_fen": 100, "milestones": [{"name": "a", "share_bps": 5000}]},
         )
+
+
+async def test_cli_usage_report(market: Market, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+    import json
+
+    from exchange.cli.main import main
+    from federation.keys import save_signing_key
+
+    c = await confirmed(market)
+    market.clock.now = T0 + 2 * HOUR
+    key_file = save_signing_key(tmp_path / "node.pem", market.provider.key)
+    argv = ["usage", "report", "--url", market.api.base_url, "--key", str(key_file), "--contract", c["id"]]
+    argv += ["--meter", "node-7", "--seq", "1", "--from", "2026-03-02T09:00:00+08:00", "--to", str(T0 + HOUR)]
+    assert await asyncio.to_thread(main, [*argv, "--device-minutes", "90"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    got = (out["meter_id"], out["period_start"], out["device_minutes"], out["status"])
+    assert got == ("node-7", T0, 90, "accepted")
+    assert await asyncio.to_thread(main, [*argv, "--device-minutes", "91"]) == 2  # same seq, other body: 409
+    assert "already reported" in capsys.readouterr().err
