@@ -128,11 +128,11 @@ class SettlementService:
                         session.add(batch)
                         await session.flush()
                     row.batch_id = batch.id
-                    session.add(row)
-                    await session.flush()
                     appended = await self.ledger.append(session, "settlement", row.id, settlement_body(row))
                     row.log_index = appended.index
                     row.envelope = canonical_bytes(appended.envelope).decode("utf-8")
+                    session.add(row)  # inserted once, complete: settlement rows are never updated
+                    await session.flush()
                     await session.execute(
                         update(UsageReport).where(UsageReport.id.in_(row.usage_ids)).values(settlement_id=row.id)
                     )

@@ -223,3 +223,17 @@ async def test_cli_usage_report(market: Market, tmp_path: Path, capsys: pytest.C
     assert got == ("node-7", T0, 90, "accepted")
     assert await asyncio.to_thread(main, [*argv, "--device-minutes", "91"]) == 2  # same seq, other body: 409
     assert "already reported" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sql", ["UPDATE settlement_records SET buyer_debit_fen = 1", "DELETE FROM settlement_records"])
+async def test_settlement_rows_are_append_only_in_the_database(market: Market, sql: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    c = await confirmed(market, devices=1, hours=1)
+    market.clock.now = T0 + HOUR
+    assert (await market.settle())["count"] == 1
+    with pytest.raises(DBAPIError, match="append-only"):
+        async with market.api.svc.sessions.begin() as session:
+            await session.execute(text(sql))
+    assert len(await market.settlements(c["id"])) == 1
