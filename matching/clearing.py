@@ -140,15 +140,15 @@ def _resolve_singles(prep: Prepared, src: Placer) -> Placer:
         net2 = build_network(prep, edge_mask=unit[prep.e_order], free=out.free)
         rel2 = relax(net2)
         items = []
-        for o in np.nonzero(unit)[0]:
+        for o in np.nonzero(unit)[0].tolist():
             es = prep.order_edges[o]
             xs = rel2.x[es]
             if xs.max() > 0.5:
                 e = int(es[int(np.argmax(xs))])
                 items.append((-int(prep.e_limit[e]), seqs[o], int(o), e))
         items.sort()
-        for o in _place_on_flow(prep, net2, rel2, out, [(o, e) for *_, o, e in items]):
-            out.place(o, prep.order_edges[o])
+        for fo in _place_on_flow(prep, net2, rel2, out, [(o, e) for *_, o, e in items]):
+            out.place(fo, prep.order_edges[fo])
     rest = []
     for o in range(prep.n_orders):
         es = prep.order_edges[o]
@@ -289,7 +289,7 @@ def _repair(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, *, sp
         net2 = build_network(prep, edge_mask=mask, free=placer.free)
         rel2 = relax(net2)
         items = []
-        for o in np.nonzero(unit)[0]:
+        for o in np.nonzero(unit)[0].tolist():
             es = prep.order_edges[o]
             xs = rel2.x[es]
             if xs.max() > 0.5:
@@ -299,7 +299,7 @@ def _repair(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, *, sp
         failed = _place_on_flow(prep, net2, rel2, placer, [(o, e) for *_, o, e in items])
         for o in failed:
             placer.place(o, prep.order_edges[o])
-        for o in np.nonzero(unit)[0]:
+        for o in np.nonzero(unit)[0].tolist():
             if not placer.filled[o]:
                 es = prep.order_edges[o]
                 best_sur = int((prep.e_limit[es] - prep.class_min_ask[prep.e_class[es]]).max())

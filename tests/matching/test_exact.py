@@ -38,10 +38,7 @@ def brute_force(m: Market) -> Fraction:
                 continue
             if not region_allowed(o, p.region, m.latency_ms) or L * slot < p.min_lease_seconds:
                 continue
-            if o.quantity_devices is not None:
-                n = o.quantity_devices
-            else:
-                n = math.ceil(o.quantity_scu / p.scu)
+            n = o.quantity_devices if o.quantity_devices is not None else math.ceil(o.quantity_scu / p.scu)
             need = n if o.all_or_nothing else (min(n, o.min_fill_devices) if o.quantity_scu is None else 1)
             for s in starts:
                 if p.window_end is not None and s + L * slot > p.window_end:
