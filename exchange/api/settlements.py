@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 
-import pydantic
 from aiohttp import web
 
 from exchange.api.auth import require_principal
-from exchange.api.contracts import json_response
 from exchange.api.keys import services
 from exchange.api.parsing import parse_body, query_int
-from exchange.api.responses import path_id
+from exchange.api.responses import model_response, path_id
+from exchange.services.contract_views import BatchView, SettlementList, SettlementRun, SettlementView
 from identifiers.errors import ValidationError
 
 routes = web.RouteTableDef()
@@ -28,21 +27,13 @@ def query_id(request: web.Request, name: str) -> str | None:
     return value
 
 
-class RunBody(pydantic.BaseModel):
-    """Body of POST /v1/settlements/run: settle what was due by `as_of` (default: now)."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    as_of: pydantic.StrictInt | None = pydantic.Field(default=None, ge=0)
-
-
 @routes.post("/v1/settlements/run")
 async def run(request: web.Request) -> web.Response:
     """Operator: settle every due contract period in one batch transaction."""
     who = require_principal(request)
-    body = await parse_body(request, RunBody) if await request.read() else RunBody()
+    body = await parse_body(request, SettlementRun) if await request.read() else SettlementRun()
     result = await services(request).settlement.run(who, as_of=body.as_of)
-    return json_response(result.to_json(), 201 if result.batch_id else 200)
+    return model_response(BatchView.model_validate(result.to_json()), 201 if result.batch_id else 200)
 
 
 @routes.get("/v1/settlements")
@@ -52,11 +43,12 @@ async def list_settlements(request: web.Request) -> web.Response:
     items = await services(request).settlement.list_for(
         who, contract_id=query_id(request, "contract_id"), limit=query_int(request, "limit", 500, lo=1)
     )
-    return json_response({"items": items})
+    return model_response(SettlementList.model_validate({"items": items}))
 
 
 @routes.get("/v1/settlements/{id}")
 async def get_settlement(request: web.Request) -> web.Response:
     """One settlement record with its signed envelope and log index."""
     who = require_principal(request)
-    return json_response(await services(request).settlement.get(who, path_id(request)))
+    view = await services(request).settlement.get(who, path_id(request))
+    return model_response(SettlementView.model_validate(view))
