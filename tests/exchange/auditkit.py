@@ -40,7 +40,9 @@ class MemLog:
     def key_id(self) -> str:
         return key_id_hex(self.origin, self.key.public)
 
-    def append(self, kind: str, payload: dict[str, Any], signer: SigningKey | None = None, kid: str | None = None) -> int:
+    def append(
+        self, kind: str, payload: dict[str, Any], signer: SigningKey | None = None, kid: str | None = None
+    ) -> int:
         signer = signer or self.key
         env = sign_envelope(record_payload_type(kind), canonical_bytes(payload), [(kid or self.key_id, signer)])
         data = canonical_bytes(env)
@@ -73,25 +75,68 @@ def fill(log: MemLog, n: int, *, seed: int = 1, t0: int = 1_700_000_000, step: i
         cri = f"CRI1:HX:{region}:OP{i % 3}:S1:P{i % 7}:{model}:X"
         kind = ("contract", "usage", "settlement")[i % 3]
         if kind == "usage":
-            log.append("usage", {"contract_id": f"c{i}", "at": at, "device_minutes": 60 * rng.randint(1, 8),
-                                  "pool_cri": cri, "seq": i}, log.node_key, log.node_kid)
+            log.append(
+                "usage",
+                {"contract_id": f"c{i}", "at": at, "device_minutes": 60 * rng.randint(1, 8), "pool_cri": cri, "seq": i},
+                log.node_key,
+                log.node_kid,
+            )
         elif kind == "contract":
-            log.append("contract", {"id": f"c{i}", "at": at, "pool_cri": cri, "model": model, "region": region,
-                                     "buyer_region": buyer, "billing_mode": mode, "devices": rng.randint(1, 8)})
+            log.append(
+                "contract",
+                {
+                    "id": f"c{i}",
+                    "at": at,
+                    "pool_cri": cri,
+                    "model": model,
+                    "region": region,
+                    "buyer_region": buyer,
+                    "billing_mode": mode,
+                    "devices": rng.randint(1, 8),
+                },
+            )
         else:
-            log.append("settlement", {"id": f"s{i}", "at": at, "pool_cri": cri, "model": model, "region": region,
-                                       "buyer_region": buyer, "billing_mode": mode,
-                                       "buyer_debit_fen": rng.randint(100, 10_000_000),
-                                       "device_hours": str(rng.randint(1, 64))})
+            log.append(
+                "settlement",
+                {
+                    "id": f"s{i}",
+                    "at": at,
+                    "pool_cri": cri,
+                    "model": model,
+                    "region": region,
+                    "buyer_region": buyer,
+                    "billing_mode": mode,
+                    "buyer_debit_fen": rng.randint(100, 10_000_000),
+                    "device_hours": str(rng.randint(1, 64)),
+                },
+            )
 
 
-def write_bundle(log: MemLog, out: Path, *, filters: dict[str, Any] | None = None, size: int | None = None,
-                 since_sizes: Sequence[int] = (), block_size: int = 8, export_id: str = "e1") -> dict[str, Any]:
+def write_bundle(
+    log: MemLog,
+    out: Path,
+    *,
+    filters: dict[str, Any] | None = None,
+    size: int | None = None,
+    since_sizes: Sequence[int] = (),
+    block_size: int = 8,
+    export_id: str = "e1",
+) -> dict[str, Any]:
     note = log.checkpoint(size)
     size = log.tree.size if size is None else size
-    w = BundleWriter(out, export_id=export_id, created_at=1_700_000_000, authority="HX", origin=log.origin,
-                     filters=filters or {}, checkpoint_note=note, keys=log.keys(), catalogue=CATALOGUE,
-                     since_sizes=since_sizes, block_size=block_size)
+    w = BundleWriter(
+        out,
+        export_id=export_id,
+        created_at=1_700_000_000,
+        authority="HX",
+        origin=log.origin,
+        filters=filters or {},
+        checkpoint_note=note,
+        keys=log.keys(),
+        catalogue=CATALOGUE,
+        since_sizes=since_sizes,
+        block_size=block_size,
+    )
     for i in range(size):
         w.feed(i, log.entries[i])
     return w.finish(log.key)
