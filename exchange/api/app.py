@@ -6,6 +6,7 @@ from aiohttp import web
 
 from exchange.api import reference
 from exchange.api.keys import SERVICES
+from exchange.api.metrics import METRICS, ApiMetrics, metrics_handler, metrics_middleware
 from exchange.api.problems import problem_middleware
 from exchange.composition import Services
 
@@ -14,8 +15,10 @@ ROUTE_TABLES = [reference.routes]
 
 def create_app(svc: Services) -> web.Application:
     """The HTTP application for one set of services (the caller owns their lifecycle)."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=1 << 20)
+    app = web.Application(middlewares=[metrics_middleware, problem_middleware], client_max_size=1 << 20)
     app[SERVICES] = svc
+    app[METRICS] = ApiMetrics()
+    app.router.add_get("/metrics", metrics_handler)
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
     return app
