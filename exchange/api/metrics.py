@@ -15,7 +15,9 @@ class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "hetex_http_requests", "HTTP requests by route and status", ["method", "route", "status"],
+            "hetex_http_requests",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(

@@ -167,9 +167,7 @@ def _broken(raw: dict[str, Any], index: int, field: str, value: Any) -> dict[str
         ("vendor", "", "vendor"),
     ],
 )
-def test_validation_errors_name_model_and_field(
-    raw: dict[str, Any], field: str, value: Any, fragment: str
-) -> None:
+def test_validation_errors_name_model_and_field(raw: dict[str, Any], field: str, value: Any, fragment: str) -> None:
     data = _broken(raw, 0, field, value)
     with pytest.raises(CatalogueError) as info:
         parse_catalogue(data)

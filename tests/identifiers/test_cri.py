@@ -27,9 +27,7 @@ from identifiers.specs import specs_dir
 CATALOGUE = load_catalogue()
 REGIONS = ["CN-SH", "CN-GZ", "CN-NM", "CN-NX", "CN-GS", "CN-BJ", "CN-GD", "CN-SC", "CN-CQ", "CN-HE"]
 EXAMPLES = [
-    line.strip()
-    for line in (specs_dir() / "cri-examples.txt").read_text(encoding="utf-8").splitlines()
-    if line.strip()
+    line.strip() for line in (specs_dir() / "cri-examples.txt").read_text(encoding="utf-8").splitlines() if line.strip()
 ]
 # Characters a typo can produce: every upper-case letter, digit and separator.
 TYPO_ALPHABET = string.ascii_uppercase + string.digits + ":-"
