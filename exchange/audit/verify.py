@@ -379,9 +379,11 @@ def _verify_records(
     report.filters = filters
     scope = manifest.get("scope") if isinstance(manifest.get("scope"), dict) else {}
     complete = all(filters.get(k) is None for k in F.FILTER_KEYS)
+    # A record's time is its business time (a usage period may end before the key that signs it was
+    # made), so only the end of a key's validity is enforced: no record may claim a time after it.
     ring = Keyring()
     for k in keys.values():
-        ring.add(k.key_id, k.key, name=k.name, owner=k.owner, not_before=k.not_before, not_after=k.not_after)
+        ring.add(k.key_id, k.key, name=k.name, owner=k.owner, not_after=k.not_after)
     totals = F.Totals()
     hashes = {L.RECORDS: hashlib.sha256(), L.PROOFS: hashlib.sha256()}
     records = _lines(root / L.RECORDS, hashes[L.RECORDS])
@@ -477,7 +479,7 @@ def _check_signature(
     if reason == "unknown_key":
         expired = [k for k in kids if isinstance(k, str) and ring.entry(k) is not None]
         if expired:
-            report.add("record_key_not_valid", f"key {expired[0]} was not valid at the record's time {at}", **where)
+            report.add("record_key_not_valid", f"key {expired[0]} was retired before the record's time {at}", **where)
         else:
             report.add("record_signed_by_unknown_key", f"no signature by a key in keys/ (key ids {kids})", **where)
     elif reason == "bad_signature":

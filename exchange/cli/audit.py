@@ -202,9 +202,8 @@ def run_show(args: argparse.Namespace) -> int:
         print_table(title, [table.removeprefix("by_"), "records", "yuan", "SCU-hours", "share"], rows)
     flows = totals.get("flows", {})
     providers = sorted({p for row in flows.values() for p in row})
-    rows = [
-        [buyer, *(_yuan(row[p]["fen"]) if p in row else "" for p in providers)] for buyer, row in flows.items()
-    ]
-    print_table("Flows: buyer home region (rows) x provider region (columns), yuan", ["buyer \\ provider", *providers],
-                rows)
+    rows = [[buyer, *(_yuan(row[p]["fen"]) if p in row else "" for p in providers)] for buyer, row in flows.items()]
+    print_table(
+        "Flows: buyer home region (rows) x provider region (columns), yuan", ["buyer \\ provider", *providers], rows
+    )
     return 0

@@ -9,19 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from exchange.audit.writer import BundleKeyInfo, BundleWriter
+from exchange.services.audit import catalogue_facts
 from federation.canonical import canonical_bytes
 from federation.dsse import record_payload_type, sign_envelope
 from federation.keys import SigningKey, key_id_hex
 from federation.merkle import InMemoryTree, leaf_hash
 from federation.note import Checkpoint, NoteSigner
+from identifiers.catalogue import load_catalogue
 
 ORIGIN = "hetex.test/log"
-CATALOGUE = {
-    "NV-H100-SXM": {"family": "hopper", "domestic": False, "scu": "3.170000"},
-    "NV-A100-80G": {"family": "ampere", "domestic": False, "scu": "1.000000"},
-    "HW-910B3": {"family": "ascend-910", "domestic": True, "scu": "1.009615"},
-    "CAM-MLU590": {"family": "mlu500", "domestic": True, "scu": "0.839744"},
-}
+MODELS = ["NV-H100-SXM", "NV-A100-80G-SXM", "HW-910C", "CAM-MLU370-X8"]
+CATALOGUE = {code: facts for code, facts in catalogue_facts(load_catalogue()).items() if code in MODELS}
 REGIONS = ["CN-GZ", "CN-NM", "CN-NX", "CN-GS", "CN-SH", "CN-BJ"]
 MODES = ["per_minute", "compute_tier", "subscription", "project"]
 
@@ -64,52 +62,87 @@ class MemLog:
         return key_id_hex("node-1", self.node_key.public)
 
 
-def fill(log: MemLog, n: int, *, seed: int = 1, t0: int = 1_700_000_000, step: int = 60) -> None:
-    """Append n records: contract, usage (node-signed), settlement in turn, spread over regions/models/modes."""
-    rng = random.Random(seed)
-    models = sorted(CATALOGUE)
-    for i in range(n):
+def gen_records(n: int, *, seed: int = 1, t0: int = 1_700_000_000, step: int = 60, start: int = 0):
+    """n (kind, record id, payload) triples: contract, usage, settlement in turn, spread over regions/models/modes."""
+    rng = random.Random(seed * 1_000_003 + start)
+    models = MODELS
+    for i in range(start, start + n):
         at = t0 + i * step
         region, buyer = rng.choice(REGIONS), rng.choice(REGIONS)
         model, mode = rng.choice(models), rng.choice(MODES)
         cri = f"CRI1:HX:{region}:OP{i % 3}:S1:P{i % 7}:{model}:X"
         kind = ("contract", "usage", "settlement")[i % 3]
         if kind == "usage":
-            log.append(
-                "usage",
-                {"contract_id": f"c{i}", "at": at, "device_minutes": 60 * rng.randint(1, 8), "pool_cri": cri, "seq": i},
-                log.node_key,
-                log.node_kid,
-            )
+            body = {
+                "contract_id": f"c{i}",
+                "at": at,
+                "device_minutes": 60 * rng.randint(1, 8),
+                "pool_cri": cri,
+                "seq": i,
+            }
         elif kind == "contract":
-            log.append(
-                "contract",
-                {
-                    "id": f"c{i}",
-                    "at": at,
-                    "pool_cri": cri,
-                    "model": model,
-                    "region": region,
-                    "buyer_region": buyer,
-                    "billing_mode": mode,
-                    "devices": rng.randint(1, 8),
-                },
-            )
+            body = {
+                "id": f"c{i}",
+                "at": at,
+                "pool_cri": cri,
+                "model": model,
+                "region": region,
+                "buyer_region": buyer,
+                "billing_mode": mode,
+                "devices": rng.randint(1, 8),
+            }
         else:
-            log.append(
-                "settlement",
-                {
-                    "id": f"s{i}",
-                    "at": at,
-                    "pool_cri": cri,
-                    "model": model,
-                    "region": region,
-                    "buyer_region": buyer,
-                    "billing_mode": mode,
-                    "buyer_debit_fen": rng.randint(100, 10_000_000),
-                    "device_hours": str(rng.randint(1, 64)),
-                },
-            )
+            body = {
+                "id": f"s{i}",
+                "at": at,
+                "pool_cri": cri,
+                "model": model,
+                "region": region,
+                "buyer_region": buyer,
+                "billing_mode": mode,
+                "buyer_debit_fen": rng.randint(100, 10_000_000),
+                "device_hours": str(rng.randint(1, 64)),
+            }
+        yield kind, f"{kind[0]}{i}", body
+
+
+def fill(log: MemLog, n: int, *, seed: int = 1, t0: int = 1_700_000_000, step: int = 60) -> None:
+    """Append n generated records to an in-memory log (usage signed by the node key)."""
+    for kind, _rid, body in gen_records(n, seed=seed, t0=t0, step=step, start=log.tree.size):
+        if kind == "usage":
+            log.append(kind, body, log.node_key, log.node_kid)
+        else:
+            log.append(kind, body)
+
+
+async def ledger_fill(
+    ledger: Any,
+    node_key: SigningKey,
+    n: int,
+    *,
+    seed: int = 1,
+    batch: int = 500,
+    t0: int = 1_700_000_000,
+    step: int = 60,
+) -> None:
+    """Append n generated records through LedgerService (append_many; usage node-signed via append_signed)."""
+    start = await ledger.size()
+    items = list(gen_records(n, seed=seed, t0=t0, step=step, start=start))
+    node_kid = key_id_hex("node-1", node_key.public)
+    for lo in range(0, len(items), batch):
+        async with ledger.sessions.begin() as session:
+            pending: list[tuple[str, str, dict[str, Any]]] = []
+            for kind, rid, body in items[lo : lo + batch]:
+                if kind == "usage":
+                    if pending:
+                        await ledger.append_many(session, pending)
+                        pending = []
+                    env = sign_envelope(record_payload_type(kind), canonical_bytes(body), [(node_kid, node_key)])
+                    await ledger.append_signed(session, kind, rid, env)
+                else:
+                    pending.append((kind, rid, body))
+            if pending:
+                await ledger.append_many(session, pending)
 
 
 def write_bundle(
