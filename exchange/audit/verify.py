@@ -433,8 +433,8 @@ def _verify_records(
             facts = F.record_facts(kind, obj, catalogue)
         except F.FactsError as exc:
             report.add("record_malformed", str(exc), **where)
+        _check_signature(entry, ring, facts.at if facts is not None else None, report, where)
         if facts is not None:
-            _check_signature(entry, ring, facts.at, report, where)
             for why in F.filter_violations(facts, filters):
                 report.add("filter_not_honoured", why, **where)
             totals.add(facts)
