@@ -96,6 +96,7 @@ class IdentityService:
         self.key_dir = Path(key_dir)
         self.name = check_key_name(name)
         self._stamp: tuple[int, int] | None = None
+        self._committed: str | None = None
         self._key = self._load()
 
     def _file_stamp(self) -> tuple[int, int] | None:
@@ -136,10 +137,16 @@ class IdentityService:
         """The current key as a C2SP note signer named `name` (the log origin)."""
         return NoteSigner(self.name, self.signing_key)
 
-    def sign_envelope(self, payload_type: str, payload: bytes) -> dict[str, Any]:
-        """A DSSE envelope over `payload`, signed by the current exchange key."""
+    def signer(self) -> tuple[str, SigningKey]:
+        """(key id, key) of the current key: take it once per batch of signatures."""
         key = self.signing_key
-        return sign_envelope(payload_type, payload, [(key_id_hex(self.name, key.public), key)])
+        return key_id_hex(self.name, key.public), key
+
+    def sign_envelope(
+        self, payload_type: str, payload: bytes, signer: tuple[str, SigningKey] | None = None
+    ) -> dict[str, Any]:
+        """A DSSE envelope over `payload`, signed by the current exchange key (or `signer` from signer())."""
+        return sign_envelope(payload_type, payload, [signer or self.signer()])
 
     def countersign(self, envelope: dict[str, Any], payload_type: str, payload: bytes) -> dict[str, Any]:
         """`envelope` with the exchange's signature over the same PAE appended to its signatures."""
@@ -151,9 +158,12 @@ class IdentityService:
         """Make sure the current key is a `current` row of exchange_keys (older current rows become retired)."""
         key = self.signing_key
         kid = key_id_hex(self.name, key.public)
-        if session.info.get(_REGISTERED) == kid:
+        if kid in (self._committed, session.info.get(_REGISTERED)):
             return
         row = await session.get(ExchangeKey, kid)
+        if row is not None and session.info.get(_REGISTERED) is None:
+            # visible without having been inserted by this session: it is committed, remember that
+            self._committed = kid
         if row is None:
             now = now_s()
             await session.execute(
