@@ -610,7 +610,7 @@ class LedgerService:
                 )
             else:
                 report.add(LogProblem("entry_unexpected", f"entries beyond the counter's size {size}", size, expected))
-        if broken_at is None and expected == size:
+        if broken_at is None and expected == size and not bad:
             try:
                 frontier = _split_frontier(size, bytes(counter.frontier))
             except ValueError as exc:
@@ -618,6 +618,7 @@ class LedgerService:
             else:
                 if frontier != cr.hashes:
                     report.add(LogProblem("counter_frontier", "stored frontier differs from the recomputed tree"))
+        if broken_at is None and expected == size:
             node_count = int(await session.scalar(select(func.count()).select_from(LogNode)) or 0)
             want = sum(size >> level for level in range(1, max(size.bit_length(), 1)))
             if node_count != want:
