@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.storage.base import now_s
@@ -171,12 +173,18 @@ class IdentityService:
                 .where(ExchangeKey.status == "current", ExchangeKey.key_id != kid)
                 .values(status="retired", not_after=now)
             )
-            session.add(
-                ExchangeKey(
-                    key_id=kid, name=self.name, public_key=key.public.to_base64(), not_before=now, status="current"
-                )
-            )
-            await session.flush()
+            values = {
+                "key_id": kid,
+                "name": self.name,
+                "public_key": key.public.to_base64(),
+                "not_before": now,
+                "status": "current",
+                "created_at": now,
+            }
+            # several processes sharing the key file may register it at once: the first insert wins
+            dialect = session.get_bind().dialect.name
+            insert_fn = pg_insert if dialect == "postgresql" else sqlite_insert
+            await session.execute(insert_fn(ExchangeKey).values(**values).on_conflict_do_nothing())
             log.info("registered exchange key %s (%s)", kid, self.name)
         session.info[_REGISTERED] = kid
 
