@@ -80,8 +80,9 @@ async def keys(request: web.Request) -> web.Response:
 
 
 async def checkpoint_publisher(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: publish a checkpoint every checkpoint_interval_seconds when the log grew (0: off)."""
+    """cleanup_ctx: register the exchange key; publish a checkpoint every N seconds when the log grew (0: off)."""
     svc = app[SERVICES]
+    await svc.identity.register()
     interval = svc.settings.checkpoint_interval_seconds
     task = asyncio.create_task(svc.ledger.run_publisher(interval)) if interval > 0 else None
     yield

@@ -188,6 +188,11 @@ class IdentityService:
             log.info("registered exchange key %s (%s)", kid, self.name)
         session.info[_REGISTERED] = kid
 
+    async def register(self) -> None:
+        """ensure_registered in its own transaction (at service start, so GET /v1/ledger/keys lists the key)."""
+        async with self.sessions.begin() as session:
+            await self.ensure_registered(session)
+
     async def keys(self, session: AsyncSession | None = None) -> list[ExchangeKeyInfo]:
         """Every exchange key, oldest first."""
         if session is None:

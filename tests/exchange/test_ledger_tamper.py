@@ -1,4 +1,4 @@
-"""Append-only enforcement (triggers on both databases, refusal in code) and tamper detection by `hetex ledger verify`."""
+"""Append-only enforcement (database triggers, refusal in code); tampering detected by `hetex ledger verify`."""
 
 from __future__ import annotations
 
