@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api import reference
+from exchange.api import ledger, reference
 from exchange.api.keys import SERVICES
 from exchange.api.metrics import METRICS, ApiMetrics, metrics_handler, metrics_middleware
 from exchange.api.problems import problem_middleware
 from exchange.composition import Services
 
-ROUTE_TABLES = [reference.routes]
+ROUTE_TABLES = [reference.routes, ledger.routes]
 
 
 def create_app(svc: Services) -> web.Application:
@@ -21,4 +21,5 @@ def create_app(svc: Services) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
+    app.cleanup_ctx.append(ledger.checkpoint_publisher)
     return app
