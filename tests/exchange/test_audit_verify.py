@@ -206,3 +206,32 @@ def test_summary_csv_is_regenerated_from_records(tmp_path: Path) -> None:
     assert text.startswith("table,key,subkey,records,fen,scu_hours\r\n") and "flows," in text
     (out / L.SUMMARY).write_bytes(text.replace("settled,all", "settled,ALL").encode())
     assert {"summary_mismatch", "file_hash_mismatch"} <= verify_bundle(out).codes()
+
+
+def test_bundle_files_follow_the_published_schemas(tmp_path: Path) -> None:
+    import jsonschema
+
+    schemas = ROOT / "specs" / "audit"
+
+    def check(name: str, obj: object) -> None:
+        schema = json.loads((schemas / name).read_text())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        jsonschema.validate(obj, schema, cls=jsonschema.Draft202012Validator)
+
+    log = MemLog()
+    fill(log, 20)
+    out = tmp_path / "b"
+    write_bundle(log, out, since_sizes=[5, 11])
+    check("manifest.schema.json", json.loads((out / L.MANIFEST).read_bytes()))
+    for line in (out / L.RECORDS).read_bytes().splitlines():
+        check("record-line.schema.json", json.loads(line))
+    for line in (out / L.PROOFS).read_bytes().splitlines():
+        check("proof-line.schema.json", json.loads(line))
+    for line in (out / L.CONSISTENCY).read_bytes().splitlines():
+        check("consistency-line.schema.json", json.loads(line))
+    for key in (out / L.KEYS_DIR).iterdir():
+        check("key.schema.json", json.loads(key.read_bytes()))
+    bad = json.loads((out / L.MANIFEST).read_bytes())
+    bad["totals"]["settled"]["scu_hours"] = 1.5
+    with pytest.raises(jsonschema.ValidationError):
+        check("manifest.schema.json", bad)
