@@ -8,6 +8,9 @@ from identifiers.catalogue import Catalogue, load_catalogue
 from identifiers.regions import RegionTable, load_regions
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from exchange.services.orders import OrderService
+from exchange.services.participants import ParticipantService
+from exchange.services.registration import RegistrationService
 from exchange.services.resolve import ResolveService
 from exchange.settings import Settings
 from exchange.storage.engine import make_engine, make_sessionmaker
@@ -23,6 +26,9 @@ class Services:
     catalogue: Catalogue
     regions: RegionTable
     resolve: ResolveService
+    participants: ParticipantService
+    registration: RegistrationService
+    orders: OrderService
 
     async def close(self) -> None:
         """Release the database pool (only when this root opened it)."""
@@ -45,4 +51,9 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         catalogue=catalogue,
         regions=regions,
         resolve=ResolveService(sessions, settings.authority),
+        participants=ParticipantService(sessions, regions, settings.signature_window_seconds),
+        registration=RegistrationService(
+            sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds
+        ),
+        orders=OrderService(sessions, catalogue, regions),
     )

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api import reference
+from exchange.api import orders, participants, reference, registration
+from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
 from exchange.api.keys import SERVICES
 from exchange.api.problems import problem_middleware
 from exchange.composition import Services
 
-ROUTE_TABLES = [reference.routes]
+ROUTE_TABLES = [reference.routes, participants.routes, registration.routes, orders.routes]
 
 
 def create_app(svc: Services) -> web.Application:
     """The HTTP application for one set of services (the caller owns their lifecycle)."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=1 << 20)
+    app = web.Application(middlewares=[problem_middleware, auth_middleware], client_max_size=1 << 20)
     app[SERVICES] = svc
+    app[KEY_CACHE] = KeyCache()
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
     return app
