@@ -54,3 +54,37 @@ class PermissionDeniedError(HetexError):
     """The caller is known but may not do this (wrong owner, wrong role)."""
 
     code = "forbidden"
+
+
+class CriError(ValidationError):
+    """A compute resource identifier (CRI) is malformed; `reason` names the exact rule it breaks."""
+
+    code = "invalid_cri"
+
+    def __init__(self, message: str, *, reason: str, field: str | None = "cri", **details: Any) -> None:
+        super().__init__(message, field=field, reason=reason, **details)
+        self.reason = reason
+
+
+class UnknownModelError(NotFoundError):
+    """An accelerator model code is not in the catalogue."""
+
+    code = "unknown_model"
+
+
+class UnknownRegionError(NotFoundError):
+    """A region code is not one the exchange serves."""
+
+    code = "unknown_region"
+
+
+class CatalogueError(ValidationError):
+    """The accelerator catalogue data breaks its schema; the message names the model and field."""
+
+    code = "invalid_catalogue"
+
+
+class RegionTableError(ValidationError):
+    """The regions data breaks its schema; the message names the region and field."""
+
+    code = "invalid_regions"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from identifiers.catalogue import AcceleratorModel
 
 from exchange.api.keys import services
+from identifiers.catalogue import AcceleratorModel
 
 routes = web.RouteTableDef()
 
@@ -25,8 +25,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 def model_json(model: AcceleratorModel) -> dict[str, Any]:
     """Catalogue entry as JSON (Decimals as strings)."""
-    data = model.model_dump(mode="json") if hasattr(model, "model_dump") else dict(vars(model))
-    return data
+    return model.to_dict()
 
 
 @routes.get("/v1/catalogue/accelerators")
@@ -55,7 +54,15 @@ async def regions(request: web.Request) -> web.Response:
 
 
 def _region_json(region: Any) -> dict[str, Any]:
-    return region.model_dump(mode="json") if hasattr(region, "model_dump") else dict(vars(region))
+    return {
+        "code": region.code,
+        "name": region.name,
+        "name_zh": region.name_zh,
+        "hub": region.hub,
+        "cluster": region.cluster,
+        "roles": list(region.roles),
+        "city": region.city,
+    }
 
 
 @routes.get("/v1/resolve/{cri}")
