@@ -9,11 +9,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-from federation.httpsig import sign_request
-from federation.keys import SigningKey
 from yarl import URL
 
 from exchange.services.participants import participant_key_id
+from federation.httpsig import sign_request
+from federation.keys import SigningKey
 from identifiers.errors import (
     AuthenticationError,
     ConflictError,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from identifiers.catalogue import Catalogue, load_catalogue
-from identifiers.regions import RegionTable, load_regions
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from exchange.services.orders import OrderService
@@ -14,6 +12,8 @@ from exchange.services.registration import RegistrationService
 from exchange.services.resolve import ResolveService
 from exchange.settings import Settings
 from exchange.storage.engine import make_engine, make_sessionmaker
+from identifiers.catalogue import Catalogue, load_catalogue
+from identifiers.regions import RegionTable, load_regions
 
 
 @dataclass

@@ -18,13 +18,13 @@ from typing import Any
 
 import http_sf
 from aiohttp import web
-from federation.errors import KeyFormatError, SignatureError
-from federation.httpsig import verify_request
-from federation.keys import VerifyKey
 
 from exchange.api.keys import services
 from exchange.services.participants import participant_key_id
 from exchange.services.principals import Principal, SignedRequest
+from federation.errors import KeyFormatError, SignatureError
+from federation.httpsig import verify_request
+from federation.keys import VerifyKey
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REGISTRATION_PATH = "/v1/participants"

@@ -13,21 +13,30 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from federation.canonical import canonical_bytes
-from identifiers.catalogue import AcceleratorModel, Catalogue
-from identifiers.ids import new_id_str
-from identifiers.regions import RegionTable
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, WithJsonSchema, model_validator
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from exchange.services.fields import MAX_DEVICES, Code, DeviceCount, EpochSeconds, Name, PositiveFen, RegionCode, Seconds
+from exchange.services.fields import (
+    MAX_DEVICES,
+    Code,
+    DeviceCount,
+    EpochSeconds,
+    Name,
+    PositiveFen,
+    RegionCode,
+    Seconds,
+)
 from exchange.services.principals import Principal
 from exchange.services.registration import BillingMode
 from exchange.storage.orders import Order
 from exchange.storage.registration import Offer, Pool, Site
+from federation.canonical import canonical_bytes
+from identifiers.catalogue import AcceleratorModel, Catalogue
 from identifiers.errors import ConflictError, NotFoundError, ValidationError
+from identifiers.ids import new_id_str
+from identifiers.regions import RegionTable
 
 IDEMPOTENCY_KEY_MAX = 200
 ORDER_STATUSES = ("open", "partially_filled", "filled", "cancelled", "expired")
@@ -72,7 +81,7 @@ class BadCursorError(ValidationError):
 def _decimal_text(value: Any) -> Any:
     if isinstance(value, str):
         return value
-    raise ValueError("must be a decimal string such as \"12.5\"")
+    raise ValueError('must be a decimal string such as "12.5"')
 
 
 DecimalText = Annotated[
@@ -163,7 +172,11 @@ class OrderSpec(BaseModel):
                 raise ValueError("min_fill_devices applies only when all_or_nothing is false")
             if self.quantity_devices is not None and self.min_fill_devices > self.quantity_devices:
                 raise ValueError("min_fill_devices must not exceed quantity_devices")
-        if self.start_earliest is not None and self.start_latest is not None and self.start_latest < self.start_earliest:
+        if (
+            self.start_earliest is not None
+            and self.start_latest is not None
+            and self.start_latest < self.start_earliest
+        ):
             raise ValueError("start_latest must not be before start_earliest")
         if self.max_latency_ms is not None and self.regions is not None and self.home_region is None:
             pass  # the buyer's registered home region may supply it; checked by the service
@@ -173,7 +186,9 @@ class OrderSpec(BaseModel):
 
 def _check_terms(mode: str, terms: BillingTerms | None) -> None:
     given = set() if terms is None else set(terms.model_dump(exclude_none=True))
-    needs = {"subscription": {"period"}, "project": {"fixed_price_fen"}, "compute_tier": {"tier_table"}}.get(mode, set())
+    needs = {"subscription": {"period"}, "project": {"fixed_price_fen"}, "compute_tier": {"tier_table"}}.get(
+        mode, set()
+    )
     allowed = needs | ({"milestones"} if mode == "project" else set())
     if needs - given:
         raise ValueError(f"billing_terms.{sorted(needs - given)[0]} is required for billing_mode {mode}")
@@ -325,7 +340,9 @@ def feasibility_flags(
     flags: list[OrderFlag] = []
     models = acceptable_models(spec, catalogue)
     if not models:
-        return [OrderFlag(code="no_acceptable_model", message="no catalogue model meets the order's models/constraints")]
+        return [
+            OrderFlag(code="no_acceptable_model", message="no catalogue model meets the order's models/constraints")
+        ]
     cands = [r for r in rows if r.model in models]
     if not cands:
         return [OrderFlag(code="no_pool_of_acceptable_model", message="no registered pool has an acceptable model")]
@@ -552,7 +569,9 @@ class OrderService:
         """Cancel an open order (a second cancel returns the cancelled order)."""
         who.require_role("buyer", action="cancel orders")
         async with self.sessions.begin() as session:
-            row = (await session.execute(select(Order).where(Order.id == order_id).with_for_update())).scalar_one_or_none()
+            row = (
+                await session.execute(select(Order).where(Order.id == order_id).with_for_update())
+            ).scalar_one_or_none()
             if row is None:
                 raise UnknownOrderError(f"no order {order_id}", field="id")
             who.require_owner(row.buyer_id, f"order {order_id}")

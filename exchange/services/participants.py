@@ -7,11 +7,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from federation.errors import KeyFormatError, SignatureError
-from federation.keys import VerifyKey, key_id_hex
-from identifiers.crockford import random_code
-from identifiers.ids import new_id_str
-from identifiers.regions import RegionTable
 from pydantic import BaseModel, ConfigDict, StringConstraints
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -21,7 +16,12 @@ from exchange.services.fields import Name, RegionCode
 from exchange.services.principals import ROLES, Principal, SignedRequest
 from exchange.services.records import add_record
 from exchange.storage.participants import Participant, SeenNonce
+from federation.errors import KeyFormatError, SignatureError
+from federation.keys import VerifyKey, key_id_hex
+from identifiers.crockford import random_code
 from identifiers.errors import ConflictError, NotFoundError, ValidationError
+from identifiers.ids import new_id_str
+from identifiers.regions import RegionTable
 
 #: The fixed C2SP key name under which participant key ids are computed (specs/signing.md).
 KEY_NAME = "hetex"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from identifiers.ids import new_id_str
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from exchange.services.principals import SignedRequest
 from exchange.storage.participants import RegistrationRecord
+from identifiers.ids import new_id_str
 
 
 def add_record(session: AsyncSession, participant_id: str, action: str, subject: str, signed: SignedRequest) -> None:

@@ -4,14 +4,11 @@ and the live-offer snapshot the clearing round reads."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from identifiers.catalogue import Catalogue
-from identifiers.cri import Cri, mint_pool_cri, mint_site_cri, parse_cri
-from identifiers.ids import new_id_str
-from identifiers.regions import RegionTable
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,7 +18,11 @@ from exchange.services.principals import Principal, SignedRequest
 from exchange.services.records import add_record
 from exchange.services.resolve import pool_view, site_view
 from exchange.storage.registration import Offer, Pool, Site
+from identifiers.catalogue import Catalogue
+from identifiers.cri import Cri, mint_pool_cri, mint_site_cri, parse_cri
 from identifiers.errors import ConflictError, NotFoundError, ValidationError
+from identifiers.ids import new_id_str
+from identifiers.regions import RegionTable
 
 BillingMode = Literal["per_minute", "compute_tier", "subscription", "project"]
 BILLING_MODES: tuple[str, ...] = ("per_minute", "compute_tier", "subscription", "project")
@@ -116,6 +117,10 @@ class PoolDeclaration(BaseModel):
         return self
 
 
+def _default_modes() -> list[BillingMode]:
+    return ["per_minute"]
+
+
 BillingModes = Annotated[list[BillingMode], Field(min_length=1, max_length=4)]
 
 
@@ -130,7 +135,7 @@ class OfferPost(BaseModel):
     window_end: EpochSeconds | None = None
     min_lease_seconds: Seconds = 3600
     ask_fen: PositiveFen = Field(description="ask price in fen per device-hour")
-    billing_modes: BillingModes = Field(default_factory=lambda: ["per_minute"])
+    billing_modes: BillingModes = Field(default_factory=_default_modes)
 
     @model_validator(mode="after")
     def _check(self) -> OfferPost:
@@ -170,7 +175,7 @@ def _check_window(start: int, end: int | None) -> None:
         raise ValueError("window_end must be after window_start")
 
 
-def _check_modes(modes: list[str]) -> None:
+def _check_modes(modes: Sequence[str]) -> None:
     if len(set(modes)) != len(modes):
         raise ValueError("billing_modes must not repeat")
 
@@ -300,7 +305,7 @@ def offer_view(offer: Offer, pool: Pool, site: Site) -> OfferView:
         window_end=offer.window_end,
         min_lease_seconds=offer.min_lease_seconds,
         ask_fen=offer.ask_fen,
-        billing_modes=list(offer.billing_modes),
+        billing_modes=offer.billing_modes,  # type: ignore[arg-type]
         status=offer.status,  # type: ignore[arg-type]
         version=offer.version,
         created_at=offer.created_at,
@@ -613,7 +618,7 @@ class RegistrationService:
                     version=offer.version,
                 )
             start = changes.get("window_start", offer.window_start)
-            end = changes["window_end"] if "window_end" in changes else offer.window_end
+            end = changes.get("window_end", offer.window_end)
             if end is not None and end <= start:
                 raise ValidationError("window_end: must be after window_start", field="window_end")
             devices = changes.get("devices", offer.devices)

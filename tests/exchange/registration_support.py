@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from federation.keys import SigningKey
 from sqlalchemy import func, select
 
 from exchange.api.app import create_app
@@ -20,6 +19,7 @@ from exchange.settings import Settings
 from exchange.storage.orders import Order
 from exchange.storage.participants import Participant, RegistrationRecord, SeenNonce
 from exchange.storage.registration import Offer, Pool, Site
+from federation.keys import SigningKey
 
 TABLES = {
     "participants": Participant,

@@ -8,11 +8,10 @@ import json
 import time
 from typing import Any
 
-from federation.httpsig import sign_request
-from federation.keys import SigningKey
-
 from exchange.client import HetexClient, dumps
 from exchange.services.participants import participant_key_id
+from federation.httpsig import sign_request
+from federation.keys import SigningKey
 from tests.exchange.registration_support import Api, api, capacity, order_body
 
 __all__ = ["api"]
@@ -154,7 +153,9 @@ async def test_wrong_owner_is_forbidden(api: Api) -> None:
     b2 = await api.buyer("Buyer 2")
     path = f"/v1/orders/{order['id']}/cancel"
     await assert_refused(api, "POST", path, b"", signed(b2, "POST", path, b""), 403, "not_owner")
-    got, problem = await send(api, "GET", f"/v1/orders/{order['id']}", b"", signed(b2, "GET", f"/v1/orders/{order['id']}", b""))
+    got, problem = await send(
+        api, "GET", f"/v1/orders/{order['id']}", b"", signed(b2, "GET", f"/v1/orders/{order['id']}", b"")
+    )
     assert (got, problem["reason"]) == (403, "not_owner")
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from federation.keys import SigningKey
 from sqlalchemy import func, select
 
 from exchange.api.app import create_app
@@ -20,6 +19,7 @@ from exchange.composition import build_services
 from exchange.services.orders import decode_cursor, encode_cursor
 from exchange.settings import Settings
 from exchange.storage.orders import Order
+from federation.keys import SigningKey
 from tests.exchange.registration_support import Api, api, capacity, order_body
 
 __all__ = ["api"]
@@ -106,7 +106,13 @@ BAD_ORDERS: list[tuple[dict[str, Any], str]] = [
     ({"duration_seconds": None}, "duration_seconds"),
     ({"start_earliest": 100, "start_latest": 50}, "body"),
     ({"billing_mode": "subscription"}, "body"),
-    ({"billing_mode": "project", "billing_terms": {"fixed_price_fen": 10, "milestones": [{"name": "a", "share_bps": 10}]}}, "body"),
+    (
+        {
+            "billing_mode": "project",
+            "billing_terms": {"fixed_price_fen": 10, "milestones": [{"name": "a", "share_bps": 10}]},
+        },
+        "body",
+    ),
     ({"billing_terms": {"period": "monthly"}}, "body"),
     ({"constraints": {"families": ["Nope"]}}, "constraints.families.0"),
     ({"constraints": {"min_memory_gb": "lots"}}, "constraints.min_memory_gb"),
@@ -135,8 +141,14 @@ async def test_billing_modes_with_terms_are_accepted(api: Api) -> None:
         },
     )
     tier = order_body(billing_mode="compute_tier", billing_terms={"tier_table": "standard-2026"})
-    scu = order_body(quantity_devices=None, quantity_scu="12.5", limit_fen_per_device_hour=None,
-                     limit_fen_per_scu_hour=900, models=None, constraints={"families": ["Hopper"]})
+    scu = order_body(
+        quantity_devices=None,
+        quantity_scu="12.5",
+        limit_fen_per_device_hour=None,
+        limit_fen_per_scu_hour=900,
+        models=None,
+        constraints={"families": ["Hopper"]},
+    )
     for i, body in enumerate((project, tier, scu)):
         view = await b.submit_order(body, f"t{i}")
         assert view["billing_mode"] == body.get("billing_mode", "per_minute")
@@ -157,8 +169,12 @@ async def test_feasibility_flags(api: Api) -> None:
     assert await flags("region", regions=["CN-BJ"]) == ["no_pool_in_regions"]
     assert await flags("price", limit_fen_per_device_hour={"NV-H100-SXM": 1000}) == ["limit_below_asks"]
     assert await flags("gang", quantity_devices=32) == ["insufficient_capacity"]
-    assert await flags("mem", models=None, constraints={"families": ["Hopper"], "min_memory_gb": 200},
-                       limit_fen_per_device_hour={"*": 3000}) in (["memory_too_small"], ["no_acceptable_model"])
+    assert await flags(
+        "mem",
+        models=None,
+        constraints={"families": ["Hopper"], "min_memory_gb": 200},
+        limit_fen_per_device_hour={"*": 3000},
+    ) in (["memory_too_small"], ["no_acceptable_model"])
     assert await flags("partial", quantity_devices=32, all_or_nothing=False, min_fill_devices=8) == []
     assert await flags("pools", quantity_devices=16, max_pools=1) == []
 

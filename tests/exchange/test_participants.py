@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from federation.keys import SigningKey
-from identifiers.crockford import is_code
 from sqlalchemy import select
 
 from exchange.client import RemoteConflictError, RemoteValidationError
 from exchange.services.participants import participant_key_id
 from exchange.storage.participants import RegistrationRecord
+from federation.keys import SigningKey
+from identifiers.crockford import is_code
 from identifiers.errors import ValidationError
 from tests.exchange.registration_support import Api, api
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from identifiers.cri import parse_cri
 from sqlalchemy import select, update
 
 from exchange.client import RemoteConflictError, RemoteNotFoundError, RemoteValidationError
 from exchange.storage.participants import RegistrationRecord
 from exchange.storage.registration import Site
+from identifiers.cri import parse_cri
 from tests.exchange.registration_support import Api, api, capacity
 
 __all__ = ["api"]
@@ -75,10 +75,19 @@ async def test_full_registration_flow(api: Api) -> None:
     async with api.svc.sessions() as session:
         actions = [
             r.action
-            for r in (await session.execute(select(RegistrationRecord).order_by(RegistrationRecord.created_at))).scalars()
+            for r in (
+                await session.execute(select(RegistrationRecord).order_by(RegistrationRecord.created_at))
+            ).scalars()
         ]
-    for action in ("participant.register", "site.register", "pool.declare", "offer.post", "offer.amend",
-                   "offer.withdraw", "site.deregister"):
+    for action in (
+        "participant.register",
+        "site.register",
+        "pool.declare",
+        "offer.post",
+        "offer.amend",
+        "offer.withdraw",
+        "site.deregister",
+    ):
         assert action in actions
 
 
