@@ -209,6 +209,18 @@ def _extract(archive: Path, dest: Path, report: VerifyReport) -> bool:
 # the checks
 
 
+def _obj(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    """parent[key] when it is a JSON object, else {} (a malformed manifest is reported, not fatal)."""
+    value = parent.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _list(parent: dict[str, Any], key: str) -> list[Any]:
+    """parent[key] when it is a JSON array, else []."""
+    value = parent.get(key)
+    return value if isinstance(value, list) else []
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -270,7 +282,7 @@ def _verify_manifest_sig(
     except ValueError:
         report.add("manifest_signature_malformed", "manifest.sig is not JSON", file=L.MANIFEST_SIG)
         return
-    exch = manifest.get("exchange") if isinstance(manifest.get("exchange"), dict) else {}
+    exch = _obj(manifest, "exchange")
     kid = exch.get("key_id")
     report.exchange_key_id = kid if isinstance(kid, str) else None
     if trusted:
@@ -346,10 +358,10 @@ def _read_checkpoint(
         except NoteError:
             return None
     report.checkpoint = {"origin": cp.origin, "size": cp.size, "root": base64.b64encode(cp.root).decode()}
-    exch = manifest.get("exchange") if isinstance(manifest.get("exchange"), dict) else {}
+    exch = _obj(manifest, "exchange")
     if exch.get("origin") != cp.origin:
         report.add("checkpoint_mismatch", f"checkpoint origin {cp.origin!r} is not the manifest's", file=L.CHECKPOINT)
-    mcp = manifest.get("checkpoint") if isinstance(manifest.get("checkpoint"), dict) else {}
+    mcp = _obj(manifest, "checkpoint")
     if mcp.get("size") != cp.size or mcp.get("root") != report.checkpoint["root"]:
         report.add("checkpoint_mismatch", "the manifest names another checkpoint than the bundle's", file=L.MANIFEST)
     return cp
@@ -375,9 +387,9 @@ def _verify_records(
     report: VerifyReport,
 ) -> tuple[F.Totals, dict[str, str]]:
     """Stream records.jsonl and proofs.jsonl side by side: order, signature, filters, inclusion, totals."""
-    filters = manifest.get("filters") if isinstance(manifest.get("filters"), dict) else {}
+    filters = _obj(manifest, "filters")
     report.filters = filters
-    scope = manifest.get("scope") if isinstance(manifest.get("scope"), dict) else {}
+    scope = _obj(manifest, "scope")
     complete = all(filters.get(k) is None for k in F.FILTER_KEYS)
     # A record's time is its business time (a usage period may end before the key that signs it was
     # made), so only the end of a key's validity is enforced: no record may claim a time after it.
@@ -449,7 +461,7 @@ def _verify_records(
             report.add(
                 "record_outside_scope", f"log index {prev} is outside the scanned range [{lo}, {hi})", file=L.RECORDS
             )
-    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    counts = _obj(manifest, "counts")
     if counts.get("records") != report.records:
         report.add(
             "count_mismatch",
@@ -474,7 +486,7 @@ def _check_signature(
         return
     except EnvelopeError as exc:
         reason, message = exc.reason, exc.message
-    sigs = entry.get("signatures") if isinstance(entry.get("signatures"), list) else []
+    sigs = _list(entry, "signatures")
     kids = [s.get("keyid") for s in sigs if isinstance(s, dict)]
     if reason == "unknown_key":
         expired = [k for k in kids if isinstance(k, str) and ring.entry(k) is not None]
@@ -515,7 +527,7 @@ def _check_proof(
 
 
 def _check_files(root: Path, manifest: dict[str, Any], streamed: dict[str, str], report: VerifyReport) -> None:
-    listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    listed = _obj(manifest, "files")
     present = _bundle_files(root) - {L.MANIFEST, L.MANIFEST_SIG}
     for name in sorted(present - set(listed)):
         report.add("file_unlisted", "file is not listed (and so not signed) in the manifest", file=name)
@@ -603,7 +615,7 @@ def _verify_dir(root: Path, report: VerifyReport, trusted: list[VerifyKey], sinc
         if not any(k.key == t for k in keys.values()):
             report.add("trusted_key_absent", f"the trusted key {t.to_base64()} is not in keys/", file=L.KEYS_DIR)
     _verify_manifest_sig(root, manifest_bytes, manifest, keys, trusted, report)
-    exch = manifest.get("exchange") if isinstance(manifest.get("exchange"), dict) else {}
+    exch = _obj(manifest, "exchange")
     origin = exch.get("origin") if isinstance(exch.get("origin"), str) else None
     verifiers = _note_verifiers(keys, trusted, origin)
     cp = _read_checkpoint(root, verifiers, manifest, report)

@@ -195,11 +195,11 @@ def run_show(args: argparse.Namespace) -> int:
         ("by_billing_mode", "By billing mode"),
         ("by_origin", "Domestic vs imported accelerators"),
     ):
-        rows = [
+        table_rows = [
             (k, c["records"], _yuan(c["fen"]), c["scu_hours"], _share(c["fen"], all_fen))
             for k, c in totals.get(table, {}).items()
         ]
-        print_table(title, [table.removeprefix("by_"), "records", "yuan", "SCU-hours", "share"], rows)
+        print_table(title, [table.removeprefix("by_"), "records", "yuan", "SCU-hours", "share"], table_rows)
     flows = totals.get("flows", {})
     providers = sorted({p for row in flows.values() for p in row})
     rows = [[buyer, *(_yuan(row[p]["fen"]) if p in row else "" for p in providers)] for buyer, row in flows.items()]
