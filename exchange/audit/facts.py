@@ -39,7 +39,14 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "amount_fen": ("buyer_debit_fen", "amount_fen", "total_fen"),
     "scu_hours": ("scu_hours",),
     "device_hours": ("device_hours",),
+    "device_minutes": ("device_minutes",),
+    "contract_id": ("contract_id",),
 }
+#: A contract record is known by its contract_id (or id): later records of the same bundle that name it
+#: inherit the facts they do not state themselves (region, operator, model, family, origin, buyer region,
+#: billing mode). Only contracts earlier in the same bundle count, so exporter and verifier agree.
+CONTRACT_KINDS = frozenset({"contract"})
+INHERITED = ("region", "operator", "model", "family", "domestic", "buyer_region", "billing_mode")
 NESTED = ("contract", "audit")
 FILTER_KEYS = ("from", "to", "region", "operator", "model_family")
 
@@ -141,8 +148,57 @@ def cri_parts(cri: str) -> dict[str, str]:
     return out
 
 
-def record_facts(kind: str, payload: Mapping[str, Any], catalogue: Mapping[str, Mapping[str, Any]]) -> RecordFacts:
-    """The audit facts of one signed payload (catalogue: model code -> {family, domestic, scu})."""
+def contract_key(kind: str, payload: Mapping[str, Any]) -> str | None:
+    """The id under which a contract record's facts are remembered (None for other kinds)."""
+    if kind not in CONTRACT_KINDS:
+        return None
+    return _str(payload.get("contract_id")) or _str(payload.get("id"))
+
+
+def record_facts(
+    kind: str,
+    payload: Mapping[str, Any],
+    catalogue: Mapping[str, Mapping[str, Any]],
+    contracts: Mapping[str, RecordFacts] | None = None,
+) -> RecordFacts:
+    """The audit facts of one signed payload (catalogue: model code -> {family, domestic, scu}; contracts:
+    facts of contract records earlier in the bundle, by contract id)."""
+    own = _own_facts(kind, payload, catalogue)
+    cid = _str(_lookup(payload, "contract_id"))
+    parent = contracts.get(cid) if contracts is not None and cid and kind not in CONTRACT_KINDS else None
+    if parent is None:
+        return own
+    filled = {
+        name: getattr(own, name) if getattr(own, name) is not None else getattr(parent, name) for name in INHERITED
+    }
+    if own.model is None and filled["model"] is not None:
+        entry = catalogue.get(filled["model"], {})
+        if filled["family"] is None:
+            filled["family"] = _str(entry.get("family"))
+        if filled["domestic"] is None and isinstance(entry.get("domestic"), bool):
+            filled["domestic"] = entry["domestic"]
+    scu = own.scu_hours
+    if own.counts_money and not scu and filled["model"] is not None:
+        scu = _scu(payload, catalogue.get(filled["model"], {})) or scu
+    return RecordFacts(kind=kind, at=own.at, amount_fen=own.amount_fen, scu_hours=scu, **filled)
+
+
+def _scu(payload: Mapping[str, Any], entry: Mapping[str, Any]) -> Decimal | None:
+    """SCU-hours stated, or device-hours (or device-minutes / 60) x the model's SCU rating."""
+    stated = _decimal(_lookup(payload, "scu_hours"))
+    if stated is not None:
+        return stated
+    rating = _decimal(entry.get("scu"))
+    hours = _decimal(_lookup(payload, "device_hours"))
+    if hours is None:
+        minutes = _decimal(_lookup(payload, "device_minutes"))
+        hours = None if minutes is None else _CTX.divide(minutes, Decimal(60))
+    if hours is None or rating is None:
+        return None
+    return _CTX.multiply(hours, rating)
+
+
+def _own_facts(kind: str, payload: Mapping[str, Any], catalogue: Mapping[str, Mapping[str, Any]]) -> RecordFacts:
     cri = _str(_lookup(payload, "pool_cri"))
     from_cri = cri_parts(cri) if cri else {}
     model = _str(_lookup(payload, "model")) or from_cri.get("model")
@@ -155,13 +211,7 @@ def record_facts(kind: str, payload: Mapping[str, Any], catalogue: Mapping[str, 
     scu = Decimal(0)
     if kind in MONEY_KINDS:
         amount = _int(_lookup(payload, "amount_fen")) or 0
-        scu_value = _decimal(_lookup(payload, "scu_hours"))
-        if scu_value is None:
-            hours = _decimal(_lookup(payload, "device_hours"))
-            rating = _decimal(entry.get("scu"))
-            if hours is not None and rating is not None:
-                scu_value = _CTX.multiply(hours, rating)
-        scu = scu_value if scu_value is not None else Decimal(0)
+        scu = _scu(payload, entry) or Decimal(0)
     return RecordFacts(
         kind=kind,
         at=_int(_lookup(payload, "at")),

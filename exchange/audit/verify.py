@@ -397,6 +397,7 @@ def _verify_records(
     for k in keys.values():
         ring.add(k.key_id, k.key, name=k.name, owner=k.owner, not_after=k.not_after)
     totals = F.Totals()
+    contracts: dict[str, F.RecordFacts] = {}  # facts of contract records seen so far (section 3 of the spec)
     hashes = {L.RECORDS: hashlib.sha256(), L.PROOFS: hashlib.sha256()}
     records = _lines(root / L.RECORDS, hashes[L.RECORDS])
     proofs = _lines(root / L.PROOFS, hashes[L.PROOFS])
@@ -442,7 +443,10 @@ def _verify_records(
         facts: F.RecordFacts | None = None
         try:
             kind, _payload, obj = F.decode_payload(entry)
-            facts = F.record_facts(kind, obj, catalogue)
+            facts = F.record_facts(kind, obj, catalogue, contracts)
+            cid = F.contract_key(kind, obj)
+            if cid is not None:
+                contracts[cid] = facts
         except F.FactsError as exc:
             report.add("record_malformed", str(exc), **where)
         _check_signature(entry, ring, facts.at if facts is not None else None, report, where)

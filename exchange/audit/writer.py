@@ -128,6 +128,7 @@ class BundleWriter:
         self._blocks = InMemoryTree()
         self._saved: dict[int, InMemoryTree] = {}
         self._keep = {s // block_size for s in self.since}
+        self._contracts: dict[str, F.RecordFacts] = {}
         self._records = open(self.dir / L.RECORDS, "wb")  # noqa: SIM115 - closed in finish()
         self._spool_path = self.dir / ".proofs.spool"
         self._spool = open(self._spool_path, "wb")  # noqa: SIM115 - closed in finish()
@@ -149,10 +150,13 @@ class BundleWriter:
         except (F.FactsError, ValueError):
             kind = None
         if kind is not None:
-            facts = F.record_facts(kind, payload, self.catalogue)
+            facts = F.record_facts(kind, payload, self.catalogue, self._contracts)
             if not F.filter_violations(facts, self.filters):
                 matched = True
                 self.totals.add(facts)
+                cid = F.contract_key(kind, payload)
+                if cid is not None:
+                    self._contracts[cid] = facts
                 self._records.write(L.record_line(index, entry))
                 self._pending.append(index)
                 self.records_written += 1

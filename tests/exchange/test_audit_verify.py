@@ -15,7 +15,7 @@ from exchange.audit import facts as F
 from exchange.audit import layout as L
 from exchange.audit.verify import verify_bundle
 from federation.merkle import InMemoryTree, leaf_hash
-from tests.exchange.auditkit import MemLog, fill, write_bundle
+from tests.exchange.auditkit import CATALOGUE, MemLog, fill, write_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRST_PARTY = {"exchange", "federation", "identifiers", "matching", "tests"}
@@ -235,3 +235,45 @@ def test_bundle_files_follow_the_published_schemas(tmp_path: Path) -> None:
     bad["totals"]["settled"]["scu_hours"] = 1.5
     with pytest.raises(jsonschema.ValidationError):
         check("manifest.schema.json", bad)
+
+
+def test_settlements_inherit_facts_from_their_contract_in_the_bundle(tmp_path: Path) -> None:
+    """Shapes of the settlement branch's signed bodies: a settlement names only its contract."""
+    log = MemLog()
+    contract = {
+        "contract_id": "c-1",
+        "model": "HW-910C",
+        "region": "CN-GZ",
+        "billing_mode": "per_minute",
+        "devices": 4,
+        "start_at": 1_700_000_000,
+        "end_at": 1_700_007_200,
+        "created_at": 1_700_000_000,
+    }
+    settlement = {
+        "settlement_id": "s-1",
+        "contract_id": "c-1",
+        "billing_mode": "per_minute",
+        "device_minutes": 480,
+        "buyer_debit_fen": 96_000,
+        "provider_credit_fen": 95_040,
+        "fee_fen": 960,
+        "period_end": 1_700_007_200,
+        "created_at": 1_700_007_300,
+    }
+    orphan = {**settlement, "settlement_id": "s-2", "contract_id": "c-unknown"}
+    log.append("contract", contract)
+    log.append("settlement", settlement)
+    log.append("settlement", orphan)
+    out = tmp_path / "b"
+    write_bundle(log, out, filters={"region": "CN-GZ"})
+    report = verify_bundle(out)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.records == 2  # the orphan states no region, so it is not in a CN-GZ export
+    totals = report.totals
+    assert totals is not None
+    scu = F.format_scu(F.Decimal(480) / 60 * F.Decimal(CATALOGUE["HW-910C"]["scu"]))
+    assert totals["by_region"] == {"CN-GZ": {"records": 1, "fen": 96_000, "scu_hours": scu}}
+    assert set(totals["by_model_family"]) == {"Ascend-DaVinci"} and set(totals["by_origin"]) == {"domestic"}
+    assert totals["flows"] == {"unknown": {"CN-GZ": {"records": 1, "fen": 96_000, "scu_hours": scu}}}
+
