@@ -21,6 +21,7 @@ from exchange.billing.terms import contract_terms_from_order, parse_terms, terms
 from exchange.services.parties import Caller, require_party
 from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
+from exchange.storage.participants import Participant
 from exchange.storage.registration import Pool, Site
 from identifiers.catalogue import Catalogue
 from identifiers.errors import ConflictError, NotFoundError, ValidationError
@@ -70,7 +71,7 @@ def billable_end(row: Contract) -> int:
 
 
 def contract_body(row: Contract) -> dict[str, Any]:
-    """The signed contract record (what the log holds)."""
+    """The contract's own fields of its signed record (create_from_match adds pool CRI, operator, buyer region)."""
     return {
         "contract_id": row.id,
         "round_id": row.round_id,
@@ -181,7 +182,7 @@ class ContractService:
         if buyer_price_fen < 0 or provider_price_fen < 0:
             raise ValidationError("prices must be >= 0", field="buyer_price_fen")
         row = await session.execute(
-            select(Pool.model, Pool.devices, Site.region, Site.provider_id)
+            select(Pool.model, Pool.devices, Pool.cri, Site.region, Site.provider_id)
             .join(Site, Site.id == Pool.site_id)
             .where(Pool.id == pool_id)
         )
@@ -220,7 +221,15 @@ class ContractService:
         )
         session.add(contract)
         await session.flush()
-        appended = await self.ledger.append(session, "contract", contract.id, contract_body(contract))
+        body = contract_body(contract)
+        provider = await session.get(Participant, provider_id)
+        buyer = await session.get(Participant, buyer_id)
+        body.update(  # facts regulators filter on (audit exports read them from the signed record)
+            pool_cri=pool.cri,
+            operator_code=None if provider is None else provider.operator_code,
+            buyer_home_region=None if buyer is None else buyer.home_region,
+        )
+        appended = await self.ledger.append(session, "contract", contract.id, body)
         contract.log_index = appended.index
         await session.flush()
         return contract

@@ -54,7 +54,7 @@ def test_postings_always_balance(amount: int, fee_bps: int) -> None:
     assert abs(p.fee_fen * 10_000 - amount * fee_bps) <= 5_000
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     price=prices,
     minutes=st.integers(min_value=0, max_value=10**7),
@@ -68,7 +68,7 @@ def test_per_minute_split(price: int, minutes: int, cuts: list[int], fee_bps: in
     check_split(whole, [per_minute_fen(price, m) for m in parts], fee_bps)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     price=prices,
     scu=st.decimals(min_value=Decimal("0.01"), max_value=Decimal("40"), places=3),
@@ -89,7 +89,7 @@ def test_compute_tier_split(price: int, scu: Decimal, prior: int, minutes: int, 
     check_split(whole, amounts, fee_bps)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     price=prices,
     devices=st.integers(min_value=0, max_value=1000),
