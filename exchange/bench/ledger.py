@@ -123,8 +123,8 @@ async def run_ledger_bench(
                     con.append(await ledger.consistency_proof(old, size, session))
             t_con = time.perf_counter() - t0
             t0 = time.perf_counter()
-            for p in con:
-                verify_consistency(p.size1, size, p.hashes, p.root1, cp.root)
+            for c in con:
+                verify_consistency(c.size1, size, c.hashes, c.root1, cp.root)
             t_con_v = time.perf_counter() - t0
 
             t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, insert, literal_column, or_, select, text, union_all, update
+from sqlalchemy import Table, and_, false, func, insert, literal_column, or_, select, text, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.canonical import fast_canonical_bytes
@@ -47,6 +47,9 @@ from federation.note import Checkpoint, parse_checkpoint, verify_checkpoint
 from identifiers.errors import NotFoundError, ValidationError
 
 log = logging.getLogger("hetex.ledger")
+
+_ENTRIES: Table = LogEntry.__table__  # type: ignore[assignment]
+_NODES: Table = LogNode.__table__  # type: ignore[assignment]
 
 VERIFY_CHUNK = 4096
 MAX_PROBLEMS = 1000
@@ -297,9 +300,9 @@ class LedgerService:
             node_rows.extend({"level": lv, "index": ix, "hash": h} for lv, ix, h in completed[1:])
             out.append(AppendedRecord(index, leaf, env, payload))
         # Core inserts on the tables (not the ORM bulk path): the same SQL, a fraction of the overhead
-        await session.execute(insert(LogEntry.__table__), entry_rows)
+        await session.execute(insert(_ENTRIES), entry_rows)
         if node_rows:
-            await session.execute(insert(LogNode.__table__), node_rows)
+            await session.execute(insert(_NODES), node_rows)
         await session.execute(
             update(LogCounter)
             .where(LogCounter.id == COUNTER_ROW_ID)
@@ -415,15 +418,12 @@ class LedgerService:
             else:
                 level = n.bit_length() - 1
                 nodes.append((level, start >> level))
-        parts = []
-        if leaves:
-            parts.append(select(literal_column("0"), LogEntry.idx, LogEntry.leaf_hash).where(LogEntry.idx.in_(leaves)))
-        if nodes:
-            cond = or_(*(and_(LogNode.level == lv, LogNode.index == ix) for lv, ix in nodes))
-            parts.append(select(LogNode.level, LogNode.index, LogNode.hash).where(cond))
+        leaf_q: Any = select(literal_column("0"), LogEntry.idx, LogEntry.leaf_hash).where(LogEntry.idx.in_(leaves))
+        cond = or_(false(), *(and_(LogNode.level == lv, LogNode.index == ix) for lv, ix in nodes))
+        node_q: Any = select(LogNode.level, LogNode.index, LogNode.hash).where(cond)
+        stmt: Any = union_all(leaf_q, node_q) if leaves and nodes else leaf_q if leaves else node_q
         found: dict[tuple[int, int], bytes] = {}
-        if parts:
-            stmt = parts[0] if len(parts) == 1 else union_all(*parts)
+        if leaves or nodes:
             found = {(int(lv), int(ix)): bytes(h) for lv, ix, h in await session.execute(stmt)}
         if len(found) != len(leaves) + len(nodes):
             raise ValidationError(f"{size_field} is beyond the log size {await self.size(session)}", field=size_field)
@@ -545,8 +545,8 @@ class LedgerService:
                 break
             first, last = int(rows[0].idx), int(rows[-1].idx)
             nodes = await self._nodes_completed_in(session, first, last + 1)
-            for row in rows:
-                idx = int(row.idx)
+            for entry in rows:
+                idx = int(entry.idx)
                 if idx != expected:
                     report.add(LogProblem("entry_missing", "no stored entry at this index", expected, idx))
                     bad.append((expected, idx))
@@ -558,14 +558,14 @@ class LedgerService:
                             )
                         )
                     expected = idx
-                payload = bytes(row.payload)
+                payload = bytes(entry.payload)
                 leaf = leaf_hash(payload)
-                if leaf != bytes(row.leaf_hash):
+                if leaf != bytes(entry.leaf_hash):
                     report.add(
                         LogProblem("leaf_hash_mismatch", "stored leaf hash is not the hash of the stored bytes", idx)
                     )
                     bad.append((idx, idx + 1))
-                self._check_entry_signature(report, bad, idx, row.record_type, payload, keyring)
+                self._check_entry_signature(report, bad, idx, entry.record_type, payload, keyring)
                 report.entries_checked += 1
                 expected = idx + 1
                 if broken_at is not None:
