@@ -52,6 +52,7 @@ _ENTRIES: Table = LogEntry.__table__  # type: ignore[assignment]
 _NODES: Table = LogNode.__table__  # type: ignore[assignment]
 
 VERIFY_CHUNK = 4096
+PROOF_BATCH = 256
 MAX_PROBLEMS = 1000
 
 
@@ -419,7 +420,10 @@ class LedgerService:
                 level = n.bit_length() - 1
                 nodes.append((level, start >> level))
         leaf_q: Any = select(literal_column("0"), LogEntry.idx, LogEntry.leaf_hash).where(LogEntry.idx.in_(leaves))
-        cond = or_(false(), *(and_(LogNode.level == lv, LogNode.index == ix) for lv, ix in nodes))
+        by_level: dict[int, list[int]] = {}
+        for lv, ix in nodes:
+            by_level.setdefault(lv, []).append(ix)
+        cond = or_(false(), *(and_(LogNode.level == lv, LogNode.index.in_(ixs)) for lv, ixs in by_level.items()))
         node_q: Any = select(LogNode.level, LogNode.index, LogNode.hash).where(cond)
         stmt: Any = union_all(leaf_q, node_q) if leaves and nodes else leaf_q if leaves else node_q
         found: dict[tuple[int, int], bytes] = {}
@@ -464,6 +468,34 @@ class LedgerService:
             hashes=inclusion_proof(source, index, size),
             root=tree_root(source, size),
         )
+
+    async def inclusion_proofs(
+        self, indices: Sequence[int], size: int, session: AsyncSession | None = None
+    ) -> list[InclusionProof]:
+        """Inclusion proofs of many entries in the tree of `size`, fetching hashes for PROOF_BATCH at a time."""
+        if session is None:
+            async with self.sessions() as own:
+                return await self.inclusion_proofs(indices, size, own)
+        for index in indices:
+            if not 0 <= index < size:
+                raise ValidationError(f"index {index} is not in a tree of size {size}", field="index")
+        out: list[InclusionProof] = []
+        for lo in range(0, len(indices), PROOF_BATCH):
+            chunk = indices[lo : lo + PROOF_BATCH]
+            rec = _Recorder()
+            tree_root(rec, size)
+            for index in chunk:
+                inclusion_proof(rec, index, size)
+                rec.wanted.add((index, index + 1))
+            source = await self._source(session, rec.wanted)
+            root = tree_root(source, size)
+            out.extend(
+                InclusionProof(
+                    index, size, source.subtree_hash(index, index + 1), inclusion_proof(source, index, size), root
+                )
+                for index in chunk
+            )
+        return out
 
     async def consistency_proof(
         self, size1: int, size2: int | None = None, session: AsyncSession | None = None
