@@ -360,14 +360,19 @@ class LedgerService:
         async with self.sessions.begin() as session:
             return await self.checkpoint(session)
 
-    async def run_publisher(self, interval: float) -> None:
-        """Background loop: publish a checkpoint every `interval` seconds when the log grew (runs until cancelled)."""
-        while True:
-            await asyncio.sleep(interval)
+    async def run_publisher(self, interval: float, stop: asyncio.Event) -> None:
+        """Background loop: publish a checkpoint every `interval` seconds when the log grew, until `stop` is set.
+
+        Stopping waits for a publication in progress to finish (never cancelled inside its transaction).
+        """
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+                return
+            except TimeoutError:
+                pass
             try:
                 await self.publish_if_grown()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("checkpoint publication failed; retrying in %s s", interval)
 
