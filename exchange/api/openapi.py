@@ -412,8 +412,8 @@ def _build() -> dict[str, Any]:
         responses: dict[str, Any] = {
             str(op.ok): {"description": "success", "content": {op.content_type: {"schema": schema}}}
         }
-        for status, text in op.extra.items():
-            responses[status] = {"description": text, "content": {op.content_type: {"schema": schema}}}
+        for extra_status, text in op.extra.items():
+            responses[extra_status] = {"description": text, "content": {op.content_type: {"schema": schema}}}
         errors = set(op.errors)
         if op.signed:
             errors |= {401, 403}

@@ -134,10 +134,10 @@ def _send(base: str, case: Any, key: SigningKey | None) -> requests.Response:
     else:
         body = json.dumps(case.body).encode()
     headers = {k: str(v) for k, v in (case.headers or {}).items() if k.lower() not in SIGNATURE_HEADERS}
-    if case.operation.definition.raw.get("operationId") == "registerParticipant" and key is not None:
+    registering = case.operation.definition.raw.get("operationId") == "registerParticipant"
+    if registering and key is not None and isinstance(case.body, dict):
         # proof of possession: the body carries the signing key
-        if isinstance(case.body, dict):
-            body = json.dumps({**case.body, "public_key": key.public.to_base64()}).encode()
+        body = json.dumps({**case.body, "public_key": key.public.to_base64()}).encode()
     if body:
         headers.setdefault("Content-Type", "application/json")
     prepared = requests.Request(
