@@ -376,13 +376,14 @@ ERROR_TEXT = {
 }
 
 
-def _schemas() -> tuple[dict[tuple[type[BaseModel], str], dict[str, Any]], dict[str, Any]]:
-    inputs = {op.body for op in OPS if op.body is not None}
-    outputs = {op.response for op in OPS if isinstance(op.response, type)} | {SiteView, PoolView, Problem}
+def _schemas() -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
+    inputs: set[type[BaseModel]] = {op.body for op in OPS if op.body is not None}
+    outputs: set[type[BaseModel]] = {op.response for op in OPS if isinstance(op.response, type)}
+    outputs |= {SiteView, PoolView, Problem}
     pairs: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in sorted(inputs, key=lambda m: m.__name__)]
     pairs += [(m, "serialization") for m in sorted(outputs, key=lambda m: m.__name__)]
     key_map, defs = models_json_schema(pairs, ref_template=REF)
-    return key_map, defs.get("$defs", {})
+    return dict(key_map), defs.get("$defs", {})
 
 
 def _problem_response(status: int) -> dict[str, Any]:
