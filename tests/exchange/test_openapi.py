@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,13 @@ from schemathesis.checks import (
 from schemathesis.core import NOT_SET
 from schemathesis.generation import GenerationMode
 
-from exchange.api.app import create_app
 from exchange.api.openapi import build_openapi, openapi_yaml
 from exchange.client import HetexClient
-from exchange.composition import build_services
 from exchange.services.participants import participant_key_id
-from exchange.settings import Settings
 from federation.httpsig import sign_request
 from federation.keys import SigningKey
 from identifiers.specs import specs_dir
+from tests.exchange.registration_support import LiveServer
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 SIGNATURE_HEADERS = {"signature", "signature-input", "content-digest"}
@@ -63,48 +60,6 @@ def test_every_route_is_described() -> None:
     for (method, path), op in ((k, doc["paths"][k[1]][k[0].lower()]) for k in described):
         if "security" in op:
             assert {"401", "403"} <= set(op["responses"]), (method, path)
-
-
-class LiveServer:
-    """The real app on a loopback port in a background thread with its own event loop."""
-
-    def __init__(self, url: str, tmp: Path) -> None:
-        self.url, self.tmp = url, tmp
-        self.base = ""
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        from aiohttp import web
-
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        svc = await build_services(Settings(database_url=self.url, key_dir=self.tmp / "keys"))
-        runner = web.AppRunner(create_app(svc))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base = f"http://127.0.0.1:{port}"
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-        await svc.close()
-
-    def __enter__(self) -> LiveServer:
-        self._thread.start()
-        assert self._ready.wait(20)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None and self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(20)
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Benchmarks behind `hetex bench ...`: each module measures one part of the exchange."""

@@ -1,0 +1,59 @@
+"""Operator verbs (direct database access): `hetex admin add-regulator`, `hetex admin add-peer`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from exchange.cli.common import CliError, add_db_flag, print_json, print_table, settings_from
+from exchange.composition import build_services
+from exchange.services.participants import ParticipantView
+from federation.errors import KeyFormatError
+from federation.keys import load_public_key
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `admin` verbs."""
+    p = sub.add_parser("admin", help="operator tasks (direct database access)")
+    asub = p.add_subparsers(dest="admin_command", required=True)
+    for role, verb, what in (("regulator", "add-regulator", "a regulator"), ("peer", "add-peer", "a peer exchange")):
+        cmd = asub.add_parser(verb, help=f"add {what} by its public key")
+        cmd.add_argument("--key", required=True, help="public key: a .pub file or the base64 text")
+        cmd.add_argument("--name", required=True)
+        cmd.add_argument("--json", action="store_true")
+        add_db_flag(cmd)
+        cmd.set_defaults(func=run_add, role=role)
+
+
+def public_key_text(value: str) -> str:
+    """Base64 public key from a .pub file path or the literal text."""
+    path = Path(value)
+    if path.is_file():
+        try:
+            return load_public_key(path).to_base64()
+        except (KeyFormatError, UnicodeDecodeError) as exc:
+            raise CliError(f"{value} does not hold a public key: {exc}") from None
+    if "/" in value and not value.endswith("="):
+        raise CliError(f"no such key file: {value}")
+    return value
+
+
+def run_add(args: argparse.Namespace) -> int:
+    """Insert the participant."""
+    settings = settings_from(args)
+    key = public_key_text(args.key)
+
+    async def go() -> ParticipantView:
+        svc = await build_services(settings)
+        try:
+            return await svc.participants.add_by_operator(args.role, args.name, key)
+        finally:
+            await svc.close()
+
+    view = asyncio.run(go())
+    if args.json:
+        print_json(view.model_dump())
+    else:
+        print_table(f"added {args.role}", ["field", "value"], list(view.model_dump().items()))
+    return 0
