@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from exchange.services.audit import AuditService
+from exchange.services.identity import IdentityService
+from exchange.services.ledger import LedgerService
 from exchange.services.orders import OrderService
 from exchange.services.participants import ParticipantService
 from exchange.services.registration import RegistrationService
@@ -26,12 +29,16 @@ class Services:
     catalogue: Catalogue
     regions: RegionTable
     resolve: ResolveService
+    identity: IdentityService
+    ledger: LedgerService
+    audit: AuditService
     participants: ParticipantService
     registration: RegistrationService
     orders: OrderService
 
     async def close(self) -> None:
-        """Release the database pool (only when this root opened it)."""
+        """Stop background audit jobs; release the database pool (only when this root opened it)."""
+        await self.audit.close()
         if self.engine is not None:
             await self.engine.dispose()
 
@@ -44,6 +51,8 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         sessions = make_sessionmaker(engine)
     catalogue = load_catalogue()
     regions = load_regions()
+    identity = IdentityService(sessions, settings.key_dir, settings.origin)
+    ledger = LedgerService(sessions, identity, settings.origin)
     return Services(
         settings=settings,
         engine=engine,
@@ -51,6 +60,9 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         catalogue=catalogue,
         regions=regions,
         resolve=ResolveService(sessions, settings.authority),
+        identity=identity,
+        ledger=ledger,
+        audit=AuditService(sessions, ledger, identity, catalogue, settings.exports_dir, settings.authority),
         participants=ParticipantService(sessions, regions, settings.signature_window_seconds),
         registration=RegistrationService(
             sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds

@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
+from exchange.services.audit import ExportRequest
 from exchange.services.orders import MAX_PAGE, ORDER_STATUSES, OrderPage, OrderSpec, OrderView
 from exchange.services.participants import ParticipantRegistration, ParticipantView
 from exchange.services.registration import (
@@ -72,8 +73,8 @@ class Op:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+def _q(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
 
 CRI_PARAM = {
@@ -89,6 +90,13 @@ ID_PARAM = {
     "required": True,
     "schema": {"type": "string", "minLength": 1, "maxLength": 64},
     "description": "record id (UUIDv7, lower-case)",
+}
+INDEX_PARAM = {
+    "name": "index",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 25},
+    "description": "log entry index (0-based integer)",
 }
 IDEMPOTENCY = {
     "name": "Idempotency-Key",
@@ -122,6 +130,21 @@ REGIONS = {
 }
 RESOLVED = {"oneOf": [{"$ref": REF.format(model="SiteView")}, {"$ref": REF.format(model="PoolView")}]}
 TEXT = {"type": "string"}
+OBJECT = {"type": "object"}
+LEDGER_ENTRY = {"type": "object", "required": ["index"]}
+PROOF = {"type": "object"}
+LEDGER_KEYS = {
+    "type": "object",
+    "required": ["origin", "current", "keys"],
+    "properties": {"origin": {"type": "string"}, "keys": {"type": "array", "items": {"type": "object"}}},
+}
+EXPORT_STATUS = {
+    "type": "object",
+    "required": ["id", "status"],
+    "properties": {"id": {"type": "string"}, "status": {"type": "string"}},
+}
+BUNDLE = {"type": "string", "format": "binary"}
+LEDGER_ERRORS = (404, 409, 422)
 
 OPS: tuple[Op, ...] = (
     Op("get", "/healthz", "healthz", "Liveness and a database round trip", "reference", response=HEALTH),
@@ -137,6 +160,85 @@ OPS: tuple[Op, ...] = (
         "reference",
         response=RESOLVED,
         errors=(404, 422),
+    ),
+    Op(
+        "get",
+        "/v1/ledger/checkpoint",
+        "ledgerCheckpoint",
+        "The latest signed checkpoint of the transparency log (C2SP signed note)",
+        "ledger",
+        response=TEXT,
+        content_type="text/plain",
+        errors=LEDGER_ERRORS,
+    ),
+    Op(
+        "get",
+        "/v1/ledger/entries/{index}",
+        "ledgerEntry",
+        "One log entry: stored bytes (base64), leaf hash and the parsed DSSE envelope",
+        "ledger",
+        response=LEDGER_ENTRY,
+        errors=LEDGER_ERRORS,
+    ),
+    Op(
+        "get",
+        "/v1/ledger/proofs/inclusion",
+        "ledgerInclusionProof",
+        "Inclusion proof of an entry in the tree of a given size (default: latest checkpoint)",
+        "ledger",
+        response=PROOF,
+        errors=LEDGER_ERRORS,
+        query=(
+            _q("index", {"type": "integer", "minimum": 0}, "entry index", required=True),
+            _q("size", {"type": "integer", "minimum": 0}, "tree size (default: latest checkpoint)"),
+        ),
+    ),
+    Op(
+        "get",
+        "/v1/ledger/proofs/consistency",
+        "ledgerConsistencyProof",
+        "Consistency proof between two tree sizes",
+        "ledger",
+        response=PROOF,
+        errors=LEDGER_ERRORS,
+        query=(
+            _q("from", {"type": "integer", "minimum": 0}, "older tree size", required=True),
+            _q("to", {"type": "integer", "minimum": 0}, "newer tree size (default: latest checkpoint)"),
+        ),
+    ),
+    Op("get", "/v1/ledger/keys", "ledgerKeys", "Every exchange key with its validity", "ledger", response=LEDGER_KEYS),
+    Op(
+        "post",
+        "/v1/audit/exports",
+        "createAuditExport",
+        "Start an audit export for a period (regulators only); 202 with the job status and Location",
+        "audit",
+        ok=202,
+        response=EXPORT_STATUS,
+        body=ExportRequest,
+        signed=True,
+        errors=(403, 409, 413, 422),
+    ),
+    Op(
+        "get",
+        "/v1/audit/exports/{id}",
+        "getAuditExport",
+        "Status and progress of one of the caller's exports",
+        "audit",
+        response=EXPORT_STATUS,
+        signed=True,
+        errors=(403, 404, 422),
+    ),
+    Op(
+        "get",
+        "/v1/audit/exports/{id}/bundle",
+        "getAuditBundle",
+        "The finished bundle (tar.gz)",
+        "audit",
+        response=BUNDLE,
+        content_type="application/gzip",
+        signed=True,
+        errors=(403, 404, 409, 422),
     ),
     Op(
         "post",
@@ -403,6 +505,8 @@ def _build() -> dict[str, Any]:
             params.append(CRI_PARAM)
         if "{id}" in op.path:
             params.append(ID_PARAM)
+        if "{index}" in op.path:
+            params.append(INDEX_PARAM)
         params += list(op.query) + list(op.headers)
         if op.signed:
             params += [{"$ref": f"#/components/parameters/{name}"} for name in SIGNATURE_PARAMS]

@@ -1,1 +1,1 @@
-"""Benchmarks behind `hetex bench ...`: each module measures one part of the exchange."""
+"""Benchmarks behind `hetex bench ...` (measured figures, no assertions)."""

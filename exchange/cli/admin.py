@@ -1,4 +1,4 @@
-"""Operator verbs (direct database access): `hetex admin add-regulator`, `hetex admin add-peer`."""
+"""`hetex admin ...`: operator verbs run against the database (key rotation, adding regulators and peers)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,12 @@ from federation.keys import load_public_key
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `admin` verbs."""
-    p = sub.add_parser("admin", help="operator tasks (direct database access)")
+    p = sub.add_parser("admin", help="operator tasks")
     asub = p.add_subparsers(dest="admin_command", required=True)
+    rot = asub.add_parser("rotate-key", help="make a fresh exchange signing key current; the old one stays verifiable")
+    rot.add_argument("--key-dir", help="directory of the exchange signing key")
+    add_db_flag(rot)
+    rot.set_defaults(func=run_rotate_key)
     for role, verb, what in (("regulator", "add-regulator", "a regulator"), ("peer", "add-peer", "a peer exchange")):
         cmd = asub.add_parser(verb, help=f"add {what} by its public key")
         cmd.add_argument("--key", required=True, help="public key: a .pub file or the base64 text")
@@ -24,6 +28,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         cmd.add_argument("--json", action="store_true")
         add_db_flag(cmd)
         cmd.set_defaults(func=run_add, role=role)
+
+
+def run_rotate_key(args: argparse.Namespace) -> int:
+    """Rotate the exchange key and print the key table (public data only)."""
+    settings = settings_from(args)
+
+    async def go() -> list[dict[str, object]]:
+        svc = await build_services(settings)
+        try:
+            await svc.identity.rotate()
+            return [k.to_json() for k in await svc.identity.keys()]
+        finally:
+            await svc.close()
+
+    keys = asyncio.run(go())
+    print_json({"current": next(k["key_id"] for k in keys if k["status"] == "current"), "keys": keys})
+    return 0
 
 
 def public_key_text(value: str) -> str:

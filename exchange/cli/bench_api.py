@@ -9,10 +9,19 @@ import sys
 from exchange.cli.common import CliError
 
 
+def positive_float(value: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return number
+
+
 def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     """Add `bench api`."""
-    from exchange.cli.bench import positive_float
-
     p = bench_sub.add_parser("api", help="signed order submissions/s over HTTP vs a bare aiohttp endpoint")
     p.add_argument("--seconds", type=positive_float, default=5.0, help="measurement time per endpoint (default 5)")
     p.add_argument("--concurrency", type=int, default=32, help="concurrent client requests (default 32)")

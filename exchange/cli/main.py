@@ -7,11 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from exchange.cli import admin, bench, cri, db, keys, orders, participants, serve
+from exchange.cli import admin, audit, bench, cri, db, keys, ledger, orders, participants, serve
 from exchange.cli.common import CliError
 from identifiers.errors import HetexError
 
-COMMAND_MODULES = [serve, db, cri, keys, participants, orders, admin, bench]
+COMMAND_MODULES = [serve, db, cri, keys, participants, orders, ledger, admin, bench, audit]
 
 
 def build_parser() -> argparse.ArgumentParser:
