@@ -41,7 +41,7 @@ ORDER = {
 
 @dataclass
 class Rate:
-    """Throughput and latency of one endpoint under load."""
+    """Throughput and latency of one endpoint under load (and the server's CPU per request, on Linux)."""
 
     requests: int
     errors: int
@@ -49,6 +49,26 @@ class Rate:
     per_second: float
     p50_ms: float
     p99_ms: float
+    server_cpu_ms_per_request: float | None = None
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measured(pid: int, bench: Awaitable[Rate]) -> Rate:
+    before = _cpu_seconds(pid)
+    rate = await bench
+    after = _cpu_seconds(pid)
+    if before is not None and after is not None and rate.requests:
+        # includes the warm-up requests' share; both endpoints are measured the same way
+        rate.server_cpu_ms_per_request = round((after - before) * 1000 / rate.requests, 3)
+    return rate
 
 
 def _free_port() -> int:
@@ -178,8 +198,8 @@ async def run_bench(seconds: float, concurrency: int, database_url: str | None =
             bare_base, app_base = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{app_port}"
             await _wait_ready(bare_base + "/healthz", bare_proc)
             await _wait_ready(app_base + "/healthz", app_proc)
-            bare = await _bench_bare(bare_base, seconds, concurrency)
-            app = await _bench_app(app_base, seconds, concurrency)
+            bare = await _measured(bare_proc.pid, _bench_bare(bare_base, seconds, concurrency))
+            app = await _measured(app_proc.pid, _bench_app(app_base, seconds, concurrency))
     return {
         "benchmark": "api",
         "seconds": seconds,
@@ -256,9 +276,10 @@ def format_result(result: dict[str, Any]) -> str:
         [
             f"bench api: {result['seconds']} s per endpoint, concurrency {result['concurrency']}, "
             f"{result['cpu_count']} CPUs, {result['database']}",
-            f"  bare aiohttp JSON POST : {b['per_second']:>8} req/s  p50 {b['p50_ms']} ms  p99 {b['p99_ms']} ms",
+            f"  bare aiohttp JSON POST : {b['per_second']:>8} req/s  p50 {b['p50_ms']} ms  p99 {b['p99_ms']} ms"
+            f"  server CPU {b['server_cpu_ms_per_request']} ms/req",
             f"  signed order submit    : {a['per_second']:>8} req/s  p50 {a['p50_ms']} ms  p99 {a['p99_ms']} ms"
-            f"  ({a['errors']} errors)",
+            f"  server CPU {a['server_cpu_ms_per_request']} ms/req  ({a['errors']} errors)",
             f"  ratio signed/bare      : {result['ratio']}",
         ]
     )
