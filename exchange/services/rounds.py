@@ -68,6 +68,33 @@ class UnknownRoundError(NotFoundError):
     code = "unknown_round"
 
 
+class UnknownFillSubjectError(NotFoundError):
+    """No order or offer has this id."""
+
+    code = "unknown_fill_subject"
+
+
+class Viewer(Protocol):
+    """The authenticated caller as services see it (exchange.services.principals.Principal)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+    def require_owner(self, owner_id: str, what: str) -> None: ...
+
+
+READ_ANY_ROLES = ("operator", "regulator")
+
+
+def _require_reader(who: Viewer, owner_id: str, what: str) -> None:
+    """The owner, the operator and regulators may read fills; anyone else is refused."""
+    if who.role not in READ_ANY_ROLES:
+        who.require_owner(owner_id, what)
+
+
 class ContractMaker(Protocol):
     """Creates one contract row and appends its signed record in the caller's transaction
     (exchange.services.contracts.ContractService)."""
@@ -606,19 +633,48 @@ class RoundService:
             out.append(view)
         return out
 
-    async def order_fills(self, order_id: str) -> list[dict[str, Any]]:
-        """Contracts that fill an order (ids, pools, devices, spans, prices)."""
-        return await self._fills(Contract.order_id == order_id)
-
-    async def offer_fills(self, offer_id: str) -> list[dict[str, Any]]:
-        """Contracts made on an offer."""
-        return await self._fills(Contract.offer_id == offer_id)
-
-    async def _fills(self, where: Any) -> list[dict[str, Any]]:
-        q = select(Contract).where(where).order_by(Contract.start_at, Contract.id)
+    async def order_fills(self, who: Viewer, order_id: str) -> dict[str, Any]:
+        """An order's fill status and the contracts that fill it (its buyer, the operator, regulators)."""
         async with self.sessions() as session:
-            rows = (await session.execute(q)).scalars().all()
-        return [fill_view(c) for c in rows]
+            order = await session.get(Order, order_id)
+            if order is None:
+                raise UnknownFillSubjectError(f"no order {order_id}", field="id")
+            _require_reader(who, order.buyer_id, f"order {order_id}")
+            rows = await self._contracts(session, Contract.order_id == order_id)
+        return {
+            "order_id": order.id,
+            "status": order.status,
+            "quantity_devices": order.quantity_devices,
+            "filled_devices": order.filled_devices,
+            "contract_ids": [c.id for c in rows],
+            "fills": [fill_view(c) for c in rows],
+        }
+
+    async def offer_fills(self, who: Viewer, offer_id: str) -> dict[str, Any]:
+        """An offer's contracts and the devices still free on it now (its provider, operator, regulators)."""
+        now = now_s()
+        async with self.sessions() as session:
+            offer = await session.get(Offer, offer_id)
+            if offer is None:
+                raise UnknownFillSubjectError(f"no offer {offer_id}", field="id")
+            _require_reader(who, offer.provider_id, f"offer {offer_id}")
+            rows = await self._contracts(session, Contract.offer_id == offer_id)
+        held = sum(
+            c.devices for c in rows if c.status not in RELEASED_CONTRACT_STATUSES and c.start_at <= now < c.end_at
+        )
+        return {
+            "offer_id": offer.id,
+            "status": offer.status,
+            "devices": offer.devices,
+            "reserved_devices_now": held,
+            "free_devices_now": max(0, offer.devices - held) if offer.status == "open" else 0,
+            "contract_ids": [c.id for c in rows],
+            "fills": [fill_view(c) for c in rows],
+        }
+
+    async def _contracts(self, session: AsyncSession, where: Any) -> list[Contract]:
+        q = select(Contract).where(where).order_by(Contract.start_at, Contract.id)
+        return list((await session.execute(q)).scalars())
 
     async def market(self) -> dict[str, Any]:
         """Depth (open demand, free offered devices) and last clearing prices by region x model family."""
