@@ -35,7 +35,10 @@ class Placer:
     def __init__(self, prep: Prepared) -> None:
         self.prep = prep
         self.free = prep.free.copy()
-        self.pieces: list[Piece] = []
+        self._pieces: list[Piece] = []
+        self._alive: list[bool] = []
+        self.by_pool: dict[int, list[int]] = {}
+        self.by_order: dict[int, list[int]] = {}
         self.filled = np.zeros(prep.n_orders, dtype=bool)
         self._bill_ok: dict[tuple[int, str], np.ndarray] = {}
 
@@ -162,9 +165,35 @@ class Placer:
         for pc in pieces:
             self.free[pc.pool, pc.k : pc.k + pc.lease] -= pc.devices
             assert self.free[pc.pool, pc.k : pc.k + pc.lease].min() >= 0
-            self.pieces.append(pc)
+            i = len(self._pieces)
+            self._pieces.append(pc)
+            self._alive.append(True)
+            self.by_pool.setdefault(pc.pool, []).append(i)
+            self.by_order.setdefault(pc.order, []).append(i)
         if pieces:
             self.filled[pieces[0].order] = True
+
+    @property
+    def pieces(self) -> list[Piece]:
+        """The pieces currently committed."""
+        return [pc for pc, a in zip(self._pieces, self._alive, strict=True) if a]
+
+    def pool_pieces(self, pool: int) -> list[tuple[int, Piece]]:
+        """Live pieces on a pool with their indices."""
+        return [(i, self._pieces[i]) for i in self.by_pool.get(pool, []) if self._alive[i]]
+
+    def order_pieces(self, order: int) -> list[Piece]:
+        """Live pieces of an order."""
+        return [self._pieces[i] for i in self.by_order.get(order, []) if self._alive[i]]
+
+    def remove(self, order: int) -> None:
+        """Release every piece of an order."""
+        for i in self.by_order.get(order, []):
+            if self._alive[i]:
+                pc = self._pieces[i]
+                self.free[pc.pool, pc.k : pc.k + pc.lease] += pc.devices
+                self._alive[i] = False
+        self.filled[order] = False
 
     def place(
         self,
@@ -187,6 +216,6 @@ class Placer:
         """Welfare of the committed pieces in cost units (fen x slot_seconds per device-slot / 3600)."""
         prep = self.prep
         tot = 0
-        for pc in self.pieces:
+        for pc in self.pieces:  # live pieces only
             tot += (pc.limit - int(prep.pool_ask[pc.pool])) * pc.devices * pc.lease * prep.slot_seconds
         return tot

@@ -57,8 +57,13 @@ class Relaxation:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def build_network(prep: Prepared, *, edge_mask: np.ndarray | None = None) -> Network:
-    """Group order edges and connect groups to pools with capacity segments; arrays only."""
+def build_network(
+    prep: Prepared, *, edge_mask: np.ndarray | None = None, free: np.ndarray | None = None
+) -> Network:
+    """Group order edges and connect groups to pools with capacity segments; arrays only.
+
+    edge_mask keeps a subset of order edges (others get group -1); free overrides the capacity.
+    """
     t0 = time.perf_counter()
     mk = prep.market
     slot_s = prep.slot_seconds
@@ -83,8 +88,14 @@ def build_network(prep: Prepared, *, edge_mask: np.ndarray | None = None) -> Net
     # pool edges
     fg: list[np.ndarray] = []
     fp: list[np.ndarray] = []
-    free = prep.free
+    if free is None:
+        free = prep.free
+    used_groups = np.zeros(len(uniq), dtype=bool)
+    if E:
+        used_groups[e_group[e_group >= 0]] = True
     for j in range(len(uniq)):
+        if not used_groups[j]:
+            continue
         c, L, g, k, b = (int(v) for v in uniq[j])
         pools = prep.class_pools[c]
         avail = free[pools, k : k + L].min(axis=1)
