@@ -26,7 +26,7 @@ class Round(Base):
     market_now: Mapped[int | None] = mapped_column(BigInteger)
     snapshot_hash: Mapped[str | None] = mapped_column(String(64))
     method: Mapped[str | None] = mapped_column(String(16))
-    pricing_rule: Mapped[str | None] = mapped_column(String(120))
+    pricing_rule: Mapped[str | None] = mapped_column(Text)
     orders_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     offers_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     contracts_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -27,7 +27,7 @@ def upgrade() -> None:
         sa.Column("market_now", sa.BigInteger(), nullable=True),
         sa.Column("snapshot_hash", sa.String(length=64), nullable=True),
         sa.Column("method", sa.String(length=16), nullable=True),
-        sa.Column("pricing_rule", sa.String(length=120), nullable=True),
+        sa.Column("pricing_rule", sa.Text(), nullable=True),
         sa.Column("orders_count", sa.Integer(), nullable=False),
         sa.Column("offers_count", sa.Integer(), nullable=False),
         sa.Column("contracts_count", sa.Integer(), nullable=False),
