@@ -11,6 +11,7 @@ import numpy as np
 from matching.audit import audit
 from matching.components import count_components
 from matching.eligibility import Prepared, prepare
+from matching.exact import count_vars, solve_exact
 from matching.model import ClearingResult, Market, RoundStats, Unfilled, validate_market
 from matching.placement import Piece, Placer
 from matching.prices import class_prices, compute_duals, price_pieces
@@ -139,15 +140,15 @@ def _resolve_singles(prep: Prepared, src: Placer) -> Placer:
         net2 = build_network(prep, edge_mask=unit[prep.e_order], free=out.free)
         rel2 = relax(net2)
         items = []
-        for o in np.nonzero(unit)[0]:
+        for o in np.nonzero(unit)[0].tolist():
             es = prep.order_edges[o]
             xs = rel2.x[es]
             if xs.max() > 0.5:
                 e = int(es[int(np.argmax(xs))])
                 items.append((-int(prep.e_limit[e]), seqs[o], int(o), e))
         items.sort()
-        for o in _place_on_flow(prep, net2, rel2, out, [(o, e) for *_, o, e in items]):
-            out.place(o, prep.order_edges[o])
+        for fo in _place_on_flow(prep, net2, rel2, out, [(o, e) for *_, o, e in items]):
+            out.place(fo, prep.order_edges[fo])
     rest = []
     for o in range(prep.n_orders):
         es = prep.order_edges[o]
@@ -288,7 +289,7 @@ def _repair(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, *, sp
         net2 = build_network(prep, edge_mask=mask, free=placer.free)
         rel2 = relax(net2)
         items = []
-        for o in np.nonzero(unit)[0]:
+        for o in np.nonzero(unit)[0].tolist():
             es = prep.order_edges[o]
             xs = rel2.x[es]
             if xs.max() > 0.5:
@@ -298,7 +299,7 @@ def _repair(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, *, sp
         failed = _place_on_flow(prep, net2, rel2, placer, [(o, e) for *_, o, e in items])
         for o in failed:
             placer.place(o, prep.order_edges[o])
-        for o in np.nonzero(unit)[0]:
+        for o in np.nonzero(unit)[0].tolist():
             if not placer.filled[o]:
                 es = prep.order_edges[o]
                 best_sur = int((prep.e_limit[es] - prep.class_min_ask[prep.e_class[es]]).max())
@@ -323,6 +324,8 @@ def run_method(prep: Prepared, net: Network, method: str) -> tuple[Placer, Relax
     if method == "mcf":
         rel = relax(net)
         placer = repair_and_place(prep, net, rel, placer)
+        _exact_polish(prep, rel, placer_ref := [placer])
+        placer = placer_ref[0]
     elif method == "greedy":
         greedy_price_time(prep, placer)
     elif method == "fifo":
@@ -330,6 +333,36 @@ def run_method(prep: Prepared, net: Network, method: str) -> tuple[Placer, Relax
     else:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
     return placer, rel, time.perf_counter() - t0
+
+
+EXACT_MAX_VARS = 3000
+
+
+def _exact_polish(prep: Prepared, rel: Relaxation, box: list[Placer], time_limit: float = 5.0) -> None:
+    """On a small market with a gap to the bound, solve the exact CP-SAT model warm-started from the
+    repaired allocation and keep it when better (tiny markets clear exactly)."""
+    placer = box[0]
+    w = placer.welfare_units()
+    if rel.value <= 0 or w >= rel.value * (1 - 1e-12):
+        return
+    orders = [o for o in range(prep.n_orders) if len(prep.order_edges[o])]
+    classes = set(range(len(prep.classes)))
+    if count_vars(prep, orders, classes) > EXACT_MAX_VARS:
+        return
+    res = solve_exact(
+        prep, orders, classes, prep.free, placer.pieces, time_limit=time_limit, seed=prep.market.seed
+    )
+    if res is None:
+        return
+    pieces, _opt = res
+    alt = Placer(prep)
+    by_order: dict[int, list[Piece]] = {}
+    for pc in pieces:
+        by_order.setdefault(pc.order, []).append(pc)
+    for o in sorted(by_order):
+        alt.commit(by_order[o])
+    if alt.welfare_units() > w:
+        box[0] = alt
 
 
 def unfilled(prep: Prepared, placer: Placer) -> list[Unfilled]:

@@ -206,7 +206,7 @@ def prepare(market: Market) -> Prepared:
     class_any = np.zeros((C, horizon), dtype=bool)
     for c, cp in enumerate(class_pools):
         class_any[c] = free[cp].max(axis=0) > 0
-    model_pool = {}
+    model_pool: dict[str, Pool] = {}
     for p in pools:
         model_pool.setdefault(p.model, p)
     model_scu = {m: model_pool[m].scu for m in models}
@@ -260,15 +260,16 @@ def prepare(market: Market) -> Prepared:
         found = False
         why = "no_supply_in_allowed_classes"
         for m, lim in ms:
-            n = devices_for(o, model_scu[m])
-            if n is None:
+            n_opt = devices_for(o, model_scu[m])
+            if n_opt is None:
                 continue
+            n = n_opt
             need = n if o.all_or_nothing else min(n, o.min_fill_devices if o.quantity_scu is None else 1)
             gang = -(-need // K)
             for r in rs:
-                c = class_ix.get((r, m))
-                if c is None:
+                if (r, m) not in class_ix:
                     continue
+                c = class_ix[(r, m)]
                 if lim < class_min_ask[c]:
                     why = "limit_below_asks"
                     continue

@@ -80,17 +80,17 @@ def solve_exact(
                     scope += (int(prep.pool_site[p]),)
                 elif order.colocation == "region":
                     scope += (int(prep.pool_region[p]),)
-                z = model.NewBoolVar("")
-                d = model.NewIntVar(0, min(n, avail), "")
-                model.Add(d <= min(n, avail) * z)
-                model.Add(d >= z)
+                z = model.new_bool_var("")
+                d = model.new_int_var(0, min(n, avail), "")
+                model.add(d <= min(n, avail) * z)
+                model.add(d >= z)
                 h = hint_map.get((o, e, p), 0)
-                model.AddHint(z, 1 if h else 0)
-                model.AddHint(d, h)
+                model.add_hint(z, 1 if h else 0)
+                model.add_hint(d, h)
                 if scope not in scopes:
-                    scopes[scope] = model.NewBoolVar("")
+                    scopes[scope] = model.new_bool_var("")
                     scope_n[scope] = (n, need)
-                model.AddImplication(z, scopes[scope])
+                model.add_implication(z, scopes[scope])
                 fill_terms[scope].append(d)
                 z_terms[scope].append(z)
                 cand.append((o, e, p, z, d))
@@ -102,29 +102,29 @@ def solve_exact(
                 obj.append((lim - int(prep.pool_ask[p])) * L * slot * d)
         if not scopes:
             continue
-        model.AddAtMostOne(scopes.values())
+        model.add_at_most_one(scopes.values())
         for sc, s in scopes.items():
             n, need = scope_n[sc]
-            model.AddHint(s, 1 if sc in hinted else 0)
+            model.add_hint(s, 1 if sc in hinted else 0)
             total = sum(fill_terms[sc])
-            model.Add(sum(z_terms[sc]) <= order.max_pools * s)
-            model.Add(total <= n * s)
-            model.Add(total >= need * s)
+            model.add(sum(z_terms[sc]) <= order.max_pools * s)
+            model.add(total <= n * s)
+            model.add(total >= need * s)
     for (p, t), ds in usage.items():
-        model.Add(sum(ds) <= int(free[p, t]))
-    model.Maximize(sum(obj))
+        model.add(sum(ds) <= int(free[p, t]))
+    model.maximize(sum(obj))
     solver = cp_model.CpSolver()
     # single worker and a deterministic time budget: the same snapshot gives the same allocation
     solver.parameters.max_deterministic_time = time_limit
     solver.parameters.max_time_in_seconds = 10 * time_limit
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
-    status = solver.Solve(model)
+    status = solver.solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     out: list[Piece] = []
     for o, e, p, _z, d in cand:
-        v = int(solver.Value(d))
+        v = int(solver.value(d))
         if v > 0:
             out.append(
                 Piece(o, p, v, int(prep.e_start[e]), int(prep.order_lease[o]), int(prep.e_limit[e]), e)

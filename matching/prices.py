@@ -85,8 +85,7 @@ def compute_duals(
             floor[~np.isfinite(floor)] = 0.0
         pi = [s.NumVar(float(floor[j]), inf, "") for j in range(G)]
         mu = [s.NumVar(0.0, inf, "") for _ in range(S)]
-        for e in active:
-            e = int(e)
+        for e in active.tolist():
             row = s.Constraint(float(w[e]), inf)
             row.SetCoefficient(u[int(prep.e_order[e])], 1.0 / float(prep.e_n[e]))
             row.SetCoefficient(pi[int(net.e_group[e])], 1.0)

@@ -74,7 +74,7 @@ def build_network(
     b_ix = {b: i for i, b in enumerate(bill_names)}
     e_bill = np.array([b_ix[b] for b in billing], dtype=np.int64)
     keys = np.stack([prep.e_class, lease_e, prep.e_gang, prep.e_start, e_bill], axis=1) if E else None
-    if E:
+    if keys is not None:
         uniq, e_group = np.unique(keys, axis=0, return_inverse=True)
         e_group = e_group.reshape(-1)
     else:
