@@ -39,6 +39,7 @@ from exchange.services.snapshot import (
     OrderRow,
     Snapshot,
     build_snapshot,
+    choose_slot,
     clearing_now,
 )
 from exchange.storage.base import now_s
@@ -223,7 +224,11 @@ def round_view(row: Round) -> dict[str, Any]:
 
 
 class RoundService:
-    """Runs clearing rounds and answers questions about them, the market and fills."""
+    """Runs clearing rounds and answers questions about them, the market and fills.
+
+    `repeatable_snapshot` (PostgreSQL, when the service owns its connections): the snapshot transaction
+    runs at REPEATABLE READ, so every query of the snapshot sees one committed state.
+    """
 
     def __init__(
         self,
@@ -240,6 +245,7 @@ class RoundService:
         method: str = "mcf",
         solve_time_limit: float = 30.0,
         lock_timeout: float = 120.0,
+        repeatable_snapshot: bool = False,
     ) -> None:
         self.sessions = sessions
         self.lock = lock
@@ -253,6 +259,7 @@ class RoundService:
         self.method = method
         self.solve_time_limit = solve_time_limit
         self.lock_timeout = lock_timeout
+        self.repeatable_snapshot = repeatable_snapshot
 
     # ------------------------------------------------------------------------------------ snapshot
 
@@ -340,8 +347,11 @@ class RoundService:
 
     async def snapshot(self, session: AsyncSession, wall: int | None = None) -> Snapshot:
         """The current market as a snapshot (clearing time: the next slot boundary)."""
-        now = clearing_now(now_s() if wall is None else wall, self.slot_seconds)
+        wall = now_s() if wall is None else wall
+        now = clearing_now(wall, self.slot_seconds)
         offers, orders, contracts = await self._rows(session, now)
+        slot = choose_slot(self.slot_seconds, orders, len(offers), self.max_start_slots)
+        now = clearing_now(wall, slot)
         return build_snapshot(
             now=now,
             offers=offers,
@@ -349,7 +359,7 @@ class RoundService:
             contracts=contracts,
             catalogue=self.catalogue,
             regions=self.regions,
-            slot_seconds=self.slot_seconds,
+            slot_seconds=slot,
             max_start_slots=self.max_start_slots,
             fee_bps=self.fee_bps,
         )
@@ -370,6 +380,8 @@ class RoundService:
         t0 = time.perf_counter()
         round_id = new_id_str()
         async with self.sessions.begin() as session:
+            if self.repeatable_snapshot:
+                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             await session.execute(
                 update(Round)
                 .where(Round.status == "running")

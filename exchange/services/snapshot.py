@@ -9,7 +9,8 @@ The mapping is the contract between the service and the pure matching library:
 - an order's acceptable models are resolved here (explicit codes plus constraints, including minimum
   TFLOPS and any-of stacks, which matching does not model) and its '*' limit is expanded per model;
 - partially filled orders take part with their remaining devices;
-- clearing time `now` is the next slot boundary: contracts start there, never in the past.
+- clearing time `now` is the next slot boundary: contracts start there, never in the past; the slot is
+  the configured one unless very long leases need a coarser one (choose_slot).
 """
 
 from __future__ import annotations
@@ -83,6 +84,21 @@ class Snapshot:
     offers: dict[str, OfferRow] = field(default_factory=dict)
     orders: dict[str, OrderRow] = field(default_factory=dict)
     skipped_orders: dict[str, str] = field(default_factory=dict)
+
+
+SLOT_LADDER = (900, 3600, 21_600, 86_400)
+SLOT_CELL_BUDGET = 20_000_000
+
+
+def choose_slot(base: int, orders: Sequence[OrderRow], pools: int, max_start_slots: int) -> int:
+    """The slot length for a round: `base`, or the next coarser ladder step (a multiple of base) when the
+    longest lease would make matching's pool x slot capacity table exceed SLOT_CELL_BUDGET cells."""
+    longest = max((int(o.spec.get("duration_seconds", 0)) for o in orders), default=0)
+    candidates = [base] + [s for s in SLOT_LADDER if s > base and s % base == 0]
+    for slot in candidates:
+        if (-(-longest // slot) + max_start_slots) * max(pools, 1) <= SLOT_CELL_BUDGET:
+            return slot
+    return candidates[-1]
 
 
 def clearing_now(now: int, slot_seconds: int) -> int:

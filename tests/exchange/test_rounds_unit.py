@@ -19,6 +19,7 @@ from exchange.services.snapshot import (
     OfferRow,
     OrderRow,
     build_snapshot,
+    choose_slot,
     clearing_now,
     market_order,
 )
@@ -81,6 +82,16 @@ def test_clearing_now_is_next_slot_boundary() -> None:
     assert clearing_now(1000, 300) == 1200
     assert clearing_now(1200, 300) == 1200
     assert clearing_now(1201, 300) == 1500
+
+
+def test_long_leases_get_a_coarser_slot() -> None:
+    short = [order_row({**BASE_SPEC, "duration_seconds": 3600})]
+    year = [order_row({**BASE_SPEC, "duration_seconds": 365 * 86400})]
+    assert choose_slot(300, short, 1000, 4) == 300
+    assert choose_slot(300, year, 10, 4) == 300  # few pools: the fine slot fits the budget
+    slot = choose_slot(300, year, 5000, 4)
+    assert slot > 300 and slot % 300 == 0
+    assert (365 * 86400 // slot + 4) * 5000 <= 20_000_000
 
 
 def test_star_limit_expands_to_every_acceptable_model() -> None:
