@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from identifiers.catalogue import Catalogue, load_catalogue
-from identifiers.regions import RegionTable, load_regions
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from exchange.services.audit import AuditService
+from exchange.services.identity import IdentityService
+from exchange.services.ledger import LedgerService
+from exchange.services.orders import OrderService
+from exchange.services.participants import ParticipantService
+from exchange.services.registration import RegistrationService
 from exchange.services.resolve import ResolveService
 from exchange.settings import Settings
 from exchange.storage.engine import make_engine, make_sessionmaker
+from identifiers.catalogue import Catalogue, load_catalogue
+from identifiers.regions import RegionTable, load_regions
 
 
 @dataclass
@@ -23,9 +29,16 @@ class Services:
     catalogue: Catalogue
     regions: RegionTable
     resolve: ResolveService
+    identity: IdentityService
+    ledger: LedgerService
+    audit: AuditService
+    participants: ParticipantService
+    registration: RegistrationService
+    orders: OrderService
 
     async def close(self) -> None:
-        """Release the database pool (only when this root opened it)."""
+        """Stop background audit jobs; release the database pool (only when this root opened it)."""
+        await self.audit.close()
         if self.engine is not None:
             await self.engine.dispose()
 
@@ -38,6 +51,8 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         sessions = make_sessionmaker(engine)
     catalogue = load_catalogue()
     regions = load_regions()
+    identity = IdentityService(sessions, settings.key_dir, settings.origin)
+    ledger = LedgerService(sessions, identity, settings.origin)
     return Services(
         settings=settings,
         engine=engine,
@@ -45,4 +60,12 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         catalogue=catalogue,
         regions=regions,
         resolve=ResolveService(sessions, settings.authority),
+        identity=identity,
+        ledger=ledger,
+        audit=AuditService(sessions, ledger, identity, catalogue, settings.exports_dir, settings.authority),
+        participants=ParticipantService(sessions, regions, settings.signature_window_seconds),
+        registration=RegistrationService(
+            sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds
+        ),
+        orders=OrderService(sessions, catalogue, regions),
     )

@@ -1,7 +1,7 @@
 """clearing rounds and their posted prices
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0006
 Create Date: 2026-11-24 16:45:17.628807
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0002"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
