@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -84,9 +83,9 @@ async def checkpoint_publisher(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICES]
     await svc.identity.register()
     interval = svc.settings.checkpoint_interval_seconds
-    task = asyncio.create_task(svc.ledger.run_publisher(interval)) if interval > 0 else None
+    stop = asyncio.Event()
+    task = asyncio.create_task(svc.ledger.run_publisher(interval, stop)) if interval > 0 else None
     yield
     if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        await task

@@ -26,6 +26,13 @@ def register_ledger(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1000, help="records per transaction in the batched run")
     p.add_argument("--single", type=int, default=None, help="records appended one per transaction (default records/5)")
     p.add_argument("--proofs", type=int, default=1000, help="inclusion and consistency proofs to generate")
+    p.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="set sys.setswitchinterval (seconds) first: aiosqlite hands every query to a thread, and the "
+        "default 0.005 s GIL switch interval dominates small queries",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run_ledger)
 
@@ -34,6 +41,8 @@ def run_ledger(args: argparse.Namespace) -> int:
     """Run the ledger benchmark and print its figures."""
     from exchange.bench.ledger import format_report, run_ledger_bench
 
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     result = asyncio.run(
         run_ledger_bench(records=args.records, batch=args.batch, single=args.single, proofs=args.proofs)
     )

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, insert, literal_column, or_, select, text, union_all, update
+from sqlalchemy import Table, and_, false, func, insert, literal_column, or_, select, text, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.canonical import fast_canonical_bytes
@@ -48,7 +48,11 @@ from identifiers.errors import NotFoundError, ValidationError
 
 log = logging.getLogger("hetex.ledger")
 
+_ENTRIES: Table = LogEntry.__table__  # type: ignore[assignment]
+_NODES: Table = LogNode.__table__  # type: ignore[assignment]
+
 VERIFY_CHUNK = 4096
+PROOF_BATCH = 256
 MAX_PROBLEMS = 1000
 
 
@@ -297,9 +301,9 @@ class LedgerService:
             node_rows.extend({"level": lv, "index": ix, "hash": h} for lv, ix, h in completed[1:])
             out.append(AppendedRecord(index, leaf, env, payload))
         # Core inserts on the tables (not the ORM bulk path): the same SQL, a fraction of the overhead
-        await session.execute(insert(LogEntry.__table__), entry_rows)
+        await session.execute(insert(_ENTRIES), entry_rows)
         if node_rows:
-            await session.execute(insert(LogNode.__table__), node_rows)
+            await session.execute(insert(_NODES), node_rows)
         await session.execute(
             update(LogCounter)
             .where(LogCounter.id == COUNTER_ROW_ID)
@@ -356,14 +360,19 @@ class LedgerService:
         async with self.sessions.begin() as session:
             return await self.checkpoint(session)
 
-    async def run_publisher(self, interval: float) -> None:
-        """Background loop: publish a checkpoint every `interval` seconds when the log grew (runs until cancelled)."""
-        while True:
-            await asyncio.sleep(interval)
+    async def run_publisher(self, interval: float, stop: asyncio.Event) -> None:
+        """Background loop: publish a checkpoint every `interval` seconds when the log grew, until `stop` is set.
+
+        Stopping waits for a publication in progress to finish (never cancelled inside its transaction).
+        """
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+                return
+            except TimeoutError:
+                pass
             try:
                 await self.publish_if_grown()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("checkpoint publication failed; retrying in %s s", interval)
 
@@ -415,15 +424,15 @@ class LedgerService:
             else:
                 level = n.bit_length() - 1
                 nodes.append((level, start >> level))
-        parts = []
-        if leaves:
-            parts.append(select(literal_column("0"), LogEntry.idx, LogEntry.leaf_hash).where(LogEntry.idx.in_(leaves)))
-        if nodes:
-            cond = or_(*(and_(LogNode.level == lv, LogNode.index == ix) for lv, ix in nodes))
-            parts.append(select(LogNode.level, LogNode.index, LogNode.hash).where(cond))
+        leaf_q: Any = select(literal_column("0"), LogEntry.idx, LogEntry.leaf_hash).where(LogEntry.idx.in_(leaves))
+        by_level: dict[int, list[int]] = {}
+        for lv, ix in nodes:
+            by_level.setdefault(lv, []).append(ix)
+        cond = or_(false(), *(and_(LogNode.level == lv, LogNode.index.in_(ixs)) for lv, ixs in by_level.items()))
+        node_q: Any = select(LogNode.level, LogNode.index, LogNode.hash).where(cond)
+        stmt: Any = union_all(leaf_q, node_q) if leaves and nodes else leaf_q if leaves else node_q
         found: dict[tuple[int, int], bytes] = {}
-        if parts:
-            stmt = parts[0] if len(parts) == 1 else union_all(*parts)
+        if leaves or nodes:
             found = {(int(lv), int(ix)): bytes(h) for lv, ix, h in await session.execute(stmt)}
         if len(found) != len(leaves) + len(nodes):
             raise ValidationError(f"{size_field} is beyond the log size {await self.size(session)}", field=size_field)
@@ -464,6 +473,34 @@ class LedgerService:
             hashes=inclusion_proof(source, index, size),
             root=tree_root(source, size),
         )
+
+    async def inclusion_proofs(
+        self, indices: Sequence[int], size: int, session: AsyncSession | None = None
+    ) -> list[InclusionProof]:
+        """Inclusion proofs of many entries in the tree of `size`, fetching hashes for PROOF_BATCH at a time."""
+        if session is None:
+            async with self.sessions() as own:
+                return await self.inclusion_proofs(indices, size, own)
+        for index in indices:
+            if not 0 <= index < size:
+                raise ValidationError(f"index {index} is not in a tree of size {size}", field="index")
+        out: list[InclusionProof] = []
+        for lo in range(0, len(indices), PROOF_BATCH):
+            chunk = indices[lo : lo + PROOF_BATCH]
+            rec = _Recorder()
+            tree_root(rec, size)
+            for index in chunk:
+                inclusion_proof(rec, index, size)
+                rec.wanted.add((index, index + 1))
+            source = await self._source(session, rec.wanted)
+            root = tree_root(source, size)
+            out.extend(
+                InclusionProof(
+                    index, size, source.subtree_hash(index, index + 1), inclusion_proof(source, index, size), root
+                )
+                for index in chunk
+            )
+        return out
 
     async def consistency_proof(
         self, size1: int, size2: int | None = None, session: AsyncSession | None = None
@@ -545,8 +582,8 @@ class LedgerService:
                 break
             first, last = int(rows[0].idx), int(rows[-1].idx)
             nodes = await self._nodes_completed_in(session, first, last + 1)
-            for row in rows:
-                idx = int(row.idx)
+            for entry in rows:
+                idx = int(entry.idx)
                 if idx != expected:
                     report.add(LogProblem("entry_missing", "no stored entry at this index", expected, idx))
                     bad.append((expected, idx))
@@ -558,14 +595,14 @@ class LedgerService:
                             )
                         )
                     expected = idx
-                payload = bytes(row.payload)
+                payload = bytes(entry.payload)
                 leaf = leaf_hash(payload)
-                if leaf != bytes(row.leaf_hash):
+                if leaf != bytes(entry.leaf_hash):
                     report.add(
                         LogProblem("leaf_hash_mismatch", "stored leaf hash is not the hash of the stored bytes", idx)
                     )
                     bad.append((idx, idx + 1))
-                self._check_entry_signature(report, bad, idx, row.record_type, payload, keyring)
+                self._check_entry_signature(report, bad, idx, entry.record_type, payload, keyring)
                 report.entries_checked += 1
                 expected = idx + 1
                 if broken_at is not None:

@@ -29,7 +29,7 @@ def _library(value: object) -> bytes | None:
         return None
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(json_values)
 def test_fast_path_equals_rfc8785(value: object) -> None:
     expected = _library(value)
