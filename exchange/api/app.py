@@ -13,6 +13,7 @@ from exchange.api import (
     participants,
     reference,
     registration,
+    rounds,
     settlements,
 )
 from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
@@ -31,6 +32,7 @@ ROUTE_TABLES = [
     contracts.routes,
     settlements.routes,
     audit.routes,
+    rounds.routes,
 ]
 
 
@@ -46,4 +48,5 @@ def create_app(svc: Services) -> web.Application:
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
     app.cleanup_ctx.append(ledger.checkpoint_publisher)
+    app.cleanup_ctx.append(rounds.periodic_rounds)
     return app

@@ -21,7 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     rot.add_argument("--key-dir", help="directory of the exchange signing key")
     add_db_flag(rot)
     rot.set_defaults(func=run_rotate_key)
-    for role, verb, what in (("regulator", "add-regulator", "a regulator"), ("peer", "add-peer", "a peer exchange")):
+    for role, verb, what in (
+        ("regulator", "add-regulator", "a regulator"),
+        ("peer", "add-peer", "a peer exchange"),
+        ("operator", "add-operator", "an operator (may trigger clearing rounds over the API)"),
+    ):
         cmd = asub.add_parser(verb, help=f"add {what} by its public key")
         cmd.add_argument("--key", required=True, help="public key: a .pub file or the base64 text")
         cmd.add_argument("--name", required=True)

@@ -8,6 +8,7 @@ import json
 import sys
 
 from exchange.cli import bench_api
+from exchange.cli.bench_match import register_match
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_ledger(bsub)
     register_audit(bsub)
     bench_api.register_bench(bsub)
+    register_match(bsub)
 
 
 def register_ledger(bsub: argparse._SubParsersAction) -> None:

@@ -7,11 +7,25 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from exchange.cli import admin, audit, bench, cri, db, keys, ledger, orders, participants, serve, settle, usage
+from exchange.cli import (
+    admin,
+    audit,
+    bench,
+    cri,
+    db,
+    keys,
+    ledger,
+    match,
+    orders,
+    participants,
+    serve,
+    settle,
+    usage,
+)
 from exchange.cli.common import CliError
 from identifiers.errors import HetexError
 
-COMMAND_MODULES = [serve, db, cri, keys, participants, orders, ledger, admin, bench, audit, settle, usage]
+COMMAND_MODULES = [serve, db, cri, keys, participants, orders, ledger, match, admin, bench, audit, settle, usage]
 
 
 def build_parser() -> argparse.ArgumentParser:
