@@ -13,6 +13,9 @@ from exchange.services.orders import OrderService
 from exchange.services.participants import ParticipantService
 from exchange.services.registration import RegistrationService
 from exchange.services.resolve import ResolveService
+from exchange.services.round_contracts import LoggedContracts
+from exchange.services.round_lock import RoundLock
+from exchange.services.rounds import RoundService
 from exchange.settings import Settings
 from exchange.storage.engine import make_engine, make_sessionmaker
 from identifiers.catalogue import Catalogue, load_catalogue
@@ -35,6 +38,7 @@ class Services:
     participants: ParticipantService
     registration: RegistrationService
     orders: OrderService
+    rounds: RoundService
 
     async def close(self) -> None:
         """Stop background audit jobs; release the database pool (only when this root opened it)."""
@@ -68,4 +72,16 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
             sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds
         ),
         orders=OrderService(sessions, catalogue, regions),
+        rounds=RoundService(
+            sessions,
+            RoundLock(sessions.kw["bind"], settings.database_url),
+            LoggedContracts(ledger, fee_bps=settings.fee_bps),
+            catalogue,
+            regions,
+            fee_bps=settings.fee_bps,
+            heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+            slot_seconds=settings.round_slot_seconds,
+            max_start_slots=settings.round_max_start_slots,
+            repeatable_snapshot=engine is not None and not settings.is_sqlite,
+        ),
     )

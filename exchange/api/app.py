@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api import audit, ledger, orders, participants, reference, registration
+from exchange.api import audit, ledger, orders, participants, reference, registration, rounds
 from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
 from exchange.api.keys import SERVICES
 from exchange.api.metrics import METRICS, ApiMetrics, metrics_handler, metrics_middleware
 from exchange.api.problems import problem_middleware
 from exchange.composition import Services
 
-ROUTE_TABLES = [reference.routes, ledger.routes, participants.routes, registration.routes, orders.routes, audit.routes]
+ROUTE_TABLES = [
+    reference.routes,
+    ledger.routes,
+    participants.routes,
+    registration.routes,
+    orders.routes,
+    audit.routes,
+    rounds.routes,
+]
 
 
 def create_app(svc: Services) -> web.Application:
@@ -26,4 +34,5 @@ def create_app(svc: Services) -> web.Application:
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
     app.cleanup_ctx.append(ledger.checkpoint_publisher)
+    app.cleanup_ctx.append(rounds.periodic_rounds)
     return app

@@ -17,6 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     rot.add_argument("--key-dir", help="directory of the exchange signing key")
     add_db_flag(rot)
     rot.set_defaults(func=run_rotate_key)
+    op = asub.add_parser("add-operator", help="register an operator key (may trigger clearing rounds over the API)")
+    op.add_argument("--key", required=True, help="the operator's Ed25519 public key (base64, as participants use)")
+    op.add_argument("--name", default="Exchange operator", help="display name")
+    add_db_flag(op)
+    op.set_defaults(func=run_add_operator)
 
 
 def run_rotate_key(args: argparse.Namespace) -> int:
@@ -33,4 +38,20 @@ def run_rotate_key(args: argparse.Namespace) -> int:
 
     keys = asyncio.run(go())
     print_json({"current": next(k["key_id"] for k in keys if k["status"] == "current"), "keys": keys})
+    return 0
+
+
+def run_add_operator(args: argparse.Namespace) -> int:
+    """Add a participant with role `operator` for the given public key and print it."""
+    settings = settings_from(args)
+
+    async def go() -> dict[str, object]:
+        svc = await build_services(settings)
+        try:
+            view = await svc.participants.add_by_operator("operator", args.name, args.key.strip())
+            return view.model_dump()
+        finally:
+            await svc.close()
+
+    print_json(asyncio.run(go()))
     return 0
