@@ -6,16 +6,19 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from exchange.billing.tiers import load_tier_table
 from exchange.services.audit import AuditService
+from exchange.services.contracts import ContractService
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
 from exchange.services.orders import OrderService
 from exchange.services.participants import ParticipantService
 from exchange.services.registration import RegistrationService
 from exchange.services.resolve import ResolveService
-from exchange.services.round_contracts import LoggedContracts
 from exchange.services.round_lock import RoundLock
 from exchange.services.rounds import RoundService
+from exchange.services.settlement import SettlementService
+from exchange.services.usage import UsageService
 from exchange.settings import Settings
 from exchange.storage.engine import make_engine, make_sessionmaker
 from identifiers.catalogue import Catalogue, load_catalogue
@@ -38,6 +41,9 @@ class Services:
     participants: ParticipantService
     registration: RegistrationService
     orders: OrderService
+    contracts: ContractService
+    usage: UsageService
+    settlement: SettlementService
     rounds: RoundService
 
     async def close(self) -> None:
@@ -57,6 +63,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
     regions = load_regions()
     identity = IdentityService(sessions, settings.key_dir, settings.origin)
     ledger = LedgerService(sessions, identity, settings.origin)
+    contracts = ContractService(sessions, ledger, catalogue, load_tier_table, fee_bps=settings.fee_bps)
     return Services(
         settings=settings,
         engine=engine,
@@ -72,10 +79,13 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
             sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds
         ),
         orders=OrderService(sessions, catalogue, regions),
+        contracts=contracts,
+        usage=UsageService(sessions, ledger),
+        settlement=SettlementService(sessions, ledger, load_tier_table),
         rounds=RoundService(
             sessions,
             RoundLock(sessions.kw["bind"], settings.database_url),
-            LoggedContracts(ledger, fee_bps=settings.fee_bps),
+            contracts,
             catalogue,
             regions,
             fee_bps=settings.fee_bps,

@@ -1,6 +1,27 @@
 """Imports every table module so `Base.metadata` is complete (Alembic and the schema test use it)."""
 
-from exchange.storage import audit, contracts, identity, ledger, orders, participants, registration, rounds
+from exchange.storage import (
+    audit,
+    contracts,
+    identity,
+    ledger,
+    orders,
+    participants,
+    registration,
+    rounds,
+    settlement,
+)
 from exchange.storage.base import Base
 
-__all__ = ["Base", "audit", "contracts", "identity", "ledger", "orders", "participants", "registration", "rounds"]
+__all__ = [
+    "Base",
+    "audit",
+    "contracts",
+    "identity",
+    "ledger",
+    "orders",
+    "participants",
+    "registration",
+    "rounds",
+    "settlement",
+]
