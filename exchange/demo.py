@@ -157,6 +157,8 @@ class Demo:
         self.export: dict[str, Any] = {}
         self.report: VerifyReport | None = None
         self.bundle_path: Path | None = None
+        self.batch_id: str | None = None
+        self.seconds = 0.0
 
     # ------------------------------------------------------------------------------------ plumbing
 
@@ -172,7 +174,7 @@ class Demo:
         except RemoteError as exc:
             self._fail(name, f"the exchange answered {exc}", t)
             raise StepFailed(name, f"the exchange answered {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - any failure of a step is reported with the step's name
+        except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self._fail(name, reason, t)
             raise StepFailed(name, reason) from exc
@@ -353,7 +355,8 @@ class Demo:
                 self.orders.append(state)
                 made.append(state)
         modes = Counter(o.plan.body["billing_mode"] for o in made)
-        return f"{len(made)} orders from {len({o.buyer for o in made})} buyers ({', '.join(f'{m} {n}' for m, n in sorted(modes.items()))})"
+        by_mode = ", ".join(f"{m} {n}" for m, n in sorted(modes.items()))
+        return f"{len(made)} orders from {len({o.buyer for o in made})} buyers ({by_mode})"
 
     async def clearing_round(self, number: int) -> str:
         """The operator triggers a round; its welfare must not exceed the LP bound and its audit must pass."""
@@ -366,7 +369,9 @@ class Demo:
             raise StepFailed(f"round {number}", f"welfare {welfare} fen exceeds the LP bound {bound} fen")
         audit = rnd.get("audit") or {}
         hard = [
-            c for c in audit.get("checks", []) if c.get("violations") and c.get("name") not in ("no_envy", "fee_shortfall_fen")
+            c
+            for c in audit.get("checks", [])
+            if c.get("violations") and c.get("name") not in ("no_envy", "fee_shortfall_fen")
         ]
         if hard or not audit.get("budget_balanced", True):
             raise StepFailed(f"round {number}", f"clearing audit failed: {hard or 'budget not balanced'}")
@@ -412,7 +417,8 @@ class Demo:
             if view["status"] != "confirmed":
                 raise StepFailed("confirm", f"contract {cid} is {view['status']} after confirmation")
             self.contracts[cid] = view
-        return f"{len(self.contract_owner)} contracts confirmed by {len(set(map(id, self.contract_owner.values())))} providers"
+        providers = len({p.id for p in self.contract_owner.values()})
+        return f"{len(self.contract_owner)} contracts confirmed by {providers} providers"
 
     async def report_usage(self) -> str:
         """Fast-forward past the last contract end, then each node signs its usage (DSSE) and sends it."""
@@ -423,7 +429,11 @@ class Demo:
             meter = f"node-{cid[-6:]}"
             for seq, (start, end) in enumerate(usage_periods(c["billing_mode"], c["start_at"], c["end_at"]), 1):
                 full = c["devices"] * (end - start) // 60
-                used = full if c["billing_mode"] in ("subscription", "project") else int(full * self.rng.uniform(0.86, 1.0))
+                used = (
+                    full
+                    if c["billing_mode"] in ("subscription", "project")
+                    else int(full * self.rng.uniform(0.86, 1.0))
+                )
                 env = build_usage_envelope(
                     provider.client.key,
                     provider.client.keyid,
@@ -472,7 +482,10 @@ class Demo:
         self.batch_id = batch["batch_id"]
         total = sum(r["buyer_debit_fen"] for r in records)
         fee = sum(r["fee_fen"] for r in records)
-        return f"batch of {len(records)} records: buyers {yuan(total)} yuan = providers {yuan(total - fee)} + fees {yuan(fee)}"
+        return (
+            f"batch of {len(records)} records: buyers {yuan(total)} yuan = providers {yuan(total - fee)} "
+            f"+ fees {yuan(fee)}"
+        )
 
     async def fetch_checkpoint(self) -> str:
         """GET the signed checkpoint and verify it with the exchange keys it publishes."""
@@ -549,7 +562,9 @@ class Demo:
 
     def summary(self) -> dict[str, Any]:
         """The machine-readable result of a successful run."""
-        by_mode: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("contracts", "records", "buyer_debit_fen", "provider_credit_fen", "fee_fen"), 0))
+        by_mode: dict[str, dict[str, int]] = defaultdict(
+            lambda: dict.fromkeys(("contracts", "records", "buyer_debit_fen", "provider_credit_fen", "fee_fen"), 0)
+        )
         for c in self.contracts.values():
             by_mode[c["billing_mode"]]["contracts"] += 1
         for r in self.settlements:
@@ -560,7 +575,7 @@ class Demo:
         report = self.report
         return {
             "ok": all(s.ok for s in self.steps),
-            "seconds": round(getattr(self, "seconds", 0.0), 2),
+            "seconds": round(self.seconds, 2),
             "server": {"url": self.base_url, "database": "sqlite", "workdir": str(self.workdir)},
             "clock_fast_forward_seconds": self.clock.offset,
             "steps": [s.to_json() for s in self.steps],

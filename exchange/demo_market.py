@@ -75,7 +75,11 @@ PROVIDERS: tuple[ProviderPlan, ...] = (
     ProviderPlan(
         "Saihan Compute",
         "CN-NM",
-        (SitePlan("CN-NM", "Ulanqab A", (PoolPlan("NV-H100-SXM", 64, 1650), PoolPlan("HW-910C", 64, 1150)), "1.15", "0.62"),),
+        (
+            SitePlan(
+                "CN-NM", "Ulanqab A", (PoolPlan("NV-H100-SXM", 64, 1650), PoolPlan("HW-910C", 64, 1150)), "1.15", "0.62"
+            ),
+        ),
     ),
     ProviderPlan(
         "Qianling Cloud",
@@ -95,27 +99,43 @@ PROVIDERS: tuple[ProviderPlan, ...] = (
         "CN-NX",
         (
             SitePlan(
-                "CN-NX", "Zhongwei 2", (PoolPlan("NV-A100-80G-SXM", 32, 780), PoolPlan("MT-S4000", 16, 230)), "1.18", "0.58"
+                "CN-NX",
+                "Zhongwei 2",
+                (PoolPlan("NV-A100-80G-SXM", 32, 780), PoolPlan("MT-S4000", 16, 230)),
+                "1.18",
+                "0.58",
             ),
         ),
     ),
     ProviderPlan(
         "Longxi Compute",
         "CN-GS",
-        (SitePlan("CN-GS", "Qingyang 1", (PoolPlan("IX-BI-V100", 16, 190), PoolPlan("HW-910C", 16, 1050)), "1.20", "0.50"),),
+        (
+            SitePlan(
+                "CN-GS", "Qingyang 1", (PoolPlan("IX-BI-V100", 16, 190), PoolPlan("HW-910C", 16, 1050)), "1.20", "0.50"
+            ),
+        ),
     ),
     ProviderPlan(
         "Bashu AI Hub",
         "CN-SC",
         (
-            SitePlan("CN-SC", "Tianfu", (PoolPlan("NV-L40S", 16, 480), PoolPlan("NV-H200-SXM", 16, 2350)), "1.30", "0.70"),
-            SitePlan("CN-CQ", "Liangjiang", (PoolPlan("AMD-MI300X", 8, 1900, billing_modes=("per_minute",)),), "1.32", "0.40"),
+            SitePlan(
+                "CN-SC", "Tianfu", (PoolPlan("NV-L40S", 16, 480), PoolPlan("NV-H200-SXM", 16, 2350)), "1.30", "0.70"
+            ),
+            SitePlan(
+                "CN-CQ", "Liangjiang", (PoolPlan("AMD-MI300X", 8, 1900, billing_modes=("per_minute",)),), "1.32", "0.40"
+            ),
         ),
     ),
     ProviderPlan(
         "Huangpu GPU",
         "CN-SH",
-        (SitePlan("CN-SH", "Lingang", (PoolPlan("NV-H100-SXM", 16, 1950), PoolPlan("NV-H20", 16, 720)), "1.35", "0.25"),),
+        (
+            SitePlan(
+                "CN-SH", "Lingang", (PoolPlan("NV-H100-SXM", 16, 1950), PoolPlan("NV-H20", 16, 720)), "1.35", "0.25"
+            ),
+        ),
     ),
     ProviderPlan(
         "Yanshan Data",

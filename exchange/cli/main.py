@@ -7,11 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from exchange.cli import admin, audit, bench, cri, db, ledger, match, serve, settle, usage
+from exchange.cli import admin, audit, bench, cri, db, demo, ledger, match, serve, settle, usage
 from exchange.cli.common import CliError
 from identifiers.errors import HetexError
 
-COMMAND_MODULES = [serve, db, cri, ledger, admin, bench, audit, match, settle, usage]
+COMMAND_MODULES = [serve, db, cri, ledger, admin, bench, audit, match, settle, usage, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
