@@ -537,7 +537,7 @@ class Demo:
         }
         return (
             f"export {job['id'][:8]}: {job['progress']['records_exported']} records at checkpoint size "
-            f"{job['checkpoint_size']}, {len(data):,} bytes after {polls} progress polls"
+            f"{job['checkpoint_size']}, {len(data):,} bytes (progress polled {polls}x)"
         )
 
     async def verify_export(self) -> str:

@@ -146,8 +146,9 @@ def print_tables(console: Console, demo: Demo, s: dict[str, Any]) -> None:
     )
     for r in s["rounds"]:
         a = r["audit"] or {}
+        ir = a.get("ir_buyer_violations", 0) + a.get("ir_provider_violations", 0)
         balanced = "balanced" if a.get("budget_balanced") else "NOT balanced"
-        verdict = f"IR ok, budget {balanced}, envy {a.get('envy_violations', 0)}"
+        verdict = f"IR {'ok' if ir == 0 else ir}, {balanced}, envy {a.get('envy_violations', 0)}"
         rounds.add_row(
             str(r["number"]),
             str(r["orders"]),
