@@ -5,7 +5,7 @@ trigger, or SQLite triggers with RAISE(ABORT), refuse UPDATE and DELETE. SQLite 
 triggers when it recreates a table: a later migration that alters this table must recreate them.
 
 Revision ID: 0004
-Revises: 0006
+Revises: 0003
 Create Date: 2026-11-24 16:42:22.756557
 """
 

@@ -1,7 +1,7 @@
 """audit exports
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-24 16:45:14.415369
 """
 
