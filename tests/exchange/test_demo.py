@@ -8,6 +8,7 @@ welfare within the LP bound) by recomputing from the reported records, not by tr
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,15 @@ async def test_a_server_that_cannot_start_fails_the_first_step(tmp_path: Path) -
         await demo.run()
     assert info.value.step == "start the exchange"
     assert demo.runner is None and demo.http is None
+
+
+def test_json_failure_names_the_step_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["demo", "--json", "--port", str(port)]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and out["failed_step"] == "start the exchange"
+    assert str(port) in out["error"]
+    assert [s["ok"] for s in out["steps"]] == [False]
