@@ -11,7 +11,7 @@ from exchange.cli import admin, audit, bench, cri, db, demo, ledger, match, serv
 from exchange.cli.common import CliError
 from identifiers.errors import HetexError
 
-COMMAND_MODULES = [serve, db, cri, ledger, admin, bench, audit, match, settle, usage, demo]
+COMMAND_MODULES = [serve, db, cri, ledger, admin, bench, audit, settle, usage, match, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

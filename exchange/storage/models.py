@@ -1,16 +1,6 @@
 """Imports every table module so `Base.metadata` is complete (Alembic and the schema test use it)."""
 
-from exchange.storage import (
-    audit,
-    contracts,
-    identity,
-    ledger,
-    orders,
-    participants,
-    registration,
-    rounds,
-    settlement,
-)
+from exchange.storage import audit, contracts, identity, ledger, orders, participants, registration, rounds, settlement
 from exchange.storage.base import Base
 
 __all__ = [
