@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api import audit, contracts, ledger, orders, participants, reference, registration, rounds, settlements
+from exchange.api import (
+    audit,
+    contracts,
+    ledger,
+    openapi,
+    orders,
+    participants,
+    reference,
+    registration,
+    rounds,
+    settlements,
+)
 from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
 from exchange.api.keys import SERVICES
 from exchange.api.metrics import METRICS, ApiMetrics, metrics_handler, metrics_middleware
@@ -13,6 +24,7 @@ from exchange.composition import Services
 
 ROUTE_TABLES = [
     reference.routes,
+    openapi.routes,
     ledger.routes,
     participants.routes,
     registration.routes,

@@ -1,12 +1,16 @@
-"""`hetex admin ...`: operator verbs run against the database (key rotation; others add theirs here)."""
+"""`hetex admin ...`: operator verbs run against the database (key rotation, adding regulators and peers)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
-from exchange.cli.common import add_db_flag, print_json, settings_from
+from exchange.cli.common import CliError, add_db_flag, print_json, print_table, settings_from
 from exchange.composition import build_services
+from exchange.services.participants import ParticipantView
+from federation.errors import KeyFormatError
+from federation.keys import load_public_key
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     op.add_argument("--name", default="Exchange operator", help="display name")
     add_db_flag(op)
     op.set_defaults(func=run_add_operator)
+    for role, verb, what in (("regulator", "add-regulator", "a regulator"), ("peer", "add-peer", "a peer exchange")):
+        cmd = asub.add_parser(verb, help=f"add {what} by its public key")
+        cmd.add_argument("--key", required=True, help="public key: a .pub file or the base64 text")
+        cmd.add_argument("--name", required=True)
+        cmd.add_argument("--json", action="store_true")
+        add_db_flag(cmd)
+        cmd.set_defaults(func=run_add, role=role)
 
 
 def run_rotate_key(args: argparse.Namespace) -> int:
@@ -38,6 +49,39 @@ def run_rotate_key(args: argparse.Namespace) -> int:
 
     keys = asyncio.run(go())
     print_json({"current": next(k["key_id"] for k in keys if k["status"] == "current"), "keys": keys})
+    return 0
+
+
+def public_key_text(value: str) -> str:
+    """Base64 public key from a .pub file path or the literal text."""
+    path = Path(value)
+    if path.is_file():
+        try:
+            return load_public_key(path).to_base64()
+        except (KeyFormatError, UnicodeDecodeError) as exc:
+            raise CliError(f"{value} does not hold a public key: {exc}") from None
+    if "/" in value and not value.endswith("="):
+        raise CliError(f"no such key file: {value}")
+    return value
+
+
+def run_add(args: argparse.Namespace) -> int:
+    """Insert the participant."""
+    settings = settings_from(args)
+    key = public_key_text(args.key)
+
+    async def go() -> ParticipantView:
+        svc = await build_services(settings)
+        try:
+            return await svc.participants.add_by_operator(args.role, args.name, key)
+        finally:
+            await svc.close()
+
+    view = asyncio.run(go())
+    if args.json:
+        print_json(view.model_dump())
+    else:
+        print_table(f"added {args.role}", ["field", "value"], list(view.model_dump().items()))
     return 0
 
 

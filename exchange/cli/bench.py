@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 
+from exchange.cli import bench_api
 from exchange.cli.bench_match import register_match
 
 
@@ -17,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_ledger(bsub)
     register_audit(bsub)
     register_match(bsub)
+    bench_api.register_bench(bsub)
 
 
 def register_ledger(bsub: argparse._SubParsersAction) -> None:

@@ -7,11 +7,26 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from exchange.cli import admin, audit, bench, cri, db, demo, ledger, match, serve, settle, usage
+from exchange.cli import (
+    admin,
+    audit,
+    bench,
+    cri,
+    db,
+    demo,
+    keys,
+    ledger,
+    match,
+    orders,
+    participants,
+    serve,
+    settle,
+    usage,
+)
 from exchange.cli.common import CliError
 from identifiers.errors import HetexError
 
-COMMAND_MODULES = [serve, db, cri, ledger, admin, bench, audit, settle, usage, match, demo]
+COMMAND_MODULES = [serve, db, cri, keys, participants, orders, ledger, admin, bench, audit, settle, usage, match, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
