@@ -16,7 +16,9 @@ import numpy as np
 
 from matching.model import Market, Order, Pool, Reservation
 
-FAMILIES = ("scale", "contention", "valuation", "tightness", "gang", "greedy-trap", "windows", "prices")
+FAMILIES = ("scale", "scale-leases", "contention", "valuation", "tightness", "gang", "greedy-trap", "windows", "prices")
+# share of multi-device orders and the split of that share over gangs of 2 / 4 / 8 in 'scale'
+SCALE_GANGS: tuple[float, tuple[float, float, float]] = (0.01, (0.15, 0.25, 0.6))
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z, a fixed clock so snapshots are reproducible
 
 
@@ -188,6 +190,7 @@ class _Gen:
         latency_cap: int | None = None,
         latency_share: float = 0.7,
         gang: int | None = None,
+        gang_mix: tuple[float, tuple[float, float, float]] = (0.03, (1 / 3, 1 / 3, 1 / 3)),
         mem_floor_share: float = 0.1,
         durations: tuple[int, ...] = (1, 1, 1, 2, 4, 8),
         start_delay: int = 0,
@@ -204,8 +207,13 @@ class _Gen:
             per_arch = spec.ask_fen * value * float(rng.uniform(0.9, 1.25))
             limits[spec.code] = max(1, int((1 - hetero) * base + hetero * per_arch))
         if gang is None:
+            share, (p2, p4, _p8) = gang_mix
             u = rng.random()
-            gang = 1 if u < 0.97 else (2 if u < 0.98 else (4 if u < 0.99 else 8))
+            if u < 1.0 - share:
+                gang = 1
+            else:
+                v = (u - (1.0 - share)) / share
+                gang = 2 if v < p2 else (4 if v < p2 + p4 else 8)
         regions: tuple[str, ...] = ()
         if rng.random() < residency:
             k = int(rng.integers(1, 4))
@@ -258,7 +266,13 @@ def generate(family: str, orders: int, pools: int, seed: int, **knobs: float) ->
     """An instance of a benchmark family with the given numbers of orders and pools."""
     g = _Gen(seed)
     rng = g.rng
-    if family in ("scale", "contention", "valuation"):
+    if family == "scale":
+        # the reference instance (matching.md 7.6 item 1): one epoch, equal 1 h leases all starting now,
+        # 99% single-device orders, gangs of 2/4/8 (about 1.05 devices per order, as in the trace)
+        ps = g.pools(pools)
+        os_ = [g.order(i, durations=(1,), gang_mix=SCALE_GANGS) for i in range(orders)]
+        return _market(g, ps, os_, seed)
+    if family in ("scale-leases", "contention", "valuation"):
         hetero = float(knobs.get("hetero", 1.0 if family != "valuation" else 0.0))
         ps = g.pools(pools)
         os_ = [g.order(i, hetero=hetero) for i in range(orders)]
