@@ -16,6 +16,7 @@ from matching.model import ClearingResult, Market, RoundStats, Unfilled, validat
 from matching.placement import Piece, Placer
 from matching.prices import class_prices, compute_duals, price_pieces
 from matching.relaxation import Network, Relaxation, build_network, relax
+from matching.repair import repair as fast_repair
 
 METHODS = ("mcf", "greedy", "fifo")
 
@@ -323,7 +324,7 @@ def run_method(prep: Prepared, net: Network, method: str) -> tuple[Placer, Relax
     rel: Relaxation | None = None
     if method == "mcf":
         rel = relax(net)
-        placer = repair_and_place(prep, net, rel, placer)
+        placer = fast_repair(prep, net, rel) if rel.method == "mcf" else repair_and_place(prep, net, rel, placer)
         _exact_polish(prep, rel, placer_ref := [placer])
         placer = placer_ref[0]
     elif method == "greedy":

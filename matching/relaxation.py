@@ -158,11 +158,27 @@ def build_network(
     return net
 
 
-def solve_mcf(net: Network) -> Relaxation:
+def segment_caps(net: Network, free: np.ndarray) -> np.ndarray:
+    """Capacity of every segment under a free matrix: the minimum free devices over its slots."""
+    S = len(net.s_pool)
+    if not S:
+        return np.zeros(0, dtype=np.int64)
+    H = free.shape[1]
+    flat = np.concatenate([free.reshape(-1), np.zeros(1, dtype=free.dtype)])
+    idx = np.empty(2 * S, dtype=np.int64)
+    idx[0::2] = net.s_pool * H + net.s_lo
+    idx[1::2] = net.s_pool * H + net.s_hi
+    return np.minimum.reduceat(flat, idx)[0::2].astype(np.int64)
+
+
+def solve_mcf(
+    net: Network, *, edge_mask: np.ndarray | None = None, free: np.ndarray | None = None
+) -> Relaxation:
     """Min-cost flow relaxation (requires every lease to start at slot 0; nested segments form a chain).
 
     For SCU orders (device count differs per model) the order node's capacity is the largest count, a
-    looser relaxation; the bound stays valid.
+    looser relaxation; the bound stays valid. edge_mask keeps a subset of the order edges and free
+    replaces the capacity (the exact solve of single-device orders on what gangs leave).
     """
     t0 = time.perf_counter()
     prep = net.prep
@@ -175,6 +191,9 @@ def solve_mcf(net: Network) -> Relaxation:
     g_node = o_node + n_ord
     s_node = g_node + G
     active = net.e_group >= 0
+    if edge_mask is not None:
+        active = active & edge_mask
+    s_cap = net.s_cap if free is None else segment_caps(net, free)
     cap_o = np.zeros(n_ord, dtype=np.int64)
     if E:
         np.maximum.at(cap_o, prep.e_order[active], prep.e_n[active])
@@ -197,7 +216,7 @@ def solve_mcf(net: Network) -> Relaxation:
         nxt = np.where(prev_same, np.arange(S) - 1 + s_node, snk)
         tails.append(np.arange(S) + s_node)
         heads.append(nxt)
-        caps.append(net.s_cap)
+        caps.append(s_cap)
         costs.append(np.zeros(S, dtype=np.int64))
     supply = int(cap_o.sum())
     tails.append(np.array([src]))
@@ -207,8 +226,12 @@ def solve_mcf(net: Network) -> Relaxation:
     smcf = min_cost_flow.SimpleMinCostFlow()
     t_arr = np.concatenate(tails).astype(np.int32)
     h_arr = np.concatenate(heads).astype(np.int32)
+    cost_arr = np.concatenate(costs).astype(np.int64)
+    # smaller costs mean fewer cost-scaling phases: divide by their common factor (slot seconds at least)
+    unit = int(np.gcd.reduce(cost_arr)) if len(cost_arr) else 1
+    unit = max(1, unit)
     arcs = smcf.add_arcs_with_capacity_and_unit_cost(
-        t_arr, h_arr, np.concatenate(caps).astype(np.int64), np.concatenate(costs).astype(np.int64)
+        t_arr, h_arr, np.concatenate(caps).astype(np.int64), cost_arr // unit
     )
     sup = np.zeros(s_node + S, dtype=np.int64)
     sup[src] = supply
@@ -223,7 +246,7 @@ def solve_mcf(net: Network) -> Relaxation:
     x = np.zeros(E, dtype=np.int64)
     x[ea] = flows[n_ord : n_ord + n_e]
     y = flows[n_ord + n_e : n_ord + n_e + len(net.f_pool)].astype(np.int64)
-    value = -float(smcf.optimal_cost())
+    value = -float(smcf.optimal_cost() * unit)
     return Relaxation(
         x=x,
         y=y,
