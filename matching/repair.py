@@ -15,6 +15,7 @@ import numpy as np
 from matching.eligibility import Prepared
 from matching.placement import Piece, Placer
 from matching.relaxation import Network, Relaxation, solve_mcf
+from matching.residual import residual_classes, solve_residual
 
 
 def unit_orders(prep: Prepared) -> np.ndarray:
@@ -201,7 +202,14 @@ def _insert_gangs(prep: Prepared, placer: Placer, units: np.ndarray, todo: list[
     return evicted_any
 
 
-def repair(prep: Prepared, net: Network, rel: Relaxation, *, split_first: bool = True) -> Placer:
+def repair(
+    prep: Prepared,
+    net: Network,
+    rel: Relaxation,
+    *,
+    split_first: bool = True,
+    residual_time: float = 1.0,
+) -> Placer:
     """Integral allocation from the relaxation (see the module docstring for the steps)."""
     placer = Placer(prep)
     units = unit_orders(prep)
@@ -232,6 +240,7 @@ def repair(prep: Prepared, net: Network, rel: Relaxation, *, split_first: bool =
         )
     served.sort()
     late: list[int] = []
+    split: list[int] = []
     for key in served:
         o = key[-1]
         es = prep.order_edges[o]
@@ -239,6 +248,7 @@ def repair(prep: Prepared, net: Network, rel: Relaxation, *, split_first: bool =
         flow_es = flow_es[np.argsort(-x[flow_es], kind="stable")]
         if any(budget.place(prep, placer, o, int(e)) for e in flow_es):
             continue
+        split.append(o)
         if not split_first:
             late.append(o)
         elif not _place_least_displacing(prep, placer, slack, o, flow_es) and not placer.place(o, flow_es):
@@ -255,4 +265,39 @@ def repair(prep: Prepared, net: Network, rel: Relaxation, *, split_first: bool =
         for o in np.nonzero(units & placer.filled)[0].tolist():
             placer.remove(o)
         place_units(prep, net, placer, units, seq)
+    if split and residual_time > 0 and placer.welfare_units() < rel.value:
+        alt = _polish(prep, net, rel, placer, units, seq, split, residual_time)
+        if alt is not None and alt.welfare_units() > placer.welfare_units():
+            return alt
     return placer
+
+
+def _polish(
+    prep: Prepared,
+    net: Network,
+    rel: Relaxation,
+    placer: Placer,
+    units: np.ndarray,
+    seq: np.ndarray,
+    split: list[int],
+    time_limit: float,
+) -> Placer | None:
+    """Re-place the gangs of the residual exactly (CP-SAT), then re-solve every single-device order."""
+    classes = residual_classes(prep, np.asarray(rel.x), split, placer)
+    sol = solve_residual(prep, placer, units, classes, time_limit=time_limit, seed=prep.market.seed)
+    if sol is None:
+        return None
+    out = Placer(prep)
+    for pc in placer.pieces:
+        if not units[pc.order] and pc.order not in sol:
+            out.commit([pc])
+    for o in sorted(sol):
+        pc = sol[o]
+        if pc is not None:
+            out.commit([pc])
+    place_units(prep, net, out, units, seq)
+    rest = [o for o in sol if sol[o] is None]
+    rest.sort(key=lambda o: (-_order_value(prep, o), int(seq[o])))
+    for o in rest:
+        out.place(o, prep.order_edges[o])
+    return out
