@@ -9,7 +9,6 @@ whole model is a network (exact). Cost unit: fen x slot_seconds / 3600 per devic
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -41,6 +40,7 @@ class Network:
     s_cap: np.ndarray
     f_segs: list[np.ndarray]  # segments each pool edge covers
     all_now: bool
+    f_last: np.ndarray | None = None  # last segment of each pool edge (the chain entry)
     build_seconds: float = 0.0
 
 
@@ -68,15 +68,29 @@ def build_network(
     mk = prep.market
     slot_s = prep.slot_seconds
     E = len(prep.e_order)
+    H = prep.horizon
+    P = len(mk.pools)
+    if free is None:
+        free = prep.free
     lease_e = prep.order_lease[prep.e_order] if E else np.zeros(0, dtype=np.int64)
-    billing = [mk.orders[int(o)].billing_mode for o in prep.e_order]
-    bill_names = sorted(set(billing))
+    o_bill_name = [o.billing_mode for o in mk.orders]
+    bill_names = sorted({o_bill_name[int(o)] for o in np.unique(prep.e_order).tolist()})
     b_ix = {b: i for i, b in enumerate(bill_names)}
-    e_bill = np.array([b_ix[b] for b in billing], dtype=np.int64)
-    keys = np.stack([prep.e_class, lease_e, prep.e_gang, prep.e_start, e_bill], axis=1) if E else None
-    if keys is not None:
-        uniq, e_group = np.unique(keys, axis=0, return_inverse=True)
-        e_group = e_group.reshape(-1)
+    o_bill = np.array([b_ix.get(b, 0) for b in o_bill_name], dtype=np.int64)
+    e_bill = o_bill[prep.e_order] if E else np.zeros(0, dtype=np.int64)
+    cols = [prep.e_class, lease_e, prep.e_gang, prep.e_start, e_bill]
+    if E:
+        radix = [int(c.max()) + 1 for c in cols]
+        code = np.zeros(E, dtype=np.int64)
+        for c, r in zip(cols, radix, strict=True):
+            code = code * r + c
+        ucode, e_group = np.unique(code, return_inverse=True)
+        e_group = e_group.reshape(-1).astype(np.int64)
+        uniq = np.zeros((len(ucode), 5), dtype=np.int64)
+        rest = ucode.copy()
+        for i in range(4, -1, -1):
+            uniq[:, i] = rest % radix[i]
+            rest //= radix[i]
     else:
         uniq = np.zeros((0, 5), dtype=np.int64)
         e_group = np.zeros(0, dtype=np.int64)
@@ -85,56 +99,54 @@ def build_network(
     g_class, g_lease, g_gang, g_start, g_bill = (uniq[:, i] for i in range(5))
     e_weight = prep.e_limit * lease_e * slot_s
 
-    # pool edges
-    fg: list[np.ndarray] = []
-    fp: list[np.ndarray] = []
-    if free is None:
-        free = prep.free
-    used_groups = np.zeros(len(uniq), dtype=bool)
+    # pool edges: every pool of the group's class that can hold one gang for the whole lease
+    used = np.zeros(len(uniq), dtype=bool)
     if E:
-        used_groups[e_group[e_group >= 0]] = True
-    for j in range(len(uniq)):
-        if not used_groups[j]:
-            continue
-        c, L, g, k, b = (int(v) for v in uniq[j])
-        pools = prep.class_pools[c]
-        avail = free[pools, k : k + L].min(axis=1)
-        ok = (avail >= g) & (prep.pool_min_lease_slots[pools] <= L)
-        bname = bill_names[b]
-        if ok.any():
-            sel = pools[ok]
-            sel = np.array([p for p in sel if bname in prep.pool_billing[int(p)]], dtype=np.int64)
-            if len(sel):
-                fg.append(np.full(len(sel), j, dtype=np.int64))
-                fp.append(sel)
-    f_group = np.concatenate(fg) if fg else np.zeros(0, dtype=np.int64)
-    f_pool = np.concatenate(fp) if fp else np.zeros(0, dtype=np.int64)
+        used[e_group[e_group >= 0]] = True
+    gs = np.nonzero(used)[0]
+    sizes = np.array([len(cp) for cp in prep.class_pools], dtype=np.int64)
+    cp_flat = np.concatenate(prep.class_pools) if len(prep.class_pools) else np.zeros(0, dtype=np.int64)
+    cp_off = np.concatenate([[0], np.cumsum(sizes)])
+    cnt = sizes[g_class[gs]]
+    f_group = np.repeat(gs, cnt)
+    within = np.arange(len(f_group)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    f_pool = cp_flat[cp_off[g_class[f_group]] + within].astype(np.int64)
+    fk, fL = g_start[f_group], g_lease[f_group]
+    avail = np.zeros(len(f_group), dtype=np.int64)
+    pair = fk * (H + 1) + fL
+    for pc in np.unique(pair).tolist():
+        k, L = divmod(pc, H + 1)
+        sel = pair == pc
+        avail[sel] = free[:, k : k + L].min(axis=1)[f_pool[sel]]
+    pool_bill = np.zeros((P, max(1, len(bill_names))), dtype=bool)
+    for p, bs in enumerate(prep.pool_billing):
+        for b in bs:
+            if b in b_ix:
+                pool_bill[p, b_ix[b]] = True
+    ok = (avail >= g_gang[f_group]) & (prep.pool_min_lease_slots[f_pool] <= fL)
+    ok &= pool_bill[f_pool, g_bill[f_group]] if len(f_group) else ok
+    f_group, f_pool = f_group[ok], f_pool[ok]
     f_lo = g_start[f_group]
     f_hi = f_lo + g_lease[f_group]
     f_cost = prep.pool_ask[f_pool] * g_lease[f_group] * slot_s
 
     # capacity segments per pool: between consecutive breakpoints of the leases that may use it
-    s_pool: list[int] = []
-    s_lo: list[int] = []
-    s_hi: list[int] = []
-    s_cap: list[int] = []
-    f_segs: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(f_pool)
-    if len(f_pool):
-        order = np.argsort(f_pool, kind="stable")
-        bounds = np.searchsorted(f_pool[order], np.arange(len(prep.market.pools) + 1))
-        for p in np.unique(f_pool):
-            idx = order[bounds[p] : bounds[p + 1]]
-            bp = np.unique(np.concatenate([f_lo[idx], f_hi[idx]]))
-            first = len(s_pool)
-            for a, z in itertools.pairwise(bp):
-                s_pool.append(int(p))
-                s_lo.append(int(a))
-                s_hi.append(int(z))
-                s_cap.append(int(free[p, a:z].min()))
-            for f in idx:
-                a = int(np.searchsorted(bp, f_lo[f]))
-                z = int(np.searchsorted(bp, f_hi[f]))
-                f_segs[f] = np.arange(first + a, first + z, dtype=np.int64)
+    bp = np.unique(np.concatenate([f_pool * (H + 1) + f_lo, f_pool * (H + 1) + f_hi]))
+    bp_pool, bp_t = bp // (H + 1), bp % (H + 1)
+    starts_seg = np.zeros(len(bp), dtype=bool)
+    if len(bp):
+        starts_seg[:-1] = bp_pool[:-1] == bp_pool[1:]
+    seg_of_bp = np.cumsum(starts_seg) - 1
+    si = np.nonzero(starts_seg)[0]
+    s_pool = bp_pool[si]
+    s_lo = bp_t[si]
+    s_hi = bp_t[si + 1]
+    s_cap = _segment_min(free, s_pool, s_lo, s_hi)
+    i_a = np.searchsorted(bp, f_pool * (H + 1) + f_lo)
+    i_z = np.searchsorted(bp, f_pool * (H + 1) + f_hi)
+    f_first = seg_of_bp[i_a] if len(f_pool) else np.zeros(0, dtype=np.int64)
+    f_last = seg_of_bp[i_z - 1] if len(f_pool) else np.zeros(0, dtype=np.int64)
+    f_segs = [np.arange(a, z + 1, dtype=np.int64) for a, z in zip(f_first.tolist(), f_last.tolist(), strict=True)]
     net = Network(
         prep=prep,
         e_group=e_group,
@@ -147,28 +159,34 @@ def build_network(
         f_group=f_group,
         f_pool=f_pool,
         f_cost=f_cost,
-        s_pool=np.array(s_pool, dtype=np.int64),
-        s_lo=np.array(s_lo, dtype=np.int64),
-        s_hi=np.array(s_hi, dtype=np.int64),
-        s_cap=np.array(s_cap, dtype=np.int64),
+        s_pool=s_pool.astype(np.int64),
+        s_lo=s_lo.astype(np.int64),
+        s_hi=s_hi.astype(np.int64),
+        s_cap=s_cap,
         f_segs=f_segs,
         all_now=bool(E == 0 or int(prep.e_start.max()) == 0),
+        f_last=f_last.astype(np.int64),
     )
     net.build_seconds = time.perf_counter() - t0
     return net
 
 
-def segment_caps(net: Network, free: np.ndarray) -> np.ndarray:
-    """Capacity of every segment under a free matrix: the minimum free devices over its slots."""
-    S = len(net.s_pool)
+def _segment_min(free: np.ndarray, s_pool: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray) -> np.ndarray:
+    """Minimum free devices over the slots [lo, hi) of each segment's pool."""
+    S = len(s_pool)
     if not S:
         return np.zeros(0, dtype=np.int64)
     H = free.shape[1]
     flat = np.concatenate([free.reshape(-1), np.zeros(1, dtype=free.dtype)])
     idx = np.empty(2 * S, dtype=np.int64)
-    idx[0::2] = net.s_pool * H + net.s_lo
-    idx[1::2] = net.s_pool * H + net.s_hi
+    idx[0::2] = s_pool * H + s_lo
+    idx[1::2] = s_pool * H + s_hi
     return np.minimum.reduceat(flat, idx)[0::2].astype(np.int64)
+
+
+def segment_caps(net: Network, free: np.ndarray) -> np.ndarray:
+    """Capacity of every segment under a free matrix: the minimum free devices over its slots."""
+    return _segment_min(free, net.s_pool, net.s_lo, net.s_hi)
 
 
 def solve_mcf(
@@ -203,7 +221,10 @@ def solve_mcf(
     caps = [cap_o, prep.e_n[ea]]
     costs = [np.zeros(n_ord, dtype=np.int64), -net.e_weight[ea]]
     # pool edge -> the segment that ends at the lease end (chain entry)
-    entry = np.array([int(s[-1]) for s in net.f_segs], dtype=np.int64) if len(net.f_pool) else np.zeros(0)
+    if net.f_last is not None:
+        entry = net.f_last
+    else:
+        entry = np.array([int(s[-1]) for s in net.f_segs], dtype=np.int64) if len(net.f_pool) else np.zeros(0)
     big = int(cap_o.sum()) + 1
     tails.append(net.f_group + g_node)
     heads.append(entry.astype(np.int64) + s_node)
