@@ -207,18 +207,47 @@ def repair(
     net: Network,
     rel: Relaxation,
     *,
-    split_first: bool = True,
-    residual_time: float = 1.0,
+    residual_time: float = 0.3,
 ) -> Placer:
-    """Integral allocation from the relaxation (see the module docstring for the steps)."""
-    placer = Placer(prep)
+    """Integral allocation from the relaxation (see the module docstring for the steps).
+
+    Split gangs are placed two ways, best value on the classes that carried their flow, and where they
+    displace the fewest device-slots the relaxation gave to others; the better result is polished by
+    the exact residual model."""
     units = unit_orders(prep)
     seq = order_seq(prep)
+    best: Placer | None = None
+    split: list[int] = []
+    for least_displacing in (False, True):
+        placer, split_now = _repair_once(prep, net, rel, units, seq, least_displacing=least_displacing)
+        if best is None or placer.welfare_units() > best.welfare_units():
+            best, split = placer, split_now
+        if not split_now:
+            break
+    assert best is not None
+    if split and residual_time > 0 and best.welfare_units() < rel.value:
+        alt = _polish(prep, net, rel, best, units, seq, split, residual_time)
+        if alt is not None and alt.welfare_units() > best.welfare_units():
+            return alt
+    return best
+
+
+def _repair_once(
+    prep: Prepared,
+    net: Network,
+    rel: Relaxation,
+    units: np.ndarray,
+    seq: np.ndarray,
+    *,
+    least_displacing: bool,
+) -> tuple[Placer, list[int]]:
+    """One repair pass; returns the allocation and the gangs the relaxation split."""
+    placer = Placer(prep)
     x = np.asarray(rel.x)
     has_edges = np.array([len(es) > 0 for es in prep.order_edges], dtype=bool)
     gangs = np.nonzero(has_edges & ~units)[0].tolist()
     budget = _Budget(net, rel)
-    slack = _slack(prep, net, rel, placer.free)
+    slack = _slack(prep, net, rel, placer.free) if least_displacing else None
     served: list[tuple[int, int, int, int, int, int]] = []
     rest: list[tuple[int, int, int]] = []
     for o in gangs:
@@ -249,9 +278,9 @@ def repair(
         if any(budget.place(prep, placer, o, int(e)) for e in flow_es):
             continue
         split.append(o)
-        if not split_first:
-            late.append(o)
-        elif not _place_least_displacing(prep, placer, slack, o, flow_es) and not placer.place(o, flow_es):
+        if slack is not None and _place_least_displacing(prep, placer, slack, o, flow_es):
+            continue
+        if not placer.place(o, flow_es):
             late.append(o)
     place_units(prep, net, placer, units, seq)
     for o in late:
@@ -265,11 +294,7 @@ def repair(
         for o in np.nonzero(units & placer.filled)[0].tolist():
             placer.remove(o)
         place_units(prep, net, placer, units, seq)
-    if split and residual_time > 0 and placer.welfare_units() < rel.value:
-        alt = _polish(prep, net, rel, placer, units, seq, split, residual_time)
-        if alt is not None and alt.welfare_units() > placer.welfare_units():
-            return alt
-    return placer
+    return placer, split
 
 
 def _polish(

@@ -13,7 +13,6 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-from ortools.linear_solver import pywraplp
 from ortools.sat.python import cp_model
 
 from matching.eligibility import Prepared
@@ -81,6 +80,7 @@ def solve_residual(
     usage: dict[tuple[int, int], list] = defaultdict(list)
     hint_piece = {o: placer.order_pieces(o) for o in gangs}
     gvars: dict[int, list[tuple[cp_model.IntVar, Piece]]] = {}
+    class_swing: dict[int, int] = {}
     n_vars = 0
     for o in sorted(gangs):
         order = mk.orders[o]
@@ -111,6 +111,11 @@ def solve_residual(
         if opts:
             model.add_at_most_one(z for z, _ in opts)
             gvars[o] = opts
+            for c in {int(prep.pool_class[pc.pool]) for _, pc in opts}:
+                class_swing[c] = class_swing.get(c, 0) + max(pc.devices for _, pc in opts)
+        if cur is not None:
+            c = int(prep.pool_class[cur.pool])
+            class_swing[c] = class_swing.get(c, 0) + cur.devices
             n_vars += len(opts)
     # single-device orders on residual pools, aggregated per (class, lease, start); the best unserved ones
     # with an edge there may come in, and a served one may leave for free capacity outside the residual
@@ -173,13 +178,18 @@ def solve_residual(
             for t in range(k, k + L):
                 usage[(p, t)].append(s)
         served_now = sum(now_on[key].values())
-        ws = [model.new_bool_var("") for _ in vals]
-        for i, w in enumerate(ws):
+        # gangs can move at most `swing` devices in or out of the class: only that window of the sorted
+        # values is free, those above it stay served and those below stay out
+        swing = class_swing.get(c, 0)
+        lo = max(0, served_now - swing)
+        hi = min(len(vals), served_now + swing)
+        ws = [model.new_bool_var("") for _ in range(lo, hi)]
+        for i, w in enumerate(ws, start=lo):
             model.add_hint(w, i < served_now)
         for w1, w2 in zip(ws, ws[1:], strict=False):
             model.add_implication(w2, w1)
-        obj.extend(v * L * slot * w for v, w in zip(vals, ws, strict=True))
-        model.add(sum(ws) == sum(svars))
+        obj.extend(v * L * slot * w for v, w in zip(vals[lo:hi], ws, strict=True))
+        model.add(lo + sum(ws) == sum(svars))
         n_vars += len(ws) + len(svars)
     if n_vars > max_vars:
         return None
@@ -198,7 +208,7 @@ def solve_residual(
 
 
 class _Model:
-    """The residual model written once, solved by CP-SAT or by a MIP solver (SCIP / HiGHS via OR-Tools)."""
+    """The residual model with its hints recorded (so another backend could be plugged in); CP-SAT solves it."""
 
     def __init__(self) -> None:
         self.cp = cp_model.CpModel()
@@ -236,10 +246,10 @@ class _Model:
         self.cp.maximize(expr)
 
     def solve(self, backend: str, *, time_limit: float, seed: int) -> bool:
-        if backend == "cp-sat":
+        if backend == "cp-sat":  # the only backend for now; MIP solvers were slower on this model
             solver = cp_model.CpSolver()
             solver.parameters.max_deterministic_time = time_limit
-            solver.parameters.max_time_in_seconds = 10 * time_limit
+            solver.parameters.max_time_in_seconds = max(60.0, 50 * time_limit)  # safety only
             solver.parameters.num_workers = 1
             solver.parameters.random_seed = seed
             status = solver.solve(self.cp)
@@ -247,34 +257,8 @@ class _Model:
                 return False
             self._vals = [float(solver.value(self.cp.get_int_var_from_proto_index(i))) for i in range(len(self.vars))]
             return True
-        return self._solve_mip(backend, time_limit)
-
-    def _solve_mip(self, backend: str, time_limit: float) -> bool:
-        proto = self.cp.proto
-        solver = pywraplp.Solver.CreateSolver(backend)
-        if solver is None:
-            return False
-        solver.SetTimeLimit(int(time_limit * 1000))
-        xs = [solver.IntVar(lb, ub, "") for lb, ub, _b in self.vars]
-        for c in proto.constraints:
-            lin = c.linear
-            dom = list(lin.domain)
-            lo, hi = dom[0], dom[-1]
-            inf = solver.infinity()
-            row = solver.Constraint(-inf if lo <= -(2**62) else lo, inf if hi >= 2**62 else hi)
-            for v, k in zip(lin.vars, lin.coeffs, strict=True):
-                row.SetCoefficient(xs[v], float(k))
-        obj = solver.Objective()
-        for v, k in zip(proto.objective.vars, proto.objective.coeffs, strict=True):
-            obj.SetCoefficient(xs[v], float(k))
-        obj.SetMinimization()  # a maximisation is stored negated in the proto
-        hv = [(xs[i], float(h)) for i, h in self.hints.items()]
-        solver.SetHint([v for v, _ in hv], [h for _, h in hv])
-        status = solver.Solve()
-        if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-            return False
-        self._vals = [x.solution_value() for x in xs]
-        return True
+        raise ValueError(f"unknown residual backend {backend!r}")
 
     def value(self, v: cp_model.IntVar) -> float:
         return self._vals[v.index]
+
