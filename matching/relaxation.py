@@ -279,50 +279,66 @@ def solve_mcf(
 
 
 def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
-    """Time-indexed aggregated LP with GLOP: the general relaxation (any start slots, SCU orders exact)."""
+    """Time-indexed aggregated LP with GLOP: the general relaxation (any start slots, SCU orders exact).
+
+    The constraint matrix is assembled as sparse arrays and handed to the solver in one call."""
+    import scipy.sparse as sp  # the array interface of OR-Tools' model builder takes a scipy CSR matrix
+    from ortools.linear_solver.python import model_builder_helper as mbh
+
     t0 = time.perf_counter()
     prep = net.prep
     E = len(prep.e_order)
-    solver = pywraplp.Solver.CreateSolver("GLOP")
-    if time_limit:
-        solver.SetTimeLimit(int(time_limit * 1000))
     active = np.nonzero(net.e_group >= 0)[0]
+    A, F, S = len(active), len(net.f_pool), len(net.s_pool)
     scale = 1.0 / 3600.0
-    xs = {int(e): solver.NumVar(0.0, float(prep.e_n[e]), "") for e in active}
-    ys = [solver.NumVar(0.0, solver.infinity(), "") for _ in range(len(net.f_pool))]
-    obj = solver.Objective()
-    for e, v in xs.items():
-        obj.SetCoefficient(v, float(net.e_weight[e]) * scale)
-    for f, v in enumerate(ys):
-        obj.SetCoefficient(v, -float(net.f_cost[f]) * scale)
-    obj.SetMaximization()
-    for o in range(prep.n_orders):
-        es = [int(e) for e in prep.order_edges[o] if net.e_group[e] >= 0]
-        if len(es) > 1:
-            row = solver.Constraint(-solver.infinity(), 1.0)
-            for e in es:
-                row.SetCoefficient(xs[e], 1.0 / float(prep.e_n[e]))
-    g_rows = [solver.Constraint(0.0, 0.0) for _ in range(len(net.g_class))]
-    for e, v in xs.items():
-        g_rows[int(net.e_group[e])].SetCoefficient(v, 1.0)
-    for f, v in enumerate(ys):
-        g_rows[int(net.f_group[f])].SetCoefficient(v, -1.0)
-    s_rows = [solver.Constraint(-solver.infinity(), float(c)) for c in net.s_cap]
-    for f, v in enumerate(ys):
-        for s in net.f_segs[f]:
-            s_rows[int(s)].SetCoefficient(v, 1.0)
+    lb = np.zeros(A + F)
+    ub = np.concatenate([prep.e_n[active].astype(np.float64), np.full(F, np.inf)])
+    obj = np.concatenate([net.e_weight[active] * scale, -net.f_cost * scale]).astype(np.float64)
+    # order rows (orders with more than one active edge): sum_e x_e / n_e <= 1
+    eo = prep.e_order[active]
+    multi = np.bincount(eo, minlength=prep.n_orders) > 1
+    sel = np.nonzero(multi[eo])[0]
+    o_row = np.cumsum(multi) - 1
+    R1 = int(multi.sum())
+    rows = [o_row[eo[sel]]]
+    cols = [sel]
+    vals = [1.0 / prep.e_n[active][sel]]
+    # group rows: sum_e x_e - sum_f y_f = 0
+    G = len(net.g_class)
+    rows += [R1 + net.e_group[active], R1 + net.f_group]
+    cols += [np.arange(A), A + np.arange(F)]
+    vals += [np.ones(A), -np.ones(F)]
+    # segment rows: sum of y_f over the pool edges covering the segment <= capacity
+    seg_len = np.array([len(x) for x in net.f_segs], dtype=np.int64)
+    if F:
+        rows.append(R1 + G + np.concatenate(net.f_segs))
+        cols.append(A + np.repeat(np.arange(F), seg_len))
+        vals.append(np.ones(int(seg_len.sum())))
+    n_rows = R1 + G + S
+    mat = sp.csr_matrix(
+        (np.concatenate(vals).astype(np.float64), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_rows, A + F),
+    )
+    c_lo = np.concatenate([np.full(R1, -np.inf), np.zeros(G), np.full(S, -np.inf)])
+    c_hi = np.concatenate([np.ones(R1), np.zeros(G), net.s_cap.astype(np.float64)])
+    model = mbh.ModelBuilderHelper()
+    model.fill_model_from_sparse_data(lb, ub, obj, c_lo, c_hi, mat)
+    model.set_maximize(True)
+    solver = mbh.ModelSolverHelper("glop")
+    if time_limit:
+        solver.set_time_limit_in_seconds(time_limit)
     t1 = time.perf_counter()
-    status = solver.Solve()
-    if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-        raise RuntimeError(f"LP relaxation failed: status {status}")
+    solver.solve(model)
+    if not solver.has_solution():
+        raise RuntimeError(f"LP relaxation failed: status {solver.status()}")
+    v = np.asarray(solver.variable_values(), dtype=np.float64)
     x = np.zeros(E, dtype=np.float64)
-    for e, v in xs.items():
-        x[e] = v.solution_value()
-    y = np.array([v.solution_value() for v in ys], dtype=np.float64)
+    x[active] = v[:A]
+    y = v[A:]
     return Relaxation(
         x=x,
         y=y,
-        value=solver.Objective().Value() * 3600.0,
+        value=float(solver.objective_value()) * 3600.0,
         method="lp-glop",
         solve_seconds=time.perf_counter() - t0,
         exact_int=False,

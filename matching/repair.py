@@ -222,8 +222,8 @@ def repair(
         placer, split_now = _repair_once(prep, net, rel, units, seq, least_displacing=least_displacing)
         if best is None or placer.welfare_units() > best.welfare_units():
             best, split = placer, split_now
-        if not split_now:
-            break
+        if not split_now or best.welfare_units() >= rel.value:
+            break  # nothing split, or already at the bound: the other placement cannot do better
     assert best is not None
     if split and residual_time > 0 and best.welfare_units() < rel.value:
         alt = _polish(prep, net, rel, best, units, seq, split, residual_time)
