@@ -346,8 +346,25 @@ def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
     )
 
 
+def mcf_is_exact(net: Network) -> bool:
+    """True when every order asks the same device count on all its active edges (then the order node's
+    capacity expresses sum_e x_e / n_e <= 1 exactly); SCU orders spanning models differ per model."""
+    prep = net.prep
+    act = net.e_group >= 0
+    if not act.any():
+        return True
+    eo, en = prep.e_order[act], prep.e_n[act]
+    hi = np.zeros(prep.n_orders, dtype=np.int64)
+    lo = np.full(prep.n_orders, np.iinfo(np.int64).max, dtype=np.int64)
+    np.maximum.at(hi, eo, en)
+    np.minimum.at(lo, eo, en)
+    used = np.zeros(prep.n_orders, dtype=bool)
+    used[eo] = True
+    return bool((hi[used] == lo[used]).all())
+
+
 def relax(net: Network) -> Relaxation:
-    """The relaxation: min-cost flow when every lease starts now, else the time-indexed LP."""
-    if net.all_now:
+    """The relaxation: min-cost flow when every lease starts now and it is exact, else the time-indexed LP."""
+    if net.all_now and mcf_is_exact(net):
         return solve_mcf(net)
     return solve_lp(net)
