@@ -188,8 +188,7 @@ def prepare(market: Market) -> Prepared:
     for i in range(len(pools)):
         members[int(pool_class[i])].append(i)
     class_pools = [
-        np.array(sorted(ms, key=lambda i: (pools[i].ask_fen, -pools[i].devices, i)), dtype=np.int64)
-        for ms in members
+        np.array(sorted(ms, key=lambda i: (pools[i].ask_fen, -pools[i].devices, i)), dtype=np.int64) for ms in members
     ]
     class_min_ask = np.array([pool_ask[cp].min() for cp in class_pools], dtype=np.int64)
     peak = free.max(axis=1) if horizon else np.zeros(len(pools), dtype=np.int64)
@@ -212,8 +211,22 @@ def prepare(market: Market) -> Prepared:
     model_scu = {m: model_pool[m].scu for m in models}
 
     edges, need_min = _edges(
-        orders, market, models, regions, model_pool, model_scu, class_ix, starts, lease, horizon,
-        class_min_ask, class_billing, class_min_lease, class_max_pool, class_max_site, class_any,
+        orders,
+        market,
+        models,
+        regions,
+        model_pool,
+        model_scu,
+        class_ix,
+        starts,
+        lease,
+        horizon,
+        class_min_ask,
+        class_billing,
+        class_min_lease,
+        class_max_pool,
+        class_max_site,
+        class_any,
     )
     e_order, e_class, e_start, e_n, e_need, e_limit, e_gang = edges
     reasons: dict[int, str] = {}
@@ -221,8 +234,22 @@ def prepare(market: Market) -> Prepared:
     has[e_order] = True
     for oi in np.nonzero(~has)[0].tolist():
         reasons[oi] = _no_edge_reason(
-            orders[oi], market, models, regions, model_pool, model_scu, class_ix, starts[oi], int(lease[oi]),
-            horizon, class_min_ask, class_billing, class_min_lease, class_max_pool, class_max_site, class_any,
+            orders[oi],
+            market,
+            models,
+            regions,
+            model_pool,
+            model_scu,
+            class_ix,
+            starts[oi],
+            int(lease[oi]),
+            horizon,
+            class_min_ask,
+            class_billing,
+            class_min_lease,
+            class_max_pool,
+            class_max_site,
+            class_any,
         )
     eo = e_order
     order_edges: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n_ord
@@ -265,9 +292,7 @@ def prepare(market: Market) -> Prepared:
     )
 
 
-def _order_models(
-    o: Order, models: list[str], model_pool: dict[str, Pool], memo: dict[tuple, list[int]]
-) -> list[int]:
+def _order_models(o: Order, models: list[str], model_pool: dict[str, Pool], memo: dict[tuple, list[int]]) -> list[int]:
     """Indices of the models an order accepts (list, families, memory, stack, domestic), memoised."""
     key = (o.models, o.families, o.min_memory_gb, o.stack, o.domestic_only)
     ms = memo.get(key)

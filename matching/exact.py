@@ -128,7 +128,5 @@ def solve_exact(
     for o, e, p, _z, d in cand:
         v = int(solver.value(d))
         if v > 0:
-            out.append(
-                Piece(o, p, v, int(prep.e_start[e]), int(prep.order_lease[o]), int(prep.e_limit[e]), e)
-            )
+            out.append(Piece(o, p, v, int(prep.e_start[e]), int(prep.order_lease[o]), int(prep.e_limit[e]), e))
     return out, status == cp_model.OPTIMAL

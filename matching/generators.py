@@ -89,9 +89,7 @@ def latency_matrix() -> dict[str, dict[str, int]]:
         for b, (lb, mb, _, _) in REGIONS.items():
             p1, p2 = math.radians(la), math.radians(lb)
             dl = math.radians(mb - lo)
-            d = 6371 * math.acos(
-                min(1.0, math.sin(p1) * math.sin(p2) + math.cos(p1) * math.cos(p2) * math.cos(dl))
-            )
+            d = 6371 * math.acos(min(1.0, math.sin(p1) * math.sin(p2) + math.cos(p1) * math.cos(p2) * math.cos(dl)))
             row[b] = 1 if a == b else round(2 + 1.5 * d / 100)
         out[a] = row
     return out
@@ -282,8 +280,7 @@ def generate(family: str, orders: int, pools: int, seed: int, **knobs: float) ->
         res = float(knobs.get("residency", 0.7))
         cap = int(knobs.get("latency_ms", 30))
         os_ = [
-            g.order(i, residency=res, latency_cap=cap, latency_share=0.6, mem_floor_share=0.4)
-            for i in range(orders)
+            g.order(i, residency=res, latency_cap=cap, latency_share=0.6, mem_floor_share=0.4) for i in range(orders)
         ]
         return _market(g, ps, os_, seed)
     if family == "gang":
@@ -311,9 +308,7 @@ def generate(family: str, orders: int, pools: int, seed: int, **knobs: float) ->
             o = g.order(i, start_delay=delay, start_slack=slack)
             start_e = None if delay == 0 else NOW + delay
             start_l = None if delay == 0 else NOW + delay + slack
-            o = Order(
-                **{**o.__dict__, "duration_seconds": dur, "start_earliest": start_e, "start_latest": start_l}
-            )
+            o = Order(**{**o.__dict__, "duration_seconds": dur, "start_earliest": start_e, "start_latest": start_l})
             os_.append(o)
         return _market(g, ps, os_, seed)
     if family == "prices":

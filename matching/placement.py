@@ -194,7 +194,12 @@ class Placer:
             raise AssertionError("unit pieces exceed free capacity")
         base = len(self._pieces)
         rows = zip(
-            orders.tolist(), pools.tolist(), starts.tolist(), leases.tolist(), limits.tolist(), edges.tolist(),
+            orders.tolist(),
+            pools.tolist(),
+            starts.tolist(),
+            leases.tolist(),
+            limits.tolist(),
+            edges.tolist(),
             strict=True,
         )
         for i, (o, p, k, L, lim, e) in enumerate(rows, start=base):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ortools.graph.python import min_cost_flow
-from ortools.linear_solver import pywraplp
 
 from matching.eligibility import Prepared
 
@@ -57,9 +56,7 @@ class Relaxation:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def build_network(
-    prep: Prepared, *, edge_mask: np.ndarray | None = None, free: np.ndarray | None = None
-) -> Network:
+def build_network(prep: Prepared, *, edge_mask: np.ndarray | None = None, free: np.ndarray | None = None) -> Network:
     """Group order edges and connect groups to pools with capacity segments; arrays only.
 
     edge_mask keeps a subset of order edges (others get group -1); free overrides the capacity.
@@ -189,9 +186,7 @@ def segment_caps(net: Network, free: np.ndarray) -> np.ndarray:
     return _segment_min(free, net.s_pool, net.s_lo, net.s_hi)
 
 
-def solve_mcf(
-    net: Network, *, edge_mask: np.ndarray | None = None, free: np.ndarray | None = None
-) -> Relaxation:
+def solve_mcf(net: Network, *, edge_mask: np.ndarray | None = None, free: np.ndarray | None = None) -> Relaxation:
     """Min-cost flow relaxation (requires every lease to start at slot 0; nested segments form a chain).
 
     For SCU orders (device count differs per model) the order node's capacity is the largest count, a
@@ -322,7 +317,7 @@ def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
     c_lo = np.concatenate([np.full(R1, -np.inf), np.zeros(G), np.full(S, -np.inf)])
     c_hi = np.concatenate([np.ones(R1), np.zeros(G), net.s_cap.astype(np.float64)])
     model = mbh.ModelBuilderHelper()
-    model.fill_model_from_sparse_data(lb, ub, obj, c_lo, c_hi, mat)
+    model.fill_model_from_sparse_data(lb, ub, obj, c_lo, c_hi, mat)  # type: ignore[arg-type]
     model.set_maximize(True)
     solver = mbh.ModelSolverHelper("glop")
     if time_limit:

@@ -317,9 +317,9 @@ def _polish(
         if not units[pc.order] and pc.order not in sol:
             out.commit([pc])
     for o in sorted(sol):
-        pc = sol[o]
-        if pc is not None:
-            out.commit([pc])
+        new = sol[o]
+        if new is not None:
+            out.commit([new])
     place_units(prep, net, out, units, seq)
     rest = [o for o in sol if sol[o] is None]
     rest.sort(key=lambda o: (-_order_value(prep, o), int(seq[o])))

@@ -9,6 +9,7 @@ are then re-solved exactly by a min-cost flow around the gangs it fixes.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from typing import Any
 
@@ -119,7 +120,6 @@ def solve_residual(
             n_vars += len(opts)
     # single-device orders on residual pools, aggregated per (class, lease, start); the best unserved ones
     # with an edge there may come in, and a served one may leave for free capacity outside the residual
-    groups: dict[tuple[int, int, int], list[tuple[int, int, int]]] = defaultdict(list)  # (limit, order, exit)
     now_on: dict[tuple[int, int, int], dict[int, int]] = defaultdict(lambda: defaultdict(int))
     exit_memo: dict[tuple[int, int, int], int] = {}
 
@@ -186,7 +186,7 @@ def solve_residual(
         ws = [model.new_bool_var("") for _ in range(lo, hi)]
         for i, w in enumerate(ws, start=lo):
             model.add_hint(w, i < served_now)
-        for w1, w2 in zip(ws, ws[1:], strict=False):
+        for w1, w2 in itertools.pairwise(ws):
             model.add_implication(w2, w1)
         obj.extend(v * L * slot * w for v, w in zip(vals[lo:hi], ws, strict=True))
         model.add(lo + sum(ws) == sum(svars))
@@ -261,4 +261,3 @@ class _Model:
 
     def value(self, v: cp_model.IntVar) -> float:
         return self._vals[v.index]
-
