@@ -4,6 +4,14 @@ Models carry memory and dense FP16 figures from shared/reference/accelerators.md
 dense FP16 unconfirmed, the model has no SCU figure (scu None: SCU orders cannot use it) and memory is the
 most commonly quoted value. Regions are 14 Chinese provinces with a distance-based latency matrix
 (RTT ~ 2 ms + 1.5 ms per 100 km great-circle).
+
+'scale' is the reference instance of matching.md (section 7.6 item 1, the cluster trace): one clearing
+epoch, every lease 1 h and starting now, 99% single-device orders and gangs of 2/4/8 (about 1.05 devices
+per order), acceptable-model sets and per-architecture limits, 20% of pools partly held by running
+contracts. 'scale-leases' is the harder variant the first generator called 'scale' (leases of 1-8 h all
+starting now, 3% gangs): capacity is then time-indexed, value grows with the lease, and both the gang
+repair and greedy lose much more; it is reported under its own name. 'contention' and 'valuation' keep the
+scale-leases shape.
 """
 
 from __future__ import annotations

@@ -208,8 +208,12 @@ def repair(
     rel: Relaxation,
     *,
     residual_time: float = 0.3,
+    gap_tolerance: float = 1e-6,
 ) -> Placer:
     """Integral allocation from the relaxation (see the module docstring for the steps).
+
+    Improvement stops once the allocation is within gap_tolerance (relative) of the relaxation bound, as
+    a MIP solver stops at its gap tolerance (1e-6 here, a hundred times tighter than the 1e-4 target).
 
     Split gangs are placed two ways, best value on the classes that carried their flow, and where they
     displace the fewest device-slots the relaxation gave to others; the better result is polished by
@@ -222,14 +226,19 @@ def repair(
         placer, split_now = _repair_once(prep, net, rel, units, seq, least_displacing=least_displacing)
         if best is None or placer.welfare_units() > best.welfare_units():
             best, split = placer, split_now
-        if not split_now or best.welfare_units() >= rel.value:
+        if not split_now or _close(best, rel, gap_tolerance):
             break  # nothing split, or already at the bound: the other placement cannot do better
     assert best is not None
-    if split and residual_time > 0 and best.welfare_units() < rel.value:
+    if split and residual_time > 0 and not _close(best, rel, gap_tolerance):
         alt = _polish(prep, net, rel, best, units, seq, split, residual_time)
         if alt is not None and alt.welfare_units() > best.welfare_units():
             return alt
     return best
+
+
+def _close(placer: Placer, rel: Relaxation, tol: float) -> bool:
+    """Whether the allocation's welfare is within a relative tolerance of the relaxation bound."""
+    return placer.welfare_units() >= rel.value * (1.0 - tol)
 
 
 def _repair_once(
