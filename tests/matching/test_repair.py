@@ -107,12 +107,13 @@ def test_single_device_market_is_solved_exactly() -> None:
 
 
 def test_residual_polish_never_loses_and_stays_feasible() -> None:
-    m = generate("scale", 1500, 260, 11)
+    m = generate("scale", 1500, 260, 13)  # an instance where the heuristic alone leaves a gap
     prep = prepare(m)
     net = build_network(prep)
     rel = relax(net)
     plain = repair(prep, net, rel, residual_time=0)
     polished = repair(prep, net, rel, residual_time=0.5)
+    assert plain.welfare_units() < rel.value
     assert polished.welfare_units() >= plain.welfare_units()
     assert polished.welfare_units() <= rel.value
     assert (polished.free >= 0).all()
@@ -120,6 +121,9 @@ def test_residual_polish_never_loses_and_stays_feasible() -> None:
     for o in np.nonzero(~units & polished.filled)[0].tolist():
         pcs = polished.order_pieces(o)
         assert len(pcs) == 1 and pcs[0].devices == int(prep.e_n[pcs[0].edge])
+    again = repair(prep, net, rel, residual_time=0.5)  # deterministic: one worker, deterministic time
+    key = lambda pc: (pc.order, pc.pool, pc.k)  # noqa: E731
+    assert sorted(again.pieces, key=key) == sorted(polished.pieces, key=key)
 
 
 def test_mid_size_scale_gap_is_small() -> None:
