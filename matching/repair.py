@@ -3,9 +3,10 @@
 Single-device orders are solved exactly by a second min-cost flow on the capacity the multi-device orders
 leave (unit demands on a network are integral) and assigned to pools group by group with numpy. Only the
 multi-device orders (gangs, 1-3% of orders) go through the per-order placement routine: the ones the
-relaxation serves whole on pools that can hold them first, the ones it splits where they displace the
-fewest device-slots the relaxation gave to others, then an insertion search that evicts lower-value
-single-device orders when a gang is worth more, and a final exact re-solve of the single-device orders.
+relaxation serves whole on pools that can hold them first, then the ones it splits (best value, then best
+fit, on the classes that carried their flow), then an insertion search that evicts lower-value
+single-device orders when a gang is worth more, a re-solve of the single-device orders, and the exact
+residual model (matching.residual) on the classes the split gangs touch.
 """
 
 from __future__ import annotations
@@ -212,23 +213,14 @@ def repair(
 ) -> Placer:
     """Integral allocation from the relaxation (see the module docstring for the steps).
 
-    Improvement stops once the allocation is within gap_tolerance (relative) of the relaxation bound, as
-    a MIP solver stops at its gap tolerance (1e-6 here, a hundred times tighter than the 1e-4 target).
-
-    Split gangs are placed two ways, best value on the classes that carried their flow, and where they
-    displace the fewest device-slots the relaxation gave to others; the better result is polished by
-    the exact residual model."""
+    Split gangs go, best value then best fit, on the classes that carried their flow (placing them where
+    they displace the fewest device-slots of the relaxation measured worse: 0.047% against 0.015% gap at
+    7k orders, 0.45% against 0.21% with leases); the result is polished by the exact residual model.
+    Improvement stops once the allocation is within gap_tolerance (relative) of the relaxation bound, as a
+    MIP solver stops at its gap tolerance (1e-6 here, a hundred times tighter than the 1e-4 target)."""
     units = unit_orders(prep)
     seq = order_seq(prep)
-    best: Placer | None = None
-    split: list[int] = []
-    for least_displacing in (False, True):
-        placer, split_now = _repair_once(prep, net, rel, units, seq, least_displacing=least_displacing)
-        if best is None or placer.welfare_units() > best.welfare_units():
-            best, split = placer, split_now
-        if not split_now or _close(best, rel, gap_tolerance):
-            break  # nothing split, or already at the bound: the other placement cannot do better
-    assert best is not None
+    best, split = _repair_once(prep, net, rel, units, seq, least_displacing=False)
     if split and residual_time > 0 and not _close(best, rel, gap_tolerance):
         alt = _polish(prep, net, rel, best, units, seq, split, residual_time)
         if alt is not None and alt.welfare_units() > best.welfare_units():
