@@ -374,7 +374,9 @@ def _edges(
             om_lim.append(lim)
             om_n.append(n_opt)
             om_need.append(need)
-            om_gang.append(-(-need // K))
+            # Smallest piece a pool must hold: the whole need when the order takes one pool; with K > 1
+            # pieces may be any size (only their count is capped), so 1 keeps the relaxation a valid bound.
+            om_gang.append(need if K == 1 else 1)
             need_min[oi] = need
     empty = np.zeros(0, dtype=np.int64)
     if not om_o or not r_pats:
