@@ -8,6 +8,8 @@ from identifiers.catalogue import Catalogue, load_catalogue
 from identifiers.regions import RegionTable, load_regions
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from exchange.services.identity import IdentityService
+from exchange.services.ledger import LedgerService
 from exchange.services.resolve import ResolveService
 from exchange.settings import Settings
 from exchange.storage.engine import make_engine, make_sessionmaker
@@ -23,6 +25,8 @@ class Services:
     catalogue: Catalogue
     regions: RegionTable
     resolve: ResolveService
+    identity: IdentityService
+    ledger: LedgerService
 
     async def close(self) -> None:
         """Release the database pool (only when this root opened it)."""
@@ -38,6 +42,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         sessions = make_sessionmaker(engine)
     catalogue = load_catalogue()
     regions = load_regions()
+    identity = IdentityService(sessions, settings.key_dir, settings.origin)
     return Services(
         settings=settings,
         engine=engine,
@@ -45,4 +50,6 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         catalogue=catalogue,
         regions=regions,
         resolve=ResolveService(sessions, settings.authority),
+        identity=identity,
+        ledger=LedgerService(sessions, identity, settings.origin),
     )
