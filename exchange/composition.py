@@ -8,6 +8,7 @@ from identifiers.catalogue import Catalogue, load_catalogue
 from identifiers.regions import RegionTable, load_regions
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from exchange.services.federation import FederationService
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
 from exchange.services.resolve import ResolveService
@@ -27,6 +28,7 @@ class Services:
     resolve: ResolveService
     identity: IdentityService
     ledger: LedgerService
+    federation: FederationService
 
     async def close(self) -> None:
         """Release the database pool (only when this root opened it)."""
@@ -43,6 +45,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
     catalogue = load_catalogue()
     regions = load_regions()
     identity = IdentityService(sessions, settings.key_dir, settings.origin)
+    ledger = LedgerService(sessions, identity, settings.origin)
     return Services(
         settings=settings,
         engine=engine,
@@ -51,5 +54,6 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         regions=regions,
         resolve=ResolveService(sessions, settings.authority),
         identity=identity,
-        ledger=LedgerService(sessions, identity, settings.origin),
+        ledger=ledger,
+        federation=FederationService(sessions, settings, identity, ledger),
     )

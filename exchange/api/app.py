@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api import reference
+from exchange.api import federation, reference
 from exchange.api.keys import SERVICES
 from exchange.api.metrics import METRICS, ApiMetrics, metrics_handler, metrics_middleware
 from exchange.api.problems import problem_middleware
 from exchange.composition import Services
 
-ROUTE_TABLES = [reference.routes]
+ROUTE_TABLES = [reference.routes, federation.routes]
 
 
 def create_app(svc: Services) -> web.Application:

@@ -7,11 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from exchange.cli import cri, db, serve
+from exchange.cli import cri, db, peers, serve
 from exchange.cli.common import CliError
 from identifiers.errors import HetexError
 
-COMMAND_MODULES = [serve, db, cri]
+COMMAND_MODULES = [serve, db, cri, peers]
 
 
 def build_parser() -> argparse.ArgumentParser:
