@@ -684,6 +684,7 @@ class FederationService:
                 created_at=now,
             )
             session.add(mirror)
+            await session.flush()
             expires_at = now + self.settings.federation_hold_ttl_seconds
             session.add(
                 FederationHold(
