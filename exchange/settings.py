@@ -53,6 +53,7 @@ class Settings(BaseModel):
     federation_sweep_interval_seconds: float = Field(default=1, ge=0)
     federation_peer_timeout_seconds: float = Field(default=5, gt=0)
     federation_local_fill: bool = False
+    federation_commit_delay_seconds: float = Field(default=0, ge=0)  # fault injection for partition tests
 
     @field_validator("database_url")
     @classmethod

@@ -1145,6 +1145,8 @@ class FederationService:
                 },
             )
             async with self.sessions.begin() as session:
+                if not held and not await self._claim(session, order):
+                    return {"status": "skipped"}  # filled or forwarded meanwhile (local fill, another process)
                 session.add(
                     OutboundHold(
                         id=msg["message_id"],
@@ -1192,6 +1194,8 @@ class FederationService:
             for outbound_id in held:
                 await self._release(outbound_id)
             return {"status": "unfilled", "held": total, "needed": need_min}
+        if self.settings.federation_commit_delay_seconds > 0:  # fault injection: widen the hold-to-commit gap
+            await asyncio.sleep(self.settings.federation_commit_delay_seconds)
         committed = 0
         for outbound_id in held:
             committed += await self.commit_outbound(outbound_id)
@@ -1199,6 +1203,18 @@ class FederationService:
             self.orders_committed += 1
             self.forward_latency_ms.append((time.perf_counter() - t0) * 1000.0)
         return {"status": "committed" if committed else "pending", "devices": committed, "holds": held}
+
+    async def _claim(self, session: AsyncSession, order: Order) -> bool:
+        """In the caller's write transaction: the order is still as read (open, same fill, nothing in flight),
+        so the outbound row written next makes this forwarder its only seller (local fill skips it)."""
+        await lock_capacity(session)
+        fresh = await session.get(Order, order.id, populate_existing=True)
+        if fresh is None or fresh.status not in OPEN_ORDER or fresh.filled_devices != order.filled_devices:
+            return False
+        in_flight = await session.scalar(
+            select(func.count()).where(OutboundHold.order_id == order.id, OutboundHold.status.in_(IN_FLIGHT))
+        )
+        return not in_flight
 
     async def _set_outbound(self, outbound_id: str, **values: Any) -> None:
         values["updated_at"] = self.clock()
@@ -1776,8 +1792,6 @@ class FederationService:
 
     async def _forward_tick(self) -> None:
         await self.reconcile_outbound()
-        if self.settings.federation_local_fill and self.round_runner is None:
-            await self.local_fill()
         await self.forward_open_orders()
         await self.deliver_outbox()
 
@@ -1800,6 +1814,8 @@ class FederationService:
             loops.append(
                 self._loop("forward", s.federation_forward_interval_seconds, self._forward_tick, self._forward_wanted)
             )
+        if s.federation_local_fill and self.round_runner is None and s.federation_forward_interval_seconds > 0:
+            loops.append(self._loop("local-fill", s.federation_forward_interval_seconds, self.local_fill, None))
         if s.federation_sweep_interval_seconds > 0:
             loops.append(self._loop("sweep", s.federation_sweep_interval_seconds, self._sweep_tick, None))
         return loops

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from identifiers.cri import parse_cri
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.storage.registration import Pool, Site
+from identifiers.cri import parse_cri
 from identifiers.errors import NotFoundError
 
 

@@ -233,9 +233,12 @@ class Exchange:
         return db_session(self.db_url)
 
 
-async def start_exchange(tmp_path: Path, authority: str, host: str = "127.0.0.1", **settings: Any) -> Exchange:
-    """Migrate a fresh SQLite file and serve an exchange for `authority` on a free loopback port."""
-    port = free_port(host)
+async def start_exchange(
+    tmp_path: Path, authority: str, host: str = "127.0.0.1", port: int | None = None, **settings: Any
+) -> Exchange:
+    """Migrate (or reopen) the SQLite file of `authority` and serve it on a loopback port (free one if None);
+    the key directory is the same on every start, so a restarted exchange keeps its identity."""
+    port = port or free_port(host)
     url = f"http://{host}:{port}"
     db_url = f"sqlite+aiosqlite:///{tmp_path / f'{authority.lower()}.db'}"
     engine = make_engine(db_url)

@@ -31,9 +31,7 @@ def test_reference_vector(name: str) -> None:
     assert canonical_bytes(data) == bytes(int(h, 16) for h in hex_text)
 
 
-@pytest.mark.parametrize(
-    "bad", [float("nan"), float("inf"), {1: "x"}, {"a": b"bytes"}, 2**60, {"a": object()}]
-)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), {1: "x"}, {"a": b"bytes"}, 2**60, {"a": object()}])
 def test_refuses_non_json(bad: object) -> None:
     with pytest.raises(CanonicalizationError):
         canonical_bytes(bad)
@@ -45,9 +43,7 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
     | st.floats(min_value=-1e15, max_value=1e15)  # integral floats >= 2**53 re-parse as unsafe ints
     | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
 

@@ -54,9 +54,7 @@ def test_rfc9421_b26_signature_base_and_signature() -> None:
 def test_rfc9421_b26_does_not_meet_the_hetex_profile() -> None:
     headers = [*B26["headers"], ("Signature-Input", B26["signature_input"]), ("Signature", B26["signature"])]
     with pytest.raises(SignatureError) as info:
-        verify_request(
-            "POST", B26["url"], headers, B26["body"].encode(), lambda k: B26_KEY.public, now=B26["created"]
-        )
+        verify_request("POST", B26["url"], headers, B26["body"].encode(), lambda k: B26_KEY.public, now=B26["created"])
     assert info.value.reason == "nonce_missing"
 
 
@@ -95,8 +93,7 @@ def test_sign_request_headers() -> None:
     assert set(added) == {"Content-Digest", "Signature-Input", "Signature"}
     assert added["Content-Digest"] == content_digest(BODY)
     assert added["Signature-Input"] == (
-        'sig1=("@method" "@target-uri" "content-digest")'
-        f';created={NOW};keyid="{KEYID}";alg="ed25519";nonce="n"'
+        f'sig1=("@method" "@target-uri" "content-digest");created={NOW};keyid="{KEYID}";alg="ed25519";nonce="n"'
     )
     assert added["Signature"].startswith("sig1=:") and added["Signature"].endswith(":")
 
@@ -138,15 +135,11 @@ def test_signature_malformed() -> None:
     sig_input = _signed()["Signature-Input"]
     assert _reason(headers=_with(Signature="sig1=:not base64!:")) == "signature_malformed"
     assert _reason(headers=_with(Signature="other=:AAAA:")) == "signature_malformed"
-    assert _reason(headers=_with(Signature_Input=sig_input.replace(';keyid="a1b2c3d4"', ""))) == (
+    assert _reason(headers=_with(Signature_Input=sig_input.replace(';keyid="a1b2c3d4"', ""))) == ("signature_malformed")
+    assert _reason(headers=_with(Signature_Input=sig_input.replace(f";created={NOW}", ""))) == ("signature_malformed")
+    assert _reason(headers=_with(Signature_Input=sig_input.replace('alg="ed25519"', 'alg="rsa-v1_5-sha256"'))) == (
         "signature_malformed"
     )
-    assert _reason(headers=_with(Signature_Input=sig_input.replace(f";created={NOW}", ""))) == (
-        "signature_malformed"
-    )
-    assert _reason(
-        headers=_with(Signature_Input=sig_input.replace('alg="ed25519"', 'alg="rsa-v1_5-sha256"'))
-    ) == ("signature_malformed")
     assert _reason(headers=_with(Signature_Input=sig_input + ", sig2=()")) == "signature_malformed"
     assert _reason(headers=_with(Signature_Input="sig1=x")) == "signature_malformed"
 
@@ -167,9 +160,7 @@ def test_signature_invalid() -> None:
     assert _reason(headers=other) == "signature_invalid"
     # a changed signed parameter (nonce) breaks it too
     sig_input = _signed()["Signature-Input"]
-    assert (
-        _reason(headers=_with(Signature_Input=sig_input.replace("nonce-1", "nonce-2"))) == "signature_invalid"
-    )
+    assert _reason(headers=_with(Signature_Input=sig_input.replace("nonce-1", "nonce-2"))) == "signature_invalid"
 
 
 def test_signature_expired() -> None:
@@ -209,9 +200,7 @@ def test_unknown_key() -> None:
 
 def test_nonce_missing() -> None:
     sig_input = _signed()["Signature-Input"]
-    assert (
-        _reason(headers=_with(Signature_Input=sig_input.replace(';nonce="nonce-1"', ""))) == "nonce_missing"
-    )
+    assert _reason(headers=_with(Signature_Input=sig_input.replace(';nonce="nonce-1"', ""))) == "nonce_missing"
 
 
 @pytest.mark.parametrize(

@@ -39,9 +39,7 @@ GO_PUB = base64.b64decode("ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")[1:]
 
 seeds = st.binary(min_size=32, max_size=32)
 names = st.text(
-    alphabet=st.characters(
-        blacklist_categories=("Zs", "Zl", "Zp", "Cc", "Cs", "Co", "Cn"), blacklist_characters="+"
-    ),
+    alphabet=st.characters(blacklist_categories=("Zs", "Zl", "Zp", "Cc", "Cs", "Co", "Cn"), blacklist_characters="+"),
     min_size=1,
     max_size=30,
 ).filter(lambda s: s.isprintable() and not any(c.isspace() for c in s))

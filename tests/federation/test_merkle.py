@@ -121,10 +121,7 @@ def test_reference_roots(size: int) -> None:
 def test_hasher_vectors() -> None:
     assert EMPTY_ROOT.hex() == REFERENCE_ROOTS[0]
     assert leaf_hash(b"L123456").hex() == "395aa064aa4c29f7010acfe3f25db9485bbd4b91897b6ad7ad547639252b4d56"
-    assert (
-        node_hash(b"N123", b"N456").hex()
-        == "aa217fe888e47007fa15edab33c2b492a722cb106c64667fc2b044444de66bbb"
-    )
+    assert node_hash(b"N123", b"N456").hex() == "aa217fe888e47007fa15edab33c2b492a722cb106c64667fc2b044444de66bbb"
 
 
 def _naive_root(leaves: list[bytes]) -> bytes:

@@ -26,9 +26,7 @@ from tests.federation.conftest import VECTORS
 
 GOLDEN = json.loads((VECTORS / "note" / "hetex-note-vectors.json").read_text(encoding="utf-8"))
 GO = json.loads((VECTORS / "note" / "go-note-example.json").read_text(encoding="utf-8"))
-LOG = NoteSigner(
-    GOLDEN["keys"]["log"]["name"], SigningKey.from_seed(bytes.fromhex(GOLDEN["keys"]["log"]["seed"]))
-)
+LOG = NoteSigner(GOLDEN["keys"]["log"]["name"], SigningKey.from_seed(bytes.fromhex(GOLDEN["keys"]["log"]["seed"])))
 WITNESS = NoteSigner(
     GOLDEN["keys"]["witness"]["name"], SigningKey.from_seed(bytes.fromhex(GOLDEN["keys"]["witness"]["seed"]))
 )
