@@ -95,6 +95,9 @@ MIRRORABLE = frozenset({"usage", "settlement"})
 PEER_NONCE_PREFIX = "p:"
 LATENCY_SAMPLES = 10_000
 SUMMARY_MIN_GAP_SECONDS = 0.5
+PEER_MARK_REFRESH_SECONDS = 5
+FORWARD_CONCURRENCY = 4
+PEER_CACHE_SECONDS = 1.0
 
 
 class UnknownAuthorityError(NotFoundError):
@@ -282,6 +285,8 @@ class FederationService:
         self.orders_forwarded = 0
         self.orders_committed = 0
         self._next_try: dict[str, float] = {}
+        self._peer_marks: dict[str, tuple[bool, int]] = {}
+        self._peer_cache: tuple[float, dict[str, PeerIdentity]] | None = None
         self._publish_wanted = asyncio.Event()
         self._forward_wanted = asyncio.Event()
         self._forward_lock = asyncio.Lock()
@@ -384,6 +389,7 @@ class FederationService:
             row.log_problem = None
             await session.flush()
             view = self._peer_view(row, None, None)
+        self._peer_cache = None
         log.info("peer %s added at %s (key %s)", authority, url, identity.key_id)
         self._publish_wanted.set()
         return view
@@ -478,6 +484,10 @@ class FederationService:
 
     async def _mark_peer(self, authority: str, *, ok: bool, error: str | None = None, synced: bool = False) -> None:
         now = self.clock()
+        last = self._peer_marks.get(authority)
+        if ok and not synced and last is not None and last[0] and now - last[1] < PEER_MARK_REFRESH_SECONDS:
+            return  # still reachable and recently recorded: spare a write per message
+        self._peer_marks[authority] = (ok, now)
         values: dict[str, Any] = {"reachable": ok}
         if ok:
             values["last_ok_at"] = now
@@ -506,8 +516,14 @@ class FederationService:
     # ------------------------------------------------------------------------------------------ inbound
 
     async def _peers_by_key_id(self) -> dict[str, PeerIdentity]:
+        """Active peers by key id, cached for a second (one query less per inbound message)."""
+        cached = self._peer_cache
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         async with self.sessions() as session:
-            return {r.key_id: _peer_identity(r) for r in await self._peer_rows(session)}
+            peers = {r.key_id: _peer_identity(r) for r in await self._peer_rows(session)}
+        self._peer_cache = (time.monotonic() + PEER_CACHE_SECONDS, peers)
+        return peers
 
     async def _remember_nonce(self, keyid: str, nonce: str, created: int) -> None:
         """Refuse a second use of a peer request nonce within the window (shared by every process)."""
@@ -988,8 +1004,11 @@ class FederationService:
         body = _parse(SummaryBody, v.body)
         try:
             summary = await self.accept_summary(v.peer, body.summary)
-        except (SummaryError, StaleSummaryError) as exc:
+        except SummaryError as exc:
             await self.record_event("refused_summary", v.peer.authority, {"reason": exc.details.get("reason")})
+            raise
+        except StaleSummaryError:
+            log.debug("stale summary from %s (already have a newer one)", v.peer.authority)
             raise
         return {"status": "accepted", "origin": summary.origin_authority, "version": summary.version}
 
@@ -1042,19 +1061,25 @@ class FederationService:
     async def _local_shortfall(self, order: Order, terms: Mapping[str, Any], start: int, end: int, need: int) -> bool:
         """True when local free capacity cannot fill `need` devices of the order right now."""
         async with self.sessions() as session:
-            tranches = await free_tranches(
-                session,
-                start=start,
-                end=end,
-                now=self.clock(),
-                heartbeat_timeout=self.settings.heartbeat_timeout_seconds,
-                models=terms["models"],
-                regions=terms["regions"],
-            )
+            return await self._shortfall_in(session, terms, start, end, need)
+
+    async def _shortfall_in(
+        self, session: AsyncSession, terms: Mapping[str, Any], start: int, end: int, need: int
+    ) -> bool:
+        need_min = need if terms["all_or_nothing"] else 1
+        tranches = await free_tranches(
+            session,
+            start=start,
+            end=end,
+            now=self.clock(),
+            heartbeat_timeout=self.settings.heartbeat_timeout_seconds,
+            models=terms["models"],
+            regions=terms["regions"],
+        )
         picks = choose(
             tranches,
             devices_max=need,
-            devices_min=need,
+            devices_min=need_min,
             limits=terms["limits"],
             models=terms["models"],
             regions=terms["regions"],
@@ -1342,7 +1367,7 @@ class FederationService:
                 if order_ids is not None:
                     stmt = stmt.where(Order.id.in_(list(order_ids)))
                 orders = (await session.scalars(stmt.order_by(Order.created_at, Order.id).limit(200))).all()
-            results = []
+            due = []
             for order in orders:
                 if self._next_try.get(order.id, 0.0) > mono:
                     continue
@@ -1357,31 +1382,49 @@ class FederationService:
                     and not await self._local_shortfall(order, terms, start, end, remaining)
                 ):
                     continue
-                try:
-                    outcome = await self.forward_order(order.id)
-                except HetexError as exc:
-                    outcome = {"status": "error", "error": exc.message}
+                due.append(order.id)
+            gate = asyncio.Semaphore(FORWARD_CONCURRENCY)
+
+            async def one(order_id: str) -> dict[str, Any]:
+                async with gate:
+                    try:
+                        outcome = await self.forward_order(order_id)
+                    except HetexError as exc:
+                        outcome = {"status": "error", "error": exc.message}
                 if outcome["status"] != "committed":
-                    self._next_try[order.id] = mono + max(1.0, self.settings.federation_forward_interval_seconds)
+                    self._next_try[order_id] = mono + max(1.0, self.settings.federation_forward_interval_seconds)
                 else:
-                    self._next_try.pop(order.id, None)
-                results.append({"order_id": order.id, **outcome})
-            return results
+                    self._next_try.pop(order_id, None)
+                return {"order_id": order_id, **outcome}
+
+            return list(await asyncio.gather(*(one(oid) for oid in due)))
 
     async def local_fill(self) -> int:
         """Fallback local clearing (only when `federation_local_fill` is on and no round service is wired):
         immediate pay-as-ask matching of open local orders against local pools. Contracts filled."""
         now = self.clock()
         filled = 0
-        async with self.sessions() as session:
-            ids = (
+        ids = []
+        async with self.sessions() as session:  # one read pass; write transactions only where something fits
+            in_flight = select(OutboundHold.order_id).where(OutboundHold.status.in_(IN_FLIGHT))
+            orders = (
                 await session.scalars(
-                    select(Order.id)
-                    .where(Order.status.in_(OPEN_ORDER), Order.quantity_devices.is_not(None))
+                    select(Order)
+                    .where(
+                        Order.status.in_(OPEN_ORDER),
+                        Order.quantity_devices.is_not(None),
+                        Order.id.not_in(in_flight),
+                    )
                     .order_by(Order.created_at, Order.id)
                     .limit(200)
                 )
             ).all()
+            for order in orders:
+                terms = _order_terms(order)
+                start = max(now, int(terms["start_earliest"] or now))
+                need = (order.quantity_devices or 0) - order.filled_devices
+                if need > 0 and not await self._shortfall_in(session, terms, start, start + terms["duration"], need):
+                    ids.append(order.id)
         for order_id in ids:
             async with self.sessions.begin() as session:
                 await lock_capacity(session)
@@ -1765,6 +1808,7 @@ class FederationService:
             "messages_sent": dict(self.client.sent),
             "orders_forwarded": self.orders_forwarded,
             "orders_committed": self.orders_committed,
+            "forward_latency_samples_ms": [round(x, 2) for x in list(self.forward_latency_ms)[-1000:]],
             "forward_latency_ms": {
                 "count": len(lat),
                 "p50": pct(0.50),
@@ -1791,7 +1835,6 @@ class FederationService:
                 wake.clear()
 
     async def _forward_tick(self) -> None:
-        await self.reconcile_outbound()
         await self.forward_open_orders()
         await self.deliver_outbox()
 

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp.test_utils import TestServer
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from exchange.api.app import create_app
 from exchange.composition import Services, build_services
@@ -183,15 +184,17 @@ def sync_url(async_url: str) -> str:
     return async_url.replace("sqlite+aiosqlite:", "sqlite:")
 
 
+_ENGINES: dict[str, Any] = {}
+
+
 @contextlib.contextmanager
 def db_session(url: str) -> Any:
     """A sync session on an exchange's SQLite file (committed on exit); works while the server runs."""
-    engine = create_engine(sync_url(url), connect_args={"timeout": 30})
-    try:
-        with Session(engine) as session, session.begin():
-            yield session
-    finally:
-        engine.dispose()
+    engine = _ENGINES.get(url)
+    if engine is None:
+        engine = _ENGINES[url] = create_engine(sync_url(url), connect_args={"timeout": 30}, poolclass=NullPool)
+    with Session(engine) as session, session.begin():
+        yield session
 
 
 def order_row(url: str, order_id: str) -> dict[str, Any]:
