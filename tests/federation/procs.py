@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exchange.composition import build_services
+from exchange.settings import Settings
 from tests.federation.fedkit import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,34 +186,25 @@ def make_procs(root: Path, authorities: list[str]) -> list[Proc]:
 
 
 def start_and_peer(procs: list[Proc]) -> None:
-    """Start every server (schema migrated on start), then `hetex admin add-peer` each other (CLI)."""
+    """Start every server (schema migrated on start), then make each trust the others. Peers are added by
+    the same service call `hetex admin add-peer` makes, in this process (six CLI start-ups would dominate
+    the test's time; tests/federation/test_federation_cli.py runs the CLI itself)."""
     for p in procs:
         p.start()
     for p in procs:
         p.wait_ready()
     identities = {p.authority: p.get("/v1/federation/identity") for p in procs}
-    running = []
-    for p in procs:
-        for q in procs:
-            if p is not q:
-                ident = identities[q.authority]
-                running.append(
-                    (
-                        p,
-                        q,
-                        p.cli(
-                            "admin",
-                            "add-peer",
-                            "--url",
-                            q.url,
-                            "--key",
-                            ident["verifier_key"],
-                            "--authority",
-                            q.authority,
-                        ),
-                    )
-                )
-    for p, q, proc in running:
-        _out, err = proc.communicate(timeout=60)
-        if proc.returncode != 0:
-            raise RuntimeError(f"add-peer {q.authority} at {p.authority} failed: {err.decode()[-2000:]}")
+
+    async def add_all() -> None:
+        for p in procs:
+            settings = Settings.from_env(p.env())
+            svc = await build_services(settings)
+            try:
+                for q in procs:
+                    if q is not p:
+                        await svc.federation.add_peer(q.url, identities[q.authority]["verifier_key"], q.authority)
+            finally:
+                await svc.federation.close()
+                await svc.close()
+
+    asyncio.run(add_all())
