@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from identifiers.catalogue import Catalogue, load_catalogue
-from identifiers.regions import RegionTable, load_regions
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from exchange.services.audit import AuditService
 from exchange.services.federation import FederationService
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
+from exchange.services.orders import OrderService
+from exchange.services.participants import ParticipantService
+from exchange.services.registration import RegistrationService
 from exchange.services.resolve import ResolveService
 from exchange.settings import Settings
 from exchange.storage.engine import make_engine, make_sessionmaker
+from identifiers.catalogue import Catalogue, load_catalogue
+from identifiers.regions import RegionTable, load_regions
 
 
 @dataclass
@@ -29,9 +33,14 @@ class Services:
     identity: IdentityService
     ledger: LedgerService
     federation: FederationService
+    audit: AuditService
+    participants: ParticipantService
+    registration: RegistrationService
+    orders: OrderService
 
     async def close(self) -> None:
-        """Release the database pool (only when this root opened it)."""
+        """Stop background audit jobs; release the database pool (only when this root opened it)."""
+        await self.audit.close()
         if self.engine is not None:
             await self.engine.dispose()
 
@@ -56,4 +65,10 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         identity=identity,
         ledger=ledger,
         federation=FederationService(sessions, settings, identity, ledger),
+        audit=AuditService(sessions, ledger, identity, catalogue, settings.exports_dir, settings.authority),
+        participants=ParticipantService(sessions, regions, settings.signature_window_seconds),
+        registration=RegistrationService(
+            sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds
+        ),
+        orders=OrderService(sessions, catalogue, regions),
     )

@@ -37,6 +37,7 @@ class Settings(BaseModel):
     origin: str = "hetex.example/log"
     public_base_url: str | None = None
     key_dir: Path = Path(".hetex/keys")
+    exports_dir: Path = Path(".hetex/exports")
     signature_window_seconds: int = Field(default=300, ge=1)
     heartbeat_timeout_seconds: int = Field(default=900, ge=1)
     round_interval_seconds: float = Field(default=0, ge=0)

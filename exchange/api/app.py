@@ -4,21 +4,34 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api import federation, reference
+from exchange.api import audit, federation, ledger, orders, participants, reference, registration
+from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
 from exchange.api.keys import SERVICES
 from exchange.api.metrics import METRICS, ApiMetrics, metrics_handler, metrics_middleware
 from exchange.api.problems import problem_middleware
 from exchange.composition import Services
 
-ROUTE_TABLES = [reference.routes, federation.routes]
+ROUTE_TABLES = [
+    reference.routes,
+    ledger.routes,
+    participants.routes,
+    registration.routes,
+    orders.routes,
+    audit.routes,
+    federation.routes,
+]
 
 
 def create_app(svc: Services) -> web.Application:
     """The HTTP application for one set of services (the caller owns their lifecycle)."""
-    app = web.Application(middlewares=[metrics_middleware, problem_middleware], client_max_size=1 << 20)
+    app = web.Application(
+        middlewares=[metrics_middleware, problem_middleware, auth_middleware], client_max_size=1 << 20
+    )
     app[SERVICES] = svc
     app[METRICS] = ApiMetrics()
+    app[KEY_CACHE] = KeyCache()
     app.router.add_get("/metrics", metrics_handler)
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
+    app.cleanup_ctx.append(ledger.checkpoint_publisher)
     return app

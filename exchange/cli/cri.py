@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from exchange.cli.common import print_json, print_table
 from identifiers.catalogue import load_catalogue
 from identifiers.cri import parse_cri
-
-from exchange.cli.common import print_json, print_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:

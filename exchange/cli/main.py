@@ -7,11 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from exchange.cli import cri, db, peers, serve
+from exchange.cli import admin, audit, bench, cri, db, ledger, peers, serve
 from exchange.cli.common import CliError
 from identifiers.errors import HetexError
 
-COMMAND_MODULES = [serve, db, cri, peers]
+COMMAND_MODULES = [serve, db, cri, ledger, admin, peers, bench, audit]
 
 
 def build_parser() -> argparse.ArgumentParser:

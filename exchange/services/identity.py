@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.storage.base import now_s
@@ -96,6 +98,7 @@ class IdentityService:
         self.key_dir = Path(key_dir)
         self.name = check_key_name(name)
         self._stamp: tuple[int, int] | None = None
+        self._committed: str | None = None
         self._key = self._load()
 
     def _file_stamp(self) -> tuple[int, int] | None:
@@ -136,10 +139,16 @@ class IdentityService:
         """The current key as a C2SP note signer named `name` (the log origin)."""
         return NoteSigner(self.name, self.signing_key)
 
-    def sign_envelope(self, payload_type: str, payload: bytes) -> dict[str, Any]:
-        """A DSSE envelope over `payload`, signed by the current exchange key."""
+    def signer(self) -> tuple[str, SigningKey]:
+        """(key id, key) of the current key: take it once per batch of signatures."""
         key = self.signing_key
-        return sign_envelope(payload_type, payload, [(key_id_hex(self.name, key.public), key)])
+        return key_id_hex(self.name, key.public), key
+
+    def sign_envelope(
+        self, payload_type: str, payload: bytes, signer: tuple[str, SigningKey] | None = None
+    ) -> dict[str, Any]:
+        """A DSSE envelope over `payload`, signed by the current exchange key (or `signer` from signer())."""
+        return sign_envelope(payload_type, payload, [signer or self.signer()])
 
     def countersign(self, envelope: dict[str, Any], payload_type: str, payload: bytes) -> dict[str, Any]:
         """`envelope` with the exchange's signature over the same PAE appended to its signatures."""
@@ -151,9 +160,12 @@ class IdentityService:
         """Make sure the current key is a `current` row of exchange_keys (older current rows become retired)."""
         key = self.signing_key
         kid = key_id_hex(self.name, key.public)
-        if session.info.get(_REGISTERED) == kid:
+        if kid in (self._committed, session.info.get(_REGISTERED)):
             return
         row = await session.get(ExchangeKey, kid)
+        if row is not None and session.info.get(_REGISTERED) is None:
+            # visible without having been inserted by this session: it is committed, remember that
+            self._committed = kid
         if row is None:
             now = now_s()
             await session.execute(
@@ -161,14 +173,25 @@ class IdentityService:
                 .where(ExchangeKey.status == "current", ExchangeKey.key_id != kid)
                 .values(status="retired", not_after=now)
             )
-            session.add(
-                ExchangeKey(
-                    key_id=kid, name=self.name, public_key=key.public.to_base64(), not_before=now, status="current"
-                )
-            )
-            await session.flush()
+            values = {
+                "key_id": kid,
+                "name": self.name,
+                "public_key": key.public.to_base64(),
+                "not_before": now,
+                "status": "current",
+                "created_at": now,
+            }
+            # several processes sharing the key file may register it at once: the first insert wins
+            dialect = session.get_bind().dialect.name
+            insert_fn = pg_insert if dialect == "postgresql" else sqlite_insert
+            await session.execute(insert_fn(ExchangeKey).values(**values).on_conflict_do_nothing())
             log.info("registered exchange key %s (%s)", kid, self.name)
         session.info[_REGISTERED] = kid
+
+    async def register(self) -> None:
+        """ensure_registered in its own transaction (at service start, so GET /v1/ledger/keys lists the key)."""
+        async with self.sessions.begin() as session:
+            await self.ensure_registered(session)
 
     async def keys(self, session: AsyncSession | None = None) -> list[ExchangeKeyInfo]:
         """Every exchange key, oldest first."""

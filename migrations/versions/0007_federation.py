@@ -2,7 +2,7 @@
 two-exchange contracts, mirrored records, outbox and events (new tables only; no triggers touched).
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0006
 Create Date: 2026-11-24 16:46:41.216332
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0003"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

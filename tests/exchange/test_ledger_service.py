@@ -69,6 +69,10 @@ async def test_proofs_match_reference_tree_and_checkpoints(db: Any, tmp_path: Pa
             if old.size <= new.size:
                 proof = await ledger.consistency_proof(old.size, new.size)
                 verify_consistency(old.size, new.size, proof.hashes, old.root, new.root)
+    bulk = await ledger.inclusion_proofs(list(range(22)), 22)
+    assert [p.hashes for p in bulk] == [ref.inclusion_proof(i, 22) for i in range(22)]
+    with pytest.raises(ValidationError):
+        await ledger.inclusion_proofs([0, 22], 22)
     # the default size is the latest checkpoint's; a wrong leaf does not verify
     proof = await ledger.inclusion_proof(5)
     assert proof.size == total

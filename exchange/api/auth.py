@@ -1,0 +1,173 @@
+"""Request authentication: RFC 9421 signatures (hetex profile) checked before any handler runs.
+
+Every state-changing request (anything but GET/HEAD/OPTIONS) must be signed; a signed GET is verified
+too and identifies the caller for "own resources" reads. The key comes from the participants table
+(key id -> public key); POST /v1/participants is the one request signed by a not-yet-known key, verified
+with the key in its own body (proof of possession). Nonces are remembered in `seen_nonces` for the
+window, so a replay is refused by every process sharing the database. Refusals are 401 problem+json
+with a `reason` (federation.errors.SIGNATURE_REASONS).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import http_sf
+from aiohttp import web
+
+from exchange.api.keys import services
+from exchange.services.participants import participant_key_id
+from exchange.services.principals import Principal, SignedRequest
+from federation.errors import KeyFormatError, SignatureError
+from federation.httpsig import verify_request
+from federation.keys import VerifyKey
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Paths whose handlers verify request signatures themselves (exchange.api.federation: peer exchange keys).
+SELF_VERIFIED_PREFIXES = ("/v1/federation/",)
+REGISTRATION_PATH = "/v1/participants"
+KEY_CACHE_SECONDS = 60.0
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+SIGNED_REQUEST = web.RequestKey("signed_request", SignedRequest)
+
+
+@dataclass
+class KeyCache:
+    """Positive cache key id -> (participant, key) for a short time, saving a query per request."""
+
+    ttl: float = KEY_CACHE_SECONDS
+    _entries: dict[str, tuple[float, Principal, VerifyKey]] = field(default_factory=dict)
+
+    def get(self, key_id: str) -> tuple[Principal, VerifyKey] | None:
+        """The cached participant and key, if fresh."""
+        hit = self._entries.get(key_id)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1], hit[2]
+
+    def put(self, principal: Principal, key: VerifyKey) -> None:
+        """Remember a participant's key."""
+        if len(self._entries) > 100_000:
+            self._entries.clear()
+        self._entries[principal.key_id] = (time.monotonic() + self.ttl, principal, key)
+
+
+KEY_CACHE = web.AppKey("key_cache", KeyCache)
+
+
+def target_uri(request: web.Request, public_base_url: str | None) -> str:
+    """The @target-uri the client signed: the configured public base URL + path and query, else the
+    absolute URL of the request as received."""
+    if public_base_url:
+        return public_base_url.rstrip("/") + request.raw_path
+    return str(request.url)
+
+
+def peek_keyid(signature_input: str | None) -> str | None:
+    """The keyid parameter of the (first) signature, or None when absent or unparsable."""
+    if not signature_input:
+        return None
+    try:
+        parsed: Any = http_sf.parse(signature_input.encode("ascii"), tltype="dictionary")
+        _inner, params = next(iter(parsed.values()))
+        keyid = params.get("keyid")
+    except Exception:
+        return None
+    return keyid if isinstance(keyid, str) and len(keyid) <= 64 else None
+
+
+def registration_key(body: bytes, keyid: str) -> VerifyKey | None:
+    """The key in a registration body, if it is the key named by `keyid` (proof of possession)."""
+    try:
+        data = json.loads(body)
+        key = VerifyKey.from_base64(data["public_key"])
+    except (ValueError, TypeError, KeyError, KeyFormatError):
+        return None
+    return key if participant_key_id(key) == keyid else None
+
+
+def is_registration(request: web.Request) -> bool:
+    """True for POST /v1/participants."""
+    return request.method == "POST" and request.path == REGISTRATION_PATH
+
+
+async def authenticate(request: web.Request) -> None:
+    """Verify the request signature and remember its nonce; store the caller on the request."""
+    svc = services(request)
+    body = await request.read()
+    url = target_uri(request, svc.settings.public_base_url)
+    headers = list(request.headers.items())
+    keyid = peek_keyid(request.headers.get("Signature-Input"))
+    principal: Principal | None = None
+    key: VerifyKey | None = None
+    if keyid is not None:
+        if is_registration(request):
+            key = registration_key(body, keyid)
+        else:
+            cache = request.app[KEY_CACHE]
+            hit = cache.get(keyid)
+            if hit is None:
+                found = await svc.participants.principal_by_key_id(keyid)
+                if found is not None:
+                    hit = found, VerifyKey.from_base64(found.public_key)
+                    cache.put(*hit)
+            if hit is not None:
+                principal, key = hit
+
+    def resolve(requested: str) -> VerifyKey | None:
+        return key if requested == keyid else None
+
+    verified = verify_request(
+        request.method, url, headers, body, resolve, max_skew=svc.settings.signature_window_seconds
+    )
+    await svc.participants.remember_nonce(verified.keyid, verified.nonce, verified.created)
+    if principal is not None:
+        request[PRINCIPAL] = principal
+    request[SIGNED_REQUEST] = SignedRequest(
+        method=request.method,
+        target_uri=url,
+        body=body,
+        content_digest=request.headers.get("Content-Digest", ""),
+        signature_input=request.headers.get("Signature-Input", ""),
+        signature=request.headers.get("Signature", ""),
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate signed requests; refuse unsigned state-changing ones (401 before the handler)."""
+    if request.match_info.http_exception is not None:
+        return await handler(request)
+    if request.path.startswith(SELF_VERIFIED_PREFIXES):
+        return await handler(
+            request
+        )  # peer exchanges: verified by the federation service (peer keys, not participants)
+    signed = "Signature" in request.headers or "Signature-Input" in request.headers
+    if request.method in SAFE_METHODS and not signed:
+        return await handler(request)
+    await authenticate(request)
+    return await handler(request)
+
+
+def require_principal(request: web.Request) -> Principal:
+    """The authenticated participant, or 401 when the request was not signed by a known participant."""
+    principal = request.get(PRINCIPAL)
+    if principal is None:
+        raise SignatureError("signature_missing", "this endpoint needs a request signed by a registered participant")
+    return principal
+
+
+def signed_request(request: web.Request) -> SignedRequest:
+    """The verified signed request (for the registration record), or 401 when unsigned."""
+    signed = request.get(SIGNED_REQUEST)
+    if signed is None:
+        raise SignatureError("signature_missing", "this endpoint needs a signed request")
+    return signed

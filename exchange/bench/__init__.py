@@ -1,0 +1,1 @@
+"""Benchmarks behind `hetex bench ...` (measured figures, no assertions)."""

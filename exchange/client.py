@@ -1,0 +1,229 @@
+"""Async HTTP client for a hetex exchange: signs every request (RFC 9421 hetex profile) and turns
+problem+json answers back into domain errors. Used by the CLI, the demo, usage reporting and peers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from yarl import URL
+
+from exchange.services.participants import participant_key_id
+from federation.httpsig import sign_request
+from federation.keys import SigningKey
+from identifiers.errors import (
+    AuthenticationError,
+    ConflictError,
+    HetexError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
+
+
+class RemoteError(HetexError):
+    """Mixin data of an error answered by the exchange: HTTP status, problem code, reason, full body."""
+
+    code = "remote_error"
+
+    def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
+        message = str(problem.get("detail") or problem.get("title") or f"HTTP {status}")
+        super().__init__(message, field=problem.get("field"))
+        self.status = status
+        self.problem = dict(problem)
+        self.remote_code = str(problem.get("code", "http_error"))
+        self.reason: str | None = problem.get("reason")
+
+    def __str__(self) -> str:
+        reason = f" ({self.reason})" if self.reason else ""
+        return f"{self.status} {self.remote_code}{reason}: {self.message}"
+
+
+class RemoteValidationError(RemoteError, ValidationError):
+    """422/400 from the exchange."""
+
+
+class RemoteAuthenticationError(RemoteError, AuthenticationError):
+    """401 from the exchange (signature refused; `reason` says why)."""
+
+
+class RemotePermissionError(RemoteError, PermissionDeniedError):
+    """403 from the exchange."""
+
+
+class RemoteNotFoundError(RemoteError, NotFoundError):
+    """404 from the exchange."""
+
+
+class RemoteConflictError(RemoteError, ConflictError):
+    """409 from the exchange."""
+
+
+_BY_STATUS: dict[int, type[RemoteError]] = {
+    400: RemoteValidationError,
+    401: RemoteAuthenticationError,
+    403: RemotePermissionError,
+    404: RemoteNotFoundError,
+    409: RemoteConflictError,
+    422: RemoteValidationError,
+}
+
+
+def remote_error(status: int, problem: Mapping[str, Any]) -> RemoteError:
+    """The domain error for an HTTP error status and its problem body."""
+    return _BY_STATUS.get(status, RemoteError)(status, problem)
+
+
+def dumps(data: Any) -> bytes:
+    """Compact JSON request body."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class HetexClient:
+    """Signed requests to one exchange with one participant key.
+
+    `keyid` defaults to the participant key id (C2SP key id under the name 'hetex'). The client owns an
+    aiohttp session unless one is passed; use `async with HetexClient(...) as c:` or call close().
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        key: SigningKey,
+        keyid: str | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.key = key
+        self.keyid = keyid or participant_key_id(key.public)
+        self._session = session
+        self._own_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.last_status: int | None = None
+
+    async def __aenter__(self) -> HetexClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP session (created on first use)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session if this client created it."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, path: str, params: Mapping[str, Any] | None = None) -> str:
+        """Absolute URL of `path` with query parameters (the exact text that is signed)."""
+        url = self.base_url + path
+        if params:
+            query = urlencode({k: v for k, v in params.items() if v is not None})
+            if query:
+                url += ("&" if "?" in url else "?") + query
+        return url
+
+    def sign(self, method: str, url: str, body: bytes) -> dict[str, str]:
+        """Content-Digest, Signature-Input and Signature headers for one request (fresh nonce)."""
+        return sign_request(method.upper(), url, {}, body, self.key, self.keyid)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        signed: bool = True,
+        raw_body: bytes | None = None,
+    ) -> Any:
+        """Send one request (signed unless signed=False); parsed JSON answer, or a RemoteError."""
+        method = method.upper()
+        url = self.url(path, params)
+        body = raw_body if raw_body is not None else (b"" if json is None else dumps(json))
+        all_headers = dict(headers or {})
+        if json is not None or raw_body is not None:
+            all_headers.setdefault("Content-Type", "application/json")
+        if signed:
+            all_headers.update(self.sign(method, url, body))
+        async with self.session.request(method, URL(url, encoded=True), data=body, headers=all_headers) as resp:
+            self.last_status = resp.status
+            text = await resp.text()
+            data: Any = None
+            if text:
+                try:
+                    data = _json_loads(text)
+                except ValueError:
+                    data = {"detail": text[:500]}
+            if resp.status >= 400:
+                raise remote_error(resp.status, data if isinstance(data, dict) else {"detail": str(data)})
+            return data
+
+    # convenience ---------------------------------------------------------------------------------
+
+    async def register(self, role: str, name: str, home_region: str | None = None) -> dict[str, Any]:
+        """Register this client's key as a provider or buyer."""
+        body: dict[str, Any] = {"role": role, "name": name, "public_key": self.key.public.to_base64()}
+        if home_region is not None:
+            body["home_region"] = home_region
+        result: dict[str, Any] = await self.request("POST", "/v1/participants", body)
+        return result
+
+    async def me(self) -> dict[str, Any]:
+        """The participant this key belongs to."""
+        result: dict[str, Any] = await self.request("GET", "/v1/participants/me")
+        return result
+
+    async def add_site(self, region: str, name: str, **fields: Any) -> dict[str, Any]:
+        """Register a site; returns it with its CRI."""
+        result: dict[str, Any] = await self.request("POST", "/v1/sites", {"region": region, "name": name, **fields})
+        return result
+
+    async def heartbeat(self, site_cri: str) -> dict[str, Any]:
+        """Send a site heartbeat."""
+        result: dict[str, Any] = await self.request("POST", f"/v1/sites/{site_cri}/heartbeat")
+        return result
+
+    async def add_pool(self, site_cri: str, model: str, devices: int, **fields: Any) -> dict[str, Any]:
+        """Declare a pool at a site; returns it with its CRI."""
+        body = {"model": model, "devices": devices, **fields}
+        result: dict[str, Any] = await self.request("POST", f"/v1/sites/{site_cri}/pools", body)
+        return result
+
+    async def post_offer(self, pool_cri: str, devices: int, ask_fen: int, window_start: int, **fields: Any) -> Any:
+        """Offer devices of a pool."""
+        body = {"pool_cri": pool_cri, "devices": devices, "ask_fen": ask_fen, "window_start": window_start, **fields}
+        return await self.request("POST", "/v1/offers", body)
+
+    async def submit_order(self, spec: Mapping[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """Submit an order under an idempotency key."""
+        result: dict[str, Any] = await self.request(
+            "POST", "/v1/orders", dict(spec), headers={"Idempotency-Key": idempotency_key}
+        )
+        return result
+
+    async def list_orders(self, **filters: Any) -> dict[str, Any]:
+        """One page of this buyer's orders."""
+        result: dict[str, Any] = await self.request("GET", "/v1/orders", params=filters)
+        return result
+
+    async def cancel_order(self, order_id: str) -> dict[str, Any]:
+        """Cancel an order."""
+        result: dict[str, Any] = await self.request("POST", f"/v1/orders/{order_id}/cancel")
+        return result
+
+
+def _json_loads(text: str) -> Any:
+    return json.loads(text)

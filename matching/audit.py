@@ -1,0 +1,127 @@
+"""Audit run on every clearing: individual rationality on both sides, no envy for losers at the posted
+prices, exact budget balance in fen, and the physical rules (capacity per slot, K pools, fills)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from fractions import Fraction
+
+import numpy as np
+
+from matching.eligibility import Prepared, limit_for
+from matching.model import Audit, AuditCheck
+from matching.prices import Duals, PricedPiece
+from matching.relaxation import Network
+
+MAX_DETAILS = 20
+
+
+def audit(
+    prep: Prepared,
+    priced: list[PricedPiece],
+    pieces_pool: list[int],
+    net: Network | None,
+    duals: Duals | None,
+    pricing_rule: str,
+) -> Audit:
+    """Check a priced allocation; counts violations per named check (0 everywhere when all is well)."""
+    mk = prep.market
+    slot = prep.slot_seconds
+    ir_b = ir_p = 0
+    balanced = True
+    fee_total = 0
+    uplift = 0
+    fee_short = 0
+    used = np.zeros_like(prep.free)
+    by_order: dict[str, list[int]] = defaultdict(list)
+    o_ix = {o.id: i for i, o in enumerate(mk.orders)}
+    for n, pp in enumerate(priced):
+        a = pp.alloc
+        p = pieces_pool[n]
+        pool = mk.pools[p]
+        oi = o_ix[a.order_id]
+        order = mk.orders[oi]
+        q = Fraction(a.devices * (a.end - a.start), 3600)
+        lim = limit_for(order, pool.model, pool.scu)
+        if lim is None or a.buyer_price_fen > lim or a.buyer_pays > lim * q:
+            ir_b += 1
+        if a.provider_price_fen < pool.ask_fen or a.provider_receives < pool.ask_fen * q:
+            ir_p += 1
+        if a.buyer_pays != a.provider_receives + a.fee or a.fee < 0:
+            balanced = False
+        fee_total += a.fee
+        fee_short += max(0, pp.fee_target - a.fee)
+        uplift += pp.uplift
+        k = (a.start - prep.slot0) // slot
+        L = (a.end - a.start) // slot
+        used[p, k : k + L] += a.devices
+        by_order[a.order_id].append(n)
+    over = int((used > prep.free).sum())
+    # order shape: K pools, all-or-nothing / min fill, same model, co-location, one start
+    shape = 0
+    for oid, ns in by_order.items():
+        order = mk.orders[o_ix[oid]]
+        allocs = [priced[n].alloc for n in ns]
+        pools = [mk.pools[pieces_pool[n]] for n in ns]
+        devs = sum(a.devices for a in allocs)
+        bad = len(allocs) > order.max_pools or len({a.start for a in allocs}) != 1
+        if order.quantity_devices is not None:
+            if order.all_or_nothing and devs != order.quantity_devices:
+                bad = True
+            need = min(order.quantity_devices, order.min_fill_devices)
+            if not order.all_or_nothing and not need <= devs <= order.quantity_devices:
+                bad = True
+        else:
+            scu = pools[0].scu
+            delivered = sum(a.devices for a in allocs) * (scu or 0)
+            if order.all_or_nothing and (scu is None or delivered < (order.quantity_scu or 0)):
+                bad = True
+        if (order.same_model or order.quantity_scu is not None) and len({p.model for p in pools}) > 1:
+            bad = True
+        if order.colocation == "site" and len({p.site for p in pools}) > 1:
+            bad = True
+        if order.colocation == "region" and len({p.region for p in pools}) > 1:
+            bad = True
+        shape += bad
+    # no envy: a loser whose limit exceeds the posted price of a group it could use
+    envy = 0
+    details: list[str] = []
+    if net is not None and duals is not None and duals.ok:
+        for oi, order in enumerate(mk.orders):
+            if order.id in by_order:
+                continue
+            for e in prep.order_edges[oi]:
+                j = int(net.e_group[e])
+                if j < 0:
+                    continue
+                hours = Fraction(int(net.g_lease[j]) * slot, 3600)
+                price = Fraction(repr(float(duals.pi[j]))) / hours
+                lim = int(prep.e_limit[e])
+                if lim > price + 1:  # 1 fen per device-hour of rounding tolerance
+                    envy += 1
+                    if len(details) < MAX_DETAILS:
+                        details.append(f"{order.id}: limit {lim} > posted {float(price):.2f} in group {j}")
+                    break
+    checks = (
+        AuditCheck("ir_buyer", ir_b, "buyer price and payment never above the limit"),
+        AuditCheck("ir_provider", ir_p, "provider price and receipt never below the ask"),
+        AuditCheck("budget_balance", 0 if balanced else 1, "buyer_pays == provider_receives + fee"),
+        AuditCheck("capacity", over, "pool-slots where allocated devices exceed free capacity"),
+        AuditCheck("order_shape", shape, "K pools, fill, same model, co-location, one start"),
+    )
+    envy_check = AuditCheck("no_envy", envy, "losers with limit above a posted price (gang gaps)")
+    return Audit(
+        ir_buyer_violations=ir_b,
+        ir_provider_violations=ir_p,
+        envy_violations=envy,
+        budget_balanced=balanced,
+        uplift_fen_total=uplift,
+        fee_total=fee_total,
+        pricing_rule=pricing_rule,
+        checks=(
+            *checks,
+            envy_check,
+            AuditCheck("fee_shortfall_fen", 0, f"fee below target: {fee_short} fen"),
+        ),
+        envy_details=tuple(details),
+    )

@@ -1,0 +1,119 @@
+"""Matching benchmark: one generated instance cleared by the optimizer and both baselines against the
+shared LP bound, with build/solve time and peak memory, from one run (used by `hetex bench match`)."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from matching.clearing import finalize, run_method
+from matching.eligibility import prepare
+from matching.generators import generate
+from matching.relaxation import build_network
+
+Progress = Callable[[str, float], None]
+
+
+def _peak_mb() -> float:
+    """Peak resident memory of this process in MB (ru_maxrss is KB on Linux, bytes on macOS)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def run_match_bench(
+    family: str,
+    orders: int,
+    pools: int,
+    seed: int,
+    progress: Progress | None = None,
+    *,
+    prices: bool = False,
+) -> dict[str, Any]:
+    """Generate, clear with mcf / greedy / fifo on the same arrays, and report ratios from one run."""
+
+    def step(name: str, frac: float) -> None:
+        if progress is not None:
+            progress(name, frac)
+
+    step("generate", 0.0)
+    t0 = time.perf_counter()
+    market = generate(family, orders, pools, seed)
+    gen_s = time.perf_counter() - t0
+    step("prepare", 0.1)
+    t0 = time.perf_counter()
+    prep = prepare(market)
+    net = build_network(prep)
+    build_s = time.perf_counter() - t0
+    out: dict[str, Any] = {
+        "family": family,
+        "orders": orders,
+        "pools": pools,
+        "seed": seed,
+        "edges": len(prep.e_order),
+        "edges_per_order": round(len(prep.e_order) / max(1, orders), 2),
+        "generate_seconds": round(gen_s, 3),
+        "build_seconds": round(build_s, 3),
+    }
+    rel = None
+    for i, method in enumerate(("mcf", "greedy", "fifo")):
+        step(method, 0.2 + 0.25 * i)
+        placer, r, solve_s = run_method(prep, net, method)
+        if r is not None:
+            rel = r
+        assert rel is not None
+        res = finalize(prep, net, rel, placer, method, build_s, solve_s, prices=prices and method == "mcf")
+        s = res.stats
+        out[f"{method}_welfare_fen"] = s.welfare_fen
+        out[f"{method}_gap"] = str(s.gap)
+        out[f"{method}_solve_seconds"] = round(solve_s, 3)
+        out[f"{method}_matched_devices"] = s.matched_devices
+        out[f"{method}_audit_ok"] = res.audit.ok
+        if method == "mcf":
+            out["lp_bound_fen"] = s.lp_bound_fen
+            out["bound_method"] = s.bound_method
+            out["bound_seconds"] = round(rel.solve_seconds, 3)
+            out["components"] = s.components
+            out["matched_orders"] = s.matched_orders
+            out["price_seconds"] = s.price_seconds
+            out["wall_seconds"] = round(build_s + solve_s, 3)
+            out["envy_violations"] = res.audit.envy_violations
+    out["welfare_fen"] = out["mcf_welfare_fen"]
+    out["gap"] = out["mcf_gap"]
+    out["matched_devices"] = out["mcf_matched_devices"]
+    out["solve_seconds"] = out["mcf_solve_seconds"]
+    out["supply_devices"] = int(sum(p.devices for p in market.pools))
+    for b in ("greedy", "fifo"):
+        w = out[f"{b}_welfare_fen"]
+        out[f"mcf_over_{b}"] = (
+            str((Decimal(out["mcf_welfare_fen"]) / Decimal(w)).quantize(Decimal("0.0001"))) if w else "inf"
+        )
+    out["peak_memory_mb"] = round(_peak_mb(), 1)
+    step("done", 1.0)
+    return out
+
+
+def format_report(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows (label, value) for a human-readable report."""
+
+    def pct(g: str) -> str:
+        return f"{Decimal(g) * 100:.4f}%"
+
+    return [
+        ("instance", f"{r['family']} {r['orders']} orders x {r['pools']} pools, seed {r['seed']}"),
+        (
+            "edges (order-class-start)",
+            f"{r['edges']} ({r['edges_per_order']} per order), {r['components']} components",
+        ),
+        ("LP bound", f"{r['lp_bound_fen']} fen ({r['bound_method']}, {r['bound_seconds']} s)"),
+        ("welfare (mcf + repair)", f"{r['welfare_fen']} fen, gap {pct(r['gap'])}"),
+        ("greedy price-time", f"{r['greedy_welfare_fen']} fen, gap {pct(r['greedy_gap'])}"),
+        ("FIFO first-fit", f"{r['fifo_welfare_fen']} fen, gap {pct(r['fifo_gap'])}"),
+        ("matched devices", f"{r['matched_devices']} of {r['supply_devices']} supplied"),
+        ("build / solve / wall", f"{r['build_seconds']} s / {r['solve_seconds']} s / {r['wall_seconds']} s"),
+        ("peak memory", f"{r['peak_memory_mb']} MB"),
+        ("audit ok (mcf/greedy/fifo)", f"{r['mcf_audit_ok']}/{r['greedy_audit_ok']}/{r['fifo_audit_ok']}"),
+    ]

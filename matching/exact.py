@@ -1,0 +1,132 @@
+"""Exact CP-SAT model on a small residual (or a tiny market): order x pool pieces for a chosen set of
+orders and classes, with every placement rule, warm-started from the repaired allocation (a complete hint)
+and a time limit. Used after gang repair where the relaxation and the integral allocation differ.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from ortools.sat.python import cp_model
+
+from matching.eligibility import Prepared
+from matching.placement import Piece
+
+
+def count_vars(prep: Prepared, orders: list[int], classes: set[int]) -> int:
+    """Number of (order, edge, pool) candidates the exact model would hold."""
+    n = 0
+    for o in orders:
+        for e in prep.order_edges[o]:
+            c = int(prep.e_class[e])
+            if c in classes:
+                n += len(prep.class_pools[c])
+    return n
+
+
+def solve_exact(
+    prep: Prepared,
+    orders: list[int],
+    classes: set[int],
+    free: np.ndarray,
+    hint: list[Piece],
+    *,
+    time_limit: float = 2.0,
+    seed: int = 0,
+) -> tuple[list[Piece], bool] | None:
+    """Best pieces for `orders` on the pools of `classes` given `free` capacity; (pieces, proven optimal).
+
+    Returns None when the solver found nothing at least as good as the hint.
+    """
+    mk = prep.market
+    model = cp_model.CpModel()
+    slot = prep.slot_seconds
+    cand: list[tuple[int, int, int, cp_model.IntVar, cp_model.IntVar]] = []  # (o, e, p, z, d)
+    by_order: dict[int, list[int]] = defaultdict(list)
+    usage: dict[tuple[int, int], list[cp_model.IntVar]] = defaultdict(list)
+    obj = []
+    hint_map = {(pc.order, pc.edge, pc.pool): pc.devices for pc in hint}
+    for o in orders:
+        order = mk.orders[o]
+        L = int(prep.order_lease[o])
+        scopes: dict[tuple[int, ...], cp_model.IntVar] = {}
+        fill_terms: dict[tuple[int, ...], list[cp_model.IntVar]] = defaultdict(list)
+        z_terms: dict[tuple[int, ...], list[cp_model.IntVar]] = defaultdict(list)
+        scope_n: dict[tuple[int, ...], tuple[int, int]] = {}
+        hinted: set[tuple[int, ...]] = set()
+        for e in prep.order_edges[o]:
+            e = int(e)
+            c = int(prep.e_class[e])
+            if c not in classes:
+                continue
+            k = int(prep.e_start[e])
+            n = int(prep.e_n[e])
+            need = int(prep.e_need[e])
+            lim = int(prep.e_limit[e])
+            for p in prep.class_pools[c]:
+                p = int(p)
+                if prep.pool_ask[p] > lim or order.billing_mode not in prep.pool_billing[p]:
+                    continue
+                if prep.pool_min_lease_slots[p] > L:
+                    continue
+                avail = int(free[p, k : k + L].min())
+                if avail <= 0 or (order.max_pools == 1 and avail < need):
+                    continue
+                scope: tuple[int, ...] = (k,)
+                if order.same_model or order.quantity_scu is not None:
+                    scope += (int(prep.pool_model[p]),)
+                if order.colocation == "site":
+                    scope += (int(prep.pool_site[p]),)
+                elif order.colocation == "region":
+                    scope += (int(prep.pool_region[p]),)
+                z = model.new_bool_var("")
+                d = model.new_int_var(0, min(n, avail), "")
+                model.add(d <= min(n, avail) * z)
+                model.add(d >= z)
+                h = hint_map.get((o, e, p), 0)
+                model.add_hint(z, 1 if h else 0)
+                model.add_hint(d, h)
+                if scope not in scopes:
+                    scopes[scope] = model.new_bool_var("")
+                    scope_n[scope] = (n, need)
+                model.add_implication(z, scopes[scope])
+                fill_terms[scope].append(d)
+                z_terms[scope].append(z)
+                cand.append((o, e, p, z, d))
+                by_order[o].append(len(cand) - 1)
+                if h:
+                    hinted.add(scope)
+                for t in range(k, k + L):
+                    usage[(p, t)].append(d)
+                obj.append((lim - int(prep.pool_ask[p])) * L * slot * d)
+        if not scopes:
+            continue
+        model.add_at_most_one(scopes.values())
+        for sc, s in scopes.items():
+            n, need = scope_n[sc]
+            model.add_hint(s, 1 if sc in hinted else 0)
+            total = sum(fill_terms[sc])
+            model.add(sum(z_terms[sc]) <= order.max_pools * s)
+            model.add(total <= n * s)
+            model.add(total >= need * s)
+    for (p, t), ds in usage.items():
+        model.add(sum(ds) <= int(free[p, t]))
+    model.maximize(sum(obj))
+    solver = cp_model.CpSolver()
+    # single worker and a deterministic time budget: the same snapshot gives the same allocation
+    solver.parameters.max_deterministic_time = time_limit
+    solver.parameters.max_time_in_seconds = 10 * time_limit
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = seed
+    status = solver.solve(model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    out: list[Piece] = []
+    for o, e, p, _z, d in cand:
+        v = int(solver.value(d))
+        if v > 0:
+            out.append(
+                Piece(o, p, v, int(prep.e_start[e]), int(prep.order_lease[o]), int(prep.e_limit[e]), e)
+            )
+    return out, status == cp_model.OPTIMAL

@@ -1,0 +1,221 @@
+"""Placement of an order's devices onto concrete pools of its classes, against free capacity per slot.
+
+One routine serves the optimizer's repair, greedy and FIFO, so every method obeys the same rules: capacity
+in every slot of the lease, offer windows (zero capacity outside), minimum lease, billing mode, at most K
+pools, all-or-nothing or minimum fill, same model, co-location (site / region / any). Inside a class the
+choice is best surplus, then best fit (the smallest hole that holds the piece), keeping large holes for
+large gangs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from matching.eligibility import Prepared
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Devices of one pool given to one order from start slot k for L slots at the order's limit."""
+
+    order: int
+    pool: int
+    devices: int
+    k: int
+    lease: int
+    limit: int
+    edge: int
+
+
+class Placer:
+    """Free capacity state plus the placement routine; pieces accumulate in `pieces`."""
+
+    def __init__(self, prep: Prepared) -> None:
+        self.prep = prep
+        self.free = prep.free.copy()
+        self._pieces: list[Piece] = []
+        self._alive: list[bool] = []
+        self.by_pool: dict[int, list[int]] = {}
+        self.by_order: dict[int, list[int]] = {}
+        self.filled = np.zeros(prep.n_orders, dtype=bool)
+        self._bill_ok: dict[tuple[int, str], np.ndarray] = {}
+
+    def _pool_mask(self, c: int, billing: str, lease: int) -> np.ndarray:
+        key = (c, billing)
+        m = self._bill_ok.get(key)
+        pools = self.prep.class_pools[c]
+        if m is None:
+            m = np.array([billing in self.prep.pool_billing[int(p)] for p in pools], dtype=bool)
+            self._bill_ok[key] = m
+        return m & (self.prep.pool_min_lease_slots[pools] <= lease)
+
+    def candidates(self, e: int, restrict: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Pools of edge e's class usable for the order now, and their free devices over the lease."""
+        prep = self.prep
+        o = int(prep.e_order[e])
+        c = int(prep.e_class[e])
+        k = int(prep.e_start[e])
+        L = int(prep.order_lease[o])
+        pools = prep.class_pools[c]
+        ok = self._pool_mask(c, prep.market.orders[o].billing_mode, L)
+        if restrict is not None:
+            ok = ok & restrict
+        if not ok.any():
+            return pools[:0], pools[:0]
+        pools = pools[ok]
+        avail = self.free[pools, k : k + L].min(axis=1) if L > 1 else self.free[pools, k]
+        keep = avail > 0
+        return pools[keep], avail[keep]
+
+    def plan(
+        self,
+        oi: int,
+        edges: np.ndarray,
+        restrict: dict[int, np.ndarray] | None = None,
+        *,
+        first_fit: bool = False,
+    ) -> list[Piece] | None:
+        """Best feasible placement of order oi over the given edges, or None; does not change state.
+
+        With first_fit (the FIFO baseline) the first feasible pool in catalogue order is taken instead.
+        """
+        prep = self.prep
+        order = prep.market.orders[oi]
+        K = order.max_pools
+        L = int(prep.order_lease[oi])
+        best: tuple[float, int, list[Piece]] | None = None
+        if K == 1:
+            for e in edges:
+                e = int(e)
+                pools, avail = self.candidates(e, None if restrict is None else restrict.get(e))
+                if not len(pools):
+                    continue
+                n = int(prep.e_n[e])
+                need = int(prep.e_need[e])
+                lim = int(prep.e_limit[e])
+                fit = (avail >= need) & (prep.pool_ask[pools] <= lim)
+                if not fit.any():
+                    continue
+                pools = pools[fit]
+                avail = avail[fit]
+                take = np.minimum(avail, n)
+                val = (lim - prep.pool_ask[pools]) * take
+                if first_fit:
+                    idx = int(np.argmin(pools))
+                    k = int(prep.e_start[e])
+                    return [Piece(oi, int(pools[idx]), int(take[idx]), k, L, lim, e)]
+                # best value, then best fit (smallest hole), then pool index
+                idx = np.lexsort((pools, avail, -val))[0]
+                v = float(val[idx])
+                k = int(prep.e_start[e])
+                if best is None or v > best[0] or (v == best[0] and k < best[1]):
+                    piece = Piece(oi, int(pools[idx]), int(take[idx]), k, L, lim, e)
+                    best = (v, k, [piece])
+            return None if best is None else best[2]
+        # several pools: group candidate pools by start and co-location scope
+        cands: dict[tuple[int, ...], list[tuple[int, int, int, int, int, int]]] = {}
+        for e in edges:
+            e = int(e)
+            pools, avail = self.candidates(e, None if restrict is None else restrict.get(e))
+            if not len(pools):
+                continue
+            k = int(prep.e_start[e])
+            lim = int(prep.e_limit[e])
+            c = int(prep.e_class[e])
+            same = order.same_model or order.quantity_scu is not None
+            for p, a in zip(pools.tolist(), avail.tolist(), strict=True):
+                if int(prep.pool_ask[p]) > lim:
+                    continue
+                scope: tuple[int, ...] = (k,)
+                if same:
+                    scope += (int(prep.pool_model[p]),)
+                if order.colocation == "site":
+                    scope += (int(prep.pool_site[p]),)
+                elif order.colocation == "region":
+                    scope += (int(prep.pool_region[p]),)
+                cands.setdefault(scope, []).append((lim - int(prep.pool_ask[p]), a, p, lim, e, c))
+        for scope, items in sorted(cands.items()):
+            if first_fit:
+                items.sort(key=lambda t: t[2])
+            else:
+                items.sort(key=lambda t: (-t[0], -t[1], t[2]))
+            e0 = items[0][4]
+            n = int(prep.e_n[e0])
+            need = int(prep.e_need[e0])
+            got = 0
+            val = 0
+            pieces: list[Piece] = []
+            for sur, a, p, lim, e, _c in items[:]:
+                if got >= n or len(pieces) >= K:
+                    break
+                d = min(a, n - got)
+                pieces.append(Piece(oi, p, d, scope[0], L, lim, e))
+                got += d
+                val += sur * d
+            if got >= need and first_fit:
+                return pieces
+            if got >= need and (best is None or val > best[0] or (val == best[0] and scope[0] < best[1])):
+                best = (float(val), scope[0], pieces)
+        return None if best is None else best[2]
+
+    def commit(self, pieces: list[Piece]) -> None:
+        """Take the capacity of the pieces and record them."""
+        for pc in pieces:
+            self.free[pc.pool, pc.k : pc.k + pc.lease] -= pc.devices
+            assert self.free[pc.pool, pc.k : pc.k + pc.lease].min() >= 0
+            i = len(self._pieces)
+            self._pieces.append(pc)
+            self._alive.append(True)
+            self.by_pool.setdefault(pc.pool, []).append(i)
+            self.by_order.setdefault(pc.order, []).append(i)
+        if pieces:
+            self.filled[pieces[0].order] = True
+
+    @property
+    def pieces(self) -> list[Piece]:
+        """The pieces currently committed."""
+        return [pc for pc, a in zip(self._pieces, self._alive, strict=True) if a]
+
+    def pool_pieces(self, pool: int) -> list[tuple[int, Piece]]:
+        """Live pieces on a pool with their indices."""
+        return [(i, self._pieces[i]) for i in self.by_pool.get(pool, []) if self._alive[i]]
+
+    def order_pieces(self, order: int) -> list[Piece]:
+        """Live pieces of an order."""
+        return [self._pieces[i] for i in self.by_order.get(order, []) if self._alive[i]]
+
+    def remove(self, order: int) -> None:
+        """Release every piece of an order."""
+        for i in self.by_order.get(order, []):
+            if self._alive[i]:
+                pc = self._pieces[i]
+                self.free[pc.pool, pc.k : pc.k + pc.lease] += pc.devices
+                self._alive[i] = False
+        self.filled[order] = False
+
+    def place(
+        self,
+        oi: int,
+        edges: np.ndarray,
+        restrict: dict[int, np.ndarray] | None = None,
+        *,
+        first_fit: bool = False,
+    ) -> bool:
+        """Plan and commit; True when the order got devices."""
+        if self.filled[oi]:
+            return False
+        plan = self.plan(oi, edges, restrict, first_fit=first_fit)
+        if plan is None:
+            return False
+        self.commit(plan)
+        return True
+
+    def welfare_units(self) -> int:
+        """Welfare of the committed pieces in cost units (fen x slot_seconds per device-slot / 3600)."""
+        prep = self.prep
+        tot = 0
+        for pc in self.pieces:  # live pieces only
+            tot += (pc.limit - int(prep.pool_ask[pc.pool])) * pc.devices * pc.lease * prep.slot_seconds
+        return tot

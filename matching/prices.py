@@ -1,0 +1,268 @@
+"""Clearing prices: minimum competitive-equilibrium prices from the duals of the aggregated LP, turned into
+integer fen per allocation with an exact exchange fee.
+
+Dual of the relaxation (cost unit: fen per device for the whole lease):
+    min  sum_o u_o + sum_s cap_s mu_s
+    s.t. u_o / n_oe + pi_j >= w_e          for every order edge e = (o, group j)   (buyer side)
+         pi_j - sum_{s in f} mu_s <= a_f   for every pool edge f = (group j, pool)   (supply side)
+         u >= 0, mu >= 0, pi_j >= the cheapest ask cost of group j (keeps optimality: raising pi only
+         loosens the buyer rows, and every supply row allows it).
+pi_j is the price of one device of group j = (class, lease, gang, start) for the lease; mu_s is the rent of
+one device of a pool in capacity segment s. Pass 1 is the optimum OPT (known exactly from the min-cost
+flow when it is exact, else solved); pass 2 minimises sum pi + sum mu subject to the dual constraints and
+sum u + sum cap mu <= OPT: the buyer-optimal (minimum) equilibrium prices. On every pair the LP uses,
+complementary slackness gives pi_j = a_f + rent, so buyers and providers see the same price.
+
+Integer rule per allocation (q = device-hours = devices x lease slots x slot_seconds / 3600):
+    provider price Ps = min(limit, max(ask, ceil(ask + rent per device-hour)))
+    buyer price    Pb = min(limit, max(Ps, ceil(pi per device-hour), ceil(Ps x (1 + fee_bps / 10000))))
+    provider_receives = ceil(Ps x q);  buyer_pays = floor(Pb x q);  fee = buyer_pays - provider_receives
+so IR holds on both sides by construction (Pb <= limit, Ps >= ask, amounts rounded towards each side)
+and buyer_pays == provider_receives + fee exactly. Whenever ceil(pi) > limit (a gang integrality gap) or
+ask > the equilibrium provider price, the difference x q is reported as uplift.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from fractions import Fraction
+
+import numpy as np
+from ortools.linear_solver import pywraplp
+
+from matching.model import Allocation, ClassPrice
+from matching.placement import Piece
+from matching.relaxation import Network
+
+PRICING_RULE = (
+    "min-CE duals of the aggregated LP (pass 2: min sum pi + sum mu at optimal dual value); "
+    "provider ceil(ask+rent), buyer max(ceil(pi), provider x (1+fee)) capped at limit; "
+    "amounts ceil for provider, floor for buyer; fee = difference"
+)
+FALLBACK_RULE = "pay-as-ask: provider at ask, buyer at ask x (1+fee) capped at limit (no duals)"
+
+
+@dataclass
+class Duals:
+    """Group prices pi (per device per lease, fen) and segment rents mu; ok=False when not computed."""
+
+    pi: np.ndarray
+    mu: np.ndarray
+    ok: bool
+    seconds: float
+    opt: float = 0.0
+
+
+def compute_duals(
+    net: Network, opt_units: float | None = None, *, time_limit: float | None = 30.0, minimum: bool = True
+) -> Duals:
+    """Solve the dual LP (GLOP); pass 2 picks the minimum equilibrium prices among optimal duals."""
+    t0 = time.perf_counter()
+    prep = net.prep
+    G = len(net.g_class)
+    S = len(net.s_pool)
+    active = np.nonzero(net.e_group >= 0)[0]
+    if not len(active):
+        return Duals(np.zeros(G), np.zeros(S), True, 0.0)
+    scale = 1.0 / 3600.0
+    w = net.e_weight.astype(np.float64) * scale
+    a = net.f_cost.astype(np.float64) * scale
+
+    def build(pass2: bool, opt: float) -> tuple[pywraplp.Solver, dict, list, list]:
+        s = pywraplp.Solver.CreateSolver("GLOP")
+        if time_limit:
+            s.SetTimeLimit(int(time_limit * 1000))
+        inf = s.infinity()
+        orders = np.unique(prep.e_order[active])
+        u = {int(o): s.NumVar(0.0, inf, "") for o in orders}
+        # a group's price is never below the cheapest ask it can reach (inframarginal: pi = min ask)
+        floor = np.zeros(G)
+        if len(net.f_pool):
+            floor[:] = np.inf
+            np.minimum.at(floor, net.f_group, a)
+            floor[~np.isfinite(floor)] = 0.0
+        pi = [s.NumVar(float(floor[j]), inf, "") for j in range(G)]
+        mu = [s.NumVar(0.0, inf, "") for _ in range(S)]
+        for e in active.tolist():
+            row = s.Constraint(float(w[e]), inf)
+            row.SetCoefficient(u[int(prep.e_order[e])], 1.0 / float(prep.e_n[e]))
+            row.SetCoefficient(pi[int(net.e_group[e])], 1.0)
+        for f in range(len(net.f_pool)):
+            row = s.Constraint(-inf, float(a[f]))
+            row.SetCoefficient(pi[int(net.f_group[f])], 1.0)
+            for sg in net.f_segs[f]:
+                row.SetCoefficient(mu[int(sg)], -1.0)
+        obj = s.Objective()
+        if pass2:
+            bound = s.Constraint(-inf, opt * (1 + 1e-9) + 1e-6)
+            for v in u.values():
+                bound.SetCoefficient(v, 1.0)
+            for sg, v in enumerate(mu):
+                bound.SetCoefficient(v, float(net.s_cap[sg]))
+            for v in pi:
+                obj.SetCoefficient(v, 1.0)
+            for v in mu:
+                obj.SetCoefficient(v, 1.0)
+        else:
+            for v in u.values():
+                obj.SetCoefficient(v, 1.0)
+            for sg, v in enumerate(mu):
+                obj.SetCoefficient(v, float(net.s_cap[sg]))
+        obj.SetMinimization()
+        return s, u, pi, mu
+
+    if opt_units is None:
+        s1, _u, pi1, mu1 = build(False, 0.0)
+        st = s1.Solve()
+        if st != pywraplp.Solver.OPTIMAL:
+            return Duals(np.zeros(G), np.zeros(S), False, time.perf_counter() - t0)
+        opt = s1.Objective().Value()
+        if not minimum:
+            return Duals(
+                np.array([v.solution_value() for v in pi1]),
+                np.array([v.solution_value() for v in mu1]),
+                True,
+                time.perf_counter() - t0,
+                opt,
+            )
+    else:
+        opt = opt_units * scale
+    s2, _u, pi2, mu2 = build(True, opt)
+    st = s2.Solve()
+    if st != pywraplp.Solver.OPTIMAL:
+        return Duals(np.zeros(G), np.zeros(S), False, time.perf_counter() - t0, opt)
+    return Duals(
+        np.array([v.solution_value() for v in pi2]),
+        np.array([max(0.0, v.solution_value()) for v in mu2]),
+        True,
+        time.perf_counter() - t0,
+        opt,
+    )
+
+
+def _dec(v: float) -> Decimal:
+    return Decimal(repr(float(v))).quantize(Decimal("0.0001"))
+
+
+def _ceil(d: Decimal | Fraction) -> int:
+    if isinstance(d, Fraction):
+        return -(-d.numerator // d.denominator)
+    return int(d.to_integral_value(rounding=ROUND_CEILING))
+
+
+def _floor(d: Fraction) -> int:
+    return d.numerator // d.denominator
+
+
+@dataclass
+class PricedPiece:
+    """An allocation with the equilibrium figures behind its integer prices."""
+
+    alloc: Allocation
+    uplift: int
+    fee_target: int
+
+
+def lease_hours(pc: Piece, slot_seconds: int) -> Fraction:
+    """Device-hours of a piece as an exact fraction."""
+    return Fraction(pc.devices * pc.lease * slot_seconds, 3600)
+
+
+def piece_rent(net: Network | None, duals: Duals | None, pc: Piece) -> float:
+    """Rent in fen per device for the piece's lease: sum of the rents of its pool's segments it overlaps."""
+    if net is None or duals is None or not duals.ok or not len(net.s_pool):
+        return 0.0
+    lo = np.searchsorted(net.s_pool, pc.pool, side="left")
+    hi = np.searchsorted(net.s_pool, pc.pool, side="right")
+    if hi <= lo:
+        return 0.0
+    sl = slice(int(lo), int(hi))
+    ov = (net.s_lo[sl] < pc.k + pc.lease) & (net.s_hi[sl] > pc.k)
+    return float(duals.mu[sl][ov].sum())
+
+
+def price_pieces(
+    pieces: list[Piece], net: Network | None, duals: Duals | None, fee_bps: int
+) -> tuple[list[PricedPiece], str]:
+    """Integer prices and exact amounts for every piece, by the documented rule."""
+    prep = net.prep if net is not None else None
+    use = duals is not None and duals.ok and net is not None
+    out: list[PricedPiece] = []
+    assert prep is not None or not pieces
+    for pc in pieces:
+        assert prep is not None
+        ask = int(prep.pool_ask[pc.pool])
+        lim = pc.limit
+        per_h = Fraction(pc.lease * prep.slot_seconds, 3600)  # hours of the lease
+        q = lease_hours(pc, prep.slot_seconds)
+        uplift = Fraction(0)
+        if use:
+            assert net is not None and duals is not None
+            j = int(net.e_group[pc.edge])
+            ce_b = Fraction(_dec(duals.pi[j])) / per_h
+            ce_s = ask + Fraction(_dec(piece_rent(net, duals, pc))) / per_h
+            ps = min(lim, max(ask, _ceil(ce_s)))
+            if ce_s < ask:
+                uplift += (ask - ce_s) * q
+            if _ceil(ce_b) > lim:
+                uplift += (_ceil(ce_b) - lim) * q
+            pb_target = max(ps, _ceil(ce_b))
+        else:
+            ps = ask
+            pb_target = ask
+        with_fee = _ceil(Fraction(ps * (10000 + fee_bps), 10000))
+        pb = min(lim, max(pb_target, with_fee))
+        recv = _ceil(ps * q)
+        pays = _floor(pb * q)
+        if pays < recv:
+            # both amounts within one fen of each other: settle at the amount that keeps both sides IR
+            if recv <= lim * q:
+                pays = recv
+            else:
+                recv = pays
+        fee = pays - recv
+        start = prep.slot0 + pc.k * prep.slot_seconds
+        alloc = Allocation(
+            order_id=prep.market.orders[pc.order].id,
+            pool_id=prep.market.pools[pc.pool].id,
+            devices=pc.devices,
+            start=start,
+            end=start + pc.lease * prep.slot_seconds,
+            buyer_price_fen=pb,
+            provider_price_fen=ps,
+            buyer_pays=pays,
+            provider_receives=recv,
+            fee=fee,
+        )
+        out.append(PricedPiece(alloc, _ceil(uplift), _floor(Fraction(recv * fee_bps, 10000))))
+    return out, (PRICING_RULE if use else FALLBACK_RULE)
+
+
+def class_prices(net: Network, duals: Duals | None) -> list[ClassPrice]:
+    """Posted prices per group (class, gang, lease, start): buyer price per device-hour and class rent."""
+    if duals is None or not duals.ok:
+        return []
+    prep = net.prep
+    out: list[ClassPrice] = []
+    for j in range(len(net.g_class)):
+        c = int(net.g_class[j])
+        L = int(net.g_lease[j])
+        hours = Decimal(L * prep.slot_seconds) / Decimal(3600)
+        bp = (_dec(duals.pi[j]) / hours).quantize(Decimal("0.0001"), rounding=ROUND_FLOOR)
+        mina = int(prep.class_min_ask[c])
+        region, model = prep.classes[c]
+        out.append(
+            ClassPrice(
+                region=region,
+                model=model,
+                gang=int(net.g_gang[j]),
+                lease_slots=L,
+                start=prep.slot0 + int(net.g_start[j]) * prep.slot_seconds,
+                buyer_price=bp,
+                min_ask_fen=mina,
+                rent=max(Decimal(0), bp - mina),
+            )
+        )
+    return out

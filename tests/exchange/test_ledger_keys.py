@@ -1,0 +1,110 @@
+"""Exchange identity: key file (0600, stable across restarts), key table, rotation keeps old signatures verifiable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exchange.cli.main import main
+from exchange.services.identity import KEY_FILE, IdentityService
+from exchange.storage.engine import make_engine, make_sessionmaker
+from federation.dsse import verify_envelope
+from federation.keys import key_id_hex, load_signing_key
+from federation.merkle import verify_consistency
+from federation.note import verify_checkpoint
+from tests.dbs import run_async
+from tests.exchange.ledgerkit import ORIGIN, append_n, make_ledger
+
+
+def test_key_file_created_once_with_mode_0600(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    key_dir = tmp_path / "keys"
+    first = IdentityService(None, key_dir, ORIGIN)  # type: ignore[arg-type]
+    path = key_dir / KEY_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_dir.stat().st_mode) == 0o700
+    second = IdentityService(None, key_dir, ORIGIN)  # type: ignore[arg-type]
+    assert first.key_id == second.key_id == key_id_hex(ORIGIN, load_signing_key(path).public)
+    secret_pem = path.read_text()
+    seed_hex = first.signing_key.seed().hex()
+    logged = caplog.text + repr(first.signing_key) + repr(first)
+    assert secret_pem.splitlines()[1] not in logged and seed_hex not in logged
+
+
+async def test_rotation_keeps_old_checkpoints_and_records_verifiable(db: Any, tmp_path: Path) -> None:
+    ledger = make_ledger(db.sessions, tmp_path / "keys")
+    identity = ledger.identity
+    first = await append_n(ledger, 3)
+    cp_old = await ledger.checkpoint()
+    old_id = identity.key_id
+    operator = IdentityService(db.sessions, tmp_path / "keys", ORIGIN)  # another process: `hetex admin rotate-key`
+    async with db.sessions.begin() as session:
+        new_info = await operator.rotate(session)
+    assert new_info.key_id == identity.key_id != old_id  # the running service picked up the new key file
+    assert (tmp_path / "keys" / "retired" / f"{old_id}.pem").exists()
+    later = await append_n(ledger, 4, 3)
+    cp_new = await ledger.checkpoint()
+    assert (cp_old.key_id, cp_new.key_id) == (old_id, new_info.key_id)
+
+    keys = {k.key_id: k for k in await identity.keys()}
+    assert keys[old_id].status == "retired" and keys[old_id].not_after is not None
+    assert keys[new_info.key_id].status == "current" and keys[new_info.key_id].not_after is None
+    assert keys[old_id].not_after <= keys[new_info.key_id].not_before  # type: ignore[operator]
+
+    ring = await identity.keyring()
+    old = verify_checkpoint(cp_old.note, ring, origin=ORIGIN)
+    new = verify_checkpoint(cp_new.note, ring, origin=ORIGIN)
+    proof = await ledger.consistency_proof(old.size, new.size)
+    verify_consistency(old.size, new.size, proof.hashes, old.root, new.root)
+    assert first[0].envelope["signatures"][0]["keyid"] == old_id
+    assert later[0].envelope["signatures"][0]["keyid"] == new_info.key_id
+    for rec in (*first, *later):
+        verify_envelope(rec.envelope, ring)
+    report = await ledger.verify_log()
+    assert report.ok, [p.describe() for p in report.problems]
+
+    # a key marked revoked is no longer trusted: what it signed is reported
+    from sqlalchemy import update
+
+    from exchange.storage.identity import ExchangeKey
+
+    async with db.sessions.begin() as session:
+        await session.execute(update(ExchangeKey).where(ExchangeKey.key_id == old_id).values(status="revoked"))
+    report = await ledger.verify_log()
+    names = [p.describe() for p in report.problems]
+    assert any(n.startswith("entry 0: bad_signature") for n in names)
+    assert any("stored checkpoint of size 3" in n for n in names)
+
+
+def test_cli_rotate_key_and_running_service_follows(
+    fresh_db_factory: Callable[[], str], tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HETEX_ORIGIN", ORIGIN)
+    url, key_dir = fresh_db_factory(), tmp_path / "keys"
+
+    async def serve_side(n: int, start: int) -> tuple[str, str]:
+        engine = make_engine(url)
+        try:
+            ledger = make_ledger(make_sessionmaker(engine), key_dir)
+            await append_n(ledger, n, start)
+            cp = await ledger.checkpoint()
+            return ledger.identity.key_id, cp.note
+        finally:
+            await engine.dispose()
+
+    old_id, _ = run_async(serve_side(2, 0))
+    assert main(["admin", "rotate-key", "--database-url", url, "--key-dir", str(key_dir)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["current"] != old_id
+    assert {k["key_id"]: k["status"] for k in out["keys"]} == {old_id: "retired", out["current"]: "current"}
+    assert all("PRIVATE" not in json.dumps(k) for k in out["keys"])
+    new_id, _ = run_async(serve_side(2, 2))
+    assert new_id == out["current"]
+    assert main(["ledger", "verify", "--database-url", url, "--key-dir", str(key_dir)]) == 0
+    assert "ok: 4 entries and 2 checkpoints" in capsys.readouterr().out

@@ -1,0 +1,74 @@
+"""On tiny markets clear() equals an exhaustive enumeration written independently of the solver."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from fractions import Fraction
+
+from hypothesis import HealthCheck, given, settings
+
+from matching.clearing import clear
+from matching.eligibility import limit_for, model_acceptable, region_allowed
+from matching.model import Market
+
+from .markets import markets
+from .test_clearing_properties import welfare
+
+
+def brute_force(m: Market) -> Fraction:
+    """Best welfare over every combination of (pool, start, devices) per order, or nothing (K = 1)."""
+    slot = m.slot_seconds
+    slot0 = m.now - m.now % slot
+    options = []
+    for o in m.orders:
+        L = -(-o.duration_seconds // slot)
+        if o.start_earliest is None or o.start_earliest <= m.now:
+            starts = [slot0]
+        else:
+            k0 = -(-(o.start_earliest - slot0) // slot)
+            starts = [slot0 + k * slot for k in range(k0, k0 + m.max_start_slots)]
+        if o.start_latest is not None:
+            starts = [s for s in starts if s <= o.start_latest]
+        opts = [None]
+        for p in m.pools:
+            lim = limit_for(o, p.model, p.scu)
+            if lim is None or lim < p.ask_fen or not model_acceptable(o, p):
+                continue
+            if not region_allowed(o, p.region, m.latency_ms) or L * slot < p.min_lease_seconds:
+                continue
+            n = o.quantity_devices if o.quantity_devices is not None else math.ceil(o.quantity_scu / p.scu)
+            need = n if o.all_or_nothing else (min(n, o.min_fill_devices) if o.quantity_scu is None else 1)
+            for s in starts:
+                if p.window_end is not None and s + L * slot > p.window_end:
+                    continue
+                for d in range(need, n + 1):
+                    opts.append((p, s, L, d, (lim - p.ask_fen) * d * L * slot))
+        options.append(opts)
+    best = Fraction(0)
+    for combo in itertools.product(*options):
+        use = defaultdict(int)
+        ok = True
+        val = 0
+        for c in combo:
+            if c is None:
+                continue
+            p, s, L, d, v = c
+            val += v
+            for t in range(s, s + L * slot, slot):
+                use[(p.id, t)] += d
+                held = sum(r.devices for r in p.reserved if r.start < t + slot and r.end > t)
+                if use[(p.id, t)] > p.devices - held:
+                    ok = False
+        if ok and val > best * 3600:
+            best = Fraction(val, 3600)
+    return best
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets(max_orders=3, max_pools=3, multi=False))
+def test_tiny_markets_match_brute_force(m: Market) -> None:
+    got = welfare(m, clear(m).allocations)
+    want = brute_force(m)
+    assert abs(got - want) <= want * Fraction(1, 10**9), (got, want)

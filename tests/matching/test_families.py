@@ -1,0 +1,49 @@
+"""Instance families and the benchmark: determinism, greedy trap, report rows."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from matching.bench import format_report, run_match_bench
+from matching.clearing import clear
+from matching.generators import FAMILIES, MODELS, generate, latency_matrix, scu_of
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_is_deterministic_and_clears(family: str) -> None:
+    a = generate(family, 120, 24, 7)
+    assert a == generate(family, 120, 24, 7)
+    assert a != generate(family, 120, 24, 8)
+    r = clear(a, prices=False)
+    assert r.audit.ok
+    assert r.stats.welfare_fen <= r.stats.lp_bound_fen
+
+
+def test_greedy_trap_greedy_falls_behind() -> None:
+    m = generate("greedy-trap", 400, 40, 1)
+    opt = clear(m, prices=False).stats
+    greedy = clear(m, method="greedy", prices=False).stats
+    assert opt.welfare_fen > Decimal("1.2") * greedy.welfare_fen
+    assert opt.gap < Decimal("0.01")
+
+
+def test_catalogue_and_latency() -> None:
+    assert len(MODELS) >= 15
+    h100 = next(m for m in MODELS if m.code == "NV-H100-SXM")
+    assert scu_of(h100) == Decimal("3.17")
+    lat = latency_matrix()
+    assert len(lat) == 14
+    assert lat["CN-BJ"]["CN-TJ"] < lat["CN-BJ"]["CN-GD"]
+    assert all(lat[a][b] == lat[b][a] for a in lat for b in lat)
+
+
+def test_bench_reports_from_one_run() -> None:
+    seen = []
+    r = run_match_bench("scale", 200, 30, 1, progress=lambda s, f: seen.append(s))
+    assert seen[0] == "generate" and seen[-1] == "done"
+    assert r["lp_bound_fen"] >= r["welfare_fen"] >= r["greedy_welfare_fen"] * 0
+    assert Decimal(r["gap"]) >= 0
+    rows = format_report(r)
+    assert any(label == "LP bound" for label, _ in rows)

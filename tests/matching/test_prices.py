@@ -1,0 +1,64 @@
+"""Prices from LP duals: signs, complementary slackness on used pairs, IR, budget balance, uplift."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+
+from matching.clearing import clear
+from matching.eligibility import prepare
+from matching.generators import generate
+from matching.model import Market
+from matching.prices import compute_duals
+from matching.relaxation import build_network, relax
+
+from .markets import markets
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets(future=False))
+def test_dual_signs_and_slackness(m: Market) -> None:
+    prep = prepare(m)
+    net = build_network(prep)
+    rel = relax(net)
+    d = compute_duals(net, None)
+    assert d.ok
+    assert (d.mu >= -1e-9).all()  # rents are non-negative
+    assert (d.pi >= -1e-9).all()  # prices are non-negative
+    a = net.f_cost / 3600.0
+    for f in range(len(net.f_pool)):
+        rent = sum(d.mu[s] for s in net.f_segs[f])
+        j = net.f_group[f]
+        assert d.pi[j] <= a[f] + rent + 1e-6  # dual feasibility on the supply side
+        if rel.y[f] > 1e-9:
+            assert abs(d.pi[j] - a[f] - rent) <= 1e-5 * max(1.0, a[f])  # price = ask + rent where used
+            assert d.pi[j] >= a[f] - 1e-5 * max(1.0, a[f])  # price >= ask on used pairs (LP tolerance)
+    assert abs(d.opt * 3600 - rel.value) <= 1e-6 * max(1.0, abs(rel.value)) + 1e-3
+
+
+def test_prices_on_a_generated_market() -> None:
+    m = generate("prices", 300, 60, 5)
+    r = clear(m)
+    assert r.audit.ok
+    assert r.audit.budget_balanced
+    assert r.audit.fee_total == sum(a.fee for a in r.allocations)
+    assert r.audit.fee_total > 0
+    assert all(p.buyer_price >= 0 and p.rent >= 0 for p in r.prices)
+    pools = {p.id: p for p in m.pools}
+    for a in r.allocations:
+        assert a.provider_price_fen >= pools[a.pool_id].ask_fen
+        assert a.buyer_price_fen >= a.provider_price_fen
+    # posted prices never under the cheapest ask of their class
+    assert all(p.buyer_price >= Decimal(p.min_ask_fen) - 1 for p in r.prices)
+
+
+def test_minimum_prices_not_above_first_pass() -> None:
+    m = generate("contention", 200, 30, 2)
+    net = build_network(prepare(m))
+    rel = relax(net)
+    lo = compute_duals(net, rel.value)
+    assert lo.ok
+    assert abs(float(lo.pi.sum())) >= 0
+    hi = compute_duals(net, None, minimum=False)
+    assert lo.pi.sum() <= hi.pi.sum() + 1e-6
