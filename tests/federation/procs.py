@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exchange.client import HetexClient
 from exchange.composition import build_services
 from exchange.settings import Settings
+from federation.keys import SigningKey
 from tests.federation.fedkit import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,3 +210,33 @@ def start_and_peer(procs: list[Proc]) -> None:
                 await svc.close()
 
     asyncio.run(add_all())
+
+
+# ------------------------------------------------------------------------------------------ through the API
+
+
+def api_provider(p: Proc, *, region: str, model: str, devices: int, ask_fen: int) -> dict[str, Any]:
+    """Register a provider at `p` through its signed HTTP API: site, heartbeat, pool, offer. The pool."""
+
+    async def go() -> dict[str, Any]:
+        async with HetexClient(p.url, SigningKey.generate()) as client:
+            await client.register("provider", f"provider in {region}")
+            site = await client.add_site(region, f"{model} hall")
+            await client.heartbeat(site["cri"])
+            pool = await client.add_pool(site["cri"], model, devices)
+            await client.post_offer(pool["cri"], devices, ask_fen, int(time.time()) - 60, min_lease_seconds=600)
+            return pool
+
+    return asyncio.run(go())
+
+
+def api_buyer_order(p: Proc, spec: Mapping[str, Any]) -> str:
+    """Register a buyer at `p` and submit `spec` through the order API; the order id."""
+
+    async def go() -> str:
+        async with HetexClient(p.url, SigningKey.generate()) as client:
+            await client.register("buyer", "buyer", home_region="CN-SH")
+            order = await client.submit_order(spec, idempotency_key=f"k-{time.monotonic_ns()}")
+            return str(order["id"])
+
+    return asyncio.run(go())

@@ -25,7 +25,7 @@ from federation.peering import (
 )
 from identifiers.ids import new_id_str
 from tests.federation import fedkit
-from tests.federation.procs import Proc, make_procs, post_raw, start_and_peer, wait_for
+from tests.federation.procs import Proc, api_buyer_order, api_provider, make_procs, post_raw, start_and_peer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -72,15 +72,18 @@ def log_entries(p: Proc, record_id: str) -> list[dict[str, Any]]:
 
 def test_buyer_at_a_gets_capacity_only_b_and_c_have(fed: dict[str, Proc]) -> None:
     a, b, c = fed["A"], fed["B"], fed["C"]
-    with fedkit.db_session(a.db_url) as s:
-        fedkit.seed_pool(s, "A", region="CN-SH", model=ASCEND, devices=8, ask_fen=900)
-    with fedkit.db_session(b.db_url) as s:
-        fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
-    with fedkit.db_session(c.db_url) as s:
-        fedkit.seed_pool(s, "C", region="CN-GZ", model=H100, devices=8, ask_fen=2500)
+    # providers, the buyer and the order all go through the exchanges' signed HTTP APIs
+    api_provider(a, region="CN-SH", model=ASCEND, devices=8, ask_fen=900)
+    api_provider(b, region="CN-NM", model=H100, devices=8, ask_fen=2000)
+    api_provider(c, region="CN-GZ", model=H100, devices=8, ask_fen=2500)
     wait_for(lambda: summary_has(a, "B", H100, 8) and summary_has(a, "C", H100, 8), 10, "A learns B's and C's H100")
-    with fedkit.db_session(a.db_url) as s:
-        order = fedkit.seed_order(s, fedkit.seed_buyer(s), devices=12, models=[H100], limit_fen=3000)
+    spec = {
+        "quantity_devices": 12,
+        "models": [H100],
+        "duration_seconds": 3600,
+        "limit_fen_per_device_hour": {"*": 3000},
+    }
+    order = api_buyer_order(a, spec)
     wait_for(lambda: fedkit.order_row(a.db_url, order)["status"] == "filled", 15, "order filled across B and C")
 
     at_a = a.get(f"/v1/federation/contracts?order_id={order}")["contracts"]
