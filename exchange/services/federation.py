@@ -23,6 +23,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -260,6 +261,19 @@ def contract_body_for(
         "billing_terms": {},
         "created_at": created_at,
     }
+
+
+@dataclass(frozen=True)
+class HeldAtPeer:
+    """A hold a peer granted for one of our orders, as answered (kept in memory until commit)."""
+
+    outbound_id: str
+    order_id: str
+    peer: PeerIdentity
+    remote_hold_id: str
+    lines: list[dict[str, Any]]
+    devices: int
+    expires_at: int
 
 
 class FederationService:
@@ -1037,17 +1051,16 @@ class FederationService:
             )
         return out
 
-    async def _fresh_summaries(self) -> list[tuple[PeerIdentity, CapacitySummary]]:
+    async def _fresh_summaries(self, session: AsyncSession) -> list[tuple[PeerIdentity, CapacitySummary]]:
         now = self.clock()
-        async with self.sessions() as session:
-            peers = {r.authority: r for r in await self._peer_rows(session)}
-            rows = (
-                await session.scalars(
-                    select(CapacitySummaryRow).where(
-                        CapacitySummaryRow.expires_at > now, CapacitySummaryRow.origin_authority != self.authority
-                    )
+        peers = {r.authority: r for r in await self._peer_rows(session)}
+        rows = (
+            await session.scalars(
+                select(CapacitySummaryRow).where(
+                    CapacitySummaryRow.expires_at > now, CapacitySummaryRow.origin_authority != self.authority
                 )
-            ).all()
+            )
+        ).all()
         out = []
         for r in rows:
             peer = peers.get(r.origin_authority)
@@ -1124,6 +1137,7 @@ class FederationService:
             in_flight = await session.scalar(
                 select(func.count()).where(OutboundHold.order_id == order_id, OutboundHold.status.in_(IN_FLIGHT))
             )
+            summaries = await self._fresh_summaries(session)
         if order.status not in OPEN_ORDER or order.quantity_devices is None or in_flight:
             return {"status": "skipped"}
         terms = _order_terms(order)
@@ -1137,7 +1151,7 @@ class FederationService:
         else:
             need_min = max(1, int(terms["min_fill_devices"] or 1) - order.filled_devices)
         candidates = []
-        for peer, summary in await self._fresh_summaries():
+        for peer, summary in summaries:
             if summary.fillable(terms["models"], terms["regions"], terms["limits"]) > 0:
                 best = summary.best_ask(terms["models"], terms["regions"])
                 candidates.append((best if best is not None else 1 << 62, peer.authority, peer))
@@ -1145,7 +1159,7 @@ class FederationService:
         if not candidates:
             return {"status": "no_peer"}
         self.orders_forwarded += 1
-        held: list[str] = []
+        held: list[HeldAtPeer] = []
         total = 0
         for _ask, _auth, peer in candidates:
             if total >= remaining:
@@ -1199,35 +1213,29 @@ class FederationService:
                 if devices > want or devices != int(resp.get("devices", -1)):
                     raise ValidationError("held more devices than asked", field="devices")
             except (ValidationError, KeyError, TypeError, ValueError) as exc:
-                await self._set_outbound(
-                    msg["message_id"], status="held", remote_hold_id=str(resp.get("hold_id")), lines=[], error=str(exc)
-                )
-                await self._release(msg["message_id"])
+                await self._release(msg["message_id"], peer, str(resp.get("hold_id")))
                 await self.record_event("bad_hold", peer.authority, {"order_id": order.id, "error": str(exc)})
                 continue
-            await self._set_outbound(
-                msg["message_id"],
-                status="held",
-                remote_hold_id=str(resp["hold_id"]),
-                lines=lines,
-                devices=devices,
-                expires_at=int(resp.get("expires_at", 0)),
-            )
-            held.append(msg["message_id"])
+            # kept in memory until commit: the row stays `requested` (a crash here leaves it to the reconciler,
+            # and the owner's hold expires), which spares a write per hold
+            held.append(
+                HeldAtPeer(msg["message_id"], order.id, peer, str(resp["hold_id"]), lines, devices,
+                           int(resp.get("expires_at", 0)))
+            )  # fmt: skip
             total += devices
         if total < need_min:
-            for outbound_id in held:
-                await self._release(outbound_id)
+            for h in held:
+                await self._release(h.outbound_id, h.peer, h.remote_hold_id)
             return {"status": "unfilled", "held": total, "needed": need_min}
         if self.settings.federation_commit_delay_seconds > 0:  # fault injection: widen the hold-to-commit gap
             await asyncio.sleep(self.settings.federation_commit_delay_seconds)
         committed = 0
-        for outbound_id in held:
-            committed += await self.commit_outbound(outbound_id)
+        for h in held:
+            committed += await self.commit_outbound(h.outbound_id, h)
         if committed:
             self.orders_committed += 1
             self.forward_latency_ms.append((time.perf_counter() - t0) * 1000.0)
-        return {"status": "committed" if committed else "pending", "devices": committed, "holds": held}
+        return {"status": "committed" if committed else "pending", "devices": committed, "holds": len(held)}
 
     async def _claim(self, session: AsyncSession, order: Order) -> bool:
         """In the caller's write transaction: the order is still as read (open, same fill, nothing in flight),
@@ -1246,43 +1254,56 @@ class FederationService:
         async with self.sessions.begin() as session:
             await session.execute(update(OutboundHold).where(OutboundHold.id == outbound_id).values(**values))
 
-    async def _release(self, outbound_id: str) -> None:
+    async def _release(self, outbound_id: str, peer: PeerIdentity, remote_hold_id: str) -> None:
         """Ask the owner to release a hold (best effort: an unreleased hold expires on its own)."""
-        async with self.sessions() as session:
-            row = await session.get(OutboundHold, outbound_id)
-            peer_row = None if row is None else await session.get(Peer, row.peer_authority)
-        if row is None or peer_row is None or row.remote_hold_id is None:
-            return
-        peer = _peer_identity(peer_row)
-        msg = self.client.build(peer, "hold_release", {"hold_id": row.remote_hold_id})
+        msg = self.client.build(peer, "hold_release", {"hold_id": remote_hold_id})
         try:
-            await self.client.send(peer, f"/v1/federation/holds/{row.remote_hold_id}/release", msg)
+            await self.client.send(peer, f"/v1/federation/holds/{remote_hold_id}/release", msg)
         except (PeerUnavailableError, PeerRefusedError) as exc:
-            log.info("release of hold %s at %s failed (%s); it will expire", row.remote_hold_id, peer.authority, exc)
-        await self._set_outbound(outbound_id, status="released")
+            log.info("release of hold %s at %s failed (%s); it will expire", remote_hold_id, peer.authority, exc)
+        await self._set_outbound(outbound_id, status="released", remote_hold_id=remote_hold_id)
 
-    async def commit_outbound(self, outbound_id: str) -> int:
+    async def commit_outbound(self, outbound_id: str, held: HeldAtPeer | None = None) -> int:
         """Sign the held contracts and commit them at the owner (idempotent: retried with the same message id
-        until the owner answers); on success append the two-signature contracts to this log. Devices won."""
-        async with self.sessions() as session:
-            row = await session.get(OutboundHold, outbound_id)
-            if row is None or row.status not in ("held", "committing"):
-                return 0
-            peer_row = await session.get(Peer, row.peer_authority)
-            order = await session.get(Order, row.order_id)
-        assert peer_row is not None and order is not None
-        peer = _peer_identity(peer_row)
+        until the owner answers); on success append the two-signature contracts to this log. Devices won.
+        `held` is the fresh hold from forward_order; without it (a retry) the `committing` row is read."""
+        message_id = new_id_str()
+        if held is not None:
+            async with self.sessions.begin() as session:
+                moved = await session.execute(
+                    update(OutboundHold)
+                    .where(OutboundHold.id == outbound_id, OutboundHold.status == "requested")
+                    .values(
+                        status="committing",
+                        remote_hold_id=held.remote_hold_id,
+                        lines=held.lines,
+                        devices=held.devices,
+                        expires_at=held.expires_at,
+                        commit_message_id=message_id,
+                        updated_at=self.clock(),
+                    )
+                )
+            if getattr(moved, "rowcount", 0) != 1:
+                return 0  # the reconciler gave up on it meanwhile; the owner's hold expires
+            peer, order_id, lines, remote_hold_id = held.peer, held.order_id, held.lines, held.remote_hold_id
+        else:
+            async with self.sessions() as session:
+                row = await session.get(OutboundHold, outbound_id)
+                if row is None or row.status != "committing" or row.remote_hold_id is None:
+                    return 0
+                peer_row = await session.get(Peer, row.peer_authority)
+            assert peer_row is not None
+            peer, order_id, lines, remote_hold_id = (
+                _peer_identity(peer_row), row.order_id, list(row.lines or []), row.remote_hold_id
+            )  # fmt: skip
+            message_id = row.commit_message_id or message_id
         me = self.me
-        lines = list(row.lines or [])
         envelopes = [sign_contract(line["body"], me) for line in lines]
-        message_id = row.commit_message_id or new_id_str()
-        if row.status != "committing":
-            await self._set_outbound(outbound_id, status="committing", commit_message_id=message_id)
         msg = self.client.build(
-            peer, "hold_commit", {"hold_id": row.remote_hold_id, "contracts": envelopes}, message_id=message_id
+            peer, "hold_commit", {"hold_id": remote_hold_id, "contracts": envelopes}, message_id=message_id
         )
         try:
-            resp = await self.client.send(peer, f"/v1/federation/holds/{row.remote_hold_id}/commit", msg)
+            resp = await self.client.send(peer, f"/v1/federation/holds/{remote_hold_id}/commit", msg)
         except PeerUnavailableError as exc:
             await self._mark_peer(peer.authority, ok=False, error=exc.message)
             return 0  # stays `committing`: resync retries with the same message id
@@ -1317,9 +1338,9 @@ class FederationService:
                 if await session.get(PeerContract, body["contract_id"]) is not None:
                     continue
                 appended = await self.ledger.append_signed(session, "contract", body["contract_id"], env)
-                session.add(self._peer_contract("buyer", peer.authority, order.id, body, appended, now))
+                session.add(self._peer_contract("buyer", peer.authority, order_id, body, appended, now))
                 devices += int(body["devices"])
-            fresh = await session.get(Order, order.id)
+            fresh = await session.get(Order, order_id)
             assert fresh is not None
             fresh.filled_devices = (fresh.filled_devices or 0) + devices
             if fresh.quantity_devices is not None:
@@ -1419,12 +1440,12 @@ class FederationService:
                     .limit(200)
                 )
             ).all()
-            for order in orders:
-                terms = _order_terms(order)
+            for candidate in orders:
+                terms = _order_terms(candidate)
                 start = max(now, int(terms["start_earliest"] or now))
-                need = (order.quantity_devices or 0) - order.filled_devices
+                need = (candidate.quantity_devices or 0) - candidate.filled_devices
                 if need > 0 and not await self._shortfall_in(session, terms, start, start + terms["duration"], need):
-                    ids.append(order.id)
+                    ids.append(candidate.id)
         for order_id in ids:
             async with self.sessions.begin() as session:
                 await lock_capacity(session)

@@ -166,7 +166,12 @@ async def test_rewritten_peer_log_is_detected(tmp_path: Path) -> None:
             assert event["peer"] == "B"
             # while inconsistent, B's summaries are not used for forwarding
             await b2.fed.add_peer(a.url, a.fed.identity_view()["verifier_key"], "A")
+            with b2.seed() as s:
+                fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
+            with a.seed() as s:
+                order = fedkit.seed_order(s, fedkit.seed_buyer(s), devices=2, models=[H100], limit_fen=3000)
             await b2.fed.publish_summary()
-            assert await a.fed._fresh_summaries() == []
+            assert {x["origin"] for x in await a.fed.summaries_view()} == {"B"}  # kept, but not trusted for trade
+            assert await a.fed.forward_order(order) == {"status": "no_peer"}
         finally:
             await fedkit.stop_exchange(b2)
