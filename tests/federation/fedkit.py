@@ -251,6 +251,7 @@ async def start_exchange(
     cfg = Settings(
         database_url=db_url,
         key_dir=tmp_path / f"keys-{authority.lower()}",
+        exports_dir=tmp_path / f"exports-{authority.lower()}",
         authority=authority,
         origin=f"{authority.lower()}.hetex.test/log",
         public_base_url=url,

@@ -4,6 +4,7 @@ both logs, double-sell, hold expiry, a peer down, idempotent messages, mirroring
 from __future__ import annotations
 
 import asyncio
+import tarfile
 import time
 from pathlib import Path
 
@@ -253,3 +254,45 @@ async def test_resolve_redirects_to_owning_peer(tmp_path: Path) -> None:
             async with http.get(a.url + f"/v1/resolve/{unknown}", allow_redirects=False) as resp:
                 assert resp.status == 404
                 assert (await resp.json())["code"] == "unknown_authority"
+
+
+async def test_audit_exports_at_both_exchanges_verify_with_peer_keys(tmp_path: Path) -> None:
+    from exchange.audit.verify import verify_bundle
+    from exchange.services.audit import ExportRequest
+
+    async with fedkit.federation(tmp_path, ["A", "B"]) as (a, b):
+        with b.seed() as s:
+            fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
+        with a.seed() as s:
+            order = fedkit.seed_order(s, fedkit.seed_buyer(s), devices=2, models=[H100], limit_fen=3000)
+        await fedkit.publish_all([a, b])
+        assert (await a.fed.forward_order(order))["status"] == "committed"
+        (owned,) = await b.fed.contracts_view()
+        usage = {
+            "usage_id": "u-9",
+            "contract_id": owned["contract_id"],
+            "device_minutes": 120,
+            "seq": 1,
+            "period_end": int(time.time()),
+        }
+        async with b.svc.sessions.begin() as s:
+            appended = await b.svc.ledger.append(s, "usage", "u-9", usage)
+            await b.fed.enqueue_mirror(s, owned["contract_id"], "usage", "u-9", appended.envelope)
+        await b.fed.deliver_outbox()
+        now = int(time.time())
+        for ex in (a, b):
+            with ex.seed() as s:
+                regulator = fedkit._participant(s, "regulator", "regulator")
+            status = await ex.svc.audit.create_export(
+                regulator, ExportRequest(period_from=now - 3600, period_to=now + 3600)
+            )
+            await ex.svc.audit.wait(status.id)
+            bundle = await ex.svc.audit.bundle_path(regulator, status.id)
+            report = verify_bundle(bundle, trusted_keys=[ex.fed.me.identity.public_key])
+            assert report.ok, [p for p in report.problems]
+            # both exports hold the two-signature contract and the usage record (mirrored at A, signed by B)
+            assert report.totals is not None and report.totals["records_by_kind"] == {"contract": 1, "usage": 1}
+            other = b if ex is a else a
+            with tarfile.open(bundle) as tar:
+                names = {m.name.rsplit("/", 1)[-1] for m in tar.getmembers()}
+            assert f"{other.fed.me.key_id}.json" in names  # the peer's key is listed for the verifier
