@@ -98,7 +98,9 @@ def seed_pool(
         last_heartbeat_at=now + 3600,
         created_at=now,
     )
+    session.flush()
     session.add(site)
+    session.flush()
     pool_cri = mint_pool_cri(site_cri, model)
     pool = Pool(
         id=new_id_str(),
@@ -113,6 +115,7 @@ def seed_pool(
         created_at=now,
     )
     session.add(pool)
+    session.flush()
     offer = Offer(
         id=new_id_str(),
         pool_id=pool.id,
