@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from exchange.billing.tiers import load_tier_table
 from exchange.services.audit import AuditService
+from exchange.services.contracts import ContractService
 from exchange.services.federation import FederationService
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
@@ -14,6 +16,8 @@ from exchange.services.orders import OrderService
 from exchange.services.participants import ParticipantService
 from exchange.services.registration import RegistrationService
 from exchange.services.resolve import ResolveService
+from exchange.services.settlement import SettlementService
+from exchange.services.usage import UsageService
 from exchange.settings import Settings
 from exchange.storage.engine import make_engine, make_sessionmaker
 from identifiers.catalogue import Catalogue, load_catalogue
@@ -37,6 +41,9 @@ class Services:
     participants: ParticipantService
     registration: RegistrationService
     orders: OrderService
+    contracts: ContractService
+    usage: UsageService
+    settlement: SettlementService
 
     async def close(self) -> None:
         """Stop background audit jobs; release the database pool (only when this root opened it)."""
@@ -71,4 +78,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
             sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds
         ),
         orders=OrderService(sessions, catalogue, regions),
+        contracts=ContractService(sessions, ledger, catalogue, load_tier_table, fee_bps=settings.fee_bps),
+        usage=UsageService(sessions, ledger),
+        settlement=SettlementService(sessions, ledger, load_tier_table),
     )

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api import audit, federation, ledger, orders, participants, reference, registration
+from exchange.api import (
+    audit,
+    contracts,
+    federation,
+    ledger,
+    orders,
+    participants,
+    reference,
+    registration,
+    settlements,
+)
 from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
 from exchange.api.keys import SERVICES
 from exchange.api.metrics import METRICS, ApiMetrics, metrics_handler, metrics_middleware
@@ -17,6 +27,8 @@ ROUTE_TABLES = [
     participants.routes,
     registration.routes,
     orders.routes,
+    contracts.routes,
+    settlements.routes,
     audit.routes,
     federation.routes,
 ]

@@ -7,11 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from exchange.cli import admin, audit, bench, cri, db, ledger, peers, serve
+from exchange.cli import admin, audit, bench, cri, db, ledger, peers, serve, settle, usage
 from exchange.cli.common import CliError
 from identifiers.errors import HetexError
 
-COMMAND_MODULES = [serve, db, cri, ledger, admin, peers, bench, audit]
+COMMAND_MODULES = [serve, db, cri, ledger, admin, peers, bench, audit, settle, usage]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,27 @@
 """Imports every table module so `Base.metadata` is complete (Alembic and the schema test use it)."""
 
-from exchange.storage import audit, contracts, federation, identity, ledger, orders, participants, registration
+from exchange.storage import (
+    audit,
+    contracts,
+    federation,
+    identity,
+    ledger,
+    orders,
+    participants,
+    registration,
+    settlement,
+)
 from exchange.storage.base import Base
 
-__all__ = ["Base", "audit", "contracts", "federation", "identity", "ledger", "orders", "participants", "registration"]
+__all__ = [
+    "Base",
+    "audit",
+    "contracts",
+    "federation",
+    "identity",
+    "ledger",
+    "orders",
+    "participants",
+    "registration",
+    "settlement",
+]

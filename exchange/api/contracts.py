@@ -1,0 +1,73 @@
+"""Handlers for contracts and their usage: list/read, provider confirmation, cancellation, signed usage."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from exchange.api.auth import require_principal
+from exchange.api.keys import services
+from exchange.api.parsing import parse_body, query_int
+from exchange.api.responses import model_response, path_id, query_choice
+from exchange.services.contract_views import CancelBody, ContractList, ContractView, UsageList, UsageView
+from exchange.services.contracts import CONTRACT_STATUSES
+from identifiers.errors import ValidationError
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/contracts")
+async def list_contracts(request: web.Request) -> web.Response:
+    """The caller's contracts (as buyer or provider), newest first."""
+    who = require_principal(request)
+    items = await services(request).contracts.list_for(
+        who, status=query_choice(request, "status", CONTRACT_STATUSES), limit=query_int(request, "limit", 100, lo=1)
+    )
+    return model_response(ContractList.model_validate({"items": items}))
+
+
+@routes.get("/v1/contracts/{id}")
+async def get_contract(request: web.Request) -> web.Response:
+    """One contract, for its buyer or provider."""
+    who = require_principal(request)
+    return model_response(ContractView.model_validate(await services(request).contracts.get(who, path_id(request))))
+
+
+@routes.post("/v1/contracts/{id}/confirm")
+async def confirm(request: web.Request) -> web.Response:
+    """The provider confirms the contract's start."""
+    who = require_principal(request)
+    view = await services(request).contracts.confirm(who, path_id(request))
+    return model_response(ContractView.model_validate(view))
+
+
+@routes.post("/v1/contracts/{id}/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    """Buyer or provider cancels (rules: specs/billing.md section 4)."""
+    who = require_principal(request)
+    body = await parse_body(request, CancelBody)
+    view = await services(request).contracts.cancel(who, path_id(request), body.reason)
+    return model_response(ContractView.model_validate(view))
+
+
+@routes.post("/v1/contracts/{id}/usage")
+async def report_usage(request: web.Request) -> web.Response:
+    """A node-signed usage report (DSSE envelope body); 201 when new, 200 for an identical retry."""
+    who = require_principal(request)
+    try:
+        envelope = json.loads(await request.read())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValidationError("request body is not valid JSON", field="body") from None
+    if not isinstance(envelope, dict):
+        raise ValidationError("request body must be a DSSE envelope (JSON object)", field="body")
+    view, created = await services(request).usage.report(who, path_id(request), envelope)
+    return model_response(UsageView.model_validate(view), 201 if created else 200)
+
+
+@routes.get("/v1/contracts/{id}/usage")
+async def list_usage(request: web.Request) -> web.Response:
+    """Every usage report of a contract with its flags."""
+    who = require_principal(request)
+    items = await services(request).usage.list_for(who, path_id(request))
+    return model_response(UsageList.model_validate({"items": items}))

@@ -1,0 +1,54 @@
+"""Handlers for settlement: run a batch (operator), list and read settlement records."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from exchange.api.auth import require_principal
+from exchange.api.keys import services
+from exchange.api.parsing import parse_body, query_int
+from exchange.api.responses import model_response, path_id
+from exchange.services.contract_views import BatchView, SettlementList, SettlementRun, SettlementView
+from identifiers.errors import ValidationError
+
+routes = web.RouteTableDef()
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def query_id(request: web.Request, name: str) -> str | None:
+    """An optional id query parameter, or ValidationError naming it."""
+    value = request.query.get(name)
+    if not value:
+        return None
+    if not _ID.fullmatch(value):
+        raise ValidationError(f"{name}: not an id (UUID, lower-case hex)", field=name)
+    return value
+
+
+@routes.post("/v1/settlements/run")
+async def run(request: web.Request) -> web.Response:
+    """Operator: settle every due contract period in one batch transaction."""
+    who = require_principal(request)
+    body = await parse_body(request, SettlementRun) if await request.read() else SettlementRun()
+    result = await services(request).settlement.run(who, as_of=body.as_of)
+    return model_response(BatchView.model_validate(result.to_json()), 201 if result.batch_id else 200)
+
+
+@routes.get("/v1/settlements")
+async def list_settlements(request: web.Request) -> web.Response:
+    """Settlement records: `contract_id=` for one contract; otherwise the caller's (all for operator/regulator)."""
+    who = require_principal(request)
+    items = await services(request).settlement.list_for(
+        who, contract_id=query_id(request, "contract_id"), limit=query_int(request, "limit", 500, lo=1)
+    )
+    return model_response(SettlementList.model_validate({"items": items}))
+
+
+@routes.get("/v1/settlements/{id}")
+async def get_settlement(request: web.Request) -> web.Response:
+    """One settlement record with its signed envelope and log index."""
+    who = require_principal(request)
+    view = await services(request).settlement.get(who, path_id(request))
+    return model_response(SettlementView.model_validate(view))

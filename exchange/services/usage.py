@@ -1,0 +1,250 @@
+"""Usage reports: node-signed DSSE envelopes checked against the contract, flagged, stored and logged.
+
+Rules (specs/billing.md section 5): duplicates are idempotent, a changed body under a used sequence number
+is a conflict, gaps/overlaps/out-of-order reports are flagged, usage outside the contract is refused with
+a reason. The report row and its log entry are written in one transaction; the contract row is locked
+so concurrent reports for one contract serialize.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from exchange.services.contracts import ContractNotFoundError, Log, billable_end
+from exchange.services.parties import Caller, require_party
+from exchange.storage.base import now_s
+from exchange.storage.contracts import Contract
+from exchange.storage.participants import Participant
+from exchange.storage.settlement import UsageReport
+from federation.canonical import canonical_bytes
+from federation.dsse import record_payload_type, verify_json_envelope
+from federation.errors import EnvelopeError
+from federation.keys import Keyring, VerifyKey
+from identifiers.errors import ConflictError, ValidationError
+from identifiers.ids import new_id_str
+
+USAGE_PAYLOAD_TYPE = record_payload_type("usage")
+FUTURE_SKEW_SECONDS = 60
+
+
+class UsageRefusedError(ValidationError):
+    """A usage report that does not fit its contract; `reason` says which rule (specs/billing.md 5)."""
+
+    code = "usage_refused"
+
+    def __init__(self, reason: str, message: str, **details: Any) -> None:
+        super().__init__(message, reason=reason, **details)
+        self.reason = reason
+
+
+class UsageConflictError(ConflictError):
+    """The meter already reported this sequence number with a different body."""
+
+    code = "usage_conflict"
+
+
+class UsagePayload(pydantic.BaseModel):
+    """The signed usage payload (RFC 8785 JSON); integers only."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    contract_id: str = pydantic.Field(min_length=1, max_length=36)
+    meter_id: str = pydantic.Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/-]+$")
+    seq: int = pydantic.Field(ge=1, le=2**53 - 1)
+    period_start: int = pydantic.Field(ge=0, le=2**53 - 1)
+    period_end: int = pydantic.Field(ge=0, le=2**53 - 1)
+    device_minutes: int = pydantic.Field(ge=0, le=2**53 - 1)
+    availability_bps: int = pydantic.Field(ge=0, le=10_000)
+
+
+def usage_payload(**fields: Any) -> bytes:
+    """Canonical payload bytes of a usage report (what the node signs)."""
+    return canonical_bytes(parse_usage_payload(fields).model_dump())
+
+
+def parse_usage_payload(obj: Any) -> UsagePayload:
+    """Validate a decoded payload, naming the first bad field."""
+    try:
+        return UsagePayload.model_validate(obj)
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or "payload"
+        message = f"payload.{field}: {first['msg']}"
+        raise UsageRefusedError("invalid_payload", message, field=f"payload.{field}") from None
+
+
+def usage_view(row: UsageReport, *, duplicate: bool = False) -> dict[str, Any]:
+    """JSON view of a stored usage report."""
+    return {
+        "id": row.id,
+        "contract_id": row.contract_id,
+        "meter_id": row.meter_id,
+        "seq": row.seq,
+        "period_start": row.period_start,
+        "period_end": row.period_end,
+        "device_minutes": row.device_minutes,
+        "availability_bps": row.availability_bps,
+        "status": "duplicate" if duplicate else row.status,
+        "flags": list(row.flags or []),
+        "log_index": row.log_index,
+        "settlement_id": row.settlement_id,
+        "envelope": json.loads(row.envelope),
+        "created_at": row.created_at,
+    }
+
+
+class UsageService:
+    """Accepts node-signed usage for contracts and lists it back to the parties."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], ledger: Log, *, clock: Callable[[], int] = now_s
+    ) -> None:
+        self.sessions = sessions
+        self.ledger = ledger
+        self.clock = clock
+
+    async def _provider_keyring(self, session: AsyncSession, provider_id: str) -> Keyring:
+        provider = await session.get(Participant, provider_id)
+        ring = Keyring()
+        if provider is not None and provider.status == "active":
+            ring.add(provider.key_id, VerifyKey.from_base64(provider.public_key), owner=provider.id)
+        return ring
+
+    async def report(self, caller: Caller, contract_id: str, envelope: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Store one usage report; returns (view, created). created=False: an identical earlier report."""
+        async with self.sessions.begin() as session:
+            contract = await session.scalar(select(Contract).where(Contract.id == contract_id).with_for_update())
+            if contract is None:
+                raise ContractNotFoundError(f"contract {contract_id} not found", field="contract_id")
+            require_party(caller, contract.provider_id, contract.provider_id)
+            ring = await self._provider_keyring(session, contract.provider_id)
+            try:
+                obj = verify_json_envelope(envelope, ring, payload_type=USAGE_PAYLOAD_TYPE)
+            except EnvelopeError as exc:
+                if exc.reason == "unknown_key":
+                    raise UsageRefusedError(
+                        "wrong_provider", "the usage is not signed by the provider that owns the contract's pool"
+                    ) from None
+                raise UsageRefusedError("bad_envelope", f"usage envelope refused: {exc.message}") from None
+            payload = parse_usage_payload(obj)
+            payload_bytes = canonical_bytes(obj)
+            digest = hashlib.sha256(payload_bytes).hexdigest()
+            if payload.contract_id != contract.id:
+                raise UsageRefusedError("contract_mismatch", "the payload names another contract")
+            existing = await session.scalar(
+                select(UsageReport).where(
+                    UsageReport.contract_id == contract.id,
+                    UsageReport.meter_id == payload.meter_id,
+                    UsageReport.seq == payload.seq,
+                )
+            )
+            if existing is not None:
+                if existing.payload_sha256 == digest:
+                    return usage_view(existing, duplicate=True), False
+                raise UsageConflictError(
+                    f"meter {payload.meter_id} already reported seq {payload.seq} with a different body",
+                    existing_id=existing.id,
+                )
+            self._check_fits(contract, payload, self.clock())
+            used = await session.scalar(
+                select(func.coalesce(func.sum(UsageReport.device_minutes), 0)).where(
+                    UsageReport.contract_id == contract.id
+                )
+            )
+            capacity = contract.devices * (billable_end(contract) - contract.start_at) // 60
+            if int(used or 0) + payload.device_minutes > capacity:
+                raise UsageRefusedError(
+                    "exceeds_contract_capacity",
+                    f"the contract's reported usage would exceed its {capacity} device-minutes",
+                    capacity_device_minutes=capacity,
+                    reported_device_minutes=int(used or 0),
+                )
+            flags = await self._flags(session, contract.id, payload)
+            row = UsageReport(
+                id=new_id_str(),
+                contract_id=contract.id,
+                meter_id=payload.meter_id,
+                seq=payload.seq,
+                period_start=payload.period_start,
+                period_end=payload.period_end,
+                device_minutes=payload.device_minutes,
+                availability_bps=payload.availability_bps,
+                payload_sha256=digest,
+                envelope="",
+                signer_key_id=str(envelope["signatures"][0].get("keyid") or ""),
+                status="accepted",
+                flags=flags,
+                created_at=self.clock(),
+            )
+            appended = await self.ledger.append_signed(session, "usage", row.id, envelope)
+            row.envelope = canonical_bytes(appended.envelope).decode("utf-8")
+            row.log_index = appended.index
+            session.add(row)
+            await session.flush()
+            return usage_view(row), True
+
+    def _check_fits(self, contract: Contract, p: UsagePayload, now: int) -> None:
+        """Refuse usage outside the contract: unconfirmed, outside the billable span, future, too many minutes."""
+        if contract.confirmed_at is None:
+            raise UsageRefusedError("not_confirmed", "the provider has not confirmed this contract")
+        if p.period_end <= p.period_start:
+            raise UsageRefusedError("empty_period", "period_end must be after period_start")
+        end = billable_end(contract)
+        if p.period_start < contract.start_at or p.period_end > end:
+            raise UsageRefusedError(
+                "outside_contract",
+                f"period [{p.period_start}, {p.period_end}) is outside the contract [{contract.start_at}, {end})",
+                contract_start=contract.start_at,
+                contract_end=end,
+            )
+        if p.period_end > now + FUTURE_SKEW_SECONDS:
+            raise UsageRefusedError("in_future", "the period has not ended yet", now=now)
+        if p.device_minutes * 60 > contract.devices * (p.period_end - p.period_start):
+            raise UsageRefusedError(
+                "too_many_device_minutes",
+                f"{p.device_minutes} device-minutes exceed {contract.devices} devices x the period",
+                max_device_minutes=contract.devices * (p.period_end - p.period_start) // 60,
+            )
+
+    async def _flags(self, session: AsyncSession, contract_id: str, p: UsagePayload) -> list[str]:
+        """gap / overlap / out_of_order against the same meter's other reports."""
+        same_meter = (UsageReport.contract_id == contract_id, UsageReport.meter_id == p.meter_id)
+        prev = await session.scalar(
+            select(UsageReport).where(*same_meter, UsageReport.seq < p.seq).order_by(UsageReport.seq.desc()).limit(1)
+        )
+        later = await session.scalar(select(func.count()).where(*same_meter, UsageReport.seq > p.seq))
+        overlapping = await session.scalar(
+            select(func.count()).where(
+                *same_meter, UsageReport.period_start < p.period_end, UsageReport.period_end > p.period_start
+            )
+        )
+        flags: list[str] = []
+        skipped = p.seq > 1 if prev is None else (p.seq != prev.seq + 1 or prev.period_end < p.period_start)
+        if skipped:
+            flags.append("gap")
+        if overlapping:
+            flags.append("overlap")
+        if later:
+            flags.append("out_of_order")
+        return flags
+
+    async def list_for(self, caller: Caller, contract_id: str) -> list[dict[str, Any]]:
+        """Every usage report of a contract (flags visible), by meter and sequence number."""
+        async with self.sessions() as session:
+            contract = await session.get(Contract, contract_id)
+            if contract is None:
+                raise ContractNotFoundError(f"contract {contract_id} not found", field="contract_id")
+            require_party(caller, contract.buyer_id, contract.provider_id, read=True)
+            rows = await session.scalars(
+                select(UsageReport)
+                .where(UsageReport.contract_id == contract_id)
+                .order_by(UsageReport.meter_id, UsageReport.seq)
+            )
+            return [usage_view(r) for r in rows.all()]
