@@ -62,6 +62,10 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
     regions = load_regions()
     identity = IdentityService(sessions, settings.key_dir, settings.origin)
     ledger = LedgerService(sessions, identity, settings.origin)
+    federation = FederationService(sessions, settings, identity, ledger)
+    usage = UsageService(sessions, ledger)
+    settlement = SettlementService(sessions, ledger, load_tier_table)
+    usage.on_logged = settlement.on_logged = federation.enqueue_mirror  # cross-exchange contracts are mirrored
     return Services(
         settings=settings,
         engine=engine,
@@ -71,7 +75,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         resolve=ResolveService(sessions, settings.authority),
         identity=identity,
         ledger=ledger,
-        federation=FederationService(sessions, settings, identity, ledger),
+        federation=federation,
         audit=AuditService(sessions, ledger, identity, catalogue, settings.exports_dir, settings.authority),
         participants=ParticipantService(sessions, regions, settings.signature_window_seconds),
         registration=RegistrationService(
@@ -79,6 +83,6 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         ),
         orders=OrderService(sessions, catalogue, regions),
         contracts=ContractService(sessions, ledger, catalogue, load_tier_table, fee_bps=settings.fee_bps),
-        usage=UsageService(sessions, ledger),
-        settlement=SettlementService(sessions, ledger, load_tier_table),
+        usage=usage,
+        settlement=settlement,
     )

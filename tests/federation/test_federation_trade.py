@@ -226,7 +226,9 @@ async def test_mirror_usage_to_buyer_exchange(tmp_path: Path) -> None:
         usage = {"usage_id": "u-1", "contract_id": owned["contract_id"], "device_hours": 2, "seq": 1}
         async with b.svc.sessions.begin() as s:
             appended = await b.svc.ledger.append(s, "usage", "u-1", usage)
-            assert await b.fed.enqueue_mirror(s, owned["contract_id"], "usage", "u-1", appended.envelope)
+            # the usage and settlement services call this hook after logging a record (composition wires it)
+            assert b.svc.usage.on_logged == b.svc.settlement.on_logged == b.fed.enqueue_mirror
+            assert await b.svc.usage.on_logged(s, owned["contract_id"], "usage", "u-1", appended.envelope)
         assert await b.fed.deliver_outbox() == {"sent": 1, "failed": 0}
         (mirrored,) = await a.fed.mirrored_view()
         assert mirrored["record_id"] == "u-1" and mirrored["peer"] == "B"
