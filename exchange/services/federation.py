@@ -774,6 +774,14 @@ class FederationService:
     async def receive_commit(self, v: VerifiedPeerMessage) -> dict[str, Any]:
         """Owner side of hold_commit: check the buyer exchange signed exactly the held contracts, countersign,
         write the contracts and append them to this log, in one transaction; refused if the hold expired."""
+        expired: list[tuple[str, int]] = []
+        try:
+            return await self._receive_commit(v, expired)
+        finally:
+            for hold_id, devices in expired:  # found expired by the commit itself, before the sweeper
+                await self.record_event("hold_expired", v.peer.authority, {"hold_id": hold_id, "devices": devices})
+
+    async def _receive_commit(self, v: VerifiedPeerMessage, expired: list[tuple[str, int]]) -> dict[str, Any]:
         body = _parse(CommitBody, v.body)
         now = self.clock()
         me = self.me
@@ -787,6 +795,7 @@ class FederationService:
                 raise UnknownHoldError(f"no hold {body.hold_id} for {v.peer.authority}", field="hold_id")
             if hold.status == "held" and hold.expires_at <= now:
                 await self._expire_hold(session, hold, now)
+                expired.append((hold.id, hold.devices))
             if hold.status != "held":
                 return self._store(
                     session, v, {"status": "refused", "reason": f"hold_{hold.status}", "hold_id": hold.id}
