@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.federation_capacity import (
     SUMMARY_HORIZON_SECONDS,
+    Tranche,
     choose,
     free_tranches,
     limit_for,
@@ -1080,24 +1081,38 @@ class FederationService:
 
     # ------------------------------------------------------------------------------------------ buyer side
 
-    async def _local_shortfall(self, order: Order, terms: Mapping[str, Any], start: int, end: int, need: int) -> bool:
-        """True when local free capacity cannot fill `need` devices of the order right now."""
-        async with self.sessions() as session:
-            return await self._shortfall_in(session, terms, start, end, need)
-
     async def _shortfall_in(
-        self, session: AsyncSession, terms: Mapping[str, Any], start: int, end: int, need: int
+        self,
+        session: AsyncSession,
+        terms: Mapping[str, Any],
+        start: int,
+        end: int,
+        need: int,
+        cache: dict[tuple[int, int], list[Tranche]] | None = None,
     ) -> bool:
+        """True when local free capacity cannot fill `need` devices of an order now. `cache` shares one
+        capacity read per span across a pass over many orders (filters applied in memory)."""
         need_min = need if terms["all_or_nothing"] else 1
-        tranches = await free_tranches(
-            session,
-            start=start,
-            end=end,
-            now=self.clock(),
-            heartbeat_timeout=self.settings.heartbeat_timeout_seconds,
-            models=terms["models"],
-            regions=terms["regions"],
-        )
+        if cache is None:
+            tranches = await free_tranches(
+                session,
+                start=start,
+                end=end,
+                now=self.clock(),
+                heartbeat_timeout=self.settings.heartbeat_timeout_seconds,
+                models=terms["models"],
+                regions=terms["regions"],
+            )
+        else:
+            if (start, end) not in cache:
+                cache[(start, end)] = await free_tranches(
+                    session,
+                    start=start,
+                    end=end,
+                    now=self.clock(),
+                    heartbeat_timeout=self.settings.heartbeat_timeout_seconds,
+                )
+            tranches = cache[(start, end)]
         picks = choose(
             tranches,
             devices_max=need,
@@ -1398,21 +1413,23 @@ class FederationService:
                     stmt = stmt.where(Order.id.in_(list(order_ids)))
                 orders = (await session.scalars(stmt.order_by(Order.created_at, Order.id).limit(200))).all()
             due = []
-            for order in orders:
-                if self._next_try.get(order.id, 0.0) > mono:
-                    continue
-                terms = _order_terms(order)
-                remaining = order.quantity_devices - order.filled_devices if order.quantity_devices else 0
-                start = max(now, int(terms["start_earliest"] or now))
-                end = start + terms["duration"]
-                aged = now - order.created_at >= self.settings.federation_forward_after_seconds
-                if (
-                    order_ids is None
-                    and not aged
-                    and not await self._local_shortfall(order, terms, start, end, remaining)
-                ):
-                    continue
-                due.append(order.id)
+            spans: dict[tuple[int, int], list[Tranche]] = {}
+            async with self.sessions() as shortfall_session:  # one read pass for the local-capacity checks
+                for order in orders:
+                    if self._next_try.get(order.id, 0.0) > mono:
+                        continue
+                    terms = _order_terms(order)
+                    remaining = order.quantity_devices - order.filled_devices if order.quantity_devices else 0
+                    start = max(now, int(terms["start_earliest"] or now))
+                    end = start + terms["duration"]
+                    aged = now - order.created_at >= self.settings.federation_forward_after_seconds
+                    if (
+                        order_ids is None
+                        and not aged
+                        and not await self._shortfall_in(shortfall_session, terms, start, end, remaining, spans)
+                    ):
+                        continue
+                    due.append(order.id)
             gate = asyncio.Semaphore(FORWARD_CONCURRENCY)
 
             async def one(order_id: str) -> dict[str, Any]:
@@ -1435,6 +1452,7 @@ class FederationService:
         now = self.clock()
         filled = 0
         ids = []
+        spans: dict[tuple[int, int], list[Tranche]] = {}
         async with self.sessions() as session:  # one read pass; write transactions only where something fits
             in_flight = select(OutboundHold.order_id).where(OutboundHold.status.in_(IN_FLIGHT))
             orders = (
@@ -1453,7 +1471,8 @@ class FederationService:
                 terms = _order_terms(candidate)
                 start = max(now, int(terms["start_earliest"] or now))
                 need = (candidate.quantity_devices or 0) - candidate.filled_devices
-                if need > 0 and not await self._shortfall_in(session, terms, start, start + terms["duration"], need):
+                end = start + terms["duration"]
+                if need > 0 and not await self._shortfall_in(session, terms, start, end, need, spans):
                     ids.append(candidate.id)
         for order_id in ids:
             async with self.sessions.begin() as session:
