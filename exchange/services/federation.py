@@ -302,6 +302,7 @@ class FederationService:
         self._next_try: dict[str, float] = {}
         self._peer_marks: dict[str, tuple[bool, int]] = {}
         self._peer_cache: tuple[float, dict[str, PeerIdentity]] | None = None
+        self._committing: set[str] = set()
         self._publish_wanted = asyncio.Event()
         self._forward_wanted = asyncio.Event()
         self._forward_lock = asyncio.Lock()
@@ -1291,6 +1292,15 @@ class FederationService:
         """Sign the held contracts and commit them at the owner (idempotent: retried with the same message id
         until the owner answers); on success append the two-signature contracts to this log. Devices won.
         `held` is the fresh hold from forward_order; without it (a retry) the `committing` row is read."""
+        if outbound_id in self._committing:
+            return 0
+        self._committing.add(outbound_id)
+        try:
+            return await self._commit_outbound(outbound_id, held)
+        finally:
+            self._committing.discard(outbound_id)
+
+    async def _commit_outbound(self, outbound_id: str, held: HeldAtPeer | None) -> int:
         message_id = new_id_str()
         if held is not None:
             async with self.sessions.begin() as session:
@@ -1395,6 +1405,8 @@ class FederationService:
             ).all()
         retried = 0
         for outbound_id in committing:
+            if outbound_id in self._committing:
+                continue  # this process is committing it right now
             retried += 1 if await self.commit_outbound(outbound_id) else 0
         return {
             "abandoned": int(getattr(r1, "rowcount", 0) or 0) + int(getattr(r2, "rowcount", 0) or 0),
