@@ -30,16 +30,14 @@ class RemoteError(HetexError):
     code = "remote_error"
 
     def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
-        message = str(problem.get("detail") or problem.get("title") or f"HTTP {status}")
-        super().__init__(message, field=problem.get("field"))
         self.status = status
         self.problem = dict(problem)
         self.remote_code = str(problem.get("code", "http_error"))
         self.reason: str | None = problem.get("reason")
-
-    def __str__(self) -> str:
-        reason = f" ({self.reason})" if self.reason else ""
-        return f"{self.status} {self.remote_code}{reason}: {self.message}"
+        detail = str(problem.get("detail") or problem.get("title") or f"HTTP {status}")
+        why = f", {self.reason}" if self.reason else ""
+        super().__init__(f"{detail} [{status} {self.remote_code}{why}]", field=problem.get("field"))
+        self.detail = detail
 
 
 class RemoteValidationError(RemoteError, ValidationError):

@@ -16,6 +16,8 @@ from exchange.services.orders import OrderService
 from exchange.services.participants import ParticipantService
 from exchange.services.registration import RegistrationService
 from exchange.services.resolve import ResolveService
+from exchange.services.round_lock import RoundLock
+from exchange.services.rounds import RoundService
 from exchange.services.settlement import SettlementService
 from exchange.services.usage import UsageService
 from exchange.settings import Settings
@@ -44,6 +46,7 @@ class Services:
     contracts: ContractService
     usage: UsageService
     settlement: SettlementService
+    rounds: RoundService
 
     async def close(self) -> None:
         """Stop background audit jobs; release the database pool (only when this root opened it)."""
@@ -66,6 +69,20 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
     usage = UsageService(sessions, ledger)
     settlement = SettlementService(sessions, ledger, load_tier_table)
     usage.on_logged = settlement.on_logged = federation.enqueue_mirror  # cross-exchange contracts are mirrored
+    contracts = ContractService(sessions, ledger, catalogue, load_tier_table, fee_bps=settings.fee_bps)
+    rounds = RoundService(
+        sessions,
+        RoundLock(sessions.kw["bind"], settings.database_url),
+        contracts,
+        catalogue,
+        regions,
+        fee_bps=settings.fee_bps,
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+        slot_seconds=settings.round_slot_seconds,
+        max_start_slots=settings.round_max_start_slots,
+        repeatable_snapshot=engine is not None and not settings.is_sqlite,
+    )
+    federation.seller_lock = lambda: rounds.lock.hold(settings.federation_peer_timeout_seconds)
     return Services(
         settings=settings,
         engine=engine,
@@ -82,7 +99,8 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
             sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds
         ),
         orders=OrderService(sessions, catalogue, regions),
-        contracts=ContractService(sessions, ledger, catalogue, load_tier_table, fee_bps=settings.fee_bps),
+        contracts=contracts,
         usage=usage,
         settlement=settlement,
+        rounds=rounds,
     )

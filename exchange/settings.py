@@ -41,6 +41,8 @@ class Settings(BaseModel):
     signature_window_seconds: int = Field(default=300, ge=1)
     heartbeat_timeout_seconds: int = Field(default=900, ge=1)
     round_interval_seconds: float = Field(default=0, ge=0)
+    round_slot_seconds: int = Field(default=300, ge=1, le=86_400)
+    round_max_start_slots: int = Field(default=4, ge=1, le=96)
     checkpoint_interval_seconds: float = Field(default=10, ge=0)
     fee_bps: int = Field(default=100, ge=0, le=10_000)
     migrate_on_start: bool = True
@@ -53,7 +55,6 @@ class Settings(BaseModel):
     federation_forward_after_seconds: float = Field(default=30, ge=0)
     federation_sweep_interval_seconds: float = Field(default=1, ge=0)
     federation_peer_timeout_seconds: float = Field(default=5, gt=0)
-    federation_local_fill: bool = False
     federation_commit_delay_seconds: float = Field(default=0, ge=0)  # fault injection for partition tests
 
     @field_validator("database_url")

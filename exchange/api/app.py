@@ -9,10 +9,12 @@ from exchange.api import (
     contracts,
     federation,
     ledger,
+    openapi,
     orders,
     participants,
     reference,
     registration,
+    rounds,
     settlements,
 )
 from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
@@ -23,6 +25,7 @@ from exchange.composition import Services
 
 ROUTE_TABLES = [
     reference.routes,
+    openapi.routes,
     ledger.routes,
     participants.routes,
     registration.routes,
@@ -31,6 +34,7 @@ ROUTE_TABLES = [
     settlements.routes,
     audit.routes,
     federation.routes,
+    rounds.routes,
 ]
 
 
@@ -46,4 +50,5 @@ def create_app(svc: Services) -> web.Application:
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
     app.cleanup_ctx.append(ledger.checkpoint_publisher)
+    app.cleanup_ctx.append(rounds.periodic_rounds)
     return app

@@ -1,16 +1,21 @@
-"""`hetex admin ...`: operator verbs run against the database (key rotation; others add theirs here).
+"""`hetex admin ...`: operator verbs run against the database (key rotation, adding regulators and operators).
 
-Several modules add verbs to the one `admin` group through `admin_subparsers(sub)` (created on first use),
-e.g. exchange/cli/peers.py adds add-peer, peers and identity.
+Several modules add verbs to the one `admin` group through `admin_subparsers(sub)` (created on first use):
+exchange/cli/peers.py adds add-peer (URL, key, authority; it also creates the peer's participant row),
+peers and identity.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
-from exchange.cli.common import add_db_flag, print_json, settings_from
+from exchange.cli.common import CliError, add_db_flag, print_json, print_table, settings_from
 from exchange.composition import build_services
+from exchange.services.participants import ParticipantView
+from federation.errors import KeyFormatError
+from federation.keys import load_public_key
 
 ADMIN_PARSERS = "_hetex_admin_subparsers"
 
@@ -20,7 +25,7 @@ def admin_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAct
     existing: argparse._SubParsersAction | None = getattr(sub, ADMIN_PARSERS, None)
     if existing is not None:
         return existing
-    p = sub.add_parser("admin", help="operator tasks (keys, peers)")
+    p = sub.add_parser("admin", help="operator tasks (keys, regulators, operators, peers)")
     asub = p.add_subparsers(dest="admin_command", required=True)
     setattr(sub, ADMIN_PARSERS, asub)
     return asub
@@ -33,6 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     rot.add_argument("--key-dir", help="directory of the exchange signing key")
     add_db_flag(rot)
     rot.set_defaults(func=run_rotate_key)
+    for role, verb, what in (
+        ("regulator", "add-regulator", "a regulator"),
+        ("operator", "add-operator", "an operator (may trigger clearing rounds over the API)"),
+    ):
+        cmd = asub.add_parser(verb, help=f"add {what} by its public key")
+        cmd.add_argument("--key", required=True, help="public key: a .pub file or the base64 text")
+        cmd.add_argument("--name", required=True)
+        cmd.add_argument("--json", action="store_true")
+        add_db_flag(cmd)
+        cmd.set_defaults(func=run_add, role=role)
 
 
 def run_rotate_key(args: argparse.Namespace) -> int:
@@ -49,4 +64,37 @@ def run_rotate_key(args: argparse.Namespace) -> int:
 
     keys = asyncio.run(go())
     print_json({"current": next(k["key_id"] for k in keys if k["status"] == "current"), "keys": keys})
+    return 0
+
+
+def public_key_text(value: str) -> str:
+    """Base64 public key from a .pub file path or the literal text."""
+    path = Path(value)
+    if path.is_file():
+        try:
+            return load_public_key(path).to_base64()
+        except (KeyFormatError, UnicodeDecodeError) as exc:
+            raise CliError(f"{value} does not hold a public key: {exc}") from None
+    if "/" in value and not value.endswith("="):
+        raise CliError(f"no such key file: {value}")
+    return value
+
+
+def run_add(args: argparse.Namespace) -> int:
+    """Insert the participant."""
+    settings = settings_from(args)
+    key = public_key_text(args.key)
+
+    async def go() -> ParticipantView:
+        svc = await build_services(settings)
+        try:
+            return await svc.participants.add_by_operator(args.role, args.name, key)
+        finally:
+            await svc.close()
+
+    view = asyncio.run(go())
+    if args.json:
+        print_json(view.model_dump())
+    else:
+        print_table(f"added {args.role}", ["field", "value"], list(view.model_dump().items()))
     return 0

@@ -7,6 +7,9 @@ import asyncio
 import json
 import sys
 
+from exchange.cli import bench_api
+from exchange.cli.bench_match import register_match
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `bench` group and its verbs."""
@@ -14,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bsub = p.add_subparsers(dest="bench_command", required=True)
     register_ledger(bsub)
     register_audit(bsub)
+    bench_api.register_bench(bsub)
+    register_match(bsub)
 
 
 def register_ledger(bsub: argparse._SubParsersAction) -> None:

@@ -7,11 +7,26 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from exchange.cli import admin, audit, bench, cri, db, ledger, peers, serve, settle, usage
+from exchange.cli import (
+    admin,
+    audit,
+    bench,
+    cri,
+    db,
+    keys,
+    ledger,
+    match,
+    orders,
+    participants,
+    peers,
+    serve,
+    settle,
+    usage,
+)
 from exchange.cli.common import CliError
 from identifiers.errors import HetexError
 
-COMMAND_MODULES = [serve, db, cri, ledger, admin, peers, bench, audit, settle, usage]
+COMMAND_MODULES = [serve, db, cri, keys, participants, orders, ledger, match, admin, peers, bench, audit, settle, usage]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.federation_capacity import (
+    IN_FLIGHT_STATUSES,
     SUMMARY_HORIZON_SECONDS,
     Tranche,
     choose,
@@ -92,7 +93,7 @@ from identifiers.ids import new_id_str
 log = logging.getLogger("hetex.federation")
 
 OPEN_ORDER = ("open", "partially_filled")
-IN_FLIGHT = ("requested", "held", "committing")
+IN_FLIGHT = IN_FLIGHT_STATUSES
 MIRRORABLE = frozenset({"usage", "settlement"})
 PEER_NONCE_PREFIX = "p:"
 LATENCY_SAMPLES = 10_000
@@ -306,8 +307,9 @@ class FederationService:
         self._publish_wanted = asyncio.Event()
         self._forward_wanted = asyncio.Event()
         self._forward_lock = asyncio.Lock()
-        #: Hook: a callable that runs one local clearing round (RoundService.run_round) when wired.
-        self.round_runner: Callable[[], Awaitable[Any]] | None = None
+        #: Hook: the clearing-round lock (RoundService.lock.hold). A hold is granted only while no round is
+        #: between its snapshot and its commit, so a round never allocates capacity a peer holds.
+        self.seller_lock: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None
 
     # ------------------------------------------------------------------------------------------ identity
 
@@ -671,6 +673,10 @@ class FederationService:
             raise ValidationError("end_at must be after start_at", field="body.order.end_at")
         if order.devices_min > order.devices_max:
             raise ValidationError("devices_min must not exceed devices_max", field="body.order.devices_min")
+        async with self.seller_lock() if self.seller_lock is not None else contextlib.nullcontext():
+            return await self._grant_hold(v, order)
+
+    async def _grant_hold(self, v: VerifiedPeerMessage, order: ForwardedOrder) -> dict[str, Any]:
         now = self.clock()
         async with self.sessions.begin() as session:
             await lock_capacity(session)
@@ -1458,124 +1464,6 @@ class FederationService:
 
             return list(await asyncio.gather(*(one(oid) for oid in due)))
 
-    async def local_fill(self) -> int:
-        """Fallback local clearing (only when `federation_local_fill` is on and no round service is wired):
-        immediate pay-as-ask matching of open local orders against local pools. Contracts filled."""
-        now = self.clock()
-        filled = 0
-        ids = []
-        spans: dict[tuple[int, int], list[Tranche]] = {}
-        async with self.sessions() as session:  # one read pass; write transactions only where something fits
-            in_flight = select(OutboundHold.order_id).where(OutboundHold.status.in_(IN_FLIGHT))
-            orders = (
-                await session.scalars(
-                    select(Order)
-                    .where(
-                        Order.status.in_(OPEN_ORDER),
-                        Order.quantity_devices.is_not(None),
-                        Order.id.not_in(in_flight),
-                    )
-                    .order_by(Order.created_at, Order.id)
-                    .limit(200)
-                )
-            ).all()
-            for candidate in orders:
-                terms = _order_terms(candidate)
-                start = max(now, int(terms["start_earliest"] or now))
-                need = (candidate.quantity_devices or 0) - candidate.filled_devices
-                end = start + terms["duration"]
-                if need > 0 and not await self._shortfall_in(session, terms, start, end, need, spans):
-                    ids.append(candidate.id)
-        for order_id in ids:
-            async with self.sessions.begin() as session:
-                await lock_capacity(session)
-                order = await session.get(Order, order_id)
-                if order is None or order.status not in OPEN_ORDER or order.quantity_devices is None:
-                    continue
-                if await session.scalar(
-                    select(func.count()).where(OutboundHold.order_id == order_id, OutboundHold.status.in_(IN_FLIGHT))
-                ):
-                    continue
-                terms = _order_terms(order)
-                remaining = order.quantity_devices - order.filled_devices
-                start = max(now, int(terms["start_earliest"] or now))
-                end = start + terms["duration"]
-                tranches = await free_tranches(
-                    session,
-                    start=start,
-                    end=end,
-                    now=now,
-                    heartbeat_timeout=self.settings.heartbeat_timeout_seconds,
-                    models=terms["models"],
-                    regions=terms["regions"],
-                )
-                need_min = remaining if terms["all_or_nothing"] else 1
-                picks = choose(
-                    tranches,
-                    devices_max=remaining,
-                    devices_min=need_min,
-                    limits=terms["limits"],
-                    models=terms["models"],
-                    regions=terms["regions"],
-                    billing_mode=terms["billing_mode"],
-                    duration=end - start,
-                )
-                for tranche, n in picks:
-                    contract = Contract(
-                        id=new_id_str(),
-                        round_id=None,
-                        order_id=order.id,
-                        pool_id=tranche.pool_id,
-                        offer_id=tranche.offer_id,
-                        buyer_id=order.buyer_id,
-                        provider_id=tranche.provider_id,
-                        model=tranche.model,
-                        region=tranche.region,
-                        devices=n,
-                        start_at=start,
-                        end_at=end,
-                        buyer_price_fen=tranche.ask_fen,
-                        provider_price_fen=tranche.ask_fen,
-                        fee_bps=self.settings.fee_bps,
-                        billing_mode=terms["billing_mode"],
-                        billing_terms={},
-                        status="pending",
-                        created_at=now,
-                    )
-                    session.add(contract)
-                    await session.flush()
-                    body = {
-                        "contract_id": contract.id,
-                        "kind": "local",
-                        "order_id": order.id,
-                        "pool_id": tranche.pool_id,
-                        "pool_cri": tranche.pool_cri,
-                        "offer_id": tranche.offer_id,
-                        "buyer_id": order.buyer_id,
-                        "provider_id": tranche.provider_id,
-                        "model": tranche.model,
-                        "region": tranche.region,
-                        "devices": n,
-                        "start_at": start,
-                        "end_at": end,
-                        "buyer_price_fen": tranche.ask_fen,
-                        "provider_price_fen": tranche.ask_fen,
-                        "fee_bps": self.settings.fee_bps,
-                        "billing_mode": terms["billing_mode"],
-                        "billing_terms": {},
-                        "created_at": now,
-                    }
-                    appended = await self.ledger.append(session, "contract", contract.id, body)
-                    contract.log_index = appended.index
-                    order.filled_devices += n
-                    filled += 1
-                if picks:
-                    order.status = "filled" if order.filled_devices >= order.quantity_devices else "partially_filled"
-                    order.updated_at = now
-        if filled:
-            self._publish_wanted.set()
-        return filled
-
     # ------------------------------------------------------------------------------------------ contracts
 
     async def contracts_view(self, peer: str | None = None, order_id: str | None = None) -> list[dict[str, Any]]:
@@ -1918,8 +1806,6 @@ class FederationService:
             loops.append(
                 self._loop("forward", s.federation_forward_interval_seconds, self._forward_tick, self._forward_wanted)
             )
-        if s.federation_local_fill and self.round_runner is None and s.federation_forward_interval_seconds > 0:
-            loops.append(self._loop("local-fill", s.federation_forward_interval_seconds, self.local_fill, None))
         if s.federation_sweep_interval_seconds > 0:
             loops.append(self._loop("sweep", s.federation_sweep_interval_seconds, self._sweep_tick, None))
         return loops

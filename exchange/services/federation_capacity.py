@@ -13,17 +13,19 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from exchange.storage.contracts import Contract
-from exchange.storage.federation import FederationHold, FederationHoldLine
+from exchange.storage.federation import FederationHold, FederationHoldLine, OutboundHold
 from exchange.storage.registration import Offer, Pool, Site
 from federation.peering import CapacityClass
 
 CAPACITY_LOCK_KEY = 0x6865_7465_7843_6170  # "hetexCap": pg_advisory_xact_lock key shared by every seller
 SUMMARY_HORIZON_SECONDS = 3600
+IN_FLIGHT_STATUSES = ("requested", "held", "committing")
 
 
 async def lock_capacity(session: AsyncSession) -> None:
@@ -68,6 +70,30 @@ async def reserved_devices(
     for pool_id, n in rows:
         out[pool_id] += int(n or 0)
     return out
+
+
+async def held_lines(session: AsyncSession, pool_ids: Iterable[str], now: int) -> list[FederationHoldLine]:
+    """Hook for clearing rounds: unexpired federation hold lines on these pools (count them as reservations)."""
+    ids = sorted(set(pool_ids))
+    if not ids:
+        return []
+    rows = await session.scalars(
+        select(FederationHoldLine)
+        .join(FederationHold, FederationHold.id == FederationHoldLine.hold_id)
+        .where(
+            FederationHoldLine.pool_id.in_(ids),
+            FederationHold.status == "held",
+            FederationHold.expires_at > now,
+            FederationHoldLine.end_at > now,
+        )
+    )
+    return list(rows)
+
+
+def orders_in_flight() -> Any:
+    """Hook for clearing rounds: a subquery of local order ids a peer is holding capacity for right now
+    (a round must not clear them too: the federation commit would fill them twice)."""
+    return select(OutboundHold.order_id).where(OutboundHold.status.in_(IN_FLIGHT_STATUSES))
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ import hashlib
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, WithJsonSchema, model_validator
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -228,6 +228,10 @@ class OrderPage(BaseModel):
     next_cursor: str | None
 
 
+def _columns(row: Order) -> dict[str, Any]:
+    return {c.key: getattr(row, c.key) for c in Order.__table__.columns}
+
+
 def order_view(row: Order) -> OrderView:
     """API form of an order row."""
     return OrderView(
@@ -427,6 +431,8 @@ class OrderService:
     sessions: async_sessionmaker[AsyncSession]
     catalogue: Catalogue
     regions: RegionTable
+    capacity_ttl_seconds: float = 2.0
+    _capacity_cache: tuple[float, list[CapacityRow]] | None = field(default=None, repr=False)
 
     def _check_codes(self, spec: OrderSpec, home_region: str | None) -> None:
         for i, code in enumerate(spec.models or []):
@@ -461,30 +467,28 @@ class OrderService:
         home = spec.home_region or who.home_region
         self._check_codes(spec, home)
         body_hash = request_hash(spec)
-        existing = await self._by_key(who.id, key)
-        if existing is not None:
-            return self._replay(existing, body_hash), False
+        flags = feasibility_flags(spec, home, await self._capacity(), self.catalogue, self.regions)
+        now = int(time.time())
+        row = Order(
+            id=new_id_str(),
+            buyer_id=who.id,
+            idempotency_key=key,
+            request_hash=body_hash,
+            spec=spec_json(spec),
+            billing_mode=spec.billing_mode,
+            status="open",
+            quantity_devices=spec.quantity_devices,
+            filled_devices=0,
+            start_latest=spec.start_latest,
+            flags=[f.model_dump() for f in flags],
+            created_at=now,
+            updated_at=now,
+        )
         try:
+            # Insert first: the unique (buyer_id, idempotency_key) constraint decides races; a retry
+            # (sequential or concurrent) fails here and is answered from a fresh read.
             async with self.sessions.begin() as session:
-                flags = feasibility_flags(spec, home, await self._capacity(session), self.catalogue, self.regions)
-                now = int(time.time())
-                row = Order(
-                    id=new_id_str(),
-                    buyer_id=who.id,
-                    idempotency_key=key,
-                    request_hash=body_hash,
-                    spec=spec_json(spec),
-                    billing_mode=spec.billing_mode,
-                    status="open",
-                    quantity_devices=spec.quantity_devices,
-                    filled_devices=0,
-                    start_latest=spec.start_latest,
-                    flags=[f.model_dump() for f in flags],
-                    created_at=now,
-                    updated_at=now,
-                )
-                session.add(row)
-                await session.flush()
+                await session.execute(insert(Order).values(**_columns(row)))
         except IntegrityError:
             existing = await self._by_key(who.id, key)
             if existing is None:
@@ -506,7 +510,17 @@ class OrderService:
             query = select(Order).where(Order.buyer_id == buyer_id, Order.idempotency_key == key)
             return (await session.execute(query)).scalar_one_or_none()
 
-    async def _capacity(self, session: AsyncSession) -> list[CapacityRow]:
+    async def _capacity(self) -> list[CapacityRow]:
+        """Active pools with their cheapest open ask, from a snapshot at most capacity_ttl_seconds old."""
+        now = time.monotonic()
+        if self._capacity_cache is not None and now - self._capacity_cache[0] < self.capacity_ttl_seconds:
+            return self._capacity_cache[1]
+        async with self.sessions() as session:
+            rows = await self._load_capacity(session)
+        self._capacity_cache = (now, rows)
+        return rows
+
+    async def _load_capacity(self, session: AsyncSession) -> list[CapacityRow]:
         query = (
             select(Pool.id, Site.id, Site.region, Pool.model, Pool.memory_gb, Pool.devices)
             .join(Site, Pool.site_id == Site.id)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -211,8 +211,7 @@ class ParticipantService:
             async with self.sessions.begin() as session:
                 if purge:
                     await session.execute(delete(SeenNonce).where(SeenNonce.expires_at < now))
-                session.add(SeenNonce(key_id=key_id, nonce=nonce, expires_at=expires_at))
-                await session.flush()
+                await session.execute(insert(SeenNonce).values(key_id=key_id, nonce=nonce, expires_at=expires_at))
         except IntegrityError:
             async with self.sessions.begin() as session:
                 # A remembered nonce whose window has passed may be reused (its old signature is expired).

@@ -9,6 +9,7 @@ from exchange.storage import (
     orders,
     participants,
     registration,
+    rounds,
     settlement,
 )
 from exchange.storage.base import Base
@@ -23,5 +24,6 @@ __all__ = [
     "orders",
     "participants",
     "registration",
+    "rounds",
     "settlement",
 ]

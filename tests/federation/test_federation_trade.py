@@ -207,7 +207,8 @@ async def test_peer_down_does_not_stop_local_market(tmp_path: Path) -> None:
         result = await a.fed.forward_order(remote)
         assert result["status"] == "unfilled"
         assert time.perf_counter() - t0 < 3
-        assert await a.fed.local_fill() == 1
+        summary = await a.svc.rounds.run_round("test")  # A's own clearing round, B still down
+        assert summary.matched_devices == 4
         assert fedkit.order_row(a.db_url, local)["status"] == "filled"
         assert fedkit.order_row(a.db_url, remote)["status"] == "open"
         peers = {p["authority"]: p for p in await a.fed.peers_view()}

@@ -1,0 +1,775 @@
+"""OpenAPI 3.1 description of the HTTP API, generated from the pydantic request/response models.
+
+`python -m exchange.api.openapi > specs/openapi.yaml` writes the committed file (a test checks it is
+current); the app serves the same document at GET /openapi.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import yaml
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import models_json_schema
+
+from exchange.services.audit import ExportRequest
+from exchange.services.contract_views import (
+    BatchView,
+    CancelBody,
+    ContractList,
+    ContractView,
+    DsseEnvelope,
+    SettlementList,
+    SettlementRun,
+    SettlementView,
+    UsageList,
+    UsageView,
+)
+from exchange.services.contracts import CONTRACT_STATUSES
+from exchange.services.orders import MAX_PAGE, ORDER_STATUSES, OrderPage, OrderSpec, OrderView
+from exchange.services.participants import ParticipantRegistration, ParticipantView
+from exchange.services.registration import (
+    BILLING_MODES,
+    HeartbeatView,
+    OfferAmendment,
+    OfferList,
+    OfferPost,
+    OfferView,
+    PoolDeclaration,
+    PoolView,
+    SiteDetail,
+    SiteRegistration,
+    SiteView,
+)
+
+OPENAPI_VERSION = "3.1.0"
+API_VERSION = "1.0.0"
+REF = "#/components/schemas/{model}"
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with hetex's stable `code` and, where known, `field` and `reason`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    field: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation: method, path, models, statuses and whether a signature is required."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    ok: int = 200
+    response: type[BaseModel] | dict[str, Any] | None = None
+    body: type[BaseModel] | None = None
+    signed: bool = False
+    errors: tuple[int, ...] = ()
+    query: tuple[dict[str, Any], ...] = ()
+    headers: tuple[dict[str, Any], ...] = ()
+    content_type: str = "application/json"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _q(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+CRI_PARAM = {
+    "name": "cri",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+    "description": "compute resource identifier (specs/cri.abnf); full-width input is NFKC-normalized",
+}
+ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+    "description": "record id (UUIDv7, lower-case)",
+}
+INDEX_PARAM = {
+    "name": "index",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 25},
+    "description": "log entry index (0-based integer)",
+}
+IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+    "description": "retry key: same key + same body returns the first order (200); a different body is 409",
+}
+
+HEALTH = {
+    "type": "object",
+    "required": ["status", "authority"],
+    "properties": {"status": {"type": "string"}, "authority": {"type": "string"}},
+}
+CATALOGUE = {
+    "type": "object",
+    "required": ["count", "vendors", "models"],
+    "properties": {
+        "count": {"type": "integer"},
+        "vendors": {"type": "array", "items": {"type": "string"}},
+        "models": {"type": "array", "items": {"type": "object", "required": ["code", "vendor", "family"]}},
+    },
+}
+REGIONS = {
+    "type": "object",
+    "required": ["regions", "latency_ms"],
+    "properties": {
+        "regions": {"type": "array", "items": {"type": "object", "required": ["code", "name"]}},
+        "latency_ms": {"type": "object", "additionalProperties": {"type": "object"}},
+    },
+}
+RESOLVED = {"oneOf": [{"$ref": REF.format(model="SiteView")}, {"$ref": REF.format(model="PoolView")}]}
+TEXT = {"type": "string"}
+OBJECT = {"type": "object"}
+LEDGER_ENTRY = {"type": "object", "required": ["index"]}
+PROOF = {"type": "object"}
+LEDGER_KEYS = {
+    "type": "object",
+    "required": ["origin", "current", "keys"],
+    "properties": {"origin": {"type": "string"}, "keys": {"type": "array", "items": {"type": "object"}}},
+}
+EXPORT_STATUS = {
+    "type": "object",
+    "required": ["id", "status"],
+    "properties": {"id": {"type": "string"}, "status": {"type": "string"}},
+}
+BUNDLE = {"type": "string", "format": "binary"}
+LEDGER_ERRORS = (404, 409, 422)
+
+OPS: tuple[Op, ...] = (
+    Op("get", "/healthz", "healthz", "Liveness and a database round trip", "reference", response=HEALTH),
+    Op("get", "/metrics", "metrics", "Prometheus metrics", "reference", response=TEXT, content_type="text/plain"),
+    Op("get", "/openapi.json", "openapi", "This document", "reference", response={"type": "object"}),
+    Op("get", "/v1/catalogue/accelerators", "catalogue", "The accelerator catalogue", "reference", response=CATALOGUE),
+    Op("get", "/v1/regions", "regions", "Regions and the latency matrix", "reference", response=REGIONS),
+    Op(
+        "get",
+        "/v1/resolve/{cri}",
+        "resolve",
+        "The site or pool a CRI names (or its tombstone)",
+        "reference",
+        response=RESOLVED,
+        errors=(404, 422),
+    ),
+    Op(
+        "get",
+        "/v1/ledger/checkpoint",
+        "ledgerCheckpoint",
+        "The latest signed checkpoint of the transparency log (C2SP signed note)",
+        "ledger",
+        response=TEXT,
+        content_type="text/plain",
+        errors=LEDGER_ERRORS,
+    ),
+    Op(
+        "get",
+        "/v1/ledger/entries/{index}",
+        "ledgerEntry",
+        "One log entry: stored bytes (base64), leaf hash and the parsed DSSE envelope",
+        "ledger",
+        response=LEDGER_ENTRY,
+        errors=LEDGER_ERRORS,
+    ),
+    Op(
+        "get",
+        "/v1/ledger/proofs/inclusion",
+        "ledgerInclusionProof",
+        "Inclusion proof of an entry in the tree of a given size (default: latest checkpoint)",
+        "ledger",
+        response=PROOF,
+        errors=LEDGER_ERRORS,
+        query=(
+            _q("index", {"type": "integer", "minimum": 0}, "entry index", required=True),
+            _q("size", {"type": "integer", "minimum": 0}, "tree size (default: latest checkpoint)"),
+        ),
+    ),
+    Op(
+        "get",
+        "/v1/ledger/proofs/consistency",
+        "ledgerConsistencyProof",
+        "Consistency proof between two tree sizes",
+        "ledger",
+        response=PROOF,
+        errors=LEDGER_ERRORS,
+        query=(
+            _q("from", {"type": "integer", "minimum": 0}, "older tree size", required=True),
+            _q("to", {"type": "integer", "minimum": 0}, "newer tree size (default: latest checkpoint)"),
+        ),
+    ),
+    Op("get", "/v1/ledger/keys", "ledgerKeys", "Every exchange key with its validity", "ledger", response=LEDGER_KEYS),
+    Op(
+        "post",
+        "/v1/audit/exports",
+        "createAuditExport",
+        "Start an audit export for a period (regulators only); 202 with the job status and Location",
+        "audit",
+        ok=202,
+        response=EXPORT_STATUS,
+        body=ExportRequest,
+        signed=True,
+        errors=(403, 409, 413, 422),
+    ),
+    Op(
+        "post",
+        "/v1/rounds",
+        "runRound",
+        "Run one clearing round now (operator only): statistics, audit and the contracts made",
+        "rounds",
+        ok=201,
+        response=OBJECT,
+        signed=True,
+        errors=(403, 409),
+    ),
+    Op(
+        "get",
+        "/v1/rounds",
+        "listRounds",
+        "Recent clearing rounds, newest first",
+        "rounds",
+        response=OBJECT,
+        errors=(422,),
+        query=(_q("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "at most this many (default 50)"),),
+    ),
+    Op(
+        "get",
+        "/v1/rounds/{id}",
+        "getRound",
+        "One round: welfare, LP bound, gap, matched devices, build/solve seconds, method, audit, prices",
+        "rounds",
+        response=OBJECT,
+        errors=(404, 422),
+    ),
+    Op(
+        "get",
+        "/v1/market",
+        "getMarket",
+        "Depth (open demand, free offered devices) and last clearing prices by region x model family",
+        "rounds",
+        response=OBJECT,
+    ),
+    Op(
+        "get",
+        "/v1/orders/{id}/fills",
+        "getOrderFills",
+        "The contracts filling one of the caller's orders",
+        "rounds",
+        response=OBJECT,
+        signed=True,
+        errors=(403, 404, 422),
+    ),
+    Op(
+        "get",
+        "/v1/offers/{id}/fills",
+        "getOfferFills",
+        "The contracts made on one of the caller's offers, and its devices free now",
+        "rounds",
+        response=OBJECT,
+        signed=True,
+        errors=(403, 404, 422),
+    ),
+    Op(
+        "get",
+        "/v1/audit/exports/{id}",
+        "getAuditExport",
+        "Status and progress of one of the caller's exports",
+        "audit",
+        response=EXPORT_STATUS,
+        signed=True,
+        errors=(403, 404, 422),
+    ),
+    Op(
+        "get",
+        "/v1/audit/exports/{id}/bundle",
+        "getAuditBundle",
+        "The finished bundle (tar.gz)",
+        "audit",
+        response=BUNDLE,
+        content_type="application/gzip",
+        signed=True,
+        errors=(403, 404, 409, 422),
+    ),
+    Op(
+        "post",
+        "/v1/participants",
+        "registerParticipant",
+        "Register a provider or buyer; signed by the key being registered (proof of possession)",
+        "participants",
+        ok=201,
+        response=ParticipantView,
+        body=ParticipantRegistration,
+        signed=True,
+        errors=(409, 413, 422),
+    ),
+    Op(
+        "get",
+        "/v1/participants/me",
+        "me",
+        "The participant who signed the request",
+        "participants",
+        response=ParticipantView,
+        signed=True,
+    ),
+    Op(
+        "post",
+        "/v1/sites",
+        "addSite",
+        "Register a data-centre node; answers with its site CRI",
+        "registration",
+        ok=201,
+        response=SiteView,
+        body=SiteRegistration,
+        signed=True,
+        errors=(403, 413, 422),
+    ),
+    Op(
+        "get",
+        "/v1/sites/{cri}",
+        "getSite",
+        "A site with its pools",
+        "registration",
+        response=SiteDetail,
+        errors=(404, 422),
+    ),
+    Op(
+        "delete",
+        "/v1/sites/{cri}",
+        "deregisterSite",
+        "Deregister a site: it and its pools become tombstones, open offers are withdrawn",
+        "registration",
+        response=SiteView,
+        signed=True,
+        errors=(403, 404, 409, 422),
+    ),
+    Op(
+        "post",
+        "/v1/sites/{cri}/heartbeat",
+        "heartbeat",
+        "The site is alive: its offers stay matchable for the heartbeat timeout",
+        "registration",
+        response=HeartbeatView,
+        signed=True,
+        errors=(403, 404, 409, 422),
+    ),
+    Op(
+        "post",
+        "/v1/sites/{cri}/pools",
+        "addPool",
+        "Declare a pool of identical accelerators; answers with its pool CRI",
+        "registration",
+        ok=201,
+        response=PoolView,
+        body=PoolDeclaration,
+        signed=True,
+        errors=(403, 404, 409, 413, 422),
+    ),
+    Op(
+        "get",
+        "/v1/pools/{cri}",
+        "getPool",
+        "A pool (or its tombstone)",
+        "registration",
+        response=PoolView,
+        errors=(404, 422),
+    ),
+    Op(
+        "delete",
+        "/v1/pools/{cri}",
+        "tombstonePool",
+        "Tombstone a pool; its open offers are withdrawn",
+        "registration",
+        response=PoolView,
+        signed=True,
+        errors=(403, 404, 409, 422),
+    ),
+    Op(
+        "post",
+        "/v1/offers",
+        "postOffer",
+        "Offer devices of a pool",
+        "registration",
+        ok=201,
+        response=OfferView,
+        body=OfferPost,
+        signed=True,
+        errors=(403, 404, 409, 413, 422),
+    ),
+    Op(
+        "get",
+        "/v1/offers",
+        "listOffers",
+        "The caller's offers",
+        "registration",
+        response=OfferList,
+        signed=True,
+        errors=(403, 422),
+        query=(_q("status", {"type": "string", "enum": ["open", "withdrawn"]}, "only offers in this state"),),
+    ),
+    Op(
+        "get",
+        "/v1/offers/{id}",
+        "getOffer",
+        "One of the caller's offers",
+        "registration",
+        response=OfferView,
+        signed=True,
+        errors=(403, 404, 422),
+    ),
+    Op(
+        "patch",
+        "/v1/offers/{id}",
+        "amendOffer",
+        "Amend an open offer (version + 1)",
+        "registration",
+        response=OfferView,
+        body=OfferAmendment,
+        signed=True,
+        errors=(403, 404, 409, 413, 422),
+    ),
+    Op(
+        "delete",
+        "/v1/offers/{id}",
+        "withdrawOffer",
+        "Withdraw an open offer",
+        "registration",
+        response=OfferView,
+        signed=True,
+        errors=(403, 404, 409, 422),
+    ),
+    Op(
+        "post",
+        "/v1/orders",
+        "submitOrder",
+        "Submit an order (201); a retry with the same Idempotency-Key and body returns the original (200)",
+        "orders",
+        ok=201,
+        response=OrderView,
+        body=OrderSpec,
+        signed=True,
+        errors=(403, 409, 413, 422),
+        headers=(IDEMPOTENCY,),
+        extra={"200": "the order first submitted under this Idempotency-Key"},
+    ),
+    Op(
+        "get",
+        "/v1/orders",
+        "listOrders",
+        "The caller's orders, newest first, filtered, with an opaque cursor",
+        "orders",
+        response=OrderPage,
+        signed=True,
+        errors=(403, 422),
+        query=(
+            _q("status", {"type": "string", "enum": list(ORDER_STATUSES)}, "only orders in this state"),
+            _q("billing_mode", {"type": "string", "enum": list(BILLING_MODES)}, "only this billing mode"),
+            _q("created_after", {"type": "integer", "minimum": 0}, "created at or after (epoch s)"),
+            _q("created_before", {"type": "integer", "minimum": 0}, "created before (epoch s)"),
+            _q("cursor", {"type": "string"}, "next_cursor of the previous page"),
+            _q("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "page size (default 50)"),
+        ),
+    ),
+    Op(
+        "get",
+        "/v1/orders/{id}",
+        "getOrder",
+        "One of the caller's orders",
+        "orders",
+        response=OrderView,
+        signed=True,
+        errors=(403, 404, 422),
+    ),
+    Op(
+        "post",
+        "/v1/orders/{id}/cancel",
+        "cancelOrder",
+        "Cancel an open order",
+        "orders",
+        response=OrderView,
+        signed=True,
+        errors=(403, 404, 409, 422),
+    ),
+    Op(
+        "get",
+        "/v1/contracts",
+        "listContracts",
+        "The caller's contracts (as buyer or provider), newest first",
+        "contracts",
+        response=ContractList,
+        signed=True,
+        errors=(403, 422),
+        query=(
+            _q("status", {"type": "string", "enum": list(CONTRACT_STATUSES)}, "only contracts in this state"),
+            _q("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}, "at most this many (default 100)"),
+        ),
+    ),
+    Op(
+        "get",
+        "/v1/contracts/{id}",
+        "getContract",
+        "One contract, for its buyer or provider (or the operator and regulators)",
+        "contracts",
+        response=ContractView,
+        signed=True,
+        errors=(403, 404, 422),
+    ),
+    Op(
+        "post",
+        "/v1/contracts/{id}/confirm",
+        "confirmContract",
+        "The provider confirms the contract's start",
+        "contracts",
+        response=ContractView,
+        signed=True,
+        errors=(403, 404, 409, 422),
+    ),
+    Op(
+        "post",
+        "/v1/contracts/{id}/cancel",
+        "cancelContract",
+        "Buyer or provider cancels: free before start, the used part is settled after (specs/billing.md 4)",
+        "contracts",
+        response=ContractView,
+        body=CancelBody,
+        signed=True,
+        errors=(403, 404, 409, 413, 422),
+    ),
+    Op(
+        "post",
+        "/v1/contracts/{id}/usage",
+        "reportUsage",
+        "A node-signed usage report (DSSE envelope, specs/billing.md 5); 201 new, 200 an identical retry",
+        "contracts",
+        ok=201,
+        response=UsageView,
+        body=DsseEnvelope,
+        signed=True,
+        errors=(403, 404, 409, 413, 422),
+        extra={"200": "the report first accepted under this meter and sequence number"},
+    ),
+    Op(
+        "get",
+        "/v1/contracts/{id}/usage",
+        "listUsage",
+        "Every usage report of a contract, with its flags",
+        "contracts",
+        response=UsageList,
+        signed=True,
+        errors=(403, 404, 422),
+    ),
+    Op(
+        "post",
+        "/v1/settlements/run",
+        "runSettlement",
+        "Operator: settle every due contract period as one batch transaction (201; 200 when nothing was due)",
+        "settlement",
+        ok=201,
+        response=BatchView,
+        body=SettlementRun,
+        signed=True,
+        errors=(403, 413, 422),
+        extra={"200": "nothing was due: no batch"},
+    ),
+    Op(
+        "get",
+        "/v1/settlements",
+        "listSettlements",
+        "Settlement records of a contract (its parties), or the caller's (all for operator and regulators)",
+        "settlement",
+        response=SettlementList,
+        signed=True,
+        errors=(403, 404, 422),
+        query=(
+            _q("contract_id", {"type": "string"}, "only this contract's records"),
+            _q("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}, "at most this many (default 500)"),
+        ),
+    ),
+    Op(
+        "get",
+        "/v1/settlements/{id}",
+        "getSettlement",
+        "One settlement record with its signed envelope and log index",
+        "settlement",
+        response=SettlementView,
+        signed=True,
+        errors=(403, 404, 422),
+    ),
+)
+
+SIGNATURE_PARAMS = {
+    "SignatureInput": {
+        "name": "Signature-Input",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": 'RFC 9421: sig1=("@method" "@target-uri" "content-digest");created=..;keyid="<8 hex>";'
+        'alg="ed25519";nonce=".." (specs/signing.md)',
+    },
+    "Signature": {
+        "name": "Signature",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "RFC 9421: sig1=:<base64 Ed25519 signature>:",
+    },
+    "ContentDigest": {
+        "name": "Content-Digest",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "RFC 9530: sha-512=:<base64 SHA-512 of the body>: (an empty body too)",
+    },
+}
+
+ERROR_TEXT = {
+    400: "Bad request",
+    401: "Signature missing or refused; `reason` names why (signature_missing, signature_invalid, "
+    "digest_mismatch, signature_expired, nonce_replayed, unknown_key, ...)",
+    403: "Authenticated but not allowed; `reason` is role_forbidden or not_owner",
+    404: "Not found",
+    409: "Conflicts with the current state (tombstoned, already registered, idempotency key reused, ...)",
+    413: "Body larger than 1 MiB",
+    422: "Invalid input; `field` names the first bad field",
+}
+
+
+def _schemas() -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
+    inputs: set[type[BaseModel]] = {op.body for op in OPS if op.body is not None}
+    outputs: set[type[BaseModel]] = {op.response for op in OPS if isinstance(op.response, type)}
+    outputs |= {SiteView, PoolView, Problem}
+    pairs: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in sorted(inputs, key=lambda m: m.__name__)]
+    pairs += [(m, "serialization") for m in sorted(outputs, key=lambda m: m.__name__)]
+    key_map, defs = models_json_schema(pairs, ref_template=REF)
+    return dict(key_map), defs.get("$defs", {})
+
+
+def _problem_response(status: int) -> dict[str, Any]:
+    return {
+        "description": ERROR_TEXT[status],
+        "content": {"application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}},
+    }
+
+
+@lru_cache(maxsize=1)
+def _build() -> dict[str, Any]:
+    key_map, defs = _schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPS:
+        params: list[dict[str, Any]] = []
+        if "{cri}" in op.path:
+            params.append(CRI_PARAM)
+        if "{id}" in op.path:
+            params.append(ID_PARAM)
+        if "{index}" in op.path:
+            params.append(INDEX_PARAM)
+        params += list(op.query) + list(op.headers)
+        if op.signed:
+            params += [{"$ref": f"#/components/parameters/{name}"} for name in SIGNATURE_PARAMS]
+        if isinstance(op.response, type):
+            schema: dict[str, Any] = key_map[(op.response, "serialization")]
+        else:
+            schema = op.response or {"type": "object"}
+        responses: dict[str, Any] = {
+            str(op.ok): {"description": "success", "content": {op.content_type: {"schema": schema}}}
+        }
+        for extra_status, text in op.extra.items():
+            responses[extra_status] = {"description": text, "content": {op.content_type: {"schema": schema}}}
+        errors = set(op.errors)
+        if op.signed:
+            errors |= {401, 403}
+        if op.body is not None:
+            errors |= {413, 422}
+        for status in sorted(errors):
+            responses[str(status)] = _problem_response(status)
+        entry: dict[str, Any] = {
+            "operationId": op.operation_id,
+            "summary": op.summary,
+            "tags": [op.tag],
+            "parameters": params,
+            "responses": responses,
+        }
+        if op.body is not None:
+            entry["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": key_map[(op.body, "validation")]}},
+            }
+        if op.signed:
+            entry["security"] = [{"httpSignature": []}]
+        paths.setdefault(op.path, {})[op.method] = entry
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "hetex exchange API",
+            "version": API_VERSION,
+            "description": "Heterogeneous AI compute exchange: provider registration, capacity offers and "
+            "buyer orders. State-changing requests are signed with RFC 9421 HTTP Message Signatures "
+            "(Ed25519) over @method, @target-uri and content-digest, with created and nonce; see "
+            "specs/signing.md. Errors are RFC 9457 problem+json.",
+            "license": {"name": "Apache-2.0"},
+        },
+        "paths": paths,
+        "components": {
+            "schemas": defs,
+            "parameters": SIGNATURE_PARAMS,
+            "securitySchemes": {
+                "httpSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Signature",
+                    "description": "RFC 9421 signature with Signature-Input and Content-Digest (specs/signing.md); "
+                    "keyid = hex C2SP key id of the participant key under the name 'hetex'",
+                }
+            },
+        },
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    """The OpenAPI document (a fresh copy)."""
+    return copy.deepcopy(_build())
+
+
+def openapi_yaml() -> str:
+    """The document as the YAML committed in specs/openapi.yaml."""
+    header = "# Generated by `python -m exchange.api.openapi > specs/openapi.yaml`; do not edit by hand.\n"
+    return header + yaml.safe_dump(build_openapi(), sort_keys=False, allow_unicode=True, width=110)
+
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/openapi.json")
+async def openapi_json(request: web.Request) -> web.Response:
+    """This API's OpenAPI document."""
+    return web.json_response(_build())
+
+
+def main() -> int:
+    """Print the YAML document."""
+    sys.stdout.write(openapi_yaml())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Handlers for clearing rounds (operator-triggered run, reads), the market view and fills; and the
+periodic round task started with the app when `round_interval_seconds` > 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from exchange.api.auth import require_principal
+from exchange.api.keys import services
+from exchange.api.parsing import query_int
+from exchange.api.responses import path_id
+from exchange.services.round_lock import RoundBusyError
+
+log = logging.getLogger("hetex.rounds")
+routes = web.RouteTableDef()
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=json.dumps(data, default=str), content_type="application/json")
+
+
+@routes.post("/v1/rounds")
+async def trigger_round(request: web.Request) -> web.Response:
+    """Run one clearing round now (operator only); 201 with the round, its statistics and audit."""
+    who = require_principal(request)
+    who.require_role("operator", action="trigger clearing rounds")
+    svc = services(request)
+    summary = await svc.rounds.run_round("operator")
+    return _json(await svc.rounds.get(summary.round_id), 201)
+
+
+@routes.get("/v1/rounds")
+async def list_rounds(request: web.Request) -> web.Response:
+    """Recent rounds, newest first."""
+    limit = query_int(request, "limit", 50, lo=1, hi=500)
+    return _json({"rounds": await services(request).rounds.list_rounds(limit=limit)})
+
+
+@routes.get("/v1/rounds/{id}")
+async def get_round(request: web.Request) -> web.Response:
+    """One round: statistics (welfare, LP bound, gap, matched devices, times, method), audit, contracts."""
+    return _json(await services(request).rounds.get(path_id(request)))
+
+
+@routes.get("/v1/market")
+async def market(request: web.Request) -> web.Response:
+    """Depth (open demand, free offered devices) and last clearing prices by region x model family."""
+    return _json(await services(request).rounds.market())
+
+
+@routes.get("/v1/orders/{id}/fills")
+async def order_fills(request: web.Request) -> web.Response:
+    """The contracts filling one of the caller's orders."""
+    who = require_principal(request)
+    return _json(await services(request).rounds.order_fills(who, path_id(request)))
+
+
+@routes.get("/v1/offers/{id}/fills")
+async def offer_fills(request: web.Request) -> web.Response:
+    """The contracts made on one of the caller's offers, and its devices free now."""
+    who = require_principal(request)
+    return _json(await services(request).rounds.offer_fills(who, path_id(request)))
+
+
+async def periodic_rounds(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: run a round every `round_interval_seconds`; a failed round is logged, the next runs."""
+    from exchange.api.keys import SERVICES
+
+    svc = app[SERVICES]
+    interval = svc.settings.round_interval_seconds
+    task: asyncio.Task[None] | None = None
+    if interval > 0:
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await svc.rounds.run_round("interval")
+                except RoundBusyError:
+                    log.info("periodic round skipped: another round holds the lock")
+                except Exception:
+                    log.exception("periodic clearing round failed; the next one runs in %ss", interval)
+
+        task = asyncio.create_task(loop(), name="hetex-periodic-rounds")
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

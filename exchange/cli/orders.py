@@ -1,0 +1,186 @@
+"""CLI verbs for buyers: `hetex order submit` (flags or --file order.json), `hetex order list`,
+`hetex order show`, `hetex order cancel`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from exchange.cli.client_common import add_client_flags, drop_none, split_list, with_client
+from exchange.cli.common import CliError, print_json, print_table
+from exchange.client import HetexClient
+
+LIST_FIELDS = ["id", "status", "billing_mode", "quantity_devices", "filled_devices", "flags", "created_at"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `order` verbs."""
+    p = sub.add_parser("order", help="buyer orders")
+    osub = p.add_subparsers(dest="order_command", required=True)
+    submit = osub.add_parser("submit", help="submit an order from --file or flags")
+    add_client_flags(submit)
+    submit.add_argument("--file", help="order JSON (DESIGN.md section 6 fields); flags below override it")
+    submit.add_argument("--idempotency-key", help="retry key (default: a fresh UUID, printed)")
+    submit.add_argument("--devices", type=int, help="quantity in devices")
+    submit.add_argument("--scu", help="quantity in SCU per hour (decimal)")
+    submit.add_argument("--models", help="comma list of acceptable catalogue model codes")
+    submit.add_argument("--families", help="comma list of acceptable architecture families")
+    submit.add_argument("--min-memory-gb", type=int)
+    submit.add_argument("--stack", help="comma list of acceptable software stacks")
+    submit.add_argument("--domestic-only", action="store_true", default=None)
+    submit.add_argument("--regions", help="comma list of allowed regions (data residency)")
+    submit.add_argument("--home-region")
+    submit.add_argument("--max-latency-ms", type=int)
+    submit.add_argument("--partial", action="store_true", help="accept a partial fill (default all-or-nothing)")
+    submit.add_argument("--min-fill", type=int, help="minimum devices when --partial")
+    submit.add_argument("--max-pools", type=int)
+    submit.add_argument("--same-model", action="store_true", default=None)
+    submit.add_argument("--colocation", choices=["site", "region", "any"])
+    submit.add_argument("--duration", type=int, help="seconds")
+    submit.add_argument("--start-earliest", type=int, help="epoch seconds")
+    submit.add_argument("--start-latest", type=int, help="epoch seconds")
+    submit.add_argument("--limit-fen", type=int, help="limit fen per device-hour for every acceptable model")
+    submit.add_argument("--limit-fen-per-scu", type=int, help="limit fen per SCU-hour")
+    submit.add_argument("--billing-mode", choices=["per_minute", "compute_tier", "subscription", "project"])
+    submit.set_defaults(func=run_submit)
+
+    lst = osub.add_parser("list", help="your orders (newest first)")
+    add_client_flags(lst)
+    lst.add_argument("--status")
+    lst.add_argument("--billing-mode")
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--cursor")
+    lst.add_argument("--all", action="store_true", help="follow cursors to the end")
+    lst.set_defaults(func=run_list)
+
+    show = osub.add_parser("show", help="one order")
+    add_client_flags(show)
+    show.add_argument("id")
+    show.set_defaults(func=run_show)
+
+    cancel = osub.add_parser("cancel", help="cancel an order")
+    add_client_flags(cancel)
+    cancel.add_argument("id")
+    cancel.set_defaults(func=run_cancel)
+
+
+def order_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The order body: --file first, then the flags given."""
+    body: dict[str, Any] = {}
+    if args.file:
+        try:
+            loaded = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{args.file} is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise CliError(f"{args.file} must hold a JSON object")
+        body.update(loaded)
+    constraints = drop_none(
+        {
+            "families": split_list(args.families),
+            "min_memory_gb": args.min_memory_gb,
+            "stack": split_list(args.stack),
+            "domestic_only": args.domestic_only,
+        }
+    )
+    if constraints:
+        body["constraints"] = {**body.get("constraints", {}), **constraints}
+    body.update(
+        drop_none(
+            {
+                "quantity_devices": args.devices,
+                "quantity_scu": args.scu,
+                "models": split_list(args.models),
+                "regions": split_list(args.regions),
+                "home_region": args.home_region,
+                "max_latency_ms": args.max_latency_ms,
+                "all_or_nothing": False if args.partial else None,
+                "min_fill_devices": args.min_fill,
+                "max_pools": args.max_pools,
+                "same_model": args.same_model,
+                "colocation": args.colocation,
+                "duration_seconds": args.duration,
+                "start_earliest": args.start_earliest,
+                "start_latest": args.start_latest,
+                "limit_fen_per_device_hour": {"*": args.limit_fen} if args.limit_fen is not None else None,
+                "limit_fen_per_scu_hour": args.limit_fen_per_scu,
+                "billing_mode": args.billing_mode,
+            }
+        )
+    )
+    if args.devices is not None:
+        body.pop("quantity_scu", None)
+    if args.scu is not None:
+        body.pop("quantity_devices", None)
+    if not body:
+        raise CliError("no order: pass --file order.json or flags such as --devices --models --duration --limit-fen")
+    return body
+
+
+def _print_order(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    if args.json:
+        print_json(data)
+        return
+    rows = [(f, data.get(f)) for f in ["id", "status", "billing_mode", "quantity_devices", "idempotency_key"]]
+    rows += [("flag", f"{f['code']}: {f['message']}") for f in data.get("flags", [])]
+    print_table("order", ["field", "value"], rows)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    """Submit one order."""
+    body = order_from_args(args)
+    key = args.idempotency_key or str(uuid.uuid4())
+    data = with_client(args, lambda c: c.submit_order(body, key))
+    _print_order(args, data)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """List own orders as a table (or JSON)."""
+
+    async def call(c: HetexClient) -> dict[str, Any]:
+        params = {"status": args.status, "billing_mode": args.billing_mode, "limit": args.limit}
+        page = await c.list_orders(**params, cursor=args.cursor)
+        orders = list(page["orders"])
+        while args.all and page["next_cursor"]:
+            page = await c.list_orders(**params, cursor=page["next_cursor"])
+            orders += page["orders"]
+        return {"orders": orders, "next_cursor": page["next_cursor"]}
+
+    data = with_client(args, call)
+    if args.json:
+        print_json(data)
+        return 0
+    rows = [
+        [
+            o["id"],
+            o["status"],
+            o["billing_mode"],
+            o["quantity_devices"] or o["spec"].get("quantity_scu", "") + " SCU",
+            o["filled_devices"],
+            ",".join(f["code"] for f in o["flags"]),
+            o["created_at"],
+        ]
+        for o in data["orders"]
+    ]
+    print_table("orders", LIST_FIELDS, rows)
+    if data["next_cursor"]:
+        print(f"more: --cursor {data['next_cursor']}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Show one order."""
+    _print_order(args, with_client(args, lambda c: c.request("GET", f"/v1/orders/{args.id}")))
+    return 0
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    """Cancel one order."""
+    _print_order(args, with_client(args, lambda c: c.cancel_order(args.id)))
+    return 0

@@ -1,0 +1,173 @@
+"""CLI verbs for participants and providers: `hetex provider register`, `hetex buyer register`,
+`hetex site add|heartbeat|remove`, `hetex pool add`, `hetex offer post|list|withdraw`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from exchange.cli.client_common import add_client_flags, drop_none, split_list, with_client
+from exchange.cli.common import CliError, print_json, print_table
+from exchange.client import HetexClient
+
+
+def _show(args: argparse.Namespace, title: str, data: dict[str, Any], fields: list[str]) -> None:
+    if args.json:
+        print_json(data)
+    else:
+        print_table(title, ["field", "value"], [(f, data.get(f)) for f in fields])
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the provider, buyer, site, pool and offer verbs."""
+    for role in ("provider", "buyer"):
+        p = sub.add_parser(role, help=f"{role} participants")
+        psub = p.add_subparsers(dest=f"{role}_command", required=True)
+        reg = psub.add_parser("register", help=f"register this key as a {role} (signed by the key itself)")
+        add_client_flags(reg)
+        reg.add_argument("--name", required=True, help="display name")
+        reg.add_argument("--home-region", help="home region (ISO 3166-2, e.g. CN-SH) for latency limits")
+        reg.set_defaults(func=run_register, role=role)
+
+    site = sub.add_parser("site", help="provider sites (data-centre nodes)")
+    ssub = site.add_subparsers(dest="site_command", required=True)
+    add = ssub.add_parser("add", help="register a site; prints its CRI")
+    add_client_flags(add)
+    add.add_argument("--region", required=True, help="ISO 3166-2 region served here, e.g. CN-GZ")
+    add.add_argument("--name", required=True)
+    add.add_argument("--pue", help="power usage effectiveness, e.g. 1.25")
+    add.add_argument("--green-share", help="share of green energy 0..1, e.g. 0.6")
+    add.add_argument("--interconnect", help="network between nodes, e.g. 'RoCE 400G'")
+    add.set_defaults(func=run_site_add)
+    hb = ssub.add_parser("heartbeat", help="tell the exchange the site is alive")
+    add_client_flags(hb)
+    hb.add_argument("cri")
+    hb.set_defaults(func=run_site_heartbeat)
+    rm = ssub.add_parser("remove", help="deregister a site (tombstone; open offers withdrawn)")
+    add_client_flags(rm)
+    rm.add_argument("cri")
+    rm.set_defaults(func=run_site_remove)
+
+    pool = sub.add_parser("pool", help="accelerator pools at a site")
+    psub2 = pool.add_subparsers(dest="pool_command", required=True)
+    padd = psub2.add_parser("add", help="declare a pool; prints its CRI")
+    add_client_flags(padd)
+    padd.add_argument("--site", required=True, help="site CRI")
+    padd.add_argument("--model", required=True, help="catalogue model code, e.g. HW-910B3")
+    padd.add_argument("--devices", required=True, type=int)
+    padd.add_argument("--memory-gb", type=int, help="per device (default: from the catalogue)")
+    padd.add_argument("--nodes", type=int)
+    padd.add_argument("--devices-per-node", type=int)
+    padd.add_argument("--link", help="intra-node link, e.g. NVLink, HCCS")
+    padd.set_defaults(func=run_pool_add)
+
+    offer = sub.add_parser("offer", help="capacity offers")
+    osub = offer.add_subparsers(dest="offer_command", required=True)
+    post = osub.add_parser("post", help="offer devices of a pool")
+    add_client_flags(post)
+    post.add_argument("--pool", required=True, help="pool CRI")
+    post.add_argument("--devices", required=True, type=int)
+    post.add_argument("--ask-fen", required=True, type=int, help="ask price in fen per device-hour")
+    post.add_argument("--start", type=int, help="window start, epoch seconds (default: now)")
+    post.add_argument("--end", type=int, help="window end, epoch seconds (default: open-ended)")
+    post.add_argument("--min-lease", type=int, default=3600, help="minimum lease in seconds (default 3600)")
+    post.add_argument("--billing-modes", default="per_minute", help="comma list of per_minute,compute_tier,...")
+    post.set_defaults(func=run_offer_post)
+    lst = osub.add_parser("list", help="your offers")
+    add_client_flags(lst)
+    lst.add_argument("--status", choices=["open", "withdrawn"])
+    lst.set_defaults(func=run_offer_list)
+    wd = osub.add_parser("withdraw", help="withdraw an offer")
+    add_client_flags(wd)
+    wd.add_argument("id")
+    wd.set_defaults(func=run_offer_withdraw)
+
+
+PARTICIPANT_FIELDS = ["id", "role", "name", "key_id", "operator_code", "home_region", "status"]
+
+
+def run_register(args: argparse.Namespace) -> int:
+    """Register the key's participant."""
+    data = with_client(args, lambda c: c.register(args.role, args.name, args.home_region))
+    _show(args, f"registered {args.role}", data, PARTICIPANT_FIELDS)
+    return 0
+
+
+SITE_FIELDS = ["cri", "region", "name", "pue", "green_share", "interconnect", "status", "last_heartbeat_at"]
+
+
+def run_site_add(args: argparse.Namespace) -> int:
+    """Register a site."""
+    extra = drop_none({"pue": args.pue, "green_share": args.green_share, "interconnect": args.interconnect})
+    data = with_client(args, lambda c: c.add_site(args.region, args.name, **extra))
+    _show(args, "site", data, SITE_FIELDS)
+    return 0
+
+
+def run_site_heartbeat(args: argparse.Namespace) -> int:
+    """Send a heartbeat."""
+    data = with_client(args, lambda c: c.heartbeat(args.cri))
+    _show(args, "heartbeat", data, ["cri", "last_heartbeat_at", "live_until"])
+    return 0
+
+
+def run_site_remove(args: argparse.Namespace) -> int:
+    """Deregister a site."""
+    data = with_client(args, lambda c: c.request("DELETE", f"/v1/sites/{args.cri}"))
+    _show(args, "site tombstone", data, [*SITE_FIELDS, "tombstoned_at"])
+    return 0
+
+
+POOL_FIELDS = ["cri", "site_cri", "model", "devices", "memory_gb", "nodes", "devices_per_node", "status"]
+
+
+def run_pool_add(args: argparse.Namespace) -> int:
+    """Declare a pool."""
+    extra = drop_none(
+        {
+            "memory_gb": args.memory_gb,
+            "nodes": args.nodes,
+            "devices_per_node": args.devices_per_node,
+            "intra_node_link": args.link,
+        }
+    )
+    data = with_client(args, lambda c: c.add_pool(args.site, args.model, args.devices, **extra))
+    _show(args, "pool", data, POOL_FIELDS)
+    return 0
+
+
+OFFER_FIELDS = ["id", "pool_cri", "model", "region", "devices", "ask_fen", "window_start", "window_end", "status"]
+
+
+def run_offer_post(args: argparse.Namespace) -> int:
+    """Post an offer."""
+    modes = split_list(args.billing_modes)
+    if not modes:
+        raise CliError("--billing-modes needs at least one mode")
+    start = int(time.time()) if args.start is None else args.start
+    extra = drop_none({"window_end": args.end, "min_lease_seconds": args.min_lease, "billing_modes": modes})
+    data = with_client(args, lambda c: c.post_offer(args.pool, args.devices, args.ask_fen, start, **extra))
+    _show(args, "offer", data, [*OFFER_FIELDS, "version"])
+    return 0
+
+
+def run_offer_list(args: argparse.Namespace) -> int:
+    """List own offers."""
+
+    async def call(c: HetexClient) -> Any:
+        return await c.request("GET", "/v1/offers", params={"status": args.status})
+
+    data = with_client(args, call)
+    if args.json:
+        print_json(data)
+    else:
+        print_table("offers", OFFER_FIELDS, [[o.get(f) for f in OFFER_FIELDS] for o in data["offers"]])
+    return 0
+
+
+def run_offer_withdraw(args: argparse.Namespace) -> int:
+    """Withdraw an offer."""
+    data = with_client(args, lambda c: c.request("DELETE", f"/v1/offers/{args.id}"))
+    _show(args, "offer", data, [*OFFER_FIELDS, "version"])
+    return 0

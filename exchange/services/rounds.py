@@ -1,0 +1,812 @@
+"""Clearing rounds: snapshot the market, clear it with `matching`, and turn the result into contracts.
+
+A round runs under the round lock (one round at a time across processes, see round_lock.py):
+1. one read transaction takes a consistent snapshot (open orders whose start window opens within the
+   horizon, live offers, contracts holding capacity) and records the round as `running`;
+2. `matching.clearing.clear` runs in a worker thread, outside any database transaction;
+3. one write transaction re-checks every allocation (order and offer unchanged since the snapshot,
+   pool and offer capacity never exceeded at any time counting every contract that holds capacity),
+   creates the contracts (each a signed log record), updates order fills, expires orders whose start
+   window passed, stores posted prices and marks the round `completed` with its statistics and audit.
+Nothing of a round is visible until step 3 commits, so a process killed mid-round leaves no contract
+and no reservation; the next round marks its `running` row `abandoned`.
+
+Test hook (tests only, documented here): environment variable HETEX_TEST_KILL_ROUND makes the process
+exit abruptly (os._exit(9)) at a point of the round: `after_solve` (solved, before the write
+transaction) or `before_commit` (contracts written, transaction not committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
+from typing import Any, Protocol
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from exchange.services.federation_capacity import held_lines, orders_in_flight
+from exchange.services.round_lock import RoundLock
+from exchange.services.snapshot import (
+    ContractRow,
+    OfferRow,
+    OrderRow,
+    Snapshot,
+    build_snapshot,
+    choose_slot,
+    clearing_now,
+)
+from exchange.storage.base import now_s
+from exchange.storage.contracts import Contract
+from exchange.storage.orders import Order
+from exchange.storage.participants import Participant
+from exchange.storage.registration import Offer, Pool, Site
+from exchange.storage.rounds import Round, RoundPrice
+from identifiers.catalogue import Catalogue
+from identifiers.errors import HetexError, NotFoundError
+from identifiers.ids import new_id_str
+from identifiers.regions import RegionTable
+from matching.clearing import clear
+from matching.model import Allocation, ClearingResult, Market, result_to_dict
+
+log = logging.getLogger("hetex.rounds")
+
+KILL_HOOK_ENV = "HETEX_TEST_KILL_ROUND"
+OPEN_ORDER_STATUSES = ("open", "partially_filled")
+RELEASED_CONTRACT_STATUSES = ("cancelled",)
+TRIGGERS = ("interval", "operator", "cli", "test")
+
+
+class UnknownRoundError(NotFoundError):
+    """No clearing round has this id."""
+
+    code = "unknown_round"
+
+
+class UnknownFillSubjectError(NotFoundError):
+    """No order or offer has this id."""
+
+    code = "unknown_fill_subject"
+
+
+class Viewer(Protocol):
+    """The authenticated caller as services see it (exchange.services.principals.Principal)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+    def require_owner(self, owner_id: str, what: str) -> None: ...
+
+
+READ_ANY_ROLES = ("operator", "regulator")
+
+
+def _require_reader(who: Viewer, owner_id: str, what: str) -> None:
+    """The owner, the operator and regulators may read fills; anyone else is refused."""
+    if who.role not in READ_ANY_ROLES:
+        who.require_owner(owner_id, what)
+
+
+class ContractMaker(Protocol):
+    """Creates one contract row and appends its signed record in the caller's transaction
+    (exchange.services.contracts.ContractService)."""
+
+    async def create_from_match(
+        self,
+        session: AsyncSession,
+        *,
+        order_id: str,
+        pool_id: str,
+        buyer_id: str,
+        provider_id: str,
+        devices: int,
+        start_at: int,
+        end_at: int,
+        buyer_price_fen: int,
+        provider_price_fen: int,
+        billing_mode: str,
+        billing_terms: dict[str, Any] | None = None,
+        offer_id: str | None = None,
+        round_id: str | None = None,
+        fee_bps: int | None = None,
+    ) -> Contract: ...
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """What a finished round reports to its trigger (API, CLI, interval task)."""
+
+    round_id: str
+    status: str
+    trigger: str
+    orders: int
+    offers: int
+    contract_ids: tuple[str, ...]
+    matched_devices: int
+    welfare_fen: int
+    lp_bound_fen: int
+    gap: str
+    dropped_allocations: int
+    expired_orders: int
+    seconds: float
+
+
+Held = tuple[str, str, tuple[int, int, int]]
+
+
+@dataclass
+class Recheck:
+    """Capacity bookkeeping during the commit step: intervals that hold each pool and each offer."""
+
+    pool_caps: dict[str, int]
+    offer_caps: dict[str, int]
+    by_pool: dict[str, list[tuple[int, int, int]]] = field(default_factory=lambda: defaultdict(list))
+    by_offer: dict[str, list[tuple[int, int, int]]] = field(default_factory=lambda: defaultdict(list))
+
+    def fits(self, pool_id: str, offer_id: str, devices: int, start: int, end: int, extra: Sequence[Held] = ()) -> bool:
+        """True if adding `devices` over [start, end) keeps the pool and the offer within capacity, counting
+        the not yet added pieces `extra` (pool id, offer id, interval) of the same order."""
+        on_pool = self.by_pool[pool_id] + [iv for p, _o, iv in extra if p == pool_id]
+        on_offer = self.by_offer[offer_id] + [iv for _p, o, iv in extra if o == offer_id]
+        return peak(on_pool, start, end) + devices <= self.pool_caps.get(pool_id, 0) and (
+            peak(on_offer, start, end) + devices <= self.offer_caps.get(offer_id, 0)
+        )
+
+    def add(self, pool_id: str, offer_id: str | None, devices: int, start: int, end: int) -> None:
+        """Count a holding interval."""
+        self.by_pool[pool_id].append((start, end, devices))
+        if offer_id is not None:
+            self.by_offer[offer_id].append((start, end, devices))
+
+
+def peak(intervals: Sequence[tuple[int, int, int]], start: int, end: int) -> int:
+    """Largest total of devices held at any instant of [start, end) by half-open intervals."""
+    events: list[tuple[int, int]] = []
+    for s, e, d in intervals:
+        if s < end and e > start:
+            events.append((max(s, start), d))
+            events.append((min(e, end), -d))
+    events.sort(key=lambda x: (x[0], x[1]))  # releases before acquisitions at the same instant
+    best = cur = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def _kill_hook(point: str) -> None:
+    """Test hook: die abruptly at `point` when HETEX_TEST_KILL_ROUND names it (see module docstring)."""
+    if os.environ.get(KILL_HOOK_ENV) == point:
+        log.warning("test hook %s=%s: exiting abruptly", KILL_HOOK_ENV, point)
+        os._exit(9)
+
+
+def snapshot_hash(market: Market) -> str:
+    """SHA-256 of the snapshot's JSON form: names exactly what the round cleared."""
+    return hashlib.sha256(market.to_json().encode()).hexdigest()
+
+
+def round_view(row: Round) -> dict[str, Any]:
+    """JSON form of a round with its statistics and audit."""
+    return {
+        "id": row.id,
+        "status": row.status,
+        "trigger": row.trigger,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "market_now": row.market_now,
+        "snapshot_hash": row.snapshot_hash,
+        "method": row.method,
+        "pricing_rule": row.pricing_rule,
+        "orders": row.orders_count,
+        "offers": row.offers_count,
+        "contracts": row.contracts_count,
+        "matched_orders": row.matched_orders,
+        "matched_devices": row.matched_devices,
+        "dropped_allocations": row.dropped_allocations,
+        "expired_orders": row.expired_orders,
+        "welfare_fen": row.welfare_fen,
+        "lp_bound_fen": row.lp_bound_fen,
+        "gap": row.gap,
+        "stats": row.stats,
+        "audit": row.audit,
+        "error": row.error,
+    }
+
+
+class RoundService:
+    """Runs clearing rounds and answers questions about them, the market and fills.
+
+    `repeatable_snapshot` (PostgreSQL, when the service owns its connections): the snapshot transaction
+    runs at REPEATABLE READ, so every query of the snapshot sees one committed state.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        lock: RoundLock,
+        contracts: ContractMaker,
+        catalogue: Catalogue,
+        regions: RegionTable,
+        *,
+        fee_bps: int,
+        heartbeat_timeout_seconds: int,
+        slot_seconds: int = 300,
+        max_start_slots: int = 4,
+        method: str = "mcf",
+        solve_time_limit: float = 30.0,
+        lock_timeout: float = 120.0,
+        repeatable_snapshot: bool = False,
+    ) -> None:
+        self.sessions = sessions
+        self.lock = lock
+        self.contracts = contracts
+        self.catalogue = catalogue
+        self.regions = regions
+        self.fee_bps = fee_bps
+        self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
+        self.slot_seconds = slot_seconds
+        self.max_start_slots = max_start_slots
+        self.method = method
+        self.solve_time_limit = solve_time_limit
+        self.lock_timeout = lock_timeout
+        self.repeatable_snapshot = repeatable_snapshot
+
+    # ------------------------------------------------------------------------------------ snapshot
+
+    async def _rows(self, session: AsyncSession, now: int) -> tuple[list[OfferRow], list[OrderRow], list[ContractRow]]:
+        """Live offers, open orders within the horizon, and capacity-holding contracts, as of `now`."""
+        horizon_end = now + self.slot_seconds * self.max_start_slots
+        offer_q = (
+            select(Offer, Pool, Site)
+            .join(Pool, Offer.pool_id == Pool.id)
+            .join(Site, Pool.site_id == Site.id)
+            .where(
+                Offer.status == "open",
+                Pool.status == "active",
+                Site.status == "active",
+                Site.last_heartbeat_at >= now_s() - self.heartbeat_timeout_seconds,
+                or_(Offer.window_end.is_(None), Offer.window_end > now),
+            )
+            .order_by(Offer.id)
+        )
+        offers = [
+            OfferRow(
+                offer_id=o.id,
+                offer_version=o.version,
+                provider_id=o.provider_id,
+                pool_id=p.id,
+                pool_devices=p.devices,
+                site_id=s.id,
+                region=s.region,
+                model=p.model,
+                memory_gb=p.memory_gb,
+                devices=o.devices,
+                devices_per_node=p.devices_per_node,
+                window_start=o.window_start,
+                window_end=o.window_end,
+                min_lease_seconds=o.min_lease_seconds,
+                ask_fen=o.ask_fen,
+                billing_modes=tuple(o.billing_modes),
+            )
+            for o, p, s in (await session.execute(offer_q)).all()
+        ]
+        order_q = (
+            select(Order, Participant.home_region)
+            .join(Participant, Order.buyer_id == Participant.id)
+            .where(
+                Order.status.in_(OPEN_ORDER_STATUSES),
+                or_(Order.start_latest.is_(None), Order.start_latest >= now),
+                Order.id.not_in(orders_in_flight()),  # federation: a peer holds capacity for it
+            )
+            .order_by(Order.created_at, Order.id)
+        )
+        orders = []
+        for o, home in (await session.execute(order_q)).all():
+            earliest = o.spec.get("start_earliest")
+            if earliest is not None and earliest > horizon_end:
+                continue
+            orders.append(
+                OrderRow(
+                    order_id=o.id,
+                    buyer_id=o.buyer_id,
+                    status=o.status,
+                    spec=o.spec,
+                    quantity_devices=o.quantity_devices,
+                    filled_devices=o.filled_devices,
+                    updated_at=o.updated_at,
+                    created_at=o.created_at,
+                    home_region=home,
+                )
+            )
+        pool_ids = sorted({o.pool_id for o in offers})
+        contracts = [
+            ContractRow(c.id, c.pool_id, c.offer_id, c.devices, c.start_at, c.end_at)
+            for c in await self._holding(session, pool_ids, now)
+        ]
+        # federation: capacity held for a peer's order reserves like a contract until the hold ends
+        contracts += [
+            ContractRow(h.contract_id, h.pool_id, h.offer_id, h.devices, h.start_at, h.end_at)
+            for h in await held_lines(session, pool_ids, now)
+        ]
+        return offers, orders, contracts
+
+    async def _holding(self, session: AsyncSession, pool_ids: Sequence[str], after: int) -> list[Contract]:
+        """Contracts on these pools that still hold capacity after `after`."""
+        if not pool_ids:
+            return []
+        q = select(Contract).where(
+            Contract.pool_id.in_(pool_ids),
+            Contract.status.not_in(RELEASED_CONTRACT_STATUSES),
+            Contract.end_at > after,
+        )
+        return list((await session.execute(q)).scalars())
+
+    async def snapshot(self, session: AsyncSession, wall: int | None = None) -> Snapshot:
+        """The current market as a snapshot (clearing time: the next slot boundary)."""
+        wall = now_s() if wall is None else wall
+        now = clearing_now(wall, self.slot_seconds)
+        offers, orders, contracts = await self._rows(session, now)
+        slot = choose_slot(self.slot_seconds, orders, len(offers), self.max_start_slots)
+        now = clearing_now(wall, slot)
+        return build_snapshot(
+            now=now,
+            offers=offers,
+            orders=orders,
+            contracts=contracts,
+            catalogue=self.catalogue,
+            regions=self.regions,
+            slot_seconds=slot,
+            max_start_slots=self.max_start_slots,
+            fee_bps=self.fee_bps,
+        )
+
+    async def market_snapshot(self) -> Market:
+        """The current market for `hetex market snapshot` (read only; no round is recorded)."""
+        async with self.sessions() as session:
+            return (await self.snapshot(session)).market
+
+    # ------------------------------------------------------------------------------------ the round
+
+    async def run_round(self, trigger: str) -> RoundSummary:
+        """Run one clearing round end to end (serialized across processes by the round lock)."""
+        async with self.lock.hold(self.lock_timeout):
+            return await self._run_locked(trigger)
+
+    async def _run_locked(self, trigger: str) -> RoundSummary:
+        t0 = time.perf_counter()
+        round_id = new_id_str()
+        async with self.sessions.begin() as session:
+            if self.repeatable_snapshot:
+                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            await session.execute(
+                update(Round)
+                .where(Round.status == "running")
+                .values(status="abandoned", finished_at=now_s(), error="the process running it stopped")
+            )
+            snap = await self.snapshot(session)
+            market = snap.market
+            session.add(
+                Round(
+                    id=round_id,
+                    started_at=now_s(),
+                    status="running",
+                    trigger=trigger,
+                    market_now=market.now,
+                    snapshot_hash=snapshot_hash(market),
+                    method=self.method,
+                    orders_count=len(market.orders),
+                    offers_count=len(market.pools),
+                )
+            )
+        try:
+            result = await asyncio.to_thread(clear, market, method=self.method, time_limit=self.solve_time_limit)
+            _kill_hook("after_solve")
+            async with self.sessions.begin() as session:
+                summary = await self._commit(session, round_id, trigger, snap, result)
+                _kill_hook("before_commit")
+        except Exception as exc:
+            await self._mark_failed(round_id, exc)
+            raise
+        log.info(
+            "round %s (%s): %d orders, %d offers -> %d contracts, %d devices, welfare %d fen, gap %s",
+            round_id,
+            trigger,
+            summary.orders,
+            summary.offers,
+            len(summary.contract_ids),
+            summary.matched_devices,
+            summary.welfare_fen,
+            summary.gap,
+        )
+        return RoundSummary(**{**summary.__dict__, "seconds": round(time.perf_counter() - t0, 6)})
+
+    async def _mark_failed(self, round_id: str, exc: Exception) -> None:
+        try:
+            async with self.sessions.begin() as session:
+                await session.execute(
+                    update(Round)
+                    .where(Round.id == round_id)
+                    .values(status="failed", finished_at=now_s(), error=f"{type(exc).__name__}: {exc}"[:2000])
+                )
+        except Exception:  # pragma: no cover - the database itself is failing; the caller logs the cause
+            log.exception("could not mark round %s failed", round_id)
+
+    async def _commit(
+        self, session: AsyncSession, round_id: str, trigger: str, snap: Snapshot, result: ClearingResult
+    ) -> RoundSummary:
+        """Re-check and write the round's contracts, fills, prices and statistics (one transaction)."""
+        market = snap.market
+        allocs: dict[str, list[Allocation]] = defaultdict(list)
+        for a in result.allocations:
+            allocs[a.order_id].append(a)
+        offer_ids = sorted({a.pool_id for a in result.allocations})
+        order_ids = sorted(allocs)
+        offers = {
+            o.id: o
+            for o in (
+                await session.execute(select(Offer).where(Offer.id.in_(offer_ids)).order_by(Offer.id).with_for_update())
+            ).scalars()
+        }
+        pool_ids = sorted({o.pool_id for o in offers.values()})
+        pools = {
+            p.id: p
+            for p in (
+                await session.execute(select(Pool).where(Pool.id.in_(pool_ids)).order_by(Pool.id).with_for_update())
+            ).scalars()
+        }
+        orders = {
+            o.id: o
+            for o in (
+                await session.execute(select(Order).where(Order.id.in_(order_ids)).order_by(Order.id).with_for_update())
+            ).scalars()
+        }
+        check = Recheck(
+            pool_caps={p.id: p.devices for p in pools.values() if p.status == "active"},
+            offer_caps={o.id: o.devices for o in offers.values()},
+        )
+        for c in await self._holding(session, pool_ids, market.now):
+            check.add(c.pool_id, c.offer_id, c.devices, c.start_at, c.end_at)
+        seq = {o.id: o.seq for o in market.orders}
+        contract_ids: list[str] = []
+        matched_devices = 0
+        matched_orders = 0
+        dropped = 0
+        now = now_s()
+        for order_id in sorted(order_ids, key=lambda oid: seq.get(oid, 0)):
+            pieces = allocs[order_id]
+            row = orders.get(order_id)
+            if not self._still_valid(row, snap.orders.get(order_id), pieces, offers, snap, check):
+                dropped += len(pieces)
+                continue
+            assert row is not None
+            made = await self._make_contracts(session, round_id, row, pieces, offers)
+            if made is None:
+                dropped += len(pieces)
+                continue
+            for a in pieces:
+                check.add(offers[a.pool_id].pool_id, a.pool_id, a.devices, a.start, a.end)
+            devices = sum(a.devices for a in pieces)
+            contract_ids.extend(made)
+            matched_devices += devices
+            matched_orders += 1
+            row.filled_devices += devices
+            full = row.quantity_devices is None or row.filled_devices >= row.quantity_devices
+            row.status = "filled" if full else "partially_filled"
+            row.updated_at = now
+        expired = await self._expire(session, market.now)
+        stats = result_to_dict(result)
+        self._store_prices(session, round_id, result, now)
+        values = {
+            "status": "completed",
+            "finished_at": now_s(),
+            "pricing_rule": result.audit.pricing_rule,
+            "contracts_count": len(contract_ids),
+            "matched_orders": matched_orders,
+            "matched_devices": matched_devices,
+            "dropped_allocations": dropped,
+            "expired_orders": expired,
+            "welfare_fen": result.stats.welfare_fen,
+            "lp_bound_fen": result.stats.lp_bound_fen,
+            "gap": str(result.stats.gap),
+            "stats": stats["stats"],
+            "audit": stats["audit"],
+        }
+        await session.execute(update(Round).where(Round.id == round_id).values(**values))
+        return RoundSummary(
+            round_id=round_id,
+            status="completed",
+            trigger=trigger,
+            orders=len(market.orders),
+            offers=len(market.pools),
+            contract_ids=tuple(contract_ids),
+            matched_devices=matched_devices,
+            welfare_fen=result.stats.welfare_fen,
+            lp_bound_fen=result.stats.lp_bound_fen,
+            gap=str(result.stats.gap),
+            dropped_allocations=dropped,
+            expired_orders=expired,
+            seconds=0.0,
+        )
+
+    def _still_valid(
+        self,
+        row: Order | None,
+        seen: OrderRow | None,
+        pieces: Sequence[Allocation],
+        offers: dict[str, Offer],
+        snap: Snapshot,
+        check: Recheck,
+    ) -> bool:
+        """The order and its offers are unchanged since the snapshot and every piece still fits."""
+        if row is None or seen is None:
+            return False
+        if (row.status, row.filled_devices, row.updated_at) != (seen.status, seen.filled_devices, seen.updated_at):
+            return False
+        extra: list[Held] = []
+        for a in pieces:
+            offer = offers.get(a.pool_id)
+            then = snap.offers.get(a.pool_id)
+            if offer is None or then is None or offer.status != "open" or offer.version != then.offer_version:
+                return False
+            if not check.fits(offer.pool_id, offer.id, a.devices, a.start, a.end, extra):
+                return False
+            extra.append((offer.pool_id, offer.id, (a.start, a.end, a.devices)))
+        return True
+
+    async def _make_contracts(
+        self, session: AsyncSession, round_id: str, row: Order, pieces: Sequence[Allocation], offers: dict[str, Offer]
+    ) -> list[str] | None:
+        """All contracts of one order in a savepoint; None (and nothing written) if one is refused."""
+        made: list[str] = []
+        try:
+            async with session.begin_nested():
+                for a in pieces:
+                    offer = offers[a.pool_id]
+                    contract = await self.contracts.create_from_match(
+                        session,
+                        order_id=row.id,
+                        pool_id=offer.pool_id,
+                        buyer_id=row.buyer_id,
+                        provider_id=offer.provider_id,
+                        devices=a.devices,
+                        start_at=a.start,
+                        end_at=a.end,
+                        buyer_price_fen=a.buyer_price_fen,
+                        provider_price_fen=a.provider_price_fen,
+                        billing_mode=row.billing_mode,
+                        billing_terms=row.spec.get("billing_terms"),
+                        offer_id=offer.id,
+                        round_id=round_id,
+                        fee_bps=self.fee_bps,
+                    )
+                    made.append(contract.id)
+        except HetexError as exc:
+            log.warning("round %s: order %s not contracted: %s", round_id, row.id, exc.message)
+            return None
+        return made
+
+    async def _expire(self, session: AsyncSession, now: int) -> int:
+        """Open, unfilled orders whose start window closed before `now` become `expired`."""
+        result = await session.execute(
+            update(Order)
+            .where(Order.status == "open", Order.start_latest.is_not(None), Order.start_latest < now)
+            .values(status="expired", updated_at=now_s())
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    def _store_prices(self, session: AsyncSession, round_id: str, result: ClearingResult, now: int) -> None:
+        for p in result.prices:
+            family = self.catalogue.get(p.model).family if p.model in self.catalogue else ""
+            session.add(
+                RoundPrice(
+                    round_id=round_id,
+                    cleared_at=now,
+                    region=p.region,
+                    model=p.model,
+                    family=family,
+                    gang=p.gang,
+                    lease_slots=p.lease_slots,
+                    start_at=p.start,
+                    buyer_price=str(p.buyer_price),
+                    buyer_price_fen=int(p.buyer_price.to_integral_value(rounding=ROUND_CEILING)),
+                    min_ask_fen=p.min_ask_fen,
+                    rent=str(p.rent),
+                )
+            )
+
+    # ------------------------------------------------------------------------------------ reads
+
+    async def get(self, round_id: str) -> dict[str, Any]:
+        """One round with its statistics and audit."""
+        async with self.sessions() as session:
+            row = await session.get(Round, round_id)
+            if row is None:
+                raise UnknownRoundError(f"no round {round_id}", field="id")
+            view = round_view(row)
+            ids = await session.execute(select(Contract.id).where(Contract.round_id == round_id).order_by(Contract.id))
+            view["contract_ids"] = list(ids.scalars())
+            return view
+
+    async def list_rounds(self, *, limit: int = 50, before: int | None = None) -> list[dict[str, Any]]:
+        """Recent rounds, newest first (statistics without the per-check audit detail)."""
+        q = select(Round).order_by(Round.started_at.desc(), Round.id.desc()).limit(limit)
+        if before is not None:
+            q = q.where(Round.started_at < before)
+        async with self.sessions() as session:
+            rows = (await session.execute(q)).scalars().all()
+        out = []
+        for r in rows:
+            view = round_view(r)
+            view.pop("audit")
+            out.append(view)
+        return out
+
+    async def order_fills(self, who: Viewer, order_id: str) -> dict[str, Any]:
+        """An order's fill status and the contracts that fill it (its buyer, the operator, regulators)."""
+        async with self.sessions() as session:
+            order = await session.get(Order, order_id)
+            if order is None:
+                raise UnknownFillSubjectError(f"no order {order_id}", field="id")
+            _require_reader(who, order.buyer_id, f"order {order_id}")
+            rows = await self._contracts(session, Contract.order_id == order_id)
+        return {
+            "order_id": order.id,
+            "status": order.status,
+            "quantity_devices": order.quantity_devices,
+            "filled_devices": order.filled_devices,
+            "contract_ids": [c.id for c in rows],
+            "fills": [fill_view(c) for c in rows],
+        }
+
+    async def offer_fills(self, who: Viewer, offer_id: str) -> dict[str, Any]:
+        """An offer's contracts and the devices still free on it now (its provider, operator, regulators)."""
+        now = now_s()
+        async with self.sessions() as session:
+            offer = await session.get(Offer, offer_id)
+            if offer is None:
+                raise UnknownFillSubjectError(f"no offer {offer_id}", field="id")
+            _require_reader(who, offer.provider_id, f"offer {offer_id}")
+            rows = await self._contracts(session, Contract.offer_id == offer_id)
+        held = sum(
+            c.devices for c in rows if c.status not in RELEASED_CONTRACT_STATUSES and c.start_at <= now < c.end_at
+        )
+        return {
+            "offer_id": offer.id,
+            "status": offer.status,
+            "devices": offer.devices,
+            "reserved_devices_now": held,
+            "free_devices_now": max(0, offer.devices - held) if offer.status == "open" else 0,
+            "contract_ids": [c.id for c in rows],
+            "fills": [fill_view(c) for c in rows],
+        }
+
+    async def _contracts(self, session: AsyncSession, where: Any) -> list[Contract]:
+        q = select(Contract).where(where).order_by(Contract.start_at, Contract.id)
+        return list((await session.execute(q)).scalars())
+
+    async def market(self) -> dict[str, Any]:
+        """Depth (open demand, free offered devices) and last clearing prices by region x model family."""
+        async with self.sessions() as session:
+            snap = await self.snapshot(session)
+            last = await self._last_prices(session)
+        return market_view(snap, last, self.catalogue, self.regions)
+
+    async def _last_prices(self, session: AsyncSession, rounds: int = 50) -> dict[tuple[str, str], dict[str, Any]]:
+        """Per (region, family): the lowest posted single-device price of the latest round that priced it."""
+        recent = (
+            select(RoundPrice.round_id, func.max(RoundPrice.cleared_at).label("at"))
+            .group_by(RoundPrice.round_id)
+            .order_by(func.max(RoundPrice.cleared_at).desc())
+            .limit(rounds)
+            .subquery()
+        )
+        q = (
+            select(RoundPrice)
+            .join(recent, and_(RoundPrice.round_id == recent.c.round_id))
+            .order_by(RoundPrice.cleared_at.desc(), RoundPrice.round_id.desc())
+        )
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        latest_round: dict[tuple[str, str], str] = {}
+        for p in (await session.execute(q)).scalars():
+            key = (p.region, p.family)
+            first = latest_round.setdefault(key, p.round_id)
+            if first != p.round_id:
+                continue
+            price = Decimal(p.buyer_price)
+            cur = out.get(key)
+            if cur is None or price < Decimal(cur["price_fen_per_device_hour"]):
+                out[key] = {
+                    "price_fen_per_device_hour": str(price),
+                    "min_ask_fen": p.min_ask_fen,
+                    "model": p.model,
+                    "round_id": p.round_id,
+                    "cleared_at": p.cleared_at,
+                }
+        return out
+
+
+def fill_view(c: Contract) -> dict[str, Any]:
+    """A contract as a fill of an order or offer."""
+    return {
+        "contract_id": c.id,
+        "round_id": c.round_id,
+        "order_id": c.order_id,
+        "offer_id": c.offer_id,
+        "pool_id": c.pool_id,
+        "model": c.model,
+        "region": c.region,
+        "devices": c.devices,
+        "start_at": c.start_at,
+        "end_at": c.end_at,
+        "buyer_price_fen": c.buyer_price_fen,
+        "provider_price_fen": c.provider_price_fen,
+        "status": c.status,
+    }
+
+
+def _allowed_regions(order: Any, regions: RegionTable) -> set[str]:
+    allowed = set(order.regions) if order.regions else set(regions.codes)
+    if order.max_latency_ms is not None and order.home_region is not None and order.home_region in regions:
+        allowed &= set(regions.within_latency(order.home_region, order.max_latency_ms))
+    return allowed
+
+
+def market_view(
+    snap: Snapshot, last: dict[tuple[str, str], dict[str, Any]], catalogue: Catalogue, regions: RegionTable
+) -> dict[str, Any]:
+    """Rows per (region, family): free offered devices now, demand that could use them, last price."""
+    market = snap.market
+    offered: dict[tuple[str, str], int] = defaultdict(int)
+    asks: dict[tuple[str, str], int] = {}
+    for p in market.pools:
+        if p.window_start is not None and p.window_start > market.now:
+            continue
+        held = sum(r.devices for r in p.reserved if r.start <= market.now < r.end)
+        key = (p.region, p.family)
+        offered[key] += max(0, p.devices - held)
+        asks[key] = min(asks.get(key, p.ask_fen), p.ask_fen)
+    demand: dict[tuple[str, str], int] = defaultdict(int)
+    total_demand = 0
+    for o in market.orders:
+        families = {catalogue.get(code).family for code in o.models if code in catalogue}
+        qty = o.quantity_devices or 0
+        total_demand += qty
+        for region in _allowed_regions(o, regions):
+            for fam in families:
+                demand[(region, fam)] += qty
+    keys = sorted(set(offered) | set(last) | {k for k in demand if k in offered or k in last})
+    rows = []
+    for key in keys:
+        region, family = key
+        price = last.get(key)
+        rows.append(
+            {
+                "region": region,
+                "family": family,
+                "offered_devices": offered.get(key, 0),
+                "min_ask_fen": asks.get(key),
+                "demand_devices": demand.get(key, 0),
+                "last_price": price,
+            }
+        )
+    return {
+        "as_of": market.now,
+        "open_orders": len(market.orders),
+        "open_demand_devices": total_demand,
+        "open_scu_orders": sum(1 for o in market.orders if o.quantity_scu is not None),
+        "live_offers": len(market.pools),
+        "offered_devices": sum(offered.values()),
+        "classes": rows,
+        "note": "demand_devices counts an order in every (region, family) it accepts; totals count it once",
+    }
