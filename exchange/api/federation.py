@@ -56,16 +56,16 @@ async def post_order(request: web.Request) -> web.Response:
     return await _peer_post(request, "order_offer")
 
 
-@routes.post("/v1/federation/holds/{hold_id}/commit")
+@routes.post("/v1/federation/holds/{id}/commit")
 async def commit_hold(request: web.Request) -> web.Response:
     """A peer commits a hold with the contracts it signed; answered with the two-signature contracts."""
-    return await _peer_post(request, "hold_commit", request.match_info["hold_id"])
+    return await _peer_post(request, "hold_commit", request.match_info["id"])
 
 
-@routes.post("/v1/federation/holds/{hold_id}/release")
+@routes.post("/v1/federation/holds/{id}/release")
 async def release_hold(request: web.Request) -> web.Response:
     """A peer releases a hold."""
-    return await _peer_post(request, "hold_release", request.match_info["hold_id"])
+    return await _peer_post(request, "hold_release", request.match_info["id"])
 
 
 @routes.post("/v1/federation/mirror")
