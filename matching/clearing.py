@@ -16,13 +16,12 @@ from matching.model import ClearingResult, Market, RoundStats, Unfilled, validat
 from matching.placement import Piece, Placer
 from matching.prices import class_prices, compute_duals, price_pieces
 from matching.relaxation import Network, Relaxation, build_network, relax
+from matching.repair import repair as fast_repair
 
 METHODS = ("mcf", "greedy", "fifo")
 
 
-def _place_on_budget(
-    prep: Prepared, net: Network, placer: Placer, budget: np.ndarray, o: int, e: int
-) -> bool:
+def _place_on_budget(prep: Prepared, net: Network, placer: Placer, budget: np.ndarray, o: int, e: int) -> bool:
     """Place order o on edge e using only pools whose relaxation flow in e's group can hold it."""
     j = int(net.e_group[e])
     fs = np.nonzero(net.f_group == j)[0]
@@ -44,9 +43,7 @@ def _place_on_budget(
     return True
 
 
-def _place_least_displacing(
-    prep: Prepared, placer: Placer, slack: np.ndarray, o: int, edges: np.ndarray
-) -> bool:
+def _place_least_displacing(prep: Prepared, placer: Placer, slack: np.ndarray, o: int, edges: np.ndarray) -> bool:
     """Place a split single-pool gang where it displaces the fewest device-slots the relaxation gave to
     others (then best value, then best fit); updates the slack. False when it does not apply or fit."""
     order = prep.market.orders[o]
@@ -323,7 +320,7 @@ def run_method(prep: Prepared, net: Network, method: str) -> tuple[Placer, Relax
     rel: Relaxation | None = None
     if method == "mcf":
         rel = relax(net)
-        placer = repair_and_place(prep, net, rel, placer)
+        placer = fast_repair(prep, net, rel) if rel.method == "mcf" else repair_and_place(prep, net, rel, placer)
         _exact_polish(prep, rel, placer_ref := [placer])
         placer = placer_ref[0]
     elif method == "greedy":
@@ -349,9 +346,7 @@ def _exact_polish(prep: Prepared, rel: Relaxation, box: list[Placer], time_limit
     classes = set(range(len(prep.classes)))
     if count_vars(prep, orders, classes) > EXACT_MAX_VARS:
         return
-    res = solve_exact(
-        prep, orders, classes, prep.free, placer.pieces, time_limit=time_limit, seed=prep.market.seed
-    )
+    res = solve_exact(prep, orders, classes, prep.free, placer.pieces, time_limit=time_limit, seed=prep.market.seed)
     if res is None:
         return
     pieces, _opt = res

@@ -188,8 +188,7 @@ def prepare(market: Market) -> Prepared:
     for i in range(len(pools)):
         members[int(pool_class[i])].append(i)
     class_pools = [
-        np.array(sorted(ms, key=lambda i: (pools[i].ask_fen, -pools[i].devices, i)), dtype=np.int64)
-        for ms in members
+        np.array(sorted(ms, key=lambda i: (pools[i].ask_fen, -pools[i].devices, i)), dtype=np.int64) for ms in members
     ]
     class_min_ask = np.array([pool_ask[cp].min() for cp in class_pools], dtype=np.int64)
     peak = free.max(axis=1) if horizon else np.zeros(len(pools), dtype=np.int64)
@@ -211,99 +210,52 @@ def prepare(market: Market) -> Prepared:
         model_pool.setdefault(p.model, p)
     model_scu = {m: model_pool[m].scu for m in models}
 
-    e_order: list[int] = []
-    e_class: list[int] = []
-    e_start: list[int] = []
-    e_n: list[int] = []
-    e_need: list[int] = []
-    e_limit: list[int] = []
-    e_gang: list[int] = []
+    edges, need_min = _edges(
+        orders,
+        market,
+        models,
+        regions,
+        model_pool,
+        model_scu,
+        class_ix,
+        starts,
+        lease,
+        horizon,
+        class_min_ask,
+        class_billing,
+        class_min_lease,
+        class_max_pool,
+        class_max_site,
+        class_any,
+    )
+    e_order, e_class, e_start, e_n, e_need, e_limit, e_gang = edges
     reasons: dict[int, str] = {}
-    model_memo: dict[tuple, list[tuple[str, int]]] = {}
-    region_memo: dict[tuple, list[str]] = {}
-    need_min: dict[int, int] = {}
-    for oi, o in enumerate(orders):
-        if not starts[oi]:
-            reasons[oi] = "start_window_passed"
-            continue
-        mkey = (
-            o.models,
-            o.families,
-            o.min_memory_gb,
-            o.stack,
-            o.domestic_only,
-            tuple(o.limits.items()),
-            o.limit_fen_per_scu_hour,
+    has = np.zeros(n_ord, dtype=bool)
+    has[e_order] = True
+    for oi in np.nonzero(~has)[0].tolist():
+        reasons[oi] = _no_edge_reason(
+            orders[oi],
+            market,
+            models,
+            regions,
+            model_pool,
+            model_scu,
+            class_ix,
+            starts[oi],
+            int(lease[oi]),
+            horizon,
+            class_min_ask,
+            class_billing,
+            class_min_lease,
+            class_max_pool,
+            class_max_site,
+            class_any,
         )
-        ms = model_memo.get(mkey)
-        if ms is None:
-            ms = []
-            for m in models:
-                mp = model_pool[m]
-                lim = limit_for(o, m, mp.scu)
-                if lim is not None and model_acceptable(o, mp):
-                    ms.append((m, lim))
-            model_memo[mkey] = ms
-        rkey = (o.regions, o.home_region, o.max_latency_ms)
-        rs = region_memo.get(rkey)
-        if rs is None:
-            rs = [r for r in regions if region_allowed(o, r, market.latency_ms)]
-            region_memo[rkey] = rs
-        if not ms:
-            reasons[oi] = "no_acceptable_model"
-            continue
-        if not rs:
-            reasons[oi] = "no_allowed_region"
-            continue
-        L = int(lease[oi])
-        K = o.max_pools
-        found = False
-        why = "no_supply_in_allowed_classes"
-        for m, lim in ms:
-            n_opt = devices_for(o, model_scu[m])
-            if n_opt is None:
-                continue
-            n = n_opt
-            need = n if o.all_or_nothing else min(n, o.min_fill_devices if o.quantity_scu is None else 1)
-            gang = -(-need // K)
-            for r in rs:
-                if (r, m) not in class_ix:
-                    continue
-                c = class_ix[(r, m)]
-                if lim < class_min_ask[c]:
-                    why = "limit_below_asks"
-                    continue
-                if o.billing_mode not in class_billing[c]:
-                    why = "billing_mode"
-                    continue
-                if class_min_lease[c] > L:
-                    why = "below_min_lease"
-                    continue
-                if class_max_pool[c] < gang or (
-                    o.colocation == "site" and o.same_model and class_max_site[c] < need
-                ):
-                    why = "no_pool_big_enough"
-                    continue
-                for k in starts[oi]:
-                    if k + L > horizon or not class_any[c, k : k + L].all():
-                        why = "outside_offer_windows"
-                        continue
-                    e_order.append(oi)
-                    e_class.append(c)
-                    e_start.append(k)
-                    e_n.append(n)
-                    e_need.append(need)
-                    e_limit.append(lim)
-                    e_gang.append(gang)
-                    found = True
-            need_min[oi] = need
-        if not found:
-            reasons[oi] = why
-    eo = np.array(e_order, dtype=np.int64)
+    eo = e_order
     order_edges: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n_ord
     if len(eo):
-        idx = np.argsort(eo, kind="stable")
-        bounds = np.searchsorted(eo[idx], np.arange(n_ord + 1))
+        bounds = np.searchsorted(eo, np.arange(n_ord + 1))
+        idx = np.arange(len(eo), dtype=np.int64)
         order_edges = [idx[bounds[i] : bounds[i + 1]] for i in range(n_ord)]
     return Prepared(
         market=market,
@@ -329,12 +281,197 @@ def prepare(market: Market) -> Prepared:
         order_lease=lease,
         order_need_min=need_min,
         e_order=eo,
-        e_class=np.array(e_class, dtype=np.int64),
-        e_start=np.array(e_start, dtype=np.int64),
-        e_n=np.array(e_n, dtype=np.int64),
-        e_need=np.array(e_need, dtype=np.int64),
-        e_limit=np.array(e_limit, dtype=np.int64),
-        e_gang=np.array(e_gang, dtype=np.int64),
+        e_class=e_class,
+        e_start=e_start,
+        e_n=e_n,
+        e_need=e_need,
+        e_limit=e_limit,
+        e_gang=e_gang,
         order_edges=order_edges,
         reasons=reasons,
     )
+
+
+def _order_models(o: Order, models: list[str], model_pool: dict[str, Pool], memo: dict[tuple, list[int]]) -> list[int]:
+    """Indices of the models an order accepts (list, families, memory, stack, domestic), memoised."""
+    key = (o.models, o.families, o.min_memory_gb, o.stack, o.domestic_only)
+    ms = memo.get(key)
+    if ms is None:
+        ms = [i for i, m in enumerate(models) if model_acceptable(o, model_pool[m])]
+        memo[key] = ms
+    return ms
+
+
+def _edges(
+    orders: tuple[Order, ...],
+    market: Market,
+    models: list[str],
+    regions: list[str],
+    model_pool: dict[str, Pool],
+    model_scu: dict[str, Decimal | None],
+    class_ix: dict[tuple[str, str], int],
+    starts: list[list[int]],
+    lease: np.ndarray,
+    horizon: int,
+    class_min_ask: np.ndarray,
+    class_billing: list[frozenset[str]],
+    class_min_lease: np.ndarray,
+    class_max_pool: np.ndarray,
+    class_max_site: np.ndarray,
+    class_any: np.ndarray,
+) -> tuple[tuple[np.ndarray, ...], dict[int, int]]:
+    """Order-class-start edges with numpy: per (order, model) rows in Python, the region and class
+    filters as array operations. Edges come sorted by (order, model, region, start)."""
+    R = len(regions)
+    M = len(models)
+    class_of = np.full((M, R), -1, dtype=np.int64)
+    r_ix = {r: i for i, r in enumerate(regions)}
+    for (r, m), c in class_ix.items():
+        class_of[models.index(m), r_ix[r]] = c
+    m_memo: dict[tuple, list[int]] = {}
+    r_memo: dict[tuple, int] = {}
+    r_pats: list[np.ndarray] = []
+    bills = sorted({o.billing_mode for o in orders}.union(*class_billing))
+    b_ix = {b: i for i, b in enumerate(bills)}
+    class_bill = np.zeros((len(class_billing), max(1, len(bills))), dtype=bool)
+    for c, bs in enumerate(class_billing):
+        for b in bs:
+            class_bill[c, b_ix[b]] = True
+    om_o: list[int] = []
+    om_m: list[int] = []
+    om_lim: list[int] = []
+    om_n: list[int] = []
+    om_need: list[int] = []
+    om_gang: list[int] = []
+    o_rpat = np.zeros(len(orders), dtype=np.int64)
+    o_bill = np.zeros(len(orders), dtype=np.int64)
+    o_site = np.zeros(len(orders), dtype=bool)
+    need_min: dict[int, int] = {}
+    for oi, o in enumerate(orders):
+        if not starts[oi]:
+            continue
+        rkey = (o.regions, o.home_region, o.max_latency_ms)
+        rp = r_memo.get(rkey)
+        if rp is None:
+            rp = len(r_pats)
+            r_pats.append(np.array([region_allowed(o, r, market.latency_ms) for r in regions], dtype=bool))
+            r_memo[rkey] = rp
+        o_rpat[oi] = rp
+        o_bill[oi] = b_ix[o.billing_mode]
+        o_site[oi] = o.colocation == "site" and o.same_model
+        K = o.max_pools
+        for mi in _order_models(o, models, model_pool, m_memo):
+            m = models[mi]
+            lim = limit_for(o, m, model_scu[m])
+            if lim is None:
+                continue
+            n_opt = devices_for(o, model_scu[m])
+            if n_opt is None:
+                continue
+            need = n_opt if o.all_or_nothing else min(n_opt, o.min_fill_devices if o.quantity_scu is None else 1)
+            om_o.append(oi)
+            om_m.append(mi)
+            om_lim.append(lim)
+            om_n.append(n_opt)
+            om_need.append(need)
+            om_gang.append(-(-need // K))
+            need_min[oi] = need
+    empty = np.zeros(0, dtype=np.int64)
+    if not om_o or not r_pats:
+        return (empty,) * 7, need_min
+    a_o = np.array(om_o, dtype=np.int64)
+    a_m = np.array(om_m, dtype=np.int64)
+    a_lim = np.array(om_lim, dtype=np.int64)
+    a_need = np.array(om_need, dtype=np.int64)
+    a_gang = np.array(om_gang, dtype=np.int64)
+    pats = np.stack(r_pats)
+    allowed = pats[o_rpat[a_o]] & (class_of[a_m] >= 0)  # [rows, R]
+    row, reg = np.nonzero(allowed)
+    cls = class_of[a_m[row], reg]
+    o_of = a_o[row]
+    ok = a_lim[row] >= class_min_ask[cls]
+    ok &= class_bill[cls, o_bill[o_of]]
+    ok &= class_min_lease[cls] <= lease[o_of]
+    ok &= class_max_pool[cls] >= a_gang[row]
+    ok &= ~o_site[o_of] | (class_max_site[cls] >= a_need[row])
+    row, reg, cls, o_of = row[ok], reg[ok], cls[ok], o_of[ok]
+    # expand by candidate start slots
+    ns = np.array([len(s) for s in starts], dtype=np.int64)
+    s_off = np.concatenate([[0], np.cumsum(ns)])
+    s_flat = np.array([k for s in starts for k in s], dtype=np.int64)
+    rep = ns[o_of]
+    row, reg, cls, o_of = (np.repeat(v, rep) for v in (row, reg, cls, o_of))
+    within = np.arange(len(o_of)) - np.repeat(np.cumsum(rep) - rep, rep)
+    k = s_flat[s_off[o_of] + within]
+    L = lease[o_of]
+    fits = k + L <= horizon
+    bad = np.concatenate([np.zeros((class_any.shape[0], 1), dtype=np.int64), np.cumsum(~class_any, axis=1)], axis=1)
+    kk = np.minimum(k, horizon)
+    ke = np.minimum(k + L, horizon)
+    fits &= (bad[cls, ke] - bad[cls, kk]) == 0
+    row, reg, cls, o_of, k = row[fits], reg[fits], cls[fits], o_of[fits], k[fits]
+    order = np.lexsort((k, reg, a_m[row], o_of))
+    row, cls, o_of, k = row[order], cls[order], o_of[order], k[order]
+    edges = (o_of, cls, k, np.array(om_n, dtype=np.int64)[row], a_need[row], a_lim[row], a_gang[row])
+    return tuple(np.ascontiguousarray(v, dtype=np.int64) for v in edges), need_min
+
+
+def _no_edge_reason(
+    o: Order,
+    market: Market,
+    models: list[str],
+    regions: list[str],
+    model_pool: dict[str, Pool],
+    model_scu: dict[str, Decimal | None],
+    class_ix: dict[tuple[str, str], int],
+    starts: list[int],
+    L: int,
+    horizon: int,
+    class_min_ask: np.ndarray,
+    class_billing: list[frozenset[str]],
+    class_min_lease: np.ndarray,
+    class_max_pool: np.ndarray,
+    class_max_site: np.ndarray,
+    class_any: np.ndarray,
+) -> str:
+    """Why an order got no edge (the last rule that refused it, checked in the documented order)."""
+    if not starts:
+        return "start_window_passed"
+    ms = [
+        (m, lim)
+        for m in models
+        if (lim := limit_for(o, m, model_pool[m].scu)) is not None and model_acceptable(o, model_pool[m])
+    ]
+    rs = [r for r in regions if region_allowed(o, r, market.latency_ms)]
+    if not ms:
+        return "no_acceptable_model"
+    if not rs:
+        return "no_allowed_region"
+    K = o.max_pools
+    why = "no_supply_in_allowed_classes"
+    for m, lim in ms:
+        n = devices_for(o, model_scu[m])
+        if n is None:
+            continue
+        need = n if o.all_or_nothing else min(n, o.min_fill_devices if o.quantity_scu is None else 1)
+        gang = -(-need // K)
+        for r in rs:
+            if (r, m) not in class_ix:
+                continue
+            c = class_ix[(r, m)]
+            if lim < class_min_ask[c]:
+                why = "limit_below_asks"
+                continue
+            if o.billing_mode not in class_billing[c]:
+                why = "billing_mode"
+                continue
+            if class_min_lease[c] > L:
+                why = "below_min_lease"
+                continue
+            if class_max_pool[c] < gang or (o.colocation == "site" and o.same_model and class_max_site[c] < need):
+                why = "no_pool_big_enough"
+                continue
+            for k in starts:
+                if k + L > horizon or not class_any[c, k : k + L].all():
+                    why = "outside_offer_windows"
+    return why

@@ -16,13 +16,15 @@ from matching.placement import Piece
 
 def count_vars(prep: Prepared, orders: list[int], classes: set[int]) -> int:
     """Number of (order, edge, pool) candidates the exact model would hold."""
-    n = 0
-    for o in orders:
-        for e in prep.order_edges[o]:
-            c = int(prep.e_class[e])
-            if c in classes:
-                n += len(prep.class_pools[c])
-    return n
+    if not orders or not len(prep.e_order):
+        return 0
+    sizes = np.array([len(cp) for cp in prep.class_pools], dtype=np.int64)
+    in_c = np.zeros(len(sizes), dtype=bool)
+    in_c[list(classes)] = True
+    in_o = np.zeros(prep.n_orders, dtype=bool)
+    in_o[orders] = True
+    keep = in_o[prep.e_order] & in_c[prep.e_class]
+    return int(sizes[prep.e_class[keep]].sum())
 
 
 def solve_exact(
@@ -126,7 +128,5 @@ def solve_exact(
     for o, e, p, _z, d in cand:
         v = int(solver.value(d))
         if v > 0:
-            out.append(
-                Piece(o, p, v, int(prep.e_start[e]), int(prep.order_lease[o]), int(prep.e_limit[e]), e)
-            )
+            out.append(Piece(o, p, v, int(prep.e_start[e]), int(prep.order_lease[o]), int(prep.e_limit[e]), e))
     return out, status == cp_model.OPTIMAL

@@ -4,6 +4,14 @@ Models carry memory and dense FP16 figures from shared/reference/accelerators.md
 dense FP16 unconfirmed, the model has no SCU figure (scu None: SCU orders cannot use it) and memory is the
 most commonly quoted value. Regions are 14 Chinese provinces with a distance-based latency matrix
 (RTT ~ 2 ms + 1.5 ms per 100 km great-circle).
+
+'scale' is the reference instance of matching.md (section 7.6 item 1, the cluster trace): one clearing
+epoch, every lease 1 h and starting now, 99% single-device orders and gangs of 2/4/8 (about 1.05 devices
+per order), acceptable-model sets and per-architecture limits, 20% of pools partly held by running
+contracts. 'scale-leases' is the harder variant the first generator called 'scale' (leases of 1-8 h all
+starting now, 3% gangs): capacity is then time-indexed, value grows with the lease, and both the gang
+repair and greedy lose much more; it is reported under its own name. 'contention' and 'valuation' keep the
+scale-leases shape.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ import numpy as np
 
 from matching.model import Market, Order, Pool, Reservation
 
-FAMILIES = ("scale", "contention", "valuation", "tightness", "gang", "greedy-trap", "windows", "prices")
+FAMILIES = ("scale", "scale-leases", "contention", "valuation", "tightness", "gang", "greedy-trap", "windows", "prices")
+# share of multi-device orders and the split of that share over gangs of 2 / 4 / 8 in 'scale'
+SCALE_GANGS: tuple[float, tuple[float, float, float]] = (0.01, (0.15, 0.25, 0.6))
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z, a fixed clock so snapshots are reproducible
 
 
@@ -87,9 +97,7 @@ def latency_matrix() -> dict[str, dict[str, int]]:
         for b, (lb, mb, _, _) in REGIONS.items():
             p1, p2 = math.radians(la), math.radians(lb)
             dl = math.radians(mb - lo)
-            d = 6371 * math.acos(
-                min(1.0, math.sin(p1) * math.sin(p2) + math.cos(p1) * math.cos(p2) * math.cos(dl))
-            )
+            d = 6371 * math.acos(min(1.0, math.sin(p1) * math.sin(p2) + math.cos(p1) * math.cos(p2) * math.cos(dl)))
             row[b] = 1 if a == b else round(2 + 1.5 * d / 100)
         out[a] = row
     return out
@@ -188,6 +196,7 @@ class _Gen:
         latency_cap: int | None = None,
         latency_share: float = 0.7,
         gang: int | None = None,
+        gang_mix: tuple[float, tuple[float, float, float]] = (0.03, (1 / 3, 1 / 3, 1 / 3)),
         mem_floor_share: float = 0.1,
         durations: tuple[int, ...] = (1, 1, 1, 2, 4, 8),
         start_delay: int = 0,
@@ -204,8 +213,13 @@ class _Gen:
             per_arch = spec.ask_fen * value * float(rng.uniform(0.9, 1.25))
             limits[spec.code] = max(1, int((1 - hetero) * base + hetero * per_arch))
         if gang is None:
+            share, (p2, p4, _p8) = gang_mix
             u = rng.random()
-            gang = 1 if u < 0.97 else (2 if u < 0.98 else (4 if u < 0.99 else 8))
+            if u < 1.0 - share:
+                gang = 1
+            else:
+                v = (u - (1.0 - share)) / share
+                gang = 2 if v < p2 else (4 if v < p2 + p4 else 8)
         regions: tuple[str, ...] = ()
         if rng.random() < residency:
             k = int(rng.integers(1, 4))
@@ -258,7 +272,13 @@ def generate(family: str, orders: int, pools: int, seed: int, **knobs: float) ->
     """An instance of a benchmark family with the given numbers of orders and pools."""
     g = _Gen(seed)
     rng = g.rng
-    if family in ("scale", "contention", "valuation"):
+    if family == "scale":
+        # the reference instance (matching.md 7.6 item 1): one epoch, equal 1 h leases all starting now,
+        # 99% single-device orders, gangs of 2/4/8 (about 1.05 devices per order, as in the trace)
+        ps = g.pools(pools)
+        os_ = [g.order(i, durations=(1,), gang_mix=SCALE_GANGS) for i in range(orders)]
+        return _market(g, ps, os_, seed)
+    if family in ("scale-leases", "contention", "valuation"):
         hetero = float(knobs.get("hetero", 1.0 if family != "valuation" else 0.0))
         ps = g.pools(pools)
         os_ = [g.order(i, hetero=hetero) for i in range(orders)]
@@ -268,8 +288,7 @@ def generate(family: str, orders: int, pools: int, seed: int, **knobs: float) ->
         res = float(knobs.get("residency", 0.7))
         cap = int(knobs.get("latency_ms", 30))
         os_ = [
-            g.order(i, residency=res, latency_cap=cap, latency_share=0.6, mem_floor_share=0.4)
-            for i in range(orders)
+            g.order(i, residency=res, latency_cap=cap, latency_share=0.6, mem_floor_share=0.4) for i in range(orders)
         ]
         return _market(g, ps, os_, seed)
     if family == "gang":
@@ -297,9 +316,7 @@ def generate(family: str, orders: int, pools: int, seed: int, **knobs: float) ->
             o = g.order(i, start_delay=delay, start_slack=slack)
             start_e = None if delay == 0 else NOW + delay
             start_l = None if delay == 0 else NOW + delay + slack
-            o = Order(
-                **{**o.__dict__, "duration_seconds": dur, "start_earliest": start_e, "start_latest": start_l}
-            )
+            o = Order(**{**o.__dict__, "duration_seconds": dur, "start_earliest": start_e, "start_latest": start_l})
             os_.append(o)
         return _market(g, ps, os_, seed)
     if family == "prices":

@@ -320,9 +320,7 @@ def _pool_from(d: dict[str, Any], i: int) -> Pool:
 def _order_from(d: dict[str, Any], i: int) -> Order:
     w = f"orders[{i}]"
     limits = d.get("limits", {}) or {}
-    if not isinstance(limits, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in limits.values()
-    ):
+    if not isinstance(limits, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in limits.values()):
         raise MarketError(f"{w}.limits must map model codes to integer fen", field=f"{w}.limits")
     return Order(
         id=_need(d, "id", str, w),
@@ -399,9 +397,7 @@ def validate_market(m: Market) -> None:
     for i, p in enumerate(m.pools):
         a = (p.family, p.memory_gb, p.scu, p.stack, p.domestic)
         if attrs.setdefault(p.model, a) != a:
-            raise MarketError(
-                f"pools[{i}]: model {p.model} attributes differ from another pool", field=f"pools[{i}]"
-            )
+            raise MarketError(f"pools[{i}]: model {p.model} attributes differ from another pool", field=f"pools[{i}]")
     oids: set[str] = set()
     for i, o in enumerate(m.orders):
         w = f"orders[{i}]"

@@ -173,6 +173,42 @@ class Placer:
         if pieces:
             self.filled[pieces[0].order] = True
 
+    def commit_units(
+        self,
+        orders: np.ndarray,
+        pools: np.ndarray,
+        starts: np.ndarray,
+        leases: np.ndarray,
+        limits: np.ndarray,
+        edges: np.ndarray,
+    ) -> None:
+        """Commit many one-device pieces at once (arrays of equal length); capacity updated with numpy."""
+        if not len(orders):
+            return
+        H = self.free.shape[1]
+        diff = np.zeros((self.free.shape[0], H + 1), dtype=np.int64)
+        np.add.at(diff, (pools, starts), 1)
+        np.add.at(diff, (pools, starts + leases), -1)
+        self.free -= np.cumsum(diff, axis=1)[:, :H]
+        if self.free.min() < 0:
+            raise AssertionError("unit pieces exceed free capacity")
+        base = len(self._pieces)
+        rows = zip(
+            orders.tolist(),
+            pools.tolist(),
+            starts.tolist(),
+            leases.tolist(),
+            limits.tolist(),
+            edges.tolist(),
+            strict=True,
+        )
+        for i, (o, p, k, L, lim, e) in enumerate(rows, start=base):
+            self._pieces.append(Piece(o, p, 1, k, L, lim, e))
+            self._alive.append(True)
+            self.by_pool.setdefault(p, []).append(i)
+            self.by_order.setdefault(o, []).append(i)
+        self.filled[orders] = True
+
     @property
     def pieces(self) -> list[Piece]:
         """The pieces currently committed."""

@@ -9,13 +9,11 @@ whole model is a network (exact). Cost unit: fen x slot_seconds / 3600 per devic
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from ortools.graph.python import min_cost_flow
-from ortools.linear_solver import pywraplp
 
 from matching.eligibility import Prepared
 
@@ -41,6 +39,7 @@ class Network:
     s_cap: np.ndarray
     f_segs: list[np.ndarray]  # segments each pool edge covers
     all_now: bool
+    f_last: np.ndarray | None = None  # last segment of each pool edge (the chain entry)
     build_seconds: float = 0.0
 
 
@@ -57,9 +56,7 @@ class Relaxation:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def build_network(
-    prep: Prepared, *, edge_mask: np.ndarray | None = None, free: np.ndarray | None = None
-) -> Network:
+def build_network(prep: Prepared, *, edge_mask: np.ndarray | None = None, free: np.ndarray | None = None) -> Network:
     """Group order edges and connect groups to pools with capacity segments; arrays only.
 
     edge_mask keeps a subset of order edges (others get group -1); free overrides the capacity.
@@ -68,15 +65,29 @@ def build_network(
     mk = prep.market
     slot_s = prep.slot_seconds
     E = len(prep.e_order)
+    H = prep.horizon
+    P = len(mk.pools)
+    if free is None:
+        free = prep.free
     lease_e = prep.order_lease[prep.e_order] if E else np.zeros(0, dtype=np.int64)
-    billing = [mk.orders[int(o)].billing_mode for o in prep.e_order]
-    bill_names = sorted(set(billing))
+    o_bill_name = [o.billing_mode for o in mk.orders]
+    bill_names = sorted({o_bill_name[int(o)] for o in np.unique(prep.e_order).tolist()})
     b_ix = {b: i for i, b in enumerate(bill_names)}
-    e_bill = np.array([b_ix[b] for b in billing], dtype=np.int64)
-    keys = np.stack([prep.e_class, lease_e, prep.e_gang, prep.e_start, e_bill], axis=1) if E else None
-    if keys is not None:
-        uniq, e_group = np.unique(keys, axis=0, return_inverse=True)
-        e_group = e_group.reshape(-1)
+    o_bill = np.array([b_ix.get(b, 0) for b in o_bill_name], dtype=np.int64)
+    e_bill = o_bill[prep.e_order] if E else np.zeros(0, dtype=np.int64)
+    cols = [prep.e_class, lease_e, prep.e_gang, prep.e_start, e_bill]
+    if E:
+        radix = [int(c.max()) + 1 for c in cols]
+        code = np.zeros(E, dtype=np.int64)
+        for c, r in zip(cols, radix, strict=True):
+            code = code * r + c
+        ucode, e_group = np.unique(code, return_inverse=True)
+        e_group = e_group.reshape(-1).astype(np.int64)
+        uniq = np.zeros((len(ucode), 5), dtype=np.int64)
+        rest = ucode.copy()
+        for i in range(4, -1, -1):
+            uniq[:, i] = rest % radix[i]
+            rest //= radix[i]
     else:
         uniq = np.zeros((0, 5), dtype=np.int64)
         e_group = np.zeros(0, dtype=np.int64)
@@ -85,56 +96,54 @@ def build_network(
     g_class, g_lease, g_gang, g_start, g_bill = (uniq[:, i] for i in range(5))
     e_weight = prep.e_limit * lease_e * slot_s
 
-    # pool edges
-    fg: list[np.ndarray] = []
-    fp: list[np.ndarray] = []
-    if free is None:
-        free = prep.free
-    used_groups = np.zeros(len(uniq), dtype=bool)
+    # pool edges: every pool of the group's class that can hold one gang for the whole lease
+    used = np.zeros(len(uniq), dtype=bool)
     if E:
-        used_groups[e_group[e_group >= 0]] = True
-    for j in range(len(uniq)):
-        if not used_groups[j]:
-            continue
-        c, L, g, k, b = (int(v) for v in uniq[j])
-        pools = prep.class_pools[c]
-        avail = free[pools, k : k + L].min(axis=1)
-        ok = (avail >= g) & (prep.pool_min_lease_slots[pools] <= L)
-        bname = bill_names[b]
-        if ok.any():
-            sel = pools[ok]
-            sel = np.array([p for p in sel if bname in prep.pool_billing[int(p)]], dtype=np.int64)
-            if len(sel):
-                fg.append(np.full(len(sel), j, dtype=np.int64))
-                fp.append(sel)
-    f_group = np.concatenate(fg) if fg else np.zeros(0, dtype=np.int64)
-    f_pool = np.concatenate(fp) if fp else np.zeros(0, dtype=np.int64)
+        used[e_group[e_group >= 0]] = True
+    gs = np.nonzero(used)[0]
+    sizes = np.array([len(cp) for cp in prep.class_pools], dtype=np.int64)
+    cp_flat = np.concatenate(prep.class_pools) if len(prep.class_pools) else np.zeros(0, dtype=np.int64)
+    cp_off = np.concatenate([[0], np.cumsum(sizes)])
+    cnt = sizes[g_class[gs]]
+    f_group = np.repeat(gs, cnt)
+    within = np.arange(len(f_group)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    f_pool = cp_flat[cp_off[g_class[f_group]] + within].astype(np.int64)
+    fk, fL = g_start[f_group], g_lease[f_group]
+    avail = np.zeros(len(f_group), dtype=np.int64)
+    pair = fk * (H + 1) + fL
+    for pc in np.unique(pair).tolist():
+        k, L = divmod(pc, H + 1)
+        sel = pair == pc
+        avail[sel] = free[:, k : k + L].min(axis=1)[f_pool[sel]]
+    pool_bill = np.zeros((P, max(1, len(bill_names))), dtype=bool)
+    for p, bs in enumerate(prep.pool_billing):
+        for b in bs:
+            if b in b_ix:
+                pool_bill[p, b_ix[b]] = True
+    ok = (avail >= g_gang[f_group]) & (prep.pool_min_lease_slots[f_pool] <= fL)
+    ok &= pool_bill[f_pool, g_bill[f_group]] if len(f_group) else ok
+    f_group, f_pool = f_group[ok], f_pool[ok]
     f_lo = g_start[f_group]
     f_hi = f_lo + g_lease[f_group]
     f_cost = prep.pool_ask[f_pool] * g_lease[f_group] * slot_s
 
     # capacity segments per pool: between consecutive breakpoints of the leases that may use it
-    s_pool: list[int] = []
-    s_lo: list[int] = []
-    s_hi: list[int] = []
-    s_cap: list[int] = []
-    f_segs: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(f_pool)
-    if len(f_pool):
-        order = np.argsort(f_pool, kind="stable")
-        bounds = np.searchsorted(f_pool[order], np.arange(len(prep.market.pools) + 1))
-        for p in np.unique(f_pool):
-            idx = order[bounds[p] : bounds[p + 1]]
-            bp = np.unique(np.concatenate([f_lo[idx], f_hi[idx]]))
-            first = len(s_pool)
-            for a, z in itertools.pairwise(bp):
-                s_pool.append(int(p))
-                s_lo.append(int(a))
-                s_hi.append(int(z))
-                s_cap.append(int(free[p, a:z].min()))
-            for f in idx:
-                a = int(np.searchsorted(bp, f_lo[f]))
-                z = int(np.searchsorted(bp, f_hi[f]))
-                f_segs[f] = np.arange(first + a, first + z, dtype=np.int64)
+    bp = np.unique(np.concatenate([f_pool * (H + 1) + f_lo, f_pool * (H + 1) + f_hi]))
+    bp_pool, bp_t = bp // (H + 1), bp % (H + 1)
+    starts_seg = np.zeros(len(bp), dtype=bool)
+    if len(bp):
+        starts_seg[:-1] = bp_pool[:-1] == bp_pool[1:]
+    seg_of_bp = np.cumsum(starts_seg) - 1
+    si = np.nonzero(starts_seg)[0]
+    s_pool = bp_pool[si]
+    s_lo = bp_t[si]
+    s_hi = bp_t[si + 1]
+    s_cap = _segment_min(free, s_pool, s_lo, s_hi)
+    i_a = np.searchsorted(bp, f_pool * (H + 1) + f_lo)
+    i_z = np.searchsorted(bp, f_pool * (H + 1) + f_hi)
+    f_first = seg_of_bp[i_a] if len(f_pool) else np.zeros(0, dtype=np.int64)
+    f_last = seg_of_bp[i_z - 1] if len(f_pool) else np.zeros(0, dtype=np.int64)
+    f_segs = [np.arange(a, z + 1, dtype=np.int64) for a, z in zip(f_first.tolist(), f_last.tolist(), strict=True)]
     net = Network(
         prep=prep,
         e_group=e_group,
@@ -147,22 +156,42 @@ def build_network(
         f_group=f_group,
         f_pool=f_pool,
         f_cost=f_cost,
-        s_pool=np.array(s_pool, dtype=np.int64),
-        s_lo=np.array(s_lo, dtype=np.int64),
-        s_hi=np.array(s_hi, dtype=np.int64),
-        s_cap=np.array(s_cap, dtype=np.int64),
+        s_pool=s_pool.astype(np.int64),
+        s_lo=s_lo.astype(np.int64),
+        s_hi=s_hi.astype(np.int64),
+        s_cap=s_cap,
         f_segs=f_segs,
         all_now=bool(E == 0 or int(prep.e_start.max()) == 0),
+        f_last=f_last.astype(np.int64),
     )
     net.build_seconds = time.perf_counter() - t0
     return net
 
 
-def solve_mcf(net: Network) -> Relaxation:
+def _segment_min(free: np.ndarray, s_pool: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray) -> np.ndarray:
+    """Minimum free devices over the slots [lo, hi) of each segment's pool."""
+    S = len(s_pool)
+    if not S:
+        return np.zeros(0, dtype=np.int64)
+    H = free.shape[1]
+    flat = np.concatenate([free.reshape(-1), np.zeros(1, dtype=free.dtype)])
+    idx = np.empty(2 * S, dtype=np.int64)
+    idx[0::2] = s_pool * H + s_lo
+    idx[1::2] = s_pool * H + s_hi
+    return np.minimum.reduceat(flat, idx)[0::2].astype(np.int64)
+
+
+def segment_caps(net: Network, free: np.ndarray) -> np.ndarray:
+    """Capacity of every segment under a free matrix: the minimum free devices over its slots."""
+    return _segment_min(free, net.s_pool, net.s_lo, net.s_hi)
+
+
+def solve_mcf(net: Network, *, edge_mask: np.ndarray | None = None, free: np.ndarray | None = None) -> Relaxation:
     """Min-cost flow relaxation (requires every lease to start at slot 0; nested segments form a chain).
 
     For SCU orders (device count differs per model) the order node's capacity is the largest count, a
-    looser relaxation; the bound stays valid.
+    looser relaxation; the bound stays valid. edge_mask keeps a subset of the order edges and free
+    replaces the capacity (the exact solve of single-device orders on what gangs leave).
     """
     t0 = time.perf_counter()
     prep = net.prep
@@ -175,6 +204,9 @@ def solve_mcf(net: Network) -> Relaxation:
     g_node = o_node + n_ord
     s_node = g_node + G
     active = net.e_group >= 0
+    if edge_mask is not None:
+        active = active & edge_mask
+    s_cap = net.s_cap if free is None else segment_caps(net, free)
     cap_o = np.zeros(n_ord, dtype=np.int64)
     if E:
         np.maximum.at(cap_o, prep.e_order[active], prep.e_n[active])
@@ -184,7 +216,10 @@ def solve_mcf(net: Network) -> Relaxation:
     caps = [cap_o, prep.e_n[ea]]
     costs = [np.zeros(n_ord, dtype=np.int64), -net.e_weight[ea]]
     # pool edge -> the segment that ends at the lease end (chain entry)
-    entry = np.array([int(s[-1]) for s in net.f_segs], dtype=np.int64) if len(net.f_pool) else np.zeros(0)
+    if net.f_last is not None:
+        entry = net.f_last
+    else:
+        entry = np.array([int(s[-1]) for s in net.f_segs], dtype=np.int64) if len(net.f_pool) else np.zeros(0)
     big = int(cap_o.sum()) + 1
     tails.append(net.f_group + g_node)
     heads.append(entry.astype(np.int64) + s_node)
@@ -197,7 +232,7 @@ def solve_mcf(net: Network) -> Relaxation:
         nxt = np.where(prev_same, np.arange(S) - 1 + s_node, snk)
         tails.append(np.arange(S) + s_node)
         heads.append(nxt)
-        caps.append(net.s_cap)
+        caps.append(s_cap)
         costs.append(np.zeros(S, dtype=np.int64))
     supply = int(cap_o.sum())
     tails.append(np.array([src]))
@@ -207,8 +242,12 @@ def solve_mcf(net: Network) -> Relaxation:
     smcf = min_cost_flow.SimpleMinCostFlow()
     t_arr = np.concatenate(tails).astype(np.int32)
     h_arr = np.concatenate(heads).astype(np.int32)
+    cost_arr = np.concatenate(costs).astype(np.int64)
+    # smaller costs mean fewer cost-scaling phases: divide by their common factor (slot seconds at least)
+    unit = int(np.gcd.reduce(cost_arr)) if len(cost_arr) else 1
+    unit = max(1, unit)
     arcs = smcf.add_arcs_with_capacity_and_unit_cost(
-        t_arr, h_arr, np.concatenate(caps).astype(np.int64), np.concatenate(costs).astype(np.int64)
+        t_arr, h_arr, np.concatenate(caps).astype(np.int64), cost_arr // unit
     )
     sup = np.zeros(s_node + S, dtype=np.int64)
     sup[src] = supply
@@ -223,7 +262,7 @@ def solve_mcf(net: Network) -> Relaxation:
     x = np.zeros(E, dtype=np.int64)
     x[ea] = flows[n_ord : n_ord + n_e]
     y = flows[n_ord + n_e : n_ord + n_e + len(net.f_pool)].astype(np.int64)
-    value = -float(smcf.optimal_cost())
+    value = -float(smcf.optimal_cost() * unit)
     return Relaxation(
         x=x,
         y=y,
@@ -235,50 +274,66 @@ def solve_mcf(net: Network) -> Relaxation:
 
 
 def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
-    """Time-indexed aggregated LP with GLOP: the general relaxation (any start slots, SCU orders exact)."""
+    """Time-indexed aggregated LP with GLOP: the general relaxation (any start slots, SCU orders exact).
+
+    The constraint matrix is assembled as sparse arrays and handed to the solver in one call."""
+    import scipy.sparse as sp  # the array interface of OR-Tools' model builder takes a scipy CSR matrix
+    from ortools.linear_solver.python import model_builder_helper as mbh
+
     t0 = time.perf_counter()
     prep = net.prep
     E = len(prep.e_order)
-    solver = pywraplp.Solver.CreateSolver("GLOP")
-    if time_limit:
-        solver.SetTimeLimit(int(time_limit * 1000))
     active = np.nonzero(net.e_group >= 0)[0]
+    A, F, S = len(active), len(net.f_pool), len(net.s_pool)
     scale = 1.0 / 3600.0
-    xs = {int(e): solver.NumVar(0.0, float(prep.e_n[e]), "") for e in active}
-    ys = [solver.NumVar(0.0, solver.infinity(), "") for _ in range(len(net.f_pool))]
-    obj = solver.Objective()
-    for e, v in xs.items():
-        obj.SetCoefficient(v, float(net.e_weight[e]) * scale)
-    for f, v in enumerate(ys):
-        obj.SetCoefficient(v, -float(net.f_cost[f]) * scale)
-    obj.SetMaximization()
-    for o in range(prep.n_orders):
-        es = [int(e) for e in prep.order_edges[o] if net.e_group[e] >= 0]
-        if len(es) > 1:
-            row = solver.Constraint(-solver.infinity(), 1.0)
-            for e in es:
-                row.SetCoefficient(xs[e], 1.0 / float(prep.e_n[e]))
-    g_rows = [solver.Constraint(0.0, 0.0) for _ in range(len(net.g_class))]
-    for e, v in xs.items():
-        g_rows[int(net.e_group[e])].SetCoefficient(v, 1.0)
-    for f, v in enumerate(ys):
-        g_rows[int(net.f_group[f])].SetCoefficient(v, -1.0)
-    s_rows = [solver.Constraint(-solver.infinity(), float(c)) for c in net.s_cap]
-    for f, v in enumerate(ys):
-        for s in net.f_segs[f]:
-            s_rows[int(s)].SetCoefficient(v, 1.0)
+    lb = np.zeros(A + F)
+    ub = np.concatenate([prep.e_n[active].astype(np.float64), np.full(F, np.inf)])
+    obj = np.concatenate([net.e_weight[active] * scale, -net.f_cost * scale]).astype(np.float64)
+    # order rows (orders with more than one active edge): sum_e x_e / n_e <= 1
+    eo = prep.e_order[active]
+    multi = np.bincount(eo, minlength=prep.n_orders) > 1
+    sel = np.nonzero(multi[eo])[0]
+    o_row = np.cumsum(multi) - 1
+    R1 = int(multi.sum())
+    rows = [o_row[eo[sel]]]
+    cols = [sel]
+    vals = [1.0 / prep.e_n[active][sel]]
+    # group rows: sum_e x_e - sum_f y_f = 0
+    G = len(net.g_class)
+    rows += [R1 + net.e_group[active], R1 + net.f_group]
+    cols += [np.arange(A), A + np.arange(F)]
+    vals += [np.ones(A), -np.ones(F)]
+    # segment rows: sum of y_f over the pool edges covering the segment <= capacity
+    seg_len = np.array([len(x) for x in net.f_segs], dtype=np.int64)
+    if F:
+        rows.append(R1 + G + np.concatenate(net.f_segs))
+        cols.append(A + np.repeat(np.arange(F), seg_len))
+        vals.append(np.ones(int(seg_len.sum())))
+    n_rows = R1 + G + S
+    mat = sp.csr_matrix(
+        (np.concatenate(vals).astype(np.float64), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_rows, A + F),
+    )
+    c_lo = np.concatenate([np.full(R1, -np.inf), np.zeros(G), np.full(S, -np.inf)])
+    c_hi = np.concatenate([np.ones(R1), np.zeros(G), net.s_cap.astype(np.float64)])
+    model = mbh.ModelBuilderHelper()
+    model.fill_model_from_sparse_data(lb, ub, obj, c_lo, c_hi, mat)  # type: ignore[arg-type]
+    model.set_maximize(True)
+    solver = mbh.ModelSolverHelper("glop")
+    if time_limit:
+        solver.set_time_limit_in_seconds(time_limit)
     t1 = time.perf_counter()
-    status = solver.Solve()
-    if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-        raise RuntimeError(f"LP relaxation failed: status {status}")
+    solver.solve(model)
+    if not solver.has_solution():
+        raise RuntimeError(f"LP relaxation failed: status {solver.status()}")
+    v = np.asarray(solver.variable_values(), dtype=np.float64)
     x = np.zeros(E, dtype=np.float64)
-    for e, v in xs.items():
-        x[e] = v.solution_value()
-    y = np.array([v.solution_value() for v in ys], dtype=np.float64)
+    x[active] = v[:A]
+    y = v[A:]
     return Relaxation(
         x=x,
         y=y,
-        value=solver.Objective().Value() * 3600.0,
+        value=float(solver.objective_value()) * 3600.0,
         method="lp-glop",
         solve_seconds=time.perf_counter() - t0,
         exact_int=False,
@@ -286,8 +341,25 @@ def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
     )
 
 
+def mcf_is_exact(net: Network) -> bool:
+    """True when every order asks the same device count on all its active edges (then the order node's
+    capacity expresses sum_e x_e / n_e <= 1 exactly); SCU orders spanning models differ per model."""
+    prep = net.prep
+    act = net.e_group >= 0
+    if not act.any():
+        return True
+    eo, en = prep.e_order[act], prep.e_n[act]
+    hi = np.zeros(prep.n_orders, dtype=np.int64)
+    lo = np.full(prep.n_orders, np.iinfo(np.int64).max, dtype=np.int64)
+    np.maximum.at(hi, eo, en)
+    np.minimum.at(lo, eo, en)
+    used = np.zeros(prep.n_orders, dtype=bool)
+    used[eo] = True
+    return bool((hi[used] == lo[used]).all())
+
+
 def relax(net: Network) -> Relaxation:
-    """The relaxation: min-cost flow when every lease starts now, else the time-indexed LP."""
-    if net.all_now:
+    """The relaxation: min-cost flow when every lease starts now and it is exact, else the time-indexed LP."""
+    if net.all_now and mcf_is_exact(net):
         return solve_mcf(net)
     return solve_lp(net)

@@ -179,7 +179,7 @@ def record_facts(
             filled["domestic"] = entry["domestic"]
     scu = own.scu_hours
     if own.counts_money and not scu and filled["model"] is not None:
-        scu = _scu(payload, catalogue.get(filled["model"], {})) or scu
+        scu = _money_scu(payload, catalogue.get(filled["model"], {})) or scu
     return RecordFacts(kind=kind, at=own.at, amount_fen=own.amount_fen, scu_hours=scu, **filled)
 
 
@@ -198,6 +198,22 @@ def _scu(payload: Mapping[str, Any], entry: Mapping[str, Any]) -> Decimal | None
     return _CTX.multiply(hours, rating)
 
 
+def _money_scu(payload: Mapping[str, Any], entry: Mapping[str, Any]) -> Decimal:
+    """SCU-hours a money record adds to the totals: a correction adds only its change."""
+    scu = _scu(payload, entry) or Decimal(0)
+    prior = _superseded(payload)
+    if prior is not None:
+        scu -= _scu(prior, entry) or Decimal(0)
+    return scu
+
+
+def _superseded(payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Figures of the record a correction supersedes (`detail.superseded`), if the payload is one."""
+    detail = payload.get("detail")
+    prior = detail.get("superseded") if isinstance(detail, Mapping) else None
+    return prior if isinstance(prior, Mapping) else None
+
+
 def _own_facts(kind: str, payload: Mapping[str, Any], catalogue: Mapping[str, Mapping[str, Any]]) -> RecordFacts:
     cri = _str(_lookup(payload, "pool_cri"))
     from_cri = cri_parts(cri) if cri else {}
@@ -211,7 +227,10 @@ def _own_facts(kind: str, payload: Mapping[str, Any], catalogue: Mapping[str, Ma
     scu = Decimal(0)
     if kind in MONEY_KINDS:
         amount = _int(_lookup(payload, "amount_fen")) or 0
-        scu = _scu(payload, entry) or Decimal(0)
+        scu = _money_scu(payload, entry)
+        prior = _superseded(payload)
+        if prior is not None:  # a correction counts only its difference from the record it replaces
+            amount -= _int(_lookup(prior, "amount_fen")) or 0
     return RecordFacts(
         kind=kind,
         at=_int(_lookup(payload, "at")),

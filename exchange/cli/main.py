@@ -13,6 +13,7 @@ from exchange.cli import (
     bench,
     cri,
     db,
+    demo,
     keys,
     ledger,
     match,
@@ -26,7 +27,23 @@ from exchange.cli import (
 from exchange.cli.common import CliError
 from identifiers.errors import HetexError
 
-COMMAND_MODULES = [serve, db, cri, keys, participants, orders, ledger, match, admin, peers, bench, audit, settle, usage]
+COMMAND_MODULES = [
+    serve,
+    db,
+    cri,
+    keys,
+    participants,
+    orders,
+    ledger,
+    match,
+    admin,
+    peers,
+    bench,
+    audit,
+    settle,
+    usage,
+    demo,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

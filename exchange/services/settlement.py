@@ -79,6 +79,16 @@ def settlement_body(row: SettlementRecord) -> dict[str, Any]:
     }
 
 
+def superseded_amounts(row: SettlementRecord) -> dict[str, int]:
+    """The figures of a record being corrected, carried in the correction's signed detail."""
+    return {
+        "buyer_debit_fen": row.buyer_debit_fen,
+        "provider_credit_fen": row.provider_credit_fen,
+        "fee_fen": row.fee_fen,
+        "device_minutes": row.device_minutes,
+    }
+
+
 def settlement_view(row: SettlementRecord) -> dict[str, Any]:
     """JSON view of a settlement record with its log index and signed envelope."""
     view = settlement_body(row)
@@ -203,6 +213,9 @@ class SettlementService:
             previous = latest.get(period.start)
             if previous is not None and _same(previous, usage_ids, postings.buyer_debit_fen, postings.fee_fen):
                 continue
+            if previous is not None:
+                # A correction restates the whole period; naming what it replaces lets totals net it out.
+                detail = {**detail, "superseded": superseded_amounts(previous)}
             out.append(
                 SettlementRecord(
                     id=new_id_str(),

@@ -276,4 +276,3 @@ def test_settlements_inherit_facts_from_their_contract_in_the_bundle(tmp_path: P
     assert totals["by_region"] == {"CN-GZ": {"records": 1, "fen": 96_000, "scu_hours": scu}}
     assert set(totals["by_model_family"]) == {"Ascend-DaVinci"} and set(totals["by_origin"]) == {"domestic"}
     assert totals["flows"] == {"unknown": {"CN-GZ": {"records": 1, "fen": 96_000, "scu_hours": scu}}}
-

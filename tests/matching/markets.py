@@ -32,9 +32,7 @@ def pools(draw, i: int) -> Pool:
     dev = draw(st.integers(1, 8))
     reserved = ()
     if draw(st.booleans()) and dev > 1:
-        reserved = (
-            Reservation(draw(st.integers(1, dev - 1)), NOW - 3600, NOW + 3600 * draw(st.integers(1, 3))),
-        )
+        reserved = (Reservation(draw(st.integers(1, dev - 1)), NOW - 3600, NOW + 3600 * draw(st.integers(1, 3))),)
     ws = None
     we = None
     if draw(st.integers(0, 4)) == 0:

@@ -53,11 +53,7 @@ def test_generated_snapshot_validates() -> None:
         ({"orders": [{"id": "a", "seq": 1, "limits": {"X": 1}}]}, "orders[0]"),
         ({"orders": [{"id": "a", "seq": 1, "quantity_devices": 1, "limits": {}}]}, "orders[0].limits"),
         (
-            {
-                "orders": [
-                    {"id": "a", "seq": 1, "quantity_devices": 1, "limits": {"X": 1}, "colocation": "rack"}
-                ]
-            },
+            {"orders": [{"id": "a", "seq": 1, "quantity_devices": 1, "limits": {"X": 1}, "colocation": "rack"}]},
             "orders[0].colocation",
         ),
         ({"format": "other"}, "format"),
