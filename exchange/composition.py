@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from exchange.billing.tiers import load_tier_table
 from exchange.services.audit import AuditService
 from exchange.services.contracts import ContractService
+from exchange.services.federation import FederationService
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
 from exchange.services.orders import OrderService
@@ -37,6 +38,7 @@ class Services:
     resolve: ResolveService
     identity: IdentityService
     ledger: LedgerService
+    federation: FederationService
     audit: AuditService
     participants: ParticipantService
     registration: RegistrationService
@@ -63,7 +65,24 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
     regions = load_regions()
     identity = IdentityService(sessions, settings.key_dir, settings.origin)
     ledger = LedgerService(sessions, identity, settings.origin)
+    federation = FederationService(sessions, settings, identity, ledger)
+    usage = UsageService(sessions, ledger)
+    settlement = SettlementService(sessions, ledger, load_tier_table)
+    usage.on_logged = settlement.on_logged = federation.enqueue_mirror  # cross-exchange contracts are mirrored
     contracts = ContractService(sessions, ledger, catalogue, load_tier_table, fee_bps=settings.fee_bps)
+    rounds = RoundService(
+        sessions,
+        RoundLock(sessions.kw["bind"], settings.database_url),
+        contracts,
+        catalogue,
+        regions,
+        fee_bps=settings.fee_bps,
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+        slot_seconds=settings.round_slot_seconds,
+        max_start_slots=settings.round_max_start_slots,
+        repeatable_snapshot=engine is not None and not settings.is_sqlite,
+    )
+    federation.seller_lock = lambda: rounds.lock.hold(settings.federation_peer_timeout_seconds)
     return Services(
         settings=settings,
         engine=engine,
@@ -73,6 +92,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         resolve=ResolveService(sessions, settings.authority),
         identity=identity,
         ledger=ledger,
+        federation=federation,
         audit=AuditService(sessions, ledger, identity, catalogue, settings.exports_dir, settings.authority),
         participants=ParticipantService(sessions, regions, settings.signature_window_seconds),
         registration=RegistrationService(
@@ -80,18 +100,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         ),
         orders=OrderService(sessions, catalogue, regions),
         contracts=contracts,
-        usage=UsageService(sessions, ledger),
-        settlement=SettlementService(sessions, ledger, load_tier_table),
-        rounds=RoundService(
-            sessions,
-            RoundLock(sessions.kw["bind"], settings.database_url),
-            contracts,
-            catalogue,
-            regions,
-            fee_bps=settings.fee_bps,
-            heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
-            slot_seconds=settings.round_slot_seconds,
-            max_start_slots=settings.round_max_start_slots,
-            repeatable_snapshot=engine is not None and not settings.is_sqlite,
-        ),
+        usage=usage,
+        settlement=settlement,
+        rounds=rounds,
     )

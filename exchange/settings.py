@@ -46,6 +46,16 @@ class Settings(BaseModel):
     checkpoint_interval_seconds: float = Field(default=10, ge=0)
     fee_bps: int = Field(default=100, ge=0, le=10_000)
     migrate_on_start: bool = True
+    # federation (DESIGN.md section 11; specs/federation.md)
+    federation_summary_interval_seconds: float = Field(default=10, ge=0)
+    federation_summary_ttl_seconds: int = Field(default=60, ge=1)
+    federation_hold_ttl_seconds: int = Field(default=30, ge=1)
+    federation_sync_interval_seconds: float = Field(default=10, ge=0)
+    federation_forward_interval_seconds: float = Field(default=2, ge=0)
+    federation_forward_after_seconds: float = Field(default=30, ge=0)
+    federation_sweep_interval_seconds: float = Field(default=1, ge=0)
+    federation_peer_timeout_seconds: float = Field(default=5, gt=0)
+    federation_commit_delay_seconds: float = Field(default=0, ge=0)  # fault injection for partition tests
 
     @field_validator("database_url")
     @classmethod

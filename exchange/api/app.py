@@ -7,6 +7,7 @@ from aiohttp import web
 from exchange.api import (
     audit,
     contracts,
+    federation,
     ledger,
     openapi,
     orders,
@@ -32,6 +33,7 @@ ROUTE_TABLES = [
     contracts.routes,
     settlements.routes,
     audit.routes,
+    federation.routes,
     rounds.routes,
 ]
 

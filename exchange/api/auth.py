@@ -27,6 +27,8 @@ from federation.httpsig import verify_request
 from federation.keys import VerifyKey
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Paths whose handlers verify request signatures themselves (exchange.api.federation: peer exchange keys).
+SELF_VERIFIED_PREFIXES = ("/v1/federation/",)
 REGISTRATION_PATH = "/v1/participants"
 KEY_CACHE_SECONDS = 60.0
 
@@ -144,6 +146,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Authenticate signed requests; refuse unsigned state-changing ones (401 before the handler)."""
     if request.match_info.http_exception is not None:
         return await handler(request)
+    if request.path.startswith(SELF_VERIFIED_PREFIXES):
+        return await handler(
+            request
+        )  # peer exchanges: verified by the federation service (peer keys, not participants)
     signed = "Signature" in request.headers or "Signature-Input" in request.headers
     if request.method in SAFE_METHODS and not signed:
         return await handler(request)

@@ -159,6 +159,14 @@ EXPORT_STATUS = {
 BUNDLE = {"type": "string", "format": "binary"}
 LEDGER_ERRORS = (404, 409, 422)
 
+FED_OBJECT = {"type": "object"}
+FED_IDENTITY = {"type": "object", "required": ["authority", "origin", "url", "key_id", "public_key", "verifier_key"]}
+
+
+def _list_of(name: str) -> dict[str, Any]:
+    return {"type": "object", "required": [name], "properties": {name: {"type": "array", "items": {"type": "object"}}}}
+
+
 OPS: tuple[Op, ...] = (
     Op("get", "/healthz", "healthz", "Liveness and a database round trip", "reference", response=HEALTH),
     Op("get", "/metrics", "metrics", "Prometheus metrics", "reference", response=TEXT, content_type="text/plain"),
@@ -169,7 +177,7 @@ OPS: tuple[Op, ...] = (
         "get",
         "/v1/resolve/{cri}",
         "resolve",
-        "The site or pool a CRI names (or its tombstone)",
+        "The site or pool a CRI names (or its tombstone); a peer's CRI answers 307 to the owning exchange",
         "reference",
         response=RESOLVED,
         errors=(404, 422),
@@ -614,6 +622,126 @@ OPS: tuple[Op, ...] = (
         response=SettlementView,
         signed=True,
         errors=(403, 404, 422),
+    ),
+    # federation (specs/federation.md): peer messages are signed by a peer exchange key, reads are public
+    *(
+        Op("post", path, op_id, summary, "federation", response=FED_OBJECT, signed=True, errors=(404, 409, 413, 422))
+        for path, op_id, summary in (
+            ("/v1/federation/summaries", "peerPushSummary", "A peer pushes its signed capacity summary"),
+            ("/v1/federation/orders", "peerOfferOrder", "A peer offers an order: answered with a hold or a refusal"),
+            ("/v1/federation/holds/{id}/commit", "peerCommitHold", "A peer commits a hold with contracts it signed"),
+            ("/v1/federation/holds/{id}/release", "peerReleaseHold", "A peer releases a hold"),
+            ("/v1/federation/mirror", "peerMirror", "A peer mirrors usage and settlement of its contracts with us"),
+        )
+    ),
+    Op(
+        "get",
+        "/v1/federation/identity",
+        "federationIdentity",
+        "Authority, origin, URL and key",
+        "federation",
+        response=FED_IDENTITY,
+    ),
+    Op(
+        "get",
+        "/v1/federation/peers",
+        "federationPeers",
+        "Peers with reachability and log status",
+        "federation",
+        response=_list_of("peers"),
+    ),
+    Op(
+        "get",
+        "/v1/federation/keys",
+        "federationKeys",
+        "This exchange's key and its peers' keys",
+        "federation",
+        response={"type": "object", "required": ["self", "peers"]},
+    ),
+    Op(
+        "get",
+        "/v1/federation/summaries",
+        "federationSummaries",
+        "Capacity summaries kept (own and peers')",
+        "federation",
+        response=_list_of("summaries"),
+    ),
+    Op(
+        "get",
+        "/v1/federation/summary",
+        "federationOwnSummary",
+        "This exchange's signed capacity summary (DSSE)",
+        "federation",
+        response={"type": "object", "required": ["payload", "payloadType", "signatures"]},
+    ),
+    Op(
+        "get",
+        "/v1/federation/checkpoint",
+        "federationCheckpoint",
+        "Latest signed log checkpoint",
+        "federation",
+        response={"type": "object", "required": ["origin", "size", "root", "note"]},
+    ),
+    Op(
+        "get",
+        "/v1/federation/consistency",
+        "federationConsistency",
+        "Consistency proof between two log sizes",
+        "federation",
+        response=FED_OBJECT,
+        errors=(422,),
+        query=(
+            _q("from", {"type": "integer", "minimum": 1}, "older tree size", True),
+            _q("to", {"type": "integer", "minimum": 1}, "newer tree size", True),
+        ),
+    ),
+    Op(
+        "get",
+        "/v1/federation/contracts",
+        "federationContracts",
+        "Two-exchange contracts known here",
+        "federation",
+        response=_list_of("contracts"),
+        query=(_q("peer", {"type": "string"}, "only with this peer"), _q("order_id", {"type": "string"}, "one order")),
+    ),
+    Op(
+        "get",
+        "/v1/federation/holds",
+        "federationHolds",
+        "Holds granted to peers",
+        "federation",
+        response=_list_of("holds"),
+        query=(_q("status", {"type": "string"}, "only holds in this state"),),
+    ),
+    Op(
+        "get",
+        "/v1/federation/mirrored",
+        "federationMirrored",
+        "Records mirrored here by owning exchanges",
+        "federation",
+        response=_list_of("records"),
+        query=(_q("contract_id", {"type": "string"}, "one contract"),),
+    ),
+    Op(
+        "get",
+        "/v1/federation/events",
+        "federationEvents",
+        "Refused messages, log inconsistencies, expiries",
+        "federation",
+        response=_list_of("events"),
+        errors=(422,),
+        query=(
+            _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many (default 100)"),
+            _q("kind", {"type": "string"}, "only events of this kind"),
+        ),
+    ),
+    Op(
+        "get",
+        "/v1/federation/stats",
+        "federationStats",
+        "Messages sent, orders forwarded, latency",
+        "federation",
+        response={"type": "object", "required": ["messages_sent", "forward_latency_ms"]},
     ),
 )
 

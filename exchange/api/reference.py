@@ -67,8 +67,12 @@ def _region_json(region: Any) -> dict[str, Any]:
 
 @routes.get("/v1/resolve/{cri}")
 async def resolve(request: web.Request) -> web.Response:
-    """The record of the site or pool a CRI names."""
-    record = await services(request).resolve.resolve(request.match_info["cri"])
+    """The record of the site or pool a CRI names; a CRI of a peer's authority redirects (307) to that peer."""
+    svc = services(request)
+    location = await svc.federation.resolve_location(request.match_info["cri"])
+    if location is not None:
+        raise web.HTTPTemporaryRedirect(location)
+    record = await svc.resolve.resolve(request.match_info["cri"])
     return web.json_response(record, dumps=_dumps)
 
 

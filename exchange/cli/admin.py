@@ -1,4 +1,9 @@
-"""`hetex admin ...`: operator verbs run against the database (key rotation, adding regulators and peers)."""
+"""`hetex admin ...`: operator verbs run against the database (key rotation, adding regulators and operators).
+
+Several modules add verbs to the one `admin` group through `admin_subparsers(sub)` (created on first use):
+exchange/cli/peers.py adds add-peer (URL, key, authority; it also creates the peer's participant row),
+peers and identity.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +17,29 @@ from exchange.services.participants import ParticipantView
 from federation.errors import KeyFormatError
 from federation.keys import load_public_key
 
+ADMIN_PARSERS = "_hetex_admin_subparsers"
+
+
+def admin_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The subparsers of `hetex admin`, created on first use so every module can add verbs to it."""
+    existing: argparse._SubParsersAction | None = getattr(sub, ADMIN_PARSERS, None)
+    if existing is not None:
+        return existing
+    p = sub.add_parser("admin", help="operator tasks (keys, regulators, operators, peers)")
+    asub = p.add_subparsers(dest="admin_command", required=True)
+    setattr(sub, ADMIN_PARSERS, asub)
+    return asub
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `admin` verbs."""
-    p = sub.add_parser("admin", help="operator tasks")
-    asub = p.add_subparsers(dest="admin_command", required=True)
+    asub = admin_subparsers(sub)
     rot = asub.add_parser("rotate-key", help="make a fresh exchange signing key current; the old one stays verifiable")
     rot.add_argument("--key-dir", help="directory of the exchange signing key")
     add_db_flag(rot)
     rot.set_defaults(func=run_rotate_key)
     for role, verb, what in (
         ("regulator", "add-regulator", "a regulator"),
-        ("peer", "add-peer", "a peer exchange"),
         ("operator", "add-operator", "an operator (may trigger clearing rounds over the API)"),
     ):
         cmd = asub.add_parser(verb, help=f"add {what} by its public key")

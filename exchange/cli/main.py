@@ -19,6 +19,7 @@ from exchange.cli import (
     match,
     orders,
     participants,
+    peers,
     serve,
     settle,
     usage,
@@ -26,7 +27,23 @@ from exchange.cli import (
 from exchange.cli.common import CliError
 from identifiers.errors import HetexError
 
-COMMAND_MODULES = [serve, db, cri, keys, participants, orders, ledger, match, admin, bench, audit, settle, usage, demo]
+COMMAND_MODULES = [
+    serve,
+    db,
+    cri,
+    keys,
+    participants,
+    orders,
+    ledger,
+    match,
+    admin,
+    peers,
+    bench,
+    audit,
+    settle,
+    usage,
+    demo,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

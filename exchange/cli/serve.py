@@ -8,6 +8,7 @@ import logging
 from aiohttp import web
 
 from exchange.api.app import create_app
+from exchange.api.federation import federation_tasks
 from exchange.cli.common import add_db_flag, settings_from
 from exchange.composition import build_services
 from exchange.settings import Settings
@@ -50,6 +51,7 @@ async def prepare(settings: Settings) -> web.Application:
                 f"database schema is at {current or 'empty'} but this hetex needs {head}: run `hetex db upgrade`"
             )
     app = create_app(svc)
+    app.cleanup_ctx.append(federation_tasks)
 
     async def _close(_app: web.Application) -> None:
         await svc.close()

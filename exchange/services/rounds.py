@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from exchange.services.federation_capacity import held_lines, orders_in_flight
 from exchange.services.round_lock import RoundLock
 from exchange.services.snapshot import (
     ContractRow,
@@ -306,6 +307,7 @@ class RoundService:
             .where(
                 Order.status.in_(OPEN_ORDER_STATUSES),
                 or_(Order.start_latest.is_(None), Order.start_latest >= now),
+                Order.id.not_in(orders_in_flight()),  # federation: a peer holds capacity for it
             )
             .order_by(Order.created_at, Order.id)
         )
@@ -331,6 +333,11 @@ class RoundService:
         contracts = [
             ContractRow(c.id, c.pool_id, c.offer_id, c.devices, c.start_at, c.end_at)
             for c in await self._holding(session, pool_ids, now)
+        ]
+        # federation: capacity held for a peer's order reserves like a contract until the hold ends
+        contracts += [
+            ContractRow(h.contract_id, h.pool_id, h.offer_id, h.devices, h.start_at, h.end_at)
+            for h in await held_lines(session, pool_ids, now)
         ]
         return offers, orders, contracts
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +118,8 @@ class SettlementService:
         self.ledger = ledger
         self.tiers = tiers
         self.clock = clock
+        #: Hook run in the transaction after a record is logged (contract id, record type, id, envelope).
+        self.on_logged: Callable[[AsyncSession, str, str, str, dict[str, Any]], Awaitable[Any]] | None = None
 
     async def run(self, caller: Caller | None = None, *, as_of: int | None = None) -> BatchResult:
         """Settle everything due by `as_of` (default now; never later than now) in one transaction."""
@@ -143,6 +145,8 @@ class SettlementService:
                     row.envelope = canonical_bytes(appended.envelope).decode("utf-8")
                     session.add(row)  # inserted once, complete: settlement rows are never updated
                     await session.flush()
+                    if self.on_logged is not None:  # federation: mirror to the buyer's exchange (outbox)
+                        await self.on_logged(session, contract.id, "settlement", row.id, appended.envelope)
                     await session.execute(
                         update(UsageReport).where(UsageReport.id.in_(row.usage_ids)).values(settlement_id=row.id)
                     )

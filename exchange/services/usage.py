@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pydantic
@@ -109,6 +109,8 @@ class UsageService:
         self.sessions = sessions
         self.ledger = ledger
         self.clock = clock
+        #: Hook run in the transaction after a record is logged (contract id, record type, id, envelope).
+        self.on_logged: Callable[[AsyncSession, str, str, str, dict[str, Any]], Awaitable[Any]] | None = None
 
     async def _provider_keyring(self, session: AsyncSession, provider_id: str) -> Keyring:
         provider = await session.get(Participant, provider_id)
@@ -186,6 +188,8 @@ class UsageService:
             appended = await self.ledger.append_signed(session, "usage", row.id, envelope)
             row.envelope = canonical_bytes(appended.envelope).decode("utf-8")
             row.log_index = appended.index
+            if self.on_logged is not None:  # federation: mirror to the buyer's exchange (outbox, same transaction)
+                await self.on_logged(session, contract_id, "usage", row.id, appended.envelope)
             session.add(row)
             await session.flush()
             return usage_view(row), True

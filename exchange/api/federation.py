@@ -1,0 +1,165 @@
+"""Handlers for the federation API: peer messages (signed by a peer exchange key), and public reads.
+
+Peer POST routes verify their own signatures (FederationService.handle): the caller is a peer exchange,
+not a participant, so an auth middleware must let PEER_PATH_PREFIX through to these handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from exchange.api.keys import SERVICES, services
+from exchange.api.parsing import query_int
+from identifiers.errors import ValidationError
+
+routes = web.RouteTableDef()
+
+PEER_PATH_PREFIX = "/v1/federation/"
+MAX_SIZE = (1 << 62) - 1
+
+
+def request_url(request: web.Request) -> str:
+    """The @target-uri as signed: the configured public base URL + path and query, else the request URL."""
+    base = services(request).settings.public_base_url
+    if base:
+        return base.rstrip("/") + request.raw_path
+    return str(request.url)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=str, ensure_ascii=False))
+
+
+async def _peer_post(request: web.Request, kind: str, hold_id: str | None = None) -> web.Response:
+    body = await request.read()
+    result = await services(request).federation.handle(
+        kind, request.method, request_url(request), list(request.headers.items()), body, hold_id=hold_id
+    )
+    return _json(result)
+
+
+@routes.post("/v1/federation/summaries")
+async def post_summary(request: web.Request) -> web.Response:
+    """A peer pushes its signed capacity summary."""
+    return await _peer_post(request, "capacity_summary")
+
+
+@routes.post("/v1/federation/orders")
+async def post_order(request: web.Request) -> web.Response:
+    """A peer offers an order; answered with a hold (or a refusal). Idempotent by (origin, message id)."""
+    return await _peer_post(request, "order_offer")
+
+
+@routes.post("/v1/federation/holds/{id}/commit")
+async def commit_hold(request: web.Request) -> web.Response:
+    """A peer commits a hold with the contracts it signed; answered with the two-signature contracts."""
+    return await _peer_post(request, "hold_commit", request.match_info["id"])
+
+
+@routes.post("/v1/federation/holds/{id}/release")
+async def release_hold(request: web.Request) -> web.Response:
+    """A peer releases a hold."""
+    return await _peer_post(request, "hold_release", request.match_info["id"])
+
+
+@routes.post("/v1/federation/mirror")
+async def mirror(request: web.Request) -> web.Response:
+    """A peer mirrors usage/settlement records of a cross-exchange contract it owns."""
+    return await _peer_post(request, "mirror")
+
+
+@routes.get("/v1/federation/identity")
+async def identity(request: web.Request) -> web.Response:
+    """This exchange's authority, origin, URL and key (what peers need to add it)."""
+    return _json(services(request).federation.identity_view())
+
+
+@routes.get("/v1/federation/peers")
+async def peers(request: web.Request) -> web.Response:
+    """Known peers with reachability, log consistency, last checkpoint and summary."""
+    return _json({"peers": await services(request).federation.peers_view()})
+
+
+@routes.get("/v1/federation/keys")
+async def keys(request: web.Request) -> web.Response:
+    """This exchange's key and its peers' keys (trusted for two-party and mirrored records)."""
+    return _json(await services(request).federation.keys_view())
+
+
+@routes.get("/v1/federation/summaries")
+async def summaries(request: web.Request) -> web.Response:
+    """Every capacity summary kept (own and peers'), with freshness."""
+    return _json({"summaries": await services(request).federation.summaries_view()})
+
+
+@routes.get("/v1/federation/summary")
+async def own_summary(request: web.Request) -> web.Response:
+    """This exchange's current signed capacity summary (DSSE envelope)."""
+    return _json(await services(request).federation.own_summary())
+
+
+@routes.get("/v1/federation/checkpoint")
+async def checkpoint(request: web.Request) -> web.Response:
+    """This exchange's latest signed log checkpoint (peers verify consistency against it)."""
+    return _json(await services(request).federation.own_checkpoint())
+
+
+@routes.get("/v1/federation/consistency")
+async def consistency(request: web.Request) -> web.Response:
+    """Consistency proof between two sizes of this exchange's log."""
+    if not request.query.get("from") or not request.query.get("to"):
+        raise ValidationError("query parameters from and to are required", field="from")
+    size1 = query_int(request, "from", 0, lo=1, hi=MAX_SIZE)
+    size2 = query_int(request, "to", 0, lo=1, hi=MAX_SIZE)
+    return _json(await services(request).federation.own_consistency(size1, size2))
+
+
+@routes.get("/v1/federation/contracts")
+async def contracts(request: web.Request) -> web.Response:
+    """Cross-exchange contracts known here (both signatures; the same records are in the public log)."""
+    fed = services(request).federation
+    return _json({"contracts": await fed.contracts_view(request.query.get("peer"), request.query.get("order_id"))})
+
+
+@routes.get("/v1/federation/holds")
+async def holds(request: web.Request) -> web.Response:
+    """Holds this exchange granted to peers."""
+    return _json({"holds": await services(request).federation.holds_view(request.query.get("status"))})
+
+
+@routes.get("/v1/federation/mirrored")
+async def mirrored(request: web.Request) -> web.Response:
+    """Usage and settlement records mirrored here from owning exchanges."""
+    return _json({"records": await services(request).federation.mirrored_view(request.query.get("contract_id"))})
+
+
+@routes.get("/v1/federation/events")
+async def events(request: web.Request) -> web.Response:
+    """Refused peer messages, log inconsistencies, expired holds (newest first)."""
+    limit = query_int(request, "limit", 100, lo=1, hi=1000)
+    return _json({"events": await services(request).federation.events(limit, request.query.get("kind"))})
+
+
+@routes.get("/v1/federation/stats")
+async def stats(request: web.Request) -> web.Response:
+    """Messages sent by type, orders forwarded and committed, forward latency percentiles."""
+    return _json(services(request).federation.stats())
+
+
+async def federation_tasks(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: run the federation loops (summaries, resync, forwarding, hold sweeper) while serving."""
+    svc = app[SERVICES]
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(loop) for loop in svc.federation.background_tasks()]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await svc.federation.close()
