@@ -51,7 +51,7 @@ def naive_edges(m: Market) -> set[tuple[int, str, str, int, int, int]]:
                 continue
             need = n if o.all_or_nothing else min(n, o.min_fill_devices if o.quantity_scu is None else 1)
             peak = [int(prep.free[i].max()) for i in members]
-            if max(peak) < -(-need // o.max_pools):
+            if max(peak) < (need if o.max_pools == 1 else 1):  # one pool holds it all, or pieces of any size
                 continue
             if o.colocation == "site" and o.same_model:
                 per_site = Counter()
