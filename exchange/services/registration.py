@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.fields import DeviceCount, EpochSeconds, Name, PositiveFen, RegionCode, Seconds, ShortText
@@ -259,7 +259,25 @@ class OfferList(BaseModel):
     offers: list[OfferView]
 
 
-@dataclass(frozen=True, slots=True)
+def live_offers_query(now: int, *, heard_since: int) -> Select[Offer, Pool, Site]:
+    """Open offers of active pools at active sites heard from since `heard_since`, whose window has not
+    ended at `now` (the one definition of "live" that registration views and clearing rounds share)."""
+    return (
+        select(Offer, Pool, Site)
+        .join(Pool, Offer.pool_id == Pool.id)
+        .join(Site, Pool.site_id == Site.id)
+        .where(
+            Offer.status == "open",
+            Pool.status == "active",
+            Site.status == "active",
+            Site.last_heartbeat_at >= heard_since,
+            or_(Offer.window_end.is_(None), Offer.window_end > now),
+        )
+        .order_by(Offer.id)
+    )
+
+
+@dataclass(frozen=True)
 class LiveOffer:
     """One matchable offer with what clearing needs about its pool, site and accelerator model."""
 
@@ -648,19 +666,7 @@ class RegistrationService:
     async def live_offers(self, session: AsyncSession, now: int) -> list[LiveOffer]:
         """Open offers of active pools at active sites heard from within the heartbeat timeout, whose
         window has not ended; with the pool, site and catalogue attributes clearing needs."""
-        query = (
-            select(Offer, Pool, Site)
-            .join(Pool, Offer.pool_id == Pool.id)
-            .join(Site, Pool.site_id == Site.id)
-            .where(
-                Offer.status == "open",
-                Pool.status == "active",
-                Site.status == "active",
-                Site.last_heartbeat_at >= now - self.heartbeat_timeout_seconds,
-                or_(Offer.window_end.is_(None), Offer.window_end > now),
-            )
-            .order_by(Offer.id)
-        )
+        query = live_offers_query(now, heard_since=now - self.heartbeat_timeout_seconds)
         out: list[LiveOffer] = []
         for offer, pool, site in (await session.execute(query)).all():
             model = self.catalogue.get(pool.model)

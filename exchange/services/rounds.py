@@ -33,6 +33,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.federation_capacity import held_lines, orders_in_flight
+from exchange.services.registration import live_offers_query
 from exchange.services.round_lock import RoundLock
 from exchange.services.snapshot import (
     ContractRow,
@@ -47,7 +48,7 @@ from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
 from exchange.storage.orders import Order
 from exchange.storage.participants import Participant
-from exchange.storage.registration import Offer, Pool, Site
+from exchange.storage.registration import Offer, Pool
 from exchange.storage.rounds import Round, RoundPrice
 from identifiers.catalogue import Catalogue
 from identifiers.errors import HetexError, NotFoundError
@@ -267,19 +268,7 @@ class RoundService:
     async def _rows(self, session: AsyncSession, now: int) -> tuple[list[OfferRow], list[OrderRow], list[ContractRow]]:
         """Live offers, open orders within the horizon, and capacity-holding contracts, as of `now`."""
         horizon_end = now + self.slot_seconds * self.max_start_slots
-        offer_q = (
-            select(Offer, Pool, Site)
-            .join(Pool, Offer.pool_id == Pool.id)
-            .join(Site, Pool.site_id == Site.id)
-            .where(
-                Offer.status == "open",
-                Pool.status == "active",
-                Site.status == "active",
-                Site.last_heartbeat_at >= now_s() - self.heartbeat_timeout_seconds,
-                or_(Offer.window_end.is_(None), Offer.window_end > now),
-            )
-            .order_by(Offer.id)
-        )
+        offer_q = live_offers_query(now, heard_since=now_s() - self.heartbeat_timeout_seconds)
         offers = [
             OfferRow(
                 offer_id=o.id,
