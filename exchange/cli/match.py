@@ -8,6 +8,7 @@ import asyncio
 import json
 import sys
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,10 @@ def run_round(args: argparse.Namespace) -> int:
         "expired_orders",
         "pricing_rule",
     ):
-        table.add_row(key, str(view.get(key)))
+        value = view.get(key)
+        if key == "gap" and value is not None:
+            value = f"{Decimal(str(value)) * 100:.4f}%"
+        table.add_row(key, str(value))
     audit = view.get("audit") or {}
     table.add_row("audit ok", str(audit.get("ok")))
     Console().print(table)
