@@ -14,12 +14,13 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import http_sf
 from aiohttp import web
 
 from exchange.api.keys import services
+from exchange.services.nonces import NonceClaim
 from exchange.services.participants import participant_key_id
 from exchange.services.principals import Principal, SignedRequest
 from federation.errors import KeyFormatError, SignatureError
@@ -32,6 +33,24 @@ KEY_CACHE_SECONDS = 60.0
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 SIGNED_REQUEST = web.RequestKey("signed_request", SignedRequest)
+NONCE_CLAIM = web.RequestKey("nonce_claim", NonceClaim)
+_REMEMBERS_NONCE = "_hetex_remembers_nonce"
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def remembers_nonce(handler: H) -> H:
+    """Mark a handler whose service remembers the request's nonce (request[NONCE_CLAIM]) in the same
+    transaction as the request's effects, instead of the auth layer writing it in a transaction first.
+
+    Why this is safe: the nonce row commits with the effects or not at all. A request refused before or
+    inside that transaction (validation, role, a database error) leaves nothing, so its replay is
+    refused for the same reason, or (after a transient failure) performs the very request the signer
+    sent, still within the signature window and guarded by the service's own idempotency (orders: the
+    Idempotency-Key). If the handler returns without having remembered the claim, the auth layer
+    remembers it before answering, so a successful request's nonce is always remembered."""
+    setattr(handler, _REMEMBERS_NONCE, True)
+    return handler
 
 
 @dataclass
@@ -94,8 +113,9 @@ def is_registration(request: web.Request) -> bool:
     return request.method == "POST" and request.path == REGISTRATION_PATH
 
 
-async def authenticate(request: web.Request) -> None:
-    """Verify the request signature and remember its nonce; store the caller on the request."""
+async def authenticate(request: web.Request, *, defer_nonce: bool = False) -> NonceClaim:
+    """Verify the request signature and remember its nonce (unless `defer_nonce`: then the handler's
+    service does, see remembers_nonce); store the caller and the nonce claim on the request."""
     svc = services(request)
     body = await request.read()
     url = target_uri(request, svc.settings.public_base_url)
@@ -123,7 +143,10 @@ async def authenticate(request: web.Request) -> None:
     verified = verify_request(
         request.method, url, headers, body, resolve, max_skew=svc.settings.signature_window_seconds
     )
-    await svc.participants.remember_nonce(verified.keyid, verified.nonce, verified.created)
+    claim = NonceClaim(verified.keyid, verified.nonce, verified.created)
+    if not defer_nonce:
+        await svc.participants.nonce_store.remember_now(svc.sessions, claim)
+    request[NONCE_CLAIM] = claim
     if principal is not None:
         request[PRINCIPAL] = principal
     request[SIGNED_REQUEST] = SignedRequest(
@@ -134,6 +157,7 @@ async def authenticate(request: web.Request) -> None:
         signature_input=request.headers.get("Signature-Input", ""),
         signature=request.headers.get("Signature", ""),
     )
+    return claim
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -147,8 +171,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     signed = "Signature" in request.headers or "Signature-Input" in request.headers
     if request.method in SAFE_METHODS and not signed:
         return await handler(request)
-    await authenticate(request)
-    return await handler(request)
+    defer = getattr(request.match_info.handler, _REMEMBERS_NONCE, False)
+    claim = await authenticate(request, defer_nonce=defer)
+    response = await handler(request)
+    if not claim.remembered:
+        svc = services(request)
+        await svc.participants.nonce_store.remember_now(svc.sessions, claim)
+    return response
 
 
 def require_principal(request: web.Request) -> Principal:
