@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import http_sf
 from aiohttp import web
 
 from exchange.api.keys import services
@@ -24,7 +23,7 @@ from exchange.services.nonces import NonceClaim
 from exchange.services.participants import participant_key_id
 from exchange.services.principals import Principal, SignedRequest
 from federation.errors import KeyFormatError, SignatureError
-from federation.httpsig import verify_request
+from federation.httpsig import parse_request_signature, verify_parsed
 from federation.keys import VerifyKey
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -85,19 +84,6 @@ def target_uri(request: web.Request, public_base_url: str | None) -> str:
     return str(request.url)
 
 
-def peek_keyid(signature_input: str | None) -> str | None:
-    """The keyid parameter of the (first) signature, or None when absent or unparsable."""
-    if not signature_input:
-        return None
-    try:
-        parsed: Any = http_sf.parse(signature_input.encode("ascii"), tltype="dictionary")
-        _inner, params = next(iter(parsed.values()))
-        keyid = params.get("keyid")
-    except Exception:
-        return None
-    return keyid if isinstance(keyid, str) and len(keyid) <= 64 else None
-
-
 def registration_key(body: bytes, keyid: str) -> VerifyKey | None:
     """The key in a registration body, if it is the key named by `keyid` (proof of possession)."""
     try:
@@ -120,29 +106,24 @@ async def authenticate(request: web.Request, *, defer_nonce: bool = False) -> No
     body = await request.read()
     url = target_uri(request, svc.settings.public_base_url)
     headers = list(request.headers.items())
-    keyid = peek_keyid(request.headers.get("Signature-Input"))
+    # parse and check the signature headers once; the key is looked up by the parsed keyid
+    parsed = parse_request_signature(request.method, url, headers, max_skew=svc.settings.signature_window_seconds)
+    keyid = parsed.keyid
     principal: Principal | None = None
     key: VerifyKey | None = None
-    if keyid is not None:
-        if is_registration(request):
-            key = registration_key(body, keyid)
-        else:
-            cache = request.app[KEY_CACHE]
-            hit = cache.get(keyid)
-            if hit is None:
-                found = await svc.participants.principal_by_key_id(keyid)
-                if found is not None:
-                    hit = found, VerifyKey.from_base64(found.public_key)
-                    cache.put(*hit)
-            if hit is not None:
-                principal, key = hit
-
-    def resolve(requested: str) -> VerifyKey | None:
-        return key if requested == keyid else None
-
-    verified = verify_request(
-        request.method, url, headers, body, resolve, max_skew=svc.settings.signature_window_seconds
-    )
+    if is_registration(request):
+        key = registration_key(body, keyid)
+    elif len(keyid) <= 64:
+        cache = request.app[KEY_CACHE]
+        hit = cache.get(keyid)
+        if hit is None:
+            found = await svc.participants.principal_by_key_id(keyid)
+            if found is not None:
+                hit = found, VerifyKey.from_base64(found.public_key)
+                cache.put(*hit)
+        if hit is not None:
+            principal, key = hit
+    verified = verify_parsed(parsed, body, key)
     claim = NonceClaim(verified.keyid, verified.nonce, verified.created)
     if not defer_nonce:
         await svc.participants.nonce_store.remember_now(svc.sessions, claim)
