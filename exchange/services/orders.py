@@ -443,6 +443,7 @@ class OrderService:
 
     def __post_init__(self) -> None:
         self.nonce_store: NonceStore = self.nonces or NonceStore()
+        self._families = frozenset(self.catalogue.families)
 
     def _check_codes(self, spec: OrderSpec, home_region: str | None) -> None:
         for i, code in enumerate(spec.models or []):
@@ -453,16 +454,16 @@ class OrderService:
                 raise ValidationError(
                     f"limit_fen_per_device_hour.{key}: not a catalogue model", field=f"limit_fen_per_device_hour.{key}"
                 )
-        known_families = set(self.catalogue.families)
+        known_families = self._families
         for i, fam in enumerate((spec.constraints.families or []) if spec.constraints else []):
             if fam not in known_families:
                 raise ValidationError(
                     f"constraints.families.{i}: {fam!r} is not a catalogue family", field=f"constraints.families.{i}"
                 )
         for i, region in enumerate(spec.regions or []):
-            if region not in self.regions.codes:
+            if region not in self.regions:
                 raise ValidationError(f"regions.{i}: {region!r} is not served here", field=f"regions.{i}")
-        if spec.home_region is not None and spec.home_region not in self.regions.codes:
+        if spec.home_region is not None and spec.home_region not in self.regions:
             raise ValidationError(f"home_region: {spec.home_region!r} is not served here", field="home_region")
         if spec.max_latency_ms is not None and home_region is None:
             raise ValidationError(
