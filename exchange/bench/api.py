@@ -5,6 +5,9 @@ Both servers run in their own process on a loopback port (the real app on a temp
 migrated; the bare app a one-handler aiohttp application), without access logs. The load generator in
 this process runs `concurrency` workers on one aiohttp session; every app request is signed afresh (new
 nonce, Content-Digest, Ed25519) and carries a new Idempotency-Key, so each one stores an order.
+
+Developer knobs (environment of the run): HETEX_SWITCH_INTERVAL sets sys.setswitchinterval in both
+servers; HETEX_BENCH_PROFILE=<file> runs the app server under cProfile and writes its stats there.
 """
 
 from __future__ import annotations
