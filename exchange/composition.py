@@ -12,6 +12,7 @@ from exchange.services.contracts import ContractService
 from exchange.services.federation import FederationService
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
+from exchange.services.nonces import NonceStore
 from exchange.services.orders import OrderService
 from exchange.services.participants import ParticipantService
 from exchange.services.registration import RegistrationService
@@ -63,6 +64,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         sessions = make_sessionmaker(engine)
     catalogue = load_catalogue()
     regions = load_regions()
+    nonces = NonceStore(settings.signature_window_seconds)
     identity = IdentityService(sessions, settings.key_dir, settings.origin)
     ledger = LedgerService(sessions, identity, settings.origin)
     federation = FederationService(sessions, settings, identity, ledger)
@@ -94,11 +96,11 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         ledger=ledger,
         federation=federation,
         audit=AuditService(sessions, ledger, identity, catalogue, settings.exports_dir, settings.authority),
-        participants=ParticipantService(sessions, regions, settings.signature_window_seconds),
+        participants=ParticipantService(sessions, regions, settings.signature_window_seconds, nonces),
         registration=RegistrationService(
             sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds
         ),
-        orders=OrderService(sessions, catalogue, regions),
+        orders=OrderService(sessions, catalogue, regions, nonces=nonces),
         contracts=contracts,
         usage=usage,
         settlement=settlement,

@@ -31,10 +31,9 @@ from http_message_signatures import (
     HTTPMessageSignaturesException,
     HTTPMessageSigner,
     HTTPMessageVerifier,
-    HTTPSignatureKeyResolver,
-    InvalidSignature,
     algorithms,
 )
+from http_sf.compat import InnerList, Item
 
 from federation.errors import SignatureError
 from federation.keys import SigningKey, VerifyKey
@@ -90,19 +89,6 @@ class _Message:
     method: str
     url: str
     headers: _Headers
-
-
-class _FixedKey(HTTPSignatureKeyResolver):
-    """Key resolver that returns one already-resolved key."""
-
-    def __init__(self, public: Any = None, private: Any = None) -> None:
-        self.public, self.private = public, private
-
-    def resolve_public_key(self, key_id: str) -> Any:
-        return self.public
-
-    def resolve_private_key(self, key_id: str) -> Any:
-        return self.private
 
 
 class _Verifier(HTTPMessageVerifier):
@@ -199,9 +185,16 @@ class VerifiedSignature:
     label: str = LABEL
 
 
+def _reject_duplicate_label(key: str, context: str) -> None:
+    if context == "dictionary":
+        raise ValueError(f"duplicate signature label {key!r}")
+
+
 def _parse_dict(value: str, name: str) -> dict[str, Any]:
     try:
-        parsed: Any = http_sf.parse(value.encode("ascii"), tltype="dictionary")
+        parsed: Any = http_sf.parse(
+            value.encode("ascii"), tltype="dictionary", on_duplicate_key=_reject_duplicate_label
+        )
     except (ValueError, TypeError, UnicodeEncodeError) as exc:
         raise SignatureError("signature_malformed", f"{name} is not a structured dictionary") from exc
     if not isinstance(parsed, dict):
@@ -225,35 +218,35 @@ def _check_digest(value: str, body: bytes) -> None:
             raise SignatureError("digest_mismatch", "Content-Digest does not match the body")
 
 
-def _is_crypto_failure(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, CryptoInvalidSignature):
-            return True
-        if seen.args and isinstance(seen.args[0], CryptoInvalidSignature):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+@dataclass(frozen=True)
+class ParsedSignature:
+    """A request signature whose headers passed the hetex profile checks (parse_request_signature),
+    waiting for its key: pass it to verify_parsed. Parsing once lets a caller look the key up by
+    `keyid` (e.g. in a database) between the two steps without parsing the headers again."""
+
+    method: str
+    url: str
+    keyid: str
+    created: int
+    nonce: str
+    label: str
+    components: list[tuple[Any, dict[str, Any]]]
+    params: dict[str, Any]
+    signature: bytes
+    digest_value: str
+    headers: _Headers
 
 
-def verify_request(
+def parse_request_signature(
     method: str,
     url: str,
     headers: Mapping[str, str] | Iterable[tuple[str, str]],
-    body: bytes,
-    resolve_key: Callable[[str], VerifyKey | None],
     *,
     now: int | None = None,
     max_skew: int = DEFAULT_MAX_SKEW,
-    nonce_cache: NonceCache | None = None,
-) -> VerifiedSignature:
-    """Verify a request signed with the hetex profile; return who signed it or raise SignatureError.
-
-    Checks, in order: signature headers present and well formed (one signature), nonce present,
-    required components covered, |now - created| <= max_skew, Content-Digest present, key known,
-    Ed25519 signature valid, body matches Content-Digest, and (when `nonce_cache` is given) the nonce
-    was not seen before. Replay protection across processes is the caller's nonce store.
-    """
+) -> ParsedSignature:
+    """First half of verify_request: the checks that need no key (headers present and well formed, one
+    signature, nonce, covered components, |now - created| <= max_skew, Content-Digest present)."""
     hdrs = _Headers(_header_pairs(headers))
     sig_input_value, sig_value = hdrs.get("Signature-Input"), hdrs.get("Signature")
     if sig_input_value is None or sig_value is None:
@@ -280,9 +273,7 @@ def verify_request(
     covered = {item for item, item_params in components if isinstance(item, str) and not item_params}
     missing = [c for c in COMPONENTS if c not in covered]
     if missing:
-        raise SignatureError(
-            "component_missing", f"signature must cover {', '.join(missing)}", missing=missing
-        )
+        raise SignatureError("component_missing", f"signature must cover {', '.join(missing)}", missing=missing)
     now = int(time.time()) if now is None else now
     if abs(now - created) > max_skew:
         raise SignatureError("signature_expired", f"created is more than {max_skew} s from now")
@@ -292,24 +283,72 @@ def verify_request(
     digest_value = hdrs.get("Content-Digest")
     if digest_value is None:
         raise SignatureError("digest_missing", "Content-Digest header is required")
-    key = resolve_key(keyid)
-    if key is None:
-        raise SignatureError("unknown_key", f"unknown key {keyid!r}", keyid=keyid)
-    verifier = _Verifier(
-        signature_algorithm=algorithms.ED25519, key_resolver=_FixedKey(public=key.crypto_key)
-    )
+    return ParsedSignature(method, url, keyid, created, nonce, label, components, params, signature, digest_value, hdrs)
+
+
+# The library's verifier; its time checks are ours (parse_request_signature, with an injectable clock).
+_VERIFIER = _Verifier(signature_algorithm=algorithms.ED25519, key_resolver=None)
+
+
+def _signature_base(parsed: ParsedSignature) -> bytes:
+    """The RFC 9421 signature base, built by the http-message-signatures library from the already
+    parsed Signature-Input member (its public verify() would parse both headers again, twice)."""
+    for name in parsed.params:
+        if name not in _VERIFIER.signature_metadata_parameters:
+            raise SignatureError("signature_malformed", f"unexpected signature parameter {name!r}")
+    node = InnerList()
+    for value, item_params in parsed.components:
+        item = Item(value)
+        item.params.update(item_params)
+        node.append(item)
+    # only the covered fields go to the library's component resolver (it indexes every header it gets)
+    fields = {str(v).lower() for v, _p in parsed.components if isinstance(v, str) and not v.startswith("@")}
+    msg = _Message(parsed.method, parsed.url, _Headers(p for p in parsed.headers.pairs if p[0].lower() in fields))
     try:
-        verifier.verify(_Message(method, url, hdrs), max_age=None, require_components=COMPONENTS)
-    except InvalidSignature as exc:
-        if _is_crypto_failure(exc):
-            raise SignatureError("signature_invalid", "signature does not verify") from exc
+        base, _node, _elements = _VERIFIER._build_signature_base(
+            msg, covered_component_ids=list(node), signature_params=parsed.params
+        )
+    except (HTTPMessageSignaturesException, KeyError, ValueError, TypeError) as exc:
         raise SignatureError("signature_malformed", f"signature cannot be checked: {exc}") from exc
-    except HTTPMessageSignaturesException as exc:
-        raise SignatureError("signature_malformed", f"signature cannot be checked: {exc}") from exc
-    _check_digest(digest_value, body)
+    return str(base).encode()
+
+
+def verify_parsed(parsed: ParsedSignature, body: bytes, key: VerifyKey | None) -> VerifiedSignature:
+    """Second half of verify_request: key known, Ed25519 signature valid, body matches Content-Digest."""
+    if key is None:
+        raise SignatureError("unknown_key", f"unknown key {parsed.keyid!r}", keyid=parsed.keyid)
+    base = _signature_base(parsed)
+    try:
+        key.crypto_key.verify(parsed.signature, base)
+    except CryptoInvalidSignature as exc:
+        raise SignatureError("signature_invalid", "signature does not verify") from exc
+    _check_digest(parsed.digest_value, body)
+    return VerifiedSignature(keyid=parsed.keyid, created=parsed.created, nonce=parsed.nonce, label=parsed.label)
+
+
+def verify_request(
+    method: str,
+    url: str,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    body: bytes,
+    resolve_key: Callable[[str], VerifyKey | None],
+    *,
+    now: int | None = None,
+    max_skew: int = DEFAULT_MAX_SKEW,
+    nonce_cache: NonceCache | None = None,
+) -> VerifiedSignature:
+    """Verify a request signed with the hetex profile; return who signed it or raise SignatureError.
+
+    Checks, in order: signature headers present and well formed (one signature), nonce present,
+    required components covered, |now - created| <= max_skew, Content-Digest present, key known,
+    Ed25519 signature valid, body matches Content-Digest, and (when `nonce_cache` is given) the nonce
+    was not seen before. Replay protection across processes is the caller's nonce store.
+    """
+    parsed = parse_request_signature(method, url, headers, now=now, max_skew=max_skew)
+    verified = verify_parsed(parsed, body, resolve_key(parsed.keyid))
     if nonce_cache is not None:
-        nonce_cache.check_and_remember(keyid, nonce, created, now)
-    return VerifiedSignature(keyid=keyid, created=created, nonce=nonce, label=label)
+        nonce_cache.check_and_remember(verified.keyid, verified.nonce, verified.created, now)
+    return verified
 
 
 class NonceCache:

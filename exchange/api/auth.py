@@ -14,16 +14,16 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import http_sf
 from aiohttp import web
 
 from exchange.api.keys import services
+from exchange.services.nonces import NonceClaim
 from exchange.services.participants import participant_key_id
 from exchange.services.principals import Principal, SignedRequest
 from federation.errors import KeyFormatError, SignatureError
-from federation.httpsig import verify_request
+from federation.httpsig import parse_request_signature, verify_parsed
 from federation.keys import VerifyKey
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -34,6 +34,24 @@ KEY_CACHE_SECONDS = 60.0
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 SIGNED_REQUEST = web.RequestKey("signed_request", SignedRequest)
+NONCE_CLAIM = web.RequestKey("nonce_claim", NonceClaim)
+_REMEMBERS_NONCE = "_hetex_remembers_nonce"
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def remembers_nonce(handler: H) -> H:
+    """Mark a handler whose service remembers the request's nonce (request[NONCE_CLAIM]) in the same
+    transaction as the request's effects, instead of the auth layer writing it in a transaction first.
+
+    Why this is safe: the nonce row commits with the effects or not at all. A request refused before or
+    inside that transaction (validation, role, a database error) leaves nothing, so its replay is
+    refused for the same reason, or (after a transient failure) performs the very request the signer
+    sent, still within the signature window and guarded by the service's own idempotency (orders: the
+    Idempotency-Key). If the handler returns without having remembered the claim, the auth layer
+    remembers it before answering, so a successful request's nonce is always remembered."""
+    setattr(handler, _REMEMBERS_NONCE, True)
+    return handler
 
 
 @dataclass
@@ -68,19 +86,6 @@ def target_uri(request: web.Request, public_base_url: str | None) -> str:
     return str(request.url)
 
 
-def peek_keyid(signature_input: str | None) -> str | None:
-    """The keyid parameter of the (first) signature, or None when absent or unparsable."""
-    if not signature_input:
-        return None
-    try:
-        parsed: Any = http_sf.parse(signature_input.encode("ascii"), tltype="dictionary")
-        _inner, params = next(iter(parsed.values()))
-        keyid = params.get("keyid")
-    except Exception:
-        return None
-    return keyid if isinstance(keyid, str) and len(keyid) <= 64 else None
-
-
 def registration_key(body: bytes, keyid: str) -> VerifyKey | None:
     """The key in a registration body, if it is the key named by `keyid` (proof of possession)."""
     try:
@@ -96,36 +101,35 @@ def is_registration(request: web.Request) -> bool:
     return request.method == "POST" and request.path == REGISTRATION_PATH
 
 
-async def authenticate(request: web.Request) -> None:
-    """Verify the request signature and remember its nonce; store the caller on the request."""
+async def authenticate(request: web.Request, *, defer_nonce: bool = False) -> NonceClaim:
+    """Verify the request signature and remember its nonce (unless `defer_nonce`: then the handler's
+    service does, see remembers_nonce); store the caller and the nonce claim on the request."""
     svc = services(request)
     body = await request.read()
     url = target_uri(request, svc.settings.public_base_url)
     headers = list(request.headers.items())
-    keyid = peek_keyid(request.headers.get("Signature-Input"))
+    # parse and check the signature headers once; the key is looked up by the parsed keyid
+    parsed = parse_request_signature(request.method, url, headers, max_skew=svc.settings.signature_window_seconds)
+    keyid = parsed.keyid
     principal: Principal | None = None
     key: VerifyKey | None = None
-    if keyid is not None:
-        if is_registration(request):
-            key = registration_key(body, keyid)
-        else:
-            cache = request.app[KEY_CACHE]
-            hit = cache.get(keyid)
-            if hit is None:
-                found = await svc.participants.principal_by_key_id(keyid)
-                if found is not None:
-                    hit = found, VerifyKey.from_base64(found.public_key)
-                    cache.put(*hit)
-            if hit is not None:
-                principal, key = hit
-
-    def resolve(requested: str) -> VerifyKey | None:
-        return key if requested == keyid else None
-
-    verified = verify_request(
-        request.method, url, headers, body, resolve, max_skew=svc.settings.signature_window_seconds
-    )
-    await svc.participants.remember_nonce(verified.keyid, verified.nonce, verified.created)
+    if is_registration(request):
+        key = registration_key(body, keyid)
+    elif len(keyid) <= 64:
+        cache = request.app[KEY_CACHE]
+        hit = cache.get(keyid)
+        if hit is None:
+            found = await svc.participants.principal_by_key_id(keyid)
+            if found is not None:
+                hit = found, VerifyKey.from_base64(found.public_key)
+                cache.put(*hit)
+        if hit is not None:
+            principal, key = hit
+    verified = verify_parsed(parsed, body, key)
+    claim = NonceClaim(verified.keyid, verified.nonce, verified.created)
+    if not defer_nonce:
+        await svc.participants.nonce_store.remember_now(svc.sessions, claim)
+    request[NONCE_CLAIM] = claim
     if principal is not None:
         request[PRINCIPAL] = principal
     request[SIGNED_REQUEST] = SignedRequest(
@@ -136,6 +140,7 @@ async def authenticate(request: web.Request) -> None:
         signature_input=request.headers.get("Signature-Input", ""),
         signature=request.headers.get("Signature", ""),
     )
+    return claim
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -153,8 +158,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     signed = "Signature" in request.headers or "Signature-Input" in request.headers
     if request.method in SAFE_METHODS and not signed:
         return await handler(request)
-    await authenticate(request)
-    return await handler(request)
+    defer = getattr(request.match_info.handler, _REMEMBERS_NONCE, False)
+    claim = await authenticate(request, defer_nonce=defer)
+    response = await handler(request)
+    if not claim.remembered:
+        svc = services(request)
+        await svc.participants.nonce_store.remember_now(svc.sessions, claim)
+    return response
 
 
 def require_principal(request: web.Request) -> Principal:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api.auth import require_principal
+from exchange.api.auth import NONCE_CLAIM, remembers_nonce, require_principal
 from exchange.api.keys import services
 from exchange.api.parsing import parse_body, query_int
 from exchange.api.responses import model_response, path_id, query_choice
@@ -16,11 +16,15 @@ routes = web.RouteTableDef()
 
 
 @routes.post("/v1/orders")
+@remembers_nonce
 async def submit(request: web.Request) -> web.Response:
-    """Submit an order; a retry with the same Idempotency-Key and body returns the original (200)."""
+    """Submit an order; a retry with the same Idempotency-Key and body returns the original (200).
+    The request's nonce is remembered in the order's transaction."""
     who = require_principal(request)
     spec = await parse_body(request, OrderSpec)
-    view, created = await services(request).orders.submit(who, request.headers.get("Idempotency-Key"), spec)
+    view, created = await services(request).orders.submit(
+        who, request.headers.get("Idempotency-Key"), spec, request.get(NONCE_CLAIM)
+    )
     return model_response(view, 201 if created else 200)
 
 

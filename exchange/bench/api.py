@@ -5,6 +5,9 @@ Both servers run in their own process on a loopback port (the real app on a temp
 migrated; the bare app a one-handler aiohttp application), without access logs. The load generator in
 this process runs `concurrency` workers on one aiohttp session; every app request is signed afresh (new
 nonce, Content-Digest, Ed25519) and carries a new Idempotency-Key, so each one stores an order.
+
+Developer knobs (environment of the run): HETEX_SWITCH_INTERVAL sets sys.setswitchinterval in both
+servers; HETEX_BENCH_PROFILE=<file> runs the app server under cProfile and writes its stats there.
 """
 
 from __future__ import annotations
@@ -253,9 +256,22 @@ def _serve(kind: str, port: int, database_url: str | None) -> None:
         sys.setswitchinterval(float(switch))
     if kind == "bare":
         web.run_app(_bare_app(), host="127.0.0.1", port=port, access_log=None, print=None)
-    else:
-        assert database_url
+        return
+    assert database_url
+    profile_to = os.environ.get("HETEX_BENCH_PROFILE")
+    if not profile_to:
         web.run_app(_real_app(database_url), host="127.0.0.1", port=port, access_log=None, print=None)
+        return
+    # Developer aid: profile the app server's main thread with cProfile; stats go to the named file on exit.
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        web.run_app(_real_app(database_url), host="127.0.0.1", port=port, access_log=None, print=None)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile_to)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from exchange.services.fields import (
     RegionCode,
     Seconds,
 )
+from exchange.services.nonces import NonceClaim, NonceStore
 from exchange.services.principals import Principal
 from exchange.services.registration import BillingMode
 from exchange.storage.orders import Order
@@ -228,8 +229,8 @@ class OrderPage(BaseModel):
     next_cursor: str | None
 
 
-def _columns(row: Order) -> dict[str, Any]:
-    return {c.key: getattr(row, c.key) for c in Order.__table__.columns}
+# One statement object for every order insert (values passed as parameters): its compiled form is cached.
+_INSERT_ORDER = insert(Order.__table__)  # type: ignore[arg-type]
 
 
 def order_view(row: Order) -> OrderView:
@@ -256,7 +257,12 @@ def spec_json(spec: OrderSpec) -> dict[str, Any]:
 
 def request_hash(spec: OrderSpec) -> str:
     """SHA-256 of the RFC 8785 canonical JSON of the normalized spec: equal bodies, equal hashes."""
-    return hashlib.sha256(canonical_bytes(spec_json(spec))).hexdigest()
+    return spec_json_hash(spec_json(spec))
+
+
+def spec_json_hash(stored_spec: dict[str, Any]) -> str:
+    """request_hash of an already normalized spec (spec_json's result)."""
+    return hashlib.sha256(canonical_bytes(stored_spec)).hexdigest()
 
 
 def check_idempotency_key(value: str | None) -> str:
@@ -432,7 +438,12 @@ class OrderService:
     catalogue: Catalogue
     regions: RegionTable
     capacity_ttl_seconds: float = 2.0
+    nonces: NonceStore | None = None
     _capacity_cache: tuple[float, list[CapacityRow]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.nonce_store: NonceStore = self.nonces or NonceStore()
+        self._families = frozenset(self.catalogue.families)
 
     def _check_codes(self, spec: OrderSpec, home_region: str | None) -> None:
         for i, code in enumerate(spec.models or []):
@@ -443,58 +454,71 @@ class OrderService:
                 raise ValidationError(
                     f"limit_fen_per_device_hour.{key}: not a catalogue model", field=f"limit_fen_per_device_hour.{key}"
                 )
-        known_families = set(self.catalogue.families)
+        known_families = self._families
         for i, fam in enumerate((spec.constraints.families or []) if spec.constraints else []):
             if fam not in known_families:
                 raise ValidationError(
                     f"constraints.families.{i}: {fam!r} is not a catalogue family", field=f"constraints.families.{i}"
                 )
         for i, region in enumerate(spec.regions or []):
-            if region not in self.regions.codes:
+            if region not in self.regions:
                 raise ValidationError(f"regions.{i}: {region!r} is not served here", field=f"regions.{i}")
-        if spec.home_region is not None and spec.home_region not in self.regions.codes:
+        if spec.home_region is not None and spec.home_region not in self.regions:
             raise ValidationError(f"home_region: {spec.home_region!r} is not served here", field="home_region")
         if spec.max_latency_ms is not None and home_region is None:
             raise ValidationError(
                 "max_latency_ms needs a home_region (in the order or the buyer's registration)", field="home_region"
             )
 
-    async def submit(self, who: Principal, idempotency_key: str | None, spec: OrderSpec) -> tuple[OrderView, bool]:
+    async def submit(
+        self, who: Principal, idempotency_key: str | None, spec: OrderSpec, nonce: NonceClaim | None = None
+    ) -> tuple[OrderView, bool]:
         """Store a new order, or return the one stored under the same key (created=False); a reused key
-        with a different body is IdempotencyConflictError. Race-safe through the unique constraint."""
+        with a different body is IdempotencyConflictError. Race-safe through the unique constraint.
+
+        `nonce` (the signed request's, from the auth layer) is remembered in the same transaction as the
+        order, so both commit or neither does (see exchange.api.auth.remembers_nonce for why a replay of
+        a request that failed is harmless); a replay of a stored request is refused (nonce_replayed)."""
         who.require_role("buyer", action="submit orders")
         key = check_idempotency_key(idempotency_key)
         home = spec.home_region or who.home_region
         self._check_codes(spec, home)
-        body_hash = request_hash(spec)
+        stored_spec = spec_json(spec)
+        body_hash = spec_json_hash(stored_spec)
         flags = feasibility_flags(spec, home, await self._capacity(), self.catalogue, self.regions)
         now = int(time.time())
-        row = Order(
-            id=new_id_str(),
-            buyer_id=who.id,
-            idempotency_key=key,
-            request_hash=body_hash,
-            spec=spec_json(spec),
-            billing_mode=spec.billing_mode,
-            status="open",
-            quantity_devices=spec.quantity_devices,
-            filled_devices=0,
-            start_latest=spec.start_latest,
-            flags=[f.model_dump() for f in flags],
-            created_at=now,
-            updated_at=now,
-        )
+        values: dict[str, Any] = {
+            "id": new_id_str(),
+            "buyer_id": who.id,
+            "idempotency_key": key,
+            "request_hash": body_hash,
+            "spec": stored_spec,
+            "billing_mode": spec.billing_mode,
+            "status": "open",
+            "quantity_devices": spec.quantity_devices,
+            "filled_devices": 0,
+            "start_latest": spec.start_latest,
+            "flags": [f.model_dump() for f in flags],
+            "created_at": now,
+            "updated_at": now,
+        }
         try:
             # Insert first: the unique (buyer_id, idempotency_key) constraint decides races; a retry
-            # (sequential or concurrent) fails here and is answered from a fresh read.
+            # (sequential or concurrent) fails here, rolling back this request's nonce with it, and is
+            # answered from a fresh read that remembers the nonce (so a replay of the retry is refused).
             async with self.sessions.begin() as session:
-                await session.execute(insert(Order).values(**_columns(row)))
+                if nonce is not None:
+                    await self.nonce_store.remember(session, nonce)
+                await session.execute(_INSERT_ORDER, values)
         except IntegrityError:
-            existing = await self._by_key(who.id, key)
+            existing = await self._by_key(who.id, key, nonce)
             if existing is None:
                 raise
             return self._replay(existing, body_hash), False
-        return order_view(row), True
+        if nonce is not None:
+            nonce.remembered = True
+        values["flags"] = flags
+        return OrderView(**{k: values[k] for k in OrderView.model_fields}), True
 
     def _replay(self, row: Order, body_hash: str) -> OrderView:
         if row.request_hash != body_hash:
@@ -505,10 +529,15 @@ class OrderService:
             )
         return order_view(row)
 
-    async def _by_key(self, buyer_id: str, key: str) -> Order | None:
-        async with self.sessions() as session:
+    async def _by_key(self, buyer_id: str, key: str, nonce: NonceClaim | None = None) -> Order | None:
+        async with self.sessions.begin() as session:
+            if nonce is not None:
+                await self.nonce_store.remember(session, nonce)
             query = select(Order).where(Order.buyer_id == buyer_id, Order.idempotency_key == key)
-            return (await session.execute(query)).scalar_one_or_none()
+            row = (await session.execute(query)).scalar_one_or_none()
+        if nonce is not None:
+            nonce.remembered = True
+        return row
 
     async def _capacity(self) -> list[CapacityRow]:
         """Active pools with their cheapest open ask, from a snapshot at most capacity_ttl_seconds old."""

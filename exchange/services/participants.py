@@ -3,20 +3,20 @@ regulators and peers, key lookup for request authentication, and the replay (non
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.fields import Name, RegionCode
+from exchange.services.nonces import NonceClaim, NonceStore
 from exchange.services.principals import ROLES, Principal, SignedRequest
 from exchange.services.records import add_record
-from exchange.storage.participants import Participant, SeenNonce
-from federation.errors import KeyFormatError, SignatureError
+from exchange.storage.participants import Participant
+from federation.errors import KeyFormatError
 from federation.keys import VerifyKey, key_id_hex
 from identifiers.crockford import random_code
 from identifiers.errors import ConflictError, NotFoundError, ValidationError
@@ -26,8 +26,6 @@ from identifiers.regions import RegionTable
 #: The fixed C2SP key name under which participant key ids are computed (specs/signing.md).
 KEY_NAME = "hetex"
 OPERATOR_CODE_LENGTH = 4
-NONCE_MAX_LENGTH = 128
-PURGE_EVERY_SECONDS = 30
 
 PublicKeyText = Annotated[str, StringConstraints(min_length=40, max_length=64, pattern=r"^[A-Za-z0-9+/]+={0,2}$")]
 
@@ -118,7 +116,10 @@ class ParticipantService:
     sessions: async_sessionmaker[AsyncSession]
     regions: RegionTable
     signature_window_seconds: int = 300
-    _last_purge: float = field(default=0.0, repr=False)
+    nonces: NonceStore | None = None
+
+    def __post_init__(self) -> None:
+        self.nonce_store: NonceStore = self.nonces or NonceStore(self.signature_window_seconds)
 
     def _check_region(self, region: str | None, field_name: str = "home_region") -> None:
         if region is not None and region not in self.regions.codes:
@@ -202,25 +203,4 @@ class ParticipantService:
 
     async def remember_nonce(self, key_id: str, nonce: str, created: int, now: int | None = None) -> None:
         """Store (key id, nonce) until the signature could no longer be accepted; a second use is a replay."""
-        if len(nonce) > NONCE_MAX_LENGTH:
-            raise SignatureError("signature_malformed", f"nonce longer than {NONCE_MAX_LENGTH} characters")
-        now = int(time.time()) if now is None else now
-        expires_at = max(created, now) + self.signature_window_seconds
-        purge = time.monotonic() - self._last_purge > PURGE_EVERY_SECONDS
-        try:
-            async with self.sessions.begin() as session:
-                if purge:
-                    await session.execute(delete(SeenNonce).where(SeenNonce.expires_at < now))
-                await session.execute(insert(SeenNonce).values(key_id=key_id, nonce=nonce, expires_at=expires_at))
-        except IntegrityError:
-            async with self.sessions.begin() as session:
-                # A remembered nonce whose window has passed may be reused (its old signature is expired).
-                revived = await session.execute(
-                    update(SeenNonce)
-                    .where(SeenNonce.key_id == key_id, SeenNonce.nonce == nonce, SeenNonce.expires_at < now)
-                    .values(expires_at=expires_at)
-                )
-            if getattr(revived, "rowcount", 0) != 1:
-                raise SignatureError("nonce_replayed", "nonce was already used", keyid=key_id) from None
-        if purge:
-            self._last_purge = time.monotonic()
+        await self.nonce_store.remember_now(self.sessions, NonceClaim(key_id, nonce, created), now)

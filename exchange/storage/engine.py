@@ -27,9 +27,20 @@ def _sqlite_on_begin(connection: Any) -> None:
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """Create the async engine for `url` with the per-database settings hetex relies on."""
+    """Create the async engine for `url` with the per-database settings hetex relies on.
+
+    SQLite file databases get a pool of ONE connection: every transaction starts with BEGIN IMMEDIATE
+    (the database-wide write lock), so several pooled connections of one process would only wait on
+    each other inside SQLite's busy handler (sleeps of up to 100 ms, unfair: multi-second p99). With
+    one connection the waiters queue in the pool instead, first come first served. A session must
+    therefore never open a second session while it holds the connection (the code passes `session`
+    down instead); that would already deadlock on the SQLite write lock with a larger pool.
+    """
     url = normalize_database_url(url)
     if url.startswith("sqlite"):
+        if "poolclass" not in kwargs and ":memory:" not in url:
+            kwargs.setdefault("pool_size", 1)
+            kwargs.setdefault("max_overflow", 0)
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)

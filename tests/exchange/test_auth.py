@@ -227,3 +227,50 @@ async def test_unsigned_get_of_own_resources_is_refused(api: Api) -> None:
         async with api.http.session.get(api.base_url + path) as resp:
             body = json.loads(await resp.text())
             assert (resp.status, body["reason"]) == (401, "signature_missing")
+
+
+async def test_order_nonce_commits_with_the_order(api: Api, monkeypatch: Any) -> None:
+    """POST /v1/orders remembers its nonce in the order's transaction: a request that fails stores
+    nothing (not even the nonce), and its replay is refused for the same reason or, after a transient
+    failure, performs exactly the request the buyer signed (once: the Idempotency-Key still holds)."""
+    b = await api.buyer()
+    # refused by validation: no row at all, and a replay is refused the same way
+    bad = dumps(order_body(models=["XX-NOPE"]))
+    headers = signed(b, "POST", "/v1/orders", bad)
+    headers["Idempotency-Key"] = "bad"
+    for _ in range(2):
+        before = await api.counts()
+        got, problem = await send(api, "POST", "/v1/orders", bad, headers)
+        assert (got, problem["code"]) == (422, "invalid_input")
+        assert await api.counts() == before
+    # a failure inside the transaction, after the nonce was written: both are rolled back
+    body = dumps(order_body())
+    headers = signed(b, "POST", "/v1/orders", body)
+    headers["Idempotency-Key"] = "k1"
+    store = api.svc.orders.nonce_store
+    remember = store.remember
+
+    async def remember_then_fail(session: Any, claim: Any, now: int | None = None) -> None:
+        await remember(session, claim, now)
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(store, "remember", remember_then_fail)
+    before = await api.counts()
+    got, problem = await send(api, "POST", "/v1/orders", body, headers)
+    assert (got, problem["code"]) == (500, "internal_error")
+    assert await api.counts() == before
+    monkeypatch.undo()
+    # the replay is the buyer's own request: stored once, with its nonce; a second replay is refused
+    got, first = await send(api, "POST", "/v1/orders", body, headers)
+    assert got == 201, first
+    after = await api.counts()
+    assert (after["orders"], after["seen_nonces"]) == (before["orders"] + 1, before["seen_nonces"] + 1)
+    await assert_refused(api, "POST", "/v1/orders", body, headers, 401, "nonce_replayed")
+    # a retry under the same key (fresh signature) is answered with the original and remembers its
+    # nonce in the read's transaction, so replaying the retry is refused as well
+    retry = signed(b, "POST", "/v1/orders", body)
+    retry["Idempotency-Key"] = "k1"
+    got, again = await send(api, "POST", "/v1/orders", body, retry)
+    assert (got, again["id"]) == (200, first["id"])
+    assert (await api.counts())["seen_nonces"] == after["seen_nonces"] + 1
+    await assert_refused(api, "POST", "/v1/orders", body, retry, 401, "nonce_replayed")

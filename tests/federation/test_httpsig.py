@@ -13,9 +13,12 @@ from hypothesis import strategies as st
 
 from federation.errors import SIGNATURE_REASONS, SignatureError
 from federation.httpsig import (
+    COMPONENTS,
     NonceCache,
     VerifiedSignature,
+    _signature_base,
     content_digest,
+    parse_request_signature,
     sign_message,
     sign_request,
     verify_request,
@@ -268,3 +271,57 @@ def test_round_trip(body: bytes, nonce: str) -> None:
     if body:
         with pytest.raises(SignatureError):
             verify_request("PATCH", URL, headers, body[:-1], _resolve, now=NOW)
+
+
+def _library_accepts(method: str, url: str, headers: Any, key: VerifyKey) -> bool:
+    """The http-message-signatures library's own public verify() on the same request."""
+    from http_message_signatures import HTTPMessageVerifier, HTTPSignatureKeyResolver, InvalidSignature, algorithms
+
+    from federation.httpsig import _header_pairs, _Headers, _Message
+
+    class Fixed(HTTPSignatureKeyResolver):
+        def resolve_public_key(self, key_id: str) -> Any:
+            return key.crypto_key
+
+        def resolve_private_key(self, key_id: str) -> Any:
+            raise NotImplementedError
+
+    verifier = HTTPMessageVerifier(signature_algorithm=algorithms.ED25519, key_resolver=Fixed())
+    try:
+        verifier.verify(_Message(method, url, _Headers(_header_pairs(headers))), max_age=None)
+    except InvalidSignature:
+        return False
+    return True
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    extra=st.lists(st.sampled_from(["content-type", "idempotency-key", "@authority", "@path"]), unique=True),
+    nonce=st.text(alphabet="abcXYZ019-_", min_size=1, max_size=20),
+    flip=st.integers(min_value=-1, max_value=63),
+)
+def test_signature_base_is_the_librarys(extra: list[str], nonce: str, flip: int) -> None:
+    # verify_parsed builds the base with the library's internals from the once-parsed header: it must
+    # equal the base the signer signed, and accept exactly what the library's public verify() accepts
+    headers = {"Content-Type": "application/json", "Idempotency-Key": "k-1", "Content-Digest": content_digest(BODY)}
+    signed = sign_message("POST", URL, headers, KEY, KEYID, components=(*COMPONENTS, *extra), created=NOW, nonce=nonce)
+    all_headers = {**headers, "Signature-Input": signed.signature_input, "Signature": signed.signature}
+    parsed = parse_request_signature("POST", URL, all_headers, now=NOW)
+    assert _signature_base(parsed) == signed.signature_base
+    if flip >= 0:  # a damaged signature: both refuse
+        raw = bytearray(base64.b64decode(signed.signature[len("sig1=:") : -1]))
+        raw[flip] ^= 1
+        all_headers["Signature"] = "sig1=:" + base64.b64encode(bytes(raw)).decode() + ":"
+    ours = True
+    try:
+        verify_request("POST", URL, all_headers, BODY, _resolve, now=NOW)
+    except SignatureError as exc:
+        assert exc.reason == "signature_invalid"
+        ours = False
+    assert ours == _library_accepts("POST", URL, all_headers, KEY.public) == (flip < 0)
+
+
+def test_unexpected_signature_parameter_is_malformed() -> None:
+    sig_input = _signed()["Signature-Input"]
+    assert _reason(headers=_with(Signature_Input=sig_input + ';x="1"')) == "signature_malformed"
+    assert _reason(headers=_with(Signature_Input=sig_input + ", sig1=()")) == "signature_malformed"
