@@ -52,9 +52,7 @@ def _unb64(text: Any, *, what: str) -> bytes:
         raise EnvelopeError("malformed", f"{what} is not valid base64") from exc
 
 
-def sign_envelope(
-    payload_type: str, payload: bytes, signers: Sequence[tuple[str, SigningKey]]
-) -> dict[str, Any]:
+def sign_envelope(payload_type: str, payload: bytes, signers: Sequence[tuple[str, SigningKey]]) -> dict[str, Any]:
     """Sign `payload` with each (keyid, key) and return the envelope as a JSON-ready dict."""
     if not payload_type:
         raise ValueError("payload type must not be empty")
@@ -68,9 +66,7 @@ def sign_envelope(
     }
 
 
-def sign_json_envelope(
-    payload_type: str, obj: Any, signers: Sequence[tuple[str, SigningKey]]
-) -> dict[str, Any]:
+def sign_json_envelope(payload_type: str, obj: Any, signers: Sequence[tuple[str, SigningKey]]) -> dict[str, Any]:
     """Sign the RFC 8785 canonical bytes of `obj` (so the signed bytes are exactly the stored bytes)."""
     return sign_envelope(payload_type, canonical_bytes(obj), signers)
 

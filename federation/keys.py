@@ -96,9 +96,7 @@ class VerifyKey:
 
     def to_pem(self) -> bytes:
         """PEM SubjectPublicKeyInfo."""
-        return self._key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return self._key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def verify(self, signature: bytes, data: bytes) -> None:
         """Return None if `signature` is a valid Ed25519 signature of `data`, else raise BadSignatureError."""
@@ -440,9 +438,7 @@ class Keyring:
         not_after: int | None = None,
     ) -> KeyEntry:
         """Trust `key` under its C2SP hex key id for `name`."""
-        return self.add(
-            key_id_hex(name, key), key, name=name, owner=owner, not_before=not_before, not_after=not_after
-        )
+        return self.add(key_id_hex(name, key), key, name=name, owner=owner, not_before=not_before, not_after=not_after)
 
     def entry(self, kid: str | bytes) -> KeyEntry | None:
         """The entry for a key id, ignoring validity windows."""

@@ -191,9 +191,7 @@ def open_note(note: str, verifiers: VerifierSet) -> OpenedNote:
             raise NoteError("bad_signature", f"signature by {sig.name} does not verify", key_name=sig.name)
         verified.append(sig)
     if not verified:
-        raise NoteError(
-            "no_known_signature", "no signature by a known key", names=[s.name for s in unverified]
-        )
+        raise NoteError("no_known_signature", "no signature by a known key", names=[s.name for s in unverified])
     return OpenedNote(text, tuple(verified), tuple(unverified))
 
 
