@@ -378,9 +378,7 @@ def parse_catalogue(data: Mapping[str, Any]) -> Catalogue:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("title"), str):
             raise CatalogueError(f"source {key!r} needs a title", field="sources")
         url = entry.get("url")
-        sources[str(key)] = Source(
-            key=str(key), title=entry["title"], url=url if isinstance(url, str) else None
-        )
+        sources[str(key)] = Source(key=str(key), title=entry["title"], url=url if isinstance(url, str) else None)
     models_raw = data.get("models")
     if not isinstance(models_raw, Sequence) or isinstance(models_raw, str) or not models_raw:
         raise CatalogueError("catalogue needs a non-empty models list", field="models")

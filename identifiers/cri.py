@@ -62,9 +62,7 @@ def _validate_segments(
 ) -> None:
     """Raise CriError for the first segment that breaks the grammar (canonical upper-case form)."""
     if not _AUTHORITY_RE.fullmatch(authority):
-        raise CriError(
-            f"authority {authority!r} must be 1-8 characters of A-Z and 0-9", reason="bad_authority"
-        )
+        raise CriError(f"authority {authority!r} must be 1-8 characters of A-Z and 0-9", reason="bad_authority")
     if not _REGION_RE.fullmatch(region):
         raise CriError(
             f"region {region!r} must be an ISO 3166-2 code like CN-SH (country, '-', 1-3 characters)",
@@ -86,9 +84,7 @@ def _validate_segments(
             reason="bad_pool",
         )
     if model is not None and not is_model_code(model):
-        raise CriError(
-            f"model {model!r} must be a catalogue code like NV-H100-SXM or HW-910B3", reason="bad_model"
-        )
+        raise CriError(f"model {model!r} must be a catalogue code like NV-H100-SXM or HW-910B3", reason="bad_model")
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,9 +240,7 @@ def parse_regions(data: Mapping[str, Any]) -> RegionTable:
     for a in codes:
         for b in codes:
             if latency[a][b] != latency[b][a]:
-                raise _fail(
-                    a, "latency_ms", f"is not symmetric: {a}->{b} {latency[a][b]} vs {b}->{a} {latency[b][a]}"
-                )
+                raise _fail(a, "latency_ms", f"is not symmetric: {a}->{b} {latency[a][b]} vs {b}->{a} {latency[b][a]}")
             if a != b and latency[a][b] == 0:
                 raise _fail(a, "latency_ms", f"towards {b} must be positive")
     return RegionTable(regions=tuple(regions), hubs=hubs, latency=latency, derivation=dict(derivation))

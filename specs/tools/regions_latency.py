@@ -31,10 +31,7 @@ def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float, radius_k
 
 def rtt_ms(distance_km: float, derivation: dict[str, Any]) -> int:
     """Round-trip time in whole ms for a fibre path of the given straight-line distance."""
-    raw = (
-        derivation["overhead_ms"]
-        + 2 * distance_km * derivation["route_factor"] / derivation["fibre_km_per_ms"]
-    )
+    raw = derivation["overhead_ms"] + 2 * distance_km * derivation["route_factor"] / derivation["fibre_km_per_ms"]
     return int(Decimal(repr(raw)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
@@ -49,9 +46,7 @@ def compute_matrix(data: dict[str, Any]) -> dict[str, list[int]]:
             if a["code"] == b["code"]:
                 distance = float(derivation["intra_region_km"])
             else:
-                distance = great_circle_km(
-                    a["lat"], a["lon"], b["lat"], b["lon"], derivation["earth_radius_km"]
-                )
+                distance = great_circle_km(a["lat"], a["lon"], b["lat"], b["lon"], derivation["earth_radius_km"])
             row.append(rtt_ms(distance, derivation))
         rows[a["code"]] = row
     return rows
