@@ -16,6 +16,7 @@ from matching.model import ClearingResult, Market, RoundStats, Unfilled, validat
 from matching.placement import Piece, Placer
 from matching.prices import class_prices, compute_duals, price_pieces
 from matching.relaxation import Network, Relaxation, build_network, relax
+from matching.repair import place_within_flow
 from matching.repair import repair as fast_repair
 
 METHODS = ("mcf", "greedy", "fifo")
@@ -23,24 +24,8 @@ METHODS = ("mcf", "greedy", "fifo")
 
 def _place_on_budget(prep: Prepared, net: Network, placer: Placer, budget: np.ndarray, o: int, e: int) -> bool:
     """Place order o on edge e using only pools whose relaxation flow in e's group can hold it."""
-    j = int(net.e_group[e])
-    fs = np.nonzero(net.f_group == j)[0]
-    need = int(prep.e_need[e])
-    ok_f = fs[budget[fs] >= need - 1e-6]
-    if not len(ok_f):
-        return False
-    c = int(prep.e_class[e])
-    mask = np.isin(prep.class_pools[c], net.f_pool[ok_f])
-    plan = placer.plan(o, np.array([e]), {e: mask})
-    if plan is None:
-        return False
-    placer.commit(plan)
-    pos_f = {int(net.f_pool[f]): int(f) for f in ok_f}
-    for pc in plan:
-        f = pos_f.get(pc.pool)
-        if f is not None:
-            budget[f] -= pc.devices
-    return True
+    fs = np.nonzero(net.f_group == int(net.e_group[e]))[0]
+    return place_within_flow(prep, net, placer, budget, fs, o, e, tol=1e-6)
 
 
 def _place_least_displacing(prep: Prepared, placer: Placer, slack: np.ndarray, o: int, edges: np.ndarray) -> bool:

@@ -64,6 +64,36 @@ def place_units(prep: Prepared, net: Network, placer: Placer, units: np.ndarray,
     )
 
 
+def place_within_flow(
+    prep: Prepared,
+    net: Network,
+    placer: Placer,
+    budget: np.ndarray,
+    fs: np.ndarray,
+    o: int,
+    e: int,
+    tol: float = 0,
+) -> bool:
+    """Place order o on edge e using only the pool edges `fs` whose remaining relaxation flow (`budget`)
+    can hold its whole need, and consume the flow the placement used."""
+    need = int(prep.e_need[e])
+    ok_f = fs[budget[fs] >= need - tol]
+    if not len(ok_f):
+        return False
+    c = int(prep.e_class[e])
+    mask = np.isin(prep.class_pools[c], net.f_pool[ok_f])
+    plan = placer.plan(o, np.array([e]), {e: mask})
+    if plan is None:
+        return False
+    placer.commit(plan)
+    pos = {int(net.f_pool[f]): int(f) for f in ok_f}
+    for pc in plan:
+        f = pos.get(pc.pool)
+        if f is not None:
+            budget[f] -= pc.devices
+    return True
+
+
 class _Budget:
     """Relaxation flow per pool edge, indexed by group, consumed as gangs are placed on it."""
 
@@ -75,25 +105,9 @@ class _Budget:
 
     def place(self, prep: Prepared, placer: Placer, o: int, e: int) -> bool:
         """Place order o on edge e using only pools whose remaining flow in e's group can hold it."""
-        net = self.net
-        j = int(net.e_group[e])
+        j = int(self.net.e_group[e])
         fs = self.f_order[self.bounds[j] : self.bounds[j + 1]]
-        need = int(prep.e_need[e])
-        ok_f = fs[self.left[fs] >= need]
-        if not len(ok_f):
-            return False
-        c = int(prep.e_class[e])
-        mask = np.isin(prep.class_pools[c], net.f_pool[ok_f])
-        plan = placer.plan(o, np.array([e]), {e: mask})
-        if plan is None:
-            return False
-        placer.commit(plan)
-        pos = {int(net.f_pool[f]): int(f) for f in ok_f}
-        for pc in plan:
-            f = pos.get(pc.pool)
-            if f is not None:
-                self.left[f] -= pc.devices
-        return True
+        return place_within_flow(prep, self.net, placer, self.left, fs, o, e)
 
 
 def _slack(prep: Prepared, net: Network, rel: Relaxation, free: np.ndarray) -> np.ndarray:
