@@ -10,6 +10,7 @@ from exchange.billing.tiers import load_tier_table
 from exchange.services.audit import AuditService
 from exchange.services.contracts import ContractService
 from exchange.services.federation import FederationService
+from exchange.services.health import HealthService
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
 from exchange.services.nonces import NonceStore
@@ -37,6 +38,7 @@ class Services:
     catalogue: Catalogue
     regions: RegionTable
     resolve: ResolveService
+    health: HealthService
     identity: IdentityService
     ledger: LedgerService
     federation: FederationService
@@ -92,6 +94,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         catalogue=catalogue,
         regions=regions,
         resolve=ResolveService(sessions, settings.authority),
+        health=HealthService(sessions, settings.authority),
         identity=identity,
         ledger=ledger,
         federation=federation,

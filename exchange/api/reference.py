@@ -15,12 +15,7 @@ routes = web.RouteTableDef()
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     """Liveness plus a database round trip."""
-    svc = services(request)
-    async with svc.sessions() as session:
-        from sqlalchemy import text
-
-        await session.execute(text("SELECT 1"))
-    return web.json_response({"status": "ok", "authority": svc.settings.authority})
+    return web.json_response(await services(request).health.check())
 
 
 def model_json(model: AcceleratorModel) -> dict[str, Any]:
