@@ -27,7 +27,9 @@ from federation.httpsig import parse_request_signature, verify_parsed
 from federation.keys import VerifyKey
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: Paths whose handlers verify request signatures themselves (exchange.api.federation: peer exchange keys).
+#: Paths whose POST handlers verify request signatures themselves (exchange.api.federation: peer exchange
+#: keys, destination-bound messages). GETs there go through the ordinary participant authentication: a peer
+#: exchange's key is a participant of role peer, so its signed reads are verified here like any other.
 SELF_VERIFIED_PREFIXES = ("/v1/federation/",)
 REGISTRATION_PATH = "/v1/participants"
 KEY_CACHE_SECONDS = 60.0
@@ -151,7 +153,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Authenticate signed requests; refuse unsigned state-changing ones (401 before the handler)."""
     if request.match_info.http_exception is not None:
         return await handler(request)
-    if request.path.startswith(SELF_VERIFIED_PREFIXES):
+    if request.method not in SAFE_METHODS and request.path.startswith(SELF_VERIFIED_PREFIXES):
         return await handler(
             request
         )  # peer exchanges: verified by the federation service (peer keys, not participants)

@@ -1,7 +1,11 @@
-"""Handlers for the federation API: peer messages (signed by a peer exchange key), and public reads.
+"""Handlers for the federation API: peer messages (signed by a peer exchange key), signed and public reads.
 
-Peer POST routes verify their own signatures (FederationService.handle): the caller is a peer exchange,
-not a participant, so an auth middleware must let PEER_PATH_PREFIX through to these handlers.
+Peer POST routes verify their own signatures (FederationService.handle): the auth middleware lets POSTs
+under PEER_PATH_PREFIX through to these handlers. GETs go through the ordinary participant authentication:
+contracts, holds, mirrored records, events and peers need a request signed by the operator or by a peer
+exchange (its key is registered as a participant of role peer when the peer is added), and a peer sees only
+what concerns it. Identity, keys, summaries, checkpoint, consistency and stats stay public: they are what
+the exchange publishes for anyone to verify (signed documents, log proofs, aggregate counters).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from exchange.api.auth import require_principal
 from exchange.api.keys import SERVICES, services
 from exchange.api.parsing import query_int
 from identifiers.errors import ValidationError
@@ -82,8 +87,9 @@ async def identity(request: web.Request) -> web.Response:
 
 @routes.get("/v1/federation/peers")
 async def peers(request: web.Request) -> web.Response:
-    """Known peers with reachability, log consistency, last checkpoint and summary."""
-    return _json({"peers": await services(request).federation.peers_view()})
+    """Known peers with reachability, log consistency, last checkpoint and summary (operator only)."""
+    who = require_principal(request)
+    return _json({"peers": await services(request).federation.peers_for(who)})
 
 
 @routes.get("/v1/federation/keys")
@@ -122,28 +128,33 @@ async def consistency(request: web.Request) -> web.Response:
 
 @routes.get("/v1/federation/contracts")
 async def contracts(request: web.Request) -> web.Response:
-    """Cross-exchange contracts known here (both signatures; the same records are in the public log)."""
+    """Cross-exchange contracts known here (operator: all; a peer exchange: those with it)."""
+    who = require_principal(request)
     fed = services(request).federation
-    return _json({"contracts": await fed.contracts_view(request.query.get("peer"), request.query.get("order_id"))})
+    return _json({"contracts": await fed.contracts_for(who, request.query.get("peer"), request.query.get("order_id"))})
 
 
 @routes.get("/v1/federation/holds")
 async def holds(request: web.Request) -> web.Response:
-    """Holds this exchange granted to peers."""
-    return _json({"holds": await services(request).federation.holds_view(request.query.get("status"))})
+    """Holds this exchange granted to peers (operator: all; a peer exchange: its own)."""
+    who = require_principal(request)
+    return _json({"holds": await services(request).federation.holds_for(who, request.query.get("status"))})
 
 
 @routes.get("/v1/federation/mirrored")
 async def mirrored(request: web.Request) -> web.Response:
-    """Usage and settlement records mirrored here from owning exchanges."""
-    return _json({"records": await services(request).federation.mirrored_view(request.query.get("contract_id"))})
+    """Usage and settlement records mirrored here from owning exchanges (operator: all; a peer: its own)."""
+    who = require_principal(request)
+    fed = services(request).federation
+    return _json({"records": await fed.mirrored_for(who, request.query.get("contract_id"))})
 
 
 @routes.get("/v1/federation/events")
 async def events(request: web.Request) -> web.Response:
-    """Refused peer messages, log inconsistencies, expired holds (newest first)."""
+    """Refused peer messages, log inconsistencies, expired holds (newest first; operator only)."""
+    who = require_principal(request)
     limit = query_int(request, "limit", 100, lo=1, hi=1000)
-    return _json({"events": await services(request).federation.events(limit, request.query.get("kind"))})
+    return _json({"events": await services(request).federation.events_for(who, limit, request.query.get("kind"))})
 
 
 @routes.get("/v1/federation/stats")

@@ -46,6 +46,7 @@ from exchange.services.federation_capacity import (
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
 from exchange.services.peer_client import PeerClient, PeerRefusedError, PeerUnavailableError
+from exchange.services.principals import NotOwnerError, Principal, RoleForbiddenError
 from exchange.settings import Settings
 from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
@@ -354,6 +355,61 @@ class FederationService:
                 stmt = stmt.where(FederationEvent.kind == kind)
             rows = (await session.scalars(stmt)).all()
         return [{"id": r.id, "at": r.at, "peer": r.peer_authority, "kind": r.kind, "detail": r.detail} for r in rows]
+
+    # ------------------------------------------------------------------------------------------ signed reads
+
+    async def reader_scope(self, who: Principal, *, operator_only: bool = False) -> str | None:
+        """Who may read federation records: None for the operator (everything), the peer's authority for a
+        peer exchange (only what concerns it); RoleForbiddenError (403) for anyone else."""
+        who.require_role(*(("operator",) if operator_only else ("operator", "peer")), action="read federation records")
+        if who.role == "operator":
+            return None
+        async with self.sessions() as session:
+            authority = await session.scalar(
+                select(Peer.authority).where(Peer.participant_id == who.id, Peer.status == "active")
+            )
+        if authority is None:
+            raise RoleForbiddenError(
+                "this peer key belongs to no active peer exchange", reason="role_forbidden", role=who.role
+            )
+        return str(authority)
+
+    @staticmethod
+    def _own_peer(scope: str | None, asked: str | None) -> str | None:
+        """The peer filter a caller may use: its own authority for a peer (NotOwnerError if it asks for
+        another's), whatever was asked for the operator."""
+        if scope is None:
+            return asked
+        if asked and asked != scope:
+            raise NotOwnerError("a peer exchange reads only its own federation records", reason="not_owner")
+        return scope
+
+    async def contracts_for(
+        self, who: Principal, peer: str | None = None, order_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """GET /v1/federation/contracts: every contract for the operator, a peer's own for a peer."""
+        scope = await self.reader_scope(who)
+        return await self.contracts_view(self._own_peer(scope, peer), order_id)
+
+    async def holds_for(self, who: Principal, status: str | None = None) -> list[dict[str, Any]]:
+        """GET /v1/federation/holds: every hold for the operator, the holds granted to a peer for that peer."""
+        scope = await self.reader_scope(who)
+        return await self.holds_view(status, peer=scope)
+
+    async def mirrored_for(self, who: Principal, contract_id: str | None = None) -> list[dict[str, Any]]:
+        """GET /v1/federation/mirrored: every record for the operator, the ones a peer mirrored for that peer."""
+        scope = await self.reader_scope(who)
+        return await self.mirrored_view(contract_id, peer=scope)
+
+    async def events_for(self, who: Principal, limit: int = 100, kind: str | None = None) -> list[dict[str, Any]]:
+        """GET /v1/federation/events: operator only (events name every peer and hold refusal details)."""
+        await self.reader_scope(who, operator_only=True)
+        return await self.events(limit, kind)
+
+    async def peers_for(self, who: Principal) -> list[dict[str, Any]]:
+        """GET /v1/federation/peers: operator only (peer URLs, reachability and last errors are internal)."""
+        await self.reader_scope(who, operator_only=True)
+        return await self.peers_view()
 
     # ------------------------------------------------------------------------------------------ peers
 
@@ -940,12 +996,14 @@ class FederationService:
             self._publish_wanted.set()
         return [h for h, _p, _d in expired]
 
-    async def holds_view(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Owner-side holds (newest first)."""
+    async def holds_view(self, status: str | None = None, *, peer: str | None = None) -> list[dict[str, Any]]:
+        """Owner-side holds (newest first), optionally only those granted to `peer`."""
         async with self.sessions() as session:
             stmt = select(FederationHold).order_by(FederationHold.created_at.desc(), FederationHold.id.desc())
             if status:
                 stmt = stmt.where(FederationHold.status == status)
+            if peer:
+                stmt = stmt.where(FederationHold.origin_authority == peer)
             rows = (await session.scalars(stmt.limit(500))).all()
         return [
             {
@@ -1617,12 +1675,14 @@ class FederationService:
             self._store(session, v, response)
         return response
 
-    async def mirrored_view(self, contract_id: str | None = None) -> list[dict[str, Any]]:
-        """Mirrored records kept here."""
+    async def mirrored_view(self, contract_id: str | None = None, *, peer: str | None = None) -> list[dict[str, Any]]:
+        """Mirrored records kept here, optionally only those mirrored by `peer`."""
         async with self.sessions() as session:
             stmt = select(MirroredRecord).order_by(MirroredRecord.created_at, MirroredRecord.record_id)
             if contract_id:
                 stmt = stmt.where(MirroredRecord.contract_id == contract_id)
+            if peer:
+                stmt = stmt.where(MirroredRecord.peer_authority == peer)
             rows = (await session.scalars(stmt)).all()
         return [
             {

@@ -18,7 +18,9 @@ from typing import Any
 
 from exchange.client import HetexClient
 from exchange.composition import build_services
+from exchange.services.participants import participant_key_id
 from exchange.settings import Settings
+from federation.httpsig import sign_request
 from federation.keys import SigningKey
 from tests.federation.fedkit import free_port
 
@@ -49,6 +51,8 @@ class Proc:
     root: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
+    #: The operator participant's key (registered by start_and_peer): every `get` is signed with it.
+    operator_key: SigningKey = field(default_factory=SigningKey.generate)
 
     @property
     def url(self) -> str:
@@ -135,8 +139,10 @@ class Proc:
         )  # fmt: skip
 
     def get(self, path: str) -> Any:
-        """GET JSON from this exchange."""
-        return get_json(self.url + path)
+        """GET JSON from this exchange, signed by its operator (federation reads need a signed request)."""
+        url = self.url + path
+        key = self.operator_key
+        return get_json(url, headers=sign_request("GET", url, {}, b"", key, participant_key_id(key.public)))
 
     def log_tail(self, n: int = 3000) -> str:
         """End of its server log."""
@@ -146,9 +152,9 @@ class Proc:
             return ""
 
 
-def get_json(url: str, timeout: float = 5) -> Any:
+def get_json(url: str, timeout: float = 5, headers: Mapping[str, str] | None = None) -> Any:
     """GET and parse JSON (urllib: no event loop needed in sync tests)."""
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=dict(headers or {})), timeout=timeout) as resp:
         return json.loads(resp.read())
 
 
@@ -195,13 +201,14 @@ def start_and_peer(procs: list[Proc]) -> None:
         p.start()
     for p in procs:
         p.wait_ready()
-    identities = {p.authority: p.get("/v1/federation/identity") for p in procs}
+    identities = {p.authority: get_json(p.url + "/v1/federation/identity") for p in procs}
 
     async def add_all() -> None:
         for p in procs:
             settings = Settings.from_env(p.env())
             svc = await build_services(settings)
             try:
+                await svc.participants.add_by_operator("operator", "test operator", p.operator_key.public.to_base64())
                 for q in procs:
                     if q is not p:
                         await svc.federation.add_peer(q.url, identities[q.authority]["verifier_key"], q.authority)
