@@ -69,7 +69,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
     nonces = NonceStore(settings.signature_window_seconds)
     identity = IdentityService(sessions, settings.key_dir, settings.origin)
     ledger = LedgerService(sessions, identity, settings.origin)
-    federation = FederationService(sessions, settings, identity, ledger)
+    federation = FederationService(sessions, settings, identity, ledger, catalogue=catalogue)
     usage = UsageService(sessions, ledger)
     settlement = SettlementService(sessions, ledger, load_tier_table)
     usage.on_logged = settlement.on_logged = federation.enqueue_mirror  # cross-exchange contracts are mirrored

@@ -24,7 +24,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,11 +37,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from exchange.services.federation_capacity import (
     IN_FLIGHT_STATUSES,
     SUMMARY_HORIZON_SECONDS,
+    Shape,
     Tranche,
     choose,
     free_tranches,
     limit_for,
     lock_capacity,
+    refusal_field,
     summarize,
 )
 from exchange.services.identity import IdentityService
@@ -87,6 +90,7 @@ from federation.peering import (
     verify_peer_request,
     verify_summary,
 )
+from identifiers.catalogue import Catalogue, load_catalogue
 from identifiers.cri import parse_cri
 from identifiers.errors import AuthenticationError, ConflictError, HetexError, NotFoundError, ValidationError
 from identifiers.ids import new_id_str
@@ -146,6 +150,37 @@ class ForwardedOrder(BaseModel):
     devices_min: int = Field(ge=1, le=1_000_000)
     start_at: int = Field(ge=0)
     end_at: int = Field(ge=1)
+    # the order's shape (sent only when not the default, so an older owner still accepts plain orders)
+    max_pools: int | None = Field(default=None, ge=1, le=1000)
+    same_model: bool = False
+    colocation: Literal["site", "region", "any"] = "any"
+    #: an SCU order: SCU (A100-equivalents) to hold, converted per model with the owner's catalogue SCU, on
+    #: one model; devices_max still caps the devices; scu_min is the least worth holding (default: all)
+    quantity_scu: str | None = Field(default=None, max_length=40)
+    scu_min: str | None = Field(default=None, max_length=40)
+
+    def shape(self, scu: Mapping[str, Decimal | None]) -> Shape:
+        """The placement shape for immediate matching; ValidationError naming a bad SCU field."""
+        return Shape(
+            max_pools=self.max_pools,
+            same_model=self.same_model,
+            colocation=self.colocation,
+            quantity_scu=_positive_decimal(self.quantity_scu, "quantity_scu"),
+            scu_min=_positive_decimal(self.scu_min, "scu_min"),
+            scu=scu,
+        )
+
+
+def _positive_decimal(text: str | None, name: str) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        value = Decimal(0)
+    if not value.is_finite() or value <= 0:
+        raise ValidationError(f"{name} must be a positive decimal", field=f"body.order.{name}")
+    return value
 
 
 class CommitBody(BaseModel):
@@ -222,7 +257,38 @@ def _order_terms(order: Order) -> dict[str, Any]:
         "start_earliest": spec.get("start_earliest"),
         "all_or_nothing": bool(spec.get("all_or_nothing", True)),
         "min_fill_devices": spec.get("min_fill_devices"),
+        "max_pools": spec.get("max_pools"),
+        "same_model": bool(spec.get("same_model", False)),
+        "colocation": str(spec.get("colocation") or "any"),
     }
+
+
+def _shape_fields(terms: Mapping[str, Any]) -> dict[str, Any]:
+    """The order_offer shape fields that differ from the default (max_pools, same_model, colocation)."""
+    out: dict[str, Any] = {}
+    if terms["max_pools"] is not None:
+        out["max_pools"] = int(terms["max_pools"])
+    if terms["same_model"]:
+        out["same_model"] = True
+    if terms["colocation"] != "any":
+        out["colocation"] = terms["colocation"]
+    return out
+
+
+def _check_shape(lines: Sequence[Mapping[str, Any]], terms: Mapping[str, Any]) -> None:
+    """The held lines keep the order's shape: at most max_pools pools, one model, one site or region."""
+    bodies = [line.get("body") or {} for line in lines]
+    problems = []
+    if terms["max_pools"] is not None and len({b.get("pool_cri") for b in bodies}) > int(terms["max_pools"]):
+        problems.append("max_pools")
+    if terms["same_model"] and len({b.get("model") for b in bodies}) > 1:
+        problems.append("same_model")
+    if terms["colocation"] == "region" and len({b.get("region") for b in bodies}) > 1:
+        problems.append("colocation")
+    if terms["colocation"] == "site" and len({str(parse_cri(str(b.get("pool_cri"))).site_cri) for b in bodies}) > 1:
+        problems.append("colocation")
+    if problems:
+        raise ValidationError(f"held lines break the order's shape: {', '.join(problems)}", field=problems[0])
 
 
 def contract_body_for(
@@ -290,8 +356,11 @@ class FederationService:
         ledger: LedgerService,
         *,
         clock: Callable[[], int] = now_s,
+        catalogue: Catalogue | None = None,
     ) -> None:
         self.sessions = sessions
+        #: catalogue SCU per model (an SCU order forwarded here is converted per model with it)
+        self.scu: dict[str, Decimal | None] = {m.code: m.scu for m in (catalogue or load_catalogue()).models}
         self.settings = settings
         self.identity = identity
         self.ledger = ledger
@@ -734,6 +803,7 @@ class FederationService:
 
     async def _grant_hold(self, v: VerifiedPeerMessage, order: ForwardedOrder) -> dict[str, Any]:
         now = self.clock()
+        shape = order.shape(self.scu)
         async with self.sessions.begin() as session:
             await lock_capacity(session)
             stored = await self._replay(session, v)
@@ -750,18 +820,23 @@ class FederationService:
                 models=order.models,
                 regions=order.regions,
             )
-            picks = choose(
-                tranches,
-                devices_max=order.devices_max,
-                devices_min=order.devices_min,
-                limits=order.limits,
-                models=order.models,
-                regions=order.regions,
-                billing_mode=order.billing_mode,
-                duration=order.end_at - order.start_at,
-            )
+            terms: dict[str, Any] = {
+                "devices_max": order.devices_max,
+                "devices_min": order.devices_min,
+                "limits": order.limits,
+                "models": order.models,
+                "regions": order.regions,
+                "billing_mode": order.billing_mode,
+                "duration": order.end_at - order.start_at,
+                "shape": shape,
+            }
+            picks = choose(tranches, **terms)
             if not picks:
-                return self._store(session, v, {"status": "refused", "reason": "no_capacity"})
+                refused: dict[str, Any] = {"status": "refused", "reason": "no_capacity"}
+                blamed = refusal_field(tranches, **terms)
+                if blamed is not None:
+                    refused.update(reason="shape_unsatisfiable" if blamed != "quantity_scu" else "no_scu", field=blamed)
+                return self._store(session, v, refused)
             hold_id = new_id_str()
             total = sum(n for _t, n in picks)
             mirror = Order(
@@ -1247,6 +1322,9 @@ class FederationService:
         candidates.sort(key=lambda c: (c[0], c[1]))
         if not candidates:
             return {"status": "no_peer"}
+        # a shaped order (pool cap, one model, one site/region) is placed by one owner: each is asked for all
+        # of it, and the first hold ends the search (shapes are not split across exchanges)
+        shaped = _shape_fields(terms)
         self.orders_forwarded += 1
         held: list[HeldAtPeer] = []
         total = 0
@@ -1266,9 +1344,10 @@ class FederationService:
                         "limits": terms["limits"],
                         "billing_mode": terms["billing_mode"],
                         "devices_max": want,
-                        "devices_min": 1,
+                        "devices_min": need_min if shaped else 1,
                         "start_at": start,
                         "end_at": end,
+                        **shaped,
                     }
                 },
             )
@@ -1292,12 +1371,14 @@ class FederationService:
                 await self._mark_peer(peer.authority, ok=False, error=exc.message)
                 continue
             if resp.get("status") != "held":
-                await self._set_outbound(msg["message_id"], status="refused", error=str(resp.get("reason")))
+                why = str(resp.get("reason")) + (f" ({resp['field']})" if resp.get("field") else "")
+                await self._set_outbound(msg["message_id"], status="refused", error=why)
                 continue
             try:
                 lines = list(resp.get("lines") or [])
                 for line in lines:
                     self._check_line(line, peer, order, terms, start, end)
+                _check_shape(lines, terms)
                 devices = sum(int(line["devices"]) for line in lines)
                 if devices > want or devices != int(resp.get("devices", -1)):
                     raise ValidationError("held more devices than asked", field="devices")
@@ -1312,6 +1393,8 @@ class FederationService:
                            int(resp.get("expires_at", 0)))
             )  # fmt: skip
             total += devices
+            if shaped:
+                break
         if total < need_min:
             for h in held:
                 await self._release(h.outbound_id, h.peer, h.remote_hold_id)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, or_, select, text
@@ -110,6 +111,7 @@ class Tranche:
     devices: int
     billing_modes: tuple[str, ...]
     min_lease_seconds: int
+    site_id: str = ""
 
 
 async def free_tranches(
@@ -172,6 +174,7 @@ async def free_tranches(
                     devices=free,
                     billing_modes=tuple(offer.billing_modes or ()),
                     min_lease_seconds=int(offer.min_lease_seconds),
+                    site_id=site.id,
                 )
             )
     out.sort(key=lambda t: (t.ask_fen, t.pool_cri, t.offer_id))
@@ -206,6 +209,70 @@ def limit_for(limits: Mapping[str, int], model: str) -> int | None:
     return None if value is None else int(value)
 
 
+@dataclass(frozen=True)
+class Shape:
+    """How a forwarded order may be placed (the order spec's max_pools, same_model, colocation and
+    quantity_scu): at most `max_pools` pools, one model, one site or one region, and for an SCU order the
+    device count per model from the catalogue SCU (`scu`), always on one model as local clearing does."""
+
+    max_pools: int | None = None
+    same_model: bool = False
+    colocation: str = "any"
+    quantity_scu: Decimal | None = None
+    scu_min: Decimal | None = None
+    scu: Mapping[str, Decimal | None] = field(default_factory=dict)
+
+    @property
+    def one_model(self) -> bool:
+        """True when every device must be of one model (same_model, or an SCU order)."""
+        return self.same_model or self.quantity_scu is not None
+
+    def group_key(self, t: Tranche) -> tuple[str, ...]:
+        """The placement group of a tranche: its site or region (colocation) and its model (one model)."""
+        key: tuple[str, ...] = ()
+        if self.colocation == "site":
+            key += (t.site_id,)
+        elif self.colocation == "region":
+            key += (t.region,)
+        if self.one_model:
+            key += (t.model,)
+        return key
+
+
+def _ceil_div(a: Decimal, b: Decimal) -> int:
+    return int(-(-a // b))
+
+
+def _greedy(tranches: Sequence[Tranche], want: int, max_pools: int | None) -> list[tuple[Tranche, int]]:
+    """Cheapest tranches first up to `want` devices, opening at most `max_pools` pools."""
+    picked: list[tuple[Tranche, int]] = []
+    pools: set[str] = set()
+    total = 0
+    for t in tranches:
+        if total >= want:
+            break
+        if t.pool_id not in pools and max_pools is not None and len(pools) >= max_pools:
+            continue
+        n = min(t.devices, want - total)
+        picked.append((t, n))
+        pools.add(t.pool_id)
+        total += n
+    return picked
+
+
+def _fill(tranches: Sequence[Tranche], want: int, max_pools: int | None) -> list[tuple[Tranche, int]]:
+    """The better of cheapest-first and largest-pools-first (when pools are capped): more devices, then
+    lower cost."""
+    options = [_greedy(tranches, want, max_pools)]
+    if max_pools is not None:
+        free: dict[str, int] = defaultdict(int)
+        for t in tranches:
+            free[t.pool_id] += t.devices
+        biggest = set(sorted(free, key=lambda p: (-free[p], p))[:max_pools])
+        options.append(_greedy([t for t in tranches if t.pool_id in biggest], want, max_pools))
+    return max(options, key=lambda ps: (sum(n for _t, n in ps), -sum(t.ask_fen * n for t, n in ps)))
+
+
 def choose(
     tranches: Iterable[Tranche],
     *,
@@ -216,14 +283,15 @@ def choose(
     regions: Sequence[str] | None,
     billing_mode: str,
     duration: int,
+    shape: Shape | None = None,
 ) -> list[tuple[Tranche, int]]:
-    """Immediate pay-as-ask matching: cheapest acceptable tranches first, up to `devices_max`; nothing at all
-    when fewer than `devices_min` devices can be had."""
-    picked: list[tuple[Tranche, int]] = []
-    total = 0
+    """Immediate pay-as-ask matching: cheapest acceptable tranches first, up to `devices_max`, within the
+    order's shape (pool cap, one model, one site/region; SCU converted per model and capped by
+    `devices_max`); the placement group filling the most (devices, or SCU), then the cheapest, wins; nothing
+    at all when fewer than `devices_min` devices (or `shape.scu_min` SCU) can be had."""
+    shape = shape or Shape()
+    groups: dict[tuple[str, ...], list[Tranche]] = defaultdict(list)
     for t in sorted(tranches, key=lambda t: (t.ask_fen, t.pool_cri, t.offer_id)):
-        if total >= devices_max:
-            break
         if models is not None and t.model not in models:
             continue
         if regions is not None and t.region not in regions:
@@ -235,7 +303,58 @@ def choose(
             continue
         if duration < t.min_lease_seconds:
             continue
-        n = min(t.devices, devices_max - total)
-        picked.append((t, n))
-        total += n
-    return picked if total >= devices_min and total > 0 else []
+        if shape.quantity_scu is not None and not (shape.scu.get(t.model) or 0) > 0:
+            continue  # an SCU order needs the model's catalogue SCU
+        groups[shape.group_key(t)].append(t)
+    best: tuple[tuple[Decimal, int, tuple[str, ...]], list[tuple[Tranche, int]]] | None = None
+    for key, group in groups.items():
+        want, floor, per_device = devices_max, devices_min, Decimal(1)
+        if shape.quantity_scu is not None:
+            per_device = Decimal(shape.scu[group[0].model] or 0)
+            want = min(devices_max, _ceil_div(shape.quantity_scu, per_device))
+            floor = max(1, _ceil_div(shape.scu_min or shape.quantity_scu, per_device))
+        picks = _fill(group, want, shape.max_pools)
+        total = sum(n for _t, n in picks)
+        if total <= 0 or total < floor:
+            continue
+        value = total * per_device
+        if shape.quantity_scu is not None:
+            value = min(value, shape.quantity_scu)
+        rank = (-value, sum(t.ask_fen * n for t, n in picks), key)
+        if best is None or rank < best[0]:
+            best = (rank, picks)
+    return [] if best is None else best[1]
+
+
+def refusal_field(
+    tranches: Sequence[Tranche],
+    *,
+    devices_max: int,
+    devices_min: int,
+    limits: Mapping[str, int],
+    models: Sequence[str] | None,
+    regions: Sequence[str] | None,
+    billing_mode: str,
+    duration: int,
+    shape: Shape,
+) -> str | None:
+    """Why `choose` found nothing, as the order field to blame: the shape field whose relaxation alone
+    would fill (colocation, same_model, max_pools), `quantity_scu` when no acceptable model has a catalogue
+    SCU, or None when there is simply not enough acceptable capacity."""
+    common: dict[str, Any] = {
+        "devices_max": devices_max, "devices_min": devices_min, "limits": limits, "models": models,
+        "regions": regions, "billing_mode": billing_mode, "duration": duration,
+    }  # fmt: skip
+    if shape.quantity_scu is not None and not any(
+        (shape.scu.get(m) or 0) > 0 for m in (models if models is not None else {t.model for t in tranches})
+    ):
+        return "quantity_scu"
+    relaxed = (
+        ("colocation", Shape(shape.max_pools, shape.same_model, "any", shape.quantity_scu, shape.scu_min, shape.scu)),
+        ("same_model", Shape(shape.max_pools, False, shape.colocation, shape.quantity_scu, shape.scu_min, shape.scu)),
+        ("max_pools", Shape(None, shape.same_model, shape.colocation, shape.quantity_scu, shape.scu_min, shape.scu)),
+    )
+    for name, other in relaxed:
+        if other != shape and choose(tranches, shape=other, **common):
+            return name
+    return None

@@ -151,8 +151,9 @@ def seed_order(
     regions: Sequence[str] | None = None,
     duration: int = 3600,
     all_or_nothing: bool = True,
+    **extra: Any,
 ) -> str:
-    """An open device order (the spec keys follow DESIGN.md section 6); its id."""
+    """An open device order (the spec keys follow DESIGN.md section 6; `extra` adds more); its id."""
     spec: dict[str, Any] = {
         "quantity_devices": devices,
         "models": list(models),
@@ -163,6 +164,7 @@ def seed_order(
     }
     if regions is not None:
         spec["regions"] = list(regions)
+    spec.update(extra)
     oid = new_id_str()
     session.add(
         Order(

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 
+from exchange.storage.federation import OutboundHold
 from federation.dsse import verify_envelope
 from federation.keys import Keyring
 from federation.peering import CONTRACT_PAYLOAD_TYPE, envelope_json
@@ -93,6 +95,29 @@ async def test_summaries_are_signed_versioned_and_kept_per_origin(tmp_path: Path
         async with aiohttp.ClientSession() as http, http.get(a.url + "/v1/federation/summaries") as resp:
             body = await resp.json()
         assert {x["origin"] for x in body["summaries"]} == {"B"}
+
+
+async def test_shaped_order_is_placed_by_one_owner_within_its_shape(tmp_path: Path) -> None:
+    async with fedkit.federation(tmp_path, ["A", "B", "C"]) as (a, b, c):
+        with a.seed() as s:
+            buyer = fedkit.seed_buyer(s)
+            order = fedkit.seed_order(s, buyer, devices=12, models=[H100], limit_fen=3000, max_pools=1)
+        with b.seed() as s:  # cheaper, but 12 devices need both pools
+            fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
+            fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
+        with c.seed() as s:
+            pc = fedkit.seed_pool(s, "C", region="CN-GZ", model=H100, devices=16, ask_fen=2500)
+        await fedkit.publish_all([a, b, c])
+        (result,) = await a.fed.forward_open_orders()
+        assert result["status"] == "committed"
+        assert fedkit.order_row(a.db_url, order)["filled_devices"] == 12
+        assert {(x["peer"], x["pool_cri"], x["devices"]) for x in await a.fed.contracts_view()} == {
+            ("C", pc.pool_cri, 12)
+        }
+        assert await b.fed.contracts_view() == []
+        with a.seed() as s:
+            errors = {o.peer_authority: o.error for o in s.scalars(select(OutboundHold))}
+        assert errors["B"] == "shape_unsatisfiable (max_pools)"
 
 
 async def test_double_sell_race_exactly_one_wins(tmp_path: Path) -> None:
