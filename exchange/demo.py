@@ -35,9 +35,9 @@ from exchange.cli.usage import build_usage_envelope
 from exchange.client import HetexClient, RemoteError
 from exchange.composition import Services
 from exchange.demo_market import BUYERS, PROVIDERS, BuyerPlan, OrderPlan, usage_periods
-from exchange.services.identity import load_or_create_key
+from exchange.services.identity import key_file
 from exchange.settings import Settings
-from federation.keys import SigningKey
+from federation.keys import SigningKey, load_signing_key
 from federation.note import NoteVerifier, verify_checkpoint
 from identifiers.catalogue import Catalogue
 from identifiers.cri import parse_cri
@@ -543,7 +543,11 @@ class Demo:
     async def verify_export(self) -> str:
         """verify_bundle with the exchange key taken from its key directory (out of band)."""
         assert self.bundle_path is not None
-        trusted = load_or_create_key(self.workdir / "keys").public
+        assert self.svc is not None
+        current = await self.svc.identity.current()  # the out-of-band step: the operator hands over the key
+        assert current is not None
+        key_path = key_file(self.workdir / "keys", current.key_id)
+        trusted = (await asyncio.to_thread(load_signing_key, key_path)).public
         report = await asyncio.to_thread(verify_bundle, self.bundle_path, [trusted])
         self.report = report
         if not report.ok:

@@ -73,15 +73,14 @@ async def keys(request: web.Request) -> web.Response:
     """Every exchange key with its validity, so old checkpoints and records stay verifiable."""
     svc = services(request)
     infos = await svc.identity.keys()
-    return web.json_response(
-        {"origin": svc.settings.origin, "current": svc.identity.key_id, "keys": [k.to_json() for k in infos]}
-    )
+    current = next((k.key_id for k in infos if k.status == "current"), None)
+    return web.json_response({"origin": svc.settings.origin, "current": current, "keys": [k.to_json() for k in infos]})
 
 
 async def checkpoint_publisher(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: register the exchange key; publish a checkpoint every N seconds when the log grew (0: off)."""
+    """cleanup_ctx: load the exchange key (or refuse to start); publish a checkpoint every N seconds (0: off)."""
     svc = app[SERVICES]
-    await svc.identity.register()
+    await svc.identity.load()
     interval = svc.settings.checkpoint_interval_seconds
     stop = asyncio.Event()
     task = asyncio.create_task(svc.ledger.run_publisher(interval, stop)) if interval > 0 else None

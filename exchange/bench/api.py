@@ -238,9 +238,11 @@ async def _real_app(database_url: str) -> web.Application:
     from exchange.settings import Settings
     from exchange.storage.migrate import upgrade_engine
 
-    svc = await build_services(Settings(database_url=database_url, key_dir=Path(tempfile.gettempdir())))
+    key_dir = Path(tempfile.gettempdir()) / "hetex-bench-keys"
+    svc = await build_services(Settings(database_url=database_url, key_dir=key_dir))
     assert svc.engine is not None
     await upgrade_engine(svc.engine)
+    await svc.identity.start(create_if_empty=True)  # as `hetex serve` does
     app = create_app(svc)
 
     async def close(_app: web.Application) -> None:

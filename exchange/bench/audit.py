@@ -101,6 +101,7 @@ async def run_audit_bench(records: int, batch: int = 1000, ed25519: int = 5000) 
         try:
             assert svc.engine is not None
             await upgrade_engine(svc.engine)
+            await svc.identity.init()
             key = SigningKey.generate()
             reg = new_id_str()
             async with svc.sessions.begin() as session:

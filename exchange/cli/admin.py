@@ -1,4 +1,4 @@
-"""`hetex admin ...`: operator verbs run against the database (key rotation, adding regulators and operators).
+"""`hetex admin ...`: operator verbs run against the database (exchange key init and rotation, regulators, operators).
 
 Several modules add verbs to the one `admin` group through `admin_subparsers(sub)` (created on first use):
 exchange/cli/peers.py adds add-peer (URL, key, authority; it also creates the peer's participant row),
@@ -13,7 +13,9 @@ from pathlib import Path
 
 from exchange.cli.common import CliError, add_db_flag, print_json, print_table, settings_from
 from exchange.composition import build_services
+from exchange.services.identity import ExchangeKeyInfo, key_file, parse_duration
 from exchange.services.participants import ParticipantView
+from exchange.storage.migrate import upgrade_engine
 from federation.errors import KeyFormatError
 from federation.keys import load_public_key
 
@@ -34,8 +36,20 @@ def admin_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAct
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `admin` verbs."""
     asub = admin_subparsers(sub)
-    rot = asub.add_parser("rotate-key", help="make a fresh exchange signing key current; the old one stays verifiable")
-    rot.add_argument("--key-dir", help="directory of the exchange signing key")
+    init = asub.add_parser("init", help="create the exchange signing key (once per database)")
+    init.add_argument("--key-dir", help="directory for the exchange's private keys (default .hetex/keys)")
+    init.add_argument("--json", action="store_true")
+    add_db_flag(init)
+    init.set_defaults(func=run_init)
+    rot = asub.add_parser(
+        "rotate-key", help="make a fresh exchange signing key current (logged); the old one stays verifiable"
+    )
+    rot.add_argument("--key-dir", help="directory of the exchange's private keys (shared by its processes)")
+    rot.add_argument(
+        "--overlap",
+        default="1h",
+        help="how long the old key's signatures made just before the rotation stay valid (e.g. 0, 90s, 15m, 1h)",
+    )
     add_db_flag(rot)
     rot.set_defaults(func=run_rotate_key)
     for role, verb, what in (
@@ -50,14 +64,38 @@ def register(sub: argparse._SubParsersAction) -> None:
         cmd.set_defaults(func=run_add, role=role)
 
 
+def run_init(args: argparse.Namespace) -> int:
+    """Create the exchange key on a database without one (migrating it first); print its id and file."""
+    settings = settings_from(args)
+
+    async def go() -> ExchangeKeyInfo:
+        svc = await build_services(settings)
+        try:
+            assert svc.engine is not None
+            await upgrade_engine(svc.engine)
+            return await svc.identity.init()
+        finally:
+            await svc.close()
+
+    info = asyncio.run(go())
+    path = key_file(settings.key_dir, info.key_id).resolve()
+    if args.json:
+        print_json({**info.to_json(), "key_file": str(path)})
+    else:
+        print(f"exchange key {info.key_id} created ({info.name}); private key {path}")
+        print(f"every hetex process of this exchange needs HETEX_KEY_DIR={path.parent}")
+    return 0
+
+
 def run_rotate_key(args: argparse.Namespace) -> int:
-    """Rotate the exchange key and print the key table (public data only)."""
+    """Rotate the exchange key (logged, signed by the old key) and print the key table (public data only)."""
+    overlap = parse_duration(args.overlap)
     settings = settings_from(args)
 
     async def go() -> list[dict[str, object]]:
         svc = await build_services(settings)
         try:
-            await svc.identity.rotate()
+            await svc.identity.rotate(svc.ledger, overlap_seconds=overlap)
             return [k.to_json() for k in await svc.identity.keys()]
         finally:
             await svc.close()

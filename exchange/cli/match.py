@@ -173,6 +173,7 @@ def run_round(args: argparse.Namespace) -> int:
     """Run one clearing round (operator, database mode) and print its summary."""
 
     async def go(svc: Any) -> dict[str, Any]:
+        await svc.identity.load()  # contracts are signed: refuse before writing anything without the key
         summary = await svc.rounds.run_round("cli")
         view: dict[str, Any] = await svc.rounds.get(summary.round_id)
         return view

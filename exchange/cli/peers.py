@@ -39,6 +39,7 @@ async def _with_services(args: argparse.Namespace, fn: Any) -> Any:
     settings = settings_from(args)
     svc = await build_services(settings)
     try:
+        await svc.identity.load()  # peering speaks as this exchange: its key must be here
         return await fn(svc)
     finally:
         await svc.federation.close()

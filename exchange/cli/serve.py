@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 
 from aiohttp import web
 
 from exchange.api.app import create_app
 from exchange.api.federation import federation_tasks
-from exchange.cli.common import add_db_flag, settings_from
+from exchange.cli.common import CliError, add_db_flag, settings_from
 from exchange.composition import build_services
 from exchange.settings import Settings
 from exchange.storage.migrate import engine_revision, head_revision, upgrade_engine
@@ -29,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the exchange HTTP service")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8470)")
-    p.add_argument("--key-dir", help="directory of the exchange signing key (created if missing)")
+    p.add_argument(
+        "--key-dir", help="directory of the exchange private keys (a key is created only if the database has none)"
+    )
     p.add_argument("--authority", help="this exchange's CRI authority code")
     p.add_argument("--round-interval", type=float, default=None, help="seconds between clearing rounds (0: off)")
     p.add_argument("--no-migrate", action="store_true", help="refuse to start if the schema is behind")
@@ -50,6 +53,12 @@ async def prepare(settings: Settings) -> web.Application:
             raise SchemaBehindError(
                 f"database schema is at {current or 'empty'} but this hetex needs {head}: run `hetex db upgrade`"
             )
+    try:
+        # the one place a key is created implicitly: the first serve of a database without exchange keys
+        await svc.identity.start(create_if_empty=True)
+    except BaseException:
+        await svc.close()
+        raise
     app = create_app(svc)
     app.cleanup_ctx.append(federation_tasks)
 
@@ -68,11 +77,25 @@ def run(args: argparse.Namespace) -> int:
     if args.round_interval is not None:
         extra["round_interval_seconds"] = args.round_interval
     settings = settings_from(args, **extra)
+    sock = listen(settings.host, settings.port)  # before any database access: a failed start writes nothing
     log.info(
         "hetex serving on http://%s:%s (database %s)",
         settings.host,
-        settings.port,
+        sock.getsockname()[1],
         settings.database_url.split("://", 1)[0],
     )
-    web.run_app(prepare(settings), host=settings.host, port=settings.port, print=None)
+    try:
+        web.run_app(prepare(settings), sock=sock, print=None)
+    finally:
+        sock.close()
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port, or CliError (exit 2) saying why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family = infos[0][0]
+        return socket.create_server((host, port), family=family, backlog=128, reuse_port=False)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

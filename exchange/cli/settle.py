@@ -29,6 +29,7 @@ def run_settle(args: argparse.Namespace) -> int:
     async def go() -> dict[str, Any]:
         svc = await build_services(settings)
         try:
+            await svc.identity.load()  # settlement records are signed: refuse up front without the key
             return (await svc.settlement.run(None, as_of=args.as_of)).to_json()
         finally:
             await svc.close()

@@ -337,7 +337,8 @@ class AuditService:
                 await asyncio.to_thread(_feed, writer, batch)
                 after = batch[-1][0]
                 await self._update(export_id, records_done=writer.records_seen, records_exported=writer.records_written)
-            await asyncio.to_thread(writer.finish, self.identity.signing_key)
+            _kid, key = await self.identity.signer_for()  # the key current now, valid now
+            await asyncio.to_thread(writer.finish, key)
         finally:
             writer.abort()
         name = f"{export_id}.tar.gz"

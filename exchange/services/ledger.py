@@ -33,6 +33,7 @@ from exchange.storage.ledger import COUNTER_ROW_ID, LogCounter, LogEntry, LogNod
 from exchange.storage.ledger import Checkpoint as CheckpointRow
 from federation.dsse import envelope_from_bytes, record_payload_type, verify_envelope
 from federation.errors import EnvelopeError, NoteError
+from federation.keys import SigningKey
 from federation.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
@@ -43,7 +44,7 @@ from federation.merkle import (
     leaf_hash,
     tree_root,
 )
-from federation.note import Checkpoint, parse_checkpoint, verify_checkpoint
+from federation.note import Checkpoint, NoteSigner, parse_checkpoint, verify_checkpoint
 from identifiers.errors import NotFoundError, ValidationError
 
 log = logging.getLogger("hetex.ledger")
@@ -239,11 +240,17 @@ class LedgerService:
         return (await self.append_many(session, [(record_type, record_id, body)]))[0]
 
     async def append_many(
-        self, session: AsyncSession, records: Sequence[tuple[str, str, dict[str, Any]]]
+        self,
+        session: AsyncSession,
+        records: Sequence[tuple[str, str, dict[str, Any]]],
+        *,
+        signer: tuple[str, SigningKey] | None = None,
     ) -> list[AppendedRecord]:
-        """Sign and append several records at consecutive indices, in the caller's transaction."""
-        await self.identity.ensure_registered(session)
-        signer = self.identity.signer()
+        """Sign (current key, or `signer` for a key rotation) and append records at consecutive indices."""
+        if not records:
+            return []
+        await self.lock(session)  # taken before the key is read, so a rotation never interleaves
+        signer = signer or await self.identity.signer_for(session)
         items = []
         for record_type, record_id, body in records:
             payload_type = _payload_type(record_type)
@@ -255,15 +262,19 @@ class LedgerService:
         self, session: AsyncSession, record_type: str, record_id: str, envelope: dict[str, Any]
     ) -> AppendedRecord:
         """Append a record a node already signed: the exchange countersigns (see the module docstring)."""
-        await self.identity.ensure_registered(session)
         payload_type = _payload_type(record_type)
         if not isinstance(envelope, dict) or envelope.get("payloadType") != payload_type:
             raise ValidationError(f"envelope payloadType must be {payload_type}", field="payloadType")
         if not isinstance(envelope.get("signatures"), list) or not isinstance(envelope.get("payload"), str):
             raise ValidationError("envelope needs payload and signatures", field="envelope")
         payload = _decode_b64(envelope["payload"])
-        signed = self.identity.countersign(envelope, payload_type, payload)
+        await self.lock(session)
+        signed = self.identity.countersign(envelope, payload_type, payload, await self.identity.signer_for(session))
         return (await self._append_envelopes(session, [(record_type, record_id, signed)]))[0]
+
+    async def lock(self, session: AsyncSession) -> None:
+        """Lock the log counter row for the caller's transaction (every signer and a key rotation take it)."""
+        await self._lock_counter(session)
 
     async def _lock_counter(self, session: AsyncSession) -> tuple[int, bytes]:
         stmt = (
@@ -338,14 +349,14 @@ class LedgerService:
         latest = await self.latest_checkpoint(session)
         if latest is not None and latest.size == await self.size(session):
             return latest
-        await self.identity.ensure_registered(session)
         size, blob = await self._lock_counter(session)
         latest = await self.latest_checkpoint(session)
         if latest is not None and latest.size == size:
             return latest
+        key_id, key = await self.identity.signer_for(session)
         root = CompactRange.from_frontier(size, _split_frontier(size, blob)).root()
-        note = Checkpoint(self.origin, size, root).sign([self.identity.note_signer])
-        row = CheckpointRow(size=size, root=root, note=note, key_id=self.identity.key_id, created_at=now_s())
+        note = Checkpoint(self.origin, size, root).sign([NoteSigner(self.identity.name, key)])
+        row = CheckpointRow(size=size, root=root, note=note, key_id=key_id, created_at=now_s())
         session.add(row)
         await session.flush()
         log.info("checkpoint size=%d key=%s", size, row.key_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, String
+from sqlalchemy import BigInteger, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from exchange.storage.base import Base, CreatedAt
@@ -14,6 +14,16 @@ class ExchangeKey(CreatedAt, Base):
     """One Ed25519 key the exchange signs with (current) or signed with (retired); revoked keys are not trusted."""
 
     __tablename__ = "exchange_keys"
+    # at most one current key: two processes can never both make "their" key current
+    __table_args__ = (
+        Index(
+            "uq_exchange_keys_one_current",
+            "status",
+            unique=True,
+            postgresql_where=text("status = 'current'"),
+            sqlite_where=text("status = 'current'"),
+        ),
+    )
 
     key_id: Mapped[str] = mapped_column(String(8), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), nullable=False)

@@ -13,7 +13,9 @@ from exchange.settings import Settings
 async def make_services(db: Any, tmp_path: Path, **settings: Any) -> Services:
     """Services wired to the test database `db` (see tests/conftest.py)."""
     cfg = Settings(database_url=db.url, key_dir=tmp_path / "keys", **settings)
-    return await build_services(cfg, sessions=db.sessions)
+    svc = await build_services(cfg, sessions=db.sessions)
+    await svc.identity.init(exist_ok=True)  # `hetex admin init`: keys are created only explicitly
+    return svc
 
 
 async def make_client(aiohttp_client: Any, db: Any, tmp_path: Path, **settings: Any) -> Any:

@@ -13,9 +13,11 @@ from exchange.services.ledger import LedgerService
 ORIGIN = "hetex.test/log"
 
 
-def make_ledger(sessions: async_sessionmaker[AsyncSession], key_dir: Path, origin: str = ORIGIN) -> LedgerService:
-    """A LedgerService with its own identity in `key_dir`."""
-    return LedgerService(sessions, IdentityService(sessions, key_dir, origin), origin)
+async def make_ledger(sessions: async_sessionmaker[AsyncSession], key_dir: Path, origin: str = ORIGIN) -> LedgerService:
+    """A LedgerService whose exchange key is in `key_dir` (created, as `hetex admin init` does, on a keyless DB)."""
+    identity = IdentityService(sessions, key_dir, origin)
+    await identity.init(exist_ok=True)
+    return LedgerService(sessions, identity, origin)
 
 
 def record(i: int) -> dict[str, Any]:

@@ -78,6 +78,7 @@ async def make_api(db: Any, aiohttp_client: Any, tmp_path: Path, **settings: Any
     svc = await build_services(
         Settings(database_url=db.url, key_dir=tmp_path / "keys", **settings), sessions=db.sessions
     )
+    await svc.identity.init(exist_ok=True)  # `hetex admin init`: keys are created only explicitly
     http = await aiohttp_client(create_app(svc))
     return Api(svc=svc, base_url=str(http.make_url("")).rstrip("/"), http=http)
 
@@ -150,6 +151,7 @@ class LiveServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         svc = await build_services(Settings(database_url=self.url, key_dir=self.tmp / "keys"))
+        await svc.identity.init(exist_ok=True)
         runner = web.AppRunner(create_app(svc))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

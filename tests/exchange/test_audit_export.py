@@ -98,13 +98,13 @@ async def test_second_export_proves_consistency_with_the_first(db: Any, tmp_path
     first = await run_export(svc, reg)
     first_cp = _checkpoint_of(verify_bundle(await svc.audit.bundle_path(reg, first.id)))
     await ledger_fill(svc.ledger, node, 40, t0=T0 + 86_400)  # "a day later"
-    await svc.ledger.identity.rotate()  # and the exchange rotated its key in between
+    await svc.ledger.identity.rotate(svc.ledger)  # and the exchange rotated its key in between
     second = await run_export(svc, reg)
-    assert second.since_sizes == [25] and second.checkpoint_size == 65
+    assert second.since_sizes == [25] and second.checkpoint_size == 66  # 65 records and the rotation
     path = await svc.audit.bundle_path(reg, second.id)
     report = verify_bundle(path, since_checkpoint=first_cp)
     assert report.ok, [str(p) for p in report.problems]
-    assert report.consistency == {"since_size": 25, "size": 65, "status": "verified"}
+    assert report.consistency == {"since_size": 25, "size": 66, "status": "verified"}
 
 
 def _checkpoint_of(report: Any) -> str:

@@ -4,6 +4,7 @@ detected and named by the standalone verifier (exit 1); untouched bundles verify
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import shutil
 import tarfile
@@ -20,6 +21,7 @@ from exchange.cli.main import main
 from exchange.composition import build_services
 from exchange.services.audit import ExportRequest
 from exchange.settings import Settings
+from exchange.storage.identity import ExchangeKey
 from federation.canonical import canonical_bytes
 from federation.dsse import sign_envelope
 from federation.keys import SigningKey, key_id_hex
@@ -58,6 +60,7 @@ async def _build(base: Path) -> Bundles:
     url = f"sqlite+aiosqlite:///{base / 'a.db'}"
     dbs.migrate(url)
     svc = await build_services(Settings(database_url=url, key_dir=base / "keys", exports_dir=base / "exp"))
+    key_row = await svc.identity.init()
     try:
         reg = await add_regulator(svc)
         await ledger_fill(svc.ledger, node, 40)
@@ -73,6 +76,8 @@ async def _build(base: Path) -> Bundles:
     url2 = f"sqlite+aiosqlite:///{base / 'b.db'}"
     dbs.migrate(url2)
     svc2 = await build_services(Settings(database_url=url2, key_dir=base / "keys", exports_dir=base / "exp2"))
+    async with svc2.sessions.begin() as session:  # the lying exchange reuses its key on a second database
+        session.add(ExchangeKey(**{**dataclasses.asdict(key_row), "created_at": key_row.not_before}))
     try:
         reg2 = await add_regulator(svc2)
         await ledger_fill(svc2.ledger, node, 3)

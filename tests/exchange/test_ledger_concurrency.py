@@ -22,7 +22,7 @@ async def test_concurrent_appends_have_no_gaps_or_duplicates(
     url = fresh_db_factory()
     engines = [make_engine(url, poolclass=NullPool) for _ in range(WRITERS)]
     key_dir = tmp_path / "keys"
-    ledgers = [make_ledger(make_sessionmaker(e), key_dir) for e in engines]
+    ledgers = [await make_ledger(make_sessionmaker(e), key_dir) for e in engines]
     try:
 
         async def writer(w: int) -> list[AppendedRecord]:

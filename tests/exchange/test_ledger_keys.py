@@ -1,4 +1,4 @@
-"""Exchange identity: key file (0600, stable across restarts), key table, rotation keeps old signatures verifiable."""
+"""Exchange identity: key files (0600, by key id), key table, rotation keeps old signatures verifiable."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from exchange.cli.main import main
-from exchange.services.identity import KEY_FILE, IdentityService
+from exchange.services.identity import IdentityService, key_file
 from exchange.storage.engine import make_engine, make_sessionmaker
 from federation.dsse import verify_envelope
 from federation.keys import key_id_hex, load_signing_key
@@ -22,15 +22,19 @@ from tests.dbs import run_async
 from tests.exchange.ledgerkit import ORIGIN, append_n, make_ledger
 
 
-def test_key_file_created_once_with_mode_0600(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_key_file_created_once_with_mode_0600_and_never_logged(
+    db: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     key_dir = tmp_path / "keys"
-    first = IdentityService(None, key_dir, ORIGIN)  # type: ignore[arg-type]
-    path = key_dir / KEY_FILE
+    first = IdentityService(db.sessions, key_dir, ORIGIN)
+    info = await first.init()
+    path = key_file(key_dir, info.key_id)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(key_dir.stat().st_mode) == 0o700
-    second = IdentityService(None, key_dir, ORIGIN)  # type: ignore[arg-type]
-    assert first.key_id == second.key_id == key_id_hex(ORIGIN, load_signing_key(path).public)
+    second = IdentityService(db.sessions, key_dir, ORIGIN)  # a restart, or another process sharing key_dir
+    assert (await second.load()).key_id == info.key_id == key_id_hex(ORIGIN, load_signing_key(path).public)
+    assert second.key_id == first.key_id
     secret_pem = path.read_text()
     seed_hex = first.signing_key.seed().hex()
     logged = caplog.text + repr(first.signing_key) + repr(first)
@@ -38,24 +42,24 @@ def test_key_file_created_once_with_mode_0600(tmp_path: Path, caplog: pytest.Log
 
 
 async def test_rotation_keeps_old_checkpoints_and_records_verifiable(db: Any, tmp_path: Path) -> None:
-    ledger = make_ledger(db.sessions, tmp_path / "keys")
+    ledger = await make_ledger(db.sessions, tmp_path / "keys")
     identity = ledger.identity
     first = await append_n(ledger, 3)
     cp_old = await ledger.checkpoint()
     old_id = identity.key_id
     operator = IdentityService(db.sessions, tmp_path / "keys", ORIGIN)  # another process: `hetex admin rotate-key`
-    async with db.sessions.begin() as session:
-        new_info = await operator.rotate(session)
-    assert new_info.key_id == identity.key_id != old_id  # the running service picked up the new key file
-    assert (tmp_path / "keys" / "retired" / f"{old_id}.pem").exists()
-    later = await append_n(ledger, 4, 3)
+    await operator.load()
+    _old, new_info = await operator.rotate(ledger, overlap_seconds=0)
+    assert (tmp_path / "keys" / f"{old_id}.pem").exists() and (tmp_path / "keys" / f"{new_info.key_id}.pem").exists()
+    later = await append_n(ledger, 4, 3)  # index 3 is the rotation entry
+    assert identity.key_id == new_info.key_id != old_id  # the running service follows the database
     cp_new = await ledger.checkpoint()
     assert (cp_old.key_id, cp_new.key_id) == (old_id, new_info.key_id)
 
     keys = {k.key_id: k for k in await identity.keys()}
     assert keys[old_id].status == "retired" and keys[old_id].not_after is not None
     assert keys[new_info.key_id].status == "current" and keys[new_info.key_id].not_after is None
-    assert keys[old_id].not_after <= keys[new_info.key_id].not_before  # type: ignore[operator]
+    assert keys[old_id].not_after == keys[new_info.key_id].not_before  # overlap 0
 
     ring = await identity.keyring()
     old = verify_checkpoint(cp_old.note, ring, origin=ORIGIN)
@@ -79,6 +83,7 @@ async def test_rotation_keeps_old_checkpoints_and_records_verifiable(db: Any, tm
     report = await ledger.verify_log()
     names = [p.describe() for p in report.problems]
     assert any(n.startswith("entry 0: bad_signature") for n in names)
+    assert any("entry 3: bad_signature" in n for n in names)  # the rotation entry, signed by the old key
     assert any("stored checkpoint of size 3" in n for n in names)
 
 
@@ -91,7 +96,7 @@ def test_cli_rotate_key_and_running_service_follows(
     async def serve_side(n: int, start: int) -> tuple[str, str]:
         engine = make_engine(url)
         try:
-            ledger = make_ledger(make_sessionmaker(engine), key_dir)
+            ledger = await make_ledger(make_sessionmaker(engine), key_dir)
             await append_n(ledger, n, start)
             cp = await ledger.checkpoint()
             return ledger.identity.key_id, cp.note
@@ -107,4 +112,4 @@ def test_cli_rotate_key_and_running_service_follows(
     new_id, _ = run_async(serve_side(2, 2))
     assert new_id == out["current"]
     assert main(["ledger", "verify", "--database-url", url, "--key-dir", str(key_dir)]) == 0
-    assert "ok: 4 entries and 2 checkpoints" in capsys.readouterr().out
+    assert "ok: 5 entries and 2 checkpoints" in capsys.readouterr().out  # 4 records and the rotation

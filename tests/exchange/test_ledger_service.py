@@ -27,7 +27,7 @@ async def _verified_checkpoint(ledger: LedgerService) -> Any:
 
 
 async def test_append_sign_and_store_exact_bytes(db: Any, tmp_path: Path) -> None:
-    ledger = make_ledger(db.sessions, tmp_path / "keys")
+    ledger = await make_ledger(db.sessions, tmp_path / "keys")
     async with db.sessions.begin() as session:
         rec = await ledger.append(session, "contract", "c-1", {"id": "c-1", "fen": 12345, "z": [1, 2], "a": "x"})
     assert rec.index == 0
@@ -47,7 +47,7 @@ async def test_append_sign_and_store_exact_bytes(db: Any, tmp_path: Path) -> Non
 
 
 async def test_proofs_match_reference_tree_and_checkpoints(db: Any, tmp_path: Path) -> None:
-    ledger = make_ledger(db.sessions, tmp_path / "keys")
+    ledger = await make_ledger(db.sessions, tmp_path / "keys")
     ref = InMemoryTree()
     checkpoints = []
     total = 0
@@ -84,7 +84,7 @@ async def test_proofs_match_reference_tree_and_checkpoints(db: Any, tmp_path: Pa
 
 
 async def test_bad_proof_parameters_name_the_field(db: Any, tmp_path: Path) -> None:
-    ledger = make_ledger(db.sessions, tmp_path / "keys")
+    ledger = await make_ledger(db.sessions, tmp_path / "keys")
     await append_n(ledger, 3)
     await ledger.checkpoint()
     for call, field in [
@@ -101,7 +101,7 @@ async def test_bad_proof_parameters_name_the_field(db: Any, tmp_path: Path) -> N
 
 
 async def test_checkpoint_is_reused_until_the_log_grows(db: Any, tmp_path: Path) -> None:
-    ledger = make_ledger(db.sessions, tmp_path / "keys")
+    ledger = await make_ledger(db.sessions, tmp_path / "keys")
     empty = await ledger.checkpoint()
     assert empty.size == 0
     assert await ledger.publish_if_grown() is None
@@ -120,7 +120,7 @@ async def test_checkpoint_is_reused_until_the_log_grows(db: Any, tmp_path: Path)
 
 
 async def test_append_rolls_back_with_the_business_write(db: Any, tmp_path: Path) -> None:
-    ledger = make_ledger(db.sessions, tmp_path / "keys")
+    ledger = await make_ledger(db.sessions, tmp_path / "keys")
     await append_n(ledger, 2)
     with pytest.raises(RuntimeError):
         async with db.sessions.begin() as session:
@@ -133,7 +133,7 @@ async def test_append_rolls_back_with_the_business_write(db: Any, tmp_path: Path
 
 
 async def test_append_signed_countersigns_node_envelope(db: Any, tmp_path: Path) -> None:
-    ledger = make_ledger(db.sessions, tmp_path / "keys")
+    ledger = await make_ledger(db.sessions, tmp_path / "keys")
     node = SigningKey.generate()
     body = {"contract_id": "c-1", "seq": 1, "device_minutes": 120}
     envelope = sign_json_envelope("application/vnd.hetex.usage+json", body, [("node0001", node)])

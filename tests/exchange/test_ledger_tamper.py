@@ -28,7 +28,7 @@ ROW_CHANGES = [
 
 
 async def test_database_triggers_refuse_update_and_delete(db: Any, tmp_path: Path) -> None:
-    ledger = make_ledger(db.sessions, tmp_path / "keys")
+    ledger = await make_ledger(db.sessions, tmp_path / "keys")
     await append_n(ledger, 2)
     await ledger.checkpoint()
     for sql in ROW_CHANGES:
@@ -44,7 +44,7 @@ async def test_database_triggers_refuse_update_and_delete(db: Any, tmp_path: Pat
 
 
 async def test_code_refuses_orm_update_and_delete(db: Any, tmp_path: Path) -> None:
-    ledger = make_ledger(db.sessions, tmp_path / "keys")
+    ledger = await make_ledger(db.sessions, tmp_path / "keys")
     await append_n(ledger, 2)
     await ledger.checkpoint()
     for model in (LogEntry, CheckpointRow):
@@ -76,7 +76,7 @@ def _populate(url: str, key_dir: Path, n: int = 8, start: int = 0) -> None:
     async def go() -> None:
         engine = make_engine(url)
         try:
-            ledger = make_ledger(make_sessionmaker(engine), key_dir)
+            ledger = await make_ledger(make_sessionmaker(engine), key_dir)
             await append_n(ledger, n, start)
             await ledger.checkpoint()
         finally:

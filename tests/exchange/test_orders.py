@@ -181,6 +181,7 @@ async def test_feasibility_flags(api: Api) -> None:
 
 async def _concurrent_submissions(url: str, tmp_path: Path, aiohttp_client: Any) -> None:
     svc = await build_services(Settings(database_url=url, key_dir=tmp_path / "keys"))
+    await svc.identity.init(exist_ok=True)
     try:
         http = await aiohttp_client(create_app(svc))
         base = str(http.make_url("")).rstrip("/")

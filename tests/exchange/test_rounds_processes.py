@@ -42,9 +42,9 @@ async def populate(url: str, key_dir: Path, *, pools: int = 3, orders: int = 16,
     svc = await build_services(Settings(database_url=url, key_dir=key_dir))
     now = now_s()
     try:
+        await svc.identity.init(exist_ok=True)
         provider = await svc.participants.add_by_operator("provider", "P", SigningKey.generate().public.to_base64())
         async with svc.sessions.begin() as session:
-            await svc.identity.ensure_registered(session)
             for i in range(pools):
                 site = Site(
                     id=new_id_str(),

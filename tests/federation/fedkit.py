@@ -265,6 +265,7 @@ async def start_exchange(
         **values,
     )
     svc = await build_services(cfg)
+    await svc.identity.init(exist_ok=True)  # first start creates the key (as `hetex serve` would), later ones load it
     app = create_app(svc)
     server = TestServer(app, host=host, port=port)
     await server.start_server()

@@ -136,7 +136,8 @@ def test_double_sell_race_exactly_one_wins(fed: dict[str, Proc]) -> None:
 
 def test_forged_and_replayed_peer_messages_are_refused_and_logged(fed: dict[str, Proc]) -> None:
     a, b, c = fed["A"], fed["B"], fed["C"]
-    key = load_signing_key(a.key_dir / "exchange.pem")
+    (key_path,) = a.key_dir.glob("*.pem")  # the one key `hetex serve` created on its empty database
+    key = load_signing_key(key_path)
     me = LocalIdentity(PeerIdentity("A", "a.hetex.test/log", key.public, a.url), key)
     now = int(time.time())
     order = {
