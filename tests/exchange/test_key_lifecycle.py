@@ -25,7 +25,7 @@ from exchange.storage.identity import ExchangeKey
 from exchange.storage.ledger import Checkpoint, LogEntry
 from exchange.storage.rounds import Round
 from federation.dsse import verify_envelope
-from federation.keys import VerifyKey, key_id_hex, load_signing_key
+from federation.keys import SigningKey, VerifyKey, key_id_hex, load_signing_key
 from federation.note import verify_checkpoint
 from tests.exchange.ledgerkit import ORIGIN, append_n, make_ledger
 
@@ -217,3 +217,33 @@ def run(coro: Any) -> Any:
     from tests.dbs import run_async
 
     return run_async(coro)
+
+
+async def test_bundle_and_keys_endpoint_carry_validity_and_rederivable_ids(db: Any, tmp_path: Path) -> None:
+    import tarfile
+
+    from tests.exchange.appfactory import make_services
+    from tests.exchange.auditkit import ledger_fill
+    from tests.exchange.test_audit_export import add_regulator, run_export
+
+    svc = await make_services(db, tmp_path, exports_dir=tmp_path / "exports")
+    reg = await add_regulator(svc)
+    await ledger_fill(svc.ledger, SigningKey.generate(), 5)
+    old, new = await svc.identity.rotate(svc.ledger, overlap_seconds=60)
+    st = await run_export(svc, reg)
+    with tarfile.open(await svc.audit.bundle_path(reg, st.id)) as tar:
+        docs = [json.load(tar.extractfile(m)) for m in tar if "/keys/" in m.name and m.isfile()]  # type: ignore[arg-type]
+    exchange = {d["key_id"]: d for d in docs if d["role"] == "exchange"}
+    assert set(exchange) == {old.key_id, new.key_id}
+    for d in exchange.values():
+        assert key_id_hex(d["name"], VerifyKey.from_base64(d["public_key"])) == d["key_id"]
+    assert (exchange[old.key_id]["not_before"], exchange[old.key_id]["not_after"]) == (
+        old.not_before,
+        new.not_before + 60,
+    )
+    assert (exchange[new.key_id]["not_before"], exchange[new.key_id]["not_after"]) == (new.not_before, None)
+    listed = {k.key_id: k.to_json() for k in await svc.identity.keys()}
+    assert {k: (v["not_before"], v["not_after"], v["status"]) for k, v in listed.items()} == {
+        old.key_id: (old.not_before, old.not_after, "retired"),
+        new.key_id: (new.not_before, None, "current"),
+    }
