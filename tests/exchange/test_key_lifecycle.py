@@ -247,3 +247,29 @@ async def test_bundle_and_keys_endpoint_carry_validity_and_rederivable_ids(db: A
         old.key_id: (old.not_before, old.not_after, "retired"),
         new.key_id: (new.not_before, None, "current"),
     }
+
+
+def test_rotate_key_with_a_bad_overlap_is_refused_before_the_database(
+    fresh_db_factory: Callable[[], str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    url, key_dir = fresh_db_factory(), tmp_path / "keys"
+    init_exchange(url, key_dir, capsys)
+    before = run(db_state(url))
+    for bad in ("1 hour", "-5m", "1e3s", ""):
+        assert main(["admin", "rotate-key", f"--overlap={bad}", "--database-url", url, "--key-dir", str(key_dir)]) == 2
+        assert "(overlap)" in capsys.readouterr().err
+    # not even an unreachable database is contacted first
+    dead = "postgresql://nobody@127.0.0.1:1/none"
+    assert main(["admin", "rotate-key", "--overlap", "soon", "--database-url", dead, "--key-dir", str(key_dir)]) == 2
+    assert "(overlap)" in capsys.readouterr().err
+    assert run(db_state(url)) == before and len(list(key_dir.glob("*.pem"))) == 1
+
+
+async def test_a_key_directory_from_before_the_lifecycle_is_still_read(db: Any, tmp_path: Path) -> None:
+    from exchange.services.identity import IdentityService
+
+    first = IdentityService(db.sessions, tmp_path / "keys", ORIGIN)
+    info = await first.init()
+    key_file(tmp_path / "keys", info.key_id).rename(tmp_path / "keys" / "exchange.pem")  # the old layout
+    again = IdentityService(db.sessions, tmp_path / "keys", ORIGIN)
+    assert (await again.load()).key_id == info.key_id
