@@ -8,14 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from exchange.audit.writer import BundleKeyInfo, BundleWriter
 from exchange.services.audit import catalogue_facts
+from exchange.services.participants import participant_key_id
+from exchange.storage.participants import Participant
 from federation.canonical import canonical_bytes
 from federation.dsse import record_payload_type, sign_envelope
 from federation.keys import SigningKey, key_id_hex
 from federation.merkle import InMemoryTree, leaf_hash
 from federation.note import Checkpoint, NoteSigner
 from identifiers.catalogue import load_catalogue
+from identifiers.ids import new_id_str
 
 ORIGIN = "hetex.test/log"
 MODELS = ["NV-H100-SXM", "NV-A100-80G-SXM", "HW-910C", "CAM-MLU370-X8"]
@@ -115,6 +120,24 @@ def fill(log: MemLog, n: int, *, seed: int = 1, t0: int = 1_700_000_000, step: i
             log.append(kind, body)
 
 
+async def register_node(ledger: Any, node_key: SigningKey) -> str:
+    """Register the node's key as a provider participant (as the API would), once; return its key id."""
+    kid = participant_key_id(node_key.public)
+    async with ledger.sessions.begin() as session:
+        if await session.scalar(select(Participant).where(Participant.key_id == kid)) is None:
+            session.add(
+                Participant(
+                    id=new_id_str(),
+                    role="provider",
+                    name=f"node {kid}",
+                    public_key=node_key.public.to_base64(),
+                    key_id=kid,
+                    status="active",
+                )
+            )
+    return kid
+
+
 async def ledger_fill(
     ledger: Any,
     node_key: SigningKey,
@@ -128,7 +151,7 @@ async def ledger_fill(
     """Append n generated records through LedgerService (append_many; usage node-signed via append_signed)."""
     start = await ledger.size()
     items = list(gen_records(n, seed=seed, t0=t0, step=step, start=start))
-    node_kid = key_id_hex("node-1", node_key.public)
+    node_kid = await register_node(ledger, node_key)
     for lo in range(0, len(items), batch):
         async with ledger.sessions.begin() as session:
             pending: list[tuple[str, str, dict[str, Any]]] = []
