@@ -82,6 +82,8 @@ class VerifyReport:
     consistency: dict[str, Any] | None = None
     filters: dict[str, Any] | None = None
     totals: dict[str, Any] | None = None
+    manifest: dict[str, Any] | None = None  # the parsed manifest; read it only when ok
+    records_sha256: str | None = None  # SHA-256 over the leaf hashes of the records, in file order
     seconds: float = 0.0
 
     @property
@@ -128,6 +130,7 @@ class VerifyReport:
             "ok": self.ok,
             "trusted": self.trusted,
             "records": self.records,
+            "records_sha256": self.records_sha256 if self.ok else None,
             "signatures_checked": self.signatures_checked,
             "proofs_checked": self.proofs_checked,
             "checkpoint": self.checkpoint,
@@ -285,7 +288,7 @@ def _manifest(ctx: _Ctx) -> bytes | None:
     obj = _json(ctx, L.MANIFEST, data, S.MANIFEST)
     if obj is None:
         return None  # nothing else can be checked without a valid manifest
-    ctx.manifest = obj
+    ctx.manifest = ctx.report.manifest = obj
     ctx.created_at = obj["created_at"]
     exch = obj["exchange"]
     ctx.report.exchange_key_id = exch["key_id"]
@@ -512,6 +515,7 @@ def _verify_records(ctx: _Ctx, cp: Checkpoint | None, catalogue: dict[str, Any])
     if L.RECORDS not in ctx.source.names:
         report.add("file_missing", "records.jsonl is missing", file=L.RECORDS)
     records, proofs = _lines(ctx, L.RECORDS), _lines(ctx, L.PROOFS)
+    leaves = hashlib.sha256()
     prev: int | None = None
     line_no = n_proofs = 0
     while True:
@@ -534,6 +538,7 @@ def _verify_records(ctx: _Ctx, cp: Checkpoint | None, catalogue: dict[str, Any])
             report.add("record_malformed", str(exc), file=L.RECORDS, line=line_no)
             continue
         where = {"file": L.RECORDS, "line": line_no, "log_index": index}
+        leaves.update(leaf_hash(raw))
         if prev is not None and index <= prev:
             report.add(
                 "record_out_of_order", f"log index {index} does not follow {prev} (reordered or duplicated)", **where
@@ -580,6 +585,7 @@ def _verify_records(ctx: _Ctx, cp: Checkpoint | None, catalogue: dict[str, Any])
         lo, hi = scope["from_index"], scope["to_index"]
         if prev is not None and not lo <= prev < hi:
             report.add("record_outside_scope", f"log index {prev} is outside the scanned range [{lo}, {hi})")
+    report.records_sha256 = leaves.hexdigest()
     counts = manifest["counts"]
     if counts["records"] != report.records:
         report.add(
