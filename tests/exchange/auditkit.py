@@ -196,3 +196,32 @@ def write_bundle(
     for i in range(size):
         w.feed(i, log.entries[i])
     return w.finish(log.key)
+
+
+def reseal(bundle: Path, key: SigningKey, edit: Any = None, manifest_bytes: bytes | None = None) -> None:
+    """Act as a lying exchange: after files were changed, re-list their hashes and counts in the manifest (totals
+    untouched unless `edit` changes them) and re-sign it with the exchange key. `manifest_bytes`: sign these
+    exact bytes instead (to test non-canonical or duplicate-key manifests)."""
+    import hashlib
+    import json
+
+    from exchange.audit import layout as L
+
+    if manifest_bytes is None:
+        m = json.loads((bundle / L.MANIFEST).read_bytes())
+        files = {}
+        for path in sorted(bundle.rglob("*")):
+            name = path.relative_to(bundle).as_posix()
+            if path.is_file() and name not in (L.MANIFEST, L.MANIFEST_SIG):
+                files[name] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+        m["files"] = files
+        rec = (bundle / L.RECORDS).read_bytes().count(b"\n") if (bundle / L.RECORDS).exists() else 0
+        prf = (bundle / L.PROOFS).read_bytes().count(b"\n") if (bundle / L.PROOFS).exists() else 0
+        m["counts"].update(records=rec, proofs=prf)
+        if edit is not None:
+            edit(m)
+        manifest_bytes = canonical_bytes(m)
+    (bundle / L.MANIFEST).write_bytes(manifest_bytes)
+    kid = key_id_hex(json.loads(manifest_bytes)["exchange"]["origin"], key.public)
+    env = sign_envelope(L.MANIFEST_PAYLOAD_TYPE, manifest_bytes, [(kid, key)])
+    (bundle / L.MANIFEST_SIG).write_bytes(canonical_bytes(env))
