@@ -3,6 +3,7 @@ wheel (`hetex_specs/audit/`), and validation that names the first failing path."
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import json
 from functools import cache
@@ -36,9 +37,22 @@ def _validator(name: str) -> Any:
     return Draft202012Validator(schema)
 
 
-def validate(name: str, document: Any) -> None:
-    """Raise SchemaError naming the first path where `document` breaks specs/audit/<name>.schema.json."""
+#: (schema name, SHA-256 of the exact bytes) of documents already found valid: validation is a pure function of
+#: the bytes, and the same catalogue or key file recurs across bundles of one exchange (bounded memo)
+_VALID: dict[tuple[str, bytes], None] = {}
+_MEMO_SIZE = 1024
+
+
+def validate(name: str, document: Any, data: bytes | None = None) -> None:
+    """Raise SchemaError naming the first path where `document` (parsed from `data`) breaks its schema."""
+    memo = (name, hashlib.sha256(data).digest()) if data is not None else None
+    if memo is not None and memo in _VALID:
+        return
     error = next(iter(_validator(name).iter_errors(document)), None)
+    if error is None and memo is not None:
+        if len(_VALID) >= _MEMO_SIZE:
+            _VALID.pop(next(iter(_VALID)))
+        _VALID[memo] = None
     if error is None:
         return
     path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)

@@ -270,7 +270,7 @@ def _json(ctx: _Ctx, name: str, data: bytes, schema: str | None, *, canonical: b
     try:
         obj = loads_canonical(data) if canonical else loads(data)
         if schema is not None:
-            S.validate(schema, obj)
+            S.validate(schema, obj, data)
     except StrictJsonError as exc:
         ctx.report.add(exc.code, exc.message, file=name)
         return None
