@@ -673,6 +673,7 @@ class Demo:
                 "signatures_checked": report.signatures_checked,
                 "proofs_checked": report.proofs_checked,
                 "trusted_key_pinned": report.trusted_key_pinned,
+                "trusted": report.trusted,
                 "exchange_key_id": report.exchange_key_id,
                 "problems": [p.to_json() for p in report.problems],
                 "totals": report.totals,

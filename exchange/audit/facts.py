@@ -23,6 +23,8 @@ PAYLOAD_TYPE_SUFFIX = "+json"
 MONEY_KINDS = frozenset({"settlement"})
 SCU_PLACES = Decimal("0.000001")
 _CTX = Context(prec=60)
+#: A decimal field at or above this is ignored (not stated): totals stay exact within _CTX, never overflow.
+MAX_DECIMAL = Decimal(10) ** 15
 
 # Field names read from a payload, first present wins; each is also looked up inside the nested
 # objects named in NESTED (a settlement may carry its contract's facts under "contract").
@@ -133,7 +135,7 @@ def _decimal(value: Any) -> Decimal | None:
             d = Decimal(value)
         except InvalidOperation:
             return None
-        return d if d.is_finite() else None
+        return d if d.is_finite() and abs(d) < MAX_DECIMAL else None
     return None
 
 

@@ -102,6 +102,7 @@ class BundleWriter:
         catalogue: Mapping[str, Mapping[str, Any]],
         since_sizes: Sequence[int] = (),
         block_size: int = DEFAULT_BLOCK,
+        signer_keys: Mapping[str, BundleKeyInfo] | None = None,
     ) -> None:
         if block_size < 1 or block_size & (block_size - 1):
             raise ValueError("block_size must be a power of two")
@@ -116,6 +117,9 @@ class BundleWriter:
             raise ValueError("checkpoint origin is not the exchange's origin")
         self.size = self.checkpoint.size
         self.keys = list(keys)
+        #: keys (by id) of participants that may sign records, e.g. node keys of usage reports: each one that
+        #: signed a record written to the bundle is added to keys/, so node signatures verify offline
+        self.signer_keys = dict(signer_keys or {})
         self.catalogue = {k: dict(v) for k, v in catalogue.items()}
         self.since = sorted({s for s in since_sizes if 0 < s < self.size})
         self.block = block_size
@@ -157,12 +161,24 @@ class BundleWriter:
                 cid = F.contract_key(kind, payload)
                 if cid is not None:
                     self._contracts[cid] = facts
+                self._add_signers(entry)
                 self._records.write(L.record_line(index, entry))
                 self._pending.append(index)
                 self.records_written += 1
         if len(self._leaves) == self.block:
             self._close_block()
         return matched
+
+    def _add_signers(self, entry: bytes) -> None:
+        """Add to keys/ the participant keys that signed a written record."""
+        if not self.signer_keys:
+            return
+        listed = {k.key_id for k in self.keys}
+        for sig in json.loads(entry).get("signatures") or ():
+            kid = sig.get("keyid") if isinstance(sig, dict) else None
+            if isinstance(kid, str) and kid not in listed and kid in self.signer_keys:
+                self.keys.append(self.signer_keys[kid])
+                listed.add(kid)
 
     def _close_block(self) -> None:
         start = self._next - self.block

@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tarfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from exchange.audit import layout as L
+from exchange.audit.limits import DEFAULT_LIMITS, Limits
 from exchange.audit.verify import VerifyReport, verify_bundle
 from exchange.cli.common import CliError, print_json, print_table
 from federation.errors import KeyFormatError
 from federation.keys import VerifyKey, load_public_key
+
+
+def _limit_flags(p: argparse.ArgumentParser) -> None:
+    for name in Limits.names():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            metavar="N",
+            default=getattr(DEFAULT_LIMITS, name),
+            help=f"refuse the bundle past this limit (default {getattr(DEFAULT_LIMITS, name)})",
+        )
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    values = {name: getattr(args, name, getattr(DEFAULT_LIMITS, name)) for name in Limits.names()}
+    for name, value in values.items():
+        if value < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be a positive integer")
+    return Limits(**values)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     audit_sub = p.add_subparsers(dest="audit_command", required=True)
     v = audit_sub.add_parser(
         "verify",
-        help="verify a bundle offline: signatures, inclusion proofs, hashes, totals, filters (exit 0 ok, 1 problems)",
+        help="verify a bundle offline (exit 0 verified and trusted, 1 problems, 3 UNTRUSTED: no --trusted-key "
+        "anchors it, 2 usage)",
     )
     v.add_argument("bundle", help="bundle directory, .tar or .tar.gz")
     v.add_argument(
@@ -35,10 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("--since", metavar="CHECKPOINT", help="an earlier signed checkpoint of the same log")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
+    _limit_flags(v)
     v.set_defaults(func=run_verify)
-    s = audit_sub.add_parser("show", help="print a bundle's totals, flows and domestic share (does not verify)")
+    s = audit_sub.add_parser(
+        "show", help="verify a bundle, then print its totals, flows and domestic share (nothing when it fails)"
+    )
     s.add_argument("bundle", help="bundle directory, .tar or .tar.gz")
+    s.add_argument("--trusted-key", action="append", default=[], metavar="KEYFILE", help="as for verify")
     s.add_argument("--json", action="store_true")
+    _limit_flags(s)
     s.set_defaults(func=run_show)
 
 
@@ -64,19 +87,24 @@ def run_verify(args: argparse.Namespace) -> int:
             since = Path(args.since).read_text("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise CliError(f"cannot read checkpoint {args.since}: {exc}") from None
-    report = verify_bundle(bundle, trusted_keys=trusted or None, since_checkpoint=since)
+    report = verify_bundle(bundle, trusted_keys=trusted or None, since_checkpoint=since, limits=_limits(args))
     if args.json:
         print_json(report.to_json())
     else:
         _print_report(report)
-    return 0 if report.ok else 1
+    return report.exit_code
 
 
 def _print_report(report: VerifyReport) -> None:
     cp = report.checkpoint or {}
     out = sys.stdout
-    if report.ok:
-        out.write(f"OK: {report.bundle}\n")
+    if report.trusted:
+        out.write(f"OK: {report.bundle}: verified, anchored to the key given with --trusted-key\n")
+    elif report.ok:
+        out.write(
+            f"UNTRUSTED: {report.bundle}: internally consistent, but not anchored to a trusted key "
+            "(pass --trusted-key with the exchange key obtained out of band)\n"
+        )
     else:
         n = len(report.problems) + report.problems_omitted
         out.write(f"FAILED: {report.bundle}: {n} problem(s)\n")
@@ -89,11 +117,18 @@ def _print_report(report: VerifyReport) -> None:
         f"{report.proofs_checked}, {report.seconds:.2f} s ({report.records_per_second:,.0f} records/s)\n"
     )
     out.write(f"checkpoint: {cp.get('origin')} size {cp.get('size')} root {cp.get('root')}\n")
-    pin = "pinned with --trusted-key" if report.trusted_key_pinned else "NOT pinned (pass --trusted-key)"
-    out.write(f"exchange key: {report.exchange_key_id} ({pin})\n")
+    if not report.trusted_key_pinned:
+        pin = "NOT pinned: pass --trusted-key"
+    elif report.anchored:
+        pin = "matches --trusted-key"
+    else:
+        pin = "does NOT match --trusted-key" if "manifest_untrusted_key" in report.codes() else "not verified"
+    out.write(f"bundle's exchange key: {report.exchange_key_id} ({pin})\n")
     if report.consistency:
         c = report.consistency
         out.write(f"consistency since size {c.get('since_size')}: {c.get('status')}\n")
+    if not report.ok:
+        return  # no figure from a bundle that does not verify
     settled = (report.totals or {}).get("settled", {})
     out.write(
         f"settled: {settled.get('records', 0)} records, {_yuan(settled.get('fen', 0))} yuan, "
@@ -103,27 +138,6 @@ def _print_report(report: VerifyReport) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # show
-
-
-def read_manifest(bundle: Path) -> dict[str, Any]:
-    """manifest.json of a bundle directory or archive (not verified)."""
-    try:
-        if bundle.is_dir():
-            data = (bundle / L.MANIFEST).read_bytes()
-        else:
-            with tarfile.open(bundle, "r:*") as tar:
-                member = next((m for m in tar if m.isfile() and m.name.rsplit("/", 1)[-1] == L.MANIFEST), None)
-                if member is None:
-                    raise CliError(f"{bundle} holds no manifest.json")
-                f = tar.extractfile(member)
-                assert f is not None
-                data = f.read()
-        manifest = json.loads(data)
-    except (OSError, ValueError, tarfile.TarError) as exc:
-        raise CliError(f"cannot read the manifest of {bundle}: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise CliError("manifest.json is not a JSON object")
-    return manifest
 
 
 def _yuan(fen: int) -> str:
@@ -148,30 +162,49 @@ def domestic_share(totals: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    """Summary tables for people (or --json)."""
+    """Verify first; print the tables only from a bundle that verifies (exit codes as for verify)."""
     bundle = Path(args.bundle)
     if not bundle.exists():
         raise CliError(f"no bundle at {bundle}")
-    m = read_manifest(bundle)
-    totals = m.get("totals") or {}
+    trusted = _trusted(getattr(args, "trusted_key", None) or [])
+    report = verify_bundle(bundle, trusted_keys=trusted or None, limits=_limits(args))
+    if not report.ok or report.manifest is None:
+        if args.json:
+            print_json({"status": report.status, "verified": False, "problems": [p.to_json() for p in report.problems]})
+        else:
+            sys.stdout.write(f"NOT SHOWN: {bundle} does not verify; nothing in it can be relied on\n")
+            for p in report.problems[:20]:
+                sys.stdout.write(f"  - {p}\n")
+            if len(report.problems) > 20:
+                sys.stdout.write(f"  ... run `hetex audit verify {bundle}` for all {len(report.problems)} problems\n")
+        return report.exit_code
+    m = report.manifest
+    totals = report.totals or {}
     share = domestic_share(totals)
     if args.json:
         print_json(
             {
-                "export_id": m.get("export_id"),
-                "exchange": m.get("exchange"),
-                "filters": m.get("filters"),
-                "checkpoint": m.get("checkpoint"),
-                "counts": m.get("counts"),
+                "status": report.status,
+                "export_id": m["export_id"],
+                "exchange": m["exchange"],
+                "filters": m["filters"],
+                "checkpoint": m["checkpoint"],
+                "counts": m["counts"],
                 "totals": totals,
                 "domestic_share": share,
-                "verified": False,
+                "verified": True,
+                "trusted": report.trusted,
             }
         )
-        return 0
+        return report.exit_code
+    if not report.trusted:
+        sys.stdout.write(
+            "UNTRUSTED: the bundle is internally consistent but not anchored to a trusted exchange key; "
+            "pass --trusted-key to rely on these figures\n"
+        )
     f = m.get("filters") or {}
     print_table(
-        f"Audit export {m.get('export_id')} (not verified here: run `hetex audit verify`)",
+        f"Audit export {m.get('export_id')} ({'verified' if report.trusted else 'consistent, UNTRUSTED'})",
         ["field", "value"],
         [
             ("exchange", f"{(m.get('exchange') or {}).get('authority')} {(m.get('exchange') or {}).get('origin')}"),
@@ -206,4 +239,4 @@ def run_show(args: argparse.Namespace) -> int:
     print_table(
         "Flows: buyer home region (rows) x provider region (columns), yuan", ["buyer \\ provider", *providers], rows
     )
-    return 0
+    return report.exit_code

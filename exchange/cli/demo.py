@@ -246,7 +246,7 @@ def print_tables(console: Console, demo: Demo, s: dict[str, Any]) -> None:
         "offline verification",
         f"{'OK' if v.get('ok') else 'FAILED'}: {v.get('records')} records, {v.get('signatures_checked')} signatures, "
         f"{v.get('proofs_checked')} inclusion proofs, exchange key {v.get('exchange_key_id')}"
-        + (" (pinned)" if v.get("trusted_key_pinned") else ""),
+        + (" (anchored to the pinned key)" if v.get("trusted") else " (NOT anchored to a pinned key)"),
     )
     trust.add_row(
         "clock", f"fast-forwarded {s['clock_fast_forward_seconds'] / 86_400:.1f} days before usage and settlement"

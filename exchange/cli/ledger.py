@@ -166,7 +166,12 @@ def run_verify(args: argparse.Namespace) -> int:
     """Database: recompute the whole log; with --from, also consistency with that checkpoint. HTTP: proofs."""
     earlier = [_read_note(args.from_file)] if args.from_file else []
     if args.url:
-        return _report(asyncio.run(_verify_http(args.url.rstrip("/"), args.key, earlier)))
+        code = _report(asyncio.run(_verify_http(args.url.rstrip("/"), args.key, earlier)))
+        if code == 0 and not args.key:
+            # keys fetched from the server being checked prove only that it agrees with itself
+            print("UNTRUSTED: verified only against keys the same server published; pass --key to pin them")
+            return 3
+        return code
 
     async def go(svc: Services) -> tuple[list[LogProblem], int, int]:
         report = await svc.ledger.verify_log(earlier=earlier)
@@ -224,5 +229,6 @@ async def _verify_http(base: str, pinned: list[str], earlier: list[str]) -> list
         except ProofError as exc:
             problems.append(f"entries 0..{old.size - 1}: not consistent with the latest checkpoint: {exc.message}")
     if not problems:
-        print(f"ok: checkpoint of size {latest.size} verified" + (" and consistent" if earlier else ""))
+        how = "against the pinned key" if pinned else "against the server's own keys (not pinned)"
+        print(f"ok: checkpoint of size {latest.size} verified {how}" + (" and consistent" if earlier else ""))
     return problems

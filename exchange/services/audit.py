@@ -23,8 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from exchange.audit.writer import BundleKeyInfo, BundleWriter, pack
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
+from exchange.services.participants import KEY_NAME
 from exchange.storage.audit import AuditExport
 from exchange.storage.base import now_s
+from exchange.storage.federation import Peer
 from exchange.storage.ledger import LogEntry
 from exchange.storage.participants import Participant
 from identifiers.catalogue import Catalogue
@@ -264,9 +266,15 @@ class AuditService:
             for k in await self.identity.keys(session)
             if k.status != "revoked"
         ]
-        peers = (await session.scalars(select(Participant).where(Participant.role == "peer"))).all()
-        keys.extend(BundleKeyInfo(p.key_id, p.name, p.public_key, "peer-exchange", p.id) for p in peers)
+        # a peer exchange's key id is its C2SP id under its log origin (the name a verifier re-derives it with)
+        peers = (await session.scalars(select(Peer))).all()
+        keys.extend(BundleKeyInfo(p.key_id, p.origin, p.public_key, "peer-exchange", p.participant_id) for p in peers)
         return keys
+
+    async def _signer_keys(self, session: AsyncSession) -> dict[str, BundleKeyInfo]:
+        """Participant keys that may sign log records (node usage reports), by key id (C2SP id under KEY_NAME)."""
+        rows = (await session.scalars(select(Participant).where(Participant.role != "peer"))).all()
+        return {p.key_id: BundleKeyInfo(p.key_id, KEY_NAME, p.public_key, "participant", p.id) for p in rows}
 
     async def _run(self, export_id: str) -> None:
         work = self.exports_dir / f"{export_id}.tmp"
@@ -293,6 +301,7 @@ class AuditService:
             row = await session.get(AuditExport, export_id)
             assert row is not None
             keys = await self._keys(session)
+            signer_keys = await self._signer_keys(session)
             filters = {
                 "from": row.period_from,
                 "to": row.period_to,
@@ -318,6 +327,7 @@ class AuditService:
             keys=keys,
             catalogue=catalogue_facts(self.catalogue),
             since_sizes=since,
+            signer_keys=signer_keys,
         )
         try:
             after = -1

@@ -8,14 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from exchange.audit.writer import BundleKeyInfo, BundleWriter
 from exchange.services.audit import catalogue_facts
+from exchange.services.participants import participant_key_id
+from exchange.storage.participants import Participant
 from federation.canonical import canonical_bytes
 from federation.dsse import record_payload_type, sign_envelope
 from federation.keys import SigningKey, key_id_hex
 from federation.merkle import InMemoryTree, leaf_hash
 from federation.note import Checkpoint, NoteSigner
 from identifiers.catalogue import load_catalogue
+from identifiers.ids import new_id_str
 
 ORIGIN = "hetex.test/log"
 MODELS = ["NV-H100-SXM", "NV-A100-80G-SXM", "HW-910C", "CAM-MLU370-X8"]
@@ -115,6 +120,24 @@ def fill(log: MemLog, n: int, *, seed: int = 1, t0: int = 1_700_000_000, step: i
             log.append(kind, body)
 
 
+async def register_node(ledger: Any, node_key: SigningKey) -> str:
+    """Register the node's key as a provider participant (as the API would), once; return its key id."""
+    kid = participant_key_id(node_key.public)
+    async with ledger.sessions.begin() as session:
+        if await session.scalar(select(Participant).where(Participant.key_id == kid)) is None:
+            session.add(
+                Participant(
+                    id=new_id_str(),
+                    role="provider",
+                    name=f"node {kid}",
+                    public_key=node_key.public.to_base64(),
+                    key_id=kid,
+                    status="active",
+                )
+            )
+    return kid
+
+
 async def ledger_fill(
     ledger: Any,
     node_key: SigningKey,
@@ -128,7 +151,7 @@ async def ledger_fill(
     """Append n generated records through LedgerService (append_many; usage node-signed via append_signed)."""
     start = await ledger.size()
     items = list(gen_records(n, seed=seed, t0=t0, step=step, start=start))
-    node_kid = key_id_hex("node-1", node_key.public)
+    node_kid = await register_node(ledger, node_key)
     for lo in range(0, len(items), batch):
         async with ledger.sessions.begin() as session:
             pending: list[tuple[str, str, dict[str, Any]]] = []
@@ -173,3 +196,32 @@ def write_bundle(
     for i in range(size):
         w.feed(i, log.entries[i])
     return w.finish(log.key)
+
+
+def reseal(bundle: Path, key: SigningKey, edit: Any = None, manifest_bytes: bytes | None = None) -> None:
+    """Act as a lying exchange: after files were changed, re-list their hashes and counts in the manifest (totals
+    untouched unless `edit` changes them) and re-sign it with the exchange key. `manifest_bytes`: sign these
+    exact bytes instead (to test non-canonical or duplicate-key manifests)."""
+    import hashlib
+    import json
+
+    from exchange.audit import layout as L
+
+    if manifest_bytes is None:
+        m = json.loads((bundle / L.MANIFEST).read_bytes())
+        files = {}
+        for path in sorted(bundle.rglob("*")):
+            name = path.relative_to(bundle).as_posix()
+            if path.is_file() and name not in (L.MANIFEST, L.MANIFEST_SIG):
+                files[name] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+        m["files"] = files
+        rec = (bundle / L.RECORDS).read_bytes().count(b"\n") if (bundle / L.RECORDS).exists() else 0
+        prf = (bundle / L.PROOFS).read_bytes().count(b"\n") if (bundle / L.PROOFS).exists() else 0
+        m["counts"].update(records=rec, proofs=prf)
+        if edit is not None:
+            edit(m)
+        manifest_bytes = canonical_bytes(m)
+    (bundle / L.MANIFEST).write_bytes(manifest_bytes)
+    kid = key_id_hex(json.loads(manifest_bytes)["exchange"]["origin"], key.public)
+    env = sign_envelope(L.MANIFEST_PAYLOAD_TYPE, manifest_bytes, [(kid, key)])
+    (bundle / L.MANIFEST_SIG).write_bytes(canonical_bytes(env))

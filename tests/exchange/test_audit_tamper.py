@@ -120,7 +120,7 @@ def test_untouched_bundles_verify(bundles: Bundles, capsys: pytest.CaptureFixtur
         assert report.ok, [str(p) for p in report.problems]
     assert cli(str(bundles.second), "--trusted-key", str(bundles.exchange_pub)) == 0
     out = capsys.readouterr().out
-    assert out.startswith("OK:") and "records 70" in out and "pinned with --trusted-key" in out
+    assert out.startswith("OK:") and "records 70" in out and "(matches --trusted-key)" in out
 
 
 def test_second_export_verifies_since_the_first(bundles: Bundles, tmp_path: Path) -> None:

@@ -25,6 +25,11 @@ ALLOWED_FIRST_PARTY = {
     "exchange.audit.verify",
     "exchange.audit.facts",
     "exchange.audit.layout",
+    "exchange.audit.limits",
+    "exchange.audit.source",
+    "exchange.audit.strictjson",
+    "exchange.audit.schemas",
+    "exchange.audit.invariants",
     "federation",
     "federation.keys",
     "federation.canonical",
@@ -36,7 +41,7 @@ ALLOWED_FIRST_PARTY = {
     "identifiers.errors",
     "identifiers.specs",  # run by identifiers/__init__.py; standard library only (checked below)
 }
-ALLOWED_THIRD_PARTY = {"cryptography", "rfc8785"}
+ALLOWED_THIRD_PARTY = {"cryptography", "rfc8785", "jsonschema"}  # issue 10: jsonschema allowed
 
 
 def _imports(module: str) -> set[str]:

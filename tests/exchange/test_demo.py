@@ -90,7 +90,7 @@ def test_demo_tables_and_kept_bundle(tmp_path: Path) -> None:
     [bundle] = keep.glob("hetex-audit-*.tar.gz")
     assert (keep / "hetex.db").is_file()
     assert verify_bundle(bundle).ok  # the kept bundle verifies again, outside the demo
-    assert main(["audit", "verify", str(bundle)]) == 0
+    assert main(["audit", "verify", str(bundle)]) == 3  # consistent, but no --trusted-key: UNTRUSTED
 
 
 def test_keep_refuses_a_non_empty_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

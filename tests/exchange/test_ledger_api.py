@@ -114,10 +114,16 @@ async def test_cli_over_http(aiohttp_client: Any, db: Any, tmp_path: Path, capsy
     capsys.readouterr()
     assert await asyncio.to_thread(main, ["ledger", "prove", "--url", url, "--index", "5"]) == 0
     assert '"verified": true' in capsys.readouterr().out
-    assert await asyncio.to_thread(main, ["ledger", "verify", "--url", url, "--from", str(old)]) == 0
-    assert "ok: checkpoint of size 7 verified and consistent" in capsys.readouterr().out
-    # pinning a key the exchange does not sign with makes verification fail
     from federation.keys import SigningKey, encode_verifier_key
+
+    # without --key the only keys are the ones the same server publishes: consistent, but UNTRUSTED (exit 3)
+    assert await asyncio.to_thread(main, ["ledger", "verify", "--url", url, "--from", str(old)]) == 3
+    out = capsys.readouterr().out
+    assert "not pinned" in out and "UNTRUSTED" in out
+    pinned = encode_verifier_key(ORIGIN, svc.identity.public_key)
+    assert await asyncio.to_thread(main, ["ledger", "verify", "--url", url, "--from", str(old), "--key", pinned]) == 0
+    assert "ok: checkpoint of size 7 verified against the pinned key and consistent" in capsys.readouterr().out
+    # pinning a key the exchange does not sign with makes verification fail
 
     stranger = encode_verifier_key(ORIGIN, SigningKey.generate().public)
     assert await asyncio.to_thread(main, ["ledger", "verify", "--url", url, "--key", stranger]) == 1
