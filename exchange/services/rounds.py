@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Protocol
@@ -32,6 +32,8 @@ from typing import Any, Protocol
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from exchange.billing.compute_tier import TierTable
+from exchange.billing.tiers import load_tier_table
 from exchange.services.federation_capacity import held_lines, orders_in_flight
 from exchange.services.registration import live_offers_query
 from exchange.services.round_lock import RoundLock
@@ -248,6 +250,7 @@ class RoundService:
         solve_time_limit: float = 30.0,
         lock_timeout: float = 120.0,
         repeatable_snapshot: bool = False,
+        tiers: Callable[[], TierTable] = load_tier_table,
     ) -> None:
         self.sessions = sessions
         self.lock = lock
@@ -262,6 +265,7 @@ class RoundService:
         self.solve_time_limit = solve_time_limit
         self.lock_timeout = lock_timeout
         self.repeatable_snapshot = repeatable_snapshot
+        self.tiers = tiers
 
     # ------------------------------------------------------------------------------------ snapshot
 
@@ -358,6 +362,7 @@ class RoundService:
             slot_seconds=slot,
             max_start_slots=self.max_start_slots,
             fee_bps=self.fee_bps,
+            tiers=self.tiers(),
         )
 
     async def market_snapshot(self) -> Market:

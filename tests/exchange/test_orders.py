@@ -140,7 +140,7 @@ async def test_billing_modes_with_terms_are_accepted(api: Api) -> None:
             "milestones": [{"name": "pretrain", "share_bps": 6000}, {"name": "eval", "share_bps": 4000}],
         },
     )
-    tier = order_body(billing_mode="compute_tier", billing_terms={"tier_table": "standard-2026"})
+    tier = order_body(billing_mode="compute_tier", billing_terms={"tier_table": "standard"})
     scu = order_body(
         quantity_devices=None,
         quantity_scu="12.5",
