@@ -11,7 +11,7 @@ from exchange.api.app import create_app
 from federation.keys import Keyring, VerifyKey
 from federation.merkle import leaf_hash, verify_consistency, verify_inclusion
 from federation.note import NoteVerifier, verify_checkpoint
-from tests.exchange.appfactory import make_services
+from tests.exchange.appfactory import make_services, serve
 
 ORIGIN = "api.hetex.test/log"
 
@@ -22,7 +22,7 @@ def _b(text: str) -> bytes:
 
 async def _client(aiohttp_client: Any, db: Any, tmp_path: Path) -> tuple[Any, Any]:
     svc = await make_services(db, tmp_path, origin=ORIGIN, checkpoint_interval_seconds=0)
-    return svc, await aiohttp_client(create_app(svc))
+    return svc, await serve(aiohttp_client, svc)
 
 
 async def _append(svc: Any, db: Any, start: int, n: int) -> None:
