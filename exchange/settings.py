@@ -48,6 +48,7 @@ class Settings(BaseModel):
     round_max_start_slots: int = Field(default=4, ge=1, le=96)
     checkpoint_interval_seconds: float = Field(default=10, ge=0)
     fee_bps: int = Field(default=100, ge=0, le=10_000)
+    disclosure_min_orders: int = Field(default=3, ge=1)  # public class prices need this many contracted orders
     migrate_on_start: bool = True
     # federation (DESIGN.md section 11; specs/federation.md)
     federation_summary_interval_seconds: float = Field(default=10, ge=0)
