@@ -85,6 +85,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         slot_seconds=settings.round_slot_seconds,
         max_start_slots=settings.round_max_start_slots,
         repeatable_snapshot=engine is not None and not settings.is_sqlite,
+        disclosure_min_orders=settings.disclosure_min_orders,
     )
     federation.seller_lock = lambda: rounds.lock.hold(settings.federation_peer_timeout_seconds)
     return Services(

@@ -243,6 +243,7 @@ class Demo:
         await site.start()
         host, port = self.runner.addresses[0][:2]
         self.base_url = f"http://{host}:{port}"
+        svc.settings.public_base_url = self.base_url  # the demo knows its own URL: signatures bind to it
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         async with self.http.get(self.base_url + "/healthz") as resp:
             health = await resp.json()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
+from pydantic import ValidationError as PydanticValidationError
 
 from identifiers.errors import ValidationError
 
@@ -35,7 +37,8 @@ class Settings(BaseModel):
     port: int = Field(default=8470, ge=0, le=65535)
     authority: str = "HX"
     origin: str = "hetex.example/log"
-    public_base_url: str | None = None
+    public_base_url: str | None = None  # this exchange's origin: signed @target-uri values must start with it
+    dev: bool = False  # development only: without public_base_url, @target-uri is the URL as received
     key_dir: Path = Path(".hetex/keys")
     exports_dir: Path = Path(".hetex/exports")
     signature_window_seconds: int = Field(default=300, ge=1)
@@ -45,6 +48,7 @@ class Settings(BaseModel):
     round_max_start_slots: int = Field(default=4, ge=1, le=96)
     checkpoint_interval_seconds: float = Field(default=10, ge=0)
     fee_bps: int = Field(default=100, ge=0, le=10_000)
+    disclosure_min_orders: int = Field(default=3, ge=1)  # public class prices need this many contracted orders
     migrate_on_start: bool = True
     # federation (DESIGN.md section 11; specs/federation.md)
     federation_summary_interval_seconds: float = Field(default=10, ge=0)
@@ -62,6 +66,25 @@ class Settings(BaseModel):
     def _normalize(cls, value: str) -> str:
         return normalize_database_url(value)
 
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("public_base_url must be an absolute http(s) URL without query or fragment")
+        return value.rstrip("/")
+
+    def origin_problem(self) -> str | None:
+        """Why request signatures cannot be bound to this exchange's origin (serve refuses to start), or None."""
+        if self.public_base_url or self.dev:
+            return None
+        return (
+            "HETEX_PUBLIC_BASE_URL is not set: set it to the URL clients use to reach this exchange"
+            " (e.g. https://hetex.example.cn), or pass --dev for local development"
+        )
+
     @property
     def is_sqlite(self) -> bool:
         """True for the embedded default."""
@@ -77,4 +100,9 @@ class Settings(BaseModel):
             if key in env and env[key] != "":
                 values[name] = env[key]
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)
+        try:
+            return cls.model_validate(values)
+        except PydanticValidationError as exc:
+            first = exc.errors()[0]
+            name = str(first["loc"][0]) if first["loc"] else "settings"
+            raise ValidationError(f"{name}: {first['msg']}", field="HETEX_" + name.upper()) from None

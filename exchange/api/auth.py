@@ -80,12 +80,18 @@ class KeyCache:
 KEY_CACHE = web.AppKey("key_cache", KeyCache)
 
 
-def target_uri(request: web.Request, public_base_url: str | None) -> str:
-    """The @target-uri the client signed: the configured public base URL + path and query, else the
-    absolute URL of the request as received."""
+def target_uri(request: web.Request, public_base_url: str | None, *, dev: bool = False) -> str:
+    """The @target-uri a request for this exchange is signed for: the configured public base URL + path and
+    query, never the client's Host header (a request signed for another exchange must not verify here).
+    Only a development server (`dev`, no base URL) takes the absolute URL as received."""
     if public_base_url:
         return public_base_url.rstrip("/") + request.raw_path
-    return str(request.url)
+    if dev:
+        return str(request.url)
+    raise SignatureError(
+        "signature_invalid",
+        "this exchange has no public base URL (HETEX_PUBLIC_BASE_URL), so no signed request can be bound to it",
+    )
 
 
 def registration_key(body: bytes, keyid: str) -> VerifyKey | None:
@@ -108,7 +114,7 @@ async def authenticate(request: web.Request, *, defer_nonce: bool = False) -> No
     service does, see remembers_nonce); store the caller and the nonce claim on the request."""
     svc = services(request)
     body = await request.read()
-    url = target_uri(request, svc.settings.public_base_url)
+    url = target_uri(request, svc.settings.public_base_url, dev=svc.settings.dev)
     headers = list(request.headers.items())
     # parse and check the signature headers once; the key is looked up by the parsed keyid
     parsed = parse_request_signature(request.method, url, headers, max_skew=svc.settings.signature_window_seconds)

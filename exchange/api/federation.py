@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.api.auth import require_principal
+from exchange.api.auth import require_principal, target_uri
 from exchange.api.keys import SERVICES, services
 from exchange.api.parsing import query_int
 from identifiers.errors import ValidationError
@@ -30,11 +30,9 @@ MAX_SIZE = (1 << 62) - 1
 
 
 def request_url(request: web.Request) -> str:
-    """The @target-uri as signed: the configured public base URL + path and query, else the request URL."""
-    base = services(request).settings.public_base_url
-    if base:
-        return base.rstrip("/") + request.raw_path
-    return str(request.url)
+    """The @target-uri as signed: this exchange's configured origin + path and query (exchange.api.auth)."""
+    settings = services(request).settings
+    return target_uri(request, settings.public_base_url, dev=settings.dev)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

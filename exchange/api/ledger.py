@@ -7,8 +7,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from exchange.api.auth import PRINCIPAL
 from exchange.api.keys import SERVICES, services
 from exchange.api.parsing import query_int
+from exchange.services.disclosure import read_entry
+from federation.errors import SignatureError
 from identifiers.errors import ValidationError
 
 routes = web.RouteTableDef()
@@ -42,11 +45,19 @@ async def checkpoint(request: web.Request) -> web.Response:
 
 @routes.get("/v1/ledger/entries/{index}")
 async def entry(request: web.Request) -> web.Response:
-    """One stored entry: the stored bytes (base64), its leaf hash and the parsed envelope."""
+    """One stored entry: the stored bytes (base64), its leaf hash and the parsed envelope; a signed GET by a
+    party to the record, the regulator or the operator (the leaf hash and proofs are public: proofs/inclusion)."""
     raw = request.match_info["index"]
     if not raw.isdigit() or len(raw) > 19:
         raise ValidationError("index must be a non-negative integer", field="index")
-    stored = await services(request).ledger.entry(int(raw))
+    who = request.get(PRINCIPAL)
+    if who is None:
+        raise SignatureError(
+            "signature_missing",
+            "log records hold commercial terms: sign the GET as a party, the regulator or the operator"
+            " (leaf hashes and proofs are public at /v1/ledger/proofs/inclusion)",
+        )
+    stored = await read_entry(services(request).ledger, who, int(raw))
     return web.json_response(stored.to_json())
 
 

@@ -145,6 +145,11 @@ RESOLVED = {"oneOf": [{"$ref": REF.format(model="SiteView")}, {"$ref": REF.forma
 TEXT = {"type": "string"}
 OBJECT = {"type": "object"}
 LEDGER_ENTRY = {"type": "object", "required": ["index"]}
+ROUND_VIEW = {
+    "type": "object",
+    "required": ["id", "status", "disclosure", "prices"],
+    "properties": {"disclosure": {"type": "string", "enum": ["public", "full"]}, "prices": {"type": "array"}},
+}
 PROOF = {"type": "object"}
 LEDGER_KEYS = {
     "type": "object",
@@ -196,9 +201,11 @@ OPS: tuple[Op, ...] = (
         "get",
         "/v1/ledger/entries/{index}",
         "ledgerEntry",
-        "One log entry: stored bytes (base64), leaf hash and the parsed DSSE envelope",
+        "One log entry: stored bytes (base64), leaf hash and the parsed DSSE envelope; a signed GET by a party to"
+        " the record, the regulator or the operator (leaf hashes and proofs are public: proofs/inclusion)",
         "ledger",
         response=LEDGER_ENTRY,
+        signed=True,
         errors=LEDGER_ERRORS,
     ),
     Op(
@@ -265,9 +272,11 @@ OPS: tuple[Op, ...] = (
         "get",
         "/v1/rounds/{id}",
         "getRound",
-        "One round: welfare, LP bound, gap, matched devices, build/solve seconds, method, audit, prices",
+        "One round: welfare, LP bound, gap, matched devices, build/solve seconds, method, audit checks; class"
+        " prices where enough orders contracted; per-order detail for the signed caller's own orders (in full for"
+        " the regulator and the operator)",
         "rounds",
-        response=OBJECT,
+        response=ROUND_VIEW,
         errors=(404, 422),
     ),
     Op(

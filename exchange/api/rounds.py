@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.api.auth import require_principal
+from exchange.api.auth import PRINCIPAL, require_principal
 from exchange.api.keys import services
 from exchange.api.parsing import query_int
 from exchange.api.responses import path_id
@@ -33,7 +33,7 @@ async def trigger_round(request: web.Request) -> web.Response:
     who.require_role("operator", action="trigger clearing rounds")
     svc = services(request)
     summary = await svc.rounds.run_round("operator")
-    return _json(await svc.rounds.get(summary.round_id), 201)
+    return _json(await svc.rounds.get(summary.round_id, who), 201)
 
 
 @routes.get("/v1/rounds")
@@ -45,8 +45,9 @@ async def list_rounds(request: web.Request) -> web.Response:
 
 @routes.get("/v1/rounds/{id}")
 async def get_round(request: web.Request) -> web.Response:
-    """One round: statistics (welfare, LP bound, gap, matched devices, times, method), audit, contracts."""
-    return _json(await services(request).rounds.get(path_id(request)))
+    """One round: statistics (welfare, LP bound, gap, matched devices, times, method), audit, class prices;
+    per-order detail only for the caller's own orders (a signed GET), in full for the regulator and operator."""
+    return _json(await services(request).rounds.get(path_id(request), request.get(PRINCIPAL)))
 
 
 @routes.get("/v1/market")

@@ -232,14 +232,15 @@ def _bare_app() -> web.Application:
     return app
 
 
-async def _real_app(database_url: str) -> web.Application:
+async def _real_app(database_url: str, port: int) -> web.Application:
     from exchange.api.app import create_app
     from exchange.composition import build_services
     from exchange.settings import Settings
     from exchange.storage.migrate import upgrade_engine
 
     key_dir = Path(tempfile.gettempdir()) / "hetex-bench-keys"
-    svc = await build_services(Settings(database_url=database_url, key_dir=key_dir))
+    settings = Settings(database_url=database_url, key_dir=key_dir, public_base_url=f"http://127.0.0.1:{port}")
+    svc = await build_services(settings)
     assert svc.engine is not None
     await upgrade_engine(svc.engine)
     await svc.identity.start(create_if_empty=True)  # as `hetex serve` does
@@ -262,7 +263,7 @@ def _serve(kind: str, port: int, database_url: str | None) -> None:
     assert database_url
     profile_to = os.environ.get("HETEX_BENCH_PROFILE")
     if not profile_to:
-        web.run_app(_real_app(database_url), host="127.0.0.1", port=port, access_log=None, print=None)
+        web.run_app(_real_app(database_url, port), host="127.0.0.1", port=port, access_log=None, print=None)
         return
     # Developer aid: profile the app server's main thread with cProfile; stats go to the named file on exit.
     import cProfile
@@ -270,7 +271,7 @@ def _serve(kind: str, port: int, database_url: str | None) -> None:
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        web.run_app(_real_app(database_url), host="127.0.0.1", port=port, access_log=None, print=None)
+        web.run_app(_real_app(database_url, port), host="127.0.0.1", port=port, access_log=None, print=None)
     finally:
         profiler.disable()
         profiler.dump_stats(profile_to)

@@ -14,7 +14,7 @@ from exchange.cli.common import CliError, add_db_flag, settings_from
 from exchange.composition import build_services
 from exchange.settings import Settings
 from exchange.storage.migrate import engine_revision, head_revision, upgrade_engine
-from identifiers.errors import ConflictError
+from identifiers.errors import ConflictError, ValidationError
 
 log = logging.getLogger("hetex.serve")
 
@@ -23,6 +23,12 @@ class SchemaBehindError(ConflictError):
     """The database is older than the code and migrating on start is off."""
 
     code = "schema_behind"
+
+
+class UnboundOriginError(ValidationError):
+    """`hetex serve` without a public base URL outside --dev: signatures could not be bound to this exchange."""
+
+    code = "public_base_url_required"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--authority", help="this exchange's CRI authority code")
     p.add_argument("--round-interval", type=float, default=None, help="seconds between clearing rounds (0: off)")
     p.add_argument("--no-migrate", action="store_true", help="refuse to start if the schema is behind")
+    p.add_argument(
+        "--public-base-url",
+        help="URL clients use to reach this exchange; signatures bind to it (HETEX_PUBLIC_BASE_URL)",
+    )
+    p.add_argument(
+        "--dev", action="store_true", help="local development: allow no public base URL (trusts the Host header)"
+    )
     add_db_flag(p)
     p.set_defaults(func=run)
 
@@ -76,7 +89,14 @@ def run(args: argparse.Namespace) -> int:
         extra["migrate_on_start"] = False
     if args.round_interval is not None:
         extra["round_interval_seconds"] = args.round_interval
+    if args.public_base_url:
+        extra["public_base_url"] = args.public_base_url
+    if args.dev:
+        extra["dev"] = True
     settings = settings_from(args, **extra)
+    problem = settings.origin_problem()
+    if problem is not None:
+        raise UnboundOriginError(problem, field="HETEX_PUBLIC_BASE_URL")
     sock = listen(settings.host, settings.port)  # before any database access: a failed start writes nothing
     log.info(
         "hetex serving on http://%s:%s (database %s)",

@@ -9,15 +9,14 @@ Lifecycle and cancellation rules: specs/billing.md section 4.
 from __future__ import annotations
 
 from collections.abc import Callable
-from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Protocol
 
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.billing.compute_tier import TierTable
-from exchange.billing.errors import BillingError
-from exchange.billing.terms import contract_terms_from_order, parse_terms, terms_to_json
+from exchange.billing.contractable import contract_terms
+from exchange.billing.terms import terms_to_json
 from exchange.services.parties import Caller, require_party
 from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
@@ -27,7 +26,6 @@ from identifiers.catalogue import Catalogue
 from identifiers.errors import ConflictError, NotFoundError, ValidationError
 from identifiers.ids import new_id_str
 
-SCU_QUANTUM = Decimal("0.0001")
 CONTRACT_STATUSES = ("pending", "confirmed", "completed", "cancelled")
 
 
@@ -132,23 +130,6 @@ class ContractService:
         self.fee_bps = fee_bps
         self.clock = clock
 
-    def _complete_terms(self, mode: str, terms: dict[str, Any] | None, model: str) -> dict[str, Any]:
-        """Fill compute-tier price and SCU per device from the tier table and the catalogue."""
-        out = dict(terms or {})
-        if mode == "compute_tier":
-            out.setdefault("tier", "standard")
-            if "price_fen_per_scu_hour" not in out:
-                out["price_fen_per_scu_hour"] = self.tiers().price(str(out["tier"]))
-            if "scu_per_device" not in out:
-                scu = self.catalogue.get(model).scu if model in self.catalogue else None
-                if scu is None:
-                    raise BillingError(
-                        f"model {model} has no SCU figure: give billing_terms.scu_per_device",
-                        field="billing_terms.scu_per_device",
-                    )
-                out["scu_per_device"] = str(Decimal(scu).quantize(SCU_QUANTUM, rounding=ROUND_HALF_EVEN))
-        return out
-
     async def create_from_match(
         self,
         session: AsyncSession,
@@ -193,11 +174,15 @@ class ContractService:
             raise ValidationError("the pool does not belong to the provider", field="provider_id")
         if devices > pool.devices:
             raise ValidationError("more devices than the pool has", field="devices")
-        order_terms = contract_terms_from_order(
-            billing_mode, billing_terms, start_at=start_at, end_at=end_at, buyer_price_fen=buyer_price_fen
+        typed = contract_terms(
+            billing_mode,
+            billing_terms,
+            start_at=start_at,
+            end_at=end_at,
+            buyer_price_fen=buyer_price_fen,
+            model_scu=self.catalogue.get(pool.model).scu if pool.model in self.catalogue else None,
+            tiers=self.tiers(),
         )
-        terms = self._complete_terms(billing_mode, order_terms, pool.model)
-        typed = parse_terms(billing_mode, terms, start_at=start_at, end_at=end_at)
         contract = Contract(
             id=new_id_str(),
             round_id=round_id,

@@ -9,6 +9,7 @@ import hashlib
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -18,6 +19,9 @@ from sqlalchemy import and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from exchange.billing.compute_tier import TierTable
+from exchange.billing.contractable import needs_scu, submission_refusal
+from exchange.billing.tiers import load_tier_table
 from exchange.services.fields import (
     MAX_DEVICES,
     Code,
@@ -439,6 +443,7 @@ class OrderService:
     regions: RegionTable
     capacity_ttl_seconds: float = 2.0
     nonces: NonceStore | None = None
+    tiers: Callable[[], TierTable] = load_tier_table
     _capacity_cache: tuple[float, list[CapacityRow]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -470,6 +475,21 @@ class OrderService:
                 "max_latency_ms needs a home_region (in the order or the buyer's registration)", field="home_region"
             )
 
+    def _check_contractable(self, spec: OrderSpec, stored_spec: dict[str, Any]) -> None:
+        """Refuse an order no round could ever turn into a contract (exchange.billing.contractable)."""
+        refusal = submission_refusal(
+            spec.billing_mode, stored_spec.get("billing_terms"), spec.duration_seconds, self.tiers()
+        )
+        if refusal is not None:
+            raise refusal
+        if needs_scu(spec.billing_mode):
+            models = acceptable_models(spec, self.catalogue)
+            if models and all(self.catalogue.get(code).scu is None for code in models):
+                raise ValidationError(
+                    f"billing_mode {spec.billing_mode} prices by SCU, and no acceptable model has an SCU figure",
+                    field="models" if spec.models else "constraints",
+                )
+
     async def submit(
         self, who: Principal, idempotency_key: str | None, spec: OrderSpec, nonce: NonceClaim | None = None
     ) -> tuple[OrderView, bool]:
@@ -484,6 +504,7 @@ class OrderService:
         home = spec.home_region or who.home_region
         self._check_codes(spec, home)
         stored_spec = spec_json(spec)
+        self._check_contractable(spec, stored_spec)
         body_hash = spec_json_hash(stored_spec)
         flags = feasibility_flags(spec, home, await self._capacity(), self.catalogue, self.regions)
         now = int(time.time())

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from exchange.services.disclosure import READ_ALL_ROLES, may_read
 from identifiers.errors import PermissionDeniedError
 
-READ_ALL_ROLES = frozenset({"operator", "regulator"})
+__all__ = [
+    "READ_ALL_ROLES",
+    "Caller",
+    "NotContractPartyError",
+    "OperatorOnlyError",
+    "require_operator",
+    "require_party",
+]
 
 
 class Caller(Protocol):
@@ -35,7 +43,7 @@ def require_party(caller: Caller, buyer_id: str, provider_id: str, *, read: bool
     """Return None if the caller is a party (or, for reads, operator/regulator), else raise."""
     if caller.id in (buyer_id, provider_id):
         return
-    if read and caller.role in READ_ALL_ROLES:
+    if read and may_read(caller, (buyer_id, provider_id)):
         return
     raise NotContractPartyError("only the buyer or the provider of this contract may do this", reason="not_party")
 

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Protocol
@@ -32,6 +32,9 @@ from typing import Any, Protocol
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from exchange.billing.compute_tier import TierTable
+from exchange.billing.tiers import load_tier_table
+from exchange.services.disclosure import audit_order_ids, may_read, public_aggregate, round_disclosure
 from exchange.services.federation_capacity import held_lines, orders_in_flight
 from exchange.services.registration import live_offers_query
 from exchange.services.round_lock import RoundLock
@@ -89,12 +92,9 @@ class Viewer(Protocol):
     def require_owner(self, owner_id: str, what: str) -> None: ...
 
 
-READ_ANY_ROLES = ("operator", "regulator")
-
-
 def _require_reader(who: Viewer, owner_id: str, what: str) -> None:
-    """The owner, the operator and regulators may read fills; anyone else is refused."""
-    if who.role not in READ_ANY_ROLES:
+    """The owner, the operator and regulators may read fills (disclosure.may_read); anyone else is refused."""
+    if not may_read(who, (owner_id,)):
         who.require_owner(owner_id, what)
 
 
@@ -248,6 +248,8 @@ class RoundService:
         solve_time_limit: float = 30.0,
         lock_timeout: float = 120.0,
         repeatable_snapshot: bool = False,
+        tiers: Callable[[], TierTable] = load_tier_table,
+        disclosure_min_orders: int = 3,
     ) -> None:
         self.sessions = sessions
         self.lock = lock
@@ -262,6 +264,8 @@ class RoundService:
         self.solve_time_limit = solve_time_limit
         self.lock_timeout = lock_timeout
         self.repeatable_snapshot = repeatable_snapshot
+        self.tiers = tiers
+        self.disclosure_min_orders = disclosure_min_orders
 
     # ------------------------------------------------------------------------------------ snapshot
 
@@ -358,6 +362,7 @@ class RoundService:
             slot_seconds=slot,
             max_start_slots=self.max_start_slots,
             fee_bps=self.fee_bps,
+            tiers=self.tiers(),
         )
 
     async def market_snapshot(self) -> Market:
@@ -616,16 +621,60 @@ class RoundService:
 
     # ------------------------------------------------------------------------------------ reads
 
-    async def get(self, round_id: str) -> dict[str, Any]:
-        """One round with its statistics and audit."""
+    async def get(self, round_id: str, viewer: Viewer | None = None) -> dict[str, Any]:
+        """One round with its statistics and audit, as `viewer` may see it (exchange.services.disclosure:
+        in full for the regulator and the operator, aggregates and the caller's own orders for anyone else)."""
         async with self.sessions() as session:
             row = await session.get(Round, round_id)
             if row is None:
                 raise UnknownRoundError(f"no round {round_id}", field="id")
             view = round_view(row)
-            ids = await session.execute(select(Contract.id).where(Contract.round_id == round_id).order_by(Contract.id))
-            view["contract_ids"] = list(ids.scalars())
-            return view
+            made = (
+                await session.execute(
+                    select(Contract.id, Contract.order_id, Contract.region, Contract.model)
+                    .where(Contract.round_id == round_id)
+                    .order_by(Contract.id)
+                )
+            ).all()
+            view["contract_ids"] = [c.id for c in made]
+            prices = await self._round_prices(session, round_id, made)
+            named = audit_order_ids(row.audit) | {c.order_id for c in made}
+            own: set[str] = set()
+            if viewer is not None and named:
+                q = select(Order.id).where(Order.id.in_(sorted(named)), Order.buyer_id == viewer.id)
+                own = set((await session.scalars(q)).all())
+        return round_disclosure(
+            view,
+            viewer,
+            contracts=[(c.id, c.order_id) for c in made],
+            own_orders=own,
+            prices=prices,
+            min_orders=self.disclosure_min_orders,
+        )
+
+    def _family(self, model: str) -> str:
+        return self.catalogue.get(model).family if model in self.catalogue else ""
+
+    async def _round_prices(self, session: AsyncSession, round_id: str, made: Sequence[Any]) -> list[dict[str, Any]]:
+        """Per (region, family): the round's lowest posted price per device-hour and how many orders contracted."""
+        orders: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for c in made:
+            orders[(c.region, self._family(c.model))].add(c.order_id)
+        lowest: dict[tuple[str, str], Decimal] = {}
+        for p in (await session.scalars(select(RoundPrice).where(RoundPrice.round_id == round_id))).all():
+            key = (p.region, p.family)
+            price = Decimal(p.buyer_price)
+            if key not in lowest or price < lowest[key]:
+                lowest[key] = price
+        return [
+            {
+                "region": region,
+                "family": family,
+                "price_fen_per_device_hour": str(lowest[(region, family)]),
+                "orders": len(orders.get((region, family), ())),
+            }
+            for region, family in sorted(lowest)
+        ]
 
     async def list_rounds(self, *, limit: int = 50, before: int | None = None) -> list[dict[str, Any]]:
         """Recent rounds, newest first (statistics without the per-check audit detail)."""
@@ -692,7 +741,8 @@ class RoundService:
         return market_view(snap, last, self.catalogue, self.regions)
 
     async def _last_prices(self, session: AsyncSession, rounds: int = 50) -> dict[tuple[str, str], dict[str, Any]]:
-        """Per (region, family): the lowest posted single-device price of the latest round that priced it."""
+        """Per (region, family): the lowest posted price of the latest round in which at least
+        `disclosure_min_orders` orders contracted in that class (fewer would disclose their prices)."""
         recent = (
             select(RoundPrice.round_id, func.max(RoundPrice.cleared_at).label("at"))
             .group_by(RoundPrice.round_id)
@@ -705,10 +755,20 @@ class RoundService:
             .join(recent, and_(RoundPrice.round_id == recent.c.round_id))
             .order_by(RoundPrice.cleared_at.desc(), RoundPrice.round_id.desc())
         )
+        counted = (
+            select(Contract.round_id, Contract.region, Contract.model, func.count(func.distinct(Contract.order_id)))
+            .where(Contract.round_id.in_(select(recent.c.round_id)))
+            .group_by(Contract.round_id, Contract.region, Contract.model)
+        )
+        contracted: dict[tuple[str, str, str], int] = defaultdict(int)
+        for round_id, region, model, n in (await session.execute(counted)).all():
+            contracted[(str(round_id), region, self._family(model))] += int(n)
         out: dict[tuple[str, str], dict[str, Any]] = {}
         latest_round: dict[tuple[str, str], str] = {}
         for p in (await session.execute(q)).scalars():
             key = (p.region, p.family)
+            if not public_aggregate(contracted[(p.round_id, p.region, p.family)], self.disclosure_min_orders):
+                continue  # too few orders contracted in this class that round: its price would disclose them
             first = latest_round.setdefault(key, p.round_id)
             if first != p.round_id:
                 continue

@@ -9,6 +9,9 @@ The mapping is the contract between the service and the pure matching library:
 - an order's acceptable models are resolved here (explicit codes plus constraints, including minimum
   TFLOPS and any-of stacks, which matching does not model) and its '*' limit is expanded per model;
 - partially filled orders take part with their remaining devices;
+- an order whose contract terms its commit would refuse never takes part (exchange.billing.contractable):
+  compute-tier orders see only models with an SCU figure, and an order whose terms cannot be contracted
+  for the lease this round would give it is skipped with the reason, so it never holds capacity;
 - clearing time `now` is the next slot boundary: contracts start there, never in the past; the slot is
   the configured one unless very long leases need a coarser one (choose_slot).
 """
@@ -20,8 +23,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from exchange.billing.compute_tier import TierTable
+from exchange.billing.contractable import needs_scu, snapshot_refusal
+from exchange.billing.tiers import load_tier_table
 from identifiers.catalogue import AcceleratorModel, Catalogue
 from identifiers.regions import RegionTable
+from matching.eligibility import lease_slots
 from matching.model import Market, Order, Pool, Reservation
 
 DEFAULT_MAX_POOLS = 64
@@ -134,12 +141,23 @@ def _meets(m: AcceleratorModel, c: dict[str, Any]) -> bool:
     return True
 
 
-def market_order(row: OrderRow, seq: int, catalogue: Catalogue) -> Order | str:
+def market_order(
+    row: OrderRow, seq: int, catalogue: Catalogue, *, slot_seconds: int = 300, tiers: TierTable | None = None
+) -> Order | str:
     """The matching Order for a stored order, or the reason it cannot take part."""
     spec = row.spec
     models = acceptable_models(spec, catalogue)
     if not models:
         return "no_acceptable_model"
+    mode = str(spec.get("billing_mode", "per_minute"))
+    if needs_scu(mode):
+        models = [m for m in models if m.scu is not None]
+        if not models:
+            return "no_model_with_scu"
+    span = lease_slots(int(spec["duration_seconds"]), slot_seconds) * slot_seconds
+    refused = snapshot_refusal(mode, spec.get("billing_terms"), span, tiers or load_tier_table())
+    if refused is not None:
+        return f"terms_refused: {refused.field}: {refused.message}"
     codes = tuple(sorted(m.code for m in models))
     limits: dict[str, int] = {}
     per_device = spec.get("limit_fen_per_device_hour")
@@ -236,6 +254,7 @@ def build_snapshot(
     max_start_slots: int,
     fee_bps: int,
     seed: int = 0,
+    tiers: TierTable | None = None,
 ) -> Snapshot:
     """The market of one round from stored rows (already filtered to live offers and open orders)."""
     open_offers = {o.offer_id for o in offers}
@@ -255,7 +274,7 @@ def build_snapshot(
     snap = Snapshot(market=Market(now=now, pools=(), orders=()))
     market_orders = []
     for seq, row in enumerate(sorted(orders, key=lambda r: (r.created_at, r.order_id))):
-        made = market_order(row, seq, catalogue)
+        made = market_order(row, seq, catalogue, slot_seconds=slot_seconds, tiers=tiers)
         if isinstance(made, str):
             snap.skipped_orders[row.order_id] = made
             continue

@@ -18,7 +18,16 @@ async def make_services(db: Any, tmp_path: Path, **settings: Any) -> Services:
     return svc
 
 
+async def serve(aiohttp_client: Any, svc: Services) -> Any:
+    """Start the real app on a loopback test server; its URL becomes the exchange's public base URL (the
+    origin signatures are bound to) unless the settings name one."""
+    http = await aiohttp_client(create_app(svc))
+    if svc.settings.public_base_url is None:
+        svc.settings.public_base_url = str(http.make_url("")).rstrip("/")
+    return http
+
+
 async def make_client(aiohttp_client: Any, db: Any, tmp_path: Path, **settings: Any) -> Any:
     """An aiohttp test client of the real app."""
     svc = await make_services(db, tmp_path, **settings)
-    return await aiohttp_client(create_app(svc))
+    return await serve(aiohttp_client, svc)

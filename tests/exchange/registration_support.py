@@ -22,6 +22,7 @@ from exchange.storage.orders import Order
 from exchange.storage.participants import Participant, RegistrationRecord, SeenNonce
 from exchange.storage.registration import Offer, Pool, Site
 from federation.keys import SigningKey
+from tests.exchange.appfactory import serve
 
 TABLES = {
     "participants": Participant,
@@ -79,7 +80,7 @@ async def make_api(db: Any, aiohttp_client: Any, tmp_path: Path, **settings: Any
         Settings(database_url=db.url, key_dir=tmp_path / "keys", **settings), sessions=db.sessions
     )
     await svc.identity.init(exist_ok=True)  # `hetex admin init`: keys are created only explicitly
-    http = await aiohttp_client(create_app(svc))
+    http = await serve(aiohttp_client, svc)
     return Api(svc=svc, base_url=str(http.make_url("")).rstrip("/"), http=http)
 
 
@@ -158,6 +159,7 @@ class LiveServer:
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.base = f"http://127.0.0.1:{port}"
+        svc.settings.public_base_url = self.base
         self._ready.set()
         await self._stop.wait()
         await runner.cleanup()

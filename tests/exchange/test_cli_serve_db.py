@@ -34,7 +34,16 @@ def test_serve_on_embedded_default_answers_healthz(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     env.pop("HETEX_DATABASE_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exchange", "serve", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "exchange",
+            "serve",
+            "--port",
+            str(port),
+            "--public-base-url",
+            f"http://127.0.0.1:{port}",
+        ],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -60,7 +69,7 @@ def test_serve_on_embedded_default_answers_healthz(tmp_path: Path) -> None:
 
 def test_no_migrate_refuses_then_db_upgrade_fixes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'h.db'}"
-    refused = _hetex("serve", "--no-migrate", "--port", str(_free_port()), "--database-url", url, cwd=tmp_path)
+    refused = _hetex("serve", "--dev", "--no-migrate", "--port", str(_free_port()), "--database-url", url, cwd=tmp_path)
     assert refused.returncode == 2
     assert "hetex db upgrade" in refused.stderr and "Traceback" not in refused.stderr
     behind = _hetex("db", "current", "--database-url", url, cwd=tmp_path)

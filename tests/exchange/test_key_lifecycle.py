@@ -132,7 +132,7 @@ def serve(url: str, cwd: Path, port: int, *extra: str, timeout: float = 60) -> s
     env = {k: v for k, v in os.environ.items() if not k.startswith("HETEX_")}
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "exchange", "serve", "--database-url", url, "--port", str(port), *extra],
+        [sys.executable, "-m", "exchange", "serve", "--database-url", url, "--port", str(port), "--dev", *extra],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -7,11 +7,14 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from exchange.api.app import create_app
-from federation.keys import Keyring, VerifyKey
+from exchange.client import HetexClient, RemoteError
+from federation.keys import Keyring, SigningKey, VerifyKey
 from federation.merkle import leaf_hash, verify_consistency, verify_inclusion
 from federation.note import NoteVerifier, verify_checkpoint
-from tests.exchange.appfactory import make_services
+from tests.exchange.appfactory import make_services, serve
 
 ORIGIN = "api.hetex.test/log"
 
@@ -22,7 +25,7 @@ def _b(text: str) -> bytes:
 
 async def _client(aiohttp_client: Any, db: Any, tmp_path: Path) -> tuple[Any, Any]:
     svc = await make_services(db, tmp_path, origin=ORIGIN, checkpoint_interval_seconds=0)
-    return svc, await aiohttp_client(create_app(svc))
+    return svc, await serve(aiohttp_client, svc)
 
 
 async def _append(svc: Any, db: Any, start: int, n: int) -> None:
@@ -52,20 +55,27 @@ async def test_checkpoint_entries_and_proofs_verify_offline(aiohttp_client: Any,
     new = verify_checkpoint(await (await client.get("/v1/ledger/checkpoint")).text(), ring, origin=ORIGIN)
     assert new.size == 13
 
+    op = HetexClient(str(client.make_url("")).rstrip("/"), SigningKey.generate(), session=client.session)
+    await svc.participants.add_by_operator("operator", "ops", op.key.public.to_base64())
     for index in (0, 4, 12):
-        entry = await (await client.get(f"/v1/ledger/entries/{index}")).json()
-        assert _b(entry["leaf_hash"]) == leaf_hash(_b(entry["payload"]))
+        # anyone: the leaf hash and its proof verify against the signed checkpoint
+        proof = await (await client.get(f"/v1/ledger/proofs/inclusion?index={index}&size={new.size}")).json()
+        verify_inclusion(_b(proof["leaf_hash"]), index, new.size, [_b(h) for h in proof["hashes"]], new.root)
+        # the record itself: a signed read by the operator (or a party, or the regulator)
+        entry = await op.request("GET", f"/v1/ledger/entries/{index}")
+        assert _b(entry["leaf_hash"]) == leaf_hash(_b(entry["payload"])) == _b(proof["leaf_hash"])
         assert entry["record_id"] == f"s-{index}"
         assert entry["envelope"]["payloadType"] == "application/vnd.hetex.settlement+json"
-        proof = await (await client.get(f"/v1/ledger/proofs/inclusion?index={index}&size={new.size}")).json()
-        verify_inclusion(_b(entry["leaf_hash"]), index, new.size, [_b(h) for h in proof["hashes"]], new.root)
 
     proof = await (await client.get("/v1/ledger/proofs/consistency?from=5")).json()
     assert proof["to"] == 13  # default: the latest checkpoint
     verify_consistency(5, 13, [_b(h) for h in proof["hashes"]], old.root, new.root)
 
-    resp = await client.get("/v1/ledger/entries/13")
-    assert resp.status == 404
+    resp = await client.get("/v1/ledger/entries/0")
+    assert resp.status == 401 and "payload" not in await resp.json()  # unsigned: no record
+    with pytest.raises(RemoteError) as err:
+        await op.request("GET", "/v1/ledger/entries/13")
+    assert err.value.status == 404
 
 
 async def test_bad_parameters_are_422_naming_the_field(aiohttp_client: Any, db: Any, tmp_path: Path) -> None:

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from exchange.api.app import create_app
 from exchange.client import HetexClient, RemoteConflictError, RemoteError, RemoteValidationError
 from exchange.composition import build_services
 from exchange.services.orders import decode_cursor, encode_cursor
 from exchange.settings import Settings
 from exchange.storage.orders import Order
 from federation.keys import SigningKey
+from tests.exchange.appfactory import serve
 from tests.exchange.registration_support import Api, api, capacity, order_body
 
 __all__ = ["api"]
@@ -140,7 +140,7 @@ async def test_billing_modes_with_terms_are_accepted(api: Api) -> None:
             "milestones": [{"name": "pretrain", "share_bps": 6000}, {"name": "eval", "share_bps": 4000}],
         },
     )
-    tier = order_body(billing_mode="compute_tier", billing_terms={"tier_table": "standard-2026"})
+    tier = order_body(billing_mode="compute_tier", billing_terms={"tier_table": "standard"})
     scu = order_body(
         quantity_devices=None,
         quantity_scu="12.5",
@@ -183,7 +183,7 @@ async def _concurrent_submissions(url: str, tmp_path: Path, aiohttp_client: Any)
     svc = await build_services(Settings(database_url=url, key_dir=tmp_path / "keys"))
     await svc.identity.init(exist_ok=True)
     try:
-        http = await aiohttp_client(create_app(svc))
+        http = await serve(aiohttp_client, svc)
         base = str(http.make_url("")).rstrip("/")
         buyer = HetexClient(base, SigningKey.generate(), session=http.session)
         await buyer.register("buyer", "burst", "CN-SH")
