@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from identifiers.errors import HetexError, ValidationError
+from identifiers.cri import parse_cri
+from identifiers.errors import CriError, HetexError, ValidationError
 
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _INT = re.compile(r"-?[0-9]{1,19}")
@@ -149,7 +150,23 @@ CRI_PATTERN = (
     f"^[Cc][Rr][Ii]1{_SEP}[A-Za-z0-9]{{1,8}}{_SEP}[A-Za-z]{{2}}{_DASH}[A-Za-z0-9]{{1,3}}{_SEP}{_CODE}{_SEP}{_CODE}"
     f"(?:{_SEP}{_CODE}{_SEP}[A-Za-z]{{2,4}}(?:{_DASH}[A-Za-z0-9]{{1,10}}){{1,3}})?{_SEP}[A-Za-z0-9]$"
 )
-CRI = TextParam(
+
+
+@dataclass(frozen=True)
+class CriParam(TextParam):
+    """A CRI: refused with invalid_cri and the rule it breaks (parse_cri's reason) when off the pattern."""
+
+    def parse(self, request: web.Request) -> str | None:
+        """The value as given, or CriError naming the first rule it breaks."""
+        try:
+            return super().parse(request)
+        except ValidationError:
+            raw = self.text(request) or ""
+            parse_cri(raw)  # raises CriError with the precise reason
+            raise CriError(f"{raw!r} is not in the canonical CRI form", reason="bad_character") from None
+
+
+CRI = CriParam(
     "cri",
     "path",
     "compute resource identifier (specs/cri.abnf), any case, full-width ':' and '-' allowed (NFKC); "
