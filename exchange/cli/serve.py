@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 
 from aiohttp import web
 
 from exchange.api.app import create_app
+from exchange.api.connections import GuardedSite
 from exchange.api.federation import federation_tasks
 from exchange.cli.common import add_db_flag, settings_from
 from exchange.composition import build_services
@@ -74,5 +77,30 @@ def run(args: argparse.Namespace) -> int:
         settings.port,
         settings.database_url.split("://", 1)[0],
     )
-    web.run_app(prepare(settings), host=settings.host, port=settings.port, print=None)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings))
     return 0
+
+
+async def start_site(runner: web.AppRunner, settings: Settings) -> GuardedSite:
+    """Listen on the configured address with the connection guard (per-address cap, head deadline)."""
+    site = GuardedSite(
+        runner,
+        settings.host,
+        settings.port,
+        max_per_address=settings.http_max_connections_per_address,
+        head_timeout=settings.http_head_timeout_seconds,
+    )
+    await site.start()
+    return site
+
+
+async def serve(settings: Settings) -> None:
+    """Run the app until cancelled (Ctrl-C), idle keep-alive connections closed after the configured time."""
+    runner = web.AppRunner(await prepare(settings), keepalive_timeout=settings.http_keepalive_seconds)
+    await runner.setup()
+    try:
+        await start_site(runner, settings)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
