@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from exchange.client import RemoteError
-
 from tests.exchange.registration_support import Api, api
 
 __all__ = ["api"]
@@ -41,9 +40,7 @@ async def test_wrong_method_is_405_with_allow(api: Api, method: str, path: str, 
 
 
 async def test_body_too_large_is_413_problem_json(api: Api) -> None:
-    resp = await api.http.post(
-        "/v1/participants", data=b"x" * (2 << 20), headers={"Content-Type": "application/json"}
-    )
+    resp = await api.http.post("/v1/participants", data=b"x" * (2 << 20), headers={"Content-Type": "application/json"})
     assert resp.status == 413 and resp.content_type == PROBLEM
     assert (await resp.json())["code"] == "payload_too_large"
 
