@@ -20,7 +20,14 @@ INCLUSION_QUERY = (
     IntParam("size", "query", "tree size (default: latest checkpoint)", lo=0, hi=MAX_INDEX),
 )
 CONSISTENCY_QUERY = (
-    IntParam("from", "query", "older tree size", required=True, lo=0, hi=MAX_INDEX),
+    IntParam(
+        "from",
+        "query",
+        "older tree size (>= 1: nothing is proved consistent with the empty tree)",
+        required=True,
+        lo=1,
+        hi=MAX_INDEX,
+    ),
     IntParam("to", "query", "newer tree size (default: latest checkpoint)", lo=0, hi=MAX_INDEX),
 )
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
 from exchange.api import contracts, federation, ledger, orders, registration, rounds, settlements
-from exchange.api.params import CRI, ID, Param
+from exchange.api.params import CRI, CRI_PATTERN, ID, Param
 from exchange.services.audit import ExportRequest
 from exchange.services.contract_views import (
     BatchView,
@@ -46,6 +46,8 @@ from exchange.services.registration import (
     SiteRegistration,
     SiteView,
 )
+from identifiers.catalogue import load_catalogue
+from identifiers.regions import load_regions
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
@@ -78,6 +80,7 @@ class Op:
     ok: int = 200
     response: type[BaseModel] | dict[str, Any] | None = None
     body: type[BaseModel] | None = None
+    body_required: bool = True
     signed: bool = False
     errors: tuple[int, ...] = ()
     query: tuple[Param, ...] = ()
@@ -556,6 +559,7 @@ OPS: tuple[Op, ...] = (
         ok=201,
         response=BatchView,
         body=SettlementRun,
+        body_required=False,
         signed=True,
         errors=(403, 413, 422),
         extra={"200": "nothing was due: no batch"},
@@ -751,7 +755,34 @@ def _schemas() -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
     pairs: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in sorted(inputs, key=lambda m: m.__name__)]
     pairs += [(m, "serialization") for m in sorted(outputs, key=lambda m: m.__name__)]
     key_map, defs = models_json_schema(pairs, ref_template=REF)
-    return dict(key_map), defs.get("$defs", {})
+    defs = defs.get("$defs", {})
+    _constrain_inputs(defs)
+    return dict(key_map), defs
+
+
+#: decimal places of the Decimal inputs (registration.SiteRegistration), as a JSON number's step
+DECIMAL_STEPS = {"pue": 0.001, "green_share": 0.0001}
+
+
+def _constrain_inputs(defs: dict[str, Any]) -> None:
+    """State in the schemas the value sets the server checks against its reference data (served regions,
+    catalogue models, the CRI grammar), so a schema-valid value is one the server accepts."""
+    regions = {"enum": list(load_regions().codes)}
+    models = {"enum": list(load_catalogue().codes)}
+    for model, prop, extra in (
+        ("SiteRegistration", "region", regions),
+        ("ParticipantRegistration", "home_region", regions),
+        ("PoolDeclaration", "model", models),
+        ("OfferPost", "pool_cri", {"pattern": CRI_PATTERN}),
+        ("SiteRegistration", "pue", {"pattern": r"^([1-4](\.[0-9]{1,3})?|5(\.0{1,3})?)$"}),
+        ("SiteRegistration", "green_share", {"pattern": r"^(0(\.[0-9]{1,4})?|1(\.0{1,4})?)$"}),
+    ):
+        schema = defs[model]["properties"][prop]
+        for branch in schema.get("anyOf", [schema]):
+            if branch.get("type") == "string":
+                branch.update(extra)
+            elif branch.get("type") == "number" and prop in DECIMAL_STEPS:
+                branch["multipleOf"] = DECIMAL_STEPS[prop]
 
 
 def _problem_response(status: int) -> dict[str, Any]:
@@ -797,7 +828,7 @@ def _build() -> dict[str, Any]:
         }
         if op.body is not None:
             entry["requestBody"] = {
-                "required": True,
+                "required": op.body_required,
                 "content": {"application/json": {"schema": key_map[(op.body, "validation")]}},
             }
         if op.signed:

@@ -38,7 +38,7 @@ async def list_settlements(request: web.Request) -> web.Response:
     return model_response(SettlementList.model_validate({"items": items}))
 
 
-@routes.get("/v1/settlements/{id}")
+@routes.get("/v1/settlements/{id:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}")
 async def get_settlement(request: web.Request) -> web.Response:
     """One settlement record with its signed envelope and log index."""
     who = require_principal(request)
