@@ -64,8 +64,8 @@ def _with_public_key(body: bytes, key: SigningKey) -> bytes:
         data = json.loads(body)
     except ValueError:
         return body
-    if not isinstance(data, dict) or "public_key" not in data:
-        return body  # a body without the key stays without it (the server must refuse it)
+    if not isinstance(data, dict) or not isinstance(data.get("public_key"), str):
+        return body  # a body without a key, or with a non-string one, stays as generated (must be refused)
     return json.dumps({**data, "public_key": key.public.to_base64()}).encode()
 
 

@@ -86,3 +86,14 @@ async def test_export_period_beyond_int64_is_422(api: Api) -> None:
     with pytest.raises(RemoteError) as err:
         await regulator.request("POST", "/v1/audit/exports", {"from": 0, "to": 1 << 63})
     assert err.value.status == 422 and err.value.problem["field"] == "to"
+
+
+@pytest.mark.parametrize("public_key", [5, None, ["a"], {"k": 1}])
+async def test_registration_with_non_string_key_is_refused(api: Api, public_key: object) -> None:
+    """Found by schemathesis: a non-string public_key was a 500 before the signature was checked."""
+    before = await api.counts()
+    client = api.client()
+    with pytest.raises(RemoteError) as err:
+        await client.request("POST", "/v1/participants", {"role": "buyer", "name": "x", "public_key": public_key})
+    assert err.value.status in (401, 422)
+    assert await api.counts() == before

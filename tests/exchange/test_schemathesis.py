@@ -52,6 +52,11 @@ NOT_EXPRESSIBLE: tuple[tuple[str, str, str], ...] = (
         "integers written with a fraction (5.0) are refused (strict ints); JSON Schema counts 5.0 as an integer",
     ),
 )
+#: Not a disagreement: schemathesis 4.32 sends a property named "body" in a "positive" PATCH case although the
+#: schema (OfferAmendment) says additionalProperties: false; the server refuses it, as the spec says.
+GENERATOR_QUIRKS: tuple[tuple[str, str, str], ...] = (
+    ("ST202", r"Extra inputs are not permitted(?s:.*)-d '\{[^']*\"body\": ", "see above"),
+)
 #: Disagreements found and not fixed on this branch (reported to the lead): (failure code, regex, why).
 KNOWN_OPEN: tuple[tuple[str, str, str], ...] = (
     ("ST301", r"/v1/offers/", "DELETE /v1/offers/{id} withdraws: the offer stays readable with status withdrawn"),
@@ -130,7 +135,7 @@ def _show(failures: list[tuple[str, str, str]]) -> str:
 
 
 def _unexpected(failures: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-    allowed = NOT_EXPRESSIBLE + KNOWN_OPEN
+    allowed = NOT_EXPRESSIBLE + KNOWN_OPEN + GENERATOR_QUIRKS
     return [f for f in failures if not any(f[1].startswith(c) and re.search(rx, f[2]) for c, rx, _ in allowed)]
 
 
