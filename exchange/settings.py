@@ -50,6 +50,11 @@ class Settings(BaseModel):
     fee_bps: int = Field(default=100, ge=0, le=10_000)
     disclosure_min_orders: int = Field(default=3, ge=1)  # public class prices need this many contracted orders
     migrate_on_start: bool = True
+    # connection hygiene of `hetex serve` (README "Running the service"): slowloris and per-client caps
+    http_head_timeout_seconds: float = Field(default=10, gt=0)
+    http_body_timeout_seconds: float = Field(default=30, gt=0)
+    http_keepalive_seconds: float = Field(default=15, gt=0)
+    http_max_connections_per_address: int = Field(default=32, ge=1)
     # federation (DESIGN.md section 11; specs/federation.md)
     federation_summary_interval_seconds: float = Field(default=10, ge=0)
     federation_summary_ttl_seconds: int = Field(default=60, ge=1)

@@ -27,7 +27,9 @@ SIGNATURE_SIZE = 64
 
 
 def _b64decode_strict(text: str, *, what: str) -> bytes:
-    """Decode standard padded base64, refusing stray characters."""
+    """Decode standard padded base64, refusing stray characters (and anything but text)."""
+    if not isinstance(text, str):
+        raise KeyFormatError(f"{what} must be a base64 string, not {type(text).__name__}")
     try:
         return base64.b64decode(text.strip().encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError) as exc:

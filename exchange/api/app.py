@@ -18,6 +18,7 @@ from exchange.api import (
     settlements,
 )
 from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
+from exchange.api.connections import body_timeout_middleware
 from exchange.api.keys import SERVICES
 from exchange.api.metrics import METRICS, ApiMetrics, metrics_handler, metrics_middleware
 from exchange.api.problems import problem_middleware
@@ -40,8 +41,9 @@ ROUTE_TABLES = [
 
 def create_app(svc: Services) -> web.Application:
     """The HTTP application for one set of services (the caller owns their lifecycle)."""
+    body_timeout = body_timeout_middleware(svc.settings.http_body_timeout_seconds)
     app = web.Application(
-        middlewares=[metrics_middleware, problem_middleware, auth_middleware], client_max_size=1 << 20
+        middlewares=[metrics_middleware, problem_middleware, body_timeout, auth_middleware], client_max_size=1 << 20
     )
     app[SERVICES] = svc
     app[METRICS] = ApiMetrics()

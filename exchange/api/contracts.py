@@ -8,13 +8,20 @@ from aiohttp import web
 
 from exchange.api.auth import require_principal
 from exchange.api.keys import services
-from exchange.api.parsing import parse_body, query_int
-from exchange.api.responses import model_response, path_id, query_choice
+from exchange.api.params import ChoiceParam, IntParam
+from exchange.api.parsing import parse_body
+from exchange.api.responses import model_response, path_id
 from exchange.services.contract_views import CancelBody, ContractList, ContractView, UsageList, UsageView
 from exchange.services.contracts import CONTRACT_STATUSES
 from identifiers.errors import ValidationError
 
 routes = web.RouteTableDef()
+
+LIST_QUERY = (
+    ChoiceParam("status", "query", "only contracts in this state", choices=CONTRACT_STATUSES),
+    IntParam("limit", "query", "at most this many (default 100)", lo=1, hi=10_000),
+)
+STATUS, LIMIT = LIST_QUERY
 
 
 @routes.get("/v1/contracts")
@@ -22,7 +29,7 @@ async def list_contracts(request: web.Request) -> web.Response:
     """The caller's contracts (as buyer or provider), newest first."""
     who = require_principal(request)
     items = await services(request).contracts.list_for(
-        who, status=query_choice(request, "status", CONTRACT_STATUSES), limit=query_int(request, "limit", 100, lo=1)
+        who, status=STATUS.parse(request), limit=LIMIT.value(request, 100)
     )
     return model_response(ContractList.model_validate({"items": items}))
 

@@ -20,13 +20,41 @@ from aiohttp import web
 
 from exchange.api.auth import require_principal, target_uri
 from exchange.api.keys import SERVICES, services
-from exchange.api.parsing import query_int
-from identifiers.errors import ValidationError
+from exchange.api.params import ChoiceParam, IntParam, TextParam, uuid_param
+from exchange.storage.federation import HOLD_STATUSES
 
 routes = web.RouteTableDef()
 
 PEER_PATH_PREFIX = "/v1/federation/"
 MAX_SIZE = (1 << 62) - 1
+
+HOLD_ID = uuid_param("id", "path", "hold id (UUID, lower-case)")
+CONSISTENCY_QUERY = (
+    IntParam("from", "query", "older tree size", required=True, lo=1, hi=MAX_SIZE),
+    IntParam("to", "query", "newer tree size", required=True, lo=1, hi=MAX_SIZE),
+)
+PEER = TextParam(
+    "peer",
+    "query",
+    "only with this peer (its authority)",
+    pattern=r"^[A-Z0-9]{1,8}$",
+    max_length=8,
+    hint="an authority code (1-8 of A-Z, 0-9)",
+)
+CONTRACTS_QUERY = (PEER, uuid_param("order_id", "query", "one order"))
+HOLDS_QUERY = (ChoiceParam("status", "query", "only holds in this state", choices=HOLD_STATUSES),)
+MIRRORED_QUERY = (uuid_param("contract_id", "query", "one contract"),)
+EVENTS_QUERY = (
+    IntParam("limit", "query", "at most this many (default 100)", lo=1, hi=1000),
+    TextParam(
+        "kind",
+        "query",
+        "only events of this kind",
+        pattern=r"^[a-z_]{1,40}$",
+        max_length=40,
+        hint="an event kind (lower-case letters and _)",
+    ),
+)
 
 
 def request_url(request: web.Request) -> str:
@@ -62,13 +90,13 @@ async def post_order(request: web.Request) -> web.Response:
 @routes.post("/v1/federation/holds/{id}/commit")
 async def commit_hold(request: web.Request) -> web.Response:
     """A peer commits a hold with the contracts it signed; answered with the two-signature contracts."""
-    return await _peer_post(request, "hold_commit", request.match_info["id"])
+    return await _peer_post(request, "hold_commit", HOLD_ID.value(request))
 
 
 @routes.post("/v1/federation/holds/{id}/release")
 async def release_hold(request: web.Request) -> web.Response:
     """A peer releases a hold."""
-    return await _peer_post(request, "hold_release", request.match_info["id"])
+    return await _peer_post(request, "hold_release", HOLD_ID.value(request))
 
 
 @routes.post("/v1/federation/mirror")
@@ -117,10 +145,8 @@ async def checkpoint(request: web.Request) -> web.Response:
 @routes.get("/v1/federation/consistency")
 async def consistency(request: web.Request) -> web.Response:
     """Consistency proof between two sizes of this exchange's log."""
-    if not request.query.get("from") or not request.query.get("to"):
-        raise ValidationError("query parameters from and to are required", field="from")
-    size1 = query_int(request, "from", 0, lo=1, hi=MAX_SIZE)
-    size2 = query_int(request, "to", 0, lo=1, hi=MAX_SIZE)
+    from_param, to_param = CONSISTENCY_QUERY
+    size1, size2 = from_param.value(request, 0), to_param.value(request, 0)
     return _json(await services(request).federation.own_consistency(size1, size2))
 
 
@@ -129,14 +155,16 @@ async def contracts(request: web.Request) -> web.Response:
     """Cross-exchange contracts known here (operator: all; a peer exchange: those with it)."""
     who = require_principal(request)
     fed = services(request).federation
-    return _json({"contracts": await fed.contracts_for(who, request.query.get("peer"), request.query.get("order_id"))})
+    peer, order_id = (p.parse(request) for p in CONTRACTS_QUERY)
+    return _json({"contracts": await fed.contracts_for(who, peer, order_id)})
 
 
 @routes.get("/v1/federation/holds")
 async def holds(request: web.Request) -> web.Response:
     """Holds this exchange granted to peers (operator: all; a peer exchange: its own)."""
     who = require_principal(request)
-    return _json({"holds": await services(request).federation.holds_for(who, request.query.get("status"))})
+    status = HOLDS_QUERY[0].parse(request)
+    return _json({"holds": await services(request).federation.holds_for(who, status)})
 
 
 @routes.get("/v1/federation/mirrored")
@@ -144,15 +172,16 @@ async def mirrored(request: web.Request) -> web.Response:
     """Usage and settlement records mirrored here from owning exchanges (operator: all; a peer: its own)."""
     who = require_principal(request)
     fed = services(request).federation
-    return _json({"records": await fed.mirrored_for(who, request.query.get("contract_id"))})
+    return _json({"records": await fed.mirrored_for(who, MIRRORED_QUERY[0].parse(request))})
 
 
 @routes.get("/v1/federation/events")
 async def events(request: web.Request) -> web.Response:
     """Refused peer messages, log inconsistencies, expired holds (newest first; operator only)."""
     who = require_principal(request)
-    limit = query_int(request, "limit", 100, lo=1, hi=1000)
-    return _json({"events": await services(request).federation.events_for(who, limit, request.query.get("kind"))})
+    limit_param, kind_param = EVENTS_QUERY
+    limit, kind = limit_param.value(request, 100), kind_param.parse(request)
+    return _json({"events": await services(request).federation.events_for(who, limit, kind)})
 
 
 @routes.get("/v1/federation/stats")

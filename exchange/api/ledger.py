@@ -9,26 +9,30 @@ from aiohttp import web
 
 from exchange.api.auth import PRINCIPAL
 from exchange.api.keys import SERVICES, services
-from exchange.api.parsing import query_int
+from exchange.api.params import IntParam
 from exchange.services.disclosure import read_entry
 from federation.errors import SignatureError
-from identifiers.errors import ValidationError
 
 routes = web.RouteTableDef()
 
 MAX_INDEX = (1 << 62) - 1
 
-
-def _required_int(request: web.Request, name: str) -> int:
-    if request.query.get(name, "") == "":
-        raise ValidationError(f"query parameter {name} is required", field=name)
-    return query_int(request, name, 0, lo=0, hi=MAX_INDEX)
-
-
-def _optional_int(request: web.Request, name: str) -> int | None:
-    if request.query.get(name, "") == "":
-        return None
-    return query_int(request, name, 0, lo=0, hi=MAX_INDEX)
+INDEX = IntParam("index", "path", "log entry index (0-based integer)", lo=0, hi=MAX_INDEX)
+INCLUSION_QUERY = (
+    IntParam("index", "query", "entry index", required=True, lo=0, hi=MAX_INDEX),
+    IntParam("size", "query", "tree size (default: latest checkpoint)", lo=0, hi=MAX_INDEX),
+)
+CONSISTENCY_QUERY = (
+    IntParam(
+        "from",
+        "query",
+        "older tree size (>= 1: nothing is proved consistent with the empty tree)",
+        required=True,
+        lo=1,
+        hi=MAX_INDEX,
+    ),
+    IntParam("to", "query", "newer tree size (default: latest checkpoint)", lo=0, hi=MAX_INDEX),
+)
 
 
 @routes.get("/v1/ledger/checkpoint")
@@ -47,9 +51,7 @@ async def checkpoint(request: web.Request) -> web.Response:
 async def entry(request: web.Request) -> web.Response:
     """One stored entry: the stored bytes (base64), its leaf hash and the parsed envelope; a signed GET by a
     party to the record, the regulator or the operator (the leaf hash and proofs are public: proofs/inclusion)."""
-    raw = request.match_info["index"]
-    if not raw.isdigit() or len(raw) > 19:
-        raise ValidationError("index must be a non-negative integer", field="index")
+    index = INDEX.value(request, 0)
     who = request.get(PRINCIPAL)
     if who is None:
         raise SignatureError(
@@ -57,15 +59,15 @@ async def entry(request: web.Request) -> web.Response:
             "log records hold commercial terms: sign the GET as a party, the regulator or the operator"
             " (leaf hashes and proofs are public at /v1/ledger/proofs/inclusion)",
         )
-    stored = await read_entry(services(request).ledger, who, int(raw))
+    stored = await read_entry(services(request).ledger, who, index)
     return web.json_response(stored.to_json())
 
 
 @routes.get("/v1/ledger/proofs/inclusion")
 async def inclusion(request: web.Request) -> web.Response:
     """Inclusion proof of `index` in the tree of `size` (default: the latest checkpoint)."""
-    index = _required_int(request, "index")
-    size = _optional_int(request, "size")
+    index_param, size_param = INCLUSION_QUERY
+    index, size = index_param.value(request, 0), size_param.parse(request)
     proof = await services(request).ledger.inclusion_proof(index, size)
     return web.json_response(proof.to_json())
 
@@ -73,8 +75,8 @@ async def inclusion(request: web.Request) -> web.Response:
 @routes.get("/v1/ledger/proofs/consistency")
 async def consistency(request: web.Request) -> web.Response:
     """Consistency proof between tree sizes `from` and `to` (default: the latest checkpoint)."""
-    size1 = _required_int(request, "from")
-    size2 = _optional_int(request, "to")
+    from_param, to_param = CONSISTENCY_QUERY
+    size1, size2 = from_param.value(request, 0), to_param.parse(request)
     proof = await services(request).ledger.consistency_proof(size1, size2)
     return web.json_response(proof.to_json())
 

@@ -17,6 +17,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
+from exchange.api import contracts, federation, ledger, orders, registration, rounds, settlements
+from exchange.api.params import CRI, CRI_PATTERN, ID, Param
 from exchange.services.audit import ExportRequest
 from exchange.services.contract_views import (
     BatchView,
@@ -30,11 +32,9 @@ from exchange.services.contract_views import (
     UsageList,
     UsageView,
 )
-from exchange.services.contracts import CONTRACT_STATUSES
-from exchange.services.orders import MAX_PAGE, ORDER_STATUSES, OrderPage, OrderSpec, OrderView
+from exchange.services.orders import OrderPage, OrderSpec, OrderView
 from exchange.services.participants import ParticipantRegistration, ParticipantView
 from exchange.services.registration import (
-    BILLING_MODES,
     HeartbeatView,
     OfferAmendment,
     OfferList,
@@ -46,6 +46,8 @@ from exchange.services.registration import (
     SiteRegistration,
     SiteView,
 )
+from identifiers.catalogue import load_catalogue
+from identifiers.regions import load_regions
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
@@ -78,39 +80,17 @@ class Op:
     ok: int = 200
     response: type[BaseModel] | dict[str, Any] | None = None
     body: type[BaseModel] | None = None
+    body_required: bool = True
     signed: bool = False
     errors: tuple[int, ...] = ()
-    query: tuple[dict[str, Any], ...] = ()
+    query: tuple[Param, ...] = ()
     headers: tuple[dict[str, Any], ...] = ()
     content_type: str = "application/json"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _q(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
-
-
-CRI_PARAM = {
-    "name": "cri",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "minLength": 1, "maxLength": 100},
-    "description": "compute resource identifier (specs/cri.abnf); full-width input is NFKC-normalized",
-}
-ID_PARAM = {
-    "name": "id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
-    "description": "record id (UUIDv7, lower-case)",
-}
-INDEX_PARAM = {
-    "name": "index",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "minLength": 1, "maxLength": 25},
-    "description": "log entry index (0-based integer)",
-}
+#: path parameters by placeholder: the declarations the handlers parse with
+PATH_PARAMS: dict[str, Param] = {"{cri}": CRI, "{id}": ID, "{index}": ledger.INDEX}
 IDEMPOTENCY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -216,10 +196,7 @@ OPS: tuple[Op, ...] = (
         "ledger",
         response=PROOF,
         errors=LEDGER_ERRORS,
-        query=(
-            _q("index", {"type": "integer", "minimum": 0}, "entry index", required=True),
-            _q("size", {"type": "integer", "minimum": 0}, "tree size (default: latest checkpoint)"),
-        ),
+        query=ledger.INCLUSION_QUERY,
     ),
     Op(
         "get",
@@ -229,10 +206,7 @@ OPS: tuple[Op, ...] = (
         "ledger",
         response=PROOF,
         errors=LEDGER_ERRORS,
-        query=(
-            _q("from", {"type": "integer", "minimum": 0}, "older tree size", required=True),
-            _q("to", {"type": "integer", "minimum": 0}, "newer tree size (default: latest checkpoint)"),
-        ),
+        query=ledger.CONSISTENCY_QUERY,
     ),
     Op("get", "/v1/ledger/keys", "ledgerKeys", "Every exchange key with its validity", "ledger", response=LEDGER_KEYS),
     Op(
@@ -266,7 +240,7 @@ OPS: tuple[Op, ...] = (
         "rounds",
         response=OBJECT,
         errors=(422,),
-        query=(_q("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "at most this many (default 50)"),),
+        query=(rounds.LIMIT,),
     ),
     Op(
         "get",
@@ -442,7 +416,7 @@ OPS: tuple[Op, ...] = (
         response=OfferList,
         signed=True,
         errors=(403, 422),
-        query=(_q("status", {"type": "string", "enum": ["open", "withdrawn"]}, "only offers in this state"),),
+        query=(registration.OFFER_STATUS,),
     ),
     Op(
         "get",
@@ -498,14 +472,7 @@ OPS: tuple[Op, ...] = (
         response=OrderPage,
         signed=True,
         errors=(403, 422),
-        query=(
-            _q("status", {"type": "string", "enum": list(ORDER_STATUSES)}, "only orders in this state"),
-            _q("billing_mode", {"type": "string", "enum": list(BILLING_MODES)}, "only this billing mode"),
-            _q("created_after", {"type": "integer", "minimum": 0}, "created at or after (epoch s)"),
-            _q("created_before", {"type": "integer", "minimum": 0}, "created before (epoch s)"),
-            _q("cursor", {"type": "string"}, "next_cursor of the previous page"),
-            _q("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "page size (default 50)"),
-        ),
+        query=orders.LIST_QUERY,
     ),
     Op(
         "get",
@@ -536,10 +503,7 @@ OPS: tuple[Op, ...] = (
         response=ContractList,
         signed=True,
         errors=(403, 422),
-        query=(
-            _q("status", {"type": "string", "enum": list(CONTRACT_STATUSES)}, "only contracts in this state"),
-            _q("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}, "at most this many (default 100)"),
-        ),
+        query=contracts.LIST_QUERY,
     ),
     Op(
         "get",
@@ -604,6 +568,7 @@ OPS: tuple[Op, ...] = (
         ok=201,
         response=BatchView,
         body=SettlementRun,
+        body_required=False,
         signed=True,
         errors=(403, 413, 422),
         extra={"200": "nothing was due: no batch"},
@@ -617,10 +582,7 @@ OPS: tuple[Op, ...] = (
         response=SettlementList,
         signed=True,
         errors=(403, 404, 422),
-        query=(
-            _q("contract_id", {"type": "string"}, "only this contract's records"),
-            _q("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}, "at most this many (default 500)"),
-        ),
+        query=settlements.LIST_QUERY,
     ),
     Op(
         "get",
@@ -702,10 +664,7 @@ OPS: tuple[Op, ...] = (
         "federation",
         response=FED_OBJECT,
         errors=(422,),
-        query=(
-            _q("from", {"type": "integer", "minimum": 1}, "older tree size", True),
-            _q("to", {"type": "integer", "minimum": 1}, "newer tree size", True),
-        ),
+        query=federation.CONSISTENCY_QUERY,
     ),
     Op(
         "get",
@@ -716,7 +675,7 @@ OPS: tuple[Op, ...] = (
         response=_list_of("contracts"),
         signed=True,
         errors=(403,),
-        query=(_q("peer", {"type": "string"}, "only with this peer"), _q("order_id", {"type": "string"}, "one order")),
+        query=federation.CONTRACTS_QUERY,
     ),
     Op(
         "get",
@@ -727,7 +686,7 @@ OPS: tuple[Op, ...] = (
         response=_list_of("holds"),
         signed=True,
         errors=(403,),
-        query=(_q("status", {"type": "string"}, "only holds in this state"),),
+        query=federation.HOLDS_QUERY,
     ),
     Op(
         "get",
@@ -738,7 +697,7 @@ OPS: tuple[Op, ...] = (
         response=_list_of("records"),
         signed=True,
         errors=(403,),
-        query=(_q("contract_id", {"type": "string"}, "one contract"),),
+        query=federation.MIRRORED_QUERY,
     ),
     Op(
         "get",
@@ -749,10 +708,7 @@ OPS: tuple[Op, ...] = (
         response=_list_of("events"),
         signed=True,
         errors=(403, 422),
-        query=(
-            _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many (default 100)"),
-            _q("kind", {"type": "string"}, "only events of this kind"),
-        ),
+        query=federation.EVENTS_QUERY,
     ),
     Op(
         "get",
@@ -790,7 +746,7 @@ SIGNATURE_PARAMS = {
 }
 
 ERROR_TEXT = {
-    400: "Bad request",
+    400: "Bad request: a query parameter given empty (`?status=`, code empty_query_value) or twice; `field` names it",
     401: "Signature missing or refused; `reason` names why (signature_missing, signature_invalid, "
     "digest_mismatch, signature_expired, nonce_replayed, unknown_key, ...)",
     403: "Authenticated but not allowed; `reason` is role_forbidden or not_owner",
@@ -808,7 +764,34 @@ def _schemas() -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
     pairs: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in sorted(inputs, key=lambda m: m.__name__)]
     pairs += [(m, "serialization") for m in sorted(outputs, key=lambda m: m.__name__)]
     key_map, defs = models_json_schema(pairs, ref_template=REF)
-    return dict(key_map), defs.get("$defs", {})
+    defs = defs.get("$defs", {})
+    _constrain_inputs(defs)
+    return dict(key_map), defs
+
+
+#: decimal places of the Decimal inputs (registration.SiteRegistration), as a JSON number's step
+DECIMAL_STEPS = {"pue": 0.001, "green_share": 0.0001}
+
+
+def _constrain_inputs(defs: dict[str, Any]) -> None:
+    """State in the schemas the value sets the server checks against its reference data (served regions,
+    catalogue models, the CRI grammar), so a schema-valid value is one the server accepts."""
+    regions = {"enum": list(load_regions().codes)}
+    models = {"enum": list(load_catalogue().codes)}
+    for model, prop, extra in (
+        ("SiteRegistration", "region", regions),
+        ("ParticipantRegistration", "home_region", regions),
+        ("PoolDeclaration", "model", models),
+        ("OfferPost", "pool_cri", {"pattern": CRI_PATTERN}),
+        ("SiteRegistration", "pue", {"pattern": r"^([1-4](\.[0-9]{1,3})?|5(\.0{1,3})?)$"}),
+        ("SiteRegistration", "green_share", {"pattern": r"^(0(\.[0-9]{1,4})?|1(\.0{1,4})?)$"}),
+    ):
+        schema = defs[model]["properties"][prop]
+        for branch in schema.get("anyOf", [schema]):
+            if branch.get("type") == "string":
+                branch.update(extra)
+            elif branch.get("type") == "number" and prop in DECIMAL_STEPS:
+                branch["multipleOf"] = DECIMAL_STEPS[prop]
 
 
 def _problem_response(status: int) -> dict[str, Any]:
@@ -823,14 +806,8 @@ def _build() -> dict[str, Any]:
     key_map, defs = _schemas()
     paths: dict[str, dict[str, Any]] = {}
     for op in OPS:
-        params: list[dict[str, Any]] = []
-        if "{cri}" in op.path:
-            params.append(CRI_PARAM)
-        if "{id}" in op.path:
-            params.append(ID_PARAM)
-        if "{index}" in op.path:
-            params.append(INDEX_PARAM)
-        params += list(op.query) + list(op.headers)
+        params = [p.openapi() for placeholder, p in PATH_PARAMS.items() if placeholder in op.path]
+        params += [p.openapi() for p in op.query] + list(op.headers)
         if op.signed:
             params += [{"$ref": f"#/components/parameters/{name}"} for name in SIGNATURE_PARAMS]
         if isinstance(op.response, type):
@@ -847,6 +824,8 @@ def _build() -> dict[str, Any]:
             errors |= {401, 403}
         if op.body is not None:
             errors |= {413, 422}
+        if op.query:
+            errors |= {400, 422}
         for status in sorted(errors):
             responses[str(status)] = _problem_response(status)
         entry: dict[str, Any] = {
@@ -858,7 +837,7 @@ def _build() -> dict[str, Any]:
         }
         if op.body is not None:
             entry["requestBody"] = {
-                "required": True,
+                "required": op.body_required,
                 "content": {"application/json": {"schema": key_map[(op.body, "validation")]}},
             }
         if op.signed:

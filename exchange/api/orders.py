@@ -6,13 +6,31 @@ from aiohttp import web
 
 from exchange.api.auth import NONCE_CLAIM, remembers_nonce, require_principal
 from exchange.api.keys import services
-from exchange.api.parsing import parse_body, query_int
-from exchange.api.responses import model_response, path_id, query_choice
+from exchange.api.params import ChoiceParam, IntParam, TextParam
+from exchange.api.parsing import parse_body
+from exchange.api.responses import model_response, path_id
 from exchange.services.fields import MAX_SAFE_INT
 from exchange.services.orders import DEFAULT_PAGE, MAX_PAGE, ORDER_STATUSES, OrderSpec
 from exchange.services.registration import BILLING_MODES
 
 routes = web.RouteTableDef()
+
+LIST_QUERY = (
+    ChoiceParam("status", "query", "only orders in this state", choices=ORDER_STATUSES),
+    ChoiceParam("billing_mode", "query", "only this billing mode", choices=BILLING_MODES),
+    IntParam("created_after", "query", "created at or after (epoch s)", lo=0, hi=MAX_SAFE_INT),
+    IntParam("created_before", "query", "created before (epoch s)", lo=0, hi=MAX_SAFE_INT),
+    TextParam(
+        "cursor",
+        "query",
+        "next_cursor of the previous page, unchanged (another value is 400 bad_cursor)",
+        pattern=r"^[A-Za-z0-9_-]+={0,2}$",
+        max_length=200,
+        hint="a cursor (pass next_cursor unchanged)",
+    ),
+    IntParam("limit", "query", f"page size (default {DEFAULT_PAGE})", lo=1, hi=MAX_PAGE),
+)
+STATUS, BILLING_MODE, CREATED_AFTER, CREATED_BEFORE, CURSOR, LIMIT = LIST_QUERY
 
 
 @routes.post("/v1/orders")
@@ -34,18 +52,14 @@ async def list_orders(request: web.Request) -> web.Response:
     who = require_principal(request)
     page = await services(request).orders.list_orders(
         who,
-        status=query_choice(request, "status", ORDER_STATUSES),
-        billing_mode=query_choice(request, "billing_mode", BILLING_MODES),
-        created_after=_opt_int(request, "created_after"),
-        created_before=_opt_int(request, "created_before"),
-        cursor=request.query.get("cursor") or None,
-        limit=query_int(request, "limit", DEFAULT_PAGE, lo=1, hi=MAX_PAGE),
+        status=STATUS.parse(request),
+        billing_mode=BILLING_MODE.parse(request),
+        created_after=CREATED_AFTER.parse(request),
+        created_before=CREATED_BEFORE.parse(request),
+        cursor=CURSOR.parse(request),
+        limit=LIMIT.value(request, DEFAULT_PAGE),
     )
     return model_response(page)
-
-
-def _opt_int(request: web.Request, name: str) -> int | None:
-    return query_int(request, name, -1, lo=0, hi=MAX_SAFE_INT) if request.query.get(name) else None
 
 
 @routes.get("/v1/orders/{id}")

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import pydantic
 from aiohttp import web
 
+from exchange.api.params import IntParam
 from identifiers.errors import ValidationError
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -48,14 +49,5 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
 
 
 def query_int(request: web.Request, name: str, default: int, *, lo: int = 0, hi: int = 10_000) -> int:
-    """An integer query parameter within [lo, hi], or a ValidationError naming it."""
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError(f"{name} must be an integer", field=name) from None
-    if not lo <= value <= hi:
-        raise ValidationError(f"{name} must be between {lo} and {hi}", field=name)
-    return value
+    """An integer query parameter within [lo, hi] (`default` when absent; an empty value is refused)."""
+    return IntParam(name, "query", "", lo=lo, hi=hi).value(request, default)

@@ -41,6 +41,7 @@ TITLES = {
     405: "Method not allowed",
     409: "Conflict",
     413: "Payload too large",
+    408: "Request timeout",
     415: "Unsupported media type",
     422: "Invalid input",
     500: "Internal error",
@@ -74,6 +75,23 @@ def error_response(error: HetexError) -> web.Response:
     return problem_response(status_for(error), error.code, error.message, field=error.field, **error.details)
 
 
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def http_problem(exc: web.HTTPException) -> web.Response:
+    """Problem+json for an error aiohttp raised (no route, wrong method, body too large...); a 405 keeps
+    its `Allow` header and lists the allowed methods."""
+    extra: dict[str, Any] = {}
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        extra["allowed_methods"] = sorted(exc.allowed_methods)
+    response = problem_response(
+        exc.status, HTTP_CODES.get(exc.status, "http_error"), exc.reason or TITLES.get(exc.status, "error"), **extra
+    )
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -87,8 +105,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "http_error")
-        return problem_response(exc.status, code, exc.reason or TITLES.get(exc.status, "error"))
+        return http_problem(exc)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(500, "internal_error", "internal error; see the server log")

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from exchange.api.keys import services
+from exchange.api.params import CRI
 from identifiers.catalogue import AcceleratorModel
 
 routes = web.RouteTableDef()
@@ -64,10 +65,11 @@ def _region_json(region: Any) -> dict[str, Any]:
 async def resolve(request: web.Request) -> web.Response:
     """The record of the site or pool a CRI names; a CRI of a peer's authority redirects (307) to that peer."""
     svc = services(request)
-    location = await svc.federation.resolve_location(request.match_info["cri"])
+    cri = CRI.value(request)
+    location = await svc.federation.resolve_location(cri)
     if location is not None:
         raise web.HTTPTemporaryRedirect(location)
-    record = await svc.resolve.resolve(request.match_info["cri"])
+    record = await svc.resolve.resolve(cri)
     return web.json_response(record, dumps=_dumps)
 
 

@@ -6,11 +6,14 @@ from aiohttp import web
 
 from exchange.api.auth import require_principal, signed_request
 from exchange.api.keys import services
+from exchange.api.params import CRI, ChoiceParam
 from exchange.api.parsing import parse_body
-from exchange.api.responses import model_response, path_id, query_choice
+from exchange.api.responses import model_response, path_id
 from exchange.services.registration import OfferAmendment, OfferPost, PoolDeclaration, SiteRegistration
 
 routes = web.RouteTableDef()
+
+OFFER_STATUS = ChoiceParam("status", "query", "only offers in this state", choices=("open", "withdrawn"))
 
 
 @routes.post("/v1/sites")
@@ -24,14 +27,14 @@ async def add_site(request: web.Request) -> web.Response:
 @routes.get("/v1/sites/{cri}")
 async def get_site(request: web.Request) -> web.Response:
     """A site (or tombstone) with its pools."""
-    return model_response(await services(request).registration.get_site(request.match_info["cri"]))
+    return model_response(await services(request).registration.get_site(CRI.value(request)))
 
 
 @routes.post("/v1/sites/{cri}/heartbeat")
 async def heartbeat(request: web.Request) -> web.Response:
     """The site is alive: its offers stay matchable."""
     who = require_principal(request)
-    return model_response(await services(request).registration.heartbeat(who, request.match_info["cri"]))
+    return model_response(await services(request).registration.heartbeat(who, CRI.value(request)))
 
 
 @routes.delete("/v1/sites/{cri}")
@@ -39,7 +42,7 @@ async def deregister_site(request: web.Request) -> web.Response:
     """Deregister a site: tombstones for it and its pools, open offers withdrawn."""
     who = require_principal(request)
     svc = services(request).registration
-    return model_response(await svc.deregister_site(who, request.match_info["cri"], signed_request(request)))
+    return model_response(await svc.deregister_site(who, CRI.value(request), signed_request(request)))
 
 
 @routes.post("/v1/sites/{cri}/pools")
@@ -48,13 +51,13 @@ async def add_pool(request: web.Request) -> web.Response:
     who = require_principal(request)
     body = await parse_body(request, PoolDeclaration)
     svc = services(request).registration
-    return model_response(await svc.declare_pool(who, request.match_info["cri"], body, signed_request(request)), 201)
+    return model_response(await svc.declare_pool(who, CRI.value(request), body, signed_request(request)), 201)
 
 
 @routes.get("/v1/pools/{cri}")
 async def get_pool(request: web.Request) -> web.Response:
     """A pool (or tombstone)."""
-    return model_response(await services(request).registration.get_pool(request.match_info["cri"]))
+    return model_response(await services(request).registration.get_pool(CRI.value(request)))
 
 
 @routes.delete("/v1/pools/{cri}")
@@ -62,7 +65,7 @@ async def tombstone_pool(request: web.Request) -> web.Response:
     """Tombstone a pool; its open offers are withdrawn."""
     who = require_principal(request)
     svc = services(request).registration
-    return model_response(await svc.tombstone_pool(who, request.match_info["cri"], signed_request(request)))
+    return model_response(await svc.tombstone_pool(who, CRI.value(request), signed_request(request)))
 
 
 @routes.post("/v1/offers")
@@ -77,7 +80,7 @@ async def post_offer(request: web.Request) -> web.Response:
 async def list_offers(request: web.Request) -> web.Response:
     """The caller's offers."""
     who = require_principal(request)
-    status = query_choice(request, "status", ("open", "withdrawn"))
+    status = OFFER_STATUS.parse(request)
     return model_response(await services(request).registration.list_offers(who, status))
 
 

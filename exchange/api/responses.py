@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 from pydantic import BaseModel
 
-from identifiers.errors import ValidationError
-
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+from exchange.api.params import ID, ChoiceParam, uuid_param
 
 
 def model_response(model: BaseModel, status: int = 200) -> web.Response:
@@ -19,17 +15,9 @@ def model_response(model: BaseModel, status: int = 200) -> web.Response:
 
 def path_id(request: web.Request, name: str = "id") -> str:
     """A UUID path parameter (lower-case canonical form), or ValidationError naming it."""
-    value = request.match_info[name]
-    if not _UUID.fullmatch(value):
-        raise ValidationError(f"{name}: not an id (UUID, lower-case hex)", field=name)
-    return value
+    return (ID if name == "id" else uuid_param(name, "path", "")).value(request)
 
 
 def query_choice(request: web.Request, name: str, choices: tuple[str, ...]) -> str | None:
-    """An optional query parameter restricted to `choices`."""
-    value = request.query.get(name)
-    if value is None or value == "":
-        return None
-    if value not in choices:
-        raise ValidationError(f"{name} must be one of {', '.join(choices)}", field=name)
-    return value
+    """An optional query parameter restricted to `choices` (an empty value is refused)."""
+    return ChoiceParam(name, "query", "", choices=choices).parse(request)

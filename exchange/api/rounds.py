@@ -14,12 +14,14 @@ from aiohttp import web
 
 from exchange.api.auth import PRINCIPAL, require_principal
 from exchange.api.keys import services
-from exchange.api.parsing import query_int
+from exchange.api.params import IntParam
 from exchange.api.responses import path_id
 from exchange.services.round_lock import RoundBusyError
 
 log = logging.getLogger("hetex.rounds")
 routes = web.RouteTableDef()
+
+LIMIT = IntParam("limit", "query", "at most this many (default 50)", lo=1, hi=500)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -39,7 +41,7 @@ async def trigger_round(request: web.Request) -> web.Response:
 @routes.get("/v1/rounds")
 async def list_rounds(request: web.Request) -> web.Response:
     """Recent rounds, newest first."""
-    limit = query_int(request, "limit", 50, lo=1, hi=500)
+    limit = LIMIT.value(request, 50)
     return _json({"rounds": await services(request).rounds.list_rounds(limit=limit)})
 
 

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
 from exchange.api.auth import require_principal
 from exchange.api.keys import services
-from exchange.api.parsing import parse_body, query_int
+from exchange.api.params import IntParam, uuid_param
+from exchange.api.parsing import parse_body
 from exchange.api.responses import model_response, path_id
 from exchange.services.contract_views import BatchView, SettlementList, SettlementRun, SettlementView
-from identifiers.errors import ValidationError
 
 routes = web.RouteTableDef()
-_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def query_id(request: web.Request, name: str) -> str | None:
-    """An optional id query parameter, or ValidationError naming it."""
-    value = request.query.get(name)
-    if not value:
-        return None
-    if not _ID.fullmatch(value):
-        raise ValidationError(f"{name}: not an id (UUID, lower-case hex)", field=name)
-    return value
+LIST_QUERY = (
+    uuid_param("contract_id", "query", "only this contract's records"),
+    IntParam("limit", "query", "at most this many (default 500)", lo=1, hi=10_000),
+)
+CONTRACT_ID, LIMIT = LIST_QUERY
 
 
 @routes.post("/v1/settlements/run")
@@ -41,12 +33,12 @@ async def list_settlements(request: web.Request) -> web.Response:
     """Settlement records: `contract_id=` for one contract; otherwise the caller's (all for operator/regulator)."""
     who = require_principal(request)
     items = await services(request).settlement.list_for(
-        who, contract_id=query_id(request, "contract_id"), limit=query_int(request, "limit", 500, lo=1)
+        who, contract_id=CONTRACT_ID.parse(request), limit=LIMIT.value(request, 500)
     )
     return model_response(SettlementList.model_validate({"items": items}))
 
 
-@routes.get("/v1/settlements/{id}")
+@routes.get("/v1/settlements/{id:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}}")
 async def get_settlement(request: web.Request) -> web.Response:
     """One settlement record with its signed envelope and log index."""
     who = require_principal(request)

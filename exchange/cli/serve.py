@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import socket
 
 from aiohttp import web
 
 from exchange.api.app import create_app
+from exchange.api.connections import GuardedSite
 from exchange.api.federation import federation_tasks
 from exchange.cli.common import CliError, add_db_flag, settings_from
 from exchange.composition import build_services
@@ -105,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         settings.database_url.split("://", 1)[0],
     )
     try:
-        web.run_app(prepare(settings), sock=sock, print=None)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings, sock))
     finally:
         sock.close()
     return 0
@@ -119,3 +123,28 @@ def listen(host: str, port: int) -> socket.socket:
         return socket.create_server((host, port), family=family, backlog=128, reuse_port=False)
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+async def start_site(runner: web.AppRunner, settings: Settings, sock: socket.socket | None = None) -> GuardedSite:
+    """Listen on the configured address (or the pre-bound `sock`) with the connection guard."""
+    site = GuardedSite(
+        runner,
+        settings.host,
+        settings.port,
+        max_per_address=settings.http_max_connections_per_address,
+        head_timeout=settings.http_head_timeout_seconds,
+        sock=sock,
+    )
+    await site.start()
+    return site
+
+
+async def serve(settings: Settings, sock: socket.socket | None = None) -> None:
+    """Run the app until cancelled (Ctrl-C), idle keep-alive connections closed after the configured time."""
+    runner = web.AppRunner(await prepare(settings), keepalive_timeout=settings.http_keepalive_seconds)
+    await runner.setup()
+    try:
+        await start_site(runner, settings, sock)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.audit.writer import BundleKeyInfo, BundleWriter, pack
+from exchange.services.fields import MAX_SAFE_INT
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
 from exchange.services.participants import KEY_NAME
@@ -62,8 +63,8 @@ class ExportRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    period_from: int = Field(alias="from", ge=0)
-    period_to: int = Field(alias="to", ge=0)
+    period_from: int = Field(alias="from", ge=0, le=MAX_SAFE_INT)
+    period_to: int = Field(alias="to", ge=0, le=MAX_SAFE_INT)
     region: str | None = Field(default=None, min_length=2, max_length=8)
     operator: str | None = Field(default=None, min_length=2, max_length=8)
     model_family: str | None = Field(default=None, min_length=1, max_length=64)

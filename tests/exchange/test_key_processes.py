@@ -54,8 +54,18 @@ def start_serve(url: str, cwd: Path, key_dir: Path, port: int) -> subprocess.Pop
     cwd.mkdir(parents=True, exist_ok=True)
     log = (cwd / "serve.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "exchange", "serve", "--database-url", url, "--port", str(port)]
-        + ["--public-base-url", f"http://127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "exchange",
+            "serve",
+            "--database-url",
+            url,
+            "--port",
+            str(port),
+            "--public-base-url",
+            f"http://127.0.0.1:{port}",
+        ],
         cwd=cwd,
         env=env_for(key_dir),
         stdout=log,

@@ -1,0 +1,172 @@
+"""Connection hygiene for `hetex serve`: a cap on concurrent connections per client address, a deadline
+for the request head (slowloris), and a deadline for reading the request body."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from exchange.api.problems import problem_response
+
+log = logging.getLogger("hetex.connections")
+
+HEAD_END = b"\r\n\r\n"
+
+
+@dataclass
+class ConnectionGuard:
+    """Wraps the aiohttp server's protocol factory: refuses a connection beyond `max_per_address` open ones
+    from the same address, and aborts a connection whose first request head is not complete within
+    `head_timeout` seconds. Counts what it refused, for metrics and tests."""
+
+    factory: Callable[[], asyncio.Protocol]
+    max_per_address: int
+    head_timeout: float
+    active: Counter[str] = field(default_factory=Counter)
+    refused: int = 0
+    timed_out: int = 0
+
+    def __call__(self) -> asyncio.Protocol:
+        return _GuardedProtocol(self, self.factory())
+
+    def admit(self, address: str) -> bool:
+        """Count a new connection from `address`, or refuse it when the address is at its cap."""
+        if self.active[address] >= self.max_per_address:
+            self.refused += 1
+            return False
+        self.active[address] += 1
+        return True
+
+    def release(self, address: str) -> None:
+        """A counted connection from `address` closed."""
+        self.active[address] -= 1
+        if self.active[address] <= 0:
+            del self.active[address]
+
+
+class _GuardedProtocol(asyncio.Protocol):
+    """Delegates to aiohttp's protocol once admitted; aborts the connection on a late request head."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self.guard, self.inner = guard, inner
+        self.address: str | None = None
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        if not self.guard.admit(address):
+            transport.abort()
+            return
+        self.address, self.transport = address, transport
+        self.timer = asyncio.get_running_loop().call_later(self.guard.head_timeout, self._head_late)
+        self.inner.connection_made(transport)
+
+    def _head_late(self) -> None:
+        self.timer = None
+        self.guard.timed_out += 1
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.timer is not None:
+            seen = self.tail + data
+            if HEAD_END in seen:
+                self.timer.cancel()
+                self.timer = None
+            else:
+                self.tail = seen[-(len(HEAD_END) - 1) :]
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.address is None:
+            return  # refused: never handed to aiohttp
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.guard.release(self.address)
+        self.address = None
+        self.inner.connection_lost(exc)
+
+
+class GuardedSite(web.TCPSite):
+    """A TCP site whose connections pass through a ConnectionGuard."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        max_per_address: int,
+        head_timeout: float,
+        sock: socket.socket | None = None,
+    ):
+        super().__init__(runner, host, port)
+        self.max_per_address, self.head_timeout, self.sock = max_per_address, head_timeout, sock
+        self.guard: ConnectionGuard | None = None
+        self.listener: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        """Listen, with the aiohttp protocol factory wrapped in the guard."""
+        self._runner._reg_site(self)
+        server = self._runner.server
+        assert server is not None
+        self.guard = ConnectionGuard(server, self.max_per_address, self.head_timeout)
+        loop = asyncio.get_running_loop()
+        if self.sock is not None:  # bound before any database access (`hetex serve`)
+            self.listener = await loop.create_server(self.guard, sock=self.sock)
+        else:
+            self.listener = await loop.create_server(self.guard, self._host, self._port)
+        self._server = self.listener
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self.listener is not None and self.listener.sockets
+        return int(self.listener.sockets[0].getsockname()[1])
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def body_timeout_middleware(timeout: float) -> Any:
+    """Middleware: the request body must arrive within `timeout` seconds (408 problem+json, connection
+    closed); the body is buffered, so later reads (signature check, handler) return it at once."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.body_exists:
+            try:
+                async with asyncio.timeout(timeout):
+                    await request.read()
+            except TimeoutError:
+                response = problem_response(408, "body_timeout", f"request body not received within {timeout:g} s")
+                response.force_close()
+                await response.prepare(request)
+                await response.write_eof()
+                if request.transport is not None:
+                    request.transport.close()  # no lingering read of a body that is not coming
+                return response
+        return await handler(request)
+
+    return middleware
