@@ -44,6 +44,7 @@ from exchange.services.snapshot import (
     choose_slot,
     clearing_now,
 )
+from exchange.services.solver import SOLVERS, SolverPool
 from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
 from exchange.storage.orders import Order
@@ -51,10 +52,9 @@ from exchange.storage.participants import Participant
 from exchange.storage.registration import Offer, Pool
 from exchange.storage.rounds import Round, RoundPrice
 from identifiers.catalogue import Catalogue
-from identifiers.errors import HetexError, NotFoundError
+from identifiers.errors import ConflictError, HetexError, NotFoundError
 from identifiers.ids import new_id_str
 from identifiers.regions import RegionTable
-from matching.clearing import clear
 from matching.model import Allocation, ClearingResult, Market, result_to_dict
 
 log = logging.getLogger("hetex.rounds")
@@ -69,6 +69,12 @@ class UnknownRoundError(NotFoundError):
     """No clearing round has this id."""
 
     code = "unknown_round"
+
+
+class RoundsStoppingError(ConflictError):
+    """The exchange process is shutting down and starts no new clearing round."""
+
+    code = "shutting_down"
 
 
 class UnknownFillSubjectError(NotFoundError):
@@ -185,6 +191,69 @@ def peak(intervals: Sequence[tuple[int, int, int]], start: int, end: int) -> int
     return best
 
 
+DROP_REASONS = (
+    "order_gone",  # the order no longer exists
+    "order_changed",  # the buyer amended or cancelled it, or it filled, since the snapshot
+    "offer_closed",  # the offer was withdrawn or closed since the snapshot
+    "pool_inactive",  # the pool was retired since the snapshot
+    "outside_offer_window",  # the offer's window shrank and no longer covers the lease
+    "below_min_lease",  # the offer's minimum lease grew above the lease
+    "billing_mode_withdrawn",  # the offer no longer accepts the order's billing mode
+    "capacity",  # the pool or the offer no longer has the devices over the lease (reduced, or sold)
+    "contract_refused",  # creating the contract was refused (its error is logged)
+)
+
+
+def drop_reason(
+    row: Order | None,
+    seen: OrderRow | None,
+    pieces: Sequence[Allocation],
+    offers: dict[str, Offer],
+    pools: dict[str, Pool],
+    check: Recheck,
+) -> str | None:
+    """Why an order's allocations cannot become contracts at commit (one of DROP_REASONS), or None.
+
+    The order must be unchanged since the snapshot. Offers are judged on what they are now, not on their
+    version: an amendment that keeps the lease possible (an ask change, a longer window) keeps the
+    allocation; one that takes it away (withdrawal, shorter window, fewer devices) wins and drops it.
+    Capacity counts every contract and hold on the pool and the offer at every instant of the lease."""
+    if row is None or seen is None:
+        return "order_gone"
+    if (row.status, row.filled_devices, row.updated_at) != (seen.status, seen.filled_devices, seen.updated_at):
+        return "order_changed"
+    extra: list[Held] = []
+    for a in pieces:
+        offer = offers.get(a.pool_id)
+        if offer is None or offer.status != "open":
+            return "offer_closed"
+        pool = pools.get(offer.pool_id)
+        if pool is None or pool.status != "active":
+            return "pool_inactive"
+        if a.start < offer.window_start or (offer.window_end is not None and a.end > offer.window_end):
+            return "outside_offer_window"
+        if a.end - a.start < offer.min_lease_seconds:
+            return "below_min_lease"
+        if row.billing_mode not in offer.billing_modes:
+            return "billing_mode_withdrawn"
+        if not check.fits(offer.pool_id, offer.id, a.devices, a.start, a.end, extra):
+            return "capacity"
+        extra.append((offer.pool_id, offer.id, (a.start, a.end, a.devices)))
+    return None
+
+
+def dropped_entry(a: Allocation, reason: str) -> dict[str, Any]:
+    """One dropped allocation as the round record lists it."""
+    return {
+        "order_id": a.order_id,
+        "offer_id": a.pool_id,
+        "devices": a.devices,
+        "start_at": a.start,
+        "end_at": a.end,
+        "reason": reason,
+    }
+
+
 def _kill_hook(point: str) -> None:
     """Test hook: die abruptly at `point` when HETEX_TEST_KILL_ROUND names it (see module docstring)."""
     if os.environ.get(KILL_HOOK_ENV) == point:
@@ -215,6 +284,7 @@ def round_view(row: Round) -> dict[str, Any]:
         "matched_orders": row.matched_orders,
         "matched_devices": row.matched_devices,
         "dropped_allocations": row.dropped_allocations,
+        "dropped": row.dropped or [],
         "expired_orders": row.expired_orders,
         "welfare_fen": row.welfare_fen,
         "lp_bound_fen": row.lp_bound_fen,
@@ -248,6 +318,7 @@ class RoundService:
         solve_time_limit: float = 30.0,
         lock_timeout: float = 120.0,
         repeatable_snapshot: bool = False,
+        solver: SolverPool | None = None,
     ) -> None:
         self.sessions = sessions
         self.lock = lock
@@ -262,6 +333,9 @@ class RoundService:
         self.solve_time_limit = solve_time_limit
         self.lock_timeout = lock_timeout
         self.repeatable_snapshot = repeatable_snapshot
+        self.solver = solver if solver is not None else SOLVERS
+        self._stopping = False
+        self._current: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------------------------------------ snapshot
 
@@ -369,8 +443,36 @@ class RoundService:
 
     async def run_round(self, trigger: str) -> RoundSummary:
         """Run one clearing round end to end (serialized across processes by the round lock)."""
+        if self._stopping:
+            raise RoundsStoppingError("the exchange is shutting down; no new clearing round starts")
         async with self.lock.hold(self.lock_timeout):
-            return await self._run_locked(trigger)
+            if self._stopping:
+                raise RoundsStoppingError("the exchange is shutting down; no new clearing round starts")
+            self._current = asyncio.current_task()
+            try:
+                return await self._run_locked(trigger)
+            finally:
+                self._current = None
+
+    async def stop(self, grace_seconds: float) -> str | None:
+        """Graceful shutdown: start no new round; give the running one `grace_seconds` to finish, then
+        abandon it (its solve is killed, its transaction rolled back, its row marked `abandoned`, the round
+        lock released). Returns "finished", "abandoned" or None (no round was running)."""
+        self._stopping = True
+        task = self._current
+        if task is None or task.done():
+            return None
+        done, _ = await asyncio.wait({task}, timeout=grace_seconds)
+        if done:
+            return "finished"
+        self.solver.kill()
+        task.cancel()
+        await asyncio.wait({task}, timeout=30)
+        return "abandoned"
+
+    async def _solve(self, market: Market) -> ClearingResult:
+        """Clear the snapshot off the event loop, in the solver process (exchange/services/solver.py)."""
+        return await self.solver.clear(market, method=self.method, time_limit=self.solve_time_limit)
 
     async def _run_locked(self, trigger: str) -> RoundSummary:
         t0 = time.perf_counter()
@@ -399,11 +501,15 @@ class RoundService:
                 )
             )
         try:
-            result = await asyncio.to_thread(clear, market, method=self.method, time_limit=self.solve_time_limit)
+            result = await self._solve(market)
             _kill_hook("after_solve")
             async with self.sessions.begin() as session:
                 summary = await self._commit(session, round_id, trigger, snap, result)
                 _kill_hook("before_commit")
+        except asyncio.CancelledError:
+            log.warning("round %s abandoned: the exchange is shutting down", round_id)
+            await asyncio.shield(self._mark_ended(round_id, "abandoned", "the exchange shut down during the round"))
+            raise
         except Exception as exc:
             await self._mark_failed(round_id, exc)
             raise
@@ -421,15 +527,19 @@ class RoundService:
         return RoundSummary(**{**summary.__dict__, "seconds": round(time.perf_counter() - t0, 6)})
 
     async def _mark_failed(self, round_id: str, exc: Exception) -> None:
+        await self._mark_ended(round_id, "failed", f"{type(exc).__name__}: {exc}")
+
+    async def _mark_ended(self, round_id: str, status: str, error: str) -> None:
+        """Mark a round that did not complete `failed` or `abandoned`, with the reason."""
         try:
             async with self.sessions.begin() as session:
                 await session.execute(
                     update(Round)
-                    .where(Round.id == round_id)
-                    .values(status="failed", finished_at=now_s(), error=f"{type(exc).__name__}: {exc}"[:2000])
+                    .where(Round.id == round_id, Round.status == "running")
+                    .values(status=status, finished_at=now_s(), error=error[:2000])
                 )
         except Exception:  # pragma: no cover - the database itself is failing; the caller logs the cause
-            log.exception("could not mark round %s failed", round_id)
+            log.exception("could not mark round %s %s", round_id, status)
 
     async def _commit(
         self, session: AsyncSession, round_id: str, trigger: str, snap: Snapshot, result: ClearingResult
@@ -466,22 +576,23 @@ class RoundService:
         )
         for c in await self._holding(session, pool_ids, market.now):
             check.add(c.pool_id, c.offer_id, c.devices, c.start_at, c.end_at)
+        for h in await held_lines(session, pool_ids, market.now):  # federation holds reserve like contracts
+            check.add(h.pool_id, h.offer_id, h.devices, h.start_at, h.end_at)
         seq = {o.id: o.seq for o in market.orders}
         contract_ids: list[str] = []
         matched_devices = 0
         matched_orders = 0
-        dropped = 0
+        dropped: list[dict[str, Any]] = []
         now = now_s()
         for order_id in sorted(order_ids, key=lambda oid: seq.get(oid, 0)):
             pieces = allocs[order_id]
             row = orders.get(order_id)
-            if not self._still_valid(row, snap.orders.get(order_id), pieces, offers, snap, check):
-                dropped += len(pieces)
-                continue
-            assert row is not None
-            made = await self._make_contracts(session, round_id, row, pieces, offers)
-            if made is None:
-                dropped += len(pieces)
+            reason = drop_reason(row, snap.orders.get(order_id), pieces, offers, pools, check)
+            made: list[str] | None = None
+            if reason is None and row is not None:
+                made = await self._make_contracts(session, round_id, row, pieces, offers)
+            if made is None or row is None:
+                dropped.extend(dropped_entry(a, reason or "contract_refused") for a in pieces)
                 continue
             for a in pieces:
                 check.add(offers[a.pool_id].pool_id, a.pool_id, a.devices, a.start, a.end)
@@ -503,7 +614,8 @@ class RoundService:
             "contracts_count": len(contract_ids),
             "matched_orders": matched_orders,
             "matched_devices": matched_devices,
-            "dropped_allocations": dropped,
+            "dropped_allocations": len(dropped),
+            "dropped": dropped,
             "expired_orders": expired,
             "welfare_fen": result.stats.welfare_fen,
             "lp_bound_fen": result.stats.lp_bound_fen,
@@ -523,35 +635,10 @@ class RoundService:
             welfare_fen=result.stats.welfare_fen,
             lp_bound_fen=result.stats.lp_bound_fen,
             gap=str(result.stats.gap),
-            dropped_allocations=dropped,
+            dropped_allocations=len(dropped),
             expired_orders=expired,
             seconds=0.0,
         )
-
-    def _still_valid(
-        self,
-        row: Order | None,
-        seen: OrderRow | None,
-        pieces: Sequence[Allocation],
-        offers: dict[str, Offer],
-        snap: Snapshot,
-        check: Recheck,
-    ) -> bool:
-        """The order and its offers are unchanged since the snapshot and every piece still fits."""
-        if row is None or seen is None:
-            return False
-        if (row.status, row.filled_devices, row.updated_at) != (seen.status, seen.filled_devices, seen.updated_at):
-            return False
-        extra: list[Held] = []
-        for a in pieces:
-            offer = offers.get(a.pool_id)
-            then = snap.offers.get(a.pool_id)
-            if offer is None or then is None or offer.status != "open" or offer.version != then.offer_version:
-                return False
-            if not check.fits(offer.pool_id, offer.id, a.devices, a.start, a.end, extra):
-                return False
-            extra.append((offer.pool_id, offer.id, (a.start, a.end, a.devices)))
-        return True
 
     async def _make_contracts(
         self, session: AsyncSession, round_id: str, row: Order, pieces: Sequence[Allocation], offers: dict[str, Offer]
