@@ -43,6 +43,7 @@ class Settings(BaseModel):
     round_interval_seconds: float = Field(default=0, ge=0)
     round_slot_seconds: int = Field(default=300, ge=1, le=86_400)
     round_max_start_slots: int = Field(default=4, ge=1, le=96)
+    shutdown_grace_seconds: float = Field(default=10, ge=0, le=3600)  # SIGTERM: drain requests / finish the round
     checkpoint_interval_seconds: float = Field(default=10, ge=0)
     fee_bps: int = Field(default=100, ge=0, le=10_000)
     migrate_on_start: bool = True

@@ -76,6 +76,8 @@ async def periodic_rounds(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICES]
     interval = svc.settings.round_interval_seconds
     task: asyncio.Task[None] | None = None
+    warm = asyncio.create_task(svc.rounds.solver.warm(), name="hetex-solver-warm")  # first round: no start-up
+    warm.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed warm-up retries on first use
     if interval > 0:
 
         async def loop() -> None:
@@ -90,7 +92,23 @@ async def periodic_rounds(app: web.Application) -> AsyncIterator[None]:
 
         task = asyncio.create_task(loop(), name="hetex-periodic-rounds")
     yield
+    warm.cancel()
     if task is not None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def stop_rounds(app: web.Application) -> None:
+    """on_shutdown (after the listening sockets closed, before requests are drained): start no new
+    round; let the running one finish within `shutdown_grace_seconds`, else abandon it; say which."""
+    from exchange.api.keys import SERVICES
+
+    svc = app[SERVICES]
+    grace = svc.settings.shutdown_grace_seconds
+    log.info("shutting down: no longer accepting connections or starting rounds (grace %ss)", grace)
+    outcome = await svc.rounds.stop(grace)
+    if outcome == "finished":
+        log.info("shutting down: the running clearing round finished")
+    elif outcome == "abandoned":
+        log.warning("shutting down: the running clearing round did not finish within %ss and was abandoned", grace)

@@ -9,8 +9,9 @@ from aiohttp import web
 
 from exchange.api.app import create_app
 from exchange.api.federation import federation_tasks
-from exchange.cli.common import add_db_flag, settings_from
+from exchange.cli.common import CliError, add_db_flag, settings_from
 from exchange.composition import build_services
+from exchange.services.solver import SOLVERS
 from exchange.settings import Settings
 from exchange.storage.migrate import engine_revision, head_revision, upgrade_engine
 from identifiers.errors import ConflictError
@@ -33,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--authority", help="this exchange's CRI authority code")
     p.add_argument("--round-interval", type=float, default=None, help="seconds between clearing rounds (0: off)")
     p.add_argument("--no-migrate", action="store_true", help="refuse to start if the schema is behind")
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=None,
+        help="on SIGTERM: seconds to let in-flight requests and the running round finish (default 10)",
+    )
     add_db_flag(p)
     p.set_defaults(func=run)
 
@@ -54,7 +61,9 @@ async def prepare(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(federation_tasks)
 
     async def _close(_app: web.Application) -> None:
+        SOLVERS.close()
         await svc.close()
+        log.info("shut down: requests drained, solver stopped, database pool closed")
 
     app.on_cleanup.append(_close)
     return app
@@ -67,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         extra["migrate_on_start"] = False
     if args.round_interval is not None:
         extra["round_interval_seconds"] = args.round_interval
+    if args.shutdown_grace is not None:
+        if not 0 <= args.shutdown_grace <= 3600:
+            raise CliError("--shutdown-grace must be between 0 and 3600 seconds")
+        extra["shutdown_grace_seconds"] = args.shutdown_grace
     settings = settings_from(args, **extra)
     log.info(
         "hetex serving on http://%s:%s (database %s)",
@@ -74,5 +87,14 @@ def run(args: argparse.Namespace) -> int:
         settings.port,
         settings.database_url.split("://", 1)[0],
     )
-    web.run_app(prepare(settings), host=settings.host, port=settings.port, print=None)
+    # SIGTERM/SIGINT: stop listening, stop_rounds (exchange/api/rounds.py), drain requests for at most the
+    # grace period (then cancel them), clean up; exit 0
+    web.run_app(
+        prepare(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+    )
+    log.info("hetex stopped")
     return 0

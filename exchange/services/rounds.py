@@ -13,7 +13,8 @@ and no reservation; the next round marks its `running` row `abandoned`.
 
 Test hook (tests only, documented here): environment variable HETEX_TEST_KILL_ROUND makes the process
 exit abruptly (os._exit(9)) at a point of the round: `after_solve` (solved, before the write
-transaction) or `before_commit` (contracts written, transaction not committed).
+transaction) or `before_commit` (contracts written, transaction not committed). HETEX_TEST_ROUND_DELAY=<seconds>
+makes the round wait that long after its snapshot, before solving (a round that is `running` for a while).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from matching.model import Allocation, ClearingResult, Market, result_to_dict
 log = logging.getLogger("hetex.rounds")
 
 KILL_HOOK_ENV = "HETEX_TEST_KILL_ROUND"
+DELAY_HOOK_ENV = "HETEX_TEST_ROUND_DELAY"
 OPEN_ORDER_STATUSES = ("open", "partially_filled")
 RELEASED_CONTRACT_STATUSES = ("cancelled",)
 TRIGGERS = ("interval", "operator", "cli", "test")
@@ -472,6 +474,9 @@ class RoundService:
 
     async def _solve(self, market: Market) -> ClearingResult:
         """Clear the snapshot off the event loop, in the solver process (exchange/services/solver.py)."""
+        delay = os.environ.get(DELAY_HOOK_ENV)
+        if delay:  # test hook (module docstring)
+            await asyncio.sleep(float(delay))
         return await self.solver.clear(market, method=self.method, time_limit=self.solve_time_limit)
 
     async def _run_locked(self, trigger: str) -> RoundSummary:
