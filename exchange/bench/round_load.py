@@ -3,10 +3,10 @@
 The bench seeds one market (providers, pools and offers; buyers and open orders) into a temporary SQLite
 file and copies it twice. Each copy is served by the real app in its own process (as `hetex bench api`).
 On the first copy an operator triggers a round with no other traffic (the idle round). On the second,
-`clients` workers submit signed orders back to back and providers amend their offers at `amend_rate` per
-second (ask changes and window extensions: amendments that never reduce capacity) while the operator
-triggers the same round. Both rounds clear the same snapshot: the orders submitted under load start a day
-later, outside the round's horizon.
+`clients` workers each submit a signed order every `client_interval` seconds (0: back to back) and
+providers amend their offers at `amend_rate` per second (ask changes and window extensions: amendments
+that never reduce capacity) while the operator triggers the same round. Both rounds clear the same
+snapshot: the orders submitted under load start a day later, outside the round's horizon.
 
 Reported, from one run in one process: the round's wall time under load and idle and their ratio; order
 submission p50/p99 while the round ran; the fraction of the round's allocations that became contracts
@@ -201,7 +201,9 @@ async def idle_round(url: str, keys: Keys) -> dict[str, Any]:
     return _round_figures(wall, record)
 
 
-async def loaded_round(url: str, keys: Keys, *, clients: int, amend_rate: float, warmup: float) -> dict[str, Any]:
+async def loaded_round(
+    url: str, keys: Keys, *, clients: int, client_interval: float, amend_rate: float, warmup: float
+) -> dict[str, Any]:
     """Serve `url`, start the load, run the round under it, and measure the orders sent meanwhile."""
     port = _free_port()
     latencies: list[tuple[float, float]] = []  # (start, seconds) of each order submission
@@ -221,6 +223,7 @@ async def loaded_round(url: str, keys: Keys, *, clients: int, amend_rate: float,
                 nonlocal errors
                 buyer = buyers[w % len(buyers)]
                 n = 0
+                await asyncio.sleep(client_interval * w / clients)  # spread the clients over one interval
                 while not stop.is_set():
                     n += 1
                     t0 = time.perf_counter()
@@ -228,7 +231,10 @@ async def loaded_round(url: str, keys: Keys, *, clients: int, amend_rate: float,
                         await buyer.submit_order({**LOAD_ORDER, "start_earliest": start_later}, f"load-{run}-{w}-{n}")
                     except (RemoteError, aiohttp.ClientError, TimeoutError):
                         errors += 1
-                    latencies.append((t0, time.perf_counter() - t0))
+                    took = time.perf_counter() - t0
+                    latencies.append((t0, took))
+                    if client_interval > took:
+                        await asyncio.sleep(client_interval - took)
 
             providers = [(HetexClient(base, k, session=session, timeout=600), ids) for k, ids in keys.providers]
             targets = [(c, oid) for c, ids in providers for oid in ids]
@@ -289,6 +295,7 @@ async def loaded_round(url: str, keys: Keys, *, clients: int, amend_rate: float,
 async def run_round_load_bench(
     *,
     clients: int = 100,
+    client_interval: float = 1.0,
     amend_rate: float = 20.0,
     orders: int = 3000,
     pools: int = 60,
@@ -306,11 +313,17 @@ async def run_round_load_bench(
             shutil.copyfile(seeded, copies[name])
         idle = await idle_round(f"sqlite+aiosqlite:///{copies['idle']}", keys)
         busy = await loaded_round(
-            f"sqlite+aiosqlite:///{copies['load']}", keys, clients=clients, amend_rate=amend_rate, warmup=warmup
+            f"sqlite+aiosqlite:///{copies['load']}",
+            keys,
+            clients=clients,
+            client_interval=client_interval,
+            amend_rate=amend_rate,
+            warmup=warmup,
         )
     return {
         "benchmark": "round-under-load",
         "clients": clients,
+        "client_interval_seconds": client_interval,
         "amend_rate_target_per_second": amend_rate,
         "seeded_orders": orders,
         "seeded_pools": pools,
@@ -328,7 +341,8 @@ def format_result(r: dict[str, Any]) -> str:
     i, b = r["idle"], r["under_load"]
     return "\n".join(
         [
-            f"bench round-under-load: {r['seeded_orders']} orders, {r['seeded_pools']} pools, {r['clients']} clients, "
+            f"bench round-under-load: {r['seeded_orders']} orders, {r['seeded_pools']} pools, {r['clients']} clients "
+            f"(one order each per {r['client_interval_seconds']} s), "
             f"amendments {r['amend_rate_target_per_second']}/s target, {r['cpu_count']} CPUs, {r['database']}",
             f"  idle round        : {i['wall_seconds']} s  ({i['allocations']} allocations, "
             f"{i['contracts']} contracts, {i['dropped_allocations']} dropped)",

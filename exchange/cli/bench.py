@@ -83,6 +83,12 @@ def register_round_load(bsub: argparse._SubParsersAction) -> None:
         "round-under-load", help="a clearing round while clients submit orders and providers amend offers, vs idle"
     )
     p.add_argument("--clients", type=int, default=100, help="concurrent order-submitting clients (default 100)")
+    p.add_argument(
+        "--client-interval",
+        type=float,
+        default=1.0,
+        help="seconds between one client's orders (default 1; 0: back to back, saturating the server)",
+    )
     p.add_argument("--amend-rate", type=float, default=20.0, help="offer amendments per second (default 20)")
     p.add_argument("--orders", type=int, default=3000, help="open orders seeded before the round (default 3000)")
     p.add_argument("--pools", type=int, default=60, help="pools (one offer each) seeded (default 60)")
@@ -98,13 +104,20 @@ def run_round_load(args: argparse.Namespace) -> int:
 
     if not 1 <= args.clients <= 1000:
         raise CliError("--clients must be between 1 and 1000")
+    if not 0 <= args.client_interval <= 60:
+        raise CliError("--client-interval must be between 0 and 60 seconds")
     if not 0 < args.amend_rate <= 1000:
         raise CliError("--amend-rate must be > 0 and <= 1000")
     if not 1 <= args.orders <= 100_000 or not 1 <= args.pools <= 10_000:
         raise CliError("--orders must be 1..100000 and --pools 1..10000")
     result = asyncio.run(
         run_round_load_bench(
-            clients=args.clients, amend_rate=args.amend_rate, orders=args.orders, pools=args.pools, seed=args.seed
+            clients=args.clients,
+            client_interval=args.client_interval,
+            amend_rate=args.amend_rate,
+            orders=args.orders,
+            pools=args.pools,
+            seed=args.seed,
         )
     )
     sys.stdout.write((to_json(result) if args.json else format_result(result)) + "\n")

@@ -90,7 +90,7 @@ async def sigterm_mid_round(url: str, keys: Path, *, delay: float, grace: float)
             await wait_for(running)
             proc.send_signal(signal.SIGTERM)
             got: Any = (await asyncio.gather(trigger, return_exceptions=True))[0]
-            code, _out, err = await finish(proc, 60)  # type: ignore[arg-type]
+            code, _out, err = await finish(proc, 60)
     finally:
         if proc.poll() is None:
             proc.kill()
