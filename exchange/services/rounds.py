@@ -20,7 +20,6 @@ makes the round wait that long after its snapshot, before solving (a round that 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from typing import Any, Protocol
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from exchange.services.contracts import MatchFacts
 from exchange.services.federation_capacity import held_lines, orders_in_flight
 from exchange.services.registration import live_offers_query
 from exchange.services.round_lock import RoundLock
@@ -45,7 +45,7 @@ from exchange.services.snapshot import (
     choose_slot,
     clearing_now,
 )
-from exchange.services.solver import SOLVERS, SolverPool
+from exchange.services.solver import SOLVERS, SolverPool, market_digest
 from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
 from exchange.storage.orders import Order
@@ -107,12 +107,16 @@ def _require_reader(who: Viewer, owner_id: str, what: str) -> None:
 
 
 class ContractMaker(Protocol):
-    """Creates one contract row and appends its signed record in the caller's transaction
+    """Builds contract rows and writes them with their signed log records in the caller's transaction
     (exchange.services.contracts.ContractService)."""
 
-    async def create_from_match(
+    async def match_facts(
+        self, session: AsyncSession, pool_ids: Sequence[str], party_ids: Sequence[str]
+    ) -> MatchFacts: ...
+
+    def build_from_match(
         self,
-        session: AsyncSession,
+        facts: MatchFacts,
         *,
         order_id: str,
         pool_id: str,
@@ -129,6 +133,8 @@ class ContractMaker(Protocol):
         round_id: str | None = None,
         fee_bps: int | None = None,
     ) -> Contract: ...
+
+    async def add_matched(self, session: AsyncSession, contracts: Sequence[Contract], facts: MatchFacts) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -265,7 +271,7 @@ def _kill_hook(point: str) -> None:
 
 def snapshot_hash(market: Market) -> str:
     """SHA-256 of the snapshot's JSON form: names exactly what the round cleared."""
-    return hashlib.sha256(market.to_json().encode()).hexdigest()
+    return market_digest(market)
 
 
 def round_view(row: Round) -> dict[str, Any]:
@@ -472,8 +478,9 @@ class RoundService:
         await asyncio.wait({task}, timeout=30)
         return "abandoned"
 
-    async def _solve(self, market: Market) -> ClearingResult:
-        """Clear the snapshot off the event loop, in the solver process (exchange/services/solver.py)."""
+    async def _solve(self, market: Market) -> tuple[str, ClearingResult]:
+        """Clear the snapshot off the event loop, in the solver process (exchange/services/solver.py):
+        (the snapshot's SHA-256, the result)."""
         delay = os.environ.get(DELAY_HOOK_ENV)
         if delay:  # test hook (module docstring)
             await asyncio.sleep(float(delay))
@@ -498,18 +505,17 @@ class RoundService:
                     started_at=now_s(),
                     status="running",
                     trigger=trigger,
-                    market_now=market.now,
-                    snapshot_hash=snapshot_hash(market),
+                    market_now=market.now,  # snapshot_hash: set when solved (the worker hashes it)
                     method=self.method,
                     orders_count=len(market.orders),
                     offers_count=len(market.pools),
                 )
             )
         try:
-            result = await self._solve(market)
+            digest, result = await self._solve(market)
             _kill_hook("after_solve")
             async with self.sessions.begin() as session:
-                summary = await self._commit(session, round_id, trigger, snap, result)
+                summary = await self._commit(session, round_id, trigger, snap, result, digest)
                 _kill_hook("before_commit")
         except asyncio.CancelledError:
             log.warning("round %s abandoned: the exchange is shutting down", round_id)
@@ -547,7 +553,7 @@ class RoundService:
             log.exception("could not mark round %s %s", round_id, status)
 
     async def _commit(
-        self, session: AsyncSession, round_id: str, trigger: str, snap: Snapshot, result: ClearingResult
+        self, session: AsyncSession, round_id: str, trigger: str, snap: Snapshot, result: ClearingResult, digest: str
     ) -> RoundSummary:
         """Re-check and write the round's contracts, fills, prices and statistics (one transaction)."""
         market = snap.market
@@ -584,7 +590,9 @@ class RoundService:
         for h in await held_lines(session, pool_ids, market.now):  # federation holds reserve like contracts
             check.add(h.pool_id, h.offer_id, h.devices, h.start_at, h.end_at)
         seq = {o.id: o.seq for o in market.orders}
-        contract_ids: list[str] = []
+        parties = {o.provider_id for o in offers.values()} | {o.buyer_id for o in orders.values()}
+        facts = await self.contracts.match_facts(session, pool_ids, sorted(parties))
+        made: list[Contract] = []
         matched_devices = 0
         matched_orders = 0
         dropped: list[dict[str, Any]] = []
@@ -593,28 +601,31 @@ class RoundService:
             pieces = allocs[order_id]
             row = orders.get(order_id)
             reason = drop_reason(row, snap.orders.get(order_id), pieces, offers, pools, check)
-            made: list[str] | None = None
+            built: list[Contract] | None = None
             if reason is None and row is not None:
-                made = await self._make_contracts(session, round_id, row, pieces, offers)
-            if made is None or row is None:
+                built = self._build_contracts(facts, round_id, row, pieces, offers)
+            if built is None or row is None:
                 dropped.extend(dropped_entry(a, reason or "contract_refused") for a in pieces)
                 continue
             for a in pieces:
                 check.add(offers[a.pool_id].pool_id, a.pool_id, a.devices, a.start, a.end)
             devices = sum(a.devices for a in pieces)
-            contract_ids.extend(made)
+            made.extend(built)
             matched_devices += devices
             matched_orders += 1
             row.filled_devices += devices
             full = row.quantity_devices is None or row.filled_devices >= row.quantity_devices
             row.status = "filled" if full else "partially_filled"
             row.updated_at = now
+        await self.contracts.add_matched(session, made, facts)  # one batch: the write phase stays short
+        contract_ids = [c.id for c in made]
         expired = await self._expire(session, market.now)
         stats = result_to_dict(result)
         self._store_prices(session, round_id, result, now)
         values = {
             "status": "completed",
             "finished_at": now_s(),
+            "snapshot_hash": digest,
             "pricing_rule": result.audit.pricing_rule,
             "contracts_count": len(contract_ids),
             "matched_orders": matched_orders,
@@ -645,37 +656,34 @@ class RoundService:
             seconds=0.0,
         )
 
-    async def _make_contracts(
-        self, session: AsyncSession, round_id: str, row: Order, pieces: Sequence[Allocation], offers: dict[str, Offer]
-    ) -> list[str] | None:
-        """All contracts of one order in a savepoint; None (and nothing written) if one is refused."""
-        made: list[str] = []
+    def _build_contracts(
+        self, facts: MatchFacts, round_id: str, row: Order, pieces: Sequence[Allocation], offers: dict[str, Offer]
+    ) -> list[Contract] | None:
+        """All contracts of one order, built but not written; None if one is refused (nothing of it is kept)."""
         try:
-            async with session.begin_nested():
-                for a in pieces:
-                    offer = offers[a.pool_id]
-                    contract = await self.contracts.create_from_match(
-                        session,
-                        order_id=row.id,
-                        pool_id=offer.pool_id,
-                        buyer_id=row.buyer_id,
-                        provider_id=offer.provider_id,
-                        devices=a.devices,
-                        start_at=a.start,
-                        end_at=a.end,
-                        buyer_price_fen=a.buyer_price_fen,
-                        provider_price_fen=a.provider_price_fen,
-                        billing_mode=row.billing_mode,
-                        billing_terms=row.spec.get("billing_terms"),
-                        offer_id=offer.id,
-                        round_id=round_id,
-                        fee_bps=self.fee_bps,
-                    )
-                    made.append(contract.id)
+            return [
+                self.contracts.build_from_match(
+                    facts,
+                    order_id=row.id,
+                    pool_id=offers[a.pool_id].pool_id,
+                    buyer_id=row.buyer_id,
+                    provider_id=offers[a.pool_id].provider_id,
+                    devices=a.devices,
+                    start_at=a.start,
+                    end_at=a.end,
+                    buyer_price_fen=a.buyer_price_fen,
+                    provider_price_fen=a.provider_price_fen,
+                    billing_mode=row.billing_mode,
+                    billing_terms=row.spec.get("billing_terms"),
+                    offer_id=a.pool_id,
+                    round_id=round_id,
+                    fee_bps=self.fee_bps,
+                )
+                for a in pieces
+            ]
         except HetexError as exc:
             log.warning("round %s: order %s not contracted: %s", round_id, row.id, exc.message)
             return None
-        return made
 
     async def _expire(self, session: AsyncSession, now: int) -> int:
         """Open, unfilled orders whose start window closed before `now` become `expired`."""

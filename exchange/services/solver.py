@@ -1,7 +1,7 @@
 """The clearing solve in a separate process, so a round never competes with the API's event loop.
 
-`matching` is pure: the worker gets the market as its JSON form and returns the result as JSON (both
-validated on the way in), so nothing but data crosses the process boundary. One worker process (spawn
+`matching` is pure: the worker gets the market (a frozen dataclass, pickled) and returns the snapshot's
+hash and the clearing result, so nothing but data crosses the process boundary. One worker process (spawn
 context: no inherited database connections, locks or event loop) serves every round of this exchange
 process; it is started on first use or by `warm()`, and replaced if it dies. `kill()` stops a solve in
 flight (graceful shutdown abandons the round that waits for it).
@@ -10,6 +10,7 @@ flight (graceful shutdown abandons the round that waits for it).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -20,11 +21,17 @@ from matching.model import ClearingResult, Market
 log = logging.getLogger("hetex.solver")
 
 
-def _clear_json(market_json: str, method: str, time_limit: float) -> str:
-    """Worker side: clear one market given as JSON; the result as JSON."""
+def _clear(market: Market, method: str, time_limit: float) -> tuple[str, ClearingResult]:
+    """Worker side: the SHA-256 of the market's JSON form (what the round cleared) and its clearing result.
+    Serializing and hashing the snapshot here keeps that work off the exchange's event loop as well."""
     from matching.clearing import clear
 
-    return clear(Market.from_json(market_json), method=method, time_limit=time_limit).to_json()
+    return market_digest(market), clear(market, method=method, time_limit=time_limit)
+
+
+def market_digest(market: Market) -> str:
+    """SHA-256 of the snapshot's JSON form: names exactly what the round cleared."""
+    return hashlib.sha256(market.to_json().encode()).hexdigest()
 
 
 def _ready() -> bool:
@@ -49,15 +56,14 @@ class SolverPool:
         """Start the worker and import the solver in it."""
         await asyncio.wrap_future(self._executor().submit(_ready))
 
-    async def clear(self, market: Market, *, method: str, time_limit: float) -> ClearingResult:
-        """Clear `market` in the worker process (the event loop stays free meanwhile)."""
-        payload = market.to_json()
+    async def clear(self, market: Market, *, method: str, time_limit: float) -> tuple[str, ClearingResult]:
+        """Clear `market` in the worker process (the event loop stays free meanwhile): the snapshot's
+        SHA-256 (over its JSON form) and the result. Market and result cross as pickled frozen dataclasses."""
         try:
-            out = await asyncio.wrap_future(self._executor().submit(_clear_json, payload, method, time_limit))
+            return await asyncio.wrap_future(self._executor().submit(_clear, market, method, time_limit))
         except BrokenProcessPool:
             self._discard()
             raise
-        return ClearingResult.from_json(out)
 
     def kill(self) -> None:
         """Stop the worker now (a solve in flight fails with BrokenProcessPool); the next use starts another."""

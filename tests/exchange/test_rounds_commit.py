@@ -31,10 +31,10 @@ def during_solve(api: Api, act: Callable[[], Awaitable[Any]]) -> None:
     """Run `act` after the round's snapshot and solve, before its commit (as a concurrent request would)."""
     solve = api.svc.rounds._solve
 
-    async def solve_then_act(market: Market) -> ClearingResult:
-        result = await solve(market)
+    async def solve_then_act(market: Market) -> tuple[str, ClearingResult]:
+        solved = await solve(market)
         await act()
-        return result
+        return solved
 
     api.svc.rounds._solve = solve_then_act  # type: ignore[method-assign]
 
