@@ -1,7 +1,8 @@
 """`hetex bench round-under-load`: one clearing round on a busy exchange vs the same round idle.
 
 The bench seeds one market (providers, pools and offers; buyers and open orders) into a temporary SQLite
-file and copies it twice. Each copy is served by the real app in its own process (as `hetex bench api`).
+file (or, with a PostgreSQL server URL, a temporary database) and copies it twice. Each copy is served by
+the real app in its own process (as `hetex bench api`).
 On the first copy an operator triggers a round with no other traffic (the idle round). On the second,
 `clients` workers each submit a signed order every `client_interval` seconds (0: back to back) and
 providers amend their offers at `amend_rate` per second (ask changes and window extensions: amendments
@@ -16,12 +17,14 @@ submission p50/p99 while the round ran; the fraction of the round's allocations 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,15 +190,17 @@ def _round_figures(wall: float, record: dict[str, Any]) -> dict[str, Any]:
         "dropped_allocations": dropped,
         "surviving_fraction": round(made / allocations, 4) if allocations else None,
         "solve_seconds": (record.get("stats") or {}).get("solve_seconds"),
+        "phases": (record.get("stats") or {}).get("round_phases"),
     }
 
 
-async def idle_round(url: str, keys: Keys) -> dict[str, Any]:
-    """Serve `url` and run the round with no other traffic."""
+async def idle_round(url: str, keys: Keys, *, warmup: float) -> dict[str, Any]:
+    """Serve `url` and run the round with no other traffic (after the same settling time as under load)."""
     port = _free_port()
     with _server("app", port, url) as proc:
         base = f"http://127.0.0.1:{port}"
         await _wait_ready(base + "/healthz", proc)
+        await asyncio.sleep(warmup)
         async with aiohttp.ClientSession() as session:
             wall, record = await _trigger(base, keys.operator, session)
     return _round_figures(wall, record)
@@ -277,6 +282,7 @@ async def loaded_round(
             stop.set()
             await asyncio.gather(*load, amend_task)
     during = sorted(s for t0, s in latencies if r0 <= t0 <= r1)
+    before = sorted(s for t0, s in latencies if t0 < r0)
     figures = _round_figures(wall, record)
     figures.update(
         {
@@ -284,6 +290,9 @@ async def loaded_round(
             "order_errors": errors,
             "order_p50_ms": round(_percentile(during, 0.50) * 1000, 1),
             "order_p99_ms": round(_percentile(during, 0.99) * 1000, 1),
+            "orders_before_round": len(before),
+            "order_p50_ms_before_round": round(_percentile(before, 0.50) * 1000, 1),
+            "order_p99_ms_before_round": round(_percentile(before, 0.99) * 1000, 1),
             "amendments_during_round": amended_during,
             "amendments_per_second": round(amended_during / (r1 - r0), 2) if r1 > r0 else None,
             "amendment_errors": amend_errors,
@@ -300,26 +309,25 @@ async def run_round_load_bench(
     orders: int = 3000,
     pools: int = 60,
     seed: int = 1,
-    warmup: float = 2.0,
+    warmup: float = 5.0,
+    pg_url: str | None = None,
 ) -> dict[str, Any]:
-    """Seed one market, clear it idle and under load (each on its own copy); return the figures."""
+    """Seed one market, clear it idle and under load (each on its own copy); return the figures.
+    SQLite temporary files by default; with `pg_url` (a PostgreSQL server URL whose user may create
+    databases) three temporary databases there (seed, and two copies made with CREATE DATABASE ... TEMPLATE)."""
     with tempfile.TemporaryDirectory(prefix="hetex-bench-round-") as tmp:
         root = Path(tmp)
-        seeded = root / "seed.db"
-        keys = await seed_market(f"sqlite+aiosqlite:///{seeded}", root / "keys", orders=orders, pools=pools, seed=seed)
-        copies = {}
-        for name in ("idle", "load"):
-            copies[name] = root / f"{name}.db"
-            shutil.copyfile(seeded, copies[name])
-        idle = await idle_round(f"sqlite+aiosqlite:///{copies['idle']}", keys)
-        busy = await loaded_round(
-            f"sqlite+aiosqlite:///{copies['load']}",
-            keys,
-            clients=clients,
-            client_interval=client_interval,
-            amend_rate=amend_rate,
-            warmup=warmup,
-        )
+        async with _databases(root, pg_url) as (seed_url, copy):
+            keys = await seed_market(seed_url, root / "keys", orders=orders, pools=pools, seed=seed)
+            idle = await idle_round(await copy("idle"), keys, warmup=warmup)
+            busy = await loaded_round(
+                await copy("load"),
+                keys,
+                clients=clients,
+                client_interval=client_interval,
+                amend_rate=amend_rate,
+                warmup=warmup,
+            )
     return {
         "benchmark": "round-under-load",
         "clients": clients,
@@ -328,12 +336,54 @@ async def run_round_load_bench(
         "seeded_orders": orders,
         "seeded_pools": pools,
         "seed": seed,
-        "database": "sqlite (temporary file, WAL)",
+        "database": "sqlite (temporary file, WAL)" if pg_url is None else "postgresql (temporary databases)",
         "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "idle": idle,
         "under_load": busy,
         "round_time_ratio": round(busy["wall_seconds"] / idle["wall_seconds"], 3) if idle["wall_seconds"] else None,
     }
+
+
+@contextlib.asynccontextmanager
+async def _databases(root: Path, pg_url: str | None) -> AsyncIterator[tuple[str, Callable[[str], Awaitable[str]]]]:
+    """(URL of the database to seed, make_copy(name) -> URL of a copy of it); everything dropped after."""
+    if pg_url is None:
+        seeded = root / "seed.db"
+
+        async def copy_file(name: str) -> str:
+            target = root / f"{name}.db"
+            shutil.copyfile(seeded, target)
+            return f"sqlite+aiosqlite:///{target}"
+
+        yield f"sqlite+aiosqlite:///{seeded}", copy_file
+        return
+    import asyncpg
+
+    admin = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    base = admin.rpartition("/")[0]
+    prefix = f"hetex_bench_{os.urandom(4).hex()}"
+    made: list[str] = []
+
+    async def sql(statement: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    async def copy_db(name: str) -> str:
+        await sql(f'CREATE DATABASE "{prefix}_{name}" TEMPLATE "{prefix}_seed"')
+        made.append(f"{prefix}_{name}")
+        return f"{base}/{prefix}_{name}".replace("postgresql://", "postgresql+asyncpg://")
+
+    await sql(f'CREATE DATABASE "{prefix}_seed"')
+    made.append(f"{prefix}_seed")
+    try:
+        yield f"{base}/{prefix}_seed".replace("postgresql://", "postgresql+asyncpg://"), copy_db
+    finally:
+        for name in made:
+            await sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def format_result(r: dict[str, Any]) -> str:
@@ -350,7 +400,11 @@ def format_result(r: dict[str, Any]) -> str:
             f"{b['contracts']} contracts, {b['dropped_allocations']} dropped)",
             f"  ratio load/idle   : {r['round_time_ratio']}",
             f"  orders during round: {b['orders_submitted_during_round']}  p50 {b['order_p50_ms']} ms  "
-            f"p99 {b['order_p99_ms']} ms  ({b['order_errors']} errors)",
+            f"p99 {b['order_p99_ms']} ms  ({b['order_errors']} errors; before the round: "
+            f"{b['orders_before_round']}, p50 {b['order_p50_ms_before_round']} ms, "
+            f"p99 {b['order_p99_ms_before_round']} ms)",
+            f"  round phases idle : {i['phases']}",
+            f"  round phases load : {b['phases']}",
             f"  allocations surviving commit: {b['surviving_fraction']}",
             f"  amendments during round: {b['amendments_during_round']} ({b['amendments_per_second']}/s, "
             f"{b['amendment_errors']} refused)",

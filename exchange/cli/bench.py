@@ -93,6 +93,11 @@ def register_round_load(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--orders", type=int, default=3000, help="open orders seeded before the round (default 3000)")
     p.add_argument("--pools", type=int, default=60, help="pools (one offer each) seeded (default 60)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the seeded market (default 1)")
+    p.add_argument(
+        "--pg-url",
+        help="run on PostgreSQL: a server URL (postgresql://user@host:port/db) whose user may create databases; "
+        "three temporary databases are created and dropped",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run_round_load)
 
@@ -115,6 +120,7 @@ def run_round_load(args: argparse.Namespace) -> int:
             clients=args.clients,
             client_interval=args.client_interval,
             amend_rate=args.amend_rate,
+            pg_url=args.pg_url,
             orders=args.orders,
             pools=args.pools,
             seed=args.seed,

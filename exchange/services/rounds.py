@@ -511,11 +511,14 @@ class RoundService:
                     offers_count=len(market.pools),
                 )
             )
+        phases = {"snapshot_seconds": time.perf_counter() - t0}
         try:
+            t1 = time.perf_counter()
             digest, result = await self._solve(market)
+            phases["solve_wait_seconds"] = time.perf_counter() - t1
             _kill_hook("after_solve")
             async with self.sessions.begin() as session:
-                summary = await self._commit(session, round_id, trigger, snap, result, digest)
+                summary = await self._commit(session, round_id, trigger, snap, result, digest, phases)
                 _kill_hook("before_commit")
         except asyncio.CancelledError:
             log.warning("round %s abandoned: the exchange is shutting down", round_id)
@@ -553,9 +556,18 @@ class RoundService:
             log.exception("could not mark round %s %s", round_id, status)
 
     async def _commit(
-        self, session: AsyncSession, round_id: str, trigger: str, snap: Snapshot, result: ClearingResult, digest: str
+        self,
+        session: AsyncSession,
+        round_id: str,
+        trigger: str,
+        snap: Snapshot,
+        result: ClearingResult,
+        digest: str,
+        phases: dict[str, float],
     ) -> RoundSummary:
-        """Re-check and write the round's contracts, fills, prices and statistics (one transaction)."""
+        """Re-check and write the round's contracts, fills, prices and statistics (one transaction).
+        `phases`: wall seconds of the round's earlier steps, stored in stats.round_phases with the commit's."""
+        t0 = time.perf_counter()
         market = snap.market
         allocs: dict[str, list[Allocation]] = defaultdict(list)
         for a in result.allocations:
@@ -636,7 +648,13 @@ class RoundService:
             "welfare_fen": result.stats.welfare_fen,
             "lp_bound_fen": result.stats.lp_bound_fen,
             "gap": str(result.stats.gap),
-            "stats": stats["stats"],
+            "stats": {
+                **stats["stats"],
+                "round_phases": {
+                    **{k: round(v, 4) for k, v in phases.items()},
+                    "commit_seconds": round(time.perf_counter() - t0, 4),
+                },
+            },
             "audit": stats["audit"],
         }
         await session.execute(update(Round).where(Round.id == round_id).values(**values))
