@@ -3,18 +3,22 @@
 A round runs under the round lock (one round at a time across processes, see round_lock.py):
 1. one read transaction takes a consistent snapshot (open orders whose start window opens within the
    horizon, live offers, contracts holding capacity) and records the round as `running`;
-2. `matching.clearing.clear` runs in a worker thread, outside any database transaction;
-3. one write transaction re-checks every allocation (order and offer unchanged since the snapshot,
-   pool and offer capacity never exceeded at any time counting every contract that holds capacity),
-   creates the contracts (each a signed log record), updates order fills, expires orders whose start
-   window passed, stores posted prices and marks the round `completed` with its statistics and audit.
+2. `matching.clearing.clear` runs in the solver process (solver.py), outside any database transaction,
+   so the API's event loop stays free;
+3. one write transaction re-checks every allocation against the offers as they are now (drop_reason:
+   order unchanged, offer open, lease inside its window, pool and offer capacity never exceeded at any
+   time counting every contract and hold), lists each dropped allocation with its reason, builds the
+   contracts and writes them in one batch (each a signed log record), updates order fills, expires orders
+   whose start window passed, stores posted prices and marks the round `completed` with its statistics
+   and audit.
+A graceful shutdown (stop) lets the running round finish within a grace period or abandons it.
 Nothing of a round is visible until step 3 commits, so a process killed mid-round leaves no contract
 and no reservation; the next round marks its `running` row `abandoned`.
 
 Test hook (tests only, documented here): environment variable HETEX_TEST_KILL_ROUND makes the process
 exit abruptly (os._exit(9)) at a point of the round: `after_solve` (solved, before the write
-transaction) or `before_commit` (contracts written, transaction not committed). HETEX_TEST_ROUND_DELAY=<seconds>
-makes the round wait that long after its snapshot, before solving (a round that is `running` for a while).
+transaction) or `before_commit` (contracts written, transaction not committed).
+HETEX_TEST_ROUND_DELAY=<seconds> makes the round wait that long after its snapshot, before solving.
 """
 
 from __future__ import annotations
