@@ -17,6 +17,7 @@ from exchange.api.keys import services
 from exchange.api.parsing import query_int
 from exchange.api.responses import path_id
 from exchange.services.round_lock import RoundBusyError
+from exchange.services.rounds import RoundsStoppingError
 
 log = logging.getLogger("hetex.rounds")
 routes = web.RouteTableDef()
@@ -87,6 +88,8 @@ async def periodic_rounds(app: web.Application) -> AsyncIterator[None]:
                     await svc.rounds.run_round("interval")
                 except RoundBusyError:
                     log.info("periodic round skipped: another round holds the lock")
+                except RoundsStoppingError:
+                    return
                 except Exception:
                     log.exception("periodic clearing round failed; the next one runs in %ss", interval)
 
