@@ -44,6 +44,7 @@ LOAD_ORDER = {
     "limit_fen_per_device_hour": {"NV-H100-SXM": 1500},
 }
 DAY = 86_400
+SETTLE_SECONDS = 8.0  # after the server answers, before any traffic: its start-up work (solver warm-up) ends
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ async def idle_round(url: str, keys: Keys, *, warmup: float) -> dict[str, Any]:
     with _server("app", port, url) as proc:
         base = f"http://127.0.0.1:{port}"
         await _wait_ready(base + "/healthz", proc)
-        await asyncio.sleep(warmup)
+        await asyncio.sleep(SETTLE_SECONDS + warmup)
         async with aiohttp.ClientSession() as session:
             wall, record = await _trigger(base, keys.operator, session)
     return _round_figures(wall, record)
@@ -219,6 +220,7 @@ async def loaded_round(
     with _server("app", port, url) as proc:
         base = f"http://127.0.0.1:{port}"
         await _wait_ready(base + "/healthz", proc)
+        await asyncio.sleep(SETTLE_SECONDS)
         connector = aiohttp.TCPConnector(limit=clients + 16)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
             start_later = int(time.time()) + DAY
