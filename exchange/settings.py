@@ -46,6 +46,7 @@ class Settings(BaseModel):
     round_interval_seconds: float = Field(default=0, ge=0)
     round_slot_seconds: int = Field(default=300, ge=1, le=86_400)
     round_max_start_slots: int = Field(default=4, ge=1, le=96)
+    shutdown_grace_seconds: float = Field(default=10, ge=0, le=3600)  # SIGTERM: drain requests / finish the round
     checkpoint_interval_seconds: float = Field(default=10, ge=0)
     fee_bps: int = Field(default=100, ge=0, le=10_000)
     disclosure_min_orders: int = Field(default=3, ge=1)  # public class prices need this many contracted orders

@@ -53,4 +53,5 @@ def create_app(svc: Services) -> web.Application:
         app.router.add_routes(table)
     app.cleanup_ctx.append(ledger.checkpoint_publisher)
     app.cleanup_ctx.append(rounds.periodic_rounds)
+    app.on_shutdown.append(rounds.stop_rounds)
     return app

@@ -17,6 +17,7 @@ from exchange.api.keys import services
 from exchange.api.params import IntParam
 from exchange.api.responses import path_id
 from exchange.services.round_lock import RoundBusyError
+from exchange.services.rounds import RoundsStoppingError
 
 log = logging.getLogger("hetex.rounds")
 routes = web.RouteTableDef()
@@ -79,6 +80,8 @@ async def periodic_rounds(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICES]
     interval = svc.settings.round_interval_seconds
     task: asyncio.Task[None] | None = None
+    warm = asyncio.create_task(svc.rounds.solver.warm(), name="hetex-solver-warm")  # first round: no start-up
+    warm.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed warm-up retries on first use
     if interval > 0:
 
         async def loop() -> None:
@@ -88,12 +91,30 @@ async def periodic_rounds(app: web.Application) -> AsyncIterator[None]:
                     await svc.rounds.run_round("interval")
                 except RoundBusyError:
                     log.info("periodic round skipped: another round holds the lock")
+                except RoundsStoppingError:
+                    return
                 except Exception:
                     log.exception("periodic clearing round failed; the next one runs in %ss", interval)
 
         task = asyncio.create_task(loop(), name="hetex-periodic-rounds")
     yield
+    warm.cancel()
     if task is not None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def stop_rounds(app: web.Application) -> None:
+    """on_shutdown (after the listening sockets closed, before requests are drained): start no new
+    round; let the running one finish within `shutdown_grace_seconds`, else abandon it; say which."""
+    from exchange.api.keys import SERVICES
+
+    svc = app[SERVICES]
+    grace = svc.settings.shutdown_grace_seconds
+    log.info("shutting down: no longer accepting connections or starting rounds (grace %ss)", grace)
+    outcome = await svc.rounds.stop(grace)
+    if outcome == "finished":
+        log.info("shutting down: the running clearing round finished")
+    elif outcome == "abandoned":
+        log.warning("shutting down: the running clearing round did not finish within %ss and was abandoned", grace)

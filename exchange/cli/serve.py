@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from exchange.api.connections import GuardedSite
 from exchange.api.federation import federation_tasks
 from exchange.cli.common import CliError, add_db_flag, settings_from
 from exchange.composition import build_services
+from exchange.services.solver import SOLVERS
 from exchange.settings import Settings
 from exchange.storage.migrate import engine_revision, head_revision, upgrade_engine
 from identifiers.errors import ConflictError, ValidationError
@@ -52,6 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dev", action="store_true", help="local development: allow no public base URL (trusts the Host header)"
     )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=None,
+        help="on SIGTERM: seconds to let in-flight requests and the running round finish (default 10)",
+    )
     add_db_flag(p)
     p.set_defaults(func=run)
 
@@ -79,7 +87,9 @@ async def prepare(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(federation_tasks)
 
     async def _close(_app: web.Application) -> None:
+        SOLVERS.close()
         await svc.close()
+        log.info("shut down: requests drained, solver stopped, database pool closed")
 
     app.on_cleanup.append(_close)
     return app
@@ -96,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
         extra["public_base_url"] = args.public_base_url
     if args.dev:
         extra["dev"] = True
+    if args.shutdown_grace is not None:
+        if not 0 <= args.shutdown_grace <= 3600:
+            raise CliError("--shutdown-grace must be between 0 and 3600 seconds")
+        extra["shutdown_grace_seconds"] = args.shutdown_grace
     settings = settings_from(args, **extra)
     problem = settings.origin_problem()
     if problem is not None:
@@ -112,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             asyncio.run(serve(settings, sock))
     finally:
         sock.close()
+    log.info("hetex stopped")
     return 0
 
 
@@ -140,11 +155,23 @@ async def start_site(runner: web.AppRunner, settings: Settings, sock: socket.soc
 
 
 async def serve(settings: Settings, sock: socket.socket | None = None) -> None:
-    """Run the app until cancelled (Ctrl-C), idle keep-alive connections closed after the configured time."""
-    runner = web.AppRunner(await prepare(settings), keepalive_timeout=settings.http_keepalive_seconds)
+    """Run the app until SIGTERM/SIGINT, idle keep-alive connections closed after the configured time.
+
+    On a signal: stop listening, stop_rounds (exchange/api/rounds.py: finish or abandon the running round),
+    drain in-flight requests for at most the grace period (then cancel them), clean up (solver, pool)."""
+    runner = web.AppRunner(
+        await prepare(settings),
+        keepalive_timeout=settings.http_keepalive_seconds,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+    )
     await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await start_site(runner, settings, sock)
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("signal received: stopping (grace %g s)", settings.shutdown_grace_seconds)
     finally:
         await runner.cleanup()

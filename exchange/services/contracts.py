@@ -1,14 +1,17 @@
 """Contracts: created from a clearing match (signed and logged), read by their parties, confirmed, cancelled.
 
-`create_from_match` is what clearing rounds call inside their own transaction; it validates the billing
-terms (snapshotting tier price and SCU per device for compute-tier contracts), writes the row and
-appends the signed contract record to the transparency log in that same transaction.
+`create_from_match` makes one contract inside the caller's transaction: it validates the billing terms
+(snapshotting tier price and SCU per device for compute-tier contracts), writes the row and appends the
+signed contract record to the transparency log in that same transaction. Clearing rounds use its steps
+for many contracts at once: `match_facts` (two queries), `build_from_match` per contract (no I/O), then
+one `add_matched` (one insert batch, one log append batch), so their write transaction stays short.
 Lifecycle and cancellation rules: specs/billing.md section 4.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import or_, select
@@ -44,9 +47,32 @@ class Log(Protocol):
 
     async def append(self, session: AsyncSession, record_type: str, record_id: str, body: dict[str, Any]) -> Any: ...
 
+    async def append_many(
+        self, session: AsyncSession, records: Sequence[tuple[str, str, dict[str, Any]]]
+    ) -> Sequence[Appended]: ...
+
     async def append_signed(
         self, session: AsyncSession, record_type: str, record_id: str, envelope: dict[str, Any]
     ) -> Any: ...
+
+
+@dataclass(frozen=True)
+class PoolFacts:
+    """A pool as a contract on it records it."""
+
+    model: str
+    devices: int
+    cri: str
+    region: str
+    provider_id: str
+
+
+@dataclass(frozen=True)
+class MatchFacts:
+    """Pools by id, and (operator code, home region) of participants by id, for building contracts."""
+
+    pools: dict[str, PoolFacts]
+    parties: dict[str, tuple[str | None, str | None]]
 
 
 class ContractNotFoundError(NotFoundError):
@@ -156,18 +182,72 @@ class ContractService:
         may be the order's terms as given (period / tier_table / milestones without due dates): they are
         completed per specs/billing.md section 3 and the completed terms are what the contract signs.
         """
+        facts = await self.match_facts(session, [pool_id], [provider_id, buyer_id])
+        contract = self.build_from_match(
+            facts,
+            order_id=order_id,
+            pool_id=pool_id,
+            buyer_id=buyer_id,
+            provider_id=provider_id,
+            devices=devices,
+            start_at=start_at,
+            end_at=end_at,
+            buyer_price_fen=buyer_price_fen,
+            provider_price_fen=provider_price_fen,
+            billing_mode=billing_mode,
+            billing_terms=billing_terms,
+            offer_id=offer_id,
+            round_id=round_id,
+            fee_bps=fee_bps,
+        )
+        await self.add_matched(session, [contract], facts)
+        return contract
+
+    async def match_facts(self, session: AsyncSession, pool_ids: Sequence[str], party_ids: Sequence[str]) -> MatchFacts:
+        """What contracts on these pools between these parties need from the database (two queries)."""
+        rows = await session.execute(
+            select(Pool.id, Pool.model, Pool.devices, Pool.cri, Site.region, Site.provider_id)
+            .join(Site, Site.id == Pool.site_id)
+            .where(Pool.id.in_(sorted(set(pool_ids))))
+        )
+        pools = {r.id: PoolFacts(r.model, r.devices, r.cri, r.region, r.provider_id) for r in rows}
+        parties = {
+            r.id: (r.operator_code, r.home_region)
+            for r in await session.execute(
+                select(Participant.id, Participant.operator_code, Participant.home_region).where(
+                    Participant.id.in_(sorted(set(party_ids)))
+                )
+            )
+        }
+        return MatchFacts(pools, parties)
+
+    def build_from_match(
+        self,
+        facts: MatchFacts,
+        *,
+        order_id: str,
+        pool_id: str,
+        buyer_id: str,
+        provider_id: str,
+        devices: int,
+        start_at: int,
+        end_at: int,
+        buyer_price_fen: int,
+        provider_price_fen: int,
+        billing_mode: str,
+        billing_terms: dict[str, Any] | None = None,
+        offer_id: str | None = None,
+        round_id: str | None = None,
+        fee_bps: int | None = None,
+    ) -> Contract:
+        """A validated contract row, not yet added (no I/O; raises a HetexError naming the field)."""
         if devices < 1:
             raise ValidationError("devices must be >= 1", field="devices")
         if end_at <= start_at:
             raise ValidationError("end_at must be after start_at", field="end_at")
         if buyer_price_fen < 0 or provider_price_fen < 0:
             raise ValidationError("prices must be >= 0", field="buyer_price_fen")
-        row = await session.execute(
-            select(Pool.model, Pool.devices, Pool.cri, Site.region, Site.provider_id)
-            .join(Site, Site.id == Pool.site_id)
-            .where(Pool.id == pool_id)
-        )
-        pool = row.one_or_none()
+        pool = facts.pools.get(pool_id)
         if pool is None:
             raise ValidationError(f"pool {pool_id} does not exist", field="pool_id")
         if pool.provider_id != provider_id:
@@ -183,7 +263,7 @@ class ContractService:
             model_scu=self.catalogue.get(pool.model).scu if pool.model in self.catalogue else None,
             tiers=self.tiers(),
         )
-        contract = Contract(
+        return Contract(
             id=new_id_str(),
             round_id=round_id,
             order_id=order_id,
@@ -204,20 +284,28 @@ class ContractService:
             status="pending",
             created_at=self.clock(),
         )
-        session.add(contract)
+
+    async def add_matched(self, session: AsyncSession, contracts: Sequence[Contract], facts: MatchFacts) -> None:
+        """Write built contracts and append their signed records at consecutive log indices (one batch)."""
+        if not contracts:
+            return
+        session.add_all(contracts)
         await session.flush()
-        body = contract_body(contract)
-        provider = await session.get(Participant, provider_id)
-        buyer = await session.get(Participant, buyer_id)
-        body.update(  # facts regulators filter on (audit exports read them from the signed record)
-            pool_cri=pool.cri,
-            operator_code=None if provider is None else provider.operator_code,
-            buyer_home_region=None if buyer is None else buyer.home_region,
-        )
-        appended = await self.ledger.append(session, "contract", contract.id, body)
-        contract.log_index = appended.index
+        records = []
+        for contract in contracts:
+            body = contract_body(contract)
+            operator_code, _ = facts.parties.get(contract.provider_id, (None, None))
+            _, home_region = facts.parties.get(contract.buyer_id, (None, None))
+            body.update(  # facts regulators filter on (audit exports read them from the signed record)
+                pool_cri=facts.pools[contract.pool_id].cri,
+                operator_code=operator_code,
+                buyer_home_region=home_region,
+            )
+            records.append(("contract", contract.id, body))
+        appended = await self.ledger.append_many(session, records)
+        for contract, entry in zip(contracts, appended, strict=True):
+            contract.log_index = entry.index
         await session.flush()
-        return contract
 
     async def _load(self, session: AsyncSession, contract_id: str, *, lock: bool = False) -> Contract:
         stmt = select(Contract).where(Contract.id == contract_id)

@@ -3,23 +3,27 @@
 A round runs under the round lock (one round at a time across processes, see round_lock.py):
 1. one read transaction takes a consistent snapshot (open orders whose start window opens within the
    horizon, live offers, contracts holding capacity) and records the round as `running`;
-2. `matching.clearing.clear` runs in a worker thread, outside any database transaction;
-3. one write transaction re-checks every allocation (order and offer unchanged since the snapshot,
-   pool and offer capacity never exceeded at any time counting every contract that holds capacity),
-   creates the contracts (each a signed log record), updates order fills, expires orders whose start
-   window passed, stores posted prices and marks the round `completed` with its statistics and audit.
+2. `matching.clearing.clear` runs in the solver process (solver.py), outside any database transaction,
+   so the API's event loop stays free;
+3. one write transaction re-checks every allocation against the offers as they are now (drop_reason:
+   order unchanged, offer open, lease inside its window, pool and offer capacity never exceeded at any
+   time counting every contract and hold), lists each dropped allocation with its reason, builds the
+   contracts and writes them in one batch (each a signed log record), updates order fills, expires orders
+   whose start window passed, stores posted prices and marks the round `completed` with its statistics
+   and audit.
+A graceful shutdown (stop) lets the running round finish within a grace period or abandons it.
 Nothing of a round is visible until step 3 commits, so a process killed mid-round leaves no contract
 and no reservation; the next round marks its `running` row `abandoned`.
 
 Test hook (tests only, documented here): environment variable HETEX_TEST_KILL_ROUND makes the process
 exit abruptly (os._exit(9)) at a point of the round: `after_solve` (solved, before the write
 transaction) or `before_commit` (contracts written, transaction not committed).
+HETEX_TEST_ROUND_DELAY=<seconds> makes the round wait that long after its snapshot, before solving.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
@@ -34,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.billing.compute_tier import TierTable
 from exchange.billing.tiers import load_tier_table
+from exchange.services.contracts import MatchFacts
 from exchange.services.disclosure import audit_order_ids, may_read, public_aggregate, round_disclosure
 from exchange.services.federation_capacity import held_lines, orders_in_flight
 from exchange.services.registration import live_offers_query
@@ -47,6 +52,7 @@ from exchange.services.snapshot import (
     choose_slot,
     clearing_now,
 )
+from exchange.services.solver import SOLVERS, SolverPool, market_digest
 from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
 from exchange.storage.orders import Order
@@ -54,15 +60,15 @@ from exchange.storage.participants import Participant
 from exchange.storage.registration import Offer, Pool
 from exchange.storage.rounds import Round, RoundPrice
 from identifiers.catalogue import Catalogue
-from identifiers.errors import HetexError, NotFoundError
+from identifiers.errors import ConflictError, HetexError, NotFoundError
 from identifiers.ids import new_id_str
 from identifiers.regions import RegionTable
-from matching.clearing import clear
 from matching.model import Allocation, ClearingResult, Market, result_to_dict
 
 log = logging.getLogger("hetex.rounds")
 
 KILL_HOOK_ENV = "HETEX_TEST_KILL_ROUND"
+DELAY_HOOK_ENV = "HETEX_TEST_ROUND_DELAY"
 OPEN_ORDER_STATUSES = ("open", "partially_filled")
 RELEASED_CONTRACT_STATUSES = ("cancelled",)
 TRIGGERS = ("interval", "operator", "cli", "test")
@@ -72,6 +78,12 @@ class UnknownRoundError(NotFoundError):
     """No clearing round has this id."""
 
     code = "unknown_round"
+
+
+class RoundsStoppingError(ConflictError):
+    """The exchange process is shutting down and starts no new clearing round."""
+
+    code = "shutting_down"
 
 
 class UnknownFillSubjectError(NotFoundError):
@@ -99,12 +111,16 @@ def _require_reader(who: Viewer, owner_id: str, what: str) -> None:
 
 
 class ContractMaker(Protocol):
-    """Creates one contract row and appends its signed record in the caller's transaction
+    """Builds contract rows and writes them with their signed log records in the caller's transaction
     (exchange.services.contracts.ContractService)."""
 
-    async def create_from_match(
+    async def match_facts(
+        self, session: AsyncSession, pool_ids: Sequence[str], party_ids: Sequence[str]
+    ) -> MatchFacts: ...
+
+    def build_from_match(
         self,
-        session: AsyncSession,
+        facts: MatchFacts,
         *,
         order_id: str,
         pool_id: str,
@@ -121,6 +137,8 @@ class ContractMaker(Protocol):
         round_id: str | None = None,
         fee_bps: int | None = None,
     ) -> Contract: ...
+
+    async def add_matched(self, session: AsyncSession, contracts: Sequence[Contract], facts: MatchFacts) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -185,6 +203,69 @@ def peak(intervals: Sequence[tuple[int, int, int]], start: int, end: int) -> int
     return best
 
 
+DROP_REASONS = (
+    "order_gone",  # the order no longer exists
+    "order_changed",  # the buyer amended or cancelled it, or it filled, since the snapshot
+    "offer_closed",  # the offer was withdrawn or closed since the snapshot
+    "pool_inactive",  # the pool was retired since the snapshot
+    "outside_offer_window",  # the offer's window shrank and no longer covers the lease
+    "below_min_lease",  # the offer's minimum lease grew above the lease
+    "billing_mode_withdrawn",  # the offer no longer accepts the order's billing mode
+    "capacity",  # the pool or the offer no longer has the devices over the lease (reduced, or sold)
+    "contract_refused",  # creating the contract was refused (its error is logged)
+)
+
+
+def drop_reason(
+    row: Order | None,
+    seen: OrderRow | None,
+    pieces: Sequence[Allocation],
+    offers: dict[str, Offer],
+    pools: dict[str, Pool],
+    check: Recheck,
+) -> str | None:
+    """Why an order's allocations cannot become contracts at commit (one of DROP_REASONS), or None.
+
+    The order must be unchanged since the snapshot. Offers are judged on what they are now, not on their
+    version: an amendment that keeps the lease possible (an ask change, a longer window) keeps the
+    allocation; one that takes it away (withdrawal, shorter window, fewer devices) wins and drops it.
+    Capacity counts every contract and hold on the pool and the offer at every instant of the lease."""
+    if row is None or seen is None:
+        return "order_gone"
+    if (row.status, row.filled_devices, row.updated_at) != (seen.status, seen.filled_devices, seen.updated_at):
+        return "order_changed"
+    extra: list[Held] = []
+    for a in pieces:
+        offer = offers.get(a.pool_id)
+        if offer is None or offer.status != "open":
+            return "offer_closed"
+        pool = pools.get(offer.pool_id)
+        if pool is None or pool.status != "active":
+            return "pool_inactive"
+        if a.start < offer.window_start or (offer.window_end is not None and a.end > offer.window_end):
+            return "outside_offer_window"
+        if a.end - a.start < offer.min_lease_seconds:
+            return "below_min_lease"
+        if row.billing_mode not in offer.billing_modes:
+            return "billing_mode_withdrawn"
+        if not check.fits(offer.pool_id, offer.id, a.devices, a.start, a.end, extra):
+            return "capacity"
+        extra.append((offer.pool_id, offer.id, (a.start, a.end, a.devices)))
+    return None
+
+
+def dropped_entry(a: Allocation, reason: str) -> dict[str, Any]:
+    """One dropped allocation as the round record lists it."""
+    return {
+        "order_id": a.order_id,
+        "offer_id": a.pool_id,
+        "devices": a.devices,
+        "start_at": a.start,
+        "end_at": a.end,
+        "reason": reason,
+    }
+
+
 def _kill_hook(point: str) -> None:
     """Test hook: die abruptly at `point` when HETEX_TEST_KILL_ROUND names it (see module docstring)."""
     if os.environ.get(KILL_HOOK_ENV) == point:
@@ -194,7 +275,7 @@ def _kill_hook(point: str) -> None:
 
 def snapshot_hash(market: Market) -> str:
     """SHA-256 of the snapshot's JSON form: names exactly what the round cleared."""
-    return hashlib.sha256(market.to_json().encode()).hexdigest()
+    return market_digest(market)
 
 
 def round_view(row: Round) -> dict[str, Any]:
@@ -215,6 +296,7 @@ def round_view(row: Round) -> dict[str, Any]:
         "matched_orders": row.matched_orders,
         "matched_devices": row.matched_devices,
         "dropped_allocations": row.dropped_allocations,
+        "dropped": row.dropped or [],
         "expired_orders": row.expired_orders,
         "welfare_fen": row.welfare_fen,
         "lp_bound_fen": row.lp_bound_fen,
@@ -250,6 +332,7 @@ class RoundService:
         repeatable_snapshot: bool = False,
         tiers: Callable[[], TierTable] = load_tier_table,
         disclosure_min_orders: int = 3,
+        solver: SolverPool | None = None,
     ) -> None:
         self.sessions = sessions
         self.lock = lock
@@ -266,6 +349,9 @@ class RoundService:
         self.repeatable_snapshot = repeatable_snapshot
         self.tiers = tiers
         self.disclosure_min_orders = disclosure_min_orders
+        self.solver = solver if solver is not None else SOLVERS
+        self._stopping = False
+        self._current: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------------------------------------ snapshot
 
@@ -374,8 +460,40 @@ class RoundService:
 
     async def run_round(self, trigger: str) -> RoundSummary:
         """Run one clearing round end to end (serialized across processes by the round lock)."""
+        if self._stopping:
+            raise RoundsStoppingError("the exchange is shutting down; no new clearing round starts")
         async with self.lock.hold(self.lock_timeout):
-            return await self._run_locked(trigger)
+            if self._stopping:
+                raise RoundsStoppingError("the exchange is shutting down; no new clearing round starts")
+            self._current = asyncio.current_task()
+            try:
+                return await self._run_locked(trigger)
+            finally:
+                self._current = None
+
+    async def stop(self, grace_seconds: float) -> str | None:
+        """Graceful shutdown: start no new round; give the running one `grace_seconds` to finish, then
+        abandon it (its solve is killed, its transaction rolled back, its row marked `abandoned`, the round
+        lock released). Returns "finished", "abandoned" or None (no round was running)."""
+        self._stopping = True
+        task = self._current
+        if task is None or task.done():
+            return None
+        done, _ = await asyncio.wait({task}, timeout=grace_seconds)
+        if done:
+            return "finished"
+        self.solver.kill()
+        task.cancel()
+        await asyncio.wait({task}, timeout=30)
+        return "abandoned"
+
+    async def _solve(self, market: Market) -> tuple[str, ClearingResult]:
+        """Clear the snapshot off the event loop, in the solver process (exchange/services/solver.py):
+        (the snapshot's SHA-256, the result)."""
+        delay = os.environ.get(DELAY_HOOK_ENV)
+        if delay:  # test hook (module docstring)
+            await asyncio.sleep(float(delay))
+        return await self.solver.clear(market, method=self.method, time_limit=self.solve_time_limit)
 
     async def _run_locked(self, trigger: str) -> RoundSummary:
         t0 = time.perf_counter()
@@ -396,19 +514,25 @@ class RoundService:
                     started_at=now_s(),
                     status="running",
                     trigger=trigger,
-                    market_now=market.now,
-                    snapshot_hash=snapshot_hash(market),
+                    market_now=market.now,  # snapshot_hash: set when solved (the worker hashes it)
                     method=self.method,
                     orders_count=len(market.orders),
                     offers_count=len(market.pools),
                 )
             )
+        phases = {"snapshot_seconds": time.perf_counter() - t0}
         try:
-            result = await asyncio.to_thread(clear, market, method=self.method, time_limit=self.solve_time_limit)
+            t1 = time.perf_counter()
+            digest, result = await self._solve(market)
+            phases["solve_wait_seconds"] = time.perf_counter() - t1
             _kill_hook("after_solve")
             async with self.sessions.begin() as session:
-                summary = await self._commit(session, round_id, trigger, snap, result)
+                summary = await self._commit(session, round_id, trigger, snap, result, digest, phases)
                 _kill_hook("before_commit")
+        except asyncio.CancelledError:
+            log.warning("round %s abandoned: the exchange is shutting down", round_id)
+            await asyncio.shield(self._mark_ended(round_id, "abandoned", "the exchange shut down during the round"))
+            raise
         except Exception as exc:
             await self._mark_failed(round_id, exc)
             raise
@@ -426,20 +550,33 @@ class RoundService:
         return RoundSummary(**{**summary.__dict__, "seconds": round(time.perf_counter() - t0, 6)})
 
     async def _mark_failed(self, round_id: str, exc: Exception) -> None:
+        await self._mark_ended(round_id, "failed", f"{type(exc).__name__}: {exc}")
+
+    async def _mark_ended(self, round_id: str, status: str, error: str) -> None:
+        """Mark a round that did not complete `failed` or `abandoned`, with the reason."""
         try:
             async with self.sessions.begin() as session:
                 await session.execute(
                     update(Round)
-                    .where(Round.id == round_id)
-                    .values(status="failed", finished_at=now_s(), error=f"{type(exc).__name__}: {exc}"[:2000])
+                    .where(Round.id == round_id, Round.status == "running")
+                    .values(status=status, finished_at=now_s(), error=error[:2000])
                 )
         except Exception:  # pragma: no cover - the database itself is failing; the caller logs the cause
-            log.exception("could not mark round %s failed", round_id)
+            log.exception("could not mark round %s %s", round_id, status)
 
     async def _commit(
-        self, session: AsyncSession, round_id: str, trigger: str, snap: Snapshot, result: ClearingResult
+        self,
+        session: AsyncSession,
+        round_id: str,
+        trigger: str,
+        snap: Snapshot,
+        result: ClearingResult,
+        digest: str,
+        phases: dict[str, float],
     ) -> RoundSummary:
-        """Re-check and write the round's contracts, fills, prices and statistics (one transaction)."""
+        """Re-check and write the round's contracts, fills, prices and statistics (one transaction).
+        `phases`: wall seconds of the round's earlier steps, stored in stats.round_phases with the commit's."""
+        t0 = time.perf_counter()
         market = snap.market
         allocs: dict[str, list[Allocation]] = defaultdict(list)
         for a in result.allocations:
@@ -471,49 +608,62 @@ class RoundService:
         )
         for c in await self._holding(session, pool_ids, market.now):
             check.add(c.pool_id, c.offer_id, c.devices, c.start_at, c.end_at)
+        for h in await held_lines(session, pool_ids, market.now):  # federation holds reserve like contracts
+            check.add(h.pool_id, h.offer_id, h.devices, h.start_at, h.end_at)
         seq = {o.id: o.seq for o in market.orders}
-        contract_ids: list[str] = []
+        parties = {o.provider_id for o in offers.values()} | {o.buyer_id for o in orders.values()}
+        facts = await self.contracts.match_facts(session, pool_ids, sorted(parties))
+        made: list[Contract] = []
         matched_devices = 0
         matched_orders = 0
-        dropped = 0
+        dropped: list[dict[str, Any]] = []
         now = now_s()
         for order_id in sorted(order_ids, key=lambda oid: seq.get(oid, 0)):
             pieces = allocs[order_id]
             row = orders.get(order_id)
-            if not self._still_valid(row, snap.orders.get(order_id), pieces, offers, snap, check):
-                dropped += len(pieces)
-                continue
-            assert row is not None
-            made = await self._make_contracts(session, round_id, row, pieces, offers)
-            if made is None:
-                dropped += len(pieces)
+            reason = drop_reason(row, snap.orders.get(order_id), pieces, offers, pools, check)
+            built: list[Contract] | None = None
+            if reason is None and row is not None:
+                built = self._build_contracts(facts, round_id, row, pieces, offers)
+            if built is None or row is None:
+                dropped.extend(dropped_entry(a, reason or "contract_refused") for a in pieces)
                 continue
             for a in pieces:
                 check.add(offers[a.pool_id].pool_id, a.pool_id, a.devices, a.start, a.end)
             devices = sum(a.devices for a in pieces)
-            contract_ids.extend(made)
+            made.extend(built)
             matched_devices += devices
             matched_orders += 1
             row.filled_devices += devices
             full = row.quantity_devices is None or row.filled_devices >= row.quantity_devices
             row.status = "filled" if full else "partially_filled"
             row.updated_at = now
+        await self.contracts.add_matched(session, made, facts)  # one batch: the write phase stays short
+        contract_ids = [c.id for c in made]
         expired = await self._expire(session, market.now)
         stats = result_to_dict(result)
         self._store_prices(session, round_id, result, now)
         values = {
             "status": "completed",
             "finished_at": now_s(),
+            "snapshot_hash": digest,
             "pricing_rule": result.audit.pricing_rule,
             "contracts_count": len(contract_ids),
             "matched_orders": matched_orders,
             "matched_devices": matched_devices,
-            "dropped_allocations": dropped,
+            "dropped_allocations": len(dropped),
+            "dropped": dropped,
             "expired_orders": expired,
             "welfare_fen": result.stats.welfare_fen,
             "lp_bound_fen": result.stats.lp_bound_fen,
             "gap": str(result.stats.gap),
-            "stats": stats["stats"],
+            "stats": {
+                **stats["stats"],
+                "round_phases": {
+                    **{k: round(v, 4) for k, v in phases.items()},
+                    "commit_seconds": round(time.perf_counter() - t0, 4),
+                },
+            },
             "audit": stats["audit"],
         }
         await session.execute(update(Round).where(Round.id == round_id).values(**values))
@@ -528,67 +678,39 @@ class RoundService:
             welfare_fen=result.stats.welfare_fen,
             lp_bound_fen=result.stats.lp_bound_fen,
             gap=str(result.stats.gap),
-            dropped_allocations=dropped,
+            dropped_allocations=len(dropped),
             expired_orders=expired,
             seconds=0.0,
         )
 
-    def _still_valid(
-        self,
-        row: Order | None,
-        seen: OrderRow | None,
-        pieces: Sequence[Allocation],
-        offers: dict[str, Offer],
-        snap: Snapshot,
-        check: Recheck,
-    ) -> bool:
-        """The order and its offers are unchanged since the snapshot and every piece still fits."""
-        if row is None or seen is None:
-            return False
-        if (row.status, row.filled_devices, row.updated_at) != (seen.status, seen.filled_devices, seen.updated_at):
-            return False
-        extra: list[Held] = []
-        for a in pieces:
-            offer = offers.get(a.pool_id)
-            then = snap.offers.get(a.pool_id)
-            if offer is None or then is None or offer.status != "open" or offer.version != then.offer_version:
-                return False
-            if not check.fits(offer.pool_id, offer.id, a.devices, a.start, a.end, extra):
-                return False
-            extra.append((offer.pool_id, offer.id, (a.start, a.end, a.devices)))
-        return True
-
-    async def _make_contracts(
-        self, session: AsyncSession, round_id: str, row: Order, pieces: Sequence[Allocation], offers: dict[str, Offer]
-    ) -> list[str] | None:
-        """All contracts of one order in a savepoint; None (and nothing written) if one is refused."""
-        made: list[str] = []
+    def _build_contracts(
+        self, facts: MatchFacts, round_id: str, row: Order, pieces: Sequence[Allocation], offers: dict[str, Offer]
+    ) -> list[Contract] | None:
+        """All contracts of one order, built but not written; None if one is refused (nothing of it is kept)."""
         try:
-            async with session.begin_nested():
-                for a in pieces:
-                    offer = offers[a.pool_id]
-                    contract = await self.contracts.create_from_match(
-                        session,
-                        order_id=row.id,
-                        pool_id=offer.pool_id,
-                        buyer_id=row.buyer_id,
-                        provider_id=offer.provider_id,
-                        devices=a.devices,
-                        start_at=a.start,
-                        end_at=a.end,
-                        buyer_price_fen=a.buyer_price_fen,
-                        provider_price_fen=a.provider_price_fen,
-                        billing_mode=row.billing_mode,
-                        billing_terms=row.spec.get("billing_terms"),
-                        offer_id=offer.id,
-                        round_id=round_id,
-                        fee_bps=self.fee_bps,
-                    )
-                    made.append(contract.id)
+            return [
+                self.contracts.build_from_match(
+                    facts,
+                    order_id=row.id,
+                    pool_id=offers[a.pool_id].pool_id,
+                    buyer_id=row.buyer_id,
+                    provider_id=offers[a.pool_id].provider_id,
+                    devices=a.devices,
+                    start_at=a.start,
+                    end_at=a.end,
+                    buyer_price_fen=a.buyer_price_fen,
+                    provider_price_fen=a.provider_price_fen,
+                    billing_mode=row.billing_mode,
+                    billing_terms=row.spec.get("billing_terms"),
+                    offer_id=a.pool_id,
+                    round_id=round_id,
+                    fee_bps=self.fee_bps,
+                )
+                for a in pieces
+            ]
         except HetexError as exc:
             log.warning("round %s: order %s not contracted: %s", round_id, row.id, exc.message)
             return None
-        return made
 
     async def _expire(self, session: AsyncSession, now: int) -> int:
         """Open, unfilled orders whose start window closed before `now` become `expired`."""

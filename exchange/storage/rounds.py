@@ -33,6 +33,8 @@ class Round(Base):
     matched_orders: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     matched_devices: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     dropped_allocations: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # one entry per allocation dropped at commit: order, offer, devices, interval and the reason
+    dropped: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     expired_orders: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     welfare_fen: Mapped[int | None] = mapped_column(BigInteger)
     lp_bound_fen: Mapped[int | None] = mapped_column(BigInteger)

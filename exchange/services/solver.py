@@ -1,0 +1,90 @@
+"""The clearing solve in a separate process, so a round never competes with the API's event loop.
+
+`matching` is pure: the worker gets the market (a frozen dataclass, pickled) and returns the snapshot's
+hash and the clearing result, so nothing but data crosses the process boundary. One worker process (spawn
+context: no inherited database connections, locks or event loop) serves every round of this exchange
+process; it is started on first use or by `warm()`, and replaced if it dies. `kill()` stops a solve in
+flight (graceful shutdown abandons the round that waits for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from matching.model import ClearingResult, Market
+
+log = logging.getLogger("hetex.solver")
+
+
+def _clear(market: Market, method: str, time_limit: float) -> tuple[str, ClearingResult]:
+    """Worker side: the SHA-256 of the market's JSON form (what the round cleared) and its clearing result.
+    Serializing and hashing the snapshot here keeps that work off the exchange's event loop as well."""
+    from matching.clearing import clear
+
+    return market_digest(market), clear(market, method=method, time_limit=time_limit)
+
+
+def market_digest(market: Market) -> str:
+    """SHA-256 of the snapshot's JSON form: names exactly what the round cleared."""
+    return hashlib.sha256(market.to_json().encode()).hexdigest()
+
+
+def _ready() -> bool:
+    """Worker side: import the solver once, so the first round does not pay for it."""
+    import matching.clearing  # noqa: F401
+
+    return True
+
+
+class SolverPool:
+    """One solver worker process, shared by the rounds of this exchange process."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    async def warm(self) -> None:
+        """Start the worker and import the solver in it."""
+        await asyncio.wrap_future(self._executor().submit(_ready))
+
+    async def clear(self, market: Market, *, method: str, time_limit: float) -> tuple[str, ClearingResult]:
+        """Clear `market` in the worker process (the event loop stays free meanwhile): the snapshot's
+        SHA-256 (over its JSON form) and the result. Market and result cross as pickled frozen dataclasses."""
+        try:
+            return await asyncio.wrap_future(self._executor().submit(_clear, market, method, time_limit))
+        except BrokenProcessPool:
+            self._discard()
+            raise
+
+    def kill(self) -> None:
+        """Stop the worker now (a solve in flight fails with BrokenProcessPool); the next use starts another."""
+        pool = self._pool
+        if pool is None:
+            return
+        processes = getattr(pool, "_processes", None) or {}
+        for proc in list(processes.values()):
+            proc.kill()
+        self._discard()
+
+    def _discard(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Shut the worker down (waits for it to exit)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+SOLVERS = SolverPool()
