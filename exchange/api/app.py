@@ -18,6 +18,7 @@ from exchange.api import (
     settlements,
 )
 from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
+from exchange.api.boundary import boundary_middleware
 from exchange.api.keys import SERVICES
 from exchange.api.metrics import METRICS, ApiMetrics, metrics_handler, metrics_middleware
 from exchange.api.problems import problem_middleware
@@ -40,9 +41,8 @@ ROUTE_TABLES = [
 
 def create_app(svc: Services) -> web.Application:
     """The HTTP application for one set of services (the caller owns their lifecycle)."""
-    app = web.Application(
-        middlewares=[metrics_middleware, problem_middleware, auth_middleware], client_max_size=1 << 20
-    )
+    middlewares = [metrics_middleware, problem_middleware, boundary_middleware, auth_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[SERVICES] = svc
     app[METRICS] = ApiMetrics()
     app[KEY_CACHE] = KeyCache()

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from exchange.api.keys import SERVICES, services
-from exchange.api.parsing import query_int
+from exchange.api.parsing import ascii_int, query_int
 from identifiers.errors import ValidationError
 
 routes = web.RouteTableDef()
@@ -43,10 +43,8 @@ async def checkpoint(request: web.Request) -> web.Response:
 @routes.get("/v1/ledger/entries/{index}")
 async def entry(request: web.Request) -> web.Response:
     """One stored entry: the stored bytes (base64), its leaf hash and the parsed envelope."""
-    raw = request.match_info["index"]
-    if not raw.isdigit() or len(raw) > 19:
-        raise ValidationError("index must be a non-negative integer", field="index")
-    stored = await services(request).ledger.entry(int(raw))
+    index = ascii_int(request.match_info["index"], "index", hi=MAX_INDEX)
+    stored = await services(request).ledger.entry(index)
     return web.json_response(stored.to_json())
 
 

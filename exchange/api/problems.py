@@ -42,6 +42,7 @@ TITLES = {
     409: "Conflict",
     413: "Payload too large",
     415: "Unsupported media type",
+    499: "Client closed request",
     422: "Invalid input",
     500: "Internal error",
 }
@@ -55,8 +56,15 @@ def status_for(error: HetexError) -> int:
     return 400
 
 
-def problem_response(status: int, code: str, detail: str, **extra: Any) -> web.Response:
-    """A problem+json response; `extra` adds members such as `field` or `reason`."""
+#: Members every problem has; an `extra` of the same name never replaces them.
+RESERVED_MEMBERS = frozenset({"type", "title", "status", "code", "detail"})
+#: Status counted (metrics) and answered when the client hung up before its request was read (nginx's 499).
+CLIENT_CLOSED = 499
+
+
+def problem_response(status: int, code: str, detail: str, /, **extra: Any) -> web.Response:
+    """A problem+json response; `extra` adds members such as `field` or `reason` (reserved names are
+    prefixed with `error_`, so a domain detail named `status` cannot clash)."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
         "title": TITLES.get(status, "Error"),
@@ -64,7 +72,9 @@ def problem_response(status: int, code: str, detail: str, **extra: Any) -> web.R
         "code": code,
         "detail": detail,
     }
-    body.update({k: v for k, v in extra.items() if v is not None})
+    for key, value in extra.items():
+        if value is not None:
+            body[f"error_{key}" if key in RESERVED_MEMBERS else key] = value
     headers = {"WWW-Authenticate": 'Signature realm="hetex"'} if status == 401 else None
     return web.Response(status=status, text=json.dumps(body, default=str), content_type=CONTENT_TYPE, headers=headers)
 
@@ -89,6 +99,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "http_error")
         return problem_response(exc.status, code, exc.reason or TITLES.get(exc.status, "error"))
+    except ConnectionResetError as exc:
+        if request.transport is not None and not request.transport.is_closing():
+            raise
+        # the client hung up (mid-body, mid-request): nothing to answer, nothing went wrong here
+        log.info("client closed %s %s before the answer: %s", request.method, request.path, exc)
+        return problem_response(CLIENT_CLOSED, "client_closed_request", "the client closed the connection")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(500, "internal_error", "internal error; see the server log")
