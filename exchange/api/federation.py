@@ -20,8 +20,9 @@ from aiohttp import web
 
 from exchange.api.auth import require_principal
 from exchange.api.keys import SERVICES, services
+from exchange.api.metrics import METRICS
 from exchange.api.parsing import query_int
-from identifiers.errors import ValidationError
+from identifiers.errors import AuthenticationError, ValidationError
 
 routes = web.RouteTableDef()
 
@@ -43,9 +44,13 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 async def _peer_post(request: web.Request, kind: str, hold_id: str | None = None) -> web.Response:
     body = await request.read()
-    result = await services(request).federation.handle(
-        kind, request.method, request_url(request), list(request.headers.items()), body, hold_id=hold_id
-    )
+    try:
+        result = await services(request).federation.handle(
+            kind, request.method, request_url(request), list(request.headers.items()), body, hold_id=hold_id
+        )
+    except AuthenticationError as exc:
+        request.app[METRICS].federation_refusals.labels(str(exc.details.get("reason", exc.code))).inc()
+        raise
     return _json(result)
 
 
@@ -151,7 +156,7 @@ async def mirrored(request: web.Request) -> web.Response:
 
 @routes.get("/v1/federation/events")
 async def events(request: web.Request) -> web.Response:
-    """Refused peer messages, log inconsistencies, expired holds (newest first; operator only)."""
+    """Refused peer summaries, log inconsistencies, expired holds (newest first; operator only)."""
     who = require_principal(request)
     limit = query_int(request, "limit", 100, lo=1, hi=1000)
     return _json({"events": await services(request).federation.events_for(who, limit, request.query.get("kind"))})
