@@ -12,7 +12,7 @@ from yarl import URL
 
 from exchange.client import HetexClient
 from exchange.storage.base import Base
-from tests.exchange.registration_support import Api
+from tests.exchange.registration_support import Api, order_body
 from tests.exchange.settlement_support import Market, cst
 
 HOUR = 3600
@@ -46,11 +46,15 @@ class World:
 
     market: Market
     regulator: HetexClient
+    newcomer: HetexClient  # a key not registered yet
     site_cri: str
     pool_cri: str
+    spare_pool_cri: str  # a pool with nothing offered yet
     offer_id: str
-    contract_id: str
+    contract_id: str  # confirmed
+    unconfirmed_id: str
     export_id: str
+    open_order_id: str  # an open order nothing fills
 
     @property
     def api(self) -> Api:
@@ -70,24 +74,41 @@ class World:
 
 
 async def make_world(market: Market) -> World:
-    """Add to `market` a confirmed contract, a regulator and a finished export."""
+    """Add to `market` a confirmed and an unconfirmed contract, a spare pool, a regulator and an export;
+    the contract services' clock is one hour into the confirmed contract (usage for it is due)."""
     m = market
     contract = await m.contract("per_minute", devices=2, start=T0, end=T0 + 4 * HOUR)
     await m.provider.request("POST", f"/v1/contracts/{contract['id']}/confirm")
+    unconfirmed = await m.contract("per_minute", devices=2, start=T0, end=T0 + 4 * HOUR)
+    m.clock.now = T0 + HOUR
     regulator = await m.api.regulator()
     export = await regulator.request("POST", "/v1/audit/exports", {"from": 0, "to": 2_000_000_000})
     await m.api.svc.audit.wait(export["id"])
     offer = (await m.provider.request("GET", "/v1/offers"))["offers"][0]
-    return World(m, regulator, offer["site_cri"], offer["pool_cri"], offer["id"], contract["id"], export["id"])
+    spare = await m.provider.add_pool(offer["site_cri"], "NV-H100-SXM", 8, nodes=1, devices_per_node=8)
+    order = await m.buyer.submit_order(order_body(limit_fen_per_device_hour={"NV-H100-SXM": 1}), "world-open")
+    return World(
+        m,
+        regulator,
+        m.api.client(),
+        offer["site_cri"],
+        offer["pool_cri"],
+        spare["cri"],
+        offer["id"],
+        contract["id"],
+        unconfirmed["id"],
+        export["id"],
+        order["id"],
+    )
 
 
 async def row_counts(api: Api) -> dict[str, int]:
-    """Row count of every table of the schema."""
-    out = {}
+    """Row count of every table of the schema (one query)."""
+    tables = Base.metadata.sorted_tables
+    query = select(*(select(func.count()).select_from(t).scalar_subquery().label(t.name) for t in tables))
     async with api.svc.sessions() as session:
-        for table in Base.metadata.sorted_tables:
-            out[table.name] = (await session.execute(select(func.count()).select_from(table))).scalar_one()
-    return out
+        row = (await session.execute(query)).one()
+    return dict(zip((t.name for t in tables), row, strict=True))
 
 
 async def send(

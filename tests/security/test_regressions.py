@@ -10,7 +10,11 @@ import time
 from typing import Any
 
 import pytest
+from aiohttp import web
+from prometheus_client import generate_latest
 
+from exchange.api.app import create_app
+from exchange.api.metrics import METRICS
 from exchange.cli.usage import build_usage_envelope
 from federation.dsse import record_payload_type, sign_json_envelope
 from federation.keys import SigningKey
@@ -118,22 +122,30 @@ async def test_download_of_an_unfinished_export_is_409_problem(world: World) -> 
 
 
 async def test_client_hanging_up_mid_body_is_no_error(world: World, caplog: pytest.LogCaptureFixture) -> None:
-    api = world.api
-    host, port = api.http.server.host, api.http.server.port
+    # a server as `hetex serve` runs it (the test server cancels handlers on hang-up, production does not)
+    app = create_app(world.api.svc)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     caplog.set_level(logging.INFO)
-    for _ in range(3):
-        _reader, writer = await asyncio.open_connection(host, port)
-        writer.write(
-            b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b'Content-Length: 100000\r\n\r\n{"quantity'
-        )
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.close()
-    await asyncio.sleep(0.3)
-    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
-    metrics = (await send(api, "GET", "/metrics")).body
+    try:
+        for head in (b"Content-Length: 100000", b"Transfer-Encoding: chunked"):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head)
+            writer.write(b"\r\n\r\n" + (b'{"quantity' if head.startswith(b"Content") else b'5\r\n{"qua\r\n'))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.close()
+            await asyncio.sleep(0.2)
+        metrics = generate_latest(app[METRICS].registry).decode()
+    finally:
+        await runner.shutdown()
+        await runner.cleanup()
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert 'status="500"' not in metrics
+    assert 'hetex_http_requests_total{method="POST",route="/v1/orders",status="499"} 2.0' in metrics
 
 
 # --------------------------------------------------------------------------------------------- bug 2 + 4
@@ -171,7 +183,8 @@ async def test_usage_signer_is_the_verified_key(world: World) -> None:
         p.key, p.keyid, **payload, period_end=T0 + 600, device_minutes=20, availability_bps=10_000
     )
     view = await p.request("POST", f"/v1/contracts/{world.contract_id}/usage", env)
-    assert [s["keyid"] for s in view["envelope"]["signatures"]] == [p.keyid]
+    exchange_keyid = world.api.svc.identity.key_id  # the exchange countersigns what it logs
+    assert [s["keyid"] for s in view["envelope"]["signatures"]] == [p.keyid, exchange_keyid]
     from exchange.storage.settlement import UsageReport
 
     async with world.api.svc.sessions() as session:
