@@ -18,6 +18,7 @@ from exchange.api import (
     settlements,
 )
 from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
+from exchange.api.boundary import boundary_middleware
 from exchange.api.connections import body_timeout_middleware
 from exchange.api.keys import SERVICES
 from exchange.api.metrics import METRICS, ApiMetrics, metrics_handler, metrics_middleware
@@ -42,9 +43,8 @@ ROUTE_TABLES = [
 def create_app(svc: Services) -> web.Application:
     """The HTTP application for one set of services (the caller owns their lifecycle)."""
     body_timeout = body_timeout_middleware(svc.settings.http_body_timeout_seconds)
-    app = web.Application(
-        middlewares=[metrics_middleware, problem_middleware, body_timeout, auth_middleware], client_max_size=1 << 20
-    )
+    middlewares = [metrics_middleware, problem_middleware, body_timeout, boundary_middleware, auth_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[SERVICES] = svc
     app[METRICS] = ApiMetrics()
     app[KEY_CACHE] = KeyCache()

@@ -10,7 +10,6 @@ with a `reason` (federation.errors.SIGNATURE_REASONS).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from exchange.api.boundary import PARSED_BODY
 from exchange.api.keys import services
 from exchange.services.nonces import NonceClaim
 from exchange.services.participants import participant_key_id
@@ -94,10 +94,9 @@ def target_uri(request: web.Request, public_base_url: str | None, *, dev: bool =
     )
 
 
-def registration_key(body: bytes, keyid: str) -> VerifyKey | None:
-    """The key in a registration body, if it is the key named by `keyid` (proof of possession)."""
+def registration_key(data: Any, keyid: str) -> VerifyKey | None:
+    """The key in a (parsed) registration body, if it is the key named by `keyid` (proof of possession)."""
     try:
-        data = json.loads(body)
         key = VerifyKey.from_base64(data["public_key"])
     except (ValueError, TypeError, KeyError, KeyFormatError):
         return None
@@ -122,7 +121,7 @@ async def authenticate(request: web.Request, *, defer_nonce: bool = False) -> No
     principal: Principal | None = None
     key: VerifyKey | None = None
     if is_registration(request):
-        key = registration_key(body, keyid)
+        key = registration_key(request.get(PARSED_BODY), keyid)
     elif len(keyid) <= 64:
         cache = request.app[KEY_CACHE]
         hit = cache.get(keyid)

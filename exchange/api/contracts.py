@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from exchange.api.auth import require_principal
+from exchange.api.boundary import parsed_body
 from exchange.api.keys import services
 from exchange.api.params import ChoiceParam, IntParam
 from exchange.api.parsing import parse_body
 from exchange.api.responses import model_response, path_id
-from exchange.services.contract_views import CancelBody, ContractList, ContractView, UsageList, UsageView
+from exchange.services.contract_views import (
+    CancelBody,
+    ContractList,
+    ContractView,
+    UsageEnvelope,
+    UsageList,
+    UsageView,
+)
 from exchange.services.contracts import CONTRACT_STATUSES
-from identifiers.errors import ValidationError
 
 routes = web.RouteTableDef()
 
@@ -62,12 +67,8 @@ async def cancel(request: web.Request) -> web.Response:
 async def report_usage(request: web.Request) -> web.Response:
     """A node-signed usage report (DSSE envelope body); 201 when new, 200 for an identical retry."""
     who = require_principal(request)
-    try:
-        envelope = json.loads(await request.read())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValidationError("request body is not valid JSON", field="body") from None
-    if not isinstance(envelope, dict):
-        raise ValidationError("request body must be a DSSE envelope (JSON object)", field="body")
+    await parse_body(request, UsageEnvelope)  # exactly the DSSE members; the bytes stored are the ones sent
+    envelope = parsed_body(request)
     view, created = await services(request).usage.report(who, path_id(request), envelope)
     return model_response(UsageView.model_validate(view), 201 if created else 200)
 

@@ -20,8 +20,10 @@ from aiohttp import web
 
 from exchange.api.auth import require_principal, target_uri
 from exchange.api.keys import SERVICES, services
+from exchange.api.metrics import METRICS
 from exchange.api.params import ChoiceParam, IntParam, TextParam, uuid_param
 from exchange.storage.federation import HOLD_STATUSES
+from identifiers.errors import AuthenticationError
 
 routes = web.RouteTableDef()
 
@@ -69,9 +71,13 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 async def _peer_post(request: web.Request, kind: str, hold_id: str | None = None) -> web.Response:
     body = await request.read()
-    result = await services(request).federation.handle(
-        kind, request.method, request_url(request), list(request.headers.items()), body, hold_id=hold_id
-    )
+    try:
+        result = await services(request).federation.handle(
+            kind, request.method, request_url(request), list(request.headers.items()), body, hold_id=hold_id
+        )
+    except AuthenticationError as exc:
+        request.app[METRICS].federation_refusals.labels(str(exc.details.get("reason", exc.code))).inc()
+        raise
     return _json(result)
 
 
@@ -177,7 +183,7 @@ async def mirrored(request: web.Request) -> web.Response:
 
 @routes.get("/v1/federation/events")
 async def events(request: web.Request) -> web.Response:
-    """Refused peer messages, log inconsistencies, expired holds (newest first; operator only)."""
+    """Refused peer summaries, log inconsistencies, expired holds (newest first; operator only)."""
     who = require_principal(request)
     limit_param, kind_param = EVENTS_QUERY
     limit, kind = limit_param.value(request, 100), kind_param.parse(request)

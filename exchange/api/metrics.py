@@ -20,6 +20,12 @@ class ApiMetrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
+        self.federation_refusals = Counter(
+            "hetex_federation_refusals",
+            "Refused peer messages by reason (counted, never stored per request)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "hetex_http_request_seconds", "HTTP request latency", ["method", "route"], registry=self.registry
         )

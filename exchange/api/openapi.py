@@ -25,10 +25,10 @@ from exchange.services.contract_views import (
     CancelBody,
     ContractList,
     ContractView,
-    DsseEnvelope,
     SettlementList,
     SettlementRun,
     SettlementView,
+    UsageEnvelope,
     UsageList,
     UsageView,
 )
@@ -544,7 +544,7 @@ OPS: tuple[Op, ...] = (
         "contracts",
         ok=201,
         response=UsageView,
-        body=DsseEnvelope,
+        body=UsageEnvelope,
         signed=True,
         errors=(403, 404, 409, 413, 422),
         extra={"200": "the report first accepted under this meter and sequence number"},
@@ -746,7 +746,8 @@ SIGNATURE_PARAMS = {
 }
 
 ERROR_TEXT = {
-    400: "Bad request: a query parameter given empty (`?status=`, code empty_query_value) or twice; `field` names it",
+    400: "Bad request: a body that is not JSON, nested too deeply, or holds NUL/control characters or an integer"
+    " beyond 2^53-1; a query parameter given empty (`?status=`, code empty_query_value) or twice; `field` names it",
     401: "Signature missing or refused; `reason` names why (signature_missing, signature_invalid, "
     "digest_mismatch, signature_expired, nonce_replayed, unknown_key, ...)",
     403: "Authenticated but not allowed; `reason` is role_forbidden or not_owner",
@@ -823,7 +824,7 @@ def _build() -> dict[str, Any]:
         if op.signed:
             errors |= {401, 403}
         if op.body is not None:
-            errors |= {413, 422}
+            errors |= {400, 413, 422}
         if op.query:
             errors |= {400, 422}
         for status in sorted(errors):

@@ -1,33 +1,29 @@
-"""Request parsing shared by handlers: JSON bodies into pydantic models, query ints, path ids."""
+"""Request parsing shared by handlers: JSON bodies into pydantic models, query ints, path ints."""
 
 from __future__ import annotations
 
-import json
-from typing import Any, TypeVar
+import re
+from typing import Any, Final, TypeVar
 
 import pydantic
 from aiohttp import web
 
+from exchange.api.boundary import load_json, parsed_body
 from exchange.api.params import IntParam
 from identifiers.errors import ValidationError
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
-MAX_BODY_BYTES = 1 << 20
+#: An integer as the API accepts it in a path or query: ASCII digits only (no sign, spaces, `_`, Unicode digits).
+_ASCII_UINT: Final = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "body"
 
 
-def model_from_json(raw: bytes, model: type[M]) -> M:
-    """Parse JSON bytes into `model`, raising ValidationError that names the first bad field."""
-    if len(raw) > MAX_BODY_BYTES:
-        raise ValidationError("request body too large", field="body")
-    try:
-        data = json.loads(raw) if raw else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
+def model_from_data(data: Any, model: type[M]) -> M:
+    """Validate parsed JSON into `model`, raising ValidationError that names the first bad field."""
     if not isinstance(data, dict):
         raise ValidationError("request body must be a JSON object", field="body")
     try:
@@ -43,9 +39,24 @@ def model_from_json(raw: bytes, model: type[M]) -> M:
         ) from None
 
 
+def model_from_json(raw: bytes, model: type[M]) -> M:
+    """Parse JSON bytes (bounded, see exchange.api.boundary) into `model`."""
+    return model_from_data(load_json(raw) if raw else None, model)
+
+
 async def parse_body(request: web.Request, model: type[M]) -> M:
-    """Read the request body (already buffered by the signature check when signed) into `model`."""
-    return model_from_json(await request.read(), model)
+    """The request body, already parsed and bounded by the boundary middleware, validated into `model`."""
+    return model_from_data(parsed_body(request), model)
+
+
+def ascii_int(raw: str, name: str, *, lo: int = 0, hi: int = 2**53 - 1) -> int:
+    """A non-negative integer written in ASCII digits within [lo, hi], or a ValidationError naming it."""
+    if not _ASCII_UINT.fullmatch(raw):
+        raise ValidationError(f"{name} must be an integer written in ASCII digits", field=name)
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise ValidationError(f"{name} must be between {lo} and {hi}", field=name)
+    return value
 
 
 def query_int(request: web.Request, name: str, default: int, *, lo: int = 0, hi: int = 10_000) -> int:

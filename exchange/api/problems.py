@@ -43,6 +43,7 @@ TITLES = {
     413: "Payload too large",
     408: "Request timeout",
     415: "Unsupported media type",
+    499: "Client closed request",
     422: "Invalid input",
     500: "Internal error",
 }
@@ -56,8 +57,15 @@ def status_for(error: HetexError) -> int:
     return 400
 
 
-def problem_response(status: int, code: str, detail: str, **extra: Any) -> web.Response:
-    """A problem+json response; `extra` adds members such as `field` or `reason`."""
+#: Members every problem has; an `extra` of the same name never replaces them.
+RESERVED_MEMBERS = frozenset({"type", "title", "status", "code", "detail"})
+#: Status counted (metrics) and answered when the client hung up before its request was read (nginx's 499).
+CLIENT_CLOSED = 499
+
+
+def problem_response(status: int, code: str, detail: str, /, **extra: Any) -> web.Response:
+    """A problem+json response; `extra` adds members such as `field` or `reason` (reserved names are
+    prefixed with `error_`, so a domain detail named `status` cannot clash)."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
         "title": TITLES.get(status, "Error"),
@@ -65,7 +73,9 @@ def problem_response(status: int, code: str, detail: str, **extra: Any) -> web.R
         "code": code,
         "detail": detail,
     }
-    body.update({k: v for k, v in extra.items() if v is not None})
+    for key, value in extra.items():
+        if value is not None:
+            body[f"error_{key}" if key in RESERVED_MEMBERS else key] = value
     headers = {"WWW-Authenticate": 'Signature realm="hetex"'} if status == 401 else None
     return web.Response(status=status, text=json.dumps(body, default=str), content_type=CONTENT_TYPE, headers=headers)
 
@@ -106,6 +116,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         return http_problem(exc)
+    except ConnectionResetError as exc:
+        if request.transport is not None and not request.transport.is_closing():
+            raise
+        # the client hung up (mid-body, mid-request): nothing to answer, nothing went wrong here
+        log.info("client closed %s %s before the answer: %s", request.method, request.path, exc)
+        return problem_response(CLIENT_CLOSED, "client_closed_request", "the client closed the connection")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(500, "internal_error", "internal error; see the server log")

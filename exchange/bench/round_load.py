@@ -83,7 +83,7 @@ async def seed_market(url: str, key_dir: Path, *, orders: int, pools: int, seed:
             providers.append((key, []))
             provider_ids.append(who.id)
         async with svc.sessions.begin() as session:
-            await svc.identity.ensure_registered(session)
+            await svc.identity.init(session, exist_ok=True)
             for i in range(pools):
                 _key, offer_ids = providers[i % len(providers)]
                 who_id = provider_ids[i % len(providers)]

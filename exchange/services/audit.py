@@ -14,14 +14,14 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.audit.writer import BundleKeyInfo, BundleWriter, pack
-from exchange.services.fields import MAX_SAFE_INT
+from exchange.services.fields import MAX_SAFE_INT, Code, EpochSeconds, RegionCode
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
 from exchange.services.participants import KEY_NAME
@@ -61,14 +61,16 @@ class ExportNotReadyError(ConflictError):
 class ExportRequest(BaseModel):
     """Body of POST /v1/audit/exports: period [from, to) in epoch seconds and optional filters."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
-    period_from: int = Field(alias="from", ge=0, le=MAX_SAFE_INT)
-    period_to: int = Field(alias="to", ge=0, le=MAX_SAFE_INT)
-    region: str | None = Field(default=None, min_length=2, max_length=8)
-    operator: str | None = Field(default=None, min_length=2, max_length=8)
-    model_family: str | None = Field(default=None, min_length=1, max_length=64)
-    since_sizes: list[int] = Field(default_factory=list, max_length=MAX_SINCE)
+    period_from: EpochSeconds = Field(alias="from")
+    period_to: EpochSeconds = Field(alias="to")
+    region: RegionCode | None = None
+    operator: Annotated[str, StringConstraints(min_length=2, max_length=8, pattern=r"^[0-9A-Z]{2,8}$")] | None = None
+    model_family: Code | None = None
+    since_sizes: list[Annotated[StrictInt, Field(ge=1, le=MAX_SAFE_INT)]] = Field(
+        default_factory=list, max_length=MAX_SINCE
+    )
 
     @model_validator(mode="after")
     def _period(self) -> ExportRequest:
@@ -239,7 +241,7 @@ class AuditService:
             row = await self._row(session, regulator_id, export_id)
         path = self.exports_dir / row.bundle_file if row.bundle_file else None
         if row.status != "done" or path is None or not path.is_file():
-            raise ExportNotReadyError(f"audit export {export_id} is {row.status}", status=row.status)
+            raise ExportNotReadyError(f"audit export {export_id} is {row.status}", export_status=row.status)
         return path
 
     async def wait(self, export_id: str) -> None:

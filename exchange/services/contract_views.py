@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, Field, StrictInt, StringConstraints
+
+from exchange.services.fields import REQUEST_MODEL, Name
 
 
 class ContractView(BaseModel):
@@ -45,9 +47,9 @@ class ContractList(BaseModel):
 class CancelBody(BaseModel):
     """Body of POST /v1/contracts/{id}/cancel."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_MODEL
 
-    reason: str = Field(min_length=1, max_length=200)
+    reason: Name
 
 
 class DsseSignature(BaseModel):
@@ -63,6 +65,25 @@ class DsseEnvelope(BaseModel):
     payload: str
     payloadType: str  # the DSSE field name
     signatures: list[DsseSignature]
+
+
+class UsageSignature(BaseModel):
+    """One signature of a usage envelope as sent: a key id and a base64 Ed25519 signature, nothing else."""
+
+    model_config = REQUEST_MODEL
+
+    keyid: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z._:-]+$")] | None = None
+    sig: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9+/_-]+={0,2}$")]
+
+
+class UsageEnvelope(BaseModel):
+    """Body of POST /v1/contracts/{id}/usage: a DSSE envelope with exactly the DSSE members."""
+
+    model_config = REQUEST_MODEL
+
+    payload: Annotated[str, StringConstraints(min_length=1, max_length=65536, pattern=r"^[A-Za-z0-9+/_-]+={0,2}$")]
+    payloadType: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    signatures: Annotated[list[UsageSignature], Field(min_length=1, max_length=8)]
 
 
 class UsageView(BaseModel):
@@ -121,7 +142,7 @@ class SettlementList(BaseModel):
 class SettlementRun(BaseModel):
     """Body of POST /v1/settlements/run: settle what was due by `as_of` (default: now)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_MODEL
 
     as_of: StrictInt | None = Field(default=None, ge=0, le=2**53 - 1)
 

@@ -50,6 +50,7 @@ from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
 from exchange.services.peer_client import PeerClient, PeerRefusedError, PeerUnavailableError
 from exchange.services.principals import NotOwnerError, Principal, RoleForbiddenError
+from exchange.services.refusals import RefusalLog
 from exchange.settings import Settings
 from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
@@ -369,6 +370,8 @@ class FederationService:
         self.client = PeerClient(lambda: self.me, timeout=settings.federation_peer_timeout_seconds, clock=clock)
         self.forward_latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.orders_forwarded = 0
+        #: refused peer messages by reason (signature, destination, freshness, replay)
+        self.refusals = RefusalLog(log, "peer message")
         self.orders_committed = 0
         self._next_try: dict[str, float] = {}
         self._peer_marks: dict[str, tuple[bool, int]] = {}
@@ -692,7 +695,8 @@ class FederationService:
     async def verify_inbound(
         self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes, expected_type: str
     ) -> VerifiedPeerMessage:
-        """Verify a peer request (signature, destination, freshness, nonce); refusals are logged as events."""
+        """Verify a peer request (signature, destination, freshness, nonce); refusals are counted by reason and
+        logged at a bounded rate (self.refusals), never stored per request."""
         peers = await self._peers_by_key_id()
         try:
             verified = verify_peer_request(
@@ -711,11 +715,8 @@ class FederationService:
         except AuthenticationError as exc:
             keyid = _peek_keyid(headers)
             peer = peers.get(keyid or "")
-            await self.record_event(
-                "refused_message",
-                peer.authority if peer else None,
-                {"reason": exc.details.get("reason", exc.code), "message": exc.message, "url": url, "keyid": keyid},
-            )
+            who = peer.authority if peer else "unknown sender"
+            self.refusals.refused(str(exc.details.get("reason", exc.code)), f"{who} {url}: {exc.message}")
             raise
         return verified
 
@@ -734,7 +735,7 @@ class FederationService:
             )
             await self._remember_nonce(sig.keyid, sig.nonce, sig.created)
         except AuthenticationError as exc:
-            await self.record_event("refused_message", None, {"reason": exc.details.get("reason"), "url": url})
+            self.refusals.refused(str(exc.details.get("reason", exc.code)), f"GET {url}: {exc.message}")
             raise
         return peers[sig.keyid]
 
@@ -1900,6 +1901,7 @@ class FederationService:
             "messages_sent": dict(self.client.sent),
             "orders_forwarded": self.orders_forwarded,
             "orders_committed": self.orders_committed,
+            "refused_messages": dict(sorted(self.refusals.counts.items())),
             "forward_latency_samples_ms": [round(x, 2) for x in list(self.forward_latency_ms)[-1000:]],
             "forward_latency_ms": {
                 "count": len(lat),

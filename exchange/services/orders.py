@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, WithJsonSchema, model_validator
+from pydantic import BaseModel, Field, StrictInt, model_validator
 from sqlalchemy import and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,6 +24,7 @@ from exchange.billing.contractable import needs_scu, submission_refusal
 from exchange.billing.tiers import load_tier_table
 from exchange.services.fields import (
     MAX_DEVICES,
+    REQUEST_MODEL,
     Code,
     DeviceCount,
     EpochSeconds,
@@ -31,10 +32,13 @@ from exchange.services.fields import (
     PositiveFen,
     RegionCode,
     Seconds,
+    ascii_decimal,
+    decimal_schema,
 )
 from exchange.services.nonces import NonceClaim, NonceStore
 from exchange.services.principals import Principal
 from exchange.services.registration import BillingMode
+from exchange.storage.base import now_s
 from exchange.storage.orders import Order
 from exchange.storage.registration import Offer, Pool, Site
 from federation.canonical import canonical_bytes
@@ -83,24 +87,18 @@ class BadCursorError(ValidationError):
 # --------------------------------------------------------------------------------------------- model
 
 
-def _decimal_text(value: Any) -> Any:
-    if isinstance(value, str):
-        return value
-    raise ValueError('must be a decimal string such as "12.5"')
-
-
 DecimalText = Annotated[
     Decimal,
-    BeforeValidator(_decimal_text),
+    ascii_decimal(12, 4, "12.5"),
+    decimal_schema(12, 4, "12.5"),
     Field(gt=0, le=Decimal(10) ** 9, max_digits=16, decimal_places=4),
-    WithJsonSchema({"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,4})?$", "examples": ["64", "12.5"]}),
 ]
 
 
 class Constraints(BaseModel):
     """Acceptable models described by properties instead of (or besides) a list of codes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_MODEL
 
     families: Annotated[list[Code], Field(min_length=1, max_length=40)] | None = None
     min_memory_gb: Annotated[StrictInt, Field(ge=1, le=65536)] | None = None
@@ -114,7 +112,7 @@ class Constraints(BaseModel):
 class Milestone(BaseModel):
     """A project milestone and its share of the fixed price (basis points)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_MODEL
 
     name: Name
     share_bps: Annotated[StrictInt, Field(ge=1, le=10_000)]
@@ -123,7 +121,7 @@ class Milestone(BaseModel):
 class BillingTerms(BaseModel):
     """Terms of the chosen billing mode (subscription period, project price and milestones, tier table)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_MODEL
 
     period: Literal["monthly", "yearly"] | None = None
     fixed_price_fen: PositiveFen | None = None
@@ -138,7 +136,7 @@ LimitKey = Annotated[str, Field(min_length=1, max_length=24, pattern=r"^(\*|[A-Z
 class OrderSpec(BaseModel):
     """Body of POST /v1/orders (DESIGN.md section 6)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_MODEL
 
     quantity_devices: DeviceCount | None = None
     quantity_scu: DecimalText | None = Field(default=None, description="SCU (A100-equivalents) per hour")
@@ -444,6 +442,8 @@ class OrderService:
     capacity_ttl_seconds: float = 2.0
     nonces: NonceStore | None = None
     tiers: Callable[[], TierTable] = load_tier_table
+    #: the service clock: an order whose start window has already closed is refused against it
+    clock: Callable[[], int] = now_s
     _capacity_cache: tuple[float, list[CapacityRow]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -501,13 +501,16 @@ class OrderService:
         a request that failed is harmless); a replay of a stored request is refused (nonce_replayed)."""
         who.require_role("buyer", action="submit orders")
         key = check_idempotency_key(idempotency_key)
+        now = self.clock()
+        if spec.start_latest is not None and spec.start_latest < now:
+            closed = f"start_latest: the start window closed at {spec.start_latest} (now {now})"
+            raise ValidationError(closed, field="start_latest", now=now)
         home = spec.home_region or who.home_region
         self._check_codes(spec, home)
         stored_spec = spec_json(spec)
         self._check_contractable(spec, stored_spec)
         body_hash = spec_json_hash(stored_spec)
         flags = feasibility_flags(spec, home, await self._capacity(), self.catalogue, self.regions)
-        now = int(time.time())
         values: dict[str, Any] = {
             "id": new_id_str(),
             "buyer_id": who.id,

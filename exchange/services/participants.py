@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from exchange.services.fields import Name, RegionCode
+from exchange.services.fields import REQUEST_MODEL, Name, RegionCode
 from exchange.services.nonces import NonceClaim, NonceStore
 from exchange.services.principals import ROLES, Principal, SignedRequest
 from exchange.services.records import add_record
@@ -45,7 +45,7 @@ class UnknownParticipantError(NotFoundError):
 class ParticipantRegistration(BaseModel):
     """Body of POST /v1/participants: a provider or buyer registering its own Ed25519 key."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_MODEL
 
     role: Literal["provider", "buyer"]
     name: Name

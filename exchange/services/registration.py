@@ -4,16 +4,27 @@ and the live-offer snapshot the clearing round reads."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, Field, StrictInt, model_validator
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from exchange.services.fields import DeviceCount, EpochSeconds, Name, PositiveFen, RegionCode, Seconds, ShortText
+from exchange.services.fields import (
+    REQUEST_MODEL,
+    DeviceCount,
+    EpochSeconds,
+    Name,
+    PositiveFen,
+    RegionCode,
+    Seconds,
+    ShortText,
+    ascii_decimal,
+    decimal_schema,
+)
 from exchange.services.principals import Principal, SignedRequest
 from exchange.services.records import add_record
 from exchange.services.resolve import pool_view, site_view
@@ -76,19 +87,21 @@ class PoolOvercommittedError(ConflictError):
 class SiteRegistration(BaseModel):
     """Body of POST /v1/sites: a data-centre node."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_MODEL
 
     region: RegionCode
     name: Name
-    pue: Annotated[Decimal, Field(ge=1, le=5, max_digits=6, decimal_places=3)] | None = None
-    green_share: Annotated[Decimal, Field(ge=0, le=1, max_digits=5, decimal_places=4)] | None = None
+    pue: Annotated[Decimal, ascii_decimal(1, 3, "1.25"), decimal_schema(1, 3, "1.25"), Field(ge=1, le=5)] | None = None
+    green_share: (
+        Annotated[Decimal, ascii_decimal(1, 4, "0.4"), decimal_schema(1, 4, "0.4"), Field(ge=0, le=1)] | None
+    ) = None
     interconnect: ShortText | None = None
 
 
 class PoolDeclaration(BaseModel):
     """Body of POST /v1/sites/{cri}/pools: identical accelerators at one site."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_MODEL
 
     model: Annotated[str, Field(min_length=2, max_length=24, pattern=r"^[A-Z]{2,4}(-[A-Z0-9]{1,10}){1,3}$")]
     devices: DeviceCount
@@ -127,7 +140,7 @@ BillingModes = Annotated[list[BillingMode], Field(min_length=1, max_length=4)]
 class OfferPost(BaseModel):
     """Body of POST /v1/offers: capacity from one pool."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_MODEL
 
     pool_cri: Annotated[str, Field(min_length=1, max_length=100)]
     devices: DeviceCount
@@ -147,7 +160,7 @@ class OfferPost(BaseModel):
 class OfferAmendment(BaseModel):
     """Body of PATCH /v1/offers/{id}: the fields to change (at least one)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_MODEL
 
     devices: DeviceCount | None = None
     window_start: EpochSeconds | None = None
@@ -335,6 +348,12 @@ def _now() -> int:
     return int(time.time())
 
 
+def _check_not_ended(window_end: int | None, now: int) -> None:
+    """Refuse an offer window that has already ended (nothing could ever be sold from it)."""
+    if window_end is not None and window_end <= now:
+        raise ValidationError(f"window_end: {window_end} has already passed (now {now})", field="window_end", now=now)
+
+
 def _overlaps(s1: int, e1: int | None, s2: int, e2: int | None) -> bool:
     return (e2 is None or s1 < e2) and (e1 is None or s2 < e1)
 
@@ -351,6 +370,8 @@ class RegistrationService:
     regions: RegionTable
     authority: str
     heartbeat_timeout_seconds: int = 900
+    #: the service clock: offer windows that already ended are refused against it
+    clock: Callable[[], int] = _now
 
     # sites -----------------------------------------------------------------------------------------
 
@@ -550,7 +571,8 @@ class RegistrationService:
     async def post_offer(self, who: Principal, body: OfferPost, signed: SignedRequest) -> OfferView:
         """Offer devices of one of the provider's pools."""
         who.require_role("provider", action="post offers")
-        now = _now()
+        now = self.clock()
+        _check_not_ended(body.window_end, now)
         async with self.sessions.begin() as session:
             try:
                 pool, site = await self._pool(session, body.pool_cri, lock=True)
@@ -623,7 +645,8 @@ class RegistrationService:
         """Change an open offer; its version goes up by one."""
         who.require_role("provider", action="amend offers")
         changes = body.model_dump(exclude_unset=True, exclude={"expected_version"})
-        now = _now()
+        now = self.clock()
+        _check_not_ended(changes.get("window_end"), now)
         async with self.sessions.begin() as session:
             offer, pool, site = await self._offer(session, offer_id, lock=True)
             who.require_owner(offer.provider_id, f"offer {offer_id}")

@@ -24,7 +24,7 @@ from exchange.storage.contracts import Contract
 from exchange.storage.participants import Participant
 from exchange.storage.settlement import UsageReport
 from federation.canonical import canonical_bytes
-from federation.dsse import record_payload_type, verify_json_envelope
+from federation.dsse import record_payload_type, verify_envelope, verify_json_envelope
 from federation.errors import EnvelopeError
 from federation.keys import Keyring, VerifyKey
 from identifiers.errors import ConflictError, ValidationError
@@ -100,6 +100,21 @@ def usage_view(row: UsageReport, *, duplicate: bool = False) -> dict[str, Any]:
     }
 
 
+def _only_verified_signatures(envelope: dict[str, Any], ring: Keyring) -> str:
+    """The key id of the provider's key when every signature of `envelope` verifies under it; otherwise
+    UsageRefusedError `unverified_signature` (a signature nobody can check is never stored nor named)."""
+    for i, sig in enumerate(envelope["signatures"]):
+        try:
+            verify_envelope({**envelope, "signatures": [sig]}, ring, payload_type=USAGE_PAYLOAD_TYPE)
+        except EnvelopeError:
+            raise UsageRefusedError(
+                "unverified_signature",
+                f"signatures[{i}] does not verify against the provider's registered node key",
+                field=f"signatures[{i}]",
+            ) from None
+    return ring.entries()[0].key_id  # the ring holds the provider's one key
+
+
 class UsageService:
     """Accepts node-signed usage for contracts and lists it back to the parties."""
 
@@ -135,6 +150,7 @@ class UsageService:
                         "wrong_provider", "the usage is not signed by the provider that owns the contract's pool"
                     ) from None
                 raise UsageRefusedError("bad_envelope", f"usage envelope refused: {exc.message}") from None
+            signer = _only_verified_signatures(envelope, ring)
             payload = parse_usage_payload(obj)
             payload_bytes = canonical_bytes(obj)
             digest = hashlib.sha256(payload_bytes).hexdigest()
@@ -180,7 +196,7 @@ class UsageService:
                 availability_bps=payload.availability_bps,
                 payload_sha256=digest,
                 envelope="",
-                signer_key_id=str(envelope["signatures"][0].get("keyid") or ""),
+                signer_key_id=signer,
                 status="accepted",
                 flags=flags,
                 created_at=self.clock(),

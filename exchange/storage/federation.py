@@ -182,7 +182,7 @@ class FederationOutbox(CreatedAt, Base):
 
 
 class FederationEvent(Base):
-    """Something an operator should see: refused peer messages, log inconsistencies, expired holds."""
+    """Something an operator should see: refused summaries of known peers, log inconsistencies, expired holds."""
 
     __tablename__ = "federation_events"
 

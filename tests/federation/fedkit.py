@@ -27,6 +27,7 @@ from exchange.storage.migrate import upgrade_engine
 from exchange.storage.orders import Order
 from exchange.storage.participants import Participant
 from exchange.storage.registration import Offer, Pool, Site
+from federation.keys import SigningKey
 from identifiers.cri import mint_pool_cri, mint_site_cri
 from identifiers.ids import new_id_str
 
@@ -242,7 +243,12 @@ class Exchange:
 
 
 async def start_exchange(
-    tmp_path: Path, authority: str, host: str = "127.0.0.1", port: int | None = None, **settings: Any
+    tmp_path: Path,
+    authority: str,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    adopt_key: SigningKey | None = None,
+    **settings: Any,
 ) -> Exchange:
     """Migrate (or reopen) the SQLite file of `authority` and serve it on a loopback port (free one if None);
     the key directory is the same on every start, so a restarted exchange keeps its identity."""
@@ -265,7 +271,8 @@ async def start_exchange(
         **values,
     )
     svc = await build_services(cfg)
-    await svc.identity.init(exist_ok=True)  # first start creates the key (as `hetex serve` would), later ones load it
+    # first start creates the key (as `hetex serve` would), later ones load it; adopt_key: a rebuilt database
+    await svc.identity.init(exist_ok=True, adopt=adopt_key)
     app = create_app(svc)
     server = TestServer(app, host=host, port=port)
     await server.start_server()

@@ -1,0 +1,137 @@
+"""The input boundary: every request body, path and query value is checked here before anything else runs.
+
+One bounded JSON parser (`load_json`: size cap, nesting-depth cap, no NaN/Infinity, no lone surrogates, no
+integers beyond what RFC 8785 represents, no NUL or other control characters in any string or key) and one
+middleware that applies it to every body of a state-changing request, and refuses control characters in
+path and query values, before authentication. Handlers read the parsed body with `parsed_body`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import pydantic_core
+from aiohttp import web
+
+from identifiers.errors import HetexError
+
+MAX_BODY_BYTES: Final = 1 << 20
+#: Deepest nesting of arrays/objects a request body may have (the deepest real body, an order, has 4).
+MAX_JSON_DEPTH: Final = 32
+#: Largest magnitude of a JSON integer (RFC 8785 and every JSON peer represent it exactly).
+MAX_JSON_INT: Final = 2**53 - 1
+#: C0 controls except TAB, LF and CR; DEL. NUL is never accepted anywhere.
+CONTROL_CHARS: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: Path and query values carry no control characters at all.
+URL_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+PARSED_BODY: Final = web.RequestKey("parsed_body", object)
+_EMPTY: Final = object()
+
+
+class MalformedInputError(HetexError):
+    """Input refused before its meaning is looked at (400, not 422): not JSON, too deep, bad characters."""
+
+    code = "malformed_input"
+
+
+class BodyTooDeepError(MalformedInputError):
+    """A JSON body nests arrays/objects deeper than MAX_JSON_DEPTH."""
+
+    code = "body_too_deep"
+
+
+class BadCharacterError(MalformedInputError):
+    """A string (body, path or query) holds NUL or another control character."""
+
+    code = "control_character"
+
+
+class JsonIntegerRangeError(MalformedInputError):
+    """A JSON integer beyond +-(2^53 - 1)."""
+
+    code = "integer_out_of_range"
+
+
+def _path(parts: list[str | int]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out or "body"
+
+
+def check_json_value(data: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Walk a parsed JSON value (iteratively): depth, string characters and integer range, naming the field."""
+    stack: list[tuple[Any, list[str | int]]] = [(data, [])]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            if len(where) >= max_depth:
+                raise BodyTooDeepError(f"JSON nests deeper than {max_depth} levels", field=_path(where))
+            for key, item in value.items():
+                if CONTROL_CHARS.search(key):
+                    field = _path(where)
+                    raise BadCharacterError(f"{field}: a key holds a control character", field=field)
+                stack.append((item, [*where, key]))
+        elif isinstance(value, list):
+            if len(where) >= max_depth:
+                raise BodyTooDeepError(f"JSON nests deeper than {max_depth} levels", field=_path(where))
+            stack.extend((item, [*where, i]) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            if CONTROL_CHARS.search(value):
+                field = _path(where)
+                raise BadCharacterError(f"{field}: NUL and control characters are not allowed", field=field)
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_JSON_INT:
+            field = _path(where)
+            raise JsonIntegerRangeError(f"{field}: integer out of range (|n| <= 2^53 - 1)", field=field)
+
+
+def load_json(raw: bytes) -> Any:
+    """Parse a request body with bounds (size, depth, characters, integers); ValidationError naming the field."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise MalformedInputError("request body too large", field="body")
+    try:
+        data = pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        message = str(exc)
+        if "recursion limit" in message:
+            raise BodyTooDeepError(f"JSON nests deeper than {MAX_JSON_DEPTH} levels", field="body") from None
+        raise MalformedInputError(f"request body is not valid JSON: {message}", field="body") from None
+    check_json_value(data)
+    return data
+
+
+def parsed_body(request: web.Request) -> Any:
+    """The request body as checked by the boundary (None when the body was empty)."""
+    value = request.get(PARSED_BODY, _EMPTY)
+    if value is _EMPTY:
+        raise RuntimeError("boundary_middleware did not run for this request")
+    return value
+
+
+def check_url_values(request: web.Request) -> None:
+    """Refuse control characters in path parameters and query names/values, naming the parameter."""
+    for name, value in request.match_info.items():
+        if URL_CONTROL_CHARS.search(value):
+            raise BadCharacterError(f"{name}: control characters are not allowed", field=name)
+    for name, value in request.query.items():
+        if URL_CONTROL_CHARS.search(name) or URL_CONTROL_CHARS.search(value):
+            raise BadCharacterError(f"{name!r}: control characters are not allowed", field=name)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def boundary_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check path/query values; parse every body of a state-changing request with `load_json` (before auth)."""
+    if request.match_info.http_exception is not None:
+        return await handler(request)
+    check_url_values(request)
+    if request.method not in SAFE_METHODS:
+        raw = await request.read()
+        request[PARSED_BODY] = load_json(raw) if raw else None
+    return await handler(request)
