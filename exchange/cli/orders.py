@@ -7,11 +7,13 @@ import argparse
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exchange.cli.client_common import add_client_flags, drop_none, split_list, with_client
 from exchange.cli.common import CliError, print_json, print_table
-from exchange.client import HetexClient
+
+if TYPE_CHECKING:
+    from exchange.client import HetexClient
 
 LIST_FIELDS = ["id", "status", "billing_mode", "quantity_devices", "filled_devices", "flags", "created_at"]
 

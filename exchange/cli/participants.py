@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exchange.cli.client_common import add_client_flags, drop_none, split_list, with_client
 from exchange.cli.common import CliError, print_json, print_table
-from exchange.client import HetexClient
+
+if TYPE_CHECKING:
+    from exchange.client import HetexClient
 
 
 def _show(args: argparse.Namespace, title: str, data: dict[str, Any], fields: list[str]) -> None:

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from exchange.cli.common import add_db_flag, print_json, print_table, settings_from
-from exchange.composition import build_services
+from exchange.cli.dbcheck import open_services
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def run_settle(args: argparse.Namespace) -> int:
     settings = settings_from(args)
 
     async def go() -> dict[str, Any]:
-        svc = await build_services(settings)
+        svc = await open_services(settings)
         try:
             return (await svc.settlement.run(None, as_of=args.as_of)).to_json()
         finally:
