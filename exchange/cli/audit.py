@@ -12,14 +12,15 @@ from typing import Any
 
 from exchange.audit import layout as L
 from exchange.audit.verify import VerifyReport, verify_bundle
-from exchange.cli.common import CliError, group, print_json, print_table
+from exchange.cli.common import CliError, print_json, print_table
 from federation.errors import KeyFormatError
 from federation.keys import VerifyKey, load_public_key
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `audit` verbs."""
-    audit_sub = group(sub, "audit", "regulator audit bundles (export, verify offline, show totals)")
+    p = sub.add_parser("audit", help="regulator audit bundles (verify offline, show totals)")
+    audit_sub = p.add_subparsers(dest="audit_command", required=True)
     v = audit_sub.add_parser(
         "verify",
         help="verify a bundle offline: signatures, inclusion proofs, hashes, totals, filters (exit 0 ok, 1 problems)",

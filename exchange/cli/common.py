@@ -22,12 +22,20 @@ _GROUPS = "_hetex_groups"
 
 
 def group(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
-    """The subparsers of command `name`, created on first use so several modules can add verbs to it."""
+    """The subparsers of command `name`, created on first use (or found on a parser another module made)
+    so several modules can add verbs to one group."""
     groups: dict[str, argparse._SubParsersAction] = getattr(sub, _GROUPS, None) or {}
     setattr(sub, _GROUPS, groups)
     if name not in groups:
-        p = sub.add_parser(name, help=help_text)
-        groups[name] = p.add_subparsers(dest=f"{name}_command", required=True, metavar="VERB")
+        existing = sub.choices.get(name)
+        if existing is not None:
+            found = [a for a in existing._actions if isinstance(a, argparse._SubParsersAction)]
+            if not found:
+                raise RuntimeError(f"command {name!r} has no verbs to add to")
+            groups[name] = found[0]
+        else:
+            p = sub.add_parser(name, help=help_text)
+            groups[name] = p.add_subparsers(dest=f"{name}_command", required=True, metavar="VERB")
     return groups[name]
 
 

@@ -35,7 +35,7 @@ COMMANDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("round", "clearing rounds", ("match", "market")),
     ("admin", "operator tasks (keys, regulators, operators, peers)", ("admin", "peers")),
     ("peer", "federation peers of an exchange", ("market",)),
-    ("bench", "performance benchmarks", ("bench",)),
+    ("bench", "performance benchmarks", ("bench", "bench_startup")),
     ("audit", "regulator audit bundles (export, verify offline, show totals)", ("audit", "audit_export")),
     ("settle", "settlement of contracts", ("settle",)),
     ("usage", "node-side usage reporting", ("usage",)),
@@ -56,7 +56,8 @@ class VersionAction(argparse.Action):
             found = version("hetex")
         except PackageNotFoundError:
             found = "unknown"
-        parser.exit(message=f"hetex {found}\n")
+        sys.stdout.write(f"hetex {found}\n")
+        parser.exit()
 
 
 def selected_command(argv: Sequence[str]) -> str | None:
