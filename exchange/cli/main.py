@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from exchange.cli.errors import EXIT_CODES_HELP, CliError, report_failure
+from exchange.cli.errors import EXIT_CODES_HELP, EXIT_USAGE, CliError, report_failure
 
 COMMANDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("serve", "run the exchange HTTP service", ("serve",)),
@@ -41,6 +41,7 @@ COMMANDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("usage", "node-side usage reporting", ("usage",)),
     ("demo", "run the whole market story on a temporary database", ("demo",)),
 )
+COMMAND_NAMES = frozenset(name for name, _, _ in COMMANDS)
 
 
 class VersionAction(argparse.Action):
@@ -100,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:
         parser.print_help()
         return 0
+    if len(argv) == 1 and not argv[0].startswith("-"):
+        group = sub_parser(parser, argv[0]) if argv[0] in COMMAND_NAMES else None
+        if group is not None and any(isinstance(a, argparse._SubParsersAction) for a in group._actions):
+            group.print_help(sys.stderr)  # a group without its verb: list the verbs, like git
+            return EXIT_USAGE
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         # a group without its verb (`hetex contract`): its help, like git
