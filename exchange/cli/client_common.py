@@ -63,7 +63,8 @@ def load_key(path: str | None) -> SigningKey:
     try:
         return SigningKey.from_pem(data)
     except Exception:
-        if b"PRIVATE KEY" not in data and len(data.strip()) < 120:
+        text = data.strip()
+        if text.startswith(b"-----BEGIN PUBLIC KEY") or (len(text) == 44 and text.endswith(b"=")):
             raise CliError(f"{path} is a public key: --key needs the private key file (the .pem next to it)") from None
         raise CliError(f"{path} is not a PEM Ed25519 private key (make one with `hetex keys new`)") from None
 

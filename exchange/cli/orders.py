@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from exchange.cli.client_common import add_client_flags, drop_none, split_list, with_client
 from exchange.cli.common import CliError, print_json, print_table
+from exchange.cli.times import DURATION_HELP, TIME_HELP, duration_arg, time_arg
 
 if TYPE_CHECKING:
     from exchange.client import HetexClient
@@ -41,9 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--max-pools", type=int)
     submit.add_argument("--same-model", action="store_true", default=None)
     submit.add_argument("--colocation", choices=["site", "region", "any"])
-    submit.add_argument("--duration", type=int, help="seconds")
-    submit.add_argument("--start-earliest", type=int, help="epoch seconds")
-    submit.add_argument("--start-latest", type=int, help="epoch seconds")
+    submit.add_argument("--duration", type=duration_arg, help=DURATION_HELP)
+    submit.add_argument("--start-earliest", type=time_arg, help=TIME_HELP)
+    submit.add_argument("--start-latest", type=time_arg, help=TIME_HELP)
     submit.add_argument("--limit-fen", type=int, help="limit fen per device-hour for every acceptable model")
     submit.add_argument("--limit-fen-per-scu", type=int, help="limit fen per SCU-hour")
     submit.add_argument("--billing-mode", choices=["per_minute", "compute_tier", "subscription", "project"])

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from exchange.cli.client_common import add_client_flags, drop_none, split_list, with_client
 from exchange.cli.common import CliError, print_json, print_table
+from exchange.cli.times import DURATION_HELP, TIME_HELP, duration_arg, time_arg
 
 if TYPE_CHECKING:
     from exchange.client import HetexClient
@@ -71,9 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     post.add_argument("--pool", required=True, help="pool CRI")
     post.add_argument("--devices", required=True, type=int)
     post.add_argument("--ask-fen", required=True, type=int, help="ask price in fen per device-hour")
-    post.add_argument("--start", type=int, help="window start, epoch seconds (default: now)")
-    post.add_argument("--end", type=int, help="window end, epoch seconds (default: open-ended)")
-    post.add_argument("--min-lease", type=int, default=3600, help="minimum lease in seconds (default 3600)")
+    post.add_argument("--start", type=time_arg, help=f"window start ({TIME_HELP}; default: now)")
+    post.add_argument("--end", type=time_arg, help="window end, same forms (default: open-ended)")
+    post.add_argument(
+        "--min-lease", type=duration_arg, default=3600, help=f"minimum lease ({DURATION_HELP}; default 1h)"
+    )
     post.add_argument("--billing-modes", default="per_minute", help="comma list of per_minute,compute_tier,...")
     post.set_defaults(func=run_offer_post)
     lst = osub.add_parser("list", help="your offers")

@@ -8,6 +8,7 @@ from typing import Any
 
 from exchange.cli.common import add_db_flag, print_json, print_table, settings_from
 from exchange.cli.dbcheck import open_services
+from exchange.cli.times import TIME_HELP, time_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = settle_sub.add_parser("run", help="settle every contract period due by now (one transaction)")
     add_db_flag(run)
     run.add_argument("--key-dir", help="exchange key directory (default: $HETEX_KEY_DIR or .hetex/keys)")
-    run.add_argument("--as-of", type=int, help="settle what was due by this epoch second (default: now)")
+    run.add_argument("--as-of", type=time_arg, help=f"settle what was due by then ({TIME_HELP}; default: now)")
     run.add_argument("--json", action="store_true", help="print the batch as JSON")
     run.set_defaults(func=run_settle)
 
