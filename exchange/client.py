@@ -192,7 +192,7 @@ class HetexClient:
     async def send(self, method: str, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
         """Send exactly these bytes; the status and the body of the answer."""
         if self.transport == "stdlib":
-            return await asyncio.to_thread(_send_stdlib, method, url, body, dict(headers), self._timeout_seconds)
+            return await asyncio.to_thread(send_stdlib, method, url, body, dict(headers), self._timeout_seconds)
         from yarl import URL
 
         async with self.session.request(method, URL(url, encoded=True), data=body, headers=headers) as resp:
@@ -252,7 +252,7 @@ class HetexClient:
         return result
 
 
-def _send_stdlib(method: str, url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
+def send_stdlib(method: str, url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
     """One HTTP/1.1 request with http.client (the signed URL's path and query are sent as they are)."""
     import http.client
 

@@ -35,6 +35,7 @@ COMMANDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("round", "clearing rounds", ("match", "market")),
     ("admin", "operator tasks (keys, regulators, operators, peers)", ("admin", "peers")),
     ("peer", "federation peers of an exchange", ("market",)),
+    ("health", "is the exchange up? (GET /healthz; --wait polls until it is)", ("market",)),
     ("bench", "performance benchmarks", ("bench", "bench_startup")),
     ("audit", "regulator audit bundles (export, verify offline, show totals)", ("audit", "audit_export")),
     ("settle", "settlement of contracts", ("settle",)),

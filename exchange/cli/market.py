@@ -59,6 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     rs.add_argument("id", help="round id or a unique prefix of it")
     rs.set_defaults(func=run_round_show)
 
+    health = sub.add_parser("health", help="is the exchange up? (GET /healthz; --wait polls until it is)")
+    health.add_argument("--url", help="exchange base URL (default: $HETEX_URL, the profile's url, or :8470)")
+    health.add_argument("--profile", help="config profile")
+    health.add_argument("--wait", type=duration_arg, default=0, help="keep trying this long (e.g. 30s)")
+    health.add_argument("--json", action="store_true")
+    health.set_defaults(func=run_health)
+
     peer = sub.add_parser("peer", help="federation peers of an exchange")
     psub = peer.add_subparsers(dest="peer_command", required=True, metavar="VERB")
     pl = psub.add_parser("list", help="peers with reachability and log status (operator key)")
@@ -245,6 +252,38 @@ def run_round_show(args: argparse.Namespace) -> int:
         "error",
     ]
     emit_record(args, view, fields, title=f"round ({data['status']})")
+    return 0
+
+
+def run_health(args: argparse.Namespace) -> int:
+    """GET /healthz (unsigned), retrying until --wait runs out; exit 4 when it never answers."""
+    import asyncio
+    import http.client
+    import json
+    import time
+
+    from exchange.cli.client_common import client_url
+    from exchange.cli.errors import EXIT_UNAVAILABLE
+    from exchange.client import send_stdlib
+
+    url = client_url(args).rstrip("/") + "/healthz"
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            status, body = asyncio.run(asyncio.to_thread(send_stdlib, "GET", url, b"", {}, 5.0))
+            if status == 200:
+                break
+            why = f"HTTP {status}"
+        except (OSError, http.client.HTTPException) as exc:
+            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise CliError(f"the exchange at {url} is not answering: {why}", EXIT_UNAVAILABLE)
+        time.sleep(0.2)
+    data = json.loads(body)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"{url}: {data.get('status')} " + " ".join(f"{k}={v}" for k, v in data.items() if k != "status"))
     return 0
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exchange.cli.client_common import add_client_flags, drop_none, split_list, with_client
-from exchange.cli.common import CliError, print_json, print_table
+from exchange.cli.common import CliError
+from exchange.cli.contracts import FULL_ID
+from exchange.cli.output import Column, emit_record, emit_rows, output_format, resolve_prefix
 from exchange.cli.times import DURATION_HELP, TIME_HELP, duration_arg, time_arg
 
 if TYPE_CHECKING:
     from exchange.client import HetexClient
-
-LIST_FIELDS = ["id", "status", "billing_mode", "quantity_devices", "filled_devices", "flags", "created_at"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,12 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     show = osub.add_parser("show", help="one order")
     add_client_flags(show)
-    show.add_argument("id")
+    show.add_argument("id", help="order id or a unique prefix of it")
     show.set_defaults(func=run_show)
 
     cancel = osub.add_parser("cancel", help="cancel an order")
     add_client_flags(cancel)
-    cancel.add_argument("id")
+    cancel.add_argument("id", help="order id or a unique prefix of it")
     cancel.set_defaults(func=run_cancel)
 
 
@@ -125,13 +125,28 @@ def order_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
+ORDER_FIELDS = ["id", "status", "billing_mode", "quantity_devices", "filled_devices", "idempotency_key", "created_at"]
+
+
 def _print_order(args: argparse.Namespace, data: dict[str, Any]) -> None:
-    if args.json:
-        print_json(data)
-        return
-    rows = [(f, data.get(f)) for f in ["id", "status", "billing_mode", "quantity_devices", "idempotency_key"]]
-    rows += [("flag", f"{f['code']}: {f['message']}") for f in data.get("flags", [])]
-    print_table("order", ["field", "value"], rows)
+    flags = {f"flag {f['code']}": f["message"] for f in data.get("flags", [])}
+    emit_record(
+        args, {**data, **flags} if output_format(args) == "table" else data, [*ORDER_FIELDS, *flags], title="order"
+    )
+
+
+async def order_id(c: HetexClient, text: str) -> str:
+    """A full order id from an id or a unique prefix of one of the caller's orders."""
+    if len(text) >= FULL_ID:
+        return text
+    ids: list[str] = []
+    cursor = None
+    while True:
+        page = await c.list_orders(limit=200, cursor=cursor)
+        ids += [o["id"] for o in page["orders"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return resolve_prefix(text, ids, "order")
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -156,34 +171,35 @@ def run_list(args: argparse.Namespace) -> int:
         return {"orders": orders, "next_cursor": page["next_cursor"]}
 
     data = with_client(args, call)
-    if args.json:
-        print_json(data)
-        return 0
-    rows = [
-        [
-            o["id"],
-            o["status"],
-            o["billing_mode"],
-            o["quantity_devices"] or o["spec"].get("quantity_scu", "") + " SCU",
-            o["filled_devices"],
-            ",".join(f["code"] for f in o["flags"]),
-            o["created_at"],
-        ]
-        for o in data["orders"]
+    columns = [
+        Column("id", "id", is_id=True),
+        Column("status", "status"),
+        Column("mode", "billing_mode"),
+        Column("quantity", lambda o: o["quantity_devices"] or f"{o['spec'].get('quantity_scu', '')} SCU"),
+        Column("filled", "filled_devices"),
+        Column("flags", lambda o: ",".join(f["code"] for f in o["flags"])),
+        Column("created", "created_at", is_time=True),
     ]
-    print_table("orders", LIST_FIELDS, rows)
-    if data["next_cursor"]:
-        print(f"more: --cursor {data['next_cursor']}")
+    more = f"more: --cursor {data['next_cursor']}" if data["next_cursor"] else None
+    emit_rows(args, data, data["orders"], columns, title=f"orders ({len(data['orders'])})", footer=more)
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
     """Show one order."""
-    _print_order(args, with_client(args, lambda c: c.request("GET", f"/v1/orders/{args.id}")))
+
+    async def call(c: HetexClient) -> Any:
+        return await c.request("GET", f"/v1/orders/{await order_id(c, args.id)}")
+
+    _print_order(args, with_client(args, call))
     return 0
 
 
 def run_cancel(args: argparse.Namespace) -> int:
     """Cancel one order."""
-    _print_order(args, with_client(args, lambda c: c.cancel_order(args.id)))
+
+    async def call(c: HetexClient) -> Any:
+        return await c.cancel_order(await order_id(c, args.id))
+
+    _print_order(args, with_client(args, call))
     return 0

@@ -14,7 +14,7 @@ from typing import Any
 from exchange.cli.errors import CliError
 from exchange.cli.times import human_time, rfc3339, zone_note
 
-FORMATS = ("table", "json", "yaml", "csv")
+FORMATS = ("table", "json", "yaml", "csv", "id")
 TIME_FIELDS = frozenset(
     {
         "created_at",
@@ -47,7 +47,13 @@ MIN_ID = 8
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
     """-o/--output, --json (same as -o json) and --utc."""
-    parser.add_argument("-o", "--output", choices=FORMATS, default=None, help="output format (default table)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=FORMATS,
+        default=None,
+        help="output format (default table; id: only the ids, for scripts)",
+    )
     parser.add_argument("--json", action="store_true", help="same as -o json")
     parser.add_argument("--utc", action="store_true", help="show times in UTC instead of the local zone")
 
@@ -139,6 +145,12 @@ def emit_rows(
 ) -> None:
     """Print a listing: `document` whole for json/yaml, `rows` as CSV or a table."""
     fmt = output_format(args)
+    if fmt == "id":
+        id_col = next((c for c in columns if c.is_id), None)
+        for row in rows:
+            value = id_col.value(row) if id_col else (row.get("id") or row.get("cri"))
+            sys.stdout.write(f"{value}\n")
+        return
     if fmt == "json":
         sys.stdout.write(json.dumps(machine_times(document), indent=2, default=str, ensure_ascii=False) + "\n")
         return
@@ -213,6 +225,9 @@ def _print_table(
 def emit_record(args: argparse.Namespace, data: Mapping[str, Any], fields: Sequence[str], *, title: str) -> None:
     """Print one record: json/yaml whole, or a field/value table (times human, ids full)."""
     fmt = output_format(args)
+    if fmt == "id":
+        sys.stdout.write(f"{data.get('id') or data.get('cri')}\n")
+        return
     if fmt in ("json", "yaml", "csv"):
         if fmt == "csv":
             fmt = "json"

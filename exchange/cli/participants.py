@@ -8,7 +8,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from exchange.cli.client_common import add_client_flags, drop_none, split_list, with_client
-from exchange.cli.common import CliError, print_json, print_table
+from exchange.cli.common import CliError
+from exchange.cli.output import Column, emit_record, emit_rows
 from exchange.cli.times import DURATION_HELP, TIME_HELP, duration_arg, time_arg
 
 if TYPE_CHECKING:
@@ -16,10 +17,7 @@ if TYPE_CHECKING:
 
 
 def _show(args: argparse.Namespace, title: str, data: dict[str, Any], fields: list[str]) -> None:
-    if args.json:
-        print_json(data)
-    else:
-        print_table(title, ["field", "value"], [(f, data.get(f)) for f in fields])
+    emit_record(args, data, fields, title=title)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -164,10 +162,18 @@ def run_offer_list(args: argparse.Namespace) -> int:
         return await c.request("GET", "/v1/offers", params={"status": args.status})
 
     data = with_client(args, call)
-    if args.json:
-        print_json(data)
-    else:
-        print_table("offers", OFFER_FIELDS, [[o.get(f) for f in OFFER_FIELDS] for o in data["offers"]])
+    columns = [
+        Column("id", "id", is_id=True),
+        Column("pool", "pool_cri"),
+        Column("model", "model"),
+        Column("region", "region"),
+        Column("devices", "devices"),
+        Column("ask fen/dev-h", "ask_fen"),
+        Column("from", "window_start", is_time=True),
+        Column("until", "window_end", is_time=True),
+        Column("status", "status"),
+    ]
+    emit_rows(args, data, data["offers"], columns, title=f"offers ({len(data['offers'])})")
     return 0
 
 
