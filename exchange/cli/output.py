@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,7 @@ class Column:
     get: str | Callable[[Mapping[str, Any]], Any]
     is_id: bool = False
     is_time: bool = False
+    no_wrap: bool = False  # e.g. a CRI: never abbreviated (it ends in a check character), never folded
 
     def value(self, row: Mapping[str, Any]) -> Any:
         """The raw value of this column in `row`."""
@@ -191,18 +193,33 @@ def _print_table(
     title: str | None,
     footer: str | None,
 ) -> None:
-    from rich.console import Console
+    from rich import box
     from rich.table import Table
 
     utc = bool(getattr(args, "utc", False))
+    if rows:  # a column empty in every row only takes width
+        columns = [c for c in columns if any(c.value(r) not in (None, "", []) for r in rows)]
     shorts: dict[int, dict[str, str]] = {}
     for i, col in enumerate(columns):
         if col.is_id:
             shorts[i] = short_ids([str(v) for v in (col.value(r) for r in rows) if v])
     has_time = any(c.is_time for c in columns)
-    table = Table(title=title, caption=zone_note(utc) if has_time and rows else None, expand=False)
+    table = Table(
+        title=title,
+        caption=zone_note(utc) if has_time and rows else None,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        title_justify="left",
+        caption_justify="left",
+        collapse_padding=True,
+        padding=(0, 1, 0, 0),
+    )
     for col in columns:
-        table.add_column(col.header, no_wrap=col.is_id or col.is_time, overflow="fold")
+        fixed = col.is_id or col.no_wrap
+        table.add_column(
+            col.header, no_wrap=fixed, overflow="fold" if fixed else "ellipsis", min_width=min(len(col.header), 6)
+        )
     for row in rows:
         cells = []
         for i, col in enumerate(columns):
@@ -210,11 +227,11 @@ def _print_table(
             if i in shorts and value:
                 cells.append(shorts[i][str(value)])
             elif col.is_time and isinstance(value, int | float) and value:
-                cells.append(human_time(value, utc=utc))
+                cells.append(human_time(value, utc=utc, short=True))
             else:
                 cells.append(_cell(value))
         table.add_row(*cells)
-    console = Console()
+    console = console_for_stdout()
     console.print(table)
     if not rows:
         console.print("(none)")
@@ -222,11 +239,20 @@ def _print_table(
         console.print(footer)
 
 
+def console_for_stdout() -> Any:
+    """A rich console: the terminal's width on a terminal; wide (no wrapping) into a pipe or file."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=max(200, int(os.environ.get("COLUMNS", "0") or 0)))
+
+
 def emit_record(args: argparse.Namespace, data: Mapping[str, Any], fields: Sequence[str], *, title: str) -> None:
     """Print one record: json/yaml whole, or a field/value table (times human, ids full)."""
     fmt = output_format(args)
     if fmt == "id":
-        sys.stdout.write(f"{data.get('id') or data.get('cri')}\n")
+        sys.stdout.write(f"{data.get('cri') or data.get('id')}\n")  # sites and pools are named by CRI
         return
     if fmt in ("json", "yaml", "csv"):
         if fmt == "csv":

@@ -164,11 +164,9 @@ def run_offer_list(args: argparse.Namespace) -> int:
     data = with_client(args, call)
     columns = [
         Column("id", "id", is_id=True),
-        Column("pool", "pool_cri"),
-        Column("model", "model"),
-        Column("region", "region"),
-        Column("devices", "devices"),
-        Column("ask fen/dev-h", "ask_fen"),
+        Column("pool", "pool_cri", no_wrap=True),
+        Column("dev", "devices"),
+        Column("fen/dev-h", "ask_fen"),
         Column("from", "window_start", is_time=True),
         Column("until", "window_end", is_time=True),
         Column("status", "status"),

@@ -73,11 +73,19 @@ def rfc3339(epoch: int | float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def human_time(epoch: int | float, *, utc: bool = False, now: float | None = None) -> str:
-    """People's form: local (or UTC) date and time, with `in 2h` / `3h ago` when within a week."""
+def human_time(epoch: int | float, *, utc: bool = False, now: float | None = None, short: bool = False) -> str:
+    """People's form: local (or UTC) date and time, with `in 2h` / `3h ago` when within a week.
+    short: the time alone today, `Dec 05 09:00` this year (table cells)."""
+    current = time.time() if now is None else now
     dt = datetime.fromtimestamp(epoch, UTC) if utc else datetime.fromtimestamp(epoch, UTC).astimezone()
-    text = dt.strftime("%Y-%m-%d %H:%M") + (" UTC" if utc else "")
-    delta = int(epoch - (time.time() if now is None else now))
+    today = datetime.fromtimestamp(current, UTC) if utc else datetime.fromtimestamp(current, UTC).astimezone()
+    if short and dt.date() == today.date():
+        text = dt.strftime("%H:%M")
+    elif short and dt.year == today.year:
+        text = dt.strftime("%b %d %H:%M")
+    else:
+        text = dt.strftime("%Y-%m-%d %H:%M") + ("" if short or not utc else " UTC")
+    delta = int(epoch - current)
     if abs(delta) < 60:
         return text + " (now)"
     if abs(delta) < 7 * 86_400:
