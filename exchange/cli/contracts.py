@@ -263,7 +263,8 @@ def build_statement(
         settled = sum(int(r[amount_key]) for r in in_period)
         settled_until = max((r["period_end"] for r in recs), default=c["start_at"])
         accruing = accruing_fen(c, settled_until, now, price_key)
-        if not in_period and not accruing:
+        running = c["status"] in ("pending", "confirmed") and c["start_at"] < end and c["billable_end"] > start
+        if not in_period and not accruing and not running:
             continue
         rows.append(
             {
