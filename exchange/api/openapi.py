@@ -43,6 +43,7 @@ from exchange.services.registration import (
     PoolDeclaration,
     PoolView,
     SiteDetail,
+    SiteList,
     SiteRegistration,
     SiteView,
 )
@@ -351,6 +352,17 @@ OPS: tuple[Op, ...] = (
         body=SiteRegistration,
         signed=True,
         errors=(403, 413, 422),
+    ),
+    Op(
+        "get",
+        "/v1/sites",
+        "listSites",
+        "The caller's sites with their pools (provider)",
+        "registration",
+        response=SiteList,
+        signed=True,
+        errors=(403, 422),
+        query=(_q("status", {"type": "string", "enum": ["active", "tombstoned"]}, "only sites in this state"),),
     ),
     Op(
         "get",

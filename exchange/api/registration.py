@@ -21,6 +21,14 @@ async def add_site(request: web.Request) -> web.Response:
     return model_response(await services(request).registration.register_site(who, body, signed_request(request)), 201)
 
 
+@routes.get("/v1/sites")
+async def list_sites(request: web.Request) -> web.Response:
+    """The caller's sites with their pools."""
+    who = require_principal(request)
+    status = query_choice(request, "status", ("active", "tombstoned"))
+    return model_response(await services(request).registration.list_sites(who, status))
+
+
 @routes.get("/v1/sites/{cri}")
 async def get_site(request: web.Request) -> web.Response:
     """A site (or tombstone) with its pools."""
