@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     use.set_defaults(func=run_use)
     path = csub.add_parser("path", help="print the config file's path")
     path.set_defaults(func=run_path)
+    table = csub.add_parser("settings", help="every HETEX_* variable with its default and meaning")
+    table.add_argument("--markdown", action="store_true", help="the Markdown table the README holds")
+    table.set_defaults(func=run_settings)
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -87,6 +90,14 @@ def run_use(args: argparse.Namespace) -> int:
     data["default_profile"] = args.profile_name
     save_config(data)
     print(f"default profile: {args.profile_name}")
+    return 0
+
+
+def run_settings(args: argparse.Namespace) -> int:
+    """Print the generated settings table."""
+    from exchange.cli.settings_doc import markdown_table, text_table
+
+    print(markdown_table() if args.markdown else text_table(), end="" if args.markdown else "\n")
     return 0
 
 
