@@ -56,7 +56,14 @@ def report_failure(exc: BaseException, args: argparse.Namespace | None, *, verbo
     status = getattr(exc, "status", None)
     if isinstance(exc, HetexError):
         where = f" ({exc.field})" if exc.field else ""
-        print(f"hetex: error{where}: {exc.message}", file=sys.stderr)
+        problem = getattr(exc, "problem", None) or {}
+        errors = problem.get("errors") if isinstance(problem, dict) else None
+        if isinstance(errors, list) and len(errors) > 1:  # every validation error with its field path
+            print(f"hetex: error: {len(errors)} problems in the request:", file=sys.stderr)
+            for err in errors:
+                print(f"  {err.get('field')}: {err.get('message')}", file=sys.stderr)
+        else:
+            print(f"hetex: error{where}: {exc.message}", file=sys.stderr)
         if isinstance(status, int) and status >= 500:
             return EXIT_FAILURE
         return EXIT_USAGE

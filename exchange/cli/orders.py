@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from exchange.cli.client_common import add_client_flags, drop_none, split_list, with_client
 from exchange.cli.common import CliError
 from exchange.cli.contracts import FULL_ID
+from exchange.cli.order_template import register_template
 from exchange.cli.output import Column, emit_record, emit_rows, output_format, resolve_prefix
 from exchange.cli.times import DURATION_HELP, TIME_HELP, duration_arg, time_arg
 
@@ -25,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     osub = p.add_subparsers(dest="order_command", required=True)
     submit = osub.add_parser("submit", help="submit an order from --file or flags")
     add_client_flags(submit)
-    submit.add_argument("--file", help="order JSON (DESIGN.md section 6 fields); flags below override it")
+    submit.add_argument(
+        "--file", help="order as YAML or JSON (see `hetex order template`; '-' for stdin); flags below override it"
+    )
     submit.add_argument("--idempotency-key", help="retry key (default: a fresh UUID, printed)")
     submit.add_argument("--devices", type=int, help="quantity in devices")
     submit.add_argument("--scu", help="quantity in SCU per hour (decimal)")
@@ -68,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_client_flags(cancel)
     cancel.add_argument("id", help="order id or a unique prefix of it")
     cancel.set_defaults(func=run_cancel)
+    register_template(osub)
 
 
 def order_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -75,11 +80,15 @@ def order_from_args(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if args.file:
         try:
-            loaded = json.loads(Path(args.file).read_text(encoding="utf-8"))
+            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+        try:
+            loaded = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise CliError(f"{args.file} is not valid JSON: {exc}") from None
+            if text.lstrip().startswith(("{", "[")):
+                raise CliError(f"{args.file} is not valid JSON: {exc}") from None
+            loaded = _yaml(args.file, text)
         if not isinstance(loaded, dict):
             raise CliError(f"{args.file} must hold a JSON object")
         body.update(loaded)
@@ -126,6 +135,15 @@ def order_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 ORDER_FIELDS = ["id", "status", "billing_mode", "quantity_devices", "filled_devices", "idempotency_key", "created_at"]
+
+
+def _yaml(name: str, text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CliError(f"{name} is neither JSON nor YAML: {exc}") from None
 
 
 def _print_order(args: argparse.Namespace, data: dict[str, Any]) -> None:
