@@ -36,7 +36,7 @@ class RemoteError(HetexError):
         self.remote_code = str(problem.get("code", "http_error"))
         self.reason: str | None = problem.get("reason")
         detail = str(problem.get("detail") or problem.get("title") or f"HTTP {status}")
-        why = f", {self.reason}" if self.reason else ""
+        why = f", {self.reason}" if self.reason and self.reason != self.remote_code else ""
         super().__init__(f"{detail} [{status} {self.remote_code}{why}]", field=problem.get("field"))
         self.detail = detail
 

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from exchange.cli.errors import EXIT_CODES_HELP, EXIT_USAGE, CliError, report_failure
 
@@ -45,6 +46,13 @@ COMMANDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 COMMAND_NAMES = frozenset(name for name, _, _ in COMMANDS)
 
 
+class HetexParser(argparse.ArgumentParser):
+    """Usage errors in two lines (what is wrong, where the usage is), exit 2; sub-parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n(`{self.prog} --help` shows the usage)\n")
+
+
 class VersionAction(argparse.Action):
     """--version: looks the installed version up only when asked (importlib.metadata is slow to import)."""
 
@@ -72,7 +80,7 @@ def selected_command(argv: Sequence[str]) -> str | None:
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser: full verbs for the selected command (all when argv is None), placeholders else."""
-    parser = argparse.ArgumentParser(
+    parser = HetexParser(
         prog="hetex",
         description="hetex: heterogeneous compute exchange",
         epilog=EXIT_CODES_HELP,
