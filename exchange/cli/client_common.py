@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from exchange.cli.errors import EXIT_UNAVAILABLE, CliError
@@ -48,6 +47,8 @@ def client_setting(args: argparse.Namespace, name: str) -> str | None:
 
 def load_key(path: str | None) -> SigningKey:
     """The participant's signing key; a missing, unreadable or public key file is named in the message."""
+    from pathlib import Path
+
     from federation.keys import SigningKey
 
     if not path:

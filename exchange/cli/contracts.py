@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
-from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Any
 
 from exchange.cli.client_common import add_client_flags, with_client
@@ -235,6 +234,8 @@ def current_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def accruing_fen(contract: dict[str, Any], settled_until: int, now: int, price_key: str) -> int:
     """Estimate of what a running contract accrues from `settled_until` to now: device-hours x price (fen)."""
+    from decimal import ROUND_DOWN, Decimal
+
     if contract["status"] != "confirmed":
         return 0
     start = max(settled_until, contract["start_at"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
 from exchange.cli.client_common import add_client_flags, with_client
@@ -146,6 +145,8 @@ def run_prices(args: argparse.Namespace) -> int:
 
 def quote_rows(classes: list[dict[str, Any]], devices: int, seconds: int) -> list[dict[str, Any]]:
     """Per class that could serve `devices`: price per device-hour (last price, else lowest ask) and total."""
+    from decimal import ROUND_HALF_UP, Decimal
+
     out = []
     hours = Decimal(seconds) / Decimal(3600)
     for r in classes:

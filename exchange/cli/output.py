@@ -4,12 +4,9 @@ programs (`-o json|yaml|csv`: full ids, RFC 3339 times)."""
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from exchange.cli.errors import CliError
@@ -121,15 +118,22 @@ def resolve_prefix(prefix: str, candidates: Sequence[str], what: str) -> str:
     raise CliError(f"{what} id {prefix!r} is ambiguous: {shown}; type more characters")
 
 
-@dataclass(frozen=True)
 class Column:
-    """One table column: its header, how to get the value from a row, and whether it is an id."""
+    """One table column: its header, how to get the value from a row, and whether it is an id, a time, or
+    never wrapped (e.g. a CRI: never abbreviated, it ends in a check character). A plain class: dataclasses
+    would import inspect at start-up."""
 
-    header: str
-    get: str | Callable[[Mapping[str, Any]], Any]
-    is_id: bool = False
-    is_time: bool = False
-    no_wrap: bool = False  # e.g. a CRI: never abbreviated (it ends in a check character), never folded
+    __slots__ = ("get", "header", "is_id", "is_time", "no_wrap")
+
+    def __init__(
+        self,
+        header: str,
+        get: str | Callable[[Mapping[str, Any]], Any],
+        is_id: bool = False,
+        is_time: bool = False,
+        no_wrap: bool = False,
+    ) -> None:
+        self.header, self.get, self.is_id, self.is_time, self.no_wrap = header, get, is_id, is_time, no_wrap
 
     def value(self, row: Mapping[str, Any]) -> Any:
         """The raw value of this column in `row`."""
@@ -154,6 +158,8 @@ def emit_rows(
             sys.stdout.write(f"{value}\n")
         return
     if fmt == "json":
+        import json
+
         sys.stdout.write(json.dumps(machine_times(document), indent=2, default=str, ensure_ascii=False) + "\n")
         return
     if fmt == "yaml":
@@ -162,6 +168,8 @@ def emit_rows(
         sys.stdout.write(yaml.safe_dump(machine_times(document), sort_keys=False, allow_unicode=True))
         return
     if fmt == "csv":
+        import csv
+
         writer = csv.writer(sys.stdout)
         writer.writerow([c.header for c in columns])
         for row in rows:
@@ -182,6 +190,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ",".join(str(v) for v in value)
     if isinstance(value, dict):
+        import json
+
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return str(value)
 

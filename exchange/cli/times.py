@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from datetime import UTC, datetime
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _SHORT = re.compile(r"^\s*(?:(\d+)\s*([smhdw]))+\s*$")
@@ -32,6 +31,8 @@ def parse_duration(text: str) -> int:
 
 def parse_time(text: str, *, now: float | None = None) -> int:
     """Epoch seconds of `text`: epoch seconds, ISO 8601 (no offset = local time), `now`, `now+2h`, `now-PT30M`."""
+    from datetime import datetime
+
     value = text.strip()
     current = time.time() if now is None else now
     if value.isdigit():
@@ -70,12 +71,16 @@ def duration_arg(text: str) -> int:
 
 def rfc3339(epoch: int | float) -> str:
     """Machine form: RFC 3339 UTC, e.g. 2026-12-05T01:00:00Z."""
+    from datetime import UTC, datetime
+
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def human_time(epoch: int | float, *, utc: bool = False, now: float | None = None, short: bool = False) -> str:
     """People's form: local (or UTC) date and time, with `in 2h` / `3h ago` when within a week.
     short: the time alone today, `Dec 05 09:00` this year (table cells)."""
+    from datetime import UTC, datetime
+
     current = time.time() if now is None else now
     dt = datetime.fromtimestamp(epoch, UTC) if utc else datetime.fromtimestamp(epoch, UTC).astimezone()
     today = datetime.fromtimestamp(current, UTC) if utc else datetime.fromtimestamp(current, UTC).astimezone()
@@ -109,6 +114,8 @@ def human_duration(seconds: int, *, coarse: bool = False) -> str:
 
 def zone_note(utc: bool) -> str:
     """Which zone human times are in."""
+    from datetime import UTC, datetime
+
     if utc:
         return "times in UTC"
     offset = datetime.now(UTC).astimezone().strftime("%z")
