@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 BILLING_MODES = ("per_minute", "compute_tier", "subscription", "project")
 
@@ -63,6 +62,8 @@ def run_template(args: argparse.Namespace) -> int:
     """Print the template."""
     text = template(args.billing)
     if args.output == "json":
+        import json
+
         import yaml
 
         print(json.dumps(yaml.safe_load(text), indent=2))

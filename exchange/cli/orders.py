@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exchange.cli.client_common import add_client_flags, drop_none, split_list, with_client
@@ -77,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def order_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The order body: --file first, then the flags given."""
+    import json
+    from pathlib import Path
+
     body: dict[str, Any] = {}
     if args.file:
         try:
@@ -169,6 +169,8 @@ async def order_id(c: HetexClient, text: str) -> str:
 
 def run_submit(args: argparse.Namespace) -> int:
     """Submit one order."""
+    import uuid
+
     body = order_from_args(args)
     key = args.idempotency_key or str(uuid.uuid4())
     data = with_client(args, lambda c: c.submit_order(body, key))
