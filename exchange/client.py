@@ -3,15 +3,13 @@ problem+json answers back into domain errors. Used by the CLI, the demo, usage r
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
-from typing import Any
-from urllib.parse import urlencode
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
 
-import aiohttp
-from yarl import URL
-
-from exchange.services.participants import participant_key_id
+from exchange.keyid import participant_key_id
 from federation.httpsig import sign_request
 from federation.keys import SigningKey
 from identifiers.errors import (
@@ -22,6 +20,9 @@ from identifiers.errors import (
     PermissionDeniedError,
     ValidationError,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
 
 
 class RemoteError(HetexError):
@@ -35,7 +36,7 @@ class RemoteError(HetexError):
         self.remote_code = str(problem.get("code", "http_error"))
         self.reason: str | None = problem.get("reason")
         detail = str(problem.get("detail") or problem.get("title") or f"HTTP {status}")
-        why = f", {self.reason}" if self.reason else ""
+        why = f", {self.reason}" if self.reason and self.reason != self.remote_code else ""
         super().__init__(f"{detail} [{status} {self.remote_code}{why}]", field=problem.get("field"))
         self.detail = detail
 
@@ -85,6 +86,8 @@ class HetexClient:
 
     `keyid` defaults to the participant key id (C2SP key id under the name 'hetex'). The client owns an
     aiohttp session unless one is passed; use `async with HetexClient(...) as c:` or call close().
+    transport="stdlib" sends with http.client in a worker thread instead of aiohttp: a one-shot CLI command
+    then starts without importing aiohttp (about 0.2 s); connection failures are OSError there.
     """
 
     def __init__(
@@ -95,13 +98,15 @@ class HetexClient:
         *,
         session: aiohttp.ClientSession | None = None,
         timeout: float = 30.0,
+        transport: str = "aiohttp",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.keyid = keyid or participant_key_id(key.public)
         self._session = session
         self._own_session = session is None
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_seconds = timeout
+        self.transport = transport
         self.last_status: int | None = None
 
     async def __aenter__(self) -> HetexClient:
@@ -114,7 +119,9 @@ class HetexClient:
     def session(self) -> aiohttp.ClientSession:
         """The HTTP session (created on first use)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_seconds))
         return self._session
 
     async def close(self) -> None:
@@ -156,18 +163,40 @@ class HetexClient:
             all_headers.setdefault("Content-Type", "application/json")
         if signed:
             all_headers.update(self.sign(method, url, body))
-        async with self.session.request(method, URL(url, encoded=True), data=body, headers=all_headers) as resp:
-            self.last_status = resp.status
-            text = await resp.text()
-            data: Any = None
-            if text:
-                try:
-                    data = _json_loads(text)
-                except ValueError:
-                    data = {"detail": text[:500]}
-            if resp.status >= 400:
-                raise remote_error(resp.status, data if isinstance(data, dict) else {"detail": str(data)})
-            return data
+        status, raw = await self.send(method, url, body, all_headers)
+        self.last_status = status
+        text = raw.decode("utf-8", errors="replace")
+        data: Any = None
+        if text:
+            try:
+                data = _json_loads(text)
+            except ValueError:
+                data = {"detail": text[:500]}
+        if status >= 400:
+            raise remote_error(status, data if isinstance(data, dict) else {"detail": str(data)})
+        return data
+
+    async def download(self, path: str, *, params: Mapping[str, Any] | None = None) -> bytes:
+        """A signed GET whose answer is bytes (an audit bundle); a RemoteError on an error status."""
+        url = self.url(path, params)
+        status, raw = await self.send("GET", url, b"", self.sign("GET", url, b""))
+        self.last_status = status
+        if status >= 400:
+            try:
+                problem = _json_loads(raw.decode("utf-8"))
+            except ValueError:
+                problem = {"detail": raw[:500].decode("utf-8", errors="replace")}
+            raise remote_error(status, problem if isinstance(problem, dict) else {"detail": str(problem)})
+        return raw
+
+    async def send(self, method: str, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        """Send exactly these bytes; the status and the body of the answer."""
+        if self.transport == "stdlib":
+            return await asyncio.to_thread(send_stdlib, method, url, body, dict(headers), self._timeout_seconds)
+        from yarl import URL
+
+        async with self.session.request(method, URL(url, encoded=True), data=body, headers=headers) as resp:
+            return resp.status, await resp.read()
 
     # convenience ---------------------------------------------------------------------------------
 
@@ -221,6 +250,22 @@ class HetexClient:
         """Cancel an order."""
         result: dict[str, Any] = await self.request("POST", f"/v1/orders/{order_id}/cancel")
         return result
+
+
+def send_stdlib(method: str, url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
+    """One HTTP/1.1 request with http.client (the signed URL's path and query are sent as they are)."""
+    import http.client
+
+    parts = urlsplit(url)
+    conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_class(parts.hostname or "", parts.port, timeout=timeout)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    try:
+        conn.request(method, target or "/", body=body if body or method != "GET" else None, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 def _json_loads(text: str) -> Any:

@@ -43,6 +43,7 @@ from exchange.services.registration import (
     PoolDeclaration,
     PoolView,
     SiteDetail,
+    SiteList,
     SiteRegistration,
     SiteView,
 )
@@ -334,6 +335,17 @@ OPS: tuple[Op, ...] = (
         body=SiteRegistration,
         signed=True,
         errors=(403, 413, 422),
+    ),
+    Op(
+        "get",
+        "/v1/sites",
+        "listSites",
+        "The caller's sites with their pools (provider)",
+        "registration",
+        response=SiteList,
+        signed=True,
+        errors=(403, 422),
+        query=(registration.SITE_STATUS,),
     ),
     Op(
         "get",

@@ -14,6 +14,7 @@ from exchange.services.registration import OfferAmendment, OfferPost, PoolDeclar
 routes = web.RouteTableDef()
 
 OFFER_STATUS = ChoiceParam("status", "query", "only offers in this state", choices=("open", "withdrawn"))
+SITE_STATUS = ChoiceParam("status", "query", "only sites in this state", choices=("active", "tombstoned"))
 
 
 @routes.post("/v1/sites")
@@ -22,6 +23,14 @@ async def add_site(request: web.Request) -> web.Response:
     who = require_principal(request)
     body = await parse_body(request, SiteRegistration)
     return model_response(await services(request).registration.register_site(who, body, signed_request(request)), 201)
+
+
+@routes.get("/v1/sites")
+async def list_sites(request: web.Request) -> web.Response:
+    """The caller's sites with their pools."""
+    who = require_principal(request)
+    status = SITE_STATUS.parse(request)
+    return model_response(await services(request).registration.list_sites(who, status))
 
 
 @routes.get("/v1/sites/{cri}")

@@ -1,4 +1,7 @@
-"""Shared CLI plumbing: usage errors (exit 2), JSON/table output, settings from flags."""
+"""Shared CLI plumbing: usage errors (exit 2), JSON/table output, settings from flags, shared verb groups.
+
+Imports of rich, pydantic and the service stay inside functions: `hetex --help` must start fast.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +9,34 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+from exchange.cli.errors import CliError
 
-from exchange.settings import Settings
+if TYPE_CHECKING:
+    from exchange.settings import Settings
+
+__all__ = ["CliError", "add_db_flag", "group", "print_json", "print_table", "settings_from"]
+
+_GROUPS = "_hetex_groups"
 
 
-class CliError(Exception):
-    """A user-facing CLI failure: printed without a traceback; exit code 2 unless given."""
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+def group(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    """The subparsers of command `name`, created on first use (or found on a parser another module made)
+    so several modules can add verbs to one group."""
+    groups: dict[str, argparse._SubParsersAction] = getattr(sub, _GROUPS, None) or {}
+    setattr(sub, _GROUPS, groups)
+    if name not in groups:
+        existing = sub.choices.get(name)
+        if existing is not None:
+            found = [a for a in existing._actions if isinstance(a, argparse._SubParsersAction)]
+            if not found:
+                raise RuntimeError(f"command {name!r} has no verbs to add to")
+            groups[name] = found[0]
+        else:
+            p = sub.add_parser(name, help=help_text)
+            groups[name] = p.add_subparsers(dest=f"{name}_command", required=True, metavar="VERB")
+    return groups[name]
 
 
 def add_db_flag(parser: argparse.ArgumentParser) -> None:
@@ -28,10 +45,30 @@ def add_db_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
-    """Settings from the environment plus any flags the command defined."""
-    overrides = {k: getattr(args, k, None) for k in ("database_url", "host", "port", "key_dir", "authority")}
+    """Settings from the environment plus any flags the command defined; a bad value names its flag."""
+    from pydantic import ValidationError as PydanticError
+
+    from exchange.settings import Settings
+    from identifiers.errors import ValidationError
+
+    flags = ("database_url", "host", "port", "key_dir", "authority")
+    overrides = {k: getattr(args, k, None) for k in flags}
     overrides.update(extra)
-    return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings.from_env(**given)
+    except ValidationError as exc:
+        name = (exc.field or "").removeprefix("HETEX_").lower()
+        if name in given and name in flags:
+            raise CliError(f"--{name.replace('_', '-')}: {exc.message}") from None
+        raise
+    except PydanticError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            source = f"--{name.replace('_', '-')}" if name in given else f"HETEX_{name.upper()}"
+            problems.append(f"{source}: {err['msg']}")
+        raise CliError("; ".join(problems)) from None
 
 
 def print_json(data: Any) -> None:
@@ -41,6 +78,9 @@ def print_json(data: Any) -> None:
 
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Human output: a table."""
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=title)
     for col in columns:
         table.add_column(col)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 from exchange.cli.common import add_db_flag, settings_from
+from exchange.cli.dbcheck import check_database
 from exchange.storage.engine import make_engine
 from exchange.storage.migrate import engine_revision, head_revision, upgrade_engine
 
@@ -42,14 +43,7 @@ def run_current(args: argparse.Namespace) -> int:
     """Print current and head; exit 1 when behind."""
     settings = settings_from(args)
 
-    async def go() -> str | None:
-        engine = make_engine(settings.database_url)
-        try:
-            return await engine_revision(engine)
-        finally:
-            await engine.dispose()
-
-    current, head = asyncio.run(go()), head_revision()
+    current, head = asyncio.run(check_database(settings.database_url, need_head=False)), head_revision()
     state = "up to date" if current == head else "behind: run `hetex db upgrade`"
     print(f"current {current or '(empty)'}  head {head}  {state}")
     return 0 if current == head else 1

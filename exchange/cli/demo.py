@@ -97,14 +97,42 @@ def run(args: argparse.Namespace) -> int:
             else:
                 console.print(f"[red]hetex demo failed at step '{exc.step}'[/]: {exc.reason}")
             return 1
+        if keep is not None:
+            summary["kept_keys"] = save_keys(demo, keep)
         if args.json:
             print_json(summary)
         else:
-            print_tables(console, demo, summary)
+            print_tables(console, demo, summary, kept=keep)
     finally:
         if keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def save_keys(demo: Demo, keep: Path) -> dict[str, str]:
+    """With --keep: every participant's key pair under keys/participants/ and the exchange's public key as
+    keys/exchange.pub (for `hetex audit verify --trusted-key`); name -> private key file."""
+    import re
+
+    from federation.keys import save_public_key, save_signing_key
+
+    folder = keep / "keys" / "participants"
+    folder.mkdir(parents=True, exist_ok=True)
+    parties = [*demo.providers, *demo.buyers.values(), demo.operator, demo.regulator]
+    saved: dict[str, str] = {}
+    for party in parties:
+        if party is None:
+            continue
+        stem = re.sub(r"[^a-z0-9]+", "-", f"{party.role}-{party.name}".lower()).strip("-")
+        save_signing_key(folder / f"{stem}.pem", party.client.key)
+        save_public_key(folder / f"{stem}.pub", party.client.key.public)
+        saved[party.name] = str(folder / f"{stem}.pem")
+    from federation.keys import load_signing_key
+
+    # the exchange's key directory holds `<key id>.pem` (one key: the demo never rotates)
+    [exchange_pem] = [p for p in (keep / "keys").glob("*.pem") if re.fullmatch(r"[0-9a-f]{8}", p.stem)]
+    save_public_key(keep / "keys" / "exchange.pub", load_signing_key(exchange_pem).public)
+    return saved
 
 
 def _table(title: str, columns: list[str], right: tuple[str, ...] = ()) -> Table:
@@ -118,7 +146,7 @@ def _hours(seconds: int) -> str:
     return f"{seconds // 86_400} d" if seconds >= 4 * 86_400 else f"{seconds // 3600} h"
 
 
-def print_tables(console: Console, demo: Demo, s: dict[str, Any]) -> None:
+def print_tables(console: Console, demo: Demo, s: dict[str, Any], kept: Path | None = None) -> None:
     """What happened, as tables."""
     console.print()
     pools = _table(
@@ -252,7 +280,13 @@ def print_tables(console: Console, demo: Demo, s: dict[str, Any]) -> None:
         "clock", f"fast-forwarded {s['clock_fast_forward_seconds'] / 86_400:.1f} days before usage and settlement"
     )
     console.print(trust)
-    if demo.bundle_path is not None:
-        console.print(f"\n[bold]hetex audit show[/] {demo.bundle_path.name}")
+    if demo.bundle_path is not None and kept is not None:
+        console.print(f"\n[bold]hetex audit show[/] {demo.bundle_path}")
+        run_show(argparse.Namespace(bundle=str(demo.bundle_path), json=False))
+        trusted = kept / "keys" / "exchange.pub"
+        console.print(f"verify it again: [bold]hetex audit verify {demo.bundle_path} --trusted-key {trusted}[/]")
+        console.print(f"participants' keys: {kept / 'keys' / 'participants'}")
+    elif demo.bundle_path is not None:
+        console.print("\n[bold]audit bundle totals[/] (the bundle is deleted after the demo; --keep DIR keeps it)")
         run_show(argparse.Namespace(bundle=str(demo.bundle_path), json=False))
     console.print(f"\n[green]hetex demo: all {len(s['steps'])} steps succeeded in {s['seconds']:.1f} s[/]")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from exchange.cli.common import CliError, print_json
-from exchange.services.participants import participant_key_id
+from exchange.keyid import participant_key_id
 from federation.keys import generate_keypair_files, load_public_key
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from exchange.cli.common import CliError, add_db_flag, print_json, settings_from
-from exchange.composition import Services, build_services
+from exchange.cli.dbcheck import open_services
+from exchange.composition import Services
 from exchange.services.ledger import LogProblem
 from federation.errors import NoteError, ProofError
 from federation.keys import KeyFormatError, Keyring, VerifyKey
@@ -56,7 +57,7 @@ def _with_services(args: argparse.Namespace, fn: Callable[[Services], Awaitable[
     settings = settings_from(args)
 
     async def go() -> T:
-        svc = await build_services(settings)
+        svc = await open_services(settings)
         try:
             return await fn(svc)
         finally:

@@ -10,14 +10,17 @@ import sys
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+from exchange.cli.common import CliError, add_db_flag, group, print_json, settings_from
 
-from exchange.cli.common import CliError, add_db_flag, print_json, settings_from
-from matching.clearing import METHODS, clear
-from matching.model import ClearingResult, Market, result_to_dict
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from matching.model import ClearingResult, Market
+
+#: matching.clearing.METHODS, spelled out so parsing `hetex round ...` does not import the solver (a test checks)
+METHODS = ("mcf", "greedy", "fifo")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,23 +33,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the clearing result as JSON")
     p.set_defaults(func=run_match)
 
-    m = sub.add_parser("market", help="the live market of a database")
-    msub = m.add_subparsers(dest="market_command", required=True)
+    msub = group(sub, "market", "the live market: offers, depth, prices, quote, snapshot")
     snap = msub.add_parser("snapshot", help="save the current market as a snapshot (replay with `hetex match`)")
     snap.add_argument("--out", required=True, help="file to write ('-' for stdout)")
     add_db_flag(snap)
     snap.set_defaults(func=run_snapshot)
 
-    r = sub.add_parser("round", help="clearing rounds")
-    rsub = r.add_subparsers(dest="round_command", required=True)
+    rsub = group(sub, "round", "clearing rounds")
     run = rsub.add_parser("run", help="run one clearing round on the database now")
     run.add_argument("--json", action="store_true", help="print the round as JSON")
+    run.add_argument("--key-dir", help="directory of the exchange's private keys (default: $HETEX_KEY_DIR)")
     add_db_flag(run)
     run.set_defaults(func=run_round)
 
 
 def load_market(path: str) -> Market:
     """Read a snapshot file ('-' for stdin); a bad file is a CLI error, not a traceback."""
+    from matching.model import Market
+
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -59,6 +63,9 @@ def load_market(path: str) -> Market:
 
 def run_match(args: argparse.Namespace) -> int:
     """Clear the snapshot and print allocations, prices, statistics and the audit."""
+    from matching.clearing import clear
+    from matching.model import result_to_dict
+
     market = load_market(args.market)
     result = clear(market, method=args.method, prices=not args.no_prices)
     if args.json:
@@ -70,6 +77,9 @@ def run_match(args: argparse.Namespace) -> int:
 
 def print_result(result: ClearingResult, *, limit: int = 30, console: Console | None = None) -> None:
     """Human tables of a clearing result."""
+    from rich.console import Console
+    from rich.table import Table
+
     out = console or Console()
     s = result.stats
     stats = Table(title="clearing", show_header=False)
@@ -140,9 +150,9 @@ def print_result(result: ClearingResult, *, limit: int = 30, console: Console | 
 
 
 async def _with_services(args: argparse.Namespace, action: Any) -> Any:
-    from exchange.composition import build_services
+    from exchange.cli.dbcheck import open_services
 
-    svc = await build_services(settings_from(args))
+    svc = await open_services(settings_from(args))
     try:
         return await action(svc)
     finally:
@@ -182,6 +192,9 @@ def run_round(args: argparse.Namespace) -> int:
     if args.json:
         print_json(view)
         return 0
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"round {view['id']} ({view['status']})", show_header=False)
     for key in (
         "orders",

@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import argparse
-import json
-import uuid
-from pathlib import Path
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 from exchange.cli.client_common import add_client_flags, drop_none, split_list, with_client
-from exchange.cli.common import CliError, print_json, print_table
-from exchange.client import HetexClient
+from exchange.cli.common import CliError
+from exchange.cli.contracts import FULL_ID
+from exchange.cli.order_template import register_template
+from exchange.cli.output import Column, emit_record, emit_rows, output_format, resolve_prefix
+from exchange.cli.times import DURATION_HELP, TIME_HELP, duration_arg, time_arg
 
-LIST_FIELDS = ["id", "status", "billing_mode", "quantity_devices", "filled_devices", "flags", "created_at"]
+if TYPE_CHECKING:
+    from exchange.client import HetexClient
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     osub = p.add_subparsers(dest="order_command", required=True)
     submit = osub.add_parser("submit", help="submit an order from --file or flags")
     add_client_flags(submit)
-    submit.add_argument("--file", help="order JSON (DESIGN.md section 6 fields); flags below override it")
+    submit.add_argument(
+        "--file", help="order as YAML or JSON (see `hetex order template`; '-' for stdin); flags below override it"
+    )
     submit.add_argument("--idempotency-key", help="retry key (default: a fresh UUID, printed)")
     submit.add_argument("--devices", type=int, help="quantity in devices")
     submit.add_argument("--scu", help="quantity in SCU per hour (decimal)")
@@ -39,9 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--max-pools", type=int)
     submit.add_argument("--same-model", action="store_true", default=None)
     submit.add_argument("--colocation", choices=["site", "region", "any"])
-    submit.add_argument("--duration", type=int, help="seconds")
-    submit.add_argument("--start-earliest", type=int, help="epoch seconds")
-    submit.add_argument("--start-latest", type=int, help="epoch seconds")
+    submit.add_argument("--duration", type=duration_arg, help=DURATION_HELP)
+    submit.add_argument("--start-earliest", type=time_arg, help=TIME_HELP)
+    submit.add_argument("--start-latest", type=time_arg, help=TIME_HELP)
     submit.add_argument("--limit-fen", type=int, help="limit fen per device-hour for every acceptable model")
     submit.add_argument("--limit-fen-per-scu", type=int, help="limit fen per SCU-hour")
     submit.add_argument("--billing-mode", choices=["per_minute", "compute_tier", "subscription", "project"])
@@ -58,25 +62,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     show = osub.add_parser("show", help="one order")
     add_client_flags(show)
-    show.add_argument("id")
+    show.add_argument("id", help="order id or a unique prefix of it")
     show.set_defaults(func=run_show)
 
     cancel = osub.add_parser("cancel", help="cancel an order")
     add_client_flags(cancel)
-    cancel.add_argument("id")
+    cancel.add_argument("id", help="order id or a unique prefix of it")
     cancel.set_defaults(func=run_cancel)
+    register_template(osub)
 
 
 def order_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The order body: --file first, then the flags given."""
+    import json
+    from pathlib import Path
+
     body: dict[str, Any] = {}
     if args.file:
         try:
-            loaded = json.loads(Path(args.file).read_text(encoding="utf-8"))
+            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+        try:
+            loaded = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise CliError(f"{args.file} is not valid JSON: {exc}") from None
+            if text.lstrip().startswith(("{", "[")):
+                raise CliError(f"{args.file} is not valid JSON: {exc}") from None
+            loaded = _yaml(args.file, text)
         if not isinstance(loaded, dict):
             raise CliError(f"{args.file} must hold a JSON object")
         body.update(loaded)
@@ -122,17 +134,43 @@ def order_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
+ORDER_FIELDS = ["id", "status", "billing_mode", "quantity_devices", "filled_devices", "idempotency_key", "created_at"]
+
+
+def _yaml(name: str, text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CliError(f"{name} is neither JSON nor YAML: {exc}") from None
+
+
 def _print_order(args: argparse.Namespace, data: dict[str, Any]) -> None:
-    if args.json:
-        print_json(data)
-        return
-    rows = [(f, data.get(f)) for f in ["id", "status", "billing_mode", "quantity_devices", "idempotency_key"]]
-    rows += [("flag", f"{f['code']}: {f['message']}") for f in data.get("flags", [])]
-    print_table("order", ["field", "value"], rows)
+    flags = {f"flag {f['code']}": f["message"] for f in data.get("flags", [])}
+    emit_record(
+        args, {**data, **flags} if output_format(args) == "table" else data, [*ORDER_FIELDS, *flags], title="order"
+    )
+
+
+async def order_id(c: HetexClient, text: str) -> str:
+    """A full order id from an id or a unique prefix of one of the caller's orders."""
+    if len(text) >= FULL_ID:
+        return text
+    ids: list[str] = []
+    cursor = None
+    while True:
+        page = await c.list_orders(limit=200, cursor=cursor)
+        ids += [o["id"] for o in page["orders"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return resolve_prefix(text, ids, "order")
 
 
 def run_submit(args: argparse.Namespace) -> int:
     """Submit one order."""
+    import uuid
+
     body = order_from_args(args)
     key = args.idempotency_key or str(uuid.uuid4())
     data = with_client(args, lambda c: c.submit_order(body, key))
@@ -153,34 +191,35 @@ def run_list(args: argparse.Namespace) -> int:
         return {"orders": orders, "next_cursor": page["next_cursor"]}
 
     data = with_client(args, call)
-    if args.json:
-        print_json(data)
-        return 0
-    rows = [
-        [
-            o["id"],
-            o["status"],
-            o["billing_mode"],
-            o["quantity_devices"] or o["spec"].get("quantity_scu", "") + " SCU",
-            o["filled_devices"],
-            ",".join(f["code"] for f in o["flags"]),
-            o["created_at"],
-        ]
-        for o in data["orders"]
+    columns = [
+        Column("id", "id", is_id=True),
+        Column("status", "status"),
+        Column("mode", "billing_mode"),
+        Column("quantity", lambda o: o["quantity_devices"] or f"{o['spec'].get('quantity_scu', '')} SCU"),
+        Column("filled", "filled_devices"),
+        Column("flags", lambda o: ",".join(f["code"] for f in o["flags"])),
+        Column("created", "created_at", is_time=True),
     ]
-    print_table("orders", LIST_FIELDS, rows)
-    if data["next_cursor"]:
-        print(f"more: --cursor {data['next_cursor']}")
+    more = f"more: --cursor {data['next_cursor']}" if data["next_cursor"] else None
+    emit_rows(args, data, data["orders"], columns, title=f"orders ({len(data['orders'])})", footer=more)
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
     """Show one order."""
-    _print_order(args, with_client(args, lambda c: c.request("GET", f"/v1/orders/{args.id}")))
+
+    async def call(c: HetexClient) -> Any:
+        return await c.request("GET", f"/v1/orders/{await order_id(c, args.id)}")
+
+    _print_order(args, with_client(args, call))
     return 0
 
 
 def run_cancel(args: argparse.Namespace) -> int:
     """Cancel one order."""
-    _print_order(args, with_client(args, lambda c: c.cancel_order(args.id)))
+
+    async def call(c: HetexClient) -> Any:
+        return await c.cancel_order(await order_id(c, args.id))
+
+    _print_order(args, with_client(args, call))
     return 0

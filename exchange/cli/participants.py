@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exchange.cli.client_common import add_client_flags, drop_none, split_list, with_client
-from exchange.cli.common import CliError, print_json, print_table
-from exchange.client import HetexClient
+from exchange.cli.common import CliError
+from exchange.cli.output import Column, emit_record, emit_rows
+from exchange.cli.times import DURATION_HELP, TIME_HELP, duration_arg, time_arg
+
+if TYPE_CHECKING:
+    from exchange.client import HetexClient
 
 
 def _show(args: argparse.Namespace, title: str, data: dict[str, Any], fields: list[str]) -> None:
-    if args.json:
-        print_json(data)
-    else:
-        print_table(title, ["field", "value"], [(f, data.get(f)) for f in fields])
+    emit_record(args, data, fields, title=title)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_client_flags(hb)
     hb.add_argument("cri")
     hb.set_defaults(func=run_site_heartbeat)
+    sl = ssub.add_parser("list", help="your sites with pool and device counts")
+    add_client_flags(sl)
+    sl.add_argument("--status", choices=["active", "tombstoned"])
+    sl.add_argument("--region", help="only sites in this region")
+    sl.set_defaults(func=run_site_list)
     rm = ssub.add_parser("remove", help="deregister a site (tombstone; open offers withdrawn)")
     add_client_flags(rm)
     rm.add_argument("cri")
@@ -61,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     padd.add_argument("--devices-per-node", type=int)
     padd.add_argument("--link", help="intra-node link, e.g. NVLink, HCCS")
     padd.set_defaults(func=run_pool_add)
+    pl = psub2.add_parser("list", help="your pools (of every site, or of one)")
+    add_client_flags(pl)
+    pl.add_argument("--site", help="only pools of this site CRI")
+    pl.add_argument("--model", help="only this catalogue model")
+    pl.add_argument("--status", choices=["active", "tombstoned"])
+    pl.set_defaults(func=run_pool_list)
 
     offer = sub.add_parser("offer", help="capacity offers")
     osub = offer.add_subparsers(dest="offer_command", required=True)
@@ -69,9 +81,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     post.add_argument("--pool", required=True, help="pool CRI")
     post.add_argument("--devices", required=True, type=int)
     post.add_argument("--ask-fen", required=True, type=int, help="ask price in fen per device-hour")
-    post.add_argument("--start", type=int, help="window start, epoch seconds (default: now)")
-    post.add_argument("--end", type=int, help="window end, epoch seconds (default: open-ended)")
-    post.add_argument("--min-lease", type=int, default=3600, help="minimum lease in seconds (default 3600)")
+    post.add_argument("--start", type=time_arg, help=f"window start ({TIME_HELP}; default: now)")
+    post.add_argument("--end", type=time_arg, help="window end, same forms (default: open-ended)")
+    post.add_argument(
+        "--min-lease", type=duration_arg, default=3600, help=f"minimum lease ({DURATION_HELP}; default 1h)"
+    )
     post.add_argument("--billing-modes", default="per_minute", help="comma list of per_minute,compute_tier,...")
     post.set_defaults(func=run_offer_post)
     lst = osub.add_parser("list", help="your offers")
@@ -102,6 +116,52 @@ def run_site_add(args: argparse.Namespace) -> int:
     extra = drop_none({"pue": args.pue, "green_share": args.green_share, "interconnect": args.interconnect})
     data = with_client(args, lambda c: c.add_site(args.region, args.name, **extra))
     _show(args, "site", data, SITE_FIELDS)
+    return 0
+
+
+async def _sites(c: HetexClient, status: str | None = None) -> list[dict[str, Any]]:
+    data = await c.request("GET", "/v1/sites", params={"status": status})
+    sites: list[dict[str, Any]] = data["sites"]
+    return sites
+
+
+def run_site_list(args: argparse.Namespace) -> int:
+    """List own sites."""
+    sites = with_client(args, lambda c: _sites(c, args.status))
+    if args.region:
+        sites = [s for s in sites if s["region"] == args.region]
+    columns = [
+        Column("site", "cri", no_wrap=True),
+        Column("name", "name"),
+        Column("region", "region"),
+        Column("pools", lambda s: len(s["pools"])),
+        Column("devices", lambda s: sum(p["devices"] for p in s["pools"] if p["status"] == "active")),
+        Column("status", "status"),
+        Column("heartbeat", "last_heartbeat_at", is_time=True),
+    ]
+    emit_rows(args, {"sites": sites}, sites, columns, title=f"sites ({len(sites)})")
+    return 0
+
+
+def run_pool_list(args: argparse.Namespace) -> int:
+    """List own pools."""
+    sites = with_client(args, lambda c: _sites(c))
+    pools = [p for s in sites for p in s["pools"]]
+    if args.site:
+        pools = [p for p in pools if p["site_cri"] == args.site]
+    if args.model:
+        pools = [p for p in pools if p["model"] == args.model]
+    if args.status:
+        pools = [p for p in pools if p["status"] == args.status]
+    columns = [
+        Column("pool", "cri", no_wrap=True),
+        Column("model", "model"),
+        Column("devices", "devices"),
+        Column("nodes", lambda p: f"{p['nodes']}x{p['devices_per_node']}"),
+        Column("memory GB", "memory_gb"),
+        Column("status", "status"),
+    ]
+    emit_rows(args, {"pools": pools}, pools, columns, title=f"pools ({len(pools)})")
     return 0
 
 
@@ -159,10 +219,16 @@ def run_offer_list(args: argparse.Namespace) -> int:
         return await c.request("GET", "/v1/offers", params={"status": args.status})
 
     data = with_client(args, call)
-    if args.json:
-        print_json(data)
-    else:
-        print_table("offers", OFFER_FIELDS, [[o.get(f) for f in OFFER_FIELDS] for o in data["offers"]])
+    columns = [
+        Column("id", "id", is_id=True),
+        Column("pool", "pool_cri", no_wrap=True),
+        Column("dev", "devices"),
+        Column("fen/dev-h", "ask_fen"),
+        Column("from", "window_start", is_time=True),
+        Column("until", "window_end", is_time=True),
+        Column("status", "status"),
+    ]
+    emit_rows(args, data, data["offers"], columns, title=f"offers ({len(data['offers'])})")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from exchange.cli.admin import admin_subparsers
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lst.set_defaults(func=run_peers)
     ident = admin.add_parser("identity", help="print this exchange's authority, origin and key (give to peers)")
     _common(ident)
+    ident.add_argument("--pub-out", help="also write the exchange public key (base64) to this file, for regulators")
     ident.set_defaults(func=run_identity)
 
 
@@ -79,6 +81,8 @@ def run_identity(args: argparse.Namespace) -> int:
         return view
 
     view = asyncio.run(_with_services(args, go))
+    if args.pub_out:
+        Path(args.pub_out).write_text(view["public_key"] + "\n", encoding="ascii")
     if args.json:
         print_json(view)
     else:

@@ -14,6 +14,7 @@ from aiohttp import web
 from exchange.api.app import create_app
 from exchange.api.connections import GuardedSite
 from exchange.api.federation import federation_tasks
+from exchange.cli import settings_doc
 from exchange.cli.common import CliError, add_db_flag, settings_from
 from exchange.composition import build_services
 from exchange.services.solver import SOLVERS
@@ -39,6 +40,7 @@ class UnboundOriginError(ValidationError):
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `serve`."""
     p = sub.add_parser("serve", help="run the exchange HTTP service")
+    p.formatter_class, p.epilog = argparse.RawDescriptionHelpFormatter, settings_doc.text_table()
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8470)")
     p.add_argument(

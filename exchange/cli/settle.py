@@ -7,7 +7,8 @@ import asyncio
 from typing import Any
 
 from exchange.cli.common import add_db_flag, print_json, print_table, settings_from
-from exchange.composition import build_services
+from exchange.cli.dbcheck import open_services
+from exchange.cli.times import TIME_HELP, time_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = settle_sub.add_parser("run", help="settle every contract period due by now (one transaction)")
     add_db_flag(run)
     run.add_argument("--key-dir", help="exchange key directory (default: $HETEX_KEY_DIR or .hetex/keys)")
-    run.add_argument("--as-of", type=int, help="settle what was due by this epoch second (default: now)")
+    run.add_argument("--as-of", type=time_arg, help=f"settle what was due by then ({TIME_HELP}; default: now)")
     run.add_argument("--json", action="store_true", help="print the batch as JSON")
     run.set_defaults(func=run_settle)
 
@@ -27,7 +28,7 @@ def run_settle(args: argparse.Namespace) -> int:
     settings = settings_from(args)
 
     async def go() -> dict[str, Any]:
-        svc = await build_services(settings)
+        svc = await open_services(settings)
         try:
             await svc.identity.load()  # settlement records are signed: refuse up front without the key
             return (await svc.settlement.run(None, as_of=args.as_of)).to_json()

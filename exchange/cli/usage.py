@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from exchange.cli.common import CliError, print_json
-from exchange.client import HetexClient
-from exchange.services.usage import USAGE_PAYLOAD_TYPE, usage_payload
-from federation.dsse import sign_envelope
-from federation.keys import SigningKey, load_signing_key
+from exchange.cli.client_common import add_client_flags, with_client
+from exchange.cli.common import CliError
+from exchange.cli.output import emit_record
+
+if TYPE_CHECKING:
+    from exchange.client import HetexClient
+    from federation.keys import SigningKey
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("usage", help="node-side usage reporting")
     usage_sub = p.add_subparsers(dest="usage_command", required=True)
     rep = usage_sub.add_parser("report", help="report device-minutes used on a contract for one period")
-    rep.add_argument("--url", required=True, help="exchange base URL, e.g. http://127.0.0.1:8470")
-    rep.add_argument("--key", required=True, type=Path, help="the provider's private key file (PEM)")
+    add_client_flags(rep)
     rep.add_argument("--contract", required=True, help="contract id")
     rep.add_argument("--meter", required=True, help="meter id (one per node or exporter)")
     rep.add_argument("--seq", required=True, type=int, help="this meter's sequence number (1, 2, ...)")
@@ -47,6 +46,9 @@ def parse_time(text: str, flag: str) -> int:
 
 def build_usage_envelope(key: SigningKey, keyid: str, **fields: Any) -> dict[str, Any]:
     """The DSSE envelope over the RFC 8785 bytes of the usage payload, signed by the node key."""
+    from exchange.services.usage import USAGE_PAYLOAD_TYPE, usage_payload
+    from federation.dsse import sign_envelope
+
     return sign_envelope(USAGE_PAYLOAD_TYPE, usage_payload(**fields), [(keyid, key)])
 
 
@@ -56,26 +58,25 @@ async def send_usage(client: HetexClient, contract_id: str, envelope: dict[str, 
 
 
 def run_report(args: argparse.Namespace) -> int:
-    """Sign and send one usage report; print the exchange's answer."""
-    try:
-        key = load_signing_key(args.key)
-    except (OSError, ValueError) as exc:
-        raise CliError(f"--key: cannot read a private key from {args.key}: {exc}") from None
+    """Sign and send one usage report (the node key is the --key); print the exchange's answer."""
+    period_start = parse_time(args.period_start, "--from")
+    period_end = parse_time(args.period_end, "--to")
 
-    async def go() -> Any:
-        async with HetexClient(args.url, key) as client:
-            envelope = build_usage_envelope(
-                key,
-                client.keyid,
-                contract_id=args.contract,
-                meter_id=args.meter,
-                seq=args.seq,
-                period_start=parse_time(args.period_start, "--from"),
-                period_end=parse_time(args.period_end, "--to"),
-                device_minutes=args.device_minutes,
-                availability_bps=args.availability_bps,
-            )
-            return await send_usage(client, args.contract, envelope)
+    async def go(client: HetexClient) -> Any:
+        envelope = build_usage_envelope(
+            client.key,
+            client.keyid,
+            contract_id=args.contract,
+            meter_id=args.meter,
+            seq=args.seq,
+            period_start=period_start,
+            period_end=period_end,
+            device_minutes=args.device_minutes,
+            availability_bps=args.availability_bps,
+        )
+        return await send_usage(client, args.contract, envelope)
 
-    print_json(asyncio.run(go()))
+    data = with_client(args, go)
+    fields = ["id", "contract_id", "meter_id", "seq", "period_start", "period_end", "device_minutes", "status", "flags"]
+    emit_record(args, data, [*fields, "log_index"], title="usage report")
     return 0

@@ -21,10 +21,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.audit.writer import BundleKeyInfo, BundleWriter, pack
+from exchange.keyid import KEY_NAME
 from exchange.services.fields import MAX_SAFE_INT, Code, EpochSeconds, RegionCode
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
-from exchange.services.participants import KEY_NAME
 from exchange.storage.audit import AuditExport
 from exchange.storage.base import now_s
 from exchange.storage.federation import Peer

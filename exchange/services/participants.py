@@ -11,20 +11,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from exchange.keyid import participant_key_id as participant_key_id
 from exchange.services.fields import REQUEST_MODEL, Name, RegionCode
 from exchange.services.nonces import NonceClaim, NonceStore
 from exchange.services.principals import ROLES, Principal, SignedRequest
 from exchange.services.records import add_record
 from exchange.storage.participants import Participant
 from federation.errors import KeyFormatError
-from federation.keys import VerifyKey, key_id_hex
+from federation.keys import VerifyKey
 from identifiers.crockford import random_code
 from identifiers.errors import ConflictError, NotFoundError, ValidationError
 from identifiers.ids import new_id_str
 from identifiers.regions import RegionTable
 
-#: The fixed C2SP key name under which participant key ids are computed (specs/signing.md).
-KEY_NAME = "hetex"
 OPERATOR_CODE_LENGTH = 4
 
 PublicKeyText = Annotated[str, StringConstraints(min_length=40, max_length=64, pattern=r"^[A-Za-z0-9+/]+={0,2}$")]
@@ -94,11 +93,6 @@ def principal_of(row: Participant) -> Principal:
         home_region=row.home_region,
         status=row.status,
     )
-
-
-def participant_key_id(public_key: VerifyKey) -> str:
-    """The key id a participant signs with: C2SP key id of its key under the name 'hetex', 8 hex digits."""
-    return key_id_hex(KEY_NAME, public_key)
 
 
 def decode_participant_key(text: str, field_name: str = "public_key") -> VerifyKey:

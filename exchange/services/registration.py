@@ -237,6 +237,12 @@ class SiteDetail(SiteView):
     pools: list[PoolView]
 
 
+class SiteList(BaseModel):
+    """The caller's sites with their pools."""
+
+    sites: list[SiteDetail]
+
+
 class HeartbeatView(BaseModel):
     """Answer to a heartbeat."""
 
@@ -432,6 +438,30 @@ class RegistrationService:
             site = await self._site(session, cri_text)
             pools = (await session.execute(select(Pool).where(Pool.site_id == site.id).order_by(Pool.id))).scalars()
             return SiteDetail(**site_view(site), pools=[PoolView(**pool_view(p, site)) for p in pools])
+
+    async def list_sites(self, who: Principal, status: str | None = None) -> SiteList:
+        """The caller's sites (oldest first) with their pools; `status` filters sites."""
+        who.require_role("provider", action="list sites")
+        query = select(Site).where(Site.provider_id == who.id).order_by(Site.created_at, Site.id)
+        if status is not None:
+            query = query.where(Site.status == status)
+        async with self.sessions() as session:
+            sites = list((await session.execute(query)).scalars())
+            ids = [s.id for s in sites]
+            pools: list[Pool] = []
+            if ids:
+                pools = list(
+                    (await session.execute(select(Pool).where(Pool.site_id.in_(ids)).order_by(Pool.id))).scalars()
+                )
+            by_site: dict[str, list[Pool]] = {}
+            for pool in pools:
+                by_site.setdefault(pool.site_id, []).append(pool)
+        return SiteList(
+            sites=[
+                SiteDetail(**site_view(s), pools=[PoolView(**pool_view(p, s)) for p in by_site.get(s.id, [])])
+                for s in sites
+            ]
+        )
 
     async def heartbeat(self, who: Principal, cri_text: str) -> HeartbeatView:
         """Mark the site alive now; its offers stay matchable for heartbeat_timeout_seconds."""

@@ -216,11 +216,11 @@ async def test_cli_usage_report(market: Market, tmp_path: Path, capsys: pytest.C
     market.clock.now = T0 + 2 * HOUR
     key_file = save_signing_key(tmp_path / "node.pem", market.provider.key)
     argv = ["usage", "report", "--url", market.api.base_url, "--key", str(key_file), "--contract", c["id"]]
-    argv += ["--meter", "node-7", "--seq", "1", "--from", "2026-03-02T09:00:00+08:00", "--to", str(T0 + HOUR)]
+    argv += ["--meter", "node-7", "--seq", "1", "--from", "2026-03-02T09:00:00+08:00", "--to", str(T0 + HOUR), "--json"]
     assert await asyncio.to_thread(main, [*argv, "--device-minutes", "90"]) == 0
     out = json.loads(capsys.readouterr().out)
     got = (out["meter_id"], out["period_start"], out["device_minutes"], out["status"])
-    assert got == ("node-7", T0, 90, "accepted")
+    assert got == ("node-7", "2026-03-02T01:00:00Z", 90, "accepted")  # JSON output: RFC 3339 times
     assert await asyncio.to_thread(main, [*argv, "--device-minutes", "91"]) == 2  # same seq, other body: 409
     assert "already reported" in capsys.readouterr().err
 

@@ -91,6 +91,11 @@ def test_demo_tables_and_kept_bundle(tmp_path: Path) -> None:
     assert (keep / "hetex.db").is_file()
     assert verify_bundle(bundle).ok  # the kept bundle verifies again, outside the demo
     assert main(["audit", "verify", str(bundle)]) == 3  # consistent, but no --trusted-key: UNTRUSTED
+    trusted = keep / "keys" / "exchange.pub"
+    assert main(["audit", "verify", str(bundle), "--trusted-key", str(trusted)]) == 0  # as the output says
+    assert f"--trusted-key {trusted}" in out.replace("\n", "")
+    kept = sorted(p.name for p in (keep / "keys" / "participants").glob("*.pem"))
+    assert len(kept) >= 9 and "regulator-compute-market-regulator-demo.pem" in kept
 
 
 def test_keep_refuses_a_non_empty_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
