@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import select
@@ -34,6 +35,17 @@ class Viewer(Protocol):
 
     @property
     def role(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class LocalOperator:
+    """Whoever runs a CLI command on the exchange's own database: the operator (who can read it all there)."""
+
+    id: str = "local-operator"
+    role: str = "operator"
+
+
+LOCAL_OPERATOR = LocalOperator()
 
 
 class NotDisclosedError(PermissionDeniedError):
