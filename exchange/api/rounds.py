@@ -56,7 +56,7 @@ async def get_round(request: web.Request) -> web.Response:
 @routes.get("/v1/market")
 async def market(request: web.Request) -> web.Response:
     """Depth (open demand, free offered devices) and last clearing prices by region x model family."""
-    return _json(await services(request).rounds.market())
+    return _json(await services(request).rounds.market(request.get(PRINCIPAL)))
 
 
 @routes.get("/v1/orders/{id}/fills")

@@ -18,6 +18,8 @@ Every refusal the commit could make for an order's terms, and where it is preven
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -78,6 +80,23 @@ def snapshot_refusal(
     except BillingError as exc:
         return exc
     return None
+
+
+@dataclass
+class TermsCheck:
+    """snapshot_refusal for one round, remembered per distinct (mode, terms, span): orders share few terms."""
+
+    tiers: TierTable
+    _seen: dict[tuple[str, str, int], BillingError | None] = field(default_factory=dict)
+
+    def __call__(self, mode: str, order_terms: dict[str, Any] | None, span_seconds: int) -> BillingError | None:
+        """Why this order's terms could not be contracted for a lease of `span_seconds`, or None."""
+        if mode == "per_minute":
+            return None  # per-minute contracts take no terms from the order
+        key = (mode, json.dumps(order_terms, sort_keys=True, default=str), span_seconds)
+        if key not in self._seen:
+            self._seen[key] = snapshot_refusal(mode, order_terms, span_seconds, self.tiers)
+        return self._seen[key]
 
 
 def submission_refusal(

@@ -191,7 +191,7 @@ def print_tables(console: Console, demo: Demo, s: dict[str, Any], kept: Path | N
     console.print(rounds)
 
     prices = _table(
-        "Clearing prices by region x family (last posted single-device price, yuan per device-hour)",
+        "Clearing prices by region x family (last posted single-device price, yuan per device-hour; operator view)",
         ["region", "family", "priced model", "price", "family min ask", "free devices", "open demand"],
         ("price", "family min ask", "free devices", "open demand"),
     )

@@ -1,4 +1,8 @@
-"""`hetex ledger checkpoint|prove|verify`: read and check the transparency log, over HTTP or the database.
+"""`hetex ledger checkpoint|prove|verify|entry`: read and check the transparency log, over HTTP or the database.
+
+`prove` needs no key: leaf hashes and proofs are public. `entry` reads a record's bytes with a signed GET (a
+party to the record, the regulator or the operator: specs/signing.md section 9) and checks them against the
+public leaf hash.
 
 Exit codes: 0 ok, 1 the log (or a proof) does not verify (each problem named on stderr), 2 usage error.
 """
@@ -13,13 +17,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from exchange.cli.client_common import add_client_flags, with_client
 from exchange.cli.common import CliError, add_db_flag, print_json, settings_from
 from exchange.cli.dbcheck import open_services
+from exchange.client import HetexClient
 from exchange.composition import Services
 from exchange.services.ledger import LogProblem
 from federation.errors import NoteError, ProofError
 from federation.keys import KeyFormatError, Keyring, VerifyKey
-from federation.merkle import verify_consistency, verify_inclusion
+from federation.merkle import leaf_hash, verify_consistency, verify_inclusion
 from federation.note import NoteVerifier, verify_checkpoint
 
 T = TypeVar("T")
@@ -39,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_source(prove)
     prove.add_argument("--index", type=int, required=True, help="log index of the entry")
     prove.set_defaults(func=run_prove)
+
+    entry = lsub.add_parser("entry", help="one log record (signed read: a party, the regulator or the operator)")
+    entry.add_argument("--index", type=int, required=True, help="log index of the entry")
+    add_client_flags(entry, json_flag=False)
+    entry.set_defaults(func=run_entry)
 
     verify = lsub.add_parser("verify", help="verify the log (database: recompute everything) and consistency")
     _add_source(verify)
@@ -153,6 +164,24 @@ def run_prove(args: argparse.Namespace) -> int:
     except (NoteError, ProofError) as exc:
         problems.append(f"entry {args.index}: {exc.message}")
     print_json({"proof": proof, "checkpoint": note, "verified": not problems})
+    return _report(problems)
+
+
+def run_entry(args: argparse.Namespace) -> int:
+    """Print one log record (signed GET) after checking its bytes hash to the public leaf hash."""
+    if args.index < 0:
+        raise CliError("--index must be >= 0")
+
+    async def call(client: HetexClient) -> tuple[dict[str, Any], dict[str, Any]]:
+        entry = await client.request("GET", f"/v1/ledger/entries/{args.index}")
+        proof = await client.request("GET", f"/v1/ledger/proofs/inclusion?index={args.index}", signed=False)
+        return entry, proof
+
+    entry, proof = with_client(args, call)
+    problems = []
+    if leaf_hash(base64.b64decode(entry["payload"])) != base64.b64decode(proof["leaf_hash"]):
+        problems.append(f"entry {args.index}: the record does not hash to the public leaf hash")
+    print_json({"entry": entry, "leaf_hash_matches": not problems})
     return _report(problems)
 
 

@@ -182,10 +182,12 @@ def run_snapshot(args: argparse.Namespace) -> int:
 def run_round(args: argparse.Namespace) -> int:
     """Run one clearing round (operator, database mode) and print its summary."""
 
+    from exchange.services.disclosure import LOCAL_OPERATOR
+
     async def go(svc: Any) -> dict[str, Any]:
         await svc.identity.load()  # contracts are signed: refuse before writing anything without the key
         summary = await svc.rounds.run_round("cli")
-        view: dict[str, Any] = await svc.rounds.get(summary.round_id)
+        view: dict[str, Any] = await svc.rounds.get(summary.round_id, LOCAL_OPERATOR)
         return view
 
     view = asyncio.run(_with_services(args, go))

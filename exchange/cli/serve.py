@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     problem = settings.origin_problem()
     if problem is not None:
         raise UnboundOriginError(problem, field="HETEX_PUBLIC_BASE_URL")
+    if not settings.public_base_url:
+        log.warning("--dev: no public base URL, so signed requests are checked against their own Host header")
     sock = listen(settings.host, settings.port)  # before any database access: a failed start writes nothing
     log.info(
         "hetex serving on http://%s:%s (database %s)",

@@ -1,4 +1,4 @@
-"""Who may read what (specs/signing.md section 8): the one rule for the API, the web pages and the CLI.
+"""Who may read what (specs/signing.md section 9): the one rule for the API, the web pages and the CLI.
 
 Commercial terms (contract parties, prices, settlement amounts, a round's per-order audit) are readable by the
 parties they belong to, the regulator and the operator; everyone else sees what keeps the log verifiable
@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import select
@@ -36,6 +37,17 @@ class Viewer(Protocol):
     def role(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class LocalOperator:
+    """Whoever runs a CLI command on the exchange's own database: the operator (who can read it all there)."""
+
+    id: str = "local-operator"
+    role: str = "operator"
+
+
+LOCAL_OPERATOR = LocalOperator()
+
+
 class NotDisclosedError(PermissionDeniedError):
     """The caller is not a party to this record (nor the regulator or the operator)."""
 
@@ -60,6 +72,11 @@ def require_read(viewer: Viewer | None, owners: Iterable[str], what: str) -> Non
 def public_aggregate(count: int, min_orders: int) -> bool:
     """True if an aggregate over `count` orders may be published (at least `min_orders` contributed)."""
     return count >= min_orders
+
+
+def aggregate_minimum(viewer: Viewer | None, min_orders: int) -> int:
+    """Orders an aggregate needs before `viewer` may see it: 1 for the regulator and the operator."""
+    return 1 if viewer is not None and viewer.role in READ_ALL_ROLES else min_orders
 
 
 # ------------------------------------------------------------------------------------------- log records

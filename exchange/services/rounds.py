@@ -39,7 +39,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from exchange.billing.compute_tier import TierTable
 from exchange.billing.tiers import load_tier_table
 from exchange.services.contracts import MatchFacts
-from exchange.services.disclosure import audit_order_ids, may_read, public_aggregate, round_disclosure
+from exchange.services.disclosure import (
+    aggregate_minimum,
+    audit_order_ids,
+    may_read,
+    public_aggregate,
+    round_disclosure,
+)
 from exchange.services.federation_capacity import held_lines, orders_in_flight
 from exchange.services.registration import live_offers_query
 from exchange.services.round_lock import RoundLock
@@ -855,16 +861,19 @@ class RoundService:
         q = select(Contract).where(where).order_by(Contract.start_at, Contract.id)
         return list((await session.execute(q)).scalars())
 
-    async def market(self) -> dict[str, Any]:
-        """Depth (open demand, free offered devices) and last clearing prices by region x model family."""
+    async def market(self, viewer: Viewer | None = None) -> dict[str, Any]:
+        """Depth (open demand, free offered devices) and last clearing prices by region x model family (prices
+        only where enough orders contracted, except for the regulator and the operator: disclosure)."""
         async with self.sessions() as session:
             snap = await self.snapshot(session)
-            last = await self._last_prices(session)
+            last = await self._last_prices(session, aggregate_minimum(viewer, self.disclosure_min_orders))
         return market_view(snap, last, self.catalogue, self.regions)
 
-    async def _last_prices(self, session: AsyncSession, rounds: int = 50) -> dict[tuple[str, str], dict[str, Any]]:
+    async def _last_prices(
+        self, session: AsyncSession, min_orders: int, rounds: int = 50
+    ) -> dict[tuple[str, str], dict[str, Any]]:
         """Per (region, family): the lowest posted price of the latest round in which at least
-        `disclosure_min_orders` orders contracted in that class (fewer would disclose their prices)."""
+        `min_orders` orders contracted in that class (fewer would disclose their prices)."""
         recent = (
             select(RoundPrice.round_id, func.max(RoundPrice.cleared_at).label("at"))
             .group_by(RoundPrice.round_id)
@@ -889,7 +898,7 @@ class RoundService:
         latest_round: dict[tuple[str, str], str] = {}
         for p in (await session.execute(q)).scalars():
             key = (p.region, p.family)
-            if not public_aggregate(contracted[(p.round_id, p.region, p.family)], self.disclosure_min_orders):
+            if not public_aggregate(contracted[(p.round_id, p.region, p.family)], min_orders):
                 continue  # too few orders contracted in this class that round: its price would disclose them
             first = latest_round.setdefault(key, p.round_id)
             if first != p.round_id:

@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 from exchange.billing.compute_tier import TierTable
-from exchange.billing.contractable import needs_scu, snapshot_refusal
+from exchange.billing.contractable import TermsCheck, needs_scu
 from exchange.billing.tiers import load_tier_table
 from identifiers.catalogue import AcceleratorModel, Catalogue
 from identifiers.regions import RegionTable
@@ -142,7 +142,7 @@ def _meets(m: AcceleratorModel, c: dict[str, Any]) -> bool:
 
 
 def market_order(
-    row: OrderRow, seq: int, catalogue: Catalogue, *, slot_seconds: int = 300, tiers: TierTable | None = None
+    row: OrderRow, seq: int, catalogue: Catalogue, *, slot_seconds: int = 300, terms_check: TermsCheck | None = None
 ) -> Order | str:
     """The matching Order for a stored order, or the reason it cannot take part."""
     spec = row.spec
@@ -155,7 +155,8 @@ def market_order(
         if not models:
             return "no_model_with_scu"
     span = lease_slots(int(spec["duration_seconds"]), slot_seconds) * slot_seconds
-    refused = snapshot_refusal(mode, spec.get("billing_terms"), span, tiers or load_tier_table())
+    check = terms_check or TermsCheck(load_tier_table())
+    refused = check(mode, spec.get("billing_terms"), span)
     if refused is not None:
         return f"terms_refused: {refused.field}: {refused.message}"
     codes = tuple(sorted(m.code for m in models))
@@ -272,9 +273,10 @@ def build_snapshot(
         held = by_offer.get(offer.offer_id, []) + orphans.get(offer.pool_id, [])
         pools.append(market_pool(offer, held, catalogue))
     snap = Snapshot(market=Market(now=now, pools=(), orders=()))
+    check = TermsCheck(tiers or load_tier_table())
     market_orders = []
     for seq, row in enumerate(sorted(orders, key=lambda r: (r.created_at, r.order_id))):
-        made = market_order(row, seq, catalogue, slot_seconds=slot_seconds, tiers=tiers)
+        made = market_order(row, seq, catalogue, slot_seconds=slot_seconds, terms_check=check)
         if isinstance(made, str):
             snap.skipped_orders[row.order_id] = made
             continue

@@ -138,3 +138,26 @@ async def test_cli_over_http(aiohttp_client: Any, db: Any, tmp_path: Path, capsy
     stranger = encode_verifier_key(ORIGIN, SigningKey.generate().public)
     assert await asyncio.to_thread(main, ["ledger", "verify", "--url", url, "--key", stranger]) == 1
     assert "no signature by a known key" in capsys.readouterr().err
+
+
+async def test_cli_reads_an_entry_with_a_signed_request(
+    aiohttp_client: Any, db: Any, tmp_path: Path, capsys: Any
+) -> None:
+    from exchange.cli.main import main
+
+    svc, client = await _client(aiohttp_client, db, tmp_path)
+    await _append(svc, db, 0, 3)
+    url = str(client.make_url("/")).rstrip("/")
+    op, stranger = SigningKey.generate(), SigningKey.generate()
+    await svc.participants.add_by_operator("operator", "ops", op.public.to_base64())
+    await svc.participants.add_by_operator("provider", "someone", stranger.public.to_base64())
+    for name, key in (("op", op), ("stranger", stranger)):
+        (tmp_path / f"{name}.pem").write_bytes(key.to_pem())
+    capsys.readouterr()
+    args = ["ledger", "entry", "--url", url, "--index", "1", "--key"]
+    assert await asyncio.to_thread(main, [*args, str(tmp_path / "op.pem")]) == 0
+    out = capsys.readouterr().out
+    assert '"leaf_hash_matches": true' in out and '"record_id": "s-1"' in out
+    assert await asyncio.to_thread(main, [*args, str(tmp_path / "stranger.pem")]) == 2
+    captured = capsys.readouterr()
+    assert "403" in captured.err and "s-1" not in captured.out + captured.err

@@ -81,6 +81,7 @@ async def test_database_verbs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     code, out, _ = await _run_thread(capsys, "round", "run", "--json", *common, env=env)
     rnd = json.loads(out)
     assert code == 0 and rnd["status"] == "completed" and rnd["trigger"] == "cli"
+    assert rnd["disclosure"] == "full" and len(rnd["contract_ids"]) == rnd["contracts"]  # the operator's view
     assert rnd["matched_devices"] == offline["stats"]["matched_devices"]  # the replay cleared the same market
 
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import update
 
 from exchange.billing.compute_tier import TierTable
-from exchange.billing.contractable import contract_terms
+from exchange.billing.contractable import TermsCheck, contract_terms
 from exchange.billing.errors import BillingError
 from exchange.billing.tiers import load_tier_table
 from exchange.client import HetexClient, RemoteValidationError
@@ -209,7 +209,7 @@ def test_each_commit_refusal_is_filtered_from_the_snapshot(
     if terms is not None:
         spec["billing_terms"] = terms
     row = OrderRow("o1", "b1", "open", spec, 4, 0, 0, 0, "CN-SH")
-    made = market_order(row, 0, CAT, slot_seconds=300, tiers=tiers)
+    made = market_order(row, 0, CAT, slot_seconds=300, terms_check=TermsCheck(tiers))
     assert isinstance(made, str), (
         f"{name}: the matcher would see an order its commit refuses"
     )  # ... so no round sees it
