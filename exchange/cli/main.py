@@ -16,6 +16,7 @@ from exchange.cli import (
     demo,
     keys,
     ledger,
+    login,
     match,
     orders,
     participants,
@@ -43,6 +44,7 @@ COMMAND_MODULES = [
     settle,
     usage,
     demo,
+    login,
 ]
 
 
