@@ -265,3 +265,11 @@ async def test_public_and_buyer_pages_in_chromium_on_postgres(chromium: Any, api
     assert await row.get_by_test_id("order-status").inner_text() == "filled"
     await page.screenshot(path=str(shots / "buyer-postgres.png"), full_page=True)
     await context.close()
+
+
+async def test_the_accessibility_check_can_fail(chromium: Any) -> None:
+    page = await chromium.new_page()
+    await page.set_content('<html><body><img src="x.png"><button></button></body></html>')
+    found = {v["id"] for v in await axe_check(page)}
+    assert {"image-alt", "button-name"} <= found
+    await page.close()
