@@ -22,7 +22,7 @@ from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
 from exchange.storage.participants import Participant
 from exchange.storage.registration import Offer, Pool, Site
-from exchange.storage.rounds import RoundPrice
+from exchange.storage.rounds import Round, RoundPrice
 from exchange.storage.settlement import SettlementRecord, UsageReport
 from identifiers.catalogue import Catalogue
 from identifiers.regions import RegionTable
@@ -106,6 +106,14 @@ class ConsoleService:
         for (family, _), point in best.items():
             out[family].append(point)
         return {f: sorted(points) for f, points in sorted(out.items())}
+
+    async def audit_results(self, round_ids: list[str]) -> dict[str, bool | None]:
+        """Whether each round's audit passed (None: no audit, e.g. a failed round)."""
+        if not round_ids:
+            return {}
+        async with self.sessions() as session:
+            rows = await session.execute(select(Round.id, Round.audit).where(Round.id.in_(round_ids)))
+            return {rid: (audit or {}).get("ok") for rid, audit in rows}
 
     async def capacity_by_region(self) -> dict[str, dict[str, int]]:
         """Per region: active sites, active pools and their devices (registered capacity, live or not)."""

@@ -686,10 +686,14 @@ class RoundService:
 
     async def market(self) -> dict[str, Any]:
         """Depth (open demand, free offered devices) and last clearing prices by region x model family."""
+        return (await self.market_and_snapshot())[0]
+
+    async def market_and_snapshot(self) -> tuple[dict[str, Any], Market]:
+        """The market view and the snapshot it was computed from (the web console shows both)."""
         async with self.sessions() as session:
             snap = await self.snapshot(session)
             last = await self._last_prices(session)
-        return market_view(snap, last, self.catalogue, self.regions)
+        return market_view(snap, last, self.catalogue, self.regions), snap.market
 
     async def _last_prices(self, session: AsyncSession, rounds: int = 50) -> dict[tuple[str, str], dict[str, Any]]:
         """Per (region, family): the lowest posted single-device price of the latest round that priced it."""

@@ -83,15 +83,14 @@ async def market_page(request: web.Request) -> web.StreamResponse:
     """Public market: price heat table, price history, depth, rounds, capacity map, catalogue, checkpoint."""
     svc = services(request)
     console = request.app[CONSOLE]
-    market = await svc.rounds.market()
+    market, snapshot = await svc.rounds.market_and_snapshot()
     history = await console.price_history()
     capacity = await console.capacity_by_region()
     rounds = await svc.rounds.list_rounds(limit=10)
+    audits = await console.audit_results([r["id"] for r in rounds])
     for r in rounds:
-        full = await svc.rounds.get(r["id"])
-        r["audit_ok"] = (full.get("audit") or {}).get("ok")
+        r["audit_ok"] = audits.get(r["id"])
     checkpoint = await svc.ledger.latest_checkpoint()
-    snapshot = await svc.rounds.market_snapshot()
     return render(
         request,
         "market.html",
