@@ -53,13 +53,17 @@ def _need_chromium() -> None:
         pytest.skip(missing)
 
 
+def _chromium_path() -> Path:
+    return CHROMIUM if CHROMIUM.exists() else Path(shutil.which("chromium") or "chromium")
+
+
 @pytest.fixture
 async def chromium() -> AsyncIterator[Any]:
     """A headless Chromium browser."""
     _need_chromium()
     from playwright.async_api import async_playwright
 
-    path = CHROMIUM if CHROMIUM.exists() else Path(shutil.which("chromium") or "chromium")
+    path = _chromium_path()
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=str(path), args=CHROMIUM_ARGS)
         try:
@@ -170,6 +174,7 @@ async def test_console_in_chromium_on_the_demo_market(chromium: Any, shots: Path
         shown = (await page.get_by_test_id("checkpoint").inner_text()).strip()
         assert shown == checkpoint.note.strip()
         await page.screenshot(path=str(shots / "market.png"), full_page=True)
+        await page.screenshot(path=str(shots / "market-top.png"))  # the first screen (README)
         problems["/"] = await axe_check(page)
         assert not errors, errors  # no CSP violation or script error in the console
 
@@ -242,7 +247,8 @@ async def test_console_in_chromium_on_the_demo_market(chromium: Any, shots: Path
         problems["/login"] = await axe_check(page)
         await context.close()
         assert all(not v for v in problems.values()), problems
-        assert {p.name for p in shots.iterdir()} >= {f"{n}.png" for n in ("market", "buyer", "provider", "regulator")}
+        names = await asyncio.to_thread(lambda: {p.name for p in shots.iterdir()})
+        assert names >= {f"{n}.png" for n in ("market", "buyer", "provider", "regulator", "operator")}
     finally:
         await demo.stop()
 
