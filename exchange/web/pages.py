@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -14,12 +15,14 @@ from aiohttp import web
 from exchange.api.keys import services
 from exchange.api.problems import status_for
 from exchange.api.responses import path_id
+from exchange.audit.verify import verify_bundle
 from exchange.services.console import QuoteLine
 from exchange.services.principals import Principal
 from exchange.services.web_sessions import BrowserSession
 from exchange.web import charts
 from exchange.web.browser import browser_form, current, form_session
-from exchange.web.keys import CONSOLE, COOKIE, WEB_SESSIONS
+from exchange.web.keys import CONSOLE, COOKIE, VERIFIED, WEB_SESSIONS
+from federation.keys import VerifyKey
 from identifiers.errors import HetexError, ValidationError
 
 routes = web.RouteTableDef()
@@ -407,6 +410,7 @@ async def regulator_page(request: web.Request) -> web.StreamResponse:
             "share": share,
             "settled": await console.settled_by_mode(who),
             "exports": await console.exports_of(who),
+            "verified": request.app[VERIFIED],
             "sessions": await request.app[WEB_SESSIONS].list_for(who),
         },
     )
@@ -421,6 +425,29 @@ async def export_bundle(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(
         path, headers={"Content-Disposition": f'attachment; filename="{path.name}"', "Cache-Control": "no-store"}
     )
+
+
+@routes.get("/regulator/exports/{id}/verify")
+@page
+async def verify_export(request: web.Request) -> web.StreamResponse:
+    """Verify a finished bundle of this regulator as `hetex audit verify` does, trusting this exchange's keys;
+    the result is kept per bundle digest and shown in the exports table."""
+    browser = await signed_in(request, "regulator")
+    svc = services(request)
+    export_id = path_id(request)
+    status = await svc.audit.status(browser.principal.id, export_id)
+    path = await svc.audit.bundle_path(browser.principal.id, export_id)
+    trusted = [VerifyKey.from_base64(k.public_key) for k in await svc.identity.keys()]
+    report = await asyncio.to_thread(verify_bundle, path, trusted)
+    result = request.app[VERIFIED][status.bundle_sha256 or export_id] = {
+        "ok": report.ok,
+        "records": report.records,
+        "signatures_checked": report.signatures_checked,
+        "proofs_checked": report.proofs_checked,
+        "problems": [{"code": p.code, "message": p.message} for p in report.problems[:20]],
+        "seconds": round(report.seconds, 2),
+    }
+    return render(request, "verify.html", {"browser": browser, "export_id": export_id, "report": result}, status=200)
 
 
 # ------------------------------------------------------------------------------------------ operator

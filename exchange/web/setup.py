@@ -18,7 +18,7 @@ from exchange.services.console import ConsoleService
 from exchange.services.web_sessions import WebSessionService
 from exchange.web import pages
 from exchange.web.format import FILTERS
-from exchange.web.keys import API_PREFIXES, CONSOLE, CSP, WEB_SESSIONS
+from exchange.web.keys import API_PREFIXES, CONSOLE, CSP, VERIFIED, WEB_SESSIONS
 
 HERE = Path(__file__).parent
 api = web.RouteTableDef()
@@ -94,6 +94,7 @@ def setup_web(app: web.Application) -> None:
     svc = app[SERVICES]
     app[CONSOLE] = ConsoleService(svc.sessions, svc.catalogue, svc.regions, svc.settings.heartbeat_timeout_seconds)
     app[WEB_SESSIONS] = WebSessionService(svc.sessions)
+    app[VERIFIED] = {}
     app.router.add_routes(pages.routes)
     app.router.add_routes(api)
     app.router.add_static("/static/", HERE / "static")

@@ -220,9 +220,21 @@ async def test_console_in_chromium_on_the_demo_market(chromium: Any, shots: Path
 
         # regulator: flows and exports; a post from its page is refused
         assert demo.regulator is not None and demo.operator is not None
-        page = await sign_in(context, await cli_link(base, demo.regulator.client.key.to_pem(), tmp_path, "regulator"))
+        reg = demo.regulator.client
+        job = await reg.request("POST", "/v1/audit/exports", {"from": demo.t0 - 3600, "to": demo.t0 + 86_400})
+        await demo.svc.audit.wait(job["id"])
+        page = await sign_in(context, await cli_link(base, reg.key.to_pem(), tmp_path, "regulator"))
         assert page.url == base + "/regulator"
         assert await page.get_by_test_id("flow").count() >= 1
+        assert await page.get_by_test_id("export-row").count() == 1
+        async with page.expect_download() as download:
+            await page.get_by_test_id("download").click()
+        assert (await download.value).suggested_filename.endswith(".tar.gz")
+        await page.get_by_test_id("verification").get_by_role("link").click()
+        await page.wait_for_load_state()
+        assert (await page.get_by_test_id("verify-result").inner_text()).startswith("verified")
+        await page.goto(base + "/regulator")
+        assert "verified" in await page.get_by_test_id("verification").inner_text()
         csrf = await page.locator("input[name=csrf]").first.get_attribute("value")
         refused = await page.request.post(base + "/operator/rounds", form={"csrf": csrf or ""})
         assert refused.status == 403
