@@ -42,16 +42,6 @@ def heartbeat_status(last: int | None, now: int, timeout: int) -> str:
     return "late" if age <= 3 * timeout else "silent"
 
 
-def contract_hours(c: Contract) -> Decimal:
-    """Device-hours of a contract (devices x lease hours)."""
-    return Decimal(c.devices) * Decimal(max(0, c.end_at - c.start_at)) / HOUR
-
-
-def contract_value_fen(c: Contract) -> Decimal:
-    """Buyer price x device-hours, in fen."""
-    return Decimal(c.buyer_price_fen) * contract_hours(c)
-
-
 @dataclass(frozen=True)
 class QuoteLine:
     """One pool that could serve a draft order, at its ask (the indicative price floor)."""
@@ -244,11 +234,24 @@ class ConsoleService:
 
     async def flows(self) -> dict[str, Any]:
         """Contracted flows buyer home region x provider region (yuan value and SCU-hours), domestic share per
-        day, and contract value per billing mode; cancelled contracts excluded."""
+        day, and contract value per billing mode; cancelled contracts excluded. The database sums integer
+        device-seconds and fen x device-seconds per group; Decimal turns them into hours and fen here."""
+        device_seconds = Contract.devices * (Contract.end_at - Contract.start_at)
+        day = Contract.start_at - Contract.start_at % DAY
         q = (
-            select(Contract, Participant.home_region)
+            select(
+                Participant.home_region,
+                Contract.region,
+                Contract.model,
+                Contract.billing_mode,
+                day,
+                func.count(),
+                func.sum(device_seconds),
+                func.sum(Contract.buyer_price_fen * device_seconds),
+            )
             .join(Participant, Participant.id == Contract.buyer_id)
             .where(Contract.status.in_(LIVE_CONTRACTS))
+            .group_by(Participant.home_region, Contract.region, Contract.model, Contract.billing_mode, day)
         )
         async with self.sessions() as session:
             rows = (await session.execute(q)).all()
@@ -257,17 +260,18 @@ class ConsoleService:
         )
         daily: dict[int, dict[str, Decimal]] = defaultdict(lambda: {"domestic": Decimal(0), "imported": Decimal(0)})
         modes: dict[str, dict[str, Decimal]] = defaultdict(lambda: {"contracts": Decimal(0), "fen": Decimal(0)})
-        for c, home in rows:
-            model = self.catalogue.get(c.model) if c.model in self.catalogue else None
+        for home, region, code, mode, start_day, count, secs, fen_secs in rows:
+            model = self.catalogue.get(code) if code in self.catalogue else None
             scu = model.scu if model is not None and model.scu is not None else Decimal(0)
-            hours = contract_hours(c)
-            cell = cells[(home or "-", c.region)]
-            cell["fen"] += contract_value_fen(c)
+            hours = Decimal(int(secs or 0)) / HOUR
+            value = Decimal(int(fen_secs or 0)) / HOUR
+            cell = cells[(home or "-", region)]
+            cell["fen"] += value
             cell["scu_hours"] += scu * hours
             side = "domestic" if model is not None and model.domestic else "imported"
-            daily[c.start_at // DAY * DAY][side] += hours
-            modes[c.billing_mode]["contracts"] += 1
-            modes[c.billing_mode]["fen"] += contract_value_fen(c)
+            daily[int(start_day)][side] += hours
+            modes[mode]["contracts"] += count
+            modes[mode]["fen"] += value
         return {
             "cells": dict(sorted(cells.items())),
             "homes": sorted({h for h, _ in cells}),
