@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from exchange.api.keys import services
+from exchange.api.keys import SERVICES, services
 from exchange.api.problems import status_for
 from exchange.api.responses import path_id
 from exchange.audit.verify import verify_bundle
@@ -21,7 +21,7 @@ from exchange.services.principals import Principal
 from exchange.services.web_sessions import BrowserSession
 from exchange.web import charts
 from exchange.web.browser import browser_form, current, form_session
-from exchange.web.keys import CONSOLE, COOKIE, VERIFIED, WEB_SESSIONS
+from exchange.web.keys import CONSOLE, COOKIE, PUBLIC_MARKET, VERIFIED, WEB_SESSIONS
 from federation.keys import VerifyKey
 from identifiers.errors import HetexError, ValidationError
 
@@ -84,8 +84,14 @@ def opt_decimal(request: web.Request, name: str, lo: Decimal, hi: Decimal) -> De
 @page
 async def market_page(request: web.Request) -> web.StreamResponse:
     """Public market: price heat table, price history, depth, rounds, capacity map, catalogue, checkpoint."""
-    svc = services(request)
-    console = request.app[CONSOLE]
+    context = await request.app[PUBLIC_MARKET].get(lambda: public_market(request.app))
+    return render(request, "market.html", {**context, "browser": await current(request)})
+
+
+async def public_market(app: web.Application) -> dict[str, Any]:
+    """Everything the public page shows (the same for every viewer; cached PUBLIC_MARKET_SECONDS)."""
+    svc = app[SERVICES]
+    console = app[CONSOLE]
     market, snapshot = await svc.rounds.market_and_snapshot()
     history = await console.price_history()
     capacity = await console.capacity_by_region()
@@ -94,21 +100,16 @@ async def market_page(request: web.Request) -> web.StreamResponse:
     for r in rounds:
         r["audit_ok"] = audits.get(r["id"])
     checkpoint = await svc.ledger.latest_checkpoint()
-    return render(
-        request,
-        "market.html",
-        {
-            "browser": await current(request),
-            "market": market,
-            "heat": heat_table(market),
-            "history": {f: charts.line_chart(series) for f, series in history.items()},
-            "depth": depth_by_model(snapshot, svc.catalogue),
-            "rounds": rounds,
-            "regions": region_map(svc.regions, capacity),
-            "catalogue": sorted(svc.catalogue, key=lambda m: (m.vendor, m.code)),
-            "checkpoint": checkpoint.note if checkpoint else None,
-        },
-    )
+    return {
+        "market": market,
+        "heat": heat_table(market),
+        "history": {f: charts.line_chart(series) for f, series in history.items()},
+        "depth": depth_by_model(snapshot, svc.catalogue),
+        "rounds": rounds,
+        "regions": region_map(svc.regions, capacity),
+        "catalogue": sorted(svc.catalogue, key=lambda m: (m.vendor, m.code)),
+        "checkpoint": checkpoint.note if checkpoint else None,
+    }
 
 
 def heat_table(market: dict[str, Any]) -> dict[str, Any]:

@@ -17,8 +17,9 @@ from exchange.api.responses import path_id
 from exchange.services.console import ConsoleService
 from exchange.services.web_sessions import WebSessionService
 from exchange.web import pages
+from exchange.web.cache import PUBLIC_MARKET_SECONDS, Ttl
 from exchange.web.format import FILTERS
-from exchange.web.keys import API_PREFIXES, CONSOLE, CSP, VERIFIED, WEB_SESSIONS
+from exchange.web.keys import API_PREFIXES, CONSOLE, CSP, PUBLIC_MARKET, VERIFIED, WEB_SESSIONS
 
 HERE = Path(__file__).parent
 api = web.RouteTableDef()
@@ -95,6 +96,7 @@ def setup_web(app: web.Application) -> None:
     app[CONSOLE] = ConsoleService(svc.sessions, svc.catalogue, svc.regions, svc.settings.heartbeat_timeout_seconds)
     app[WEB_SESSIONS] = WebSessionService(svc.sessions)
     app[VERIFIED] = {}
+    app[PUBLIC_MARKET] = Ttl(PUBLIC_MARKET_SECONDS)
     app.router.add_routes(pages.routes)
     app.router.add_routes(api)
     app.router.add_static("/static/", HERE / "static")
