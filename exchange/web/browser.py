@@ -6,7 +6,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiohttp import web
+from yarl import URL
 
+from exchange.api.keys import services
 from exchange.services.principals import Principal
 from exchange.services.web_sessions import BrowserSession, CsrfError, check_csrf
 from exchange.web.keys import BROWSER, COOKIE, WEB_SESSIONS
@@ -32,12 +34,28 @@ async def current(request: web.Request) -> BrowserSession | None:
     return found
 
 
+def own_origins(request: web.Request) -> set[str]:
+    """This exchange's origins: as the request reached it, and its configured public base URL (a TLS proxy)."""
+    mine = {f"{request.scheme}://{request.host}"}
+    public = services(request).settings.public_base_url
+    if public:
+        url = URL(public)
+        if url.scheme and url.host:
+            mine.add(f"{url.scheme}://{url.raw_authority}")
+    return mine
+
+
+def served_over_https(request: web.Request) -> bool:
+    """True when the browser talks HTTPS to us (directly, or through the configured public base URL)."""
+    public = services(request).settings.public_base_url or ""
+    return request.secure or public.startswith("https://")
+
+
 def same_origin(request: web.Request) -> None:
     """Refuse a form posted from another site (Origin, else Sec-Fetch-Site), on top of SameSite=Strict."""
     origin = request.headers.get("Origin")
     if origin is not None and origin != "null":
-        mine = f"{request.scheme}://{request.host}"
-        if origin != mine:
+        if origin not in own_origins(request):
             raise CsrfError(f"form posted from another origin ({origin[:100]})", field="Origin")
     elif request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         raise CsrfError("form posted from another site", field="Sec-Fetch-Site")

@@ -20,7 +20,7 @@ from exchange.services.console import QuoteLine
 from exchange.services.principals import Principal
 from exchange.services.web_sessions import BrowserSession
 from exchange.web import charts
-from exchange.web.browser import browser_form, current, form_session
+from exchange.web.browser import browser_form, current, form_session, same_origin, served_over_https
 from exchange.web.keys import CONSOLE, COOKIE, PUBLIC_MARKET, VERIFIED, WEB_SESSIONS
 from federation.keys import VerifyKey
 from identifiers.errors import HetexError, ValidationError
@@ -205,8 +205,6 @@ async def login_link(request: web.Request) -> web.StreamResponse:
 @page
 async def login(request: web.Request) -> web.StreamResponse:
     """Redeem a one-time code: set the session cookie and go to the participant's page."""
-    from exchange.web.browser import same_origin
-
     same_origin(request)
     form = await request.post()
     code = form.get("code")
@@ -220,7 +218,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         max_age=max(0, browser.expires_at - _now()),
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=served_over_https(request),
         path="/",
     )
     raise response

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from exchange.services.participants import participant_key_id
 from exchange.storage.web import WebSession
 from tests.exchange.registration_support import Api, api, capacity, order_body  # noqa: F401
 from tests.web.consolekit import Browser
@@ -229,3 +230,27 @@ async def test_public_market_figures_equal_the_api(api: Api, browser: Browser) -
     for r in rounds["rounds"]:
         assert f'data-round="{r["id"]}"' in text
         assert f'data-fen="{r["welfare_fen"]}"' in text
+
+
+async def test_behind_a_tls_proxy_the_public_origin_is_accepted_and_the_cookie_is_secure(
+    db: Any, aiohttp_client: Any, tmp_path: Any
+) -> None:
+    from exchange.web.keys import WEB_SESSIONS
+    from tests.exchange.registration_support import make_api
+
+    proxied = await make_api(db, aiohttp_client, tmp_path, public_base_url="https://console.example")
+    key = proxied.client().key
+    await proxied.svc.participants.add_by_operator("buyer", "Proxied buyer", key.public.to_base64(), "CN-SH")
+    who = await proxied.svc.participants.principal_by_key_id(participant_key_id(key.public))
+    assert who is not None
+    started = await proxied.http.server.app[WEB_SESSIONS].start(who)
+    b = Browser(proxied.base_url)
+    try:
+        status, _, _ = await b.post("/login", {"code": started.code}, origin="https://other.example")
+        assert status == 403
+        status, _, headers = await b.post("/login", {"code": started.code}, origin="https://console.example")
+        assert status == 303
+        cookie = headers["Set-Cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    finally:
+        await b.close()
