@@ -127,9 +127,18 @@ def yuan(fen: int | Decimal) -> str:
 class Demo:
     """Runs the scenario of exchange.demo_market against a real server; `summary` is the machine result."""
 
-    def __init__(self, workdir: Path, *, port: int = 0, reporter: Reporter | None = None, seed: int = 2026) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int = 0,
+        reporter: Reporter | None = None,
+        seed: int = 2026,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = port
+        self.extra_settings = dict(settings or {})  # Settings overrides (e.g. disclosure_min_orders in tests)
         self.reporter = reporter or Reporter()
         self.rng = random.Random(seed)
         self.clock = DemoClock()
@@ -232,6 +241,7 @@ class Demo:
             key_dir=self.workdir / "keys",
             exports_dir=self.workdir / "exports",
             round_interval_seconds=0,
+            **self.extra_settings,
         )
         app = await prepare(settings)
         svc = app[SERVICES]

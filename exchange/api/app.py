@@ -24,6 +24,7 @@ from exchange.api.keys import SERVICES
 from exchange.api.metrics import METRICS, ApiMetrics, metrics_handler, metrics_middleware
 from exchange.api.problems import problem_middleware
 from exchange.composition import Services
+from exchange.web import setup_web
 
 ROUTE_TABLES = [
     reference.routes,
@@ -51,6 +52,7 @@ def create_app(svc: Services) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
+    setup_web(app)  # the web console at / (exchange/web)
     app.cleanup_ctx.append(ledger.checkpoint_publisher)
     app.cleanup_ctx.append(rounds.periodic_rounds)
     app.on_shutdown.append(rounds.stop_rounds)

@@ -165,6 +165,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     signed = "Signature" in request.headers or "Signature-Input" in request.headers
     if request.method in SAFE_METHODS and not signed:
         return await handler(request)
+    if not signed and getattr(request.match_info.handler, "_hetex_browser_form", False):
+        return await handler(request)  # console form: session cookie + CSRF token (exchange.web.browser)
     defer = getattr(request.match_info.handler, _REMEMBERS_NONCE, False)
     claim = await authenticate(request, defer_nonce=defer)
     response = await handler(request)

@@ -125,13 +125,22 @@ def check_url_values(request: web.Request) -> None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+def _console_form(request: web.Request) -> bool:
+    """A web-console form post (exchange/web parses and bounds its own forms); API bodies are always JSON."""
+    return request.content_type in FORM_TYPES and not request.path.startswith("/v1/")
+
+
 @web.middleware
 async def boundary_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check path/query values; parse every body of a state-changing request with `load_json` (before auth)."""
     if request.match_info.http_exception is not None:
         return await handler(request)
-    check_url_values(request)
-    if request.method not in SAFE_METHODS:
+    if request.path.startswith("/v1/"):
+        check_url_values(request)  # web-console pages check their own query values and answer with a page
+    if request.method not in SAFE_METHODS and not _console_form(request):
         raw = await request.read()
         request[PARSED_BODY] = load_json(raw) if raw else None
     return await handler(request)

@@ -9,6 +9,7 @@ import sys
 
 from exchange.cli import bench_api
 from exchange.cli.bench_match import register_match
+from exchange.cli.bench_web import register_web
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench_api.register_bench(bsub)
     register_match(bsub)
     register_round_load(bsub)
+    register_web(bsub)
 
 
 def register_ledger(bsub: argparse._SubParsersAction) -> None:

@@ -42,6 +42,7 @@ COMMANDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("settle", "settlement of contracts", ("settle",)),
     ("usage", "node-side usage reporting", ("usage",)),
     ("demo", "run the whole market story on a temporary database", ("demo",)),
+    ("login", "sign in to the web console with your key (a one-time link)", ("login",)),
 )
 COMMAND_NAMES = frozenset(name for name, _, _ in COMMANDS)
 

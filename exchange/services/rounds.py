@@ -864,10 +864,14 @@ class RoundService:
     async def market(self, viewer: Viewer | None = None) -> dict[str, Any]:
         """Depth (open demand, free offered devices) and last clearing prices by region x model family (prices
         only where enough orders contracted, except for the regulator and the operator: disclosure)."""
+        return (await self.market_and_snapshot(viewer))[0]
+
+    async def market_and_snapshot(self, viewer: Viewer | None = None) -> tuple[dict[str, Any], Market]:
+        """The market view for `viewer` and the snapshot it was computed from (the web console shows both)."""
         async with self.sessions() as session:
             snap = await self.snapshot(session)
             last = await self._last_prices(session, aggregate_minimum(viewer, self.disclosure_min_orders))
-        return market_view(snap, last, self.catalogue, self.regions)
+        return market_view(snap, last, self.catalogue, self.regions), snap.market
 
     async def _last_prices(
         self, session: AsyncSession, min_orders: int, rounds: int = 50

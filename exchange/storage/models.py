@@ -11,6 +11,7 @@ from exchange.storage import (
     registration,
     rounds,
     settlement,
+    web,
 )
 from exchange.storage.base import Base
 
@@ -26,4 +27,5 @@ __all__ = [
     "registration",
     "rounds",
     "settlement",
+    "web",
 ]
