@@ -147,9 +147,10 @@ async def test_rewritten_peer_log_is_detected(tmp_path: Path) -> None:
         assert peers["B"]["log_status"] == "consistent" and peers["B"]["checkpoint"]["size"] == 7
 
         # B loses its database and rebuilds a different history with the same key
+        key = await b.svc.identity.current()
         await fedkit.stop_exchange(b)
         remove_database(b.db_url)
-        b2 = await fedkit.start_exchange(tmp_path, "B", port=int(b.url.rsplit(":", 1)[1]))
+        b2 = await fedkit.start_exchange(tmp_path, "B", port=int(b.url.rsplit(":", 1)[1]), reuse_key=key)
         try:
 
             async def grow2(n: int) -> None:
