@@ -222,6 +222,17 @@ def _split_frontier(size: int, blob: bytes) -> list[bytes]:
     return [blob[i * HASH_SIZE : (i + 1) * HASH_SIZE] for i in range(count)]
 
 
+def _check_validity(
+    report: LogReport, keyring: Any, key_id: str, at: int, label: str | None, idx: int | None = None
+) -> None:
+    """Report `key_not_valid` when the exchange key `key_id` signed (at `at`) outside [not_before, not_after]."""
+    entry = keyring.entry(key_id)
+    if entry is not None and not entry.valid_at(at):
+        where = f"{label}: " if label else ""
+        span = f"{entry.not_before}..{entry.not_after if entry.not_after is not None else ''}"
+        report.add(LogProblem("key_not_valid", f"{where}signed by {key_id} at {at}, outside its validity {span}", idx))
+
+
 class LedgerService:
     """Append-only Merkle log of signed records, with checkpoints and proofs."""
 
@@ -563,6 +574,7 @@ class LedgerService:
             report.checkpoints_checked += 1
             label = f"stored checkpoint of size {row.size}"
             self._check_note(report, row.note, keyring, label, roots_wanted, row_size=row.size, row_root=row.root)
+            _check_validity(report, keyring, row.key_id, int(row.created_at), label)
         for i, note in enumerate(earlier):
             report.checkpoints_checked += 1
             self._check_note(report, note, keyring, f"earlier checkpoint #{i + 1}", roots_wanted)
@@ -583,7 +595,9 @@ class LedgerService:
         while True:
             rows = (
                 await session.execute(
-                    select(LogEntry.idx, LogEntry.record_type, LogEntry.payload, LogEntry.leaf_hash)
+                    select(
+                        LogEntry.idx, LogEntry.record_type, LogEntry.payload, LogEntry.leaf_hash, LogEntry.created_at
+                    )
                     .where(LogEntry.idx >= start)
                     .order_by(LogEntry.idx)
                     .limit(VERIFY_CHUNK)
@@ -613,7 +627,7 @@ class LedgerService:
                         LogProblem("leaf_hash_mismatch", "stored leaf hash is not the hash of the stored bytes", idx)
                     )
                     bad.append((idx, idx + 1))
-                self._check_entry_signature(report, bad, idx, entry.record_type, payload, keyring)
+                self._check_entry_signature(report, bad, idx, entry.record_type, payload, keyring, entry.created_at)
                 report.entries_checked += 1
                 expected = idx + 1
                 if broken_at is not None:
@@ -698,7 +712,14 @@ class LedgerService:
         roots_wanted.setdefault(cp.size, []).append((label, cp.root))
 
     def _check_entry_signature(
-        self, report: LogReport, bad: list[tuple[int, int]], idx: int, record_type: str, payload: bytes, keyring: Any
+        self,
+        report: LogReport,
+        bad: list[tuple[int, int]],
+        idx: int,
+        record_type: str,
+        payload: bytes,
+        keyring: Any,
+        logged_at: int,
     ) -> None:
         try:
             envelope = envelope_from_bytes(payload)
@@ -707,6 +728,10 @@ class LedgerService:
             message = exc.message if isinstance(exc, EnvelopeError) else str(exc)
             report.add(LogProblem("bad_signature", f"exchange signature does not verify: {message}", idx))
             bad.append((idx, idx + 1))
+            return
+        for sig in envelope.get("signatures", []):  # node signatures are not in the exchange keyring: skipped
+            if isinstance(sig, dict) and isinstance(sig.get("keyid"), str):
+                _check_validity(report, keyring, sig["keyid"], int(logged_at), None, idx)
 
     async def _nodes_completed_in(self, session: AsyncSession, first: int, end: int) -> dict[tuple[int, int], bytes]:
         """Stored nodes whose last leaf lies in [first, end): node (l, k) completes at leaf ((k + 1) << l) - 1."""
