@@ -353,7 +353,8 @@ class IdentityService:
                     "not_before": now,
                 },
             }
-            await ledger.append_many(session, [(ROTATION_RECORD, new_id, body)], signer=(old_id, old_key))
+            # logged at `now`, the old key's last valid second at overlap 0 (not at a later clock tick)
+            await ledger.append_many(session, [(ROTATION_RECORD, new_id, body)], signer=(old_id, old_key), at=now)
             await session.execute(
                 update(ExchangeKey).where(ExchangeKey.key_id == old_id).values(status="retired", not_after=old_after)
             )

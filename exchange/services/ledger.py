@@ -256,8 +256,9 @@ class LedgerService:
         records: Sequence[tuple[str, str, dict[str, Any]]],
         *,
         signer: tuple[str, SigningKey] | None = None,
+        at: int | None = None,
     ) -> list[AppendedRecord]:
-        """Sign (current key, or `signer` for a key rotation) and append records at consecutive indices."""
+        """Sign (current key, or `signer` and its signing time `at` for a key rotation) and append records."""
         if not records:
             return []
         await self.lock(session)  # taken before the key is read, so a rotation never interleaves
@@ -267,7 +268,7 @@ class LedgerService:
             payload_type = _payload_type(record_type)
             envelope = self.identity.sign_envelope(payload_type, fast_canonical_bytes(body), signer)
             items.append((record_type, record_id, envelope))
-        return await self._append_envelopes(session, items)
+        return await self._append_envelopes(session, items, at)
 
     async def append_signed(
         self, session: AsyncSession, record_type: str, record_id: str, envelope: dict[str, Any]
@@ -295,7 +296,7 @@ class LedgerService:
         return int(row.next_index), bytes(row.frontier)
 
     async def _append_envelopes(
-        self, session: AsyncSession, items: Sequence[tuple[str, str, dict[str, Any]]]
+        self, session: AsyncSession, items: Sequence[tuple[str, str, dict[str, Any]]], at: int | None = None
     ) -> list[AppendedRecord]:
         if not items:
             return []
@@ -303,7 +304,7 @@ class LedgerService:
         leaves = [leaf_hash(p) for p in payloads]
         size, blob = await self._lock_counter(session)
         cr = CompactRange.from_frontier(size, _split_frontier(size, blob))
-        now = now_s()
+        now = now_s() if at is None else at
         entry_rows: list[dict[str, Any]] = []
         node_rows: list[dict[str, Any]] = []
         out: list[AppendedRecord] = []
