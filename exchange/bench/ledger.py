@@ -80,6 +80,7 @@ async def run_ledger_bench(
             await upgrade_engine(engine)
             sessions = make_sessionmaker(engine)
             identity = IdentityService(sessions, Path(tmp) / "keys", ORIGIN)
+            await identity.init()
             ledger = LedgerService(sessions, identity, ORIGIN)
 
             t0 = time.perf_counter()

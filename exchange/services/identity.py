@@ -201,17 +201,12 @@ class IdentityService:
         assert row is not None
         return _info(row)
 
-    async def init(
-        self, session: AsyncSession | None = None, *, exist_ok: bool = False, adopt: SigningKey | None = None
-    ) -> ExchangeKeyInfo:
-        """Create the exchange's first key (database without exchange keys); else refuse, or load if exist_ok.
-
-        `adopt` installs an existing key instead of a fresh one (an exchange rebuilt from a lost database keeps
-        its identity)."""
+    async def init(self, session: AsyncSession | None = None, *, exist_ok: bool = False) -> ExchangeKeyInfo:
+        """Create the exchange's first key (database without exchange keys); else refuse, or load if exist_ok."""
         if session is None:
             try:
                 async with self.sessions.begin() as own:
-                    return await self.init(own, exist_ok=exist_ok, adopt=adopt)
+                    return await self.init(own, exist_ok=exist_ok)
             except IntegrityError:  # another process initialised the same database at the same moment
                 if not exist_ok:
                     raise ExchangeKeyExistsError("another process initialised the exchange key just now") from None
@@ -224,14 +219,8 @@ class IdentityService:
                     "use `hetex admin rotate-key` to replace the current one"
                 )
             return await self.load(session)
-        key = adopt if adopt is not None else SigningKey.generate()
-        kid = key_id_hex(self.name, key.public)
-        if adopt is not None and key_file(self.key_dir, kid).exists():
-            on_disk = self._read_key(kid)  # the adopted key is already in the key directory: it must be the same
-            if on_disk.public.to_base64() != key.public.to_base64():
-                raise ExchangeKeyMissingError(f"{key_file(self.key_dir, kid)} holds another key with id {kid}")
-        else:
-            kid = self._write_key(key)  # the file exists before the row that names it is committed
+        key = SigningKey.generate()
+        kid = self._write_key(key)  # the file exists before the row that names it is committed
         now = now_s()
         row = ExchangeKey(
             key_id=kid,
@@ -364,7 +353,8 @@ class IdentityService:
                     "not_before": now,
                 },
             }
-            await ledger.append_many(session, [(ROTATION_RECORD, new_id, body)], signer=(old_id, old_key))
+            # logged at `now`, the old key's last valid second at overlap 0 (not at a later clock tick)
+            await ledger.append_many(session, [(ROTATION_RECORD, new_id, body)], signer=(old_id, old_key), at=now)
             await session.execute(
                 update(ExchangeKey).where(ExchangeKey.key_id == old_id).values(status="retired", not_after=old_after)
             )

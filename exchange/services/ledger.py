@@ -222,6 +222,17 @@ def _split_frontier(size: int, blob: bytes) -> list[bytes]:
     return [blob[i * HASH_SIZE : (i + 1) * HASH_SIZE] for i in range(count)]
 
 
+def _check_validity(
+    report: LogReport, keyring: Any, key_id: str, at: int, label: str | None, idx: int | None = None
+) -> None:
+    """Report `key_not_valid` when the exchange key `key_id` signed (at `at`) outside [not_before, not_after]."""
+    entry = keyring.entry(key_id)
+    if entry is not None and not entry.valid_at(at):
+        where = f"{label}: " if label else ""
+        span = f"{entry.not_before}..{entry.not_after if entry.not_after is not None else ''}"
+        report.add(LogProblem("key_not_valid", f"{where}signed by {key_id} at {at}, outside its validity {span}", idx))
+
+
 class LedgerService:
     """Append-only Merkle log of signed records, with checkpoints and proofs."""
 
@@ -245,8 +256,9 @@ class LedgerService:
         records: Sequence[tuple[str, str, dict[str, Any]]],
         *,
         signer: tuple[str, SigningKey] | None = None,
+        at: int | None = None,
     ) -> list[AppendedRecord]:
-        """Sign (current key, or `signer` for a key rotation) and append records at consecutive indices."""
+        """Sign (current key, or `signer` and its signing time `at` for a key rotation) and append records."""
         if not records:
             return []
         await self.lock(session)  # taken before the key is read, so a rotation never interleaves
@@ -256,7 +268,7 @@ class LedgerService:
             payload_type = _payload_type(record_type)
             envelope = self.identity.sign_envelope(payload_type, fast_canonical_bytes(body), signer)
             items.append((record_type, record_id, envelope))
-        return await self._append_envelopes(session, items)
+        return await self._append_envelopes(session, items, at)
 
     async def append_signed(
         self, session: AsyncSession, record_type: str, record_id: str, envelope: dict[str, Any]
@@ -284,7 +296,7 @@ class LedgerService:
         return int(row.next_index), bytes(row.frontier)
 
     async def _append_envelopes(
-        self, session: AsyncSession, items: Sequence[tuple[str, str, dict[str, Any]]]
+        self, session: AsyncSession, items: Sequence[tuple[str, str, dict[str, Any]]], at: int | None = None
     ) -> list[AppendedRecord]:
         if not items:
             return []
@@ -292,7 +304,7 @@ class LedgerService:
         leaves = [leaf_hash(p) for p in payloads]
         size, blob = await self._lock_counter(session)
         cr = CompactRange.from_frontier(size, _split_frontier(size, blob))
-        now = now_s()
+        now = now_s() if at is None else at
         entry_rows: list[dict[str, Any]] = []
         node_rows: list[dict[str, Any]] = []
         out: list[AppendedRecord] = []
@@ -563,6 +575,7 @@ class LedgerService:
             report.checkpoints_checked += 1
             label = f"stored checkpoint of size {row.size}"
             self._check_note(report, row.note, keyring, label, roots_wanted, row_size=row.size, row_root=row.root)
+            _check_validity(report, keyring, row.key_id, int(row.created_at), label)
         for i, note in enumerate(earlier):
             report.checkpoints_checked += 1
             self._check_note(report, note, keyring, f"earlier checkpoint #{i + 1}", roots_wanted)
@@ -583,7 +596,9 @@ class LedgerService:
         while True:
             rows = (
                 await session.execute(
-                    select(LogEntry.idx, LogEntry.record_type, LogEntry.payload, LogEntry.leaf_hash)
+                    select(
+                        LogEntry.idx, LogEntry.record_type, LogEntry.payload, LogEntry.leaf_hash, LogEntry.created_at
+                    )
                     .where(LogEntry.idx >= start)
                     .order_by(LogEntry.idx)
                     .limit(VERIFY_CHUNK)
@@ -613,7 +628,7 @@ class LedgerService:
                         LogProblem("leaf_hash_mismatch", "stored leaf hash is not the hash of the stored bytes", idx)
                     )
                     bad.append((idx, idx + 1))
-                self._check_entry_signature(report, bad, idx, entry.record_type, payload, keyring)
+                self._check_entry_signature(report, bad, idx, entry.record_type, payload, keyring, entry.created_at)
                 report.entries_checked += 1
                 expected = idx + 1
                 if broken_at is not None:
@@ -698,7 +713,14 @@ class LedgerService:
         roots_wanted.setdefault(cp.size, []).append((label, cp.root))
 
     def _check_entry_signature(
-        self, report: LogReport, bad: list[tuple[int, int]], idx: int, record_type: str, payload: bytes, keyring: Any
+        self,
+        report: LogReport,
+        bad: list[tuple[int, int]],
+        idx: int,
+        record_type: str,
+        payload: bytes,
+        keyring: Any,
+        logged_at: int,
     ) -> None:
         try:
             envelope = envelope_from_bytes(payload)
@@ -707,6 +729,10 @@ class LedgerService:
             message = exc.message if isinstance(exc, EnvelopeError) else str(exc)
             report.add(LogProblem("bad_signature", f"exchange signature does not verify: {message}", idx))
             bad.append((idx, idx + 1))
+            return
+        for sig in envelope.get("signatures", []):  # node signatures are not in the exchange keyring: skipped
+            if isinstance(sig, dict) and isinstance(sig.get("keyid"), str):
+                _check_validity(report, keyring, sig["keyid"], int(logged_at), None, idx)
 
     async def _nodes_completed_in(self, session: AsyncSession, first: int, end: int) -> dict[tuple[int, int], bytes]:
         """Stored nodes whose last leaf lies in [first, end): node (l, k) completes at leaf ((k + 1) << l) - 1."""

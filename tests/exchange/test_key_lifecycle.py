@@ -273,3 +273,31 @@ async def test_a_key_directory_from_before_the_lifecycle_is_still_read(db: Any, 
     key_file(tmp_path / "keys", info.key_id).rename(tmp_path / "keys" / "exchange.pem")  # the old layout
     again = IdentityService(db.sessions, tmp_path / "keys", ORIGIN)
     assert (await again.load()).key_id == info.key_id
+
+
+async def test_ledger_verify_names_signatures_made_outside_the_key_validity(db: Any, tmp_path: Path) -> None:
+    ledger = await make_ledger(db.sessions, tmp_path / "keys")
+    await append_n(ledger, 2)
+    cp = await ledger.checkpoint()
+    assert (await ledger.verify_log()).ok
+    async with db.sessions.begin() as s:  # the key table now says the key only became valid later
+        await s.execute(update(ExchangeKey).where(ExchangeKey.key_id == cp.key_id).values(not_before=4_000_000_000))
+    problems = [p.describe() for p in (await ledger.verify_log()).problems]
+    assert sum("key_not_valid" in p for p in problems) == 3, problems  # two entries and the checkpoint
+    assert any("stored checkpoint of size 2" in p and "key_not_valid" in p for p in problems)
+
+
+async def test_rotation_entry_is_logged_inside_the_old_key_validity_even_at_overlap_0(
+    db: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import exchange.services.ledger as ledger_module
+
+    ledger = await make_ledger(db.sessions, tmp_path / "keys")
+    await append_n(ledger, 1)
+    real = ledger_module.now_s
+    monkeypatch.setattr(ledger_module, "now_s", lambda: real() + 1)  # the clock ticks while the rotation runs
+    await ledger.identity.rotate(ledger, overlap_seconds=0)
+    await append_n(ledger, 1, 1)
+    await ledger.checkpoint()
+    report = await ledger.verify_log()
+    assert report.ok, [p.describe() for p in report.problems]

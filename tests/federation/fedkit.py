@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import socket
 import time
@@ -20,14 +21,15 @@ from sqlalchemy.pool import NullPool
 
 from exchange.api.app import create_app
 from exchange.composition import Services, build_services
+from exchange.services.identity import ExchangeKeyInfo
 from exchange.settings import Settings
 from exchange.storage.contracts import Contract
-from exchange.storage.engine import make_engine
+from exchange.storage.engine import make_engine, make_sessionmaker
+from exchange.storage.identity import ExchangeKey
 from exchange.storage.migrate import upgrade_engine
 from exchange.storage.orders import Order
 from exchange.storage.participants import Participant
 from exchange.storage.registration import Offer, Pool, Site
-from federation.keys import SigningKey
 from identifiers.cri import mint_pool_cri, mint_site_cri
 from identifiers.ids import new_id_str
 
@@ -247,16 +249,20 @@ async def start_exchange(
     authority: str,
     host: str = "127.0.0.1",
     port: int | None = None,
-    adopt_key: SigningKey | None = None,
+    reuse_key: ExchangeKeyInfo | None = None,
     **settings: Any,
 ) -> Exchange:
     """Migrate (or reopen) the SQLite file of `authority` and serve it on a loopback port (free one if None);
-    the key directory is the same on every start, so a restarted exchange keeps its identity."""
+    the key directory is the same on every start, so a restarted exchange keeps its identity. `reuse_key`
+    puts an existing key's row into a new database (an exchange that rebuilds its history with its old key)."""
     port = port or free_port(host)
     url = f"http://{host}:{port}"
     db_url = f"sqlite+aiosqlite:///{tmp_path / f'{authority.lower()}.db'}"
     engine = make_engine(db_url)
     await upgrade_engine(engine)
+    if reuse_key is not None:
+        async with make_sessionmaker(engine).begin() as s:
+            s.add(ExchangeKey(**dataclasses.asdict(reuse_key), created_at=reuse_key.not_before))
     await engine.dispose()
     values = {**FAST, **settings}
     cfg = Settings(
@@ -271,8 +277,7 @@ async def start_exchange(
         **values,
     )
     svc = await build_services(cfg)
-    # first start creates the key (as `hetex serve` would), later ones load it; adopt_key: a rebuilt database
-    await svc.identity.init(exist_ok=True, adopt=adopt_key)
+    await svc.identity.init(exist_ok=True)  # first start creates the key (as `hetex serve` would), later ones load it
     app = create_app(svc)
     server = TestServer(app, host=host, port=port)
     await server.start_server()

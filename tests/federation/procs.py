@@ -103,7 +103,7 @@ class Proc:
             stderr=subprocess.STDOUT,
         )
 
-    def wait_ready(self, timeout: float = 20) -> None:
+    def wait_ready(self, timeout: float = 60) -> None:
         """Until /healthz answers."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

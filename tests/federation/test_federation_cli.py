@@ -11,25 +11,30 @@ from exchange.cli.main import main
 from tests.dbs import migrate
 
 
-def use_exchange(monkeypatch: pytest.MonkeyPatch, root: Path, authority: str) -> None:
-    """Point the CLI at one exchange's database, keys and authority (as `hetex serve` would use them)."""
+def use_exchange(
+    monkeypatch: pytest.MonkeyPatch, root: Path, authority: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Point the CLI at one exchange's database, keys and authority (as `hetex serve` would use them); the
+    operator has run `hetex admin init` once."""
     url = f"sqlite:///{root / authority}.db"
     migrate(url.replace("sqlite:", "sqlite+aiosqlite:"))
     monkeypatch.setenv("HETEX_DATABASE_URL", url)
     monkeypatch.setenv("HETEX_KEY_DIR", str(root / f"keys-{authority}"))
     monkeypatch.setenv("HETEX_AUTHORITY", authority)
     monkeypatch.setenv("HETEX_ORIGIN", f"{authority.lower()}.hetex.test/log")
+    assert main(["admin", "init"]) == 0
+    capsys.readouterr()
 
 
 def test_add_peer_from_identity(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    use_exchange(monkeypatch, tmp_path, "B")
+    use_exchange(monkeypatch, tmp_path, "B", capsys)
     assert main(["admin", "identity", "--json"]) == 0
     ident_b = json.loads(capsys.readouterr().out)
     assert ident_b["authority"] == "B" and ident_b["verifier_key"].startswith("b.hetex.test/log+")
 
-    use_exchange(monkeypatch, tmp_path, "A")
+    use_exchange(monkeypatch, tmp_path, "A", capsys)
     args = [
         "admin",
         "add-peer",
