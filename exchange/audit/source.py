@@ -235,6 +235,8 @@ class ArchiveSource(Source):
         if raw_name.startswith("/") or "\\" in raw_name or "\x00" in raw_name:
             raise SourceError("archive_member_refused", f"member name {raw_name[:200]!r} is not a plain relative path")
         parts = [p for p in raw_name.split("/") if p not in ("", ".")]
+        if not parts and member.isdir():
+            return top  # "./": the archive's own root (`tar -C bundle -c .`)
         if not parts or ".." in parts:
             raise SourceError("archive_member_refused", f"member name {raw_name[:200]!r} escapes the bundle")
         if first and parts[0] != L.KEYS_DIR and (member.isdir() or len(parts) > 1) and not expected_name(parts[0]):

@@ -143,6 +143,20 @@ def test_bug3_gzip_bomb_member_is_refused_at_the_first_limit(bundle: Path, tmp_p
     assert report.codes() == {"line_too_long"}
 
 
+def test_archives_made_by_tar_with_a_dot_root_or_no_top_directory_verify(bundle: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    for i, argv in enumerate((["-C", str(bundle), "."], ["-C", str(bundle), *sorted(os.listdir(bundle))])):
+        archive = tmp_path / f"t{i}.tar.gz"
+        subprocess.run(["tar", "-czf", str(archive), *argv], check=True)
+        report = verify_bundle(archive)
+        assert report.ok, [str(p) for p in report.problems]
+
+
+def test_limit_flags_below_one_are_usage_errors(bundle: Path) -> None:
+    assert main(["audit", "verify", str(bundle), "--max-line-bytes", "0"]) == 2
+
+
 def test_bug3_declared_sizes_and_total_inflation_are_bounded(bundle: Path, tmp_path: Path) -> None:
     archive = tar_of(bundle, tmp_path / "b.tar.gz")
     assert verify_bundle(archive).ok
