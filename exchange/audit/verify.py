@@ -57,12 +57,18 @@ class Problem:
         return {k: v for k, v in vars(self).items() if v is not None}
 
     def __str__(self) -> str:
+        """One line: `file line n (log index i): code: message` (control characters escaped)."""
         where = self.file or "bundle"
         if self.line is not None:
             where += f" line {self.line}"
         if self.log_index is not None:
             where += f" (log index {self.log_index})"
-        return f"{where}: {self.code}: {self.message}"
+        return _one_line(f"{where}: {self.code}: {self.message}")
+
+
+def _one_line(text: str) -> str:
+    """Escape control characters, so a hostile name or value cannot break the one-line-per-problem output."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 @dataclass

@@ -431,3 +431,13 @@ def test_bug9_usage_records_need_a_node_signature_by_a_key_in_the_bundle(bundle:
     reseal(bundle, log.key)
     problems = {(p.code, p.line) for p in verify_bundle(bundle).problems}
     assert ("usage_node_signature_missing", n + 1) in problems
+
+
+def test_every_problem_is_one_line_even_with_hostile_names(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tar_of(bundle, tmp_path / "nl.tar", [member("top/x\nOK: forged\x1b[2K", b"x")], gz=False)
+    assert main(["audit", "verify", str(archive)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("FAILED") and not any(line.startswith("OK") for line in out)
+    assert out[1].startswith("  - bundle: archive_member_unexpected:") and "\\n" in out[1] and "\\x1b" in out[1]
