@@ -295,7 +295,9 @@ def _manifest(ctx: _Ctx) -> bytes | None:
     if obj is None:
         return None  # nothing else can be checked without a valid manifest
     ctx.manifest = ctx.report.manifest = obj
-    ctx.created_at = obj["created_at"]
+    ctx.created_at = obj.get("signed_at", obj["created_at"])
+    if ctx.created_at < obj["created_at"]:
+        ctx.report.add("manifest_malformed", "signed_at is before created_at", file=L.MANIFEST)
     exch = obj["exchange"]
     ctx.report.exchange_key_id = exch["key_id"]
     return data
@@ -399,7 +401,8 @@ def _verify_manifest_sig(ctx: _Ctx, manifest_bytes: bytes) -> bool:
     if not entry.valid_at(ctx.created_at):
         report.add(
             "manifest_key_not_valid",
-            f"key {kid} (valid {entry.not_before}..{entry.not_after}) did not sign at created_at {ctx.created_at}",
+            f"key {kid} (valid {entry.not_before}..{entry.not_after}) was not valid when the manifest was signed "
+            f"({ctx.created_at})",
             file=L.MANIFEST_SIG,
         )
         return False
@@ -413,10 +416,14 @@ def _verify_manifest_sig(ctx: _Ctx, manifest_bytes: bytes) -> bool:
     return bool(ctx.trusted)
 
 
-def _note_verifiers(ctx: _Ctx, *, trusted_only: bool, at: int | None = None) -> list[NoteVerifier]:
+def _note_verifiers(ctx: _Ctx, *, trusted_only: bool, before: int | None = None) -> list[NoteVerifier]:
+    """Exchange keys that may have signed a checkpoint: a note carries no time, so only a key that did not yet
+    exist when the manifest was signed (not_before > signed_at) is excluded; a retired key may have signed it."""
     out = []
     for k in ctx.keys.values():
-        if k.role != "exchange" or (trusted_only and k.key not in ctx.trusted) or not k.valid_at(at):
+        if k.role != "exchange" or (trusted_only and k.key not in ctx.trusted):
+            continue
+        if before is not None and k.not_before is not None and k.not_before > before:
             continue
         try:
             out.append(NoteVerifier(k.name, k.key))
@@ -438,14 +445,14 @@ def _read_checkpoint(ctx: _Ctx) -> tuple[Checkpoint | None, bool]:
     pinned = bool(ctx.trusted)
     anchored = False
     try:
-        cp = parse_checkpoint(verify_note(note, _note_verifiers(ctx, trusted_only=pinned, at=ctx.created_at)))
+        cp = parse_checkpoint(verify_note(note, _note_verifiers(ctx, trusted_only=pinned, before=ctx.created_at)))
         anchored = pinned
     except NoteError as exc:
         try:
             verify_note(note, _note_verifiers(ctx, trusted_only=pinned))
             report.add(
                 "checkpoint_key_not_valid",
-                f"the checkpoint's key was not valid at created_at {ctx.created_at}",
+                f"the checkpoint's key did not exist yet when the manifest was signed ({ctx.created_at})",
                 file=L.CHECKPOINT,
             )
         except NoteError:

@@ -347,7 +347,7 @@ class AuditService:
                 await asyncio.to_thread(_feed, writer, batch)
                 after = batch[-1][0]
                 await self._update(export_id, records_done=writer.records_seen, records_exported=writer.records_written)
-            await asyncio.to_thread(writer.finish, self.identity.signing_key)
+            await asyncio.to_thread(writer.finish, self.identity.signing_key, now_s())
         finally:
             writer.abort()
         name = f"{export_id}.tar.gz"

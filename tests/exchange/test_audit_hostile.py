@@ -335,10 +335,43 @@ def test_bug7_key_id_is_rederived(bundle: Path, log: MemLog) -> None:
 
 
 def test_bug7_manifest_and_checkpoint_keys_must_be_valid_at_export_time(bundle: Path, log: MemLog) -> None:
-    _rewrite_key(bundle, "exchange", lambda o: o.update(not_before=1, not_after=1_000))
+    _rewrite_key(bundle, "exchange", lambda o: o.update(not_before=1, not_after=1_000))  # retired long ago
+    reseal(bundle, log.key)
+    codes = verify_bundle(bundle, trusted_keys=[log.key.public]).codes()
+    assert "manifest_key_not_valid" in codes
+    _rewrite_key(bundle, "exchange", lambda o: o.update(not_before=2_000_000_000, not_after=None))  # not yet made
     reseal(bundle, log.key)
     codes = verify_bundle(bundle, trusted_keys=[log.key.public]).codes()
     assert {"manifest_key_not_valid", "checkpoint_key_not_valid"} <= codes
+
+
+def test_bug7_an_export_signed_after_a_rotation_that_followed_its_request_verifies(tmp_path: Path) -> None:
+    """created_at (the request) precedes the new key; signed_at (when the job signed) does not."""
+    from exchange.audit.writer import BundleKeyInfo, BundleWriter
+    from tests.exchange.auditkit import CATALOGUE
+
+    log = MemLog()
+    fill(log, 6)
+    keys = [
+        BundleKeyInfo(log.key_id, log.origin, log.key.public.to_base64(), "exchange", None, 1_700_000_500, None),
+        *log.keys()[1:],
+    ]
+    w = BundleWriter(
+        tmp_path / "b",
+        export_id="e",
+        created_at=1_700_000_000,
+        authority="HX",
+        origin=log.origin,
+        filters={},
+        checkpoint_note=log.checkpoint(),
+        keys=keys,
+        catalogue=CATALOGUE,
+    )
+    for i, e in enumerate(log.entries):
+        w.feed(i, e)
+    w.finish(log.key, signed_at=1_700_000_600)
+    report = verify_bundle(tmp_path / "b", trusted_keys=[log.key.public])
+    assert report.trusted, [str(p) for p in report.problems]
 
 
 # --- bug 8: a lying exchange that signs what it writes -----------------------------------------------
