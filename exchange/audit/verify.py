@@ -497,7 +497,7 @@ def _lines(ctx: _Ctx, name: str) -> Iterator[bytes]:
         while line := f.readline(limit + 1):
             h.update(line)
             n += 1
-            if (len(line) > limit and not line.endswith(b"\n")) or len(line) > limit:
+            if len(line) > limit:
                 raise SourceError("line_too_long", f"line {n} is longer than {limit} bytes", name)
             if n > ctx.limits.max_records:
                 raise SourceError("too_many_lines", f"more than {ctx.limits.max_records} lines", name)
