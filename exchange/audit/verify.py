@@ -3,7 +3,7 @@
 The bundle is hostile input. Dependencies, kept small on purpose so a regulator can read all of it: the
 Python standard library, `cryptography` and `rfc8785` (through federation.keys/canonical/dsse/note/merkle),
 `jsonschema` (exchange.audit.schemas) and the pure bundle modules exchange.audit.{facts,layout,limits,
-source,strictjson,invariants}. tests/exchange/test_audit_imports.py enforces this. The algorithm, every
+source,strictjson,invariants}; tests/exchange/test_audit_verify.py enforces this. The algorithm, every
 limit, reason code and exit code are in specs/audit-verifier.md; every problem found is reported (file,
 line, log index, reason code), not only the first, and never as a traceback.
 """
