@@ -40,6 +40,8 @@ _PAYLOAD_TYPE = re.compile(r"application/vnd\.hetex\.[a-z0-9][a-z0-9.-]*\+json\Z
 _B64_HASH = re.compile(r"[A-Za-z0-9+/]{43}=\Z")
 _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
 _MAX_PROOF_HASHES = 64
+#: roles whose valid signature on a usage record vouches for the node that measured it
+NODE_VOUCHERS = frozenset({"participant", "peer-exchange"})
 
 
 @dataclass(frozen=True)
@@ -624,7 +626,7 @@ def _check_signature(
     where: dict[str, Any],
 ) -> None:
     """Every signature by a key in keys/ must verify and be inside its key's validity; at least one must exist;
-    a usage record must also carry a valid signature by a participant (node) key."""
+    a usage record must also carry a valid signature by a participant (node) key, or by a peer exchange."""
     report = ctx.report
     report.signatures_checked += 1
     at = facts.at if facts is not None else None
@@ -647,7 +649,8 @@ def _check_signature(
         kids = [k for k, _s in sigs]
         report.add("record_signed_by_unknown_key", f"no signature by a key in keys/ (key ids {kids})", **where)
         return
-    if facts is not None and facts.kind == "usage" and not any(k.role == "participant" for k in good):
+    # a usage record mirrored from a peer exchange is vouched for by that exchange (its node keys live there)
+    if facts is not None and facts.kind == "usage" and not any(k.role in NODE_VOUCHERS for k in good):
         report.add(
             "usage_node_signature_missing",
             "a usage record carries no valid signature by a node (participant) key in keys/",
