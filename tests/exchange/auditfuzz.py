@@ -62,8 +62,10 @@ def reseal(files: Files, key: SigningKey) -> None:
     except Exception:  # the manifest itself was mutated into something else: sign it as it is
         data = files.get(L.MANIFEST, b"")
     origin = "hetex.test/log"
-    with contextlib.suppress(Exception):
-        origin = json.loads(data)["exchange"]["origin"]
+    with contextlib.suppress(Exception):  # keep the default origin
+        named = json.loads(data)["exchange"]["origin"]
+        if isinstance(named, str) and named:
+            origin = named
     files[L.MANIFEST] = data
     env = sign_envelope(L.MANIFEST_PAYLOAD_TYPE, data, [(key_id_hex(origin, key.public), key)])
     files[L.MANIFEST_SIG] = canonical_bytes(env)
