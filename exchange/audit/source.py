@@ -25,6 +25,7 @@ from exchange.audit.limits import Limits
 LARGE_FILES = frozenset({L.RECORDS, L.PROOFS, L.CONSISTENCY})
 SMALL_FILES = frozenset({L.MANIFEST, L.MANIFEST_SIG, L.CHECKPOINT, L.CATALOGUE, L.SUMMARY})
 _CHUNK = 1 << 20
+MAX_REFUSED = 100
 _EXTENDED = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, b"X"})
 
 
@@ -123,6 +124,8 @@ class DirSource(Source):
         self.root, self.limits = root, limits
         self.refused: list[SourceError] = []
         for entry in os.scandir(root):
+            if len(self.refused) > MAX_REFUSED:
+                raise SourceError("bundle_member_unexpected", f"more than {MAX_REFUSED} files are not bundle files")
             if entry.name == L.KEYS_DIR and entry.is_dir(follow_symlinks=False):
                 self._scan_keys(Path(entry.path))
             elif not expected_name(entry.name):
@@ -205,6 +208,7 @@ class ArchiveSource(Source):
         self._small: dict[str, bytes] = {}
         self._spool = tempfile.TemporaryDirectory(prefix="hetex-verify-")
         self._large: dict[str, Path] = {}
+        self._keys = 0
         try:
             self._read(path)
         except BaseException:
@@ -235,6 +239,8 @@ class ArchiveSource(Source):
         if raw_name.startswith("/") or "\\" in raw_name or "\x00" in raw_name:
             raise SourceError("archive_member_refused", f"member name {raw_name[:200]!r} is not a plain relative path")
         parts = [p for p in raw_name.split("/") if p not in ("", ".")]
+        if not parts and member.isdir():
+            return top  # "./": the archive's own root (`tar -C bundle -c .`)
         if not parts or ".." in parts:
             raise SourceError("archive_member_refused", f"member name {raw_name[:200]!r} escapes the bundle")
         if first and parts[0] != L.KEYS_DIR and (member.isdir() or len(parts) > 1) and not expected_name(parts[0]):
@@ -255,10 +261,10 @@ class ArchiveSource(Source):
             raise SourceError("archive_member_unexpected", f"member {raw_name[:200]!r} is not a bundle file")
         if name in self.names:
             raise SourceError("archive_member_duplicate", "the archive holds this file twice", name)
-        if name.startswith(L.KEYS_DIR + "/") and sum(n.startswith(L.KEYS_DIR + "/") for n in self.names) >= (
-            self.limits.max_keys
-        ):
-            raise SourceError("too_many_keys", f"more than {self.limits.max_keys} keys", name)
+        if name.startswith(L.KEYS_DIR + "/"):
+            self._keys += 1
+            if self._keys > self.limits.max_keys:
+                raise SourceError("too_many_keys", f"more than {self.limits.max_keys} keys", name)
         self.names.add(name)
         big = name in LARGE_FILES
         limit = self.limits.max_member_bytes if big else self.limits.max_small_file_bytes

@@ -3,7 +3,7 @@
 The bundle is hostile input. Dependencies, kept small on purpose so a regulator can read all of it: the
 Python standard library, `cryptography` and `rfc8785` (through federation.keys/canonical/dsse/note/merkle),
 `jsonschema` (exchange.audit.schemas) and the pure bundle modules exchange.audit.{facts,layout,limits,
-source,strictjson,invariants}. tests/exchange/test_audit_imports.py enforces this. The algorithm, every
+source,strictjson,invariants}; tests/exchange/test_audit_verify.py enforces this. The algorithm, every
 limit, reason code and exit code are in specs/audit-verifier.md; every problem found is reported (file,
 line, log index, reason code), not only the first, and never as a traceback.
 """
@@ -40,6 +40,8 @@ _PAYLOAD_TYPE = re.compile(r"application/vnd\.hetex\.[a-z0-9][a-z0-9.-]*\+json\Z
 _B64_HASH = re.compile(r"[A-Za-z0-9+/]{43}=\Z")
 _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
 _MAX_PROOF_HASHES = 64
+#: roles whose valid signature on a usage record vouches for the node that measured it
+NODE_VOUCHERS = frozenset({"participant", "peer-exchange"})
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,18 @@ class Problem:
         return {k: v for k, v in vars(self).items() if v is not None}
 
     def __str__(self) -> str:
+        """One line: `file line n (log index i): code: message` (control characters escaped)."""
         where = self.file or "bundle"
         if self.line is not None:
             where += f" line {self.line}"
         if self.log_index is not None:
             where += f" (log index {self.log_index})"
-        return f"{where}: {self.code}: {self.message}"
+        return _one_line(f"{where}: {self.code}: {self.message}")
+
+
+def _one_line(text: str) -> str:
+    """Escape control characters, so a hostile name or value cannot break the one-line-per-problem output."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 @dataclass
@@ -289,7 +297,9 @@ def _manifest(ctx: _Ctx) -> bytes | None:
     if obj is None:
         return None  # nothing else can be checked without a valid manifest
     ctx.manifest = ctx.report.manifest = obj
-    ctx.created_at = obj["created_at"]
+    ctx.created_at = obj.get("signed_at", obj["created_at"])
+    if ctx.created_at < obj["created_at"]:
+        ctx.report.add("manifest_malformed", "signed_at is before created_at", file=L.MANIFEST)
     exch = obj["exchange"]
     ctx.report.exchange_key_id = exch["key_id"]
     return data
@@ -393,7 +403,8 @@ def _verify_manifest_sig(ctx: _Ctx, manifest_bytes: bytes) -> bool:
     if not entry.valid_at(ctx.created_at):
         report.add(
             "manifest_key_not_valid",
-            f"key {kid} (valid {entry.not_before}..{entry.not_after}) did not sign at created_at {ctx.created_at}",
+            f"key {kid} (valid {entry.not_before}..{entry.not_after}) was not valid when the manifest was signed "
+            f"({ctx.created_at})",
             file=L.MANIFEST_SIG,
         )
         return False
@@ -407,10 +418,14 @@ def _verify_manifest_sig(ctx: _Ctx, manifest_bytes: bytes) -> bool:
     return bool(ctx.trusted)
 
 
-def _note_verifiers(ctx: _Ctx, *, trusted_only: bool, at: int | None = None) -> list[NoteVerifier]:
+def _note_verifiers(ctx: _Ctx, *, trusted_only: bool, before: int | None = None) -> list[NoteVerifier]:
+    """Exchange keys that may have signed a checkpoint: a note carries no time, so only a key that did not yet
+    exist when the manifest was signed (not_before > signed_at) is excluded; a retired key may have signed it."""
     out = []
     for k in ctx.keys.values():
-        if k.role != "exchange" or (trusted_only and k.key not in ctx.trusted) or not k.valid_at(at):
+        if k.role != "exchange" or (trusted_only and k.key not in ctx.trusted):
+            continue
+        if before is not None and k.not_before is not None and k.not_before > before:
             continue
         try:
             out.append(NoteVerifier(k.name, k.key))
@@ -432,14 +447,14 @@ def _read_checkpoint(ctx: _Ctx) -> tuple[Checkpoint | None, bool]:
     pinned = bool(ctx.trusted)
     anchored = False
     try:
-        cp = parse_checkpoint(verify_note(note, _note_verifiers(ctx, trusted_only=pinned, at=ctx.created_at)))
+        cp = parse_checkpoint(verify_note(note, _note_verifiers(ctx, trusted_only=pinned, before=ctx.created_at)))
         anchored = pinned
     except NoteError as exc:
         try:
             verify_note(note, _note_verifiers(ctx, trusted_only=pinned))
             report.add(
                 "checkpoint_key_not_valid",
-                f"the checkpoint's key was not valid at created_at {ctx.created_at}",
+                f"the checkpoint's key did not exist yet when the manifest was signed ({ctx.created_at})",
                 file=L.CHECKPOINT,
             )
         except NoteError:
@@ -484,7 +499,7 @@ def _lines(ctx: _Ctx, name: str) -> Iterator[bytes]:
         while line := f.readline(limit + 1):
             h.update(line)
             n += 1
-            if (len(line) > limit and not line.endswith(b"\n")) or len(line) > limit:
+            if len(line) > limit:
                 raise SourceError("line_too_long", f"line {n} is longer than {limit} bytes", name)
             if n > ctx.limits.max_records:
                 raise SourceError("too_many_lines", f"more than {ctx.limits.max_records} lines", name)
@@ -611,7 +626,7 @@ def _check_signature(
     where: dict[str, Any],
 ) -> None:
     """Every signature by a key in keys/ must verify and be inside its key's validity; at least one must exist;
-    a usage record must also carry a valid signature by a participant (node) key."""
+    a usage record must also carry a valid signature by a participant (node) key, or by a peer exchange."""
     report = ctx.report
     report.signatures_checked += 1
     at = facts.at if facts is not None else None
@@ -634,7 +649,8 @@ def _check_signature(
         kids = [k for k, _s in sigs]
         report.add("record_signed_by_unknown_key", f"no signature by a key in keys/ (key ids {kids})", **where)
         return
-    if facts is not None and facts.kind == "usage" and not any(k.role == "participant" for k in good):
+    # a usage record mirrored from a peer exchange is vouched for by that exchange (its node keys live there)
+    if facts is not None and facts.kind == "usage" and not any(k.role in NODE_VOUCHERS for k in good):
         report.add(
             "usage_node_signature_missing",
             "a usage record carries no valid signature by a node (participant) key in keys/",

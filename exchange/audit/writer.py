@@ -215,8 +215,11 @@ class BundleWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
-    def finish(self, signing_key: SigningKey) -> dict[str, Any]:
-        """Complete proofs, write every other file and the signed manifest; return the manifest."""
+    def finish(self, signing_key: SigningKey, signed_at: int | None = None) -> dict[str, Any]:
+        """Complete proofs, write every other file and the signed manifest; return the manifest.
+
+        `signed_at` (epoch seconds, recorded in the manifest): when the key signs, so a verifier checks the key's
+        validity at that time (an export may run after a key rotation that followed its request)."""
         if self._next != self.size:
             raise ValueError(f"fed {self._next} entries but the checkpoint has {self.size}")
         self._records.close()
@@ -279,6 +282,8 @@ class BundleWriter:
             "totals": totals,
             "files": files,
         }
+        if signed_at is not None:
+            manifest["signed_at"] = signed_at
         manifest_bytes = canonical_bytes(manifest)
         self._write_file(L.MANIFEST, manifest_bytes)
         envelope = sign_envelope(L.MANIFEST_PAYLOAD_TYPE, manifest_bytes, [(signer_id, signing_key)])

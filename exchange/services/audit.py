@@ -351,7 +351,7 @@ class AuditService:
                 after = batch[-1][0]
                 await self._update(export_id, records_done=writer.records_seen, records_exported=writer.records_written)
             _kid, key = await self.identity.signer_for()  # the key current now, valid now
-            await asyncio.to_thread(writer.finish, key)
+            await asyncio.to_thread(writer.finish, key, now_s())
         finally:
             writer.abort()
         name = f"{export_id}.tar.gz"

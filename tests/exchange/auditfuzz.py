@@ -62,8 +62,10 @@ def reseal(files: Files, key: SigningKey) -> None:
     except Exception:  # the manifest itself was mutated into something else: sign it as it is
         data = files.get(L.MANIFEST, b"")
     origin = "hetex.test/log"
-    with contextlib.suppress(Exception):
-        origin = json.loads(data)["exchange"]["origin"]
+    with contextlib.suppress(Exception):  # keep the default origin
+        named = json.loads(data)["exchange"]["origin"]
+        if isinstance(named, str) and named:
+            origin = named
     files[L.MANIFEST] = data
     env = sign_envelope(L.MANIFEST_PAYLOAD_TYPE, data, [(key_id_hex(origin, key.public), key)])
     files[L.MANIFEST_SIG] = canonical_bytes(env)
@@ -232,6 +234,17 @@ def mutate(rng: random.Random, base: Files, key: SigningKey, origin: str) -> tup
     return files, rng.random() < 0.4, resealed
 
 
+def peak_rss_kib() -> int:
+    """Peak RSS of this process image: VmHWM (reset by exec), not ru_maxrss (Linux carries the forking parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def run(base_dir: Path, seed_key: bytes, seed: int, count: int) -> dict[str, Any]:
     key = SigningKey.from_seed(seed_key)
     base = load(base_dir)
@@ -239,7 +252,7 @@ def run(base_dir: Path, seed_key: bytes, seed: int, count: int) -> dict[str, Any
     original = verify_bundle(base_dir, trusted_keys=[key.public])
     assert original.trusted, [str(p) for p in original.problems]
     meaning = (original.records_sha256, original.totals)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base_rss = peak_rss_kib()
     out: dict[str, Any] = {"mutants": 0, "accepted": 0, "max_seconds": 0.0, "crashes": [], "lies": [], "codes": {}}
     work = Path(tempfile.mkdtemp(prefix="hetex-fuzz-"))
     try:
@@ -275,7 +288,7 @@ def run(base_dir: Path, seed_key: bytes, seed: int, count: int) -> dict[str, Any
                     out["lies"].append({"mutant": n, "resealed": resealed, "archive": as_archive})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out["max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["max_rss_kib"] = peak_rss_kib()
     out["base_rss_kib"] = base_rss
     return out
 

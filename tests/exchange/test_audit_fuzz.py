@@ -66,7 +66,7 @@ def _fuzz(real: tuple[Path, str], seed: int, count: int) -> dict:
 def test_fuzz_mutants(real: tuple[Path, str]) -> None:
     result = _fuzz(real, SEED, int(os.environ.get("HETEX_FUZZ_COUNT", "5000")))
     assert len(result["codes"]) > 30  # the mutations reach many different checks
-    print(json.dumps({k: result[k] for k in ("mutants", "accepted", "max_seconds", "max_rss_kib")}))
+    print(json.dumps({k: result[k] for k in ("mutants", "accepted", "max_seconds", "base_rss_kib", "max_rss_kib")}))
 
 
 @pytest.mark.slow

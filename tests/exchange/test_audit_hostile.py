@@ -143,6 +143,20 @@ def test_bug3_gzip_bomb_member_is_refused_at_the_first_limit(bundle: Path, tmp_p
     assert report.codes() == {"line_too_long"}
 
 
+def test_archives_made_by_tar_with_a_dot_root_or_no_top_directory_verify(bundle: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    for i, argv in enumerate((["-C", str(bundle), "."], ["-C", str(bundle), *sorted(os.listdir(bundle))])):
+        archive = tmp_path / f"t{i}.tar.gz"
+        subprocess.run(["tar", "-czf", str(archive), *argv], check=True)
+        report = verify_bundle(archive)
+        assert report.ok, [str(p) for p in report.problems]
+
+
+def test_limit_flags_below_one_are_usage_errors(bundle: Path) -> None:
+    assert main(["audit", "verify", str(bundle), "--max-line-bytes", "0"]) == 2
+
+
 def test_bug3_declared_sizes_and_total_inflation_are_bounded(bundle: Path, tmp_path: Path) -> None:
     archive = tar_of(bundle, tmp_path / "b.tar.gz")
     assert verify_bundle(archive).ok
@@ -321,10 +335,43 @@ def test_bug7_key_id_is_rederived(bundle: Path, log: MemLog) -> None:
 
 
 def test_bug7_manifest_and_checkpoint_keys_must_be_valid_at_export_time(bundle: Path, log: MemLog) -> None:
-    _rewrite_key(bundle, "exchange", lambda o: o.update(not_before=1, not_after=1_000))
+    _rewrite_key(bundle, "exchange", lambda o: o.update(not_before=1, not_after=1_000))  # retired long ago
+    reseal(bundle, log.key)
+    codes = verify_bundle(bundle, trusted_keys=[log.key.public]).codes()
+    assert "manifest_key_not_valid" in codes
+    _rewrite_key(bundle, "exchange", lambda o: o.update(not_before=2_000_000_000, not_after=None))  # not yet made
     reseal(bundle, log.key)
     codes = verify_bundle(bundle, trusted_keys=[log.key.public]).codes()
     assert {"manifest_key_not_valid", "checkpoint_key_not_valid"} <= codes
+
+
+def test_bug7_an_export_signed_after_a_rotation_that_followed_its_request_verifies(tmp_path: Path) -> None:
+    """created_at (the request) precedes the new key; signed_at (when the job signed) does not."""
+    from exchange.audit.writer import BundleKeyInfo, BundleWriter
+    from tests.exchange.auditkit import CATALOGUE
+
+    log = MemLog()
+    fill(log, 6)
+    keys = [
+        BundleKeyInfo(log.key_id, log.origin, log.key.public.to_base64(), "exchange", None, 1_700_000_500, None),
+        *log.keys()[1:],
+    ]
+    w = BundleWriter(
+        tmp_path / "b",
+        export_id="e",
+        created_at=1_700_000_000,
+        authority="HX",
+        origin=log.origin,
+        filters={},
+        checkpoint_note=log.checkpoint(),
+        keys=keys,
+        catalogue=CATALOGUE,
+    )
+    for i, e in enumerate(log.entries):
+        w.feed(i, e)
+    w.finish(log.key, signed_at=1_700_000_600)
+    report = verify_bundle(tmp_path / "b", trusted_keys=[log.key.public])
+    assert report.trusted, [str(p) for p in report.problems]
 
 
 # --- bug 8: a lying exchange that signs what it writes -----------------------------------------------
@@ -417,3 +464,13 @@ def test_bug9_usage_records_need_a_node_signature_by_a_key_in_the_bundle(bundle:
     reseal(bundle, log.key)
     problems = {(p.code, p.line) for p in verify_bundle(bundle).problems}
     assert ("usage_node_signature_missing", n + 1) in problems
+
+
+def test_every_problem_is_one_line_even_with_hostile_names(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tar_of(bundle, tmp_path / "nl.tar", [member("top/x\nOK: forged\x1b[2K", b"x")], gz=False)
+    assert main(["audit", "verify", str(archive)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("FAILED") and not any(line.startswith("OK") for line in out)
+    assert out[1].startswith("  - bundle: archive_member_unexpected:") and "\\n" in out[1] and "\\x1b" in out[1]

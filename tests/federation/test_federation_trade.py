@@ -287,6 +287,10 @@ async def test_resolve_redirects_to_owning_peer(tmp_path: Path) -> None:
 async def test_audit_exports_at_both_exchanges_verify_with_peer_keys(tmp_path: Path) -> None:
     from exchange.audit.verify import verify_bundle
     from exchange.services.audit import ExportRequest
+    from federation.canonical import canonical_bytes
+    from federation.dsse import record_payload_type, sign_envelope
+    from federation.keys import SigningKey
+    from tests.exchange.auditkit import register_node
 
     async with fedkit.federation(tmp_path, ["A", "B"]) as (a, b):
         with b.seed() as s:
@@ -303,8 +307,11 @@ async def test_audit_exports_at_both_exchanges_verify_with_peer_keys(tmp_path: P
             "seq": 1,
             "period_end": int(time.time()),
         }
+        node = SigningKey.generate()  # the provider's node signs its usage (issue 10 bug 9: its key is exported)
+        node_kid = await register_node(b.svc.ledger, node)
+        signed = sign_envelope(record_payload_type("usage"), canonical_bytes(usage), [(node_kid, node)])
         async with b.svc.sessions.begin() as s:
-            appended = await b.svc.ledger.append(s, "usage", "u-9", usage)
+            appended = await b.svc.ledger.append_signed(s, "usage", "u-9", signed)
             await b.fed.enqueue_mirror(s, owned["contract_id"], "usage", "u-9", appended.envelope)
         await b.fed.deliver_outbox()
         now = int(time.time())
