@@ -231,6 +231,17 @@ async def test_bad_orders_are_refused(world: World) -> None:
         assert problem["field"] == field, problem
 
 
+async def test_a_retry_after_the_start_window_closed_returns_the_stored_order(world: World) -> None:
+    b, orders = world.market.buyer, world.api.svc.orders
+    start_latest = int(time.time()) + 60
+    body = order_body(start_latest=start_latest)
+    first = await b.submit_order(body, "in-time")
+    orders.clock = lambda: start_latest + 1
+    assert await b.submit_order(body, "in-time") == first and b.last_status == 200
+    problem = await refused(world, "POST", "/v1/orders", body, headers={"Idempotency-Key": "too-late"})
+    assert problem["field"] == "start_latest"
+
+
 async def test_offer_whose_window_already_ended(world: World) -> None:
     now = int(time.time())
     window = {"window_start": now - 7200, "window_end": now - 3600}
