@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 from exchange.api.app import create_app
 from exchange.api.metrics import METRICS
 from exchange.cli.usage import build_usage_envelope
-from federation.dsse import record_payload_type, sign_json_envelope
+from federation.dsse import record_payload_type, sign_envelope, sign_json_envelope
 from federation.keys import SigningKey
 from tests.exchange.registration_support import order_body
 from tests.security.kit import HOUR, T0, World, row_counts, send
@@ -167,6 +167,15 @@ async def test_usage_with_an_unverifiable_signature_is_refused(world: World) -> 
             problem = await refused(world, "POST", f"/v1/contracts/{world.contract_id}/usage", env)
             assert problem["status"] == 422 and problem["field"].startswith("signatures"), problem
             assert problem.get("reason") == "unverified_signature" or len(keyid) > 64  # longer: refused by the model
+
+
+async def test_usage_with_a_deeply_nested_signed_payload(world: World) -> None:
+    p = world.market.provider
+    for depth in (500, 5_000, 100_000):
+        payload = b"[" * depth + b"]" * depth
+        env = sign_envelope(record_payload_type("usage"), payload, [(p.keyid, p.key)])
+        problem = await refused(world, "POST", f"/v1/contracts/{world.contract_id}/usage", env)
+        assert problem["status"] == 422, problem
 
 
 async def test_usage_signer_is_the_verified_key(world: World) -> None:
