@@ -159,11 +159,11 @@ def verify_json_envelope(
     payload = verify_envelope(envelope, keyring, payload_type=payload_type, threshold=threshold, at=at)
     try:
         obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise EnvelopeError("malformed", "payload is not JSON") from exc
     try:
         canonical = canonical_bytes(obj)
-    except CanonicalizationError as exc:
+    except (CanonicalizationError, RecursionError) as exc:
         raise EnvelopeError("malformed", "payload is not canonicalizable JSON") from exc
     if canonical != payload:
         raise EnvelopeError("malformed", "payload is not RFC 8785 canonical JSON")
@@ -179,7 +179,7 @@ def envelope_from_bytes(data: bytes) -> dict[str, Any]:
     """Parse stored envelope bytes back to a dict (shape is checked by verify_envelope)."""
     try:
         obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise EnvelopeError("malformed", "envelope is not JSON") from exc
     if not isinstance(obj, dict):
         raise EnvelopeError("malformed", "an envelope is a JSON object")

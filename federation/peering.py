@@ -449,7 +449,7 @@ def envelope_json(envelope: Mapping[str, Any]) -> dict[str, Any]:
 
     try:
         data = json.loads(base64.b64decode(str(envelope["payload"])))
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, RecursionError):
         raise ContractEnvelopeError("contract envelope payload is not base64 JSON", reason="malformed") from None
     if not isinstance(data, dict):
         raise ContractEnvelopeError("contract payload must be a JSON object", reason="malformed")

@@ -63,8 +63,39 @@ def _path(parts: list[str | int]) -> str:
     return out or "body"
 
 
+def _has_problem(data: Any, max_depth: int) -> bool:
+    """Fast pass: does `data` break a rule (depth, characters, integers)? Scalars are checked in place and
+    only containers are stacked, so a clean 1 MiB body costs a few json.loads (see specs/input.md)."""
+    search = CONTROL_CHARS.search
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        items = value.items() if type(value) is dict else enumerate(value)
+        if depth >= max_depth:
+            return True
+        for key, item in items:
+            if type(key) is str and search(key):
+                return True
+            kind = type(item)
+            if kind is str:
+                if search(item):
+                    return True
+            elif kind is int:
+                if not -MAX_JSON_INT <= item <= MAX_JSON_INT:
+                    return True
+            elif kind is dict or kind is list:
+                stack.append((item, depth + 1))
+    return False
+
+
 def check_json_value(data: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """Walk a parsed JSON value (iteratively): depth, string characters and integer range, naming the field."""
+    """Depth, string characters and integer range of a parsed JSON value; the error names the field."""
+    if _has_problem([data], max_depth + 1):  # wrapped, so a bare scalar body is checked too
+        _locate(data, max_depth)
+
+
+def _locate(data: Any, max_depth: int) -> None:
+    """Slow pass with paths, run only when the fast pass found something: raise naming the field."""
     stack: list[tuple[Any, list[str | int]]] = [(data, [])]
     while stack:
         value, where = stack.pop()

@@ -139,7 +139,7 @@ class PeerMessageReusedError(ConflictError):
 class ForwardedOrder(BaseModel):
     """The order part of an order_offer message: what the buyer's exchange asks the owner to hold."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     origin_order_id: str = Field(min_length=1, max_length=64)
     buyer_id: str = Field(min_length=1, max_length=64)
@@ -187,7 +187,7 @@ def _positive_decimal(text: str | None, name: str) -> Decimal | None:
 class CommitBody(BaseModel):
     """hold_commit body: the hold and the contracts the buyer's exchange signed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     hold_id: str = Field(min_length=1, max_length=36)
     contracts: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
@@ -196,7 +196,7 @@ class CommitBody(BaseModel):
 class HoldRef(BaseModel):
     """hold_release body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     hold_id: str = Field(min_length=1, max_length=36)
 
@@ -204,7 +204,7 @@ class HoldRef(BaseModel):
 class MirrorItem(BaseModel):
     """One mirrored record: its type (usage, settlement), id, contract and the owner-signed envelope."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     record_type: str
     record_id: str = Field(min_length=1, max_length=64)
@@ -215,7 +215,7 @@ class MirrorItem(BaseModel):
 class MirrorBody(BaseModel):
     """mirror body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     records: list[MirrorItem] = Field(min_length=1, max_length=1000)
 
@@ -223,7 +223,7 @@ class MirrorBody(BaseModel):
 class SummaryBody(BaseModel):
     """capacity_summary body: the DSSE envelope."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     summary: dict[str, Any]
 

@@ -503,8 +503,11 @@ class OrderService:
         key = check_idempotency_key(idempotency_key)
         now = self.clock()
         if spec.start_latest is not None and spec.start_latest < now:
-            closed = f"start_latest: the start window closed at {spec.start_latest} (now {now})"
-            raise ValidationError(closed, field="start_latest", now=now)
+            existing = await self._by_key(who.id, key)  # a retry of an order stored in time is still answered
+            if existing is None:
+                closed = f"start_latest: the start window closed at {spec.start_latest} (now {now})"
+                raise ValidationError(closed, field="start_latest", now=now)
+            return self._replay(existing, spec_json_hash(spec_json(spec))), False
         home = spec.home_region or who.home_region
         self._check_codes(spec, home)
         stored_spec = spec_json(spec)

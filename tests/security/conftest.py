@@ -14,7 +14,7 @@ from tests.security.kit import HOUR, T0, World, make_world
 
 @pytest.fixture
 async def world(db: Any, aiohttp_client: Any, tmp_path: Path) -> World:
-    """A market with a site, pool, offer, order, confirmed contract, operator, regulator and export."""
+    """A market with a site, pools, an offer, orders, contracts, an operator and a regulator."""
     # no background publisher: the test database is one connection, shared with the requests under test
     api = await make_api(db, aiohttp_client, tmp_path, exports_dir=tmp_path / "exports", checkpoint_interval_seconds=0)
     return await make_world(await make_market(api, clock_at=T0 - HOUR))

@@ -41,8 +41,8 @@ class Answer:
 
 @dataclass
 class World:
-    """A market with a provider (site, pool, offer), a buyer (order), a confirmed contract, an operator and a
-    regulator (an export), so every write route has a real resource to aim at."""
+    """A market with a provider (site, pools, offer), a buyer (orders), contracts, an operator and a regulator,
+    so every write route has a real resource to aim at."""
 
     market: Market
     regulator: HetexClient
@@ -53,7 +53,6 @@ class World:
     offer_id: str
     contract_id: str  # confirmed
     unconfirmed_id: str
-    export_id: str
     open_order_id: str  # an open order nothing fills
 
     @property
@@ -74,7 +73,7 @@ class World:
 
 
 async def make_world(market: Market) -> World:
-    """Add to `market` a confirmed and an unconfirmed contract, a spare pool, a regulator and an export;
+    """Add to `market` a confirmed and an unconfirmed contract, a spare pool, an open order and a regulator;
     the contract services' clock is one hour into the confirmed contract (usage for it is due)."""
     m = market
     contract = await m.contract("per_minute", devices=2, start=T0, end=T0 + 4 * HOUR)
@@ -82,8 +81,6 @@ async def make_world(market: Market) -> World:
     unconfirmed = await m.contract("per_minute", devices=2, start=T0, end=T0 + 4 * HOUR)
     m.clock.now = T0 + HOUR
     regulator = await m.api.regulator()
-    export = await regulator.request("POST", "/v1/audit/exports", {"from": 0, "to": 2_000_000_000})
-    await m.api.svc.audit.wait(export["id"])
     offer = (await m.provider.request("GET", "/v1/offers"))["offers"][0]
     spare = await m.provider.add_pool(offer["site_cri"], "NV-H100-SXM", 8, nodes=1, devices_per_node=8)
     order = await m.buyer.submit_order(order_body(limit_fen_per_device_hour={"NV-H100-SXM": 1}), "world-open")
@@ -97,7 +94,6 @@ async def make_world(market: Market) -> World:
         offer["id"],
         contract["id"],
         unconfirmed["id"],
-        export["id"],
         order["id"],
     )
 

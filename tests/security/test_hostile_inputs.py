@@ -16,7 +16,9 @@ from aiohttp import web
 
 from exchange.cli.usage import build_usage_envelope
 from exchange.client import HetexClient
+from federation.httpsig import sign_request
 from federation.keys import SigningKey
+from federation.peering import PeerIdentity, new_message
 from tests.exchange.registration_support import order_body
 from tests.security.kit import HOUR, T0, World, row_counts, send
 
@@ -315,3 +317,67 @@ async def test_hostile_input_on_every_write_route(world: World) -> None:
     cases += await attack(world, "POST", "/v1/orders", SCU_ORDER)
     print(f"{cases} hostile requests refused with nothing written")
     assert cases > 500
+
+
+HOLD = "0190a000-0000-7000-8000-000000000000"
+
+
+def _peer_bodies(now: int) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Per peer route: message type and a well-formed body (refused later for business reasons at most)."""
+    order = {"origin_order_id": "o-1", "buyer_id": "b-1", "models": ["NV-H100-SXM"], "regions": ["CN-SH"]}
+    order |= {"limits": {"*": 100}, "devices_max": 2, "devices_min": 1, "start_at": now, "end_at": now + HOUR}
+    record = {"record_type": "usage", "record_id": "r-1", "contract_id": HOLD, "envelope": {"payload": "e30="}}
+    return {
+        "/v1/federation/orders": ("order_offer", {"order": order}),
+        f"/v1/federation/holds/{HOLD}/commit": ("hold_commit", {"hold_id": HOLD, "contracts": [{"a": "b"}]}),
+        f"/v1/federation/holds/{HOLD}/release": ("hold_release", {"hold_id": HOLD}),
+        "/v1/federation/mirror": ("mirror", {"records": [record]}),
+    }
+
+
+async def test_peer_signed_hostile_bodies(world: World) -> None:
+    """Hostile bodies signed by a real peer key: refused 4xx problem+json before any row is written."""
+    svc = world.api.svc
+    key = SigningKey.generate()
+    peer = PeerIdentity("PX", "px.hetex.test/log", key.public, "http://127.0.0.1:9")
+    await svc.federation.add_peer(peer.url, key.public.to_base64(), peer.authority, origin=peer.origin)
+    now = _now()
+    cases = 0
+    for path, (kind, base) in _peer_bodies(now).items():
+        hostile: list[tuple[str, Any]] = []
+        for leaf, value in leaves(base):
+            name = ".".join(map(str, leaf))
+            if isinstance(value, str):
+                hostile += [(f"{name}+{bad!r}", replaced(base, leaf, value + bad)) for bad in BAD_STRINGS]
+                hostile += [(f"{name}={bad!r}", replaced(base, leaf, bad)) for bad in [5, [1]]]
+            elif isinstance(value, int):
+                hostile += [(f"{name}={bad!r}", replaced(base, leaf, bad)) for bad in BAD_INTS + WRONG_TYPES]
+        hostile.append(("deep", nest_deep(base)))
+        for label, body in hostile:
+            message = new_message(kind, peer.authority, svc.federation.authority, body, sent_at=now)
+            raw = json.dumps(message).encode()
+            url = world.api.base_url + path
+            headers = sign_request("POST", url, {}, raw, key, peer.key_id)
+            before = await row_counts(world.api)
+            answer = await send(world.api, "POST", path, raw, headers=headers)
+            assert answer.is_problem, f"POST {path} [{label}]: {answer.status} {answer.body!r:.300}"
+            after = await row_counts(world.api)
+            before.pop("seen_nonces"), after.pop("seen_nonces")  # a verified peer signature's nonce is consumed
+            assert after == before, f"POST {path} [{label}] wrote rows"
+            cases += 1
+    # control: the well-formed order offer, signed the same way, is verified and answered (a hold or a refusal)
+    kind, base = _peer_bodies(now)["/v1/federation/orders"]
+    raw = json.dumps(new_message(kind, peer.authority, svc.federation.authority, base, sent_at=now)).encode()
+    url = world.api.base_url + "/v1/federation/orders"
+    headers = sign_request("POST", url, {}, raw, key, peer.key_id)
+    answer = await send(world.api, "POST", "/v1/federation/orders", raw, headers=headers)
+    assert answer.status == 200 and answer.body["status"] in ("held", "refused"), answer
+    assert cases > 50
+
+
+def nest_deep(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` with a 40-deep array added (beyond the depth cap)."""
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    return {**body, "deep": deep}
