@@ -46,6 +46,10 @@ NOT_EXPRESSIBLE: tuple[tuple[str, str, str], ...] = (
         r"is not in a tree of size|is beyond the log size|larger than the log",
         "proof sizes must be within the current log",
     ),
+    ("ST202", r"must not be in the future", "a settlement as_of is at most now"),
+    ("ST202", r"is larger than to", "a consistency proof goes from a smaller to a larger size"),
+    ("ST202", r"the catalogue has no memory figure", "memory_gb is required for a model whose figure is unpublished"),
+    ("ST202", r"Decimal input should have no more than", "a JSON number's decimal places (multipleOf is advisory)"),
     (
         "ST202",
         r"Input should be a valid integer",
@@ -130,7 +134,8 @@ def _show(failures: list[tuple[str, str, str]]) -> str:
     lines = []
     for op, title, text in failures:
         body = next((line for line in text.splitlines() if line.startswith("`")), "")
-        lines.append(f"{op} | {title} | {body[:400]}")
+        why = next((line for line in text.splitlines() if line.startswith("Invalid component")), "")
+        lines.append(f"{op} | {title} | {why} | {body[:400]}")
     return "\n".join(lines)
 
 
