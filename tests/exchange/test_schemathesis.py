@@ -153,6 +153,7 @@ def test_schemathesis_all_checks_bounded(live: LiveServer, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("backend", ["sqlite", "pg"], indirect=True)
 def test_schemathesis_all_checks_200_examples(live: LiveServer, tmp_path: Path) -> None:
     """The slow run: >= 200 examples per operation."""
