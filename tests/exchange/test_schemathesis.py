@@ -125,7 +125,8 @@ def _run(live: LiveServer, tmp: Path, examples: int) -> list[tuple[str, str, str
         *("--checks", "all", "--max-examples", str(examples), "--seed", "1"),
         *("--suppress-health-check", "all", "--report", "junit", "--report-dir", str(tmp / "report")),
     ]
-    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    # cwd: schemathesis keeps a cache directory (.schemathesis/) where it runs; not in the repository
+    done = subprocess.run(args, env=env, cwd=tmp, capture_output=True, text=True, timeout=3600)
     assert "Stateful" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     return _failures(tmp / "report")
 
