@@ -56,8 +56,9 @@ def status_for(error: HetexError) -> int:
     return 400
 
 
-def problem_response(status: int, code: str, detail: str, **extra: Any) -> web.Response:
-    """A problem+json response; `extra` adds members such as `field` or `reason`."""
+def problem_response(status: int, code: str, detail: str, /, **extra: Any) -> web.Response:
+    """A problem+json response; `extra` adds members such as `field` or `reason`. An extra named like a
+    core member (a domain detail called `status`, say) goes under `details` instead of replacing it."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
         "title": TITLES.get(status, "Error"),
@@ -65,7 +66,11 @@ def problem_response(status: int, code: str, detail: str, **extra: Any) -> web.R
         "code": code,
         "detail": detail,
     }
-    body.update({k: v for k, v in extra.items() if v is not None})
+    given = {k: v for k, v in extra.items() if v is not None}
+    clashing = {k: given.pop(k) for k in list(given) if k in body}
+    body.update(given)
+    if clashing:
+        body["details"] = clashing
     headers = {"WWW-Authenticate": 'Signature realm="hetex"'} if status == 401 else None
     return web.Response(status=status, text=json.dumps(body, default=str), content_type=CONTENT_TYPE, headers=headers)
 
