@@ -47,6 +47,7 @@ NOT_EXPRESSIBLE: tuple[tuple[str, str, str], ...] = (
         "proof sizes must be within the current log",
     ),
     ("ST202", r"must not be in the future", "a settlement as_of is at most now"),
+    ("ST202", r"must be after window_start", "an offer's window ends after its (stored or given) start"),
     ("ST202", r"is larger than to", "a consistency proof goes from a smaller to a larger size"),
     ("ST202", r"the catalogue has no memory figure", "memory_gb is required for a model whose figure is unpublished"),
     ("ST202", r"Decimal input should have no more than", "a JSON number's decimal places (multipleOf is advisory)"),
