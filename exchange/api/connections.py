@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
-from exchange.api.problems import problem_response
+from exchange.api.problems import TITLES, problem_response
 
 log = logging.getLogger("hetex.connections")
 
@@ -34,7 +36,10 @@ class ConnectionGuard:
     timed_out: int = 0
 
     def __call__(self) -> asyncio.Protocol:
-        return _GuardedProtocol(self, self.factory())
+        inner = self.factory()
+        if type(inner) is RequestHandler:
+            inner.__class__ = ProblemRequestHandler  # same slots; only handle_error differs
+        return _GuardedProtocol(self, inner)
 
     def admit(self, address: str) -> bool:
         """Count a new connection from `address`, or refuse it when the address is at its cap."""
@@ -49,6 +54,24 @@ class ConnectionGuard:
         self.active[address] -= 1
         if self.active[address] <= 0:
             del self.active[address]
+
+
+class ProblemRequestHandler(RequestHandler):
+    """aiohttp's protocol, answering the errors it handles itself (a malformed request line or header,
+    before any middleware) as problem+json; aiohttp still logs them and closes the connection."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        """The same refusal as aiohttp's, as problem+json."""
+        super().handle_error(request, status, exc, message)  # logs; refuses when a response already started
+        code = "bad_request" if status < 500 else "internal_error"
+        detail = (message or "").strip() if status < 500 else "internal error; see the server log"
+        response = problem_response(status, code, detail or TITLES.get(status, "error"))
+        response.force_close()
+        return response
 
 
 class _GuardedProtocol(asyncio.Protocol):

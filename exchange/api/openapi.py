@@ -786,6 +786,10 @@ def _schemas() -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
 DECIMAL_STEPS = {"pue": 0.001, "green_share": 0.0001}
 
 
+#: OfferAmendment fields that may be left out but not given as null
+AMEND_NOT_NULL = ("devices", "window_start", "min_lease_seconds", "ask_fen", "billing_modes")
+
+
 def _constrain_inputs(defs: dict[str, Any]) -> None:
     """State in the schemas the value sets the server checks against its reference data (served regions,
     catalogue models, the CRI grammar), so a schema-valid value is one the server accepts."""
@@ -805,6 +809,19 @@ def _constrain_inputs(defs: dict[str, Any]) -> None:
                 branch.update(extra)
             elif branch.get("type") == "number" and prop in DECIMAL_STEPS:
                 branch["multipleOf"] = DECIMAL_STEPS[prop]
+    for model in ("OfferPost", "OfferAmendment"):
+        for branch in defs[model]["properties"]["billing_modes"].get(
+            "anyOf", [defs[model]["properties"]["billing_modes"]]
+        ):
+            if branch.get("type") == "array":
+                branch["uniqueItems"] = True  # registration._check_modes
+    # OfferAmendment._check: at least one change; a field given is not null (except window_end: null clears it)
+    amend = defs["OfferAmendment"]
+    for name in AMEND_NOT_NULL:
+        prop = amend["properties"][name]
+        kept = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
+        amend["properties"][name] = {**kept[0], "title": prop.get("title", name)}
+    amend["anyOf"] = [{"required": [name]} for name in (*AMEND_NOT_NULL, "window_end")]
 
 
 def _problem_response(status: int) -> dict[str, Any]:

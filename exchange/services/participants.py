@@ -26,7 +26,8 @@ from identifiers.regions import RegionTable
 
 OPERATOR_CODE_LENGTH = 4
 
-PublicKeyText = Annotated[str, StringConstraints(min_length=40, max_length=64, pattern=r"^[A-Za-z0-9+/]+={0,2}$")]
+#: an Ed25519 public key: standard base64 of its 32 raw bytes, exactly 44 characters
+PublicKeyText = Annotated[str, StringConstraints(min_length=44, max_length=44, pattern=r"^[A-Za-z0-9+/]{43}=$")]
 
 
 class KeyAlreadyRegisteredError(ConflictError):

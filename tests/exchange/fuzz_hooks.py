@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,8 +65,9 @@ def _with_public_key(body: bytes, key: SigningKey) -> bytes:
         data = json.loads(body)
     except ValueError:
         return body
-    if not isinstance(data, dict) or not isinstance(data.get("public_key"), str):
-        return body  # a body without a key, or with a non-string one, stays as generated (must be refused)
+    given = data.get("public_key") if isinstance(data, dict) else None
+    if not isinstance(given, str) or not re.fullmatch(r"[A-Za-z0-9+/]{43}=", given):
+        return body  # no key or a schema-invalid one: sent as generated (the server must refuse it)
     return json.dumps({**data, "public_key": key.public.to_base64()}).encode()
 
 

@@ -116,3 +116,16 @@ async def test_slow_body_is_408_problem_json(server: tuple[int, Any]) -> None:
     assert head.split(b" ", 2)[1] == b"408" and b"application/problem+json" in head
     assert json.loads(body)["code"] == "body_timeout"
     writer.close()
+
+
+async def test_malformed_request_is_problem_json(server: tuple[int, Any]) -> None:
+    """aiohttp answers a malformed header before any middleware: still problem+json."""
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 3)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400" and b"application/problem+json" in head
+    problem = json.loads(body)
+    assert problem["status"] == 400 and problem["code"] == "bad_request"
+    writer.close()

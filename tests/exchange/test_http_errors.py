@@ -97,3 +97,19 @@ async def test_registration_with_non_string_key_is_refused(api: Api, public_key:
         await client.request("POST", "/v1/participants", {"role": "buyer", "name": "x", "public_key": public_key})
     assert err.value.status in (401, 422)
     assert await api.counts() == before
+
+
+def test_error_details_never_clobber_or_crash_the_problem() -> None:
+    """Found by schemathesis (stateful): a domain error with a detail named `status` (an export not ready)
+    made problem_response raise, and aiohttp answered 500 text/plain instead of 409 problem+json."""
+    import json as _json
+
+    from exchange.api.problems import error_response
+    from exchange.services.audit import ExportNotReadyError
+
+    response = error_response(ExportNotReadyError("audit export x is queued", status="queued"))
+    assert response.status == 409 and response.content_type == PROBLEM
+    assert response.text is not None
+    body = _json.loads(response.text)
+    assert body["status"] == 409 and body["code"] == "export_not_ready"
+    assert body["detail"] == "audit export x is queued"
