@@ -13,6 +13,9 @@ import asyncio
 import hashlib
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -34,6 +37,18 @@ def market_digest(market: Market) -> str:
     return hashlib.sha256(market.to_json().encode()).hexdigest()
 
 
+def _watch_parent(parent_pid: int) -> None:
+    """Worker initializer: exit when the exchange process is gone (even killed with SIGKILL), so no orphaned
+    worker keeps running or holds the parent's stdout/stderr open."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="hetex-solver-parent-watch", daemon=True).start()
+
+
 def _ready() -> bool:
     """Worker side: import the solver once, so the first round does not pay for it."""
     import matching.clearing  # noqa: F401
@@ -49,7 +64,12 @@ class SolverPool:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_watch_parent,
+                initargs=(os.getpid(),),
+            )
         return self._pool
 
     async def warm(self) -> None:
