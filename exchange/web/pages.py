@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
@@ -17,7 +18,6 @@ from exchange.api.problems import status_for
 from exchange.api.responses import path_id
 from exchange.audit.verify import verify_bundle
 from exchange.services.console import QuoteLine
-from exchange.services.principals import Principal
 from exchange.services.web_sessions import BrowserSession
 from exchange.web import charts
 from exchange.web.browser import browser_form, current, form_session, same_origin, served_over_https
@@ -27,6 +27,7 @@ from identifiers.errors import HetexError, ValidationError
 
 routes = web.RouteTableDef()
 Page = Callable[[web.Request], Awaitable[web.StreamResponse]]
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PARTY_PAGES = {"provider": "/provider", "buyer": "/buyer", "regulator": "/regulator", "operator": "/operator"}
 
 
@@ -477,12 +478,8 @@ async def operator_page(request: web.Request) -> web.StreamResponse:
 
 
 def _query_id(request: web.Request, name: str) -> str:
-    import re
-
-    from exchange.api.params import UUID_PATTERN
-
     value = request.query.get(name, "")
-    if not re.fullmatch(UUID_PATTERN, value):
+    if not UUID_TEXT.fullmatch(value):
         raise ValidationError(f"{name}: not an id (UUID, lower-case hex)", field=name)
     return value
 
@@ -495,8 +492,3 @@ async def run_round(request: web.Request) -> web.StreamResponse:
     await form_session(request, "operator")
     summary = await services(request).rounds.run_round("operator")  # RoundBusyError renders as a 409 page
     raise web.HTTPSeeOther(f"/operator?round={summary.round_id}#round")
-
-
-def principal_label(who: Principal) -> str:
-    """'name (role)' for the header."""
-    return f"{who.name} ({who.role})"
