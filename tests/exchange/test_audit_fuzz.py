@@ -29,6 +29,7 @@ async def _real_bundle(base: Path) -> tuple[Path, str]:
     url = f"sqlite+aiosqlite:///{base / 'a.db'}"
     dbs.migrate(url)
     svc = await build_services(Settings(database_url=url, key_dir=base / "keys", exports_dir=base / "exp"))
+    await svc.identity.init()  # `hetex admin init`
     try:
         reg = await add_regulator(svc)
         await ledger_fill(svc.ledger, SigningKey.generate(), 12)  # small: 5,000 mutants in about a minute
