@@ -102,6 +102,21 @@ def fresh_db_factory(backend: str, pg_server_url: str | None, tmp_path: Path) ->
             dbs.drop_pg_database(server, url)
 
 
+def pytest_addoption(parser: Any) -> None:
+    """--soak: also run the long soak tests (marker `soak`), left out of the default run to keep it short."""
+    parser.addoption("--soak", action="store_true", help="run the soak tests (marker soak) too")
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """Deselect soak tests unless --soak was given (whatever -m says, so `-m "not slow"` stays short too)."""
+    if config.getoption("--soak"):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]
+
+
 def pytest_report_header(config: Any) -> str:
     """Say up front which PostgreSQL the run will use."""
     return "hetex: PostgreSQL tests use testcontainers, $HETEX_TEST_PG_URL or 127.0.0.1:5432 (CI=true: required)"

@@ -779,7 +779,40 @@ def _schemas() -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
     key_map, defs = models_json_schema(pairs, ref_template=REF)
     defs = defs.get("$defs", {})
     _constrain_inputs(defs)
+    roots = [key_map[(m, "validation")]["$ref"].rsplit("/", 1)[-1] for m in inputs]
+    _no_control_characters(defs, roots)
     return dict(key_map), defs
+
+
+#: what the JSON boundary (exchange/api/boundary.py) refuses in a body string: C0 controls but TAB/LF/CR, DEL
+NO_CONTROL_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f]*$"
+
+
+def _no_control_characters(defs: dict[str, Any], roots: list[str]) -> None:
+    """Every free-text string of a request body (no pattern or value set of its own) states the boundary's rule,
+    so a schema-valid body never holds a character the server refuses."""
+    seen: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                name = ref.rsplit("/", 1)[-1]
+                if name not in seen and name in defs:
+                    seen.add(name)
+                    walk(defs[name])
+            if node.get("type") == "string" and not ({"pattern", "enum", "const", "format"} & node.keys()):
+                node["pattern"] = NO_CONTROL_PATTERN
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for root in roots:
+        if root not in seen:
+            seen.add(root)
+            walk(defs[root])
 
 
 #: decimal places of the Decimal inputs (registration.SiteRegistration), as a JSON number's step
@@ -852,10 +885,11 @@ def _build() -> dict[str, Any]:
         errors = set(op.errors)
         if op.signed:
             errors |= {401, 403}
+        errors |= {400}  # the boundary: control characters in a path or query value, a body that is not clean JSON
         if op.body is not None:
-            errors |= {400, 413, 422}
+            errors |= {413, 422}
         if op.query:
-            errors |= {400, 422}
+            errors |= {422}
         for status in sorted(errors):
             responses[str(status)] = _problem_response(status)
         entry: dict[str, Any] = {

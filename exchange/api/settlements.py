@@ -5,7 +5,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from exchange.api.auth import require_principal
-from exchange.api.boundary import parsed_body
 from exchange.api.keys import services
 from exchange.api.params import IntParam, uuid_param
 from exchange.api.parsing import parse_body
@@ -24,7 +23,7 @@ CONTRACT_ID, LIMIT = LIST_QUERY
 async def run(request: web.Request) -> web.Response:
     """Operator: settle every due contract period in one batch transaction."""
     who = require_principal(request)
-    body = SettlementRun() if parsed_body(request) is None else await parse_body(request, SettlementRun)
+    body = SettlementRun() if not request.body_exists else await parse_body(request, SettlementRun)  # `null` is a body
     result = await services(request).settlement.run(who, as_of=body.as_of)
     return model_response(BatchView.model_validate(result.to_json()), 201 if result.batch_id else 200)
 

@@ -54,6 +54,8 @@ CLIENT: tuple[tuple[str, str, str], ...] = (
     ("HETEX_FUZZ_SEED", "20261203", "test suite: seed of the audit-bundle mutation fuzzer"),
     ("HETEX_FUZZ_COUNT", "5000", "test suite: how many mutants the audit fuzzer runs"),
     ("HETEX_FUZZ_KEYS", "", "test suite: participant keys file for the schemathesis signing hook"),
+    ("HETEX_CHROMIUM", "/usr/bin/chromium", "test suite: the Chromium the web-console browser tests drive"),
+    ("HETEX_SCREENSHOTS", "", "test suite: folder for the web-console screenshots (default: the test's temp dir)"),
     ("HETEX_SWITCH_INTERVAL", "", "`hetex bench api`: sys.setswitchinterval in the servers"),
     ("HETEX_BENCH_PROFILE", "", "`hetex bench api`: write cProfile stats of the server to this file"),
 )

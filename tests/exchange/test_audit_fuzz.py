@@ -70,7 +70,7 @@ def test_fuzz_mutants(real: tuple[Path, str]) -> None:
     print(json.dumps({k: result[k] for k in ("mutants", "accepted", "max_seconds", "base_rss_kib", "max_rss_kib")}))
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.parametrize("offset", range(4))
 def test_fuzz_slow_more_mutants(real: tuple[Path, str], offset: int) -> None:
     _fuzz(real, SEED + 1 + offset, 10_000)
