@@ -13,7 +13,7 @@ from matching.components import count_components
 from matching.eligibility import Prepared, prepare
 from matching.exact import count_vars, solve_exact
 from matching.model import ClearingResult, Market, RoundStats, Unfilled, validate_market
-from matching.placement import Piece, Placer
+from matching.placement import NodeFitError, Piece, Placer
 from matching.prices import class_prices, compute_duals, price_pieces
 from matching.relaxation import Network, Relaxation, build_network, relax
 from matching.repair import place_within_flow
@@ -150,7 +150,7 @@ def _insert_gangs(prep: Prepared, placer: Placer) -> None:
     todo = []
     for o in range(prep.n_orders):
         es = prep.order_edges[o]
-        if placer.filled[o] or not len(es) or prep.market.orders[o].max_pools != 1:
+        if placer.filled[o] or not len(es) or prep.market.orders[o].max_pools != 1 or prep.order_node[o]:
             continue
         if int(prep.e_n[es].max()) <= 1:
             continue
@@ -339,8 +339,11 @@ def _exact_polish(prep: Prepared, rel: Relaxation, box: list[Placer], time_limit
     by_order: dict[int, list[Piece]] = {}
     for pc in pieces:
         by_order.setdefault(pc.order, []).append(pc)
-    for o in sorted(by_order):
-        alt.commit(by_order[o])
+    try:
+        for o in sorted(by_order):
+            alt.commit(by_order[o])
+    except NodeFitError:
+        return
     if alt.welfare_units() > w:
         box[0] = alt
 

@@ -235,6 +235,7 @@ def price_pieces(
             buyer_pays=pays,
             provider_receives=recv,
             fee=fee,
+            node=pc.node if pc.node >= 0 else None,
         )
         out.append(PricedPiece(alloc, _ceil(uplift), _floor(Fraction(recv * fee_bps, 10000))))
     return out, (PRICING_RULE if use else FALLBACK_RULE)

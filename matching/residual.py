@@ -49,6 +49,8 @@ def solve_residual(
     model is too large or the solver found nothing at least as good as the hint.
     """
     mk = prep.market
+    if prep.order_node.any():
+        return None  # node packing is not in this model: keep the heuristic on markets with single-node gangs
     slot = 1  # objective in fen x device-slots (the common slot_seconds factor dropped)
     pools = np.concatenate([prep.class_pools[c] for c in sorted(classes)]) if classes else np.zeros(0, int)
     if not len(pools):
