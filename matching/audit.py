@@ -24,8 +24,13 @@ def audit(
     net: Network | None,
     duals: Duals | None,
     pricing_rule: str,
+    *,
+    prices_wanted: bool = False,
 ) -> Audit:
-    """Check a priced allocation; counts violations per named check (0 everywhere when all is well)."""
+    """Check a priced allocation; counts violations per named check (0 everywhere when all is well).
+
+    When prices were wanted but the price LP did not finish (work limit or failure), no-envy cannot be
+    checked: the `prices` check then counts one violation, so the audit is not ok."""
     mk = prep.market
     slot = prep.slot_seconds
     ir_b = ir_p = 0
@@ -112,7 +117,14 @@ def audit(
         AuditCheck("order_shape", shape, "K pools, fill, same model, co-location, one start"),
         AuditCheck("node_fit", node_bad, "single-node gangs off a node, on a node too small, or over a node's devices"),
     )
-    envy_check = AuditCheck("no_envy", envy, "losers with limit above a posted price (gang gaps)")
+    checked = net is not None and duals is not None and duals.ok
+    envy_check = AuditCheck(
+        "no_envy",
+        envy,
+        "losers with limit above a posted price (gang gaps)" if checked else "not checked: no posted prices",
+    )
+    missing = int(prices_wanted and not checked)
+    prices_check = AuditCheck("prices", missing, "equilibrium prices computed, so no-envy was checked")
     return Audit(
         ir_buyer_violations=ir_b,
         ir_provider_violations=ir_p,
@@ -123,6 +135,7 @@ def audit(
         pricing_rule=pricing_rule,
         checks=(
             *checks,
+            prices_check,
             envy_check,
             AuditCheck("fee_shortfall_fen", 0, f"fee below target: {fee_short} fen"),
         ),

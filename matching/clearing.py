@@ -365,7 +365,12 @@ def clear(
     prices: bool = True,
     bound: Relaxation | None = None,
 ) -> ClearingResult:
-    """Clear a market snapshot: allocations, minimum equilibrium prices, statistics and audit."""
+    """Clear a market snapshot: allocations, minimum equilibrium prices, statistics and audit.
+
+    `time_limit` is a deterministic work limit (OR-Tools deterministic seconds) for the price LP, never
+    the wall clock, so the same snapshot gives the same result on any machine and under any load; a step
+    stopped by its limit is named in `stats.limits_hit`. Only the `*_seconds` statistics vary by machine.
+    """
     validate_market(market)
     t0 = time.perf_counter()
     prep = prepare(market)
@@ -396,9 +401,12 @@ def finalize(
         exact = rel.method == "mcf" and all(o.quantity_scu is None for o in prep.market.orders)
         duals = compute_duals(net, rel.value if exact else None, time_limit=time_limit)
     pieces = sorted(placer.pieces, key=lambda p: (p.order, p.pool))
+    if duals is not None and not duals.ok:
+        prep.limits_hit.append("prices")
     priced, rule = price_pieces(pieces, net, duals, prep.market.fee_bps)
     price_s = time.perf_counter() - t0
-    aud = audit(prep, priced, [p.pool for p in pieces], net, duals, rule)
+    wanted = prices and bool(pieces)
+    aud = audit(prep, priced, [p.pool for p in pieces], net, duals, rule, prices_wanted=wanted)
     welfare_units = placer.welfare_units()
     welfare = welfare_units // 3600
     lp = int(rel.value) // 3600 if rel.value > 0 else 0
@@ -420,6 +428,7 @@ def finalize(
         pools=len(prep.market.pools),
         edges=len(prep.e_order),
         bound_method=rel.method,
+        limits_hit=tuple(sorted(set(prep.limits_hit))),
     )
     return ClearingResult(
         allocations=tuple(p.alloc for p in priced),

@@ -7,7 +7,7 @@ the baselines share, so that every method sees the same feasibility rules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 
 import numpy as np
@@ -58,6 +58,7 @@ class Prepared:
     e_gang: np.ndarray  # smallest piece a pool must hold (relaxation gang size)
     order_edges: list[np.ndarray]  # edge indices per order
     reasons: dict[int, str]  # order index -> reason it has no edge
+    limits_hit: list[str] = field(default_factory=list)  # solver steps stopped by their work limit
 
     @property
     def n_orders(self) -> int:

@@ -139,12 +139,14 @@ def solve_exact(
         model.add(sum(ds) <= int(prep.pool_node_sizes[p][j]))
     model.maximize(sum(obj))
     solver = cp_model.CpSolver()
-    # single worker and a deterministic time budget: the same snapshot gives the same allocation
+    # single worker and a deterministic work limit (no wall clock): the same snapshot gives the same
+    # allocation on any machine
     solver.parameters.max_deterministic_time = time_limit
-    solver.parameters.max_time_in_seconds = 10 * time_limit
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
     status = solver.solve(model)
+    if status in (cp_model.FEASIBLE, cp_model.UNKNOWN):
+        prep.limits_hit.append("exact")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     out: list[Piece] = []

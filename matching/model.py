@@ -184,6 +184,7 @@ class RoundStats:
     pools: int = 0
     edges: int = 0
     bound_method: str = "mcf"
+    limits_hit: tuple[str, ...] = ()  # solver steps stopped by their deterministic work limit
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,12 @@ class ClearingResult:
     def to_json(self) -> str:
         """Documented JSON form (specs/clearing-result.schema.json)."""
         return json.dumps(result_to_dict(self), sort_keys=True, separators=(",", ":"))
+
+    def canonical_json(self) -> str:
+        """The JSON form without the wall-clock statistics (`*_seconds`): equal bytes for equal snapshots."""
+        d = result_to_dict(self)
+        d["stats"] = {k: v for k, v in d["stats"].items() if not k.endswith("_seconds")}
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     @staticmethod
     def from_json(text: str | bytes) -> ClearingResult:
@@ -467,6 +474,7 @@ def result_from_dict(d: dict[str, Any]) -> ClearingResult:
     )
     s = dict(d["stats"])
     s["gap"] = Decimal(s["gap"])
+    s["limits_hit"] = tuple(s.get("limits_hit", ()))
     a = dict(d["audit"])
     a.pop("ok", None)
     a["checks"] = tuple(AuditCheck(**c) for c in a.get("checks", []))

@@ -72,8 +72,8 @@ def compute_duals(
 
     def build(pass2: bool, opt: float) -> tuple[pywraplp.Solver, dict, list, list]:
         s = pywraplp.Solver.CreateSolver("GLOP")
-        if time_limit:
-            s.SetTimeLimit(int(time_limit * 1000))
+        if time_limit:  # GLOP's deterministic work limit, never the wall clock
+            s.SetSolverSpecificParametersAsString(f"max_deterministic_time: {float(time_limit)!r}")
         inf = s.infinity()
         orders = np.unique(prep.e_order[active])
         u = {int(o): s.NumVar(0.0, inf, "") for o in orders}

@@ -199,6 +199,8 @@ def solve_residual(
         model.add(sum(terms) <= int(cap[pos[p], t]))
     model.maximize(sum(obj))
     ok = model.solve(backend, time_limit=time_limit, seed=seed)
+    if model.limit_hit:
+        prep.limits_hit.append("residual")
     if not ok:
         return None
     out: dict[int, Piece | None] = {o: None for o in gangs}
@@ -219,6 +221,7 @@ class _Model:
         self.cons: list[tuple[Any, float, float]] = []
         self.objective: Any = None
         self._vals: list[float] = []
+        self.limit_hit = False
 
     def new_bool_var(self, name: str) -> cp_model.IntVar:
         v = self.cp.new_bool_var(name)
@@ -250,11 +253,11 @@ class _Model:
     def solve(self, backend: str, *, time_limit: float, seed: int) -> bool:
         if backend == "cp-sat":  # the only backend for now; MIP solvers were slower on this model
             solver = cp_model.CpSolver()
-            solver.parameters.max_deterministic_time = time_limit
-            solver.parameters.max_time_in_seconds = max(60.0, 50 * time_limit)  # safety only
+            solver.parameters.max_deterministic_time = time_limit  # a work limit, never the wall clock
             solver.parameters.num_workers = 1
             solver.parameters.random_seed = seed
             status = solver.solve(self.cp)
+            self.limit_hit = status in (cp_model.FEASIBLE, cp_model.UNKNOWN)
             if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 return False
             self._vals = [float(solver.value(self.cp.get_int_var_from_proto_index(i))) for i in range(len(self.vars))]
