@@ -6,11 +6,15 @@ and a time limit. Used after gang repair where the relaxation and the integral a
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from matching.eligibility import Prepared
+
+if TYPE_CHECKING:
+    from ortools.sat.python import cp_model  # imported when a model is built: it pulls in pandas
+
 from matching.placement import Piece
 
 
@@ -41,6 +45,8 @@ def solve_exact(
 
     Returns None when the solver found nothing at least as good as the hint.
     """
+    from ortools.sat.python import cp_model
+
     mk = prep.market
     model = cp_model.CpModel()
     slot = prep.slot_seconds

@@ -30,7 +30,6 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from fractions import Fraction
 
 import numpy as np
-from ortools.linear_solver import pywraplp  # type: ignore[attr-defined]
 
 from matching.model import Allocation, ClassPrice
 from matching.placement import Piece
@@ -59,6 +58,8 @@ def compute_duals(
     net: Network, opt_units: float | None = None, *, time_limit: float | None = 30.0, minimum: bool = True
 ) -> Duals:
     """Solve the dual LP (GLOP); pass 2 picks the minimum equilibrium prices among optimal duals."""
+    from ortools.linear_solver import pywraplp  # type: ignore[attr-defined]  # only when prices are wanted
+
     t0 = time.perf_counter()
     prep = net.prep
     G = len(net.g_class)

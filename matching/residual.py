@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from matching.eligibility import Prepared
+
+if TYPE_CHECKING:
+    from ortools.sat.python import cp_model  # imported when a model is built: it pulls in pandas
+
 from matching.placement import Piece, Placer
 
 
@@ -215,6 +218,8 @@ class _Model:
     """The residual model with its hints recorded (so another backend could be plugged in); CP-SAT solves it."""
 
     def __init__(self) -> None:
+        from ortools.sat.python import cp_model
+
         self.cp = cp_model.CpModel()
         self.vars: list[tuple[int, int, bool]] = []  # (lb, ub, is_bool)
         self.hints: dict[int, int] = {}
@@ -252,6 +257,8 @@ class _Model:
 
     def solve(self, backend: str, *, time_limit: float, seed: int) -> bool:
         if backend == "cp-sat":  # the only backend for now; MIP solvers were slower on this model
+            from ortools.sat.python import cp_model
+
             solver = cp_model.CpSolver()
             solver.parameters.max_deterministic_time = time_limit  # a work limit, never the wall clock
             solver.parameters.num_workers = 1
