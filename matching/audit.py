@@ -1,5 +1,6 @@
 """Audit run on every clearing: individual rationality on both sides, no envy for losers at the posted
-prices, exact budget balance in fen, and the physical rules (capacity per slot, K pools, fills)."""
+prices, exact budget balance in fen, and the physical rules (capacity per slot, K pools, fills, single-node
+gangs each on one node of their pool that holds them, node capacity per slot)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,13 @@ def audit(
     net: Network | None,
     duals: Duals | None,
     pricing_rule: str,
+    *,
+    prices_wanted: bool = False,
 ) -> Audit:
-    """Check a priced allocation; counts violations per named check (0 everywhere when all is well)."""
+    """Check a priced allocation; counts violations per named check (0 everywhere when all is well).
+
+    When prices were wanted but the price LP did not finish (work limit or failure), no-envy cannot be
+    checked: the `prices` check then counts one violation, so the audit is not ok."""
     mk = prep.market
     slot = prep.slot_seconds
     ir_b = ir_p = 0
@@ -57,6 +63,7 @@ def audit(
         used[p, k : k + L] += a.devices
         by_order[a.order_id].append(n)
     over = int((used > prep.free).sum())
+    node_bad = _node_fit(prep, priced, pieces_pool, o_ix)
     # order shape: K pools, all-or-nothing / min fill, same model, co-location, one start
     shape = 0
     for oid, ns in by_order.items():
@@ -108,8 +115,16 @@ def audit(
         AuditCheck("budget_balance", 0 if balanced else 1, "buyer_pays == provider_receives + fee"),
         AuditCheck("capacity", over, "pool-slots where allocated devices exceed free capacity"),
         AuditCheck("order_shape", shape, "K pools, fill, same model, co-location, one start"),
+        AuditCheck("node_fit", node_bad, "single-node gangs off a node, on a node too small, or over a node's devices"),
     )
-    envy_check = AuditCheck("no_envy", envy, "losers with limit above a posted price (gang gaps)")
+    checked = net is not None and duals is not None and duals.ok
+    envy_check = AuditCheck(
+        "no_envy",
+        envy,
+        "losers with limit above a posted price (gang gaps)" if checked else "not checked: no posted prices",
+    )
+    missing = int(prices_wanted and not checked)
+    prices_check = AuditCheck("prices", missing, "equilibrium prices computed, so no-envy was checked")
     return Audit(
         ir_buyer_violations=ir_b,
         ir_provider_violations=ir_p,
@@ -120,8 +135,32 @@ def audit(
         pricing_rule=pricing_rule,
         checks=(
             *checks,
+            prices_check,
             envy_check,
             AuditCheck("fee_shortfall_fen", 0, f"fee below target: {fee_short} fen"),
         ),
         envy_details=tuple(details),
     )
+
+
+def _node_fit(prep: Prepared, priced: list[PricedPiece], pieces_pool: list[int], o_ix: dict[str, int]) -> int:
+    """Single-node gangs without a valid node, plus node-slots where such gangs exceed the node's devices."""
+    mk = prep.market
+    slot = prep.slot_seconds
+    bad = 0
+    load: dict[tuple[int, int], np.ndarray] = {}
+    for n, pp in enumerate(priced):
+        a = pp.alloc
+        if mk.orders[o_ix[a.order_id]].colocation != "node" or a.devices < 2:
+            continue
+        p = pieces_pool[n]
+        sizes = prep.pool_node_sizes[p]
+        if a.node is None or not 0 <= a.node < len(sizes) or a.devices > int(sizes[a.node]):
+            bad += 1
+            continue
+        row = load.setdefault((p, a.node), np.zeros(prep.free.shape[1], dtype=np.int64))
+        k = (a.start - prep.slot0) // slot
+        row[k : k + (a.end - a.start) // slot] += a.devices
+    for (p, node), row in load.items():
+        bad += int((row > int(prep.pool_node_sizes[p][node])).sum())
+    return bad

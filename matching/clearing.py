@@ -13,7 +13,7 @@ from matching.components import count_components
 from matching.eligibility import Prepared, prepare
 from matching.exact import count_vars, solve_exact
 from matching.model import ClearingResult, Market, RoundStats, Unfilled, validate_market
-from matching.placement import Piece, Placer
+from matching.placement import NodeFitError, Piece, Placer
 from matching.prices import class_prices, compute_duals, price_pieces
 from matching.relaxation import Network, Relaxation, build_network, relax
 from matching.repair import place_within_flow
@@ -150,7 +150,7 @@ def _insert_gangs(prep: Prepared, placer: Placer) -> None:
     todo = []
     for o in range(prep.n_orders):
         es = prep.order_edges[o]
-        if placer.filled[o] or not len(es) or prep.market.orders[o].max_pools != 1:
+        if placer.filled[o] or not len(es) or prep.market.orders[o].max_pools != 1 or prep.order_node[o]:
             continue
         if int(prep.e_n[es].max()) <= 1:
             continue
@@ -339,8 +339,11 @@ def _exact_polish(prep: Prepared, rel: Relaxation, box: list[Placer], time_limit
     by_order: dict[int, list[Piece]] = {}
     for pc in pieces:
         by_order.setdefault(pc.order, []).append(pc)
-    for o in sorted(by_order):
-        alt.commit(by_order[o])
+    try:
+        for o in sorted(by_order):
+            alt.commit(by_order[o])
+    except NodeFitError:
+        return
     if alt.welfare_units() > w:
         box[0] = alt
 
@@ -362,7 +365,12 @@ def clear(
     prices: bool = True,
     bound: Relaxation | None = None,
 ) -> ClearingResult:
-    """Clear a market snapshot: allocations, minimum equilibrium prices, statistics and audit."""
+    """Clear a market snapshot: allocations, minimum equilibrium prices, statistics and audit.
+
+    `time_limit` is a deterministic work limit (OR-Tools deterministic seconds) for the price LP, never
+    the wall clock, so the same snapshot gives the same result on any machine and under any load; a step
+    stopped by its limit is named in `stats.limits_hit`. Only the `*_seconds` statistics vary by machine.
+    """
     validate_market(market)
     t0 = time.perf_counter()
     prep = prepare(market)
@@ -393,9 +401,12 @@ def finalize(
         exact = rel.method == "mcf" and all(o.quantity_scu is None for o in prep.market.orders)
         duals = compute_duals(net, rel.value if exact else None, time_limit=time_limit)
     pieces = sorted(placer.pieces, key=lambda p: (p.order, p.pool))
+    if duals is not None and not duals.ok:
+        prep.limits_hit.append("prices")
     priced, rule = price_pieces(pieces, net, duals, prep.market.fee_bps)
     price_s = time.perf_counter() - t0
-    aud = audit(prep, priced, [p.pool for p in pieces], net, duals, rule)
+    wanted = prices and bool(pieces)
+    aud = audit(prep, priced, [p.pool for p in pieces], net, duals, rule, prices_wanted=wanted)
     welfare_units = placer.welfare_units()
     welfare = welfare_units // 3600
     lp = int(rel.value) // 3600 if rel.value > 0 else 0
@@ -417,6 +428,7 @@ def finalize(
         pools=len(prep.market.pools),
         edges=len(prep.e_order),
         bound_method=rel.method,
+        limits_hit=tuple(sorted(set(prep.limits_hit))),
     )
     return ClearingResult(
         allocations=tuple(p.alloc for p in priced),

@@ -7,7 +7,7 @@ the baselines share, so that every method sees the same feasibility rules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 
 import numpy as np
@@ -33,6 +33,7 @@ class Prepared:
     pool_model: np.ndarray  # [P] model index
     pool_min_lease_slots: np.ndarray  # [P]
     pool_billing: list[frozenset[str]]
+    pool_node_sizes: list[np.ndarray]  # [P] devices of each node of the pool
     free: np.ndarray  # [P, H] free devices per slot (0 outside the offer window)
     # classes
     classes: list[tuple[str, str]]
@@ -46,6 +47,7 @@ class Prepared:
     # orders
     order_lease: np.ndarray  # [O] lease length in slots
     order_need_min: dict[int, int]
+    order_node: np.ndarray  # [O] True for a gang that must sit on one node (colocation "node")
     # edges (order, class, start slot)
     e_order: np.ndarray
     e_class: np.ndarray
@@ -56,6 +58,7 @@ class Prepared:
     e_gang: np.ndarray  # smallest piece a pool must hold (relaxation gang size)
     order_edges: list[np.ndarray]  # edge indices per order
     reasons: dict[int, str]  # order index -> reason it has no edge
+    limits_hit: list[str] = field(default_factory=list)  # solver steps stopped by their work limit
 
     @property
     def n_orders(self) -> int:
@@ -198,6 +201,9 @@ def prepare(market: Market) -> Prepared:
     for i, p in enumerate(pools):
         d = class_site_peak[int(pool_class[i])]
         d[s_ix[p.site]] = d.get(s_ix[p.site], 0) + int(peak[i])
+    node_sizes = [np.array(p.node_sizes(), dtype=np.int64) for p in pools]
+    pool_max_node = np.array([min(int(ns.max()) if len(ns) else 0, int(peak[i])) for i, ns in enumerate(node_sizes)])
+    class_max_node = np.array([pool_max_node[cp].max() for cp in class_pools], dtype=np.int64)
     class_max_site = np.array([max(d.values()) if d else 0 for d in class_site_peak], dtype=np.int64)
     class_billing = [frozenset().union(*(pools[i].billing_modes for i in cp)) for cp in class_pools]
     class_min_lease = np.array([pool_min_lease[cp].min() for cp in class_pools], dtype=np.int64)
@@ -227,6 +233,7 @@ def prepare(market: Market) -> Prepared:
         class_max_pool,
         class_max_site,
         class_any,
+        class_max_node,
     )
     e_order, e_class, e_start, e_n, e_need, e_limit, e_gang = edges
     reasons: dict[int, str] = {}
@@ -250,6 +257,7 @@ def prepare(market: Market) -> Prepared:
             class_max_pool,
             class_max_site,
             class_any,
+            class_max_node,
         )
     eo = e_order
     order_edges: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n_ord
@@ -269,6 +277,7 @@ def prepare(market: Market) -> Prepared:
         pool_model=np.array([m_ix[p.model] for p in pools], dtype=np.int64),
         pool_min_lease_slots=pool_min_lease,
         pool_billing=[frozenset(p.billing_modes) for p in pools],
+        pool_node_sizes=node_sizes,
         free=free,
         classes=classes,
         class_pools=class_pools,
@@ -280,6 +289,7 @@ def prepare(market: Market) -> Prepared:
         model_scu=model_scu,
         order_lease=lease,
         order_need_min=need_min,
+        order_node=np.array([o.colocation == "node" for o in orders], dtype=bool),
         e_order=eo,
         e_class=e_class,
         e_start=e_start,
@@ -319,6 +329,7 @@ def _edges(
     class_max_pool: np.ndarray,
     class_max_site: np.ndarray,
     class_any: np.ndarray,
+    class_max_node: np.ndarray,
 ) -> tuple[tuple[np.ndarray, ...], dict[int, int]]:
     """Order-class-start edges with numpy: per (order, model) rows in Python, the region and class
     filters as array operations. Edges come sorted by (order, model, region, start)."""
@@ -346,6 +357,7 @@ def _edges(
     o_rpat = np.zeros(len(orders), dtype=np.int64)
     o_bill = np.zeros(len(orders), dtype=np.int64)
     o_site = np.zeros(len(orders), dtype=bool)
+    o_node = np.array([o.colocation == "node" for o in orders], dtype=bool)
     need_min: dict[int, int] = {}
     for oi, o in enumerate(orders):
         if not starts[oi]:
@@ -396,6 +408,7 @@ def _edges(
     ok &= class_min_lease[cls] <= lease[o_of]
     ok &= class_max_pool[cls] >= a_gang[row]
     ok &= ~o_site[o_of] | (class_max_site[cls] >= a_need[row])
+    ok &= ~o_node[o_of] | (class_max_node[cls] >= a_need[row])
     row, reg, cls, o_of = row[ok], reg[ok], cls[ok], o_of[ok]
     # expand by candidate start slots
     ns = np.array([len(s) for s in starts], dtype=np.int64)
@@ -435,6 +448,7 @@ def _no_edge_reason(
     class_max_pool: np.ndarray,
     class_max_site: np.ndarray,
     class_any: np.ndarray,
+    class_max_node: np.ndarray,
 ) -> str:
     """Why an order got no edge (the last rule that refused it, checked in the documented order)."""
     if not starts:
@@ -472,6 +486,9 @@ def _no_edge_reason(
                 continue
             if class_max_pool[c] < gang or (o.colocation == "site" and o.same_model and class_max_site[c] < need):
                 why = "no_pool_big_enough"
+                continue
+            if o.colocation == "node" and class_max_node[c] < need:
+                why = "no_node_big_enough"
                 continue
             for k in starts:
                 if k + L > horizon or not class_any[c, k : k + L].all():

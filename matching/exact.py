@@ -6,11 +6,15 @@ and a time limit. Used after gang repair where the relaxation and the integral a
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from matching.eligibility import Prepared
+
+if TYPE_CHECKING:
+    from ortools.sat.python import cp_model  # imported when a model is built: it pulls in pandas
+
 from matching.placement import Piece
 
 
@@ -41,6 +45,8 @@ def solve_exact(
 
     Returns None when the solver found nothing at least as good as the hint.
     """
+    from ortools.sat.python import cp_model
+
     mk = prep.market
     model = cp_model.CpModel()
     slot = prep.slot_seconds
@@ -48,6 +54,9 @@ def solve_exact(
     by_order: dict[int, list[int]] = defaultdict(list)
     usage: dict[tuple[int, int], list[cp_model.IntVar]] = defaultdict(list)
     obj = []
+    node_usage: dict[tuple[int, int, int], list[cp_model.IntVar]] = defaultdict(list)
+    node_of: dict[int, list[tuple[int, cp_model.IntVar]]] = {}  # candidate -> [(node, y)]
+    hint_node = {(pc.order, pc.edge, pc.pool): pc.node for pc in hint}
     hint_map = {(pc.order, pc.edge, pc.pool): pc.devices for pc in hint}
     for o in orders:
         order = mk.orders[o]
@@ -97,6 +106,24 @@ def solve_exact(
                 z_terms[scope].append(z)
                 cand.append((o, e, p, z, d))
                 by_order[o].append(len(cand) - 1)
+                if prep.order_node[o] and min(n, avail) > 1:
+                    # a single-node gang: on exactly one node of the pool, within that node's devices
+                    ys = []
+                    parts = []
+                    for j, size in enumerate(prep.pool_node_sizes[p].tolist()):
+                        if size <= 0:
+                            continue
+                        y = model.new_bool_var("")
+                        dj = model.new_int_var(0, min(size, n), "")
+                        model.add(dj <= min(size, n) * y)
+                        model.add_hint(y, 1 if h and hint_node.get((o, e, p)) == j else 0)
+                        ys.append((j, y))
+                        parts.append(dj)
+                        for t in range(k, k + L):
+                            node_usage[(p, j, t)].append(dj)
+                    model.add(sum(y for _, y in ys) == z)
+                    model.add(sum(parts) == d)
+                    node_of[len(cand) - 1] = ys
                 if h:
                     hinted.add(scope)
                 for t in range(k, k + L):
@@ -114,19 +141,24 @@ def solve_exact(
             model.add(total >= need * s)
     for (p, t), ds in usage.items():
         model.add(sum(ds) <= int(free[p, t]))
+    for (p, j, _t), ds in node_usage.items():
+        model.add(sum(ds) <= int(prep.pool_node_sizes[p][j]))
     model.maximize(sum(obj))
     solver = cp_model.CpSolver()
-    # single worker and a deterministic time budget: the same snapshot gives the same allocation
+    # single worker and a deterministic work limit (no wall clock): the same snapshot gives the same
+    # allocation on any machine
     solver.parameters.max_deterministic_time = time_limit
-    solver.parameters.max_time_in_seconds = 10 * time_limit
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
     status = solver.solve(model)
+    if status in (cp_model.FEASIBLE, cp_model.UNKNOWN):
+        prep.limits_hit.append("exact")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     out: list[Piece] = []
-    for o, e, p, _z, d in cand:
+    for i, (o, e, p, _z, d) in enumerate(cand):
         v = int(solver.value(d))
         if v > 0:
-            out.append(Piece(o, p, v, int(prep.e_start[e]), int(prep.order_lease[o]), int(prep.e_limit[e]), e))
+            node = next((j for j, y in node_of.get(i, []) if solver.value(y)), -1)
+            out.append(Piece(o, p, v, int(prep.e_start[e]), int(prep.order_lease[o]), int(prep.e_limit[e]), e, node))
     return out, status == cp_model.OPTIMAL

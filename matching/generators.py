@@ -10,8 +10,11 @@ epoch, every lease 1 h and starting now, 99% single-device orders and gangs of 2
 per order), acceptable-model sets and per-architecture limits, 20% of pools partly held by running
 contracts. 'scale-leases' is the harder variant the first generator called 'scale' (leases of 1-8 h all
 starting now, 3% gangs): capacity is then time-indexed, value grows with the lease, and both the gang
-repair and greedy lose much more; it is reported under its own name. 'contention' and 'valuation' keep the
-scale-leases shape.
+repair and greedy lose much more; it is reported under its own name. 'valuation' keeps the scale-leases
+shape with one limit for every acceptable model. 'contention' is scale-leases plus a few hot classes: the
+three (region, model) classes with the most devices get demand `ratio` (default 4) times their supply
+from orders that accept only that class and bid over a wide range (1.1-2.5 x the ask), so the allocation
+decides who of many eligible bidders wins.
 """
 
 from __future__ import annotations
@@ -278,7 +281,9 @@ def generate(family: str, orders: int, pools: int, seed: int, **knobs: float) ->
         ps = g.pools(pools)
         os_ = [g.order(i, durations=(1,), gang_mix=SCALE_GANGS) for i in range(orders)]
         return _market(g, ps, os_, seed)
-    if family in ("scale-leases", "contention", "valuation"):
+    if family == "contention":
+        return _contention(g, orders, pools, seed, float(knobs.get("ratio", 4.0)))
+    if family in ("scale-leases", "valuation"):
         hetero = float(knobs.get("hetero", 1.0 if family != "valuation" else 0.0))
         ps = g.pools(pools)
         os_ = [g.order(i, hetero=hetero) for i in range(orders)]
@@ -324,6 +329,38 @@ def generate(family: str, orders: int, pools: int, seed: int, **knobs: float) ->
         os_ = [g.order(i, billing="spot" if rng.random() < 0.2 else "reserved") for i in range(orders)]
         return _market(g, ps, os_, seed)
     raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+
+
+def hot_classes(pools: list[Pool] | tuple[Pool, ...], n: int = 3) -> list[tuple[str, str]]:
+    """The n (region, model) classes with the most devices (ties by name)."""
+    size: dict[tuple[str, str], int] = {}
+    for p in pools:
+        size[(p.region, p.model)] = size.get((p.region, p.model), 0) + p.devices
+    return sorted(size, key=lambda c: (-size[c], c))[:n]
+
+
+def _contention(g: _Gen, orders: int, pools: int, seed: int, ratio: float) -> Market:
+    """scale-leases with demand `ratio` x supply in the three largest classes (see the module docstring)."""
+    rng = g.rng
+    ps = g.pools(pools)
+    hot = hot_classes(ps)
+    supply = {c: sum(p.devices for p in ps if (p.region, p.model) == c) for c in hot}
+    asks = {c: min(p.ask_fen for p in ps if (p.region, p.model) == c) for c in hot}
+    n_hot = min(int(0.8 * orders), int(ratio * sum(supply.values())))
+    hot_of = rng.permutation(orders)[:n_hot]
+    weights = np.array([supply[c] for c in hot], dtype=float)
+    cls = rng.choice(len(hot), size=n_hot, p=weights / weights.sum()) if n_hot else np.zeros(0, dtype=int)
+    target = {int(i): hot[int(c)] for i, c in zip(hot_of.tolist(), cls.tolist(), strict=True)}
+    os_ = []
+    for i in range(orders):
+        o = g.order(i)
+        if i in target:
+            region, model = target[i]
+            lim = max(1, int(asks[(region, model)] * float(rng.uniform(1.1, 2.5))))
+            o = Order(**{**o.__dict__, "models": (model,), "limits": {model: lim}, "regions": (region,)})
+            o = Order(**{**o.__dict__, "max_latency_ms": None, "min_memory_gb": 0})
+        os_.append(o)
+    return _market(g, ps, os_, seed)
 
 
 def _greedy_trap(g: _Gen, orders: int, pools: int, seed: int) -> Market:

@@ -12,8 +12,11 @@ opens later gets up to `max_start_slots` candidate start slots (a forward reserv
 
 Placement model: a pool is the placement unit (devices of one model at one site, possibly several
 nodes; devices inside a pool are interchangeable). An order is placed on at most `max_pools` pools,
-all-or-nothing or with a minimum fill, on one model if `same_model`, inside one site or one region if
-`colocation` says so. An SCU order is always filled on one model (its quantity is converted per model).
+all-or-nothing or with a minimum fill, on one model if `same_model`, inside one node, one site or one
+region if `colocation` says so. A pool has a node shape: `nodes` nodes of `devices_per_node` devices (the
+last one holds what is left of `devices`); a gang with colocation "node" takes one pool and sits on one
+node, so pools pack such gangs into whole nodes. Other devices of a pool stay interchangeable. An SCU
+order is always filled on one model (its quantity is converted per model).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from typing import Any, Literal
 
 from matching.errors import MarketError
 
-Colocation = Literal["site", "region", "any"]
-COLOCATIONS: tuple[str, ...] = ("site", "region", "any")
+Colocation = Literal["node", "site", "region", "any"]
+COLOCATIONS: tuple[str, ...] = ("node", "site", "region", "any")
 SNAPSHOT_FORMAT = "hetex.market-snapshot/1"
 RESULT_FORMAT = "hetex.clearing-result/1"
 
@@ -61,6 +64,16 @@ class Pool:
     min_lease_seconds: int = 0
     billing_modes: tuple[str, ...] = ("reserved",)
     reserved: tuple[Reservation, ...] = ()
+    nodes: int = 0  # 0: derived as ceil(devices / devices_per_node)
+
+    def __post_init__(self) -> None:
+        if self.nodes == 0 and self.devices > 0 and self.devices_per_node > 0:
+            object.__setattr__(self, "nodes", -(-self.devices // self.devices_per_node))
+
+    def node_sizes(self) -> list[int]:
+        """Devices of each node: devices_per_node each, the last ones holding what is left of `devices`."""
+        per = self.devices_per_node
+        return [max(0, min(per, self.devices - i * per)) for i in range(self.nodes)]
 
 
 @dataclass(frozen=True)
@@ -136,6 +149,7 @@ class Allocation:
     buyer_pays: int
     provider_receives: int
     fee: int
+    node: int | None = None  # node index inside the pool for a single-node gang, else None
 
 
 @dataclass(frozen=True)
@@ -170,6 +184,7 @@ class RoundStats:
     pools: int = 0
     edges: int = 0
     bound_method: str = "mcf"
+    limits_hit: tuple[str, ...] = ()  # solver steps stopped by their deterministic work limit
 
 
 @dataclass(frozen=True)
@@ -227,6 +242,12 @@ class ClearingResult:
     def to_json(self) -> str:
         """Documented JSON form (specs/clearing-result.schema.json)."""
         return json.dumps(result_to_dict(self), sort_keys=True, separators=(",", ":"))
+
+    def canonical_json(self) -> str:
+        """The JSON form without the wall-clock statistics (`*_seconds`): equal bytes for equal snapshots."""
+        d = result_to_dict(self)
+        d["stats"] = {k: v for k, v in d["stats"].items() if not k.endswith("_seconds")}
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     @staticmethod
     def from_json(text: str | bytes) -> ClearingResult:
@@ -314,6 +335,7 @@ def _pool_from(d: dict[str, Any], i: int) -> Pool:
         min_lease_seconds=_opt_int(d, "min_lease_seconds", w, 0) or 0,
         billing_modes=tuple(d.get("billing_modes", ["reserved"])),
         reserved=res,
+        nodes=_opt_int(d, "nodes", w, 0) or 0,
     )
 
 
@@ -386,6 +408,8 @@ def validate_market(m: Market) -> None:
         ids.add(p.id)
         if p.devices < 0 or p.devices_per_node <= 0 or p.ask_fen < 0 or p.memory_gb < 0:
             raise MarketError(f"{w}: counts, memory and ask must be non-negative", field=w)
+        if p.nodes < 0 or p.nodes * p.devices_per_node < p.devices:
+            raise MarketError(f"{w}.nodes x devices_per_node must hold the pool's devices", field=f"{w}.nodes")
         if p.scu is not None and p.scu <= 0:
             raise MarketError(f"{w}.scu must be positive", field=f"{w}.scu")
         for r in p.reserved:
@@ -412,6 +436,8 @@ def validate_market(m: Market) -> None:
             raise MarketError(f"{w}.quantity_scu must be positive", field=f"{w}.quantity_scu")
         if o.colocation not in COLOCATIONS:
             raise MarketError(f"{w}.colocation must be one of {COLOCATIONS}", field=f"{w}.colocation")
+        if o.colocation == "node" and o.max_pools != 1:
+            raise MarketError(f"{w}: a single-node gang takes one pool (max_pools 1)", field=f"{w}.max_pools")
         if o.max_pools <= 0 or o.min_fill_devices <= 0 or o.duration_seconds <= 0:
             raise MarketError(f"{w}: max_pools, min_fill_devices, duration must be positive", field=w)
         if any(v < 0 for v in o.limits.values()) or (o.limit_fen_per_scu_hour or 0) < 0:
@@ -421,7 +447,7 @@ def validate_market(m: Market) -> None:
 
 
 def _alloc_from(d: dict[str, Any]) -> Allocation:
-    return Allocation(**{f.name: d[f.name] for f in fields(Allocation)})
+    return Allocation(**{f.name: d[f.name] for f in fields(Allocation) if f.name in d})
 
 
 def result_to_dict(r: ClearingResult) -> dict[str, Any]:
@@ -448,6 +474,7 @@ def result_from_dict(d: dict[str, Any]) -> ClearingResult:
     )
     s = dict(d["stats"])
     s["gap"] = Decimal(s["gap"])
+    s["limits_hit"] = tuple(s.get("limits_hit", ()))
     a = dict(d["audit"])
     a.pop("ok", None)
     a["checks"] = tuple(AuditCheck(**c) for c in a.get("checks", []))

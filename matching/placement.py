@@ -4,12 +4,14 @@ One routine serves the optimizer's repair, greedy and FIFO, so every method obey
 in every slot of the lease, offer windows (zero capacity outside), minimum lease, billing mode, at most K
 pools, all-or-nothing or minimum fill, same model, co-location (site / region / any). Inside a class the
 choice is best surplus, then best fit (the smallest hole that holds the piece), keeping large holes for
-large gangs.
+large gangs. A single-node gang (colocation "node", two devices or more) also needs one node of the pool
+with room for it over its whole lease; `commit` puts it on the best-fitting node and records the node.
+Other devices of a pool are interchangeable, so per slot they only need the pool's count.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -27,6 +29,11 @@ class Piece:
     lease: int
     limit: int
     edge: int
+    node: int = -1
+
+
+class NodeFitError(ValueError):
+    """A single-node gang was committed where no node of its pool has room for it."""
 
 
 class Placer:
@@ -41,6 +48,27 @@ class Placer:
         self.by_order: dict[int, list[int]] = {}
         self.filled = np.zeros(prep.n_orders, dtype=bool)
         self._bill_ok: dict[tuple[int, str], np.ndarray] = {}
+        self.node_used: dict[int, np.ndarray] = {}  # pool -> [nodes, H] devices of single-node gangs
+
+    def is_node_gang(self, order: int, devices: int) -> bool:
+        """True when the piece must sit on one node (a single-node gang of two devices or more)."""
+        return bool(self.prep.order_node[order]) and devices > 1
+
+    def node_room(self, pool: int, k: int, lease: int) -> np.ndarray:
+        """Room of each node of a pool for a single-node gang over slots [k, k + lease)."""
+        sizes = self.prep.pool_node_sizes[pool]
+        used = self.node_used.get(pool)
+        if used is None:
+            return sizes
+        return sizes - used[:, k : k + lease].max(axis=1)
+
+    def pick_node(self, pool: int, k: int, lease: int, devices: int) -> int | None:
+        """Best-fitting node (smallest room that holds the gang, then lowest index), or None."""
+        room = self.node_room(pool, k, lease)
+        fit = np.nonzero(room >= devices)[0]
+        if not len(fit):
+            return None
+        return int(fit[np.argmin(room[fit])])  # argmin takes the first (lowest index) on ties
 
     def _pool_mask(self, c: int, billing: str, lease: int) -> np.ndarray:
         key = (c, billing)
@@ -66,6 +94,9 @@ class Placer:
             return pools[:0], pools[:0]
         pools = pools[ok]
         avail = self.free[pools, k : k + L].min(axis=1) if L > 1 else self.free[pools, k]
+        if self.prep.order_node[o]:
+            best_node = np.array([int(self.node_room(int(p), k, L).max(initial=0)) for p in pools], dtype=np.int64)
+            avail = np.minimum(avail, best_node)
         keep = avail > 0
         return pools[keep], avail[keep]
 
@@ -161,8 +192,24 @@ class Placer:
         return None if best is None else best[2]
 
     def commit(self, pieces: list[Piece]) -> None:
-        """Take the capacity of the pieces and record them."""
+        """Take the capacity of the pieces and record them; single-node gangs get a node (NodeFitError
+        when none has room, before any state changes)."""
+        placed = []
         for pc in pieces:
+            if self.is_node_gang(pc.order, pc.devices):
+                node = self.pick_node(pc.pool, pc.k, pc.lease, pc.devices)
+                if pc.node >= 0 and self.node_room(pc.pool, pc.k, pc.lease)[pc.node] >= pc.devices:
+                    node = pc.node  # keep a node already chosen (a placement copied from another placer)
+                if node is None or len(pieces) != 1:  # a single-node gang is one piece (max_pools 1)
+                    raise NodeFitError(f"no node of pool {pc.pool} holds {pc.devices} devices")
+                pc = replace(pc, node=node)
+                used = self.node_used.get(pc.pool)
+                if used is None:
+                    used = np.zeros((len(self.prep.pool_node_sizes[pc.pool]), self.free.shape[1]), dtype=np.int64)
+                    self.node_used[pc.pool] = used
+                used[node, pc.k : pc.k + pc.lease] += pc.devices
+            placed.append(pc)
+        for pc in placed:
             self.free[pc.pool, pc.k : pc.k + pc.lease] -= pc.devices
             assert self.free[pc.pool, pc.k : pc.k + pc.lease].min() >= 0
             i = len(self._pieces)
@@ -228,6 +275,8 @@ class Placer:
             if self._alive[i]:
                 pc = self._pieces[i]
                 self.free[pc.pool, pc.k : pc.k + pc.lease] += pc.devices
+                if pc.node >= 0:
+                    self.node_used[pc.pool][pc.node, pc.k : pc.k + pc.lease] -= pc.devices
                 self._alive[i] = False
         self.filled[order] = False
 

@@ -30,7 +30,6 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from fractions import Fraction
 
 import numpy as np
-from ortools.linear_solver import pywraplp  # type: ignore[attr-defined]
 
 from matching.model import Allocation, ClassPrice
 from matching.placement import Piece
@@ -59,6 +58,8 @@ def compute_duals(
     net: Network, opt_units: float | None = None, *, time_limit: float | None = 30.0, minimum: bool = True
 ) -> Duals:
     """Solve the dual LP (GLOP); pass 2 picks the minimum equilibrium prices among optimal duals."""
+    from ortools.linear_solver import pywraplp  # type: ignore[attr-defined]  # only when prices are wanted
+
     t0 = time.perf_counter()
     prep = net.prep
     G = len(net.g_class)
@@ -72,8 +73,8 @@ def compute_duals(
 
     def build(pass2: bool, opt: float) -> tuple[pywraplp.Solver, dict, list, list]:
         s = pywraplp.Solver.CreateSolver("GLOP")
-        if time_limit:
-            s.SetTimeLimit(int(time_limit * 1000))
+        if time_limit:  # GLOP's deterministic work limit, never the wall clock
+            s.SetSolverSpecificParametersAsString(f"max_deterministic_time: {float(time_limit)!r}")
         inf = s.infinity()
         orders = np.unique(prep.e_order[active])
         u = {int(o): s.NumVar(0.0, inf, "") for o in orders}
@@ -235,6 +236,7 @@ def price_pieces(
             buyer_pays=pays,
             provider_receives=recv,
             fee=fee,
+            node=pc.node if pc.node >= 0 else None,
         )
         out.append(PricedPiece(alloc, _ceil(uplift), _floor(Fraction(recv * fee_bps, 10000))))
     return out, (PRICING_RULE if use else FALLBACK_RULE)

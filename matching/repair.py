@@ -167,7 +167,7 @@ def _insert_gangs(prep: Prepared, placer: Placer, units: np.ndarray, todo: list[
     slot = prep.slot_seconds
     evicted_any = False
     for o in todo:
-        if placer.filled[o] or prep.market.orders[o].max_pools != 1:
+        if placer.filled[o] or prep.market.orders[o].max_pools != 1 or prep.order_node[o]:
             continue
         billing = prep.market.orders[o].billing_mode
         L = int(prep.order_lease[o])

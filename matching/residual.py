@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from matching.eligibility import Prepared
+
+if TYPE_CHECKING:
+    from ortools.sat.python import cp_model  # imported when a model is built: it pulls in pandas
+
 from matching.placement import Piece, Placer
 
 
@@ -49,6 +52,8 @@ def solve_residual(
     model is too large or the solver found nothing at least as good as the hint.
     """
     mk = prep.market
+    if prep.order_node.any():
+        return None  # node packing is not in this model: keep the heuristic on markets with single-node gangs
     slot = 1  # objective in fen x device-slots (the common slot_seconds factor dropped)
     pools = np.concatenate([prep.class_pools[c] for c in sorted(classes)]) if classes else np.zeros(0, int)
     if not len(pools):
@@ -197,6 +202,8 @@ def solve_residual(
         model.add(sum(terms) <= int(cap[pos[p], t]))
     model.maximize(sum(obj))
     ok = model.solve(backend, time_limit=time_limit, seed=seed)
+    if model.limit_hit:
+        prep.limits_hit.append("residual")
     if not ok:
         return None
     out: dict[int, Piece | None] = {o: None for o in gangs}
@@ -211,12 +218,15 @@ class _Model:
     """The residual model with its hints recorded (so another backend could be plugged in); CP-SAT solves it."""
 
     def __init__(self) -> None:
+        from ortools.sat.python import cp_model
+
         self.cp = cp_model.CpModel()
         self.vars: list[tuple[int, int, bool]] = []  # (lb, ub, is_bool)
         self.hints: dict[int, int] = {}
         self.cons: list[tuple[Any, float, float]] = []
         self.objective: Any = None
         self._vals: list[float] = []
+        self.limit_hit = False
 
     def new_bool_var(self, name: str) -> cp_model.IntVar:
         v = self.cp.new_bool_var(name)
@@ -247,12 +257,14 @@ class _Model:
 
     def solve(self, backend: str, *, time_limit: float, seed: int) -> bool:
         if backend == "cp-sat":  # the only backend for now; MIP solvers were slower on this model
+            from ortools.sat.python import cp_model
+
             solver = cp_model.CpSolver()
-            solver.parameters.max_deterministic_time = time_limit
-            solver.parameters.max_time_in_seconds = max(60.0, 50 * time_limit)  # safety only
+            solver.parameters.max_deterministic_time = time_limit  # a work limit, never the wall clock
             solver.parameters.num_workers = 1
             solver.parameters.random_seed = seed
             status = solver.solve(self.cp)
+            self.limit_hit = status in (cp_model.FEASIBLE, cp_model.UNKNOWN)
             if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 return False
             self._vals = [float(solver.value(self.cp.get_int_var_from_proto_index(i))) for i in range(len(self.vars))]

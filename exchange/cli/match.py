@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections import Counter
@@ -166,6 +165,8 @@ def run_snapshot(args: argparse.Namespace) -> int:
         market: Market = await svc.rounds.market_snapshot()
         return market
 
+    import asyncio
+
     market = asyncio.run(_with_services(args, take))
     text = json.dumps(json.loads(market.to_json()), indent=1, sort_keys=True) + "\n"
     if args.out == "-":
@@ -189,6 +190,8 @@ def run_round(args: argparse.Namespace) -> int:
         summary = await svc.rounds.run_round("cli")
         view: dict[str, Any] = await svc.rounds.get(summary.round_id, LOCAL_OPERATOR)
         return view
+
+    import asyncio
 
     view = asyncio.run(_with_services(args, go))
     if args.json:

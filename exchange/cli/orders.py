@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--min-fill", type=int, help="minimum devices when --partial")
     submit.add_argument("--max-pools", type=int)
     submit.add_argument("--same-model", action="store_true", default=None)
-    submit.add_argument("--colocation", choices=["site", "region", "any"])
+    submit.add_argument("--colocation", choices=["node", "site", "region", "any"])
     submit.add_argument("--duration", type=duration_arg, help=DURATION_HELP)
     submit.add_argument("--start-earliest", type=time_arg, help=TIME_HELP)
     submit.add_argument("--start-latest", type=time_arg, help=TIME_HELP)

@@ -151,7 +151,9 @@ class OrderSpec(BaseModel):
     min_fill_devices: DeviceCount | None = None
     max_pools: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
     same_model: bool = False
-    colocation: Literal["site", "region", "any"] = "any"
+    colocation: Literal["node", "site", "region", "any"] = Field(
+        default="any", description="node: one pool and one node of it (max_pools 1)"
+    )
     duration_seconds: Seconds
     start_earliest: EpochSeconds | None = None
     start_latest: EpochSeconds | None = None
@@ -170,6 +172,8 @@ class OrderSpec(BaseModel):
             raise ValueError("give models and/or constraints (which accelerators are acceptable)")
         if (self.limit_fen_per_device_hour is None) == (self.limit_fen_per_scu_hour is None):
             raise ValueError("give exactly one of limit_fen_per_device_hour and limit_fen_per_scu_hour")
+        if self.colocation == "node" and (self.max_pools or 1) != 1:
+            raise ValueError("colocation node takes one pool: max_pools must be 1")
         if self.min_fill_devices is not None:
             if self.all_or_nothing:
                 raise ValueError("min_fill_devices applies only when all_or_nothing is false")

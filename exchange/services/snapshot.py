@@ -184,7 +184,7 @@ def market_order(
         min_fill = min(min_fill, quantity_devices)
     max_pools = spec.get("max_pools")
     if max_pools is None:
-        max_pools = min(quantity_devices or DEFAULT_MAX_POOLS, 1000)
+        max_pools = 1 if spec.get("colocation") == "node" else min(quantity_devices or DEFAULT_MAX_POOLS, 1000)
     return Order(
         id=row.order_id,
         buyer=row.buyer_id,

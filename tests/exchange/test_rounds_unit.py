@@ -22,6 +22,7 @@ from exchange.services.snapshot import (
     choose_slot,
     clearing_now,
     market_order,
+    market_pool,
 )
 from exchange.storage.engine import make_engine
 from identifiers.catalogue import load_catalogue
@@ -214,3 +215,21 @@ async def test_sqlite_round_lock_excludes_another_process(tmp_path: Path) -> Non
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_single_node_order_and_node_shape_reach_the_snapshot() -> None:
+    o = market_order(order_row({**BASE_SPEC, "quantity_devices": 8, "colocation": "node"}), 0, CAT)
+    assert not isinstance(o, str)
+    assert o.colocation == "node" and o.max_pools == 1
+    p = market_pool(offer_row("o1", devices=12), [], CAT)
+    assert p.devices_per_node == 8 and p.nodes == 2 and p.node_sizes() == [8, 4]
+
+
+def test_single_node_order_spanning_pools_is_refused() -> None:
+    import pydantic
+
+    from exchange.services.orders import OrderSpec
+
+    with pytest.raises(pydantic.ValidationError, match="max_pools must be 1"):
+        OrderSpec.model_validate({**BASE_SPEC, "colocation": "node", "max_pools": 2})
+    assert OrderSpec.model_validate({**BASE_SPEC, "colocation": "node"}).colocation == "node"

@@ -48,7 +48,7 @@ def pools(draw, i: int) -> Pool:
         stack=stack,
         domestic=dom,
         devices=dev,
-        devices_per_node=dev,
+        devices_per_node=draw(st.integers(1, dev)),
         ask_fen=draw(st.integers(100, 1000)),
         window_start=ws,
         window_end=we,
@@ -64,6 +64,9 @@ def orders(draw, i: int, multi: bool = True, future: bool = True) -> Order:
     limits = {m: draw(st.integers(50, 1500)) for m in models}
     scu = draw(st.integers(0, 5)) == 0
     k = draw(st.integers(1, 3)) if multi else 1
+    colocation = draw(st.sampled_from(["node", "site", "region", "any"]))
+    if colocation == "node":
+        k = 1
     delay = draw(st.sampled_from([0, 0, 0, 3600, 7200])) if future else 0
     return Order(
         id=f"O{i}",
@@ -81,7 +84,7 @@ def orders(draw, i: int, multi: bool = True, future: bool = True) -> Order:
         min_fill_devices=draw(st.integers(1, 3)),
         max_pools=k,
         same_model=draw(st.booleans()),
-        colocation=draw(st.sampled_from(["site", "region", "any"])),
+        colocation=colocation,
         duration_seconds=draw(st.sampled_from([600, 3600, 7200, 10800])),
         start_earliest=NOW + delay if delay else None,
         start_latest=NOW + delay + 3600 if delay else None,
@@ -113,6 +116,7 @@ def check_feasible(m: Market, allocations) -> list[str]:
     slot0 = m.now - m.now % slot
     by_order = defaultdict(list)
     use = defaultdict(int)
+    node_use: defaultdict[tuple[str, int, int], int] = defaultdict(int)
     for a in allocations:
         by_order[a.order_id].append(a)
         p = pools[a.pool_id]
@@ -138,6 +142,15 @@ def check_feasible(m: Market, allocations) -> list[str]:
             problems.append(f"{o.id}: below min lease of {p.id}")
         for t in range(a.start, a.end, slot):
             use[(p.id, t)] += a.devices
+        if o.colocation == "node" and a.devices > 1:
+            sizes = [min(p.devices_per_node, p.devices - i * p.devices_per_node) for i in range(p.nodes)]
+            if a.node is None or not 0 <= a.node < len(sizes) or a.devices > sizes[a.node]:
+                problems.append(f"{o.id}: single-node gang of {a.devices} not on a node of {p.id} that holds it")
+            else:
+                for t in range(a.start, a.end, slot):
+                    node_use[(p.id, a.node, t)] += a.devices
+                    if node_use[(p.id, a.node, t)] > sizes[a.node]:
+                        problems.append(f"{p.id} node {a.node}@{t}: single-node gangs exceed its devices")
     for (pid, t), d in use.items():
         p = pools[pid]
         held = sum(r.devices for r in p.reserved if r.start < t + slot and r.end > t)

@@ -44,7 +44,12 @@ def brute_force(m: Market) -> Fraction:
                 if p.window_end is not None and s + L * slot > p.window_end:
                     continue
                 for d in range(need, n + 1):
-                    opts.append((p, s, L, d, (lim - p.ask_fen) * d * L * slot))
+                    v = (lim - p.ask_fen) * d * L * slot
+                    if o.colocation == "node" and d > 1:  # one node that holds the gang
+                        sizes = [min(p.devices_per_node, p.devices - j * p.devices_per_node) for j in range(p.nodes)]
+                        opts.extend((p, s, L, d, v, j) for j, size in enumerate(sizes) if size >= d)
+                    else:
+                        opts.append((p, s, L, d, v, None))
         options.append(opts)
     best = Fraction(0)
     for combo in itertools.product(*options):
@@ -54,10 +59,14 @@ def brute_force(m: Market) -> Fraction:
         for c in combo:
             if c is None:
                 continue
-            p, s, L, d, v = c
+            p, s, L, d, v, j = c
             val += v
             for t in range(s, s + L * slot, slot):
                 use[(p.id, t)] += d
+                if j is not None:
+                    use[(p.id, j, t)] += d
+                    if use[(p.id, j, t)] > min(p.devices_per_node, p.devices - j * p.devices_per_node):
+                        ok = False
                 held = sum(r.devices for r in p.reserved if r.start < t + slot and r.end > t)
                 if use[(p.id, t)] > p.devices - held:
                     ok = False

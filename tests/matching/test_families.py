@@ -47,3 +47,21 @@ def test_bench_reports_from_one_run() -> None:
     assert Decimal(r["gap"]) >= 0
     rows = format_report(r)
     assert any(label == "LP bound" for label, _ in rows)
+
+
+def test_contention_is_its_own_family_with_hot_classes() -> None:
+    from matching.generators import hot_classes
+
+    c = generate("contention", 2000, 400, 1)
+    s = generate("scale-leases", 2000, 400, 1)
+    assert c.to_json() != s.to_json()
+    hot = hot_classes(c.pools)
+    supply = sum(p.devices for p in c.pools if (p.region, p.model) in hot)
+    demand = sum(
+        o.quantity_devices or 0
+        for o in c.orders
+        if len(o.models) == 1 and len(o.regions) == 1 and (o.regions[0], o.models[0]) in hot
+    )
+    assert demand >= 3 * supply  # demand well above supply in the hot classes
+    r = clear(c, prices=False)
+    assert r.audit.ok

@@ -53,6 +53,10 @@ def naive_edges(m: Market) -> set[tuple[int, str, str, int, int, int]]:
             peak = [int(prep.free[i].max()) for i in members]
             if max(peak) < (need if o.max_pools == 1 else 1):  # one pool holds it all, or pieces of any size
                 continue
+            if o.colocation == "node" and need > max(
+                min(pk, m.pools[i].devices_per_node, m.pools[i].devices) for i, pk in zip(members, peak, strict=True)
+            ):
+                continue  # a single-node gang needs a node (within the pool's free peak) that holds it
             if o.colocation == "site" and o.same_model:
                 per_site = Counter()
                 for i, pk in zip(members, peak, strict=True):

@@ -1,0 +1,46 @@
+"""The same snapshot gives byte-identical results on any machine and under any load: solver limits are
+deterministic work limits; a limit that stops a step is named in the result, and a skipped check fails
+the audit (bug 2 of issue 15)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from matching.clearing import clear
+from matching.generators import generate
+
+
+def test_same_snapshot_same_bytes_even_under_load() -> None:
+    m = generate("gang", 300, 40, 3)
+    first = clear(m).canonical_json()
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        second = clear(m).canonical_json()
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    assert first == second
+    assert clear(m, method="greedy").canonical_json() == clear(m, method="greedy").canonical_json()
+
+
+def test_price_limit_hit_is_recorded_and_fails_the_audit() -> None:
+    m = generate("scale-leases", 400, 60, 1)
+    r = clear(m, time_limit=1e-9)
+    assert "prices" in r.stats.limits_hit
+    checks = {c.name: c for c in r.audit.checks}
+    assert checks["prices"].violations == 1
+    assert checks["no_envy"].detail.startswith("not checked")
+    assert not r.audit.ok
+    ok = clear(m)
+    assert ok.stats.limits_hit == () and ok.audit.ok and ok.prices
+    assert {c.name: c.violations for c in ok.audit.checks}["prices"] == 0
+
+
+def test_limits_hit_round_trips_through_json() -> None:
+    from matching.model import ClearingResult
+
+    r = clear(generate("scale-leases", 400, 60, 1), time_limit=1e-9)
+    back = ClearingResult.from_json(r.to_json())
+    assert back.stats.limits_hit == r.stats.limits_hit and back.canonical_json() == r.canonical_json()
