@@ -137,11 +137,10 @@ def assert_all_checkpoints_verify(rows: list[Checkpoint], keys: dict[str, dict[s
         assert k["not_before"] <= row.created_at and (k["not_after"] is None or row.created_at <= k["not_after"])
 
 
+@pytest.mark.parametrize("backend", ["pg"], indirect=True)  # the multi-process claim is about PostgreSQL
 async def test_two_servers_and_a_round_from_different_folders_one_key_rotation_under_load(
-    backend: str, fresh_db_factory: Callable[[], str], tmp_path: Path
+    fresh_db_factory: Callable[[], str], tmp_path: Path
 ) -> None:
-    if backend != "pg":
-        pytest.skip("the multi-process claim is about PostgreSQL")
     url = fresh_db_factory()
     keys = tmp_path / "shared-keys"  # the exchange's key directory (a secrets volume in production)
     ports = [free_port("127.0.0.1"), free_port("127.0.0.1")]
