@@ -238,7 +238,8 @@ async def _real_app(database_url: str, port: int) -> web.Application:
     from exchange.settings import Settings
     from exchange.storage.migrate import upgrade_engine
 
-    key_dir = Path(tempfile.gettempdir()) / "hetex-bench-keys"
+    # the seeding process's key directory when it passes one (round-under-load), else a scratch one
+    key_dir = Path(os.environ.get("HETEX_KEY_DIR") or Path(tempfile.gettempdir()) / "hetex-bench-keys")
     settings = Settings(database_url=database_url, key_dir=key_dir, public_base_url=f"http://127.0.0.1:{port}")
     svc = await build_services(settings)
     assert svc.engine is not None

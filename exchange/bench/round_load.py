@@ -321,6 +321,7 @@ async def run_round_load_bench(
         root = Path(tmp)
         async with _databases(root, pg_url) as (seed_url, copy):
             keys = await seed_market(seed_url, root / "keys", orders=orders, pools=pools, seed=seed)
+            os.environ["HETEX_KEY_DIR"] = str(root / "keys")  # the bench servers sign with the seeded exchange key
             idle = await idle_round(await copy("idle"), keys, warmup=warmup)
             busy = await loaded_round(
                 await copy("load"),
