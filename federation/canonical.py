@@ -14,6 +14,23 @@ import rfc8785
 
 from federation.errors import CanonicalizationError
 
+#: the IEEE 754 safe-integer range RFC 8785 keeps exact
+SAFE_INT = 2**53 - 1
+
+
+def sorted_dumps_is_canonical(obj: Any) -> bool:
+    """True when `json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)` writes exactly the
+    RFC 8785 bytes (only str/None/bool/safe ints, ASCII keys): the fast path of canonical encoders."""
+    if isinstance(obj, str) or obj is None or obj is True or obj is False:
+        return True
+    if isinstance(obj, int):
+        return -SAFE_INT <= obj <= SAFE_INT
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and k.isascii() and sorted_dumps_is_canonical(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return all(sorted_dumps_is_canonical(v) for v in obj)
+    return False
+
 
 def canonical_bytes(obj: Any) -> bytes:
     """RFC 8785 canonical UTF-8 bytes of a JSON value (dict keys must be str)."""

@@ -7,11 +7,10 @@ import json
 import math
 from typing import Any
 
-from federation.canonical import canonical_bytes
+from federation.canonical import SAFE_INT, canonical_bytes, sorted_dumps_is_canonical
 from federation.errors import CanonicalizationError
 
 #: RFC 7493 (I-JSON) / RFC 8785: integers beyond this are not exact in IEEE 754 and are refused.
-SAFE_INT = 2**53 - 1
 
 
 class StrictJsonError(ValueError):
@@ -73,22 +72,9 @@ def loads(data: bytes) -> Any:
     return obj
 
 
-def _plain(obj: Any) -> bool:
-    """True when json.dumps(sort_keys) writes RFC 8785 bytes (ASCII keys, no floats, safe ints)."""
-    if isinstance(obj, str) or obj is None or obj is True or obj is False:
-        return True
-    if isinstance(obj, int):
-        return -SAFE_INT <= obj <= SAFE_INT
-    if isinstance(obj, dict):
-        return all(k.isascii() and _plain(v) for k, v in obj.items())
-    if isinstance(obj, list):
-        return all(_plain(v) for v in obj)
-    return False
-
-
 def canonical(obj: Any) -> bytes:
     """RFC 8785 bytes of a parsed value (fast path when json.dumps gives the same bytes)."""
-    if _plain(obj):
+    if sorted_dumps_is_canonical(obj):
         try:
             return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:  # lone surrogate: the library decides

@@ -13,27 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from federation.canonical import canonical_bytes
-
-SAFE_INT = 2**53 - 1
-
-
-def _plain(obj: Any) -> bool:
-    """True when the fast encoder is known to give RFC 8785 bytes for `obj`."""
-    if isinstance(obj, str) or obj is None or obj is True or obj is False:
-        return True
-    if isinstance(obj, int):
-        return -SAFE_INT <= obj <= SAFE_INT
-    if isinstance(obj, dict):
-        return all(isinstance(k, str) and k.isascii() and _plain(v) for k, v in obj.items())
-    if isinstance(obj, list):
-        return all(_plain(v) for v in obj)
-    return False
+from federation.canonical import canonical_bytes, sorted_dumps_is_canonical
 
 
 def fast_canonical_bytes(obj: Any) -> bytes:
     """RFC 8785 canonical bytes of `obj` (same result as federation.canonical.canonical_bytes, faster)."""
-    if _plain(obj):
+    if sorted_dumps_is_canonical(obj):
         text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         try:
             return text.encode("utf-8")
