@@ -145,8 +145,9 @@ def round_disclosure(
     min_orders: int,
 ) -> dict[str, Any]:
     """What `viewer` may see of a round: everything for the regulator and the operator; for anyone else the
-    aggregates (counts, welfare, bound, gap, audit check counts) and class prices where at least `min_orders`
-    orders contracted; for a buyer also its own orders' contracts and audit lines.
+    aggregates (counts, welfare, bound, gap, audit check counts, how many allocations commit dropped) and class
+    prices where at least `min_orders` orders contracted; for a buyer also its own orders' contracts and audit
+    lines.
 
     `contracts`: (contract id, order id) of the round; `own_orders`: the viewer's order ids among the round's
     contracts and audit lines; `prices`: per class, with the number of `orders` that contracted in it."""
@@ -162,6 +163,7 @@ def round_disclosure(
     out["prices"] = [p for p in classes if public_aggregate(int(p["orders"]), min_orders)]
     out["disclosure"] = "public"
     out.pop("contract_ids", None)
+    out.pop("dropped", None)  # names orders and offers: the count (dropped_allocations) stays public
     if viewer is not None:
         mine = set(own_orders)
         out["own_contract_ids"] = sorted(c for c, order_id in contracts if order_id in mine)
