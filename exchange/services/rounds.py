@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.billing.compute_tier import TierTable
 from exchange.billing.tiers import load_tier_table
-from exchange.services.contracts import MatchFacts
+from exchange.services.contracts import ContractService, MatchFacts
 from exchange.services.disclosure import (
     aggregate_minimum,
     audit_order_ids,
@@ -114,37 +114,6 @@ def _require_reader(who: Viewer, owner_id: str, what: str) -> None:
     """The owner, the operator and regulators may read fills (disclosure.may_read); anyone else is refused."""
     if not may_read(who, (owner_id,)):
         who.require_owner(owner_id, what)
-
-
-class ContractMaker(Protocol):
-    """Builds contract rows and writes them with their signed log records in the caller's transaction
-    (exchange.services.contracts.ContractService)."""
-
-    async def match_facts(
-        self, session: AsyncSession, pool_ids: Sequence[str], party_ids: Sequence[str]
-    ) -> MatchFacts: ...
-
-    def build_from_match(
-        self,
-        facts: MatchFacts,
-        *,
-        order_id: str,
-        pool_id: str,
-        buyer_id: str,
-        provider_id: str,
-        devices: int,
-        start_at: int,
-        end_at: int,
-        buyer_price_fen: int,
-        provider_price_fen: int,
-        billing_mode: str,
-        billing_terms: dict[str, Any] | None = None,
-        offer_id: str | None = None,
-        round_id: str | None = None,
-        fee_bps: int | None = None,
-    ) -> Contract: ...
-
-    async def add_matched(self, session: AsyncSession, contracts: Sequence[Contract], facts: MatchFacts) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -324,7 +293,7 @@ class RoundService:
         self,
         sessions: async_sessionmaker[AsyncSession],
         lock: RoundLock,
-        contracts: ContractMaker,
+        contracts: ContractService,
         catalogue: Catalogue,
         regions: RegionTable,
         *,
