@@ -15,6 +15,7 @@ from federation.keys import SigningKey
 from identifiers.errors import (
     AuthenticationError,
     ConflictError,
+    GoneError,
     HetexError,
     NotFoundError,
     PermissionDeniedError,
@@ -61,12 +62,17 @@ class RemoteConflictError(RemoteError, ConflictError):
     """409 from the exchange."""
 
 
+class RemoteGoneError(RemoteError, GoneError):
+    """410 from the exchange."""
+
+
 _BY_STATUS: dict[int, type[RemoteError]] = {
     400: RemoteValidationError,
     401: RemoteAuthenticationError,
     403: RemotePermissionError,
     404: RemoteNotFoundError,
     409: RemoteConflictError,
+    410: RemoteGoneError,
     422: RemoteValidationError,
 }
 

@@ -44,6 +44,12 @@ class ConflictError(HetexError):
     code = "conflict"
 
 
+class GoneError(HetexError):
+    """A named thing existed and was deliberately ended (withdrawn): it is no longer served."""
+
+    code = "gone"
+
+
 class UnavailableError(HetexError):
     """The exchange cannot serve this request now for a reason on its side (retry later; not the caller's fault)."""
 

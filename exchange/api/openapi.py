@@ -434,11 +434,12 @@ OPS: tuple[Op, ...] = (
         "get",
         "/v1/offers/{id}",
         "getOffer",
-        "One of the caller's offers",
+        "One of the caller's open offers (a withdrawn one is 410 offer_withdrawn; the offer list and its fills keep"
+        " its history)",
         "registration",
         response=OfferView,
         signed=True,
-        errors=(403, 404, 422),
+        errors=(403, 404, 410, 422),
     ),
     Op(
         "patch",
@@ -765,6 +766,7 @@ ERROR_TEXT = {
     403: "Authenticated but not allowed; `reason` is role_forbidden or not_owner",
     404: "Not found",
     409: "Conflicts with the current state (tombstoned, already registered, idempotency key reused, ...)",
+    410: "Gone: the resource was deliberately ended (offer_withdrawn, with withdrawn_at)",
     413: "Body larger than 1 MiB",
     422: "Invalid input; `field` names the first bad field",
     503: "The exchange cannot serve this now for a reason on its side (code exchange_key_missing: its signing key"

@@ -12,6 +12,7 @@ from aiohttp import web
 from identifiers.errors import (
     AuthenticationError,
     ConflictError,
+    GoneError,
     HetexError,
     NotFoundError,
     PermissionDeniedError,
@@ -30,6 +31,7 @@ STATUS_BY_ERROR: list[tuple[type[HetexError], int]] = [
     (PermissionDeniedError, 403),
     (NotFoundError, 404),
     (ConflictError, 409),
+    (GoneError, 410),
     (ValidationError, 422),
     (UnavailableError, 503),
     (HetexError, 400),
@@ -42,6 +44,7 @@ TITLES = {
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
+    410: "Gone",
     413: "Payload too large",
     408: "Request timeout",
     415: "Unsupported media type",

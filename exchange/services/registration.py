@@ -31,7 +31,7 @@ from exchange.services.resolve import pool_view, site_view
 from exchange.storage.registration import Offer, Pool, Site
 from identifiers.catalogue import Catalogue
 from identifiers.cri import Cri, mint_pool_cri, mint_site_cri, parse_cri
-from identifiers.errors import ConflictError, NotFoundError, ValidationError
+from identifiers.errors import ConflictError, GoneError, NotFoundError, ValidationError
 from identifiers.ids import new_id_str
 from identifiers.regions import RegionTable
 
@@ -61,6 +61,13 @@ class TombstonedError(ConflictError):
     """The site or pool was deregistered; its CRI stays as a tombstone and cannot change."""
 
     code = "tombstoned"
+
+
+class OfferWithdrawnError(GoneError):
+    """GET of a withdrawn offer: it is no longer served as a resource (410); its history stays readable in
+    the provider's offer list (`?status=withdrawn`) and its fills (`GET /v1/offers/{id}/fills`)."""
+
+    code = "offer_withdrawn"
 
 
 class OfferClosedError(ConflictError):
@@ -651,6 +658,8 @@ class RegistrationService:
         async with self.sessions() as session:
             offer, pool, site = await self._offer(session, offer_id)
         who.require_owner(offer.provider_id, f"offer {offer_id}")
+        if offer.status == "withdrawn":
+            raise OfferWithdrawnError(f"offer {offer_id} was withdrawn", field="id", withdrawn_at=offer.updated_at)
         return offer_view(offer, pool, site)
 
     async def list_offers(self, who: Principal, status: str | None = None) -> OfferList:

@@ -68,9 +68,7 @@ GENERATOR_QUIRKS: tuple[tuple[str, str, str], ...] = (
     ("ST202", r"Extra inputs are not permitted(?s:.*)-d '\{[^']*\"body\": ", "see above"),
 )
 #: Disagreements found and not fixed on this branch (reported to the lead): (failure code, regex, why).
-KNOWN_OPEN: tuple[tuple[str, str, str], ...] = (
-    ("ST301", r"/v1/offers/", "DELETE /v1/offers/{id} withdraws: the offer stays readable with status withdrawn"),
-)
+KNOWN_OPEN: tuple[tuple[str, str, str], ...] = ()
 
 
 @pytest.fixture
