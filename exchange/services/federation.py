@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -46,6 +46,7 @@ from exchange.services.federation_capacity import (
     refusal_field,
     summarize,
 )
+from exchange.services.fields import DECIMAL_FRAC_DIGITS, DECIMAL_INT_DIGITS, DECIMAL_MAX, parse_ascii_decimal
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
 from exchange.services.peer_client import PeerClient, PeerRefusedError, PeerUnavailableError
@@ -173,14 +174,15 @@ class ForwardedOrder(BaseModel):
 
 
 def _positive_decimal(text: str | None, name: str) -> Decimal | None:
+    """A peer's SCU figure by the API's rule for `quantity_scu` (ASCII digits, at most 12.4, > 0, <= 10^9):
+    a verified peer is still input, and `Decimal()` would take Unicode digits, signs, exponents, NaN."""
     if text is None:
         return None
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        value = Decimal(0)
-    if not value.is_finite() or value <= 0:
-        raise ValidationError(f"{name} must be a positive decimal", field=f"body.order.{name}")
+    value = parse_ascii_decimal(text, DECIMAL_INT_DIGITS, DECIMAL_FRAC_DIGITS)
+    if value is None or not 0 < value <= DECIMAL_MAX:
+        raise ValidationError(
+            f"{name} must be a positive decimal of ASCII digits (at most {DECIMAL_MAX})", field=f"body.order.{name}"
+        )
     return value
 
 

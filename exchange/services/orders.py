@@ -23,6 +23,9 @@ from exchange.billing.compute_tier import TierTable
 from exchange.billing.contractable import needs_scu, submission_refusal
 from exchange.billing.tiers import load_tier_table
 from exchange.services.fields import (
+    DECIMAL_FRAC_DIGITS,
+    DECIMAL_INT_DIGITS,
+    DECIMAL_MAX,
     MAX_DEVICES,
     REQUEST_MODEL,
     Code,
@@ -89,9 +92,9 @@ class BadCursorError(ValidationError):
 
 DecimalText = Annotated[
     Decimal,
-    ascii_decimal(12, 4, "12.5"),
-    decimal_schema(12, 4, "12.5"),
-    Field(gt=0, le=Decimal(10) ** 9, max_digits=16, decimal_places=4),
+    ascii_decimal(DECIMAL_INT_DIGITS, DECIMAL_FRAC_DIGITS, "12.5"),
+    decimal_schema(DECIMAL_INT_DIGITS, DECIMAL_FRAC_DIGITS, "12.5"),
+    Field(gt=0, le=DECIMAL_MAX, max_digits=16, decimal_places=4),
 ]
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.keyid import participant_key_id as participant_key_id
-from exchange.services.fields import REQUEST_MODEL, Name, RegionCode
+from exchange.services.fields import REQUEST_MODEL, Name, RegionCode, is_valid_name
 from exchange.services.nonces import NonceClaim, NonceStore
 from exchange.services.principals import ROLES, Principal, SignedRequest
 from exchange.services.records import add_record
@@ -135,8 +135,10 @@ class ParticipantService:
         """Add a participant of any role directly (operator's `hetex admin ...`; no signed request)."""
         if role not in ROLES:
             raise ValidationError(f"role must be one of {', '.join(ROLES)}", field="role")
-        if not name or len(name) > 200 or not name.isprintable():
-            raise ValidationError("name must be 1-200 printable characters", field="name")
+        if not is_valid_name(name):  # the API's rule (fields.Name), not str.isprintable
+            raise ValidationError(
+                "name must be 1-200 characters, no control characters, not only white space", field="name"
+            )
         self._check_region(home_region)
         key = decode_participant_key(public_key, "key")
         async with self.sessions.begin() as session:

@@ -82,3 +82,21 @@ async def test_admin_adds_regulator_and_peer(api: Api) -> None:
         await api.svc.participants.add_by_operator("king", "x", SigningKey.generate().public.to_base64())
     with pytest.raises(ValidationError):
         await api.svc.participants.add_by_operator("regulator", "x", "not-a-key")
+
+
+@pytest.mark.parametrize("name", ["   ", "\u3000", "a\tb", "x" * 201, ""])
+async def test_admin_names_follow_the_api_rule(api: Api, name: str) -> None:
+    """`hetex admin` names obey the API's name rule (fields.Name), not str.isprintable: only-space names
+    (printable) are refused, as a registration would refuse them; nothing is stored."""
+    before = await api.counts()
+    with pytest.raises(ValidationError) as err:
+        await api.svc.participants.add_by_operator("regulator", name, SigningKey.generate().public.to_base64())
+    assert err.value.field == "name"
+    assert await api.counts() == before
+
+
+async def test_admin_name_with_unicode_letters_and_inner_spaces_is_accepted(api: Api) -> None:
+    view = await api.svc.participants.add_by_operator(
+        "regulator", "国家 发改委 NDRC", SigningKey.generate().public.to_base64()
+    )
+    assert view.name == "国家 发改委 NDRC"

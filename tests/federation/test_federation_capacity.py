@@ -6,9 +6,11 @@ import time
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exchange.services.federation import ForwardedOrder
 from exchange.services.federation_capacity import (
     Shape,
     Tranche,
@@ -20,10 +22,21 @@ from exchange.services.federation_capacity import (
 )
 from exchange.storage.contracts import Contract
 from exchange.storage.federation import FederationHold, FederationHoldLine, Peer
+from identifiers.errors import ValidationError
 from identifiers.ids import new_id_str
 from tests.federation import fedkit
 
 H100 = "NV-H100-SXM"
+#: a minimal order_offer order (what a peer forwards)
+FORWARDED: dict[str, Any] = {
+    "origin_order_id": "o-1",
+    "buyer_id": "b-1",
+    "limits": {H100: 3000},
+    "devices_max": 8,
+    "devices_min": 1,
+    "start_at": 0,
+    "end_at": 3600,
+}
 
 
 async def test_holds_and_contracts_reserve_until_expiry(db: Any) -> None:
@@ -206,3 +219,21 @@ def test_choose_respects_the_shape(
         assert len({t.region for t, _n in picks}) <= 1
     # something is always found when any tranche exists (partial fill allowed)
     assert bool(picks) == bool(ts)
+
+
+@pytest.mark.parametrize(
+    "bad", ["\u0661\u0662", " 12 ", "1e3", "+12", "-1", "0", "0.0", "NaN", "Infinity", "1000000001", "1.23456"]
+)
+@pytest.mark.parametrize("name", ["quantity_scu", "scu_min"])
+def test_a_peer_scu_figure_follows_the_api_decimal_rule(bad: str, name: str) -> None:
+    """A verified peer's SCU figures are parsed like the API's quantity_scu (ASCII digits, <= 12.4, > 0,
+    <= 10^9): Decimal() alone would take Arabic-Indic digits, spaces, signs, exponents and NaN."""
+    order = ForwardedOrder(**{**FORWARDED, name: bad})
+    with pytest.raises(ValidationError) as err:
+        order.shape({"NV-H100-SXM": Decimal(3)})
+    assert err.value.field == f"body.order.{name}"
+
+
+def test_a_peer_scu_figure_in_ascii_digits_is_read_exactly() -> None:
+    shape = ForwardedOrder(**{**FORWARDED, "quantity_scu": "12.5", "scu_min": "2"}).shape({})
+    assert shape.quantity_scu == Decimal("12.5") and shape.scu_min == Decimal(2)
