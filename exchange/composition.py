@@ -23,7 +23,7 @@ from exchange.services.rounds import RoundService
 from exchange.services.settlement import SettlementService
 from exchange.services.usage import UsageService
 from exchange.settings import Settings
-from exchange.storage.engine import make_engine, make_sessionmaker
+from exchange.storage.engine import make_engine, make_read_engine, make_sessionmaker
 from identifiers.catalogue import Catalogue, load_catalogue
 from identifiers.regions import RegionTable, load_regions
 
@@ -50,20 +50,25 @@ class Services:
     usage: UsageService
     settlement: SettlementService
     rounds: RoundService
+    read_engine: AsyncEngine | None = None  # SQLite: the rounds' read-only connection (make_read_engine)
 
     async def close(self) -> None:
-        """Stop background audit jobs; release the database pool (only when this root opened it)."""
+        """Stop background audit jobs; release the database pools (only when this root opened them)."""
         await self.audit.close()
         if self.engine is not None:
             await self.engine.dispose()
+        if self.read_engine is not None:
+            await self.read_engine.dispose()
 
 
 async def build_services(settings: Settings, *, sessions: async_sessionmaker[AsyncSession] | None = None) -> Services:
     """Wire services for `settings`; tests pass `sessions` bound to a rolled-back transaction."""
-    engine = None
+    engine = read_engine = None
     if sessions is None:
         engine = make_engine(settings.database_url)
         sessions = make_sessionmaker(engine)
+        read_engine = make_read_engine(settings.database_url)
+    read_sessions = sessions if read_engine is None else make_sessionmaker(read_engine)
     catalogue = load_catalogue()
     regions = load_regions()
     nonces = NonceStore(settings.signature_window_seconds)
@@ -86,11 +91,13 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         max_start_slots=settings.round_max_start_slots,
         repeatable_snapshot=engine is not None and not settings.is_sqlite,
         disclosure_min_orders=settings.disclosure_min_orders,
+        read_sessions=read_sessions,
     )
     federation.seller_lock = lambda: rounds.lock.hold(settings.federation_peer_timeout_seconds)
     return Services(
         settings=settings,
         engine=engine,
+        read_engine=read_engine,
         sessions=sessions,
         catalogue=catalogue,
         regions=regions,

@@ -4,7 +4,8 @@
 (snapshotting tier price and SCU per device for compute-tier contracts), writes the row and appends the
 signed contract record to the transparency log in that same transaction. Clearing rounds use its steps
 for many contracts at once: `match_facts` (two queries), `build_from_match` per contract (no I/O), then
-one `add_matched` (one insert batch, one log append batch), so their write transaction stays short.
+`sign_matched` (the signed records, before any write transaction) and one `write_matched` (one log append
+batch, one insert batch), so their write transaction stays short.
 Lifecycle and cancellation rules: specs/billing.md section 4.
 """
 
@@ -14,20 +15,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import or_, select
+from sqlalchemy import insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.billing.compute_tier import TierTable
 from exchange.billing.contractable import contract_terms
 from exchange.billing.terms import terms_to_json
+from exchange.services.ledger import SignedRecord
 from exchange.services.parties import Caller, require_party
 from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
 from exchange.storage.participants import Participant
 from exchange.storage.registration import Pool, Site
+from federation.keys import SigningKey
 from identifiers.catalogue import Catalogue
 from identifiers.errors import ConflictError, NotFoundError, ValidationError
 from identifiers.ids import new_id_str
+
+CONTRACT_COLUMNS = tuple(c.key for c in Contract.__mapper__.column_attrs)
 
 CONTRACT_STATUSES = ("pending", "confirmed", "completed", "cancelled")
 
@@ -54,6 +59,16 @@ class Log(Protocol):
     async def append_signed(
         self, session: AsyncSession, record_type: str, record_id: str, envelope: dict[str, Any]
     ) -> Any: ...
+
+    def sign_records(
+        self, records: Sequence[tuple[str, str, dict[str, Any]]], signer: tuple[str, SigningKey]
+    ) -> list[SignedRecord]: ...
+
+    async def append_presigned(
+        self, session: AsyncSession, signed: Sequence[SignedRecord], key_id: str
+    ) -> Sequence[Appended]: ...
+
+    async def signer(self, session: AsyncSession) -> tuple[str, SigningKey]: ...
 
 
 @dataclass(frozen=True)
@@ -289,8 +304,13 @@ class ContractService:
         """Write built contracts and append their signed records at consecutive log indices (one batch)."""
         if not contracts:
             return
-        session.add_all(contracts)
-        await session.flush()
+        signer = await self.ledger.signer(session)
+        await self.write_matched(session, contracts, self.sign_matched(contracts, facts, signer), signer[0])
+
+    def sign_matched(
+        self, contracts: Sequence[Contract], facts: MatchFacts, signer: tuple[str, SigningKey]
+    ) -> list[SignedRecord]:
+        """The signed log records of built contracts (no I/O: a round signs them before its write transaction)."""
         records = []
         for contract in contracts:
             body = contract_body(contract)
@@ -302,10 +322,21 @@ class ContractService:
                 buyer_home_region=home_region,
             )
             records.append(("contract", contract.id, body))
-        appended = await self.ledger.append_many(session, records)
+        return self.ledger.sign_records(records, signer)
+
+    async def write_matched(
+        self, session: AsyncSession, contracts: Sequence[Contract], signed: Sequence[SignedRecord], key_id: str
+    ) -> None:
+        """Append the contracts' records signed ahead by `key_id` (re-signed if the key rotated since) and
+        insert the contract rows with their log indices: two Core batches, no ORM unit of work."""
+        if not contracts:
+            return
+        appended = await self.ledger.append_presigned(session, signed, key_id)
+        rows = []
         for contract, entry in zip(contracts, appended, strict=True):
             contract.log_index = entry.index
-        await session.flush()
+            rows.append({name: getattr(contract, name) for name in CONTRACT_COLUMNS})
+        await session.execute(insert(Contract), rows)  # ORM bulk INSERT: no unit of work
 
     async def _load(self, session: AsyncSession, contract_id: str, *, lock: bool = False) -> Contract:
         stmt = select(Contract).where(Contract.id == contract_id)

@@ -54,6 +54,8 @@ _NODES: Table = LogNode.__table__  # type: ignore[assignment]
 
 VERIFY_CHUNK = 4096
 PROOF_BATCH = 256
+#: a record signed ahead of its append: (record type, record id, body, DSSE envelope)
+SignedRecord = tuple[str, str, dict[str, Any], dict[str, Any]]
 MAX_PROBLEMS = 1000
 
 
@@ -269,6 +271,32 @@ class LedgerService:
             envelope = self.identity.sign_envelope(payload_type, fast_canonical_bytes(body), signer)
             items.append((record_type, record_id, envelope))
         return await self._append_envelopes(session, items, at)
+
+    async def signer(self, session: AsyncSession) -> tuple[str, SigningKey]:
+        """(key id, private key) of the exchange key current now (identity.signer_for)."""
+        return await self.identity.signer_for(session)
+
+    def sign_records(
+        self, records: Sequence[tuple[str, str, dict[str, Any]]], signer: tuple[str, SigningKey]
+    ) -> list[SignedRecord]:
+        """Sign records ahead of their append (no I/O): (record type, record id, body, DSSE envelope)."""
+        return [
+            (t, i, body, self.identity.sign_envelope(_payload_type(t), fast_canonical_bytes(body), signer))
+            for t, i, body in records
+        ]
+
+    async def append_presigned(
+        self, session: AsyncSession, signed: Sequence[SignedRecord], key_id: str
+    ) -> list[AppendedRecord]:
+        """Append records `sign_records` signed with key `key_id` before this transaction; if another key is
+        current by now (a rotation in between), they are signed again with it, under the log lock."""
+        if not signed:
+            return []
+        await self.lock(session)
+        signer = await self.identity.signer_for(session)
+        if signer[0] != key_id:
+            signed = self.sign_records([(t, i, body) for t, i, body, _env in signed], signer)
+        return await self._append_envelopes(session, [(t, i, env) for t, i, _body, env in signed])
 
     async def append_signed(
         self, session: AsyncSession, record_type: str, record_id: str, envelope: dict[str, Any]

@@ -2,15 +2,20 @@
 
 A round runs under the round lock (one round at a time across processes, see round_lock.py):
 1. one read transaction takes a consistent snapshot (open orders whose start window opens within the
-   horizon, live offers, contracts holding capacity) and records the round as `running`;
+   horizon, live offers, contracts holding capacity; plain columns, no ORM objects); on SQLite it runs on
+   the read-only connection (storage.engine.make_read_engine), so requests keep the one writing
+   connection meanwhile; a short write transaction records the round as `running`;
 2. `matching.clearing.clear` runs in the solver process (solver.py), outside any database transaction,
    so the API's event loop stays free;
-3. one write transaction re-checks every allocation against the offers as they are now (drop_reason:
-   order unchanged, offer open, lease inside its window, pool and offer capacity never exceeded at any
-   time counting every contract and hold), lists each dropped allocation with its reason, builds the
-   contracts and writes them in one batch (each a signed log record), updates order fills, expires orders
-   whose start window passed, stores posted prices and marks the round `completed` with its statistics
-   and audit.
+3. prepare, in a read transaction (outside the write lock): re-check every allocation against the offers
+   as they are now (drop_reason: order unchanged, offer open, lease inside its window, pool and offer
+   capacity never exceeded at any time counting every contract and hold), build the kept orders'
+   contracts and sign their log records (the CPU work), yielding to the event loop as it goes;
+4. one write transaction locks the allocated offers, pools and orders, checks every prepared order again
+   on what they are now (an amendment or cancellation that landed after step 3 still wins), appends the
+   signed records (signed again if the exchange key rotated since step 3) and inserts the contracts in
+   Core batches, updates order fills, expires orders whose start window passed, stores posted prices and
+   marks the round `completed` with its statistics (each dropped allocation with its reason) and audit.
 A graceful shutdown (stop) lets the running round finish within a grace period or abandons it.
 Nothing of a round is visible until step 3 commits, so a process killed mid-round leaves no contract
 and no reservation; the next round marks its `running` row `abandoned`.
@@ -47,6 +52,7 @@ from exchange.services.disclosure import (
     round_disclosure,
 )
 from exchange.services.federation_capacity import held_lines, orders_in_flight
+from exchange.services.ledger import SignedRecord
 from exchange.services.registration import live_offers_query
 from exchange.services.round_lock import RoundLock
 from exchange.services.snapshot import (
@@ -63,7 +69,7 @@ from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
 from exchange.storage.orders import Order
 from exchange.storage.participants import Participant
-from exchange.storage.registration import Offer, Pool
+from exchange.storage.registration import Offer, Pool, Site
 from exchange.storage.rounds import Round, RoundPrice
 from identifiers.catalogue import Catalogue
 from identifiers.errors import ConflictError, HetexError, NotFoundError
@@ -192,14 +198,16 @@ DROP_REASONS = (
 
 
 def drop_reason(
-    row: Order | None,
+    row: Any,
     seen: OrderRow | None,
     pieces: Sequence[Allocation],
-    offers: dict[str, Offer],
-    pools: dict[str, Pool],
+    offers: dict[str, Any],
+    pools: dict[str, Any],
     check: Recheck,
 ) -> str | None:
     """Why an order's allocations cannot become contracts at commit (one of DROP_REASONS), or None.
+    `row`, `offers` and `pools` are the rows as they are now (ORDER_CHECK_COLUMNS, OFFER_CHECK_COLUMNS,
+    pool id/status/devices).
 
     The order must be unchanged since the snapshot. Offers are judged on what they are now, not on their
     version: an amendment that keeps the lease possible (an ask change, a longer window) keeps the
@@ -227,6 +235,44 @@ def drop_reason(
             return "capacity"
         extra.append((offer.pool_id, offer.id, (a.start, a.end, a.devices)))
     return None
+
+
+#: what the commit reads of allocated offers and orders (plain columns, no ORM objects)
+OFFER_CHECK_COLUMNS = (
+    Offer.id,
+    Offer.pool_id,
+    Offer.provider_id,
+    Offer.status,
+    Offer.devices,
+    Offer.window_start,
+    Offer.window_end,
+    Offer.min_lease_seconds,
+    Offer.billing_modes,
+)
+ORDER_CHECK_COLUMNS = (
+    Order.id,
+    Order.buyer_id,
+    Order.status,
+    Order.filled_devices,
+    Order.quantity_devices,
+    Order.updated_at,
+    Order.billing_mode,
+    Order.spec,
+)
+#: the prepare step yields to the event loop after this many orders (its loop is CPU-bound)
+YIELD_EVERY = 32
+
+
+@dataclass
+class Plan:
+    """A round's commit prepared outside the write transaction: per allocated order (in clearing order)
+    either its allocations, built contracts and signed records, or its allocations and why they drop."""
+
+    key_id: str
+    stats: dict[str, Any]
+    order_ids: list[str] = field(default_factory=list)
+    kept: dict[str, tuple[list[Allocation], list[Contract], list[SignedRecord]]] = field(default_factory=dict)
+    dropped: dict[str, tuple[list[Allocation], str]] = field(default_factory=dict)
 
 
 def dropped_entry(a: Allocation, reason: str) -> dict[str, Any]:
@@ -308,8 +354,10 @@ class RoundService:
         tiers: Callable[[], TierTable] = load_tier_table,
         disclosure_min_orders: int = 3,
         solver: SolverPool | None = None,
+        read_sessions: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self.sessions = sessions
+        self.read_sessions = read_sessions if read_sessions is not None else sessions
         self.lock = lock
         self.contracts = contracts
         self.catalogue = catalogue
@@ -331,32 +379,60 @@ class RoundService:
     # ------------------------------------------------------------------------------------ snapshot
 
     async def _rows(self, session: AsyncSession, now: int) -> tuple[list[OfferRow], list[OrderRow], list[ContractRow]]:
-        """Live offers, open orders within the horizon, and capacity-holding contracts, as of `now`."""
+        """Live offers, open orders within the horizon, and capacity-holding contracts, as of `now` (plain
+        columns, not ORM objects: the snapshot reads thousands of rows and builds no identity map)."""
         horizon_end = now + self.slot_seconds * self.max_start_slots
-        offer_q = live_offers_query(now, heard_since=now_s() - self.heartbeat_timeout_seconds)
+        offer_q = live_offers_query(now, heard_since=now_s() - self.heartbeat_timeout_seconds).with_only_columns(
+            Offer.id,
+            Offer.version,
+            Offer.provider_id,
+            Pool.id.label("pool_id"),
+            Pool.devices.label("pool_devices"),
+            Site.id.label("site_id"),
+            Site.region,
+            Pool.model,
+            Pool.memory_gb,
+            Offer.devices,
+            Pool.devices_per_node,
+            Offer.window_start,
+            Offer.window_end,
+            Offer.min_lease_seconds,
+            Offer.ask_fen,
+            Offer.billing_modes,
+        )
         offers = [
             OfferRow(
                 offer_id=o.id,
                 offer_version=o.version,
                 provider_id=o.provider_id,
-                pool_id=p.id,
-                pool_devices=p.devices,
-                site_id=s.id,
-                region=s.region,
-                model=p.model,
-                memory_gb=p.memory_gb,
+                pool_id=o.pool_id,
+                pool_devices=o.pool_devices,
+                site_id=o.site_id,
+                region=o.region,
+                model=o.model,
+                memory_gb=o.memory_gb,
                 devices=o.devices,
-                devices_per_node=p.devices_per_node,
+                devices_per_node=o.devices_per_node,
                 window_start=o.window_start,
                 window_end=o.window_end,
                 min_lease_seconds=o.min_lease_seconds,
                 ask_fen=o.ask_fen,
                 billing_modes=tuple(o.billing_modes),
             )
-            for o, p, s in (await session.execute(offer_q)).all()
+            for o in (await session.execute(offer_q)).all()
         ]
         order_q = (
-            select(Order, Participant.home_region)
+            select(
+                Order.id,
+                Order.buyer_id,
+                Order.status,
+                Order.spec,
+                Order.quantity_devices,
+                Order.filled_devices,
+                Order.updated_at,
+                Order.created_at,
+                Participant.home_region,
+            )
             .join(Participant, Order.buyer_id == Participant.id)
             .where(
                 Order.status.in_(OPEN_ORDER_STATUSES),
@@ -366,7 +442,7 @@ class RoundService:
             .order_by(Order.created_at, Order.id)
         )
         orders = []
-        for o, home in (await session.execute(order_q)).all():
+        for o in (await session.execute(order_q)).all():
             earliest = o.spec.get("start_earliest")
             if earliest is not None and earliest > horizon_end:
                 continue
@@ -380,7 +456,7 @@ class RoundService:
                     filled_devices=o.filled_devices,
                     updated_at=o.updated_at,
                     created_at=o.created_at,
-                    home_region=home,
+                    home_region=o.home_region,
                 )
             )
         pool_ids = sorted({o.pool_id for o in offers})
@@ -395,16 +471,19 @@ class RoundService:
         ]
         return offers, orders, contracts
 
-    async def _holding(self, session: AsyncSession, pool_ids: Sequence[str], after: int) -> list[Contract]:
-        """Contracts on these pools that still hold capacity after `after`."""
+    async def _holding(self, session: AsyncSession, pool_ids: Sequence[str], after: int) -> list[Any]:
+        """Contracts on these pools that still hold capacity after `after` (id, pool_id, offer_id, devices,
+        start_at, end_at)."""
         if not pool_ids:
             return []
-        q = select(Contract).where(
+        q = select(
+            Contract.id, Contract.pool_id, Contract.offer_id, Contract.devices, Contract.start_at, Contract.end_at
+        ).where(
             Contract.pool_id.in_(pool_ids),
             Contract.status.not_in(RELEASED_CONTRACT_STATUSES),
             Contract.end_at > after,
         )
-        return list((await session.execute(q)).scalars())
+        return list((await session.execute(q)).all())
 
     async def snapshot(self, session: AsyncSession, wall: int | None = None) -> Snapshot:
         """The current market as a snapshot (clearing time: the next slot boundary)."""
@@ -473,16 +552,18 @@ class RoundService:
     async def _run_locked(self, trigger: str) -> RoundSummary:
         t0 = time.perf_counter()
         round_id = new_id_str()
-        async with self.sessions.begin() as session:
+        # the snapshot: a read transaction (on SQLite the read-only connection: requests keep the writer)
+        async with self.read_sessions.begin() as reader:
             if self.repeatable_snapshot:
-                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+                await reader.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            snap = await self.snapshot(reader)
+        market = snap.market
+        async with self.sessions.begin() as session:
             await session.execute(
                 update(Round)
                 .where(Round.status == "running")
                 .values(status="abandoned", finished_at=now_s(), error="the process running it stopped")
             )
-            snap = await self.snapshot(session)
-            market = snap.market
             session.add(
                 Round(
                     id=round_id,
@@ -501,8 +582,12 @@ class RoundService:
             digest, result = await self._solve(market)
             phases["solve_wait_seconds"] = time.perf_counter() - t1
             _kill_hook("after_solve")
+            t2 = time.perf_counter()
+            async with self.read_sessions.begin() as reader:
+                plan = await self._prepare(reader, round_id, snap, result)
+            phases["prepare_seconds"] = time.perf_counter() - t2
             async with self.sessions.begin() as session:
-                summary = await self._commit(session, round_id, trigger, snap, result, digest, phases)
+                summary = await self._commit(session, round_id, trigger, snap, result, digest, phases, plan)
                 _kill_hook("before_commit")
         except asyncio.CancelledError:
             log.warning("round %s abandoned: the exchange is shutting down", round_id)
@@ -539,6 +624,70 @@ class RoundService:
         except Exception:  # pragma: no cover - the database itself is failing; the caller logs the cause
             log.exception("could not mark round %s %s", round_id, status)
 
+    async def _rows_now(
+        self, session: AsyncSession, allocations: Sequence[Allocation], *, lock: bool
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The allocated offers, their pools and the allocated orders as they are now (plain columns; locked
+        FOR UPDATE in the write transaction)."""
+        offer_ids = sorted({a.pool_id for a in allocations})
+        order_ids = sorted({a.order_id for a in allocations})
+
+        async def rows(q: Any) -> dict[str, Any]:
+            q = q.with_for_update() if lock else q
+            return {r.id: r for r in (await session.execute(q)).all()}
+
+        offers = await rows(select(*OFFER_CHECK_COLUMNS).where(Offer.id.in_(offer_ids)).order_by(Offer.id))
+        pool_ids = sorted({o.pool_id for o in offers.values()})
+        pools = await rows(select(Pool.id, Pool.status, Pool.devices).where(Pool.id.in_(pool_ids)).order_by(Pool.id))
+        orders = await rows(select(*ORDER_CHECK_COLUMNS).where(Order.id.in_(order_ids)).order_by(Order.id))
+        return offers, pools, orders
+
+    async def _recheck(self, session: AsyncSession, offers: dict[str, Any], pools: dict[str, Any], now: int) -> Recheck:
+        """Capacity bookkeeping from every contract and federation hold on these pools after `now`."""
+        check = Recheck(
+            pool_caps={p.id: p.devices for p in pools.values() if p.status == "active"},
+            offer_caps={o.id: o.devices for o in offers.values()},
+        )
+        pool_ids = sorted(pools)
+        for c in await self._holding(session, pool_ids, now):
+            check.add(c.pool_id, c.offer_id, c.devices, c.start_at, c.end_at)
+        for h in await held_lines(session, pool_ids, now):  # federation holds reserve like contracts
+            check.add(h.pool_id, h.offer_id, h.devices, h.start_at, h.end_at)
+        return check
+
+    async def _prepare(self, session: AsyncSession, round_id: str, snap: Snapshot, result: ClearingResult) -> Plan:
+        """Before the write transaction, in a read transaction: check every allocation against the market as
+        it is now (drop_reason), build the kept orders' contracts and sign their log records. The commit
+        checks again under its locks and writes only what still passes; this moves the CPU work (contract
+        terms, canonical bytes, signatures) out of the transaction every request's write waits for."""
+        allocs: dict[str, list[Allocation]] = defaultdict(list)
+        for a in result.allocations:
+            allocs[a.order_id].append(a)
+        offers, pools, orders = await self._rows_now(session, result.allocations, lock=False)
+        check = await self._recheck(session, offers, pools, snap.market.now)
+        parties = {o.provider_id for o in offers.values()} | {o.buyer_id for o in orders.values()}
+        facts = await self.contracts.match_facts(session, sorted(pools), sorted(parties))
+        signer = await self.contracts.ledger.signer(session)
+        seq = {o.id: o.seq for o in snap.market.orders}
+        plan = Plan(key_id=signer[0], stats=result_to_dict(result))
+        for i, order_id in enumerate(sorted(allocs, key=lambda oid: seq.get(oid, 0))):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # CPU-bound loop: let the event loop serve requests meanwhile
+            pieces = allocs[order_id]
+            row = orders.get(order_id)
+            reason = drop_reason(row, snap.orders.get(order_id), pieces, offers, pools, check)
+            built = None
+            if reason is None and row is not None:
+                built = self._build_contracts(facts, round_id, row, pieces, offers)
+            plan.order_ids.append(order_id)
+            if built is None:
+                plan.dropped[order_id] = (pieces, reason or "contract_refused")
+                continue
+            for a in pieces:
+                check.add(offers[a.pool_id].pool_id, a.pool_id, a.devices, a.start, a.end)
+            plan.kept[order_id] = (pieces, built, self.contracts.sign_matched(built, facts, signer))
+        return plan
+
     async def _commit(
         self,
         session: AsyncSession,
@@ -548,75 +697,50 @@ class RoundService:
         result: ClearingResult,
         digest: str,
         phases: dict[str, float],
+        plan: Plan,
     ) -> RoundSummary:
-        """Re-check and write the round's contracts, fills, prices and statistics (one transaction).
-        `phases`: wall seconds of the round's earlier steps, stored in stats.round_phases with the commit's."""
+        """Re-check the prepared contracts under locks and write them with the round's fills, prices and
+        statistics (one transaction). `phases`: wall seconds of the round's earlier steps, stored in
+        stats.round_phases with the commit's."""
         t0 = time.perf_counter()
         market = snap.market
-        allocs: dict[str, list[Allocation]] = defaultdict(list)
-        for a in result.allocations:
-            allocs[a.order_id].append(a)
-        offer_ids = sorted({a.pool_id for a in result.allocations})
-        order_ids = sorted(allocs)
-        offers = {
-            o.id: o
-            for o in (
-                await session.execute(select(Offer).where(Offer.id.in_(offer_ids)).order_by(Offer.id).with_for_update())
-            ).scalars()
-        }
-        pool_ids = sorted({o.pool_id for o in offers.values()})
-        pools = {
-            p.id: p
-            for p in (
-                await session.execute(select(Pool).where(Pool.id.in_(pool_ids)).order_by(Pool.id).with_for_update())
-            ).scalars()
-        }
-        orders = {
-            o.id: o
-            for o in (
-                await session.execute(select(Order).where(Order.id.in_(order_ids)).order_by(Order.id).with_for_update())
-            ).scalars()
-        }
-        check = Recheck(
-            pool_caps={p.id: p.devices for p in pools.values() if p.status == "active"},
-            offer_caps={o.id: o.devices for o in offers.values()},
-        )
-        for c in await self._holding(session, pool_ids, market.now):
-            check.add(c.pool_id, c.offer_id, c.devices, c.start_at, c.end_at)
-        for h in await held_lines(session, pool_ids, market.now):  # federation holds reserve like contracts
-            check.add(h.pool_id, h.offer_id, h.devices, h.start_at, h.end_at)
-        seq = {o.id: o.seq for o in market.orders}
-        parties = {o.provider_id for o in offers.values()} | {o.buyer_id for o in orders.values()}
-        facts = await self.contracts.match_facts(session, pool_ids, sorted(parties))
+        kept_allocations = [a for pieces, _built, _signed in plan.kept.values() for a in pieces]
+        offers, pools, orders = await self._rows_now(session, kept_allocations, lock=True)
+        check = await self._recheck(session, offers, pools, market.now)
         made: list[Contract] = []
+        signed: list[SignedRecord] = []
+        fills: list[dict[str, Any]] = []
         matched_devices = 0
         matched_orders = 0
         dropped: list[dict[str, Any]] = []
         now = now_s()
-        for order_id in sorted(order_ids, key=lambda oid: seq.get(oid, 0)):
-            pieces = allocs[order_id]
+        for order_id in plan.order_ids:
+            if order_id in plan.dropped:
+                pieces, reason = plan.dropped[order_id]
+                dropped.extend(dropped_entry(a, reason) for a in pieces)
+                continue
+            pieces, built, records = plan.kept[order_id]
             row = orders.get(order_id)
-            reason = drop_reason(row, snap.orders.get(order_id), pieces, offers, pools, check)
-            built: list[Contract] | None = None
-            if reason is None and row is not None:
-                built = self._build_contracts(facts, round_id, row, pieces, offers)
-            if built is None or row is None:
-                dropped.extend(dropped_entry(a, reason or "contract_refused") for a in pieces)
+            later = drop_reason(row, snap.orders.get(order_id), pieces, offers, pools, check)
+            if later is not None or row is None:  # changed between the prepare step and the locks
+                dropped.extend(dropped_entry(a, later or "order_gone") for a in pieces)
                 continue
             for a in pieces:
                 check.add(offers[a.pool_id].pool_id, a.pool_id, a.devices, a.start, a.end)
             devices = sum(a.devices for a in pieces)
             made.extend(built)
+            signed.extend(records)
             matched_devices += devices
             matched_orders += 1
-            row.filled_devices += devices
-            full = row.quantity_devices is None or row.filled_devices >= row.quantity_devices
-            row.status = "filled" if full else "partially_filled"
-            row.updated_at = now
-        await self.contracts.add_matched(session, made, facts)  # one batch: the write phase stays short
+            filled = row.filled_devices + devices
+            full = row.quantity_devices is None or filled >= row.quantity_devices
+            fills.append({"id": order_id, "filled_devices": filled, "status": "filled" if full else "partially_filled"})
+        await self.contracts.write_matched(session, made, signed, plan.key_id)  # Core batches: the lock is short
+        if fills:  # ORM bulk UPDATE by primary key: one executemany
+            await session.execute(update(Order), [{**f, "updated_at": now} for f in fills])
         contract_ids = [c.id for c in made]
         expired = await self._expire(session, market.now)
-        stats = result_to_dict(result)
+        stats = plan.stats
         self._store_prices(session, round_id, result, now)
         values = {
             "status": "completed",
@@ -659,7 +783,7 @@ class RoundService:
         )
 
     def _build_contracts(
-        self, facts: MatchFacts, round_id: str, row: Order, pieces: Sequence[Allocation], offers: dict[str, Offer]
+        self, facts: MatchFacts, round_id: str, row: Any, pieces: Sequence[Allocation], offers: dict[str, Any]
     ) -> list[Contract] | None:
         """All contracts of one order, built but not written; None if one is refused (nothing of it is kept)."""
         try:

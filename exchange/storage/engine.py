@@ -52,6 +52,33 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
+def _sqlite_read_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """A reader: WAL (set by the writer too), read-only, the same busy timeout."""
+    _sqlite_on_connect(dbapi_connection, _record)
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+def _sqlite_read_on_begin(connection: Any) -> None:
+    """A deferred BEGIN: a WAL read transaction (one consistent snapshot) that never takes the write lock."""
+    connection.exec_driver_sql("BEGIN")
+
+
+def make_read_engine(url: str) -> AsyncEngine | None:
+    """For a SQLite file: a second engine of ONE read-only connection whose transactions never take the
+    write lock (WAL readers do not block the writer nor wait for it), so long reads such as a clearing
+    round's snapshot do not hold the one writing connection every request queues for. None for other
+    databases (their pooled connections already read concurrently)."""
+    url = normalize_database_url(url)
+    if not url.startswith("sqlite") or ":memory:" in url:
+        return None
+    engine = create_async_engine(url, pool_size=1, max_overflow=0)
+    event.listen(engine.sync_engine, "connect", _sqlite_read_on_connect)
+    event.listen(engine.sync_engine, "begin", _sqlite_read_on_begin)
+    return engine
+
+
 def make_sessionmaker(bind: Any, **kwargs: Any) -> async_sessionmaker[AsyncSession]:
     """Session factory; objects stay readable after commit (handlers serialize them afterwards)."""
     kwargs.setdefault("expire_on_commit", False)

@@ -6,14 +6,18 @@ with its reason; no pool or offer is ever oversold."""
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from exchange.client import HetexClient
+from exchange.storage.ledger import LogEntry
+from federation.dsse import verify_envelope
 from matching.model import ClearingResult, Market
 from tests.exchange.registration_support import Api, Capacity, capacity, make_api, order_body
 from tests.exchange.test_rounds_api import assert_capacity_respected, contracts_of, operator
@@ -37,6 +41,22 @@ def during_solve(api: Api, act: Callable[[], Awaitable[Any]]) -> None:
         return solved
 
     api.svc.rounds._solve = solve_then_act  # type: ignore[method-assign]
+
+
+def after_prepare(api: Api, act: Callable[[], Awaitable[Any]]) -> None:
+    """Run `act` after the round prepared its commit (contracts built, records signed, outside the write
+    transaction), before the write transaction takes its locks."""
+    prepare = api.svc.rounds._prepare
+
+    async def prepare_then_act(*args: Any) -> Any:
+        plan = await prepare(*args)
+        await act()
+        return plan
+
+    api.svc.rounds._prepare = prepare_then_act  # type: ignore[method-assign]
+
+
+HOOKS = {"during_solve": during_solve, "after_prepare": after_prepare}
 
 
 async def market_of_two_orders(api: Api) -> tuple[Capacity, HetexClient]:
@@ -82,11 +102,13 @@ async def test_amendments_that_keep_capacity_keep_every_allocation(api: Api, cha
         ({"billing_modes": ["subscription"]}, "billing_mode_withdrawn", 0),
     ],
 )
+@pytest.mark.parametrize("hook", sorted(HOOKS))
 async def test_amendments_that_reduce_capacity_win_and_are_named(
-    api: Api, change: dict[str, Any], reason: str, kept: int
+    api: Api, change: dict[str, Any], reason: str, kept: int, hook: str
 ) -> None:
+    """Also when the amendment lands after the commit was prepared: the write transaction checks again."""
     cap, _buyer = await market_of_two_orders(api)
-    during_solve(api, lambda: amend(cap, **change))
+    HOOKS[hook](api, lambda: amend(cap, **change))
     rnd = await (await operator(api)).request("POST", "/v1/rounds")
     assert rnd["status"] == "completed" and rnd["contracts"] == kept
     assert rnd["dropped_allocations"] == 2 - kept == len(rnd["dropped"])
@@ -105,10 +127,11 @@ async def test_a_withdrawn_offer_drops_its_allocations(api: Api) -> None:
     assert await contracts_of(api) == []
 
 
-async def test_a_cancelled_order_is_dropped_and_the_other_kept(api: Api) -> None:
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+async def test_a_cancelled_order_is_dropped_and_the_other_kept(api: Api, hook: str) -> None:
     cap, buyer = await market_of_two_orders(api)
     first = (await buyer.list_orders())["orders"][-1]["id"]
-    during_solve(api, lambda: buyer.cancel_order(first))
+    HOOKS[hook](api, lambda: buyer.cancel_order(first))
     rnd = await (await operator(api)).request("POST", "/v1/rounds")
     assert rnd["contracts"] == 1 and [(d["order_id"], d["reason"]) for d in rnd["dropped"]] == [
         (first, "order_changed")
@@ -120,3 +143,26 @@ async def test_a_cancelled_order_is_dropped_and_the_other_kept(api: Api) -> None
     public = await buyer.request("GET", f"/v1/rounds/{rnd['id']}", signed=False)
     assert "dropped" not in public and public["dropped_allocations"] == 1  # others see only the count
     assert cap.offer["id"] == rnd["dropped"][0]["offer_id"]
+
+
+async def test_a_key_rotation_after_prepare_signs_the_contracts_with_the_new_key(api: Api) -> None:
+    """Records signed ahead of the write transaction are signed again if the exchange key rotated meanwhile:
+    the log never holds a record signed by a key that was no longer current when it was appended."""
+    await market_of_two_orders(api)
+    old_id, _ = await api.svc.identity.signer_for()
+    after_prepare(api, lambda: api.svc.identity.rotate(api.svc.ledger, overlap_seconds=0))
+    rnd = await (await operator(api)).request("POST", "/v1/rounds")
+    new_id, _ = await api.svc.identity.signer_for()
+    assert rnd["contracts"] == 2 and new_id != old_id
+    made = await contracts_of(api)
+    async with api.svc.sessions() as session:
+        payloads = (
+            await session.scalars(select(LogEntry.payload).where(LogEntry.idx.in_([c.log_index for c in made])))
+        ).all()
+    assert len(payloads) == 2
+    ring = await api.svc.identity.keyring()
+    for payload in payloads:
+        envelope = json.loads(payload)
+        assert [s["keyid"] for s in envelope["signatures"]] == [new_id]
+        body = json.loads(verify_envelope(envelope, ring, payload_type="application/vnd.hetex.contract+json"))
+        assert body["contract_id"] in {c.id for c in made}
