@@ -84,8 +84,11 @@ def curve_pools(curve: SupplyCurve) -> list[Pool]:
     starts = [s for s, _ in curve.slots]
     first, last = min(starts), max(starts) + curve.slot_seconds
     out = []
+    every = range(first, last, curve.slot_seconds)  # a slot missing from the curve has nothing free
     for ask in curve.asks():
-        per_slot = {s: sum(n for a, n in ladder if a == ask) for s, ladder in curve.slots}
+        per_slot = dict.fromkeys(every, 0)
+        for s, ladder in curve.slots:
+            per_slot[s] += sum(n for a, n in ladder if a == ask)
         top = max(per_slot.values())
         reserved = tuple(
             Reservation(top - n, s, s + curve.slot_seconds) for s, n in sorted(per_slot.items()) if n < top
