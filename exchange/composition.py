@@ -11,6 +11,7 @@ from exchange.services.audit import AuditService
 from exchange.services.contracts import ContractService
 from exchange.services.federation import FederationService
 from exchange.services.health import HealthService
+from exchange.services.hub import HubService
 from exchange.services.identity import IdentityService
 from exchange.services.ledger import LedgerService
 from exchange.services.nonces import NonceStore
@@ -42,6 +43,7 @@ class Services:
     identity: IdentityService
     ledger: LedgerService
     federation: FederationService
+    hub: HubService
     audit: AuditService
     participants: ParticipantService
     registration: RegistrationService
@@ -88,6 +90,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         disclosure_min_orders=settings.disclosure_min_orders,
     )
     federation.seller_lock = lambda: rounds.lock.hold(settings.federation_peer_timeout_seconds)
+    hub = HubService(sessions, settings, federation, catalogue, regions)
     return Services(
         settings=settings,
         engine=engine,
@@ -99,6 +102,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         identity=identity,
         ledger=ledger,
         federation=federation,
+        hub=hub,
         audit=AuditService(sessions, ledger, identity, catalogue, settings.exports_dir, settings.authority),
         participants=ParticipantService(sessions, regions, settings.signature_window_seconds, nonces),
         registration=RegistrationService(

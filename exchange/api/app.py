@@ -8,6 +8,7 @@ from exchange.api import (
     audit,
     contracts,
     federation,
+    hub,
     ledger,
     openapi,
     orders,
@@ -37,6 +38,7 @@ ROUTE_TABLES = [
     settlements.routes,
     audit.routes,
     federation.routes,
+    hub.routes,
     rounds.routes,
 ]
 

@@ -199,11 +199,13 @@ async def stats(request: web.Request) -> web.Response:
 async def federation_tasks(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: run the federation loops (summaries, resync, forwarding, hold sweeper) while serving."""
     svc = app[SERVICES]
-    tasks: list[asyncio.Task[None]] = [asyncio.create_task(loop) for loop in svc.federation.background_tasks()]
+    loops = [*svc.federation.background_tasks(), *svc.hub.background_tasks()]
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(loop) for loop in loops]
     yield
     for task in tasks:
         task.cancel()
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await svc.hub.close()
     await svc.federation.close()

@@ -616,7 +616,18 @@ OPS: tuple[Op, ...] = (
             ("/v1/federation/holds/{id}/commit", "peerCommitHold", "A peer commits a hold with contracts it signed"),
             ("/v1/federation/holds/{id}/release", "peerReleaseHold", "A peer releases a hold"),
             ("/v1/federation/mirror", "peerMirror", "A peer mirrors usage and settlement of its contracts with us"),
+            ("/v1/federation/hub/summaries", "hubPushSupply", "A member pushes its signed supply summary to its hub"),
+            ("/v1/federation/hub/demand", "hubPushDemand", "A member sends its hub the orders it could not fill"),
+            ("/v1/federation/hub/routes", "hubPushRoutes", "The hub sends a member the owners to ask for its orders"),
         )
+    ),
+    Op(
+        "get",
+        "/v1/federation/hub",
+        "federationHub",
+        "Hub role and state: members, rounds, the last round's figures",
+        "federation",
+        response=FED_OBJECT,
     ),
     Op(
         "get",

@@ -1290,9 +1290,13 @@ class FederationService:
         if problems:
             raise ValidationError(f"held line breaks the order: {', '.join(problems)}", field="lines")
 
-    async def forward_order(self, order_id: str) -> dict[str, Any]:
+    async def forward_order(
+        self, order_id: str, plan: Sequence[tuple[str, int, str, str]] | None = None
+    ) -> dict[str, Any]:
         """Offer an open local order to peers whose summaries could fill it; commit the holds if they add up
-        to what the order needs (all-or-nothing honoured across peers), else release them all."""
+        to what the order needs (all-or-nothing honoured across peers), else release them all. With a hub's
+        `plan` ((owner, devices, model, region), ...: exchange.services.hub), exactly those owners are asked
+        for exactly those devices of those classes, each all or nothing."""
         t0 = time.perf_counter()
         now = self.clock()
         async with self.sessions() as session:
@@ -1317,10 +1321,20 @@ class FederationService:
             need_min = max(1, int(terms["min_fill_devices"] or 1) - order.filled_devices)
         candidates = []
         for peer, summary in summaries:
-            if summary.fillable(terms["models"], terms["regions"], terms["limits"]) > 0:
+            if plan is None and summary.fillable(terms["models"], terms["regions"], terms["limits"]) > 0:
                 best = summary.best_ask(terms["models"], terms["regions"])
                 candidates.append((best if best is not None else 1 << 62, peer.authority, peer))
         candidates.sort(key=lambda c: (c[0], c[1]))
+        planned: dict[str, tuple[int, list[str], list[str]]] = {}
+        if plan is not None:
+            known = {p.authority: p for p in await self.peers()}
+            for owner, n, model, region in plan:
+                if owner not in known:
+                    continue
+                if owner not in planned:
+                    candidates.append((0, owner, known[owner]))
+                had, ms, rs = planned.get(owner, (0, [], []))
+                planned[owner] = (had + n, sorted({*ms, model}), sorted({*rs, region}))
         if not candidates:
             return {"status": "no_peer"}
         # a shaped order (pool cap, one model, one site/region) is placed by one owner: each is asked for all
@@ -1333,6 +1347,10 @@ class FederationService:
             if total >= remaining:
                 break
             want = remaining - total
+            models, regions, floor = terms["models"], terms["regions"], need_min if shaped else 1
+            if peer.authority in planned:
+                want, models, regions = planned[peer.authority]
+                floor = want
             msg = self.client.build(
                 peer,
                 "order_offer",
@@ -1340,12 +1358,12 @@ class FederationService:
                     "order": {
                         "origin_order_id": order.id,
                         "buyer_id": order.buyer_id,
-                        "models": terms["models"],
-                        "regions": terms["regions"],
+                        "models": models,
+                        "regions": regions,
                         "limits": terms["limits"],
                         "billing_mode": terms["billing_mode"],
                         "devices_max": want,
-                        "devices_min": need_min if shaped else 1,
+                        "devices_min": floor,
                         "start_at": start,
                         "end_at": end,
                         **shaped,
@@ -1929,7 +1947,8 @@ class FederationService:
                 wake.clear()
 
     async def _forward_tick(self) -> None:
-        await self.forward_open_orders()
+        if not self.settings.federation_hub:  # a member of a hub forwards only what the hub routes
+            await self.forward_open_orders()
         await self.deliver_outbox()
 
     async def _publish_tick(self) -> None:
