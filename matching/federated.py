@@ -160,8 +160,10 @@ def hub_market(
     fee_bps: int = 0,
     seed: int = 0,
 ) -> Market:
-    """The market a hub clears: members' curves as pools, their unmet orders as orders."""
-    pools = tuple(p for c in curves for p in curve_pools(c))
+    """The market a hub clears: members' curves as pools, their unmet orders as orders. Curves carry no
+    billing modes: every curve pool accepts the orders' modes (the owner checks its offers' at hold time)."""
+    modes = tuple(sorted({"reserved", *(o.billing_mode for o in orders)}))
+    pools = tuple(replace(p, billing_modes=modes) for c in curves for p in curve_pools(c))
     return Market(
         now=now,
         pools=pools,

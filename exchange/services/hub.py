@@ -55,6 +55,7 @@ log = logging.getLogger("hetex.hub")
 MAX_DEMAND = 2000
 MAX_ROUTES = 4000
 HORIZON_SLOTS = 8
+SUMMARY_SLOT_SECONDS = 3600
 
 
 def curve_of(owner: str, c: SupplyClass, slot_seconds: int) -> SupplyCurve:
@@ -191,7 +192,7 @@ class HubService:
     async def build_supply(self) -> SupplySummary:
         """Our free capacity per (region, model) and slot over the next slots, as ask ladders."""
         now = self.clock()
-        slot = self.settings.round_slot_seconds
+        slot = max(self.settings.round_slot_seconds, SUMMARY_SLOT_SECONDS)  # hour slots: leases fit the horizon
         slot0 = now - now % slot
         acc: dict[tuple[str, str], dict[int, dict[int, int]]] = {}
         biggest: dict[tuple[str, str], int] = {}
