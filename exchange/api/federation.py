@@ -1,6 +1,6 @@
 """Handlers for the federation API: peer messages (signed by a peer exchange key), signed and public reads.
 
-Peer POST routes verify their own signatures (FederationService.handle): the auth middleware lets POSTs
+Peer POST routes verify their own signatures (Federation.handle): the auth middleware lets POSTs
 under PEER_PATH_PREFIX through to these handlers. GETs go through the ordinary participant authentication:
 contracts, holds, mirrored records, events and peers need a request signed by the operator or by a peer
 exchange (its key is registered as a participant of role peer when the peer is added), and a peer sees only
@@ -114,38 +114,38 @@ async def mirror(request: web.Request) -> web.Response:
 @routes.get("/v1/federation/identity")
 async def identity(request: web.Request) -> web.Response:
     """This exchange's authority, origin, URL and key (what peers need to add it)."""
-    return _json(services(request).federation.identity_view())
+    return _json(services(request).federation.ctx.identity_view())
 
 
 @routes.get("/v1/federation/peers")
 async def peers(request: web.Request) -> web.Response:
     """Known peers with reachability, log consistency, last checkpoint and summary (operator only)."""
     who = require_principal(request)
-    return _json({"peers": await services(request).federation.peers_for(who)})
+    return _json({"peers": await services(request).federation.reads.peers_for(who)})
 
 
 @routes.get("/v1/federation/keys")
 async def keys(request: web.Request) -> web.Response:
     """This exchange's key and its peers' keys (trusted for two-party and mirrored records)."""
-    return _json(await services(request).federation.keys_view())
+    return _json(await services(request).federation.peers.keys_view())
 
 
 @routes.get("/v1/federation/summaries")
 async def summaries(request: web.Request) -> web.Response:
     """Every capacity summary kept (own and peers'), with freshness."""
-    return _json({"summaries": await services(request).federation.summaries_view()})
+    return _json({"summaries": await services(request).federation.summaries.summaries_view()})
 
 
 @routes.get("/v1/federation/summary")
 async def own_summary(request: web.Request) -> web.Response:
     """This exchange's current signed capacity summary (DSSE envelope)."""
-    return _json(await services(request).federation.own_summary())
+    return _json(await services(request).federation.summaries.own_summary())
 
 
 @routes.get("/v1/federation/checkpoint")
 async def checkpoint(request: web.Request) -> web.Response:
     """This exchange's latest signed log checkpoint (peers verify consistency against it)."""
-    return _json(await services(request).federation.own_checkpoint())
+    return _json(await services(request).federation.resync.own_checkpoint())
 
 
 @routes.get("/v1/federation/consistency")
@@ -153,7 +153,7 @@ async def consistency(request: web.Request) -> web.Response:
     """Consistency proof between two sizes of this exchange's log."""
     from_param, to_param = CONSISTENCY_QUERY
     size1, size2 = from_param.value(request, 0), to_param.value(request, 0)
-    return _json(await services(request).federation.own_consistency(size1, size2))
+    return _json(await services(request).federation.resync.own_consistency(size1, size2))
 
 
 @routes.get("/v1/federation/contracts")
@@ -162,7 +162,7 @@ async def contracts(request: web.Request) -> web.Response:
     who = require_principal(request)
     fed = services(request).federation
     peer, order_id = (p.parse(request) for p in CONTRACTS_QUERY)
-    return _json({"contracts": await fed.contracts_for(who, peer, order_id)})
+    return _json({"contracts": await fed.reads.contracts_for(who, peer, order_id)})
 
 
 @routes.get("/v1/federation/holds")
@@ -170,7 +170,7 @@ async def holds(request: web.Request) -> web.Response:
     """Holds this exchange granted to peers (operator: all; a peer exchange: its own)."""
     who = require_principal(request)
     status = HOLDS_QUERY[0].parse(request)
-    return _json({"holds": await services(request).federation.holds_for(who, status)})
+    return _json({"holds": await services(request).federation.reads.holds_for(who, status)})
 
 
 @routes.get("/v1/federation/mirrored")
@@ -178,7 +178,7 @@ async def mirrored(request: web.Request) -> web.Response:
     """Usage and settlement records mirrored here from owning exchanges (operator: all; a peer: its own)."""
     who = require_principal(request)
     fed = services(request).federation
-    return _json({"records": await fed.mirrored_for(who, MIRRORED_QUERY[0].parse(request))})
+    return _json({"records": await fed.reads.mirrored_for(who, MIRRORED_QUERY[0].parse(request))})
 
 
 @routes.get("/v1/federation/events")
@@ -187,7 +187,7 @@ async def events(request: web.Request) -> web.Response:
     who = require_principal(request)
     limit_param, kind_param = EVENTS_QUERY
     limit, kind = limit_param.value(request, 100), kind_param.parse(request)
-    return _json({"events": await services(request).federation.events_for(who, limit, kind)})
+    return _json({"events": await services(request).federation.reads.events_for(who, limit, kind)})
 
 
 @routes.get("/v1/federation/stats")
