@@ -1,6 +1,6 @@
 """Handlers for the federation API: peer messages (signed by a peer exchange key), signed and public reads.
 
-Peer POST routes verify their own signatures (FederationService.handle): the auth middleware lets POSTs
+Peer POST routes verify their own signatures (Federation.handle): the auth middleware lets POSTs
 under PEER_PATH_PREFIX through to these handlers. GETs go through the ordinary participant authentication:
 contracts, holds, mirrored records, events and peers need a request signed by the operator or by a peer
 exchange (its key is registered as a participant of role peer when the peer is added), and a peer sees only
@@ -165,7 +165,7 @@ async def mirror(request: web.Request, args: Args) -> web.Response:
 )
 async def identity(request: web.Request, args: Args) -> web.Response:
     """This exchange's authority, origin, URL and key (what peers need to add it)."""
-    return _json(services(request).federation.identity_view())
+    return _json(services(request).federation.ctx.identity_view())
 
 
 @routes.get(
@@ -177,7 +177,7 @@ async def identity(request: web.Request, args: Args) -> web.Response:
 )
 async def peers(request: web.Request, args: Args) -> web.Response:
     """Known peers with reachability, log consistency, last checkpoint and summary (operator only)."""
-    return _json({"peers": await services(request).federation.peers_for(args.who)})
+    return _json({"peers": await services(request).federation.reads.peers_for(args.who)})
 
 
 @routes.get(
@@ -188,7 +188,7 @@ async def peers(request: web.Request, args: Args) -> web.Response:
 )
 async def keys(request: web.Request, args: Args) -> web.Response:
     """This exchange's key and its peers' keys (trusted for two-party and mirrored records)."""
-    return _json(await services(request).federation.keys_view())
+    return _json(await services(request).federation.peers.keys_view())
 
 
 @routes.get(
@@ -199,7 +199,7 @@ async def keys(request: web.Request, args: Args) -> web.Response:
 )
 async def summaries(request: web.Request, args: Args) -> web.Response:
     """Every capacity summary kept (own and peers'), with freshness."""
-    return _json({"summaries": await services(request).federation.summaries_view()})
+    return _json({"summaries": await services(request).federation.summaries.summaries_view()})
 
 
 @routes.get(
@@ -210,7 +210,7 @@ async def summaries(request: web.Request, args: Args) -> web.Response:
 )
 async def own_summary(request: web.Request, args: Args) -> web.Response:
     """This exchange's current signed capacity summary (DSSE envelope)."""
-    return _json(await services(request).federation.own_summary())
+    return _json(await services(request).federation.summaries.own_summary())
 
 
 @routes.get(
@@ -221,7 +221,7 @@ async def own_summary(request: web.Request, args: Args) -> web.Response:
 )
 async def checkpoint(request: web.Request, args: Args) -> web.Response:
     """This exchange's latest signed log checkpoint (peers verify consistency against it)."""
-    return _json(await services(request).federation.own_checkpoint())
+    return _json(await services(request).federation.resync.own_checkpoint())
 
 
 @routes.get(
@@ -235,7 +235,7 @@ async def checkpoint(request: web.Request, args: Args) -> web.Response:
 async def consistency(request: web.Request, args: Args) -> web.Response:
     """Consistency proof between two sizes of this exchange's log."""
     from_param, to_param = CONSISTENCY_QUERY
-    return _json(await services(request).federation.own_consistency(args[from_param], args[to_param]))
+    return _json(await services(request).federation.resync.own_consistency(args[from_param], args[to_param]))
 
 
 @routes.get(
@@ -249,7 +249,7 @@ async def consistency(request: web.Request, args: Args) -> web.Response:
 async def contracts(request: web.Request, args: Args) -> web.Response:
     """Cross-exchange contracts known here (operator: all; a peer exchange: those with it)."""
     peer, order_id = (args.get(p) for p in CONTRACTS_QUERY)
-    return _json({"contracts": await services(request).federation.contracts_for(args.who, peer, order_id)})
+    return _json({"contracts": await services(request).federation.reads.contracts_for(args.who, peer, order_id)})
 
 
 @routes.get(
@@ -262,7 +262,7 @@ async def contracts(request: web.Request, args: Args) -> web.Response:
 )
 async def holds(request: web.Request, args: Args) -> web.Response:
     """Holds this exchange granted to peers (operator: all; a peer exchange: its own)."""
-    return _json({"holds": await services(request).federation.holds_for(args.who, args.get(HOLDS_QUERY[0]))})
+    return _json({"holds": await services(request).federation.reads.holds_for(args.who, args.get(HOLDS_QUERY[0]))})
 
 
 @routes.get(
@@ -276,7 +276,7 @@ async def holds(request: web.Request, args: Args) -> web.Response:
 async def mirrored(request: web.Request, args: Args) -> web.Response:
     """Usage and settlement records mirrored here from owning exchanges (operator: all; a peer: its own)."""
     fed = services(request).federation
-    return _json({"records": await fed.mirrored_for(args.who, args.get(MIRRORED_QUERY[0]))})
+    return _json({"records": await fed.reads.mirrored_for(args.who, args.get(MIRRORED_QUERY[0]))})
 
 
 @routes.get(
@@ -291,7 +291,9 @@ async def mirrored(request: web.Request, args: Args) -> web.Response:
 async def events(request: web.Request, args: Args) -> web.Response:
     """Refused peer summaries, log inconsistencies, expired holds (newest first; operator only)."""
     limit_param, kind_param = EVENTS_QUERY
-    found = await services(request).federation.events_for(args.who, args.get(limit_param, 100), args.get(kind_param))
+    found = await services(request).federation.reads.events_for(
+        args.who, args.get(limit_param, 100), args.get(kind_param)
+    )
     return _json({"events": found})
 
 
