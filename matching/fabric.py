@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
-from matching.baselines import greedy
 from matching.clearing import clear
 from matching.federated import Route, SupplyCurve, clear_hub, curves_of, routed_order
 from matching.generators import MODELS, NOW, _Gen, scu_of
@@ -275,7 +274,7 @@ def clear_greedy_fabric(fabric: Fabric, progress: Progress | None = None) -> Out
                 ranked.append((best, m))
         for _, m in sorted(ranked):
             out.peer_messages += 1  # order_offer
-            res = greedy(replace(fabric.market, pools=tuple(left[m]), orders=(o,)))
+            res = clear(replace(fabric.market, pools=tuple(left[m]), orders=(o,)), method="greedy", prices=False)
             if res.allocations:
                 out.peer_messages += 1  # hold_commit
                 left[m] = reserve(left[m], res.allocations)

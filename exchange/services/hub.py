@@ -28,7 +28,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from exchange.services.federation import OPEN_ORDER, FederationService
+from exchange.services.federation import Federation
+from exchange.services.federation.context import OPEN_ORDER
 from exchange.services.federation_capacity import IN_FLIGHT_STATUSES, free_tranches
 from exchange.services.peer_client import PeerRefusedError, PeerUnavailableError
 from exchange.services.snapshot import OrderRow, latency_matrix, market_order
@@ -106,7 +107,7 @@ class HubService:
         self,
         sessions: async_sessionmaker[AsyncSession],
         settings: Settings,
-        federation: FederationService,
+        federation: Federation,
         catalogue: Catalogue,
         regions: RegionTable,
     ) -> None:
@@ -115,7 +116,7 @@ class HubService:
         self.federation = federation
         self.catalogue = catalogue
         self.regions = regions
-        self.clock = federation.clock
+        self.clock = federation.ctx.clock
         self.is_hub = settings.federation_hub_mode
         self.hub_authority = settings.federation_hub or None
         # hub side, soft state
@@ -133,7 +134,7 @@ class HubService:
 
     async def handle(self, kind: str, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes) -> Any:
         """Verify and dispatch one hub message (the entry point of the /v1/federation/hub/* routes)."""
-        v = await self.federation.verify_inbound(method, url, headers, body, kind)
+        v = await self.federation.gate.verify_inbound(method, url, headers, body, kind)
         self.counts[f"received_{kind}"] += 1
         if kind == "supply_summary":
             return self.receive_supply(v)
@@ -180,7 +181,7 @@ class HubService:
 
     async def _forward(self, order_id: str, plan: list[tuple[str, int, str, str]], t0: float) -> None:
         try:
-            outcome = await self.federation.forward_order(order_id, plan)
+            outcome = await self.federation.outbound.forward_order(order_id, plan)
         except HetexError as exc:
             outcome = {"status": "error", "error": exc.message}
         self.counts[f"routed_{outcome.get('status')}"] += 1
@@ -237,7 +238,7 @@ class HubService:
             )
         self._version = max(self._version + 1, time.time_ns() // 1_000_000)
         ttl = self.settings.federation_summary_ttl_seconds
-        return SupplySummary(self.federation.authority, self._version, now, now + ttl, slot, tuple(classes))
+        return SupplySummary(self.federation.ctx.authority, self._version, now, now + ttl, slot, tuple(classes))
 
     async def unmet_demand(self) -> list[Order]:
         """Open device orders older than `federation_forward_after_seconds` and not in flight at a peer."""
@@ -271,8 +272,8 @@ class HubService:
         """Send the hub our supply summary (a hub: the aggregate of its members') and our unmet demand."""
         if self.hub_authority is None:
             return {"status": "no_hub"}
-        hub = await self.federation.peer(self.hub_authority)
-        me = self.federation.me
+        hub = await self.federation.peers.peer(self.hub_authority)
+        me = self.federation.ctx.me
         if self.is_hub:
             now = self.clock()
             fresh = [s for s in self.supply.values() if s.expires_at > now]
@@ -281,7 +282,7 @@ class HubService:
             summary = aggregate(me.authority, fresh, version=self._version, issued_at=now, expires_at=now + ttl)
         else:
             summary = await self.build_supply()
-        client = self.federation.client
+        client = self.federation.ctx.client
         env = sign_supply_summary(summary, me.key_id, me.key)
         await client.send(hub, "/v1/federation/hub/summaries", client.build(hub, "supply_summary", {"summary": env}))
         demand = await self.unmet_demand()
@@ -346,10 +347,10 @@ class HubService:
         return {"status": "cleared", **self.last_round}
 
     async def _send_routes(self, by_buyer: Mapping[str, list[Route]]) -> dict[str, str]:
-        client = self.federation.client
+        client = self.federation.ctx.client
 
         async def one(member: str, rs: list[Route]) -> tuple[str, str]:
-            peer = await self.federation.peer(member)
+            peer = await self.federation.peers.peer(member)
             prefix = f"{member}/"
             body = {
                 "round": self.rounds,
