@@ -11,7 +11,6 @@ the exchange publishes for anyone to verify (signed documents, log proofs, aggre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,6 +21,8 @@ from exchange.api.auth import require_principal, target_uri
 from exchange.api.keys import SERVICES, services
 from exchange.api.metrics import METRICS
 from exchange.api.params import ChoiceParam, IntParam, TextParam, uuid_param
+from exchange.composition import Services
+from exchange.services.lease import Fence
 from exchange.storage.federation import HOLD_STATUSES
 from identifiers.errors import AuthenticationError
 
@@ -196,14 +197,24 @@ async def stats(request: web.Request) -> web.Response:
     return _json(services(request).federation.stats())
 
 
+def register_federation_duty(svc: Services) -> None:
+    """The federation loops (summaries, resync, forwarding, hold sweeper) become a duty of the lease holder."""
+
+    async def duty(_fence: Fence | None, stop: asyncio.Event) -> None:
+        tasks = [asyncio.create_task(loop) for loop in svc.federation.background_tasks()]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    svc.lease.add_duty("federation", duty)
+
+
 async def federation_tasks(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: run the federation loops (summaries, resync, forwarding, hold sweeper) while serving."""
+    """cleanup_ctx: after the duties lease stopped its loops, close the federation clients."""
     svc = app[SERVICES]
-    tasks: list[asyncio.Task[None]] = [asyncio.create_task(loop) for loop in svc.federation.background_tasks()]
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await svc.lease.shutdown()
     await svc.federation.close()
