@@ -10,6 +10,7 @@ import sys
 from exchange.cli import bench_api
 from exchange.cli.bench_match import register_match
 from exchange.cli.bench_web import register_web
+from exchange.cli.bench_workers import register_workers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_match(bsub)
     register_round_load(bsub)
     register_web(bsub)
+    register_workers(bsub)
 
 
 def register_ledger(bsub: argparse._SubParsersAction) -> None:
