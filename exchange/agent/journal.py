@@ -58,6 +58,7 @@ class Journal:
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA journal_size_limit=1048576")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -179,13 +180,10 @@ class Journal:
         return out
 
     def size_bytes(self) -> int:
-        """Bytes on disk (database + WAL)."""
-        total = 0
-        for suffix in ("", "-wal", "-shm"):
-            p = Path(str(self.path) + suffix)
-            if p.exists():
-                total += p.stat().st_size
-        return total
+        """Bytes the journal's pages take (the write-ahead log is checkpointed and truncated to 1 MiB)."""
+        pages = int(self.db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])  # pages freed by pruning are reused
+        return (pages - free) * int(self.db.execute("PRAGMA page_size").fetchone()[0])
 
     @property
     def full(self) -> bool:
