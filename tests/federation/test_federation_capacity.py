@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exchange.services.federation import ForwardedOrder
+from exchange.services.federation.wire import ForwardedOrder
 from exchange.services.federation_capacity import (
     Shape,
     Tranche,
