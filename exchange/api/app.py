@@ -6,7 +6,7 @@ from aiohttp import web
 
 from exchange.api import duties, ledger, rounds
 from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
-from exchange.api.boundary import boundary_middleware
+from exchange.api.boundary import body_middleware, boundary_middleware
 from exchange.api.connections import body_timeout_middleware
 from exchange.api.keys import SERVICES
 from exchange.api.metrics import METRICS, ApiMetrics, metrics_middleware
@@ -21,7 +21,14 @@ ROUTE_TABLES = TABLES
 def create_app(svc: Services) -> web.Application:
     """The HTTP application for one set of services (the caller owns their lifecycle)."""
     body_timeout = body_timeout_middleware(svc.settings.http_body_timeout_seconds)
-    middlewares = [metrics_middleware, problem_middleware, body_timeout, boundary_middleware, auth_middleware]
+    middlewares = [
+        metrics_middleware,
+        problem_middleware,
+        body_timeout,
+        boundary_middleware,  # path/query values; a body only when authentication needs it
+        auth_middleware,
+        body_middleware,  # every other body, once its signature verified
+    ]
     app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[SERVICES] = svc
     app[METRICS] = ApiMetrics()

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from exchange.api.boundary import PARSED_BODY
+from exchange.api.boundary import PARSED_BODY, REGISTRATION_PATH, SELF_VERIFIED_PREFIXES
 from exchange.api.keys import services
 from exchange.services.nonces import NonceClaim
 from exchange.services.participants import participant_key_id
@@ -27,11 +27,9 @@ from federation.httpsig import parse_request_signature, verify_parsed
 from federation.keys import VerifyKey
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: Paths whose POST handlers verify request signatures themselves (exchange.api.federation: peer exchange
-#: keys, destination-bound messages). GETs there go through the ordinary participant authentication: a peer
-#: exchange's key is a participant of role peer, so its signed reads are verified here like any other.
-SELF_VERIFIED_PREFIXES = ("/v1/federation/",)
-REGISTRATION_PATH = "/v1/participants"
+# SELF_VERIFIED_PREFIXES (boundary): POSTs there are verified by their handlers. GETs there go through the
+# ordinary participant authentication: a peer exchange's key is a participant of role peer, so its signed reads
+# are verified here like any other.
 KEY_CACHE_SECONDS = 60.0
 
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -1,9 +1,13 @@
 """The input boundary: every request body, path and query value is checked here before anything else runs.
 
 One bounded JSON parser (`load_json`: size cap, nesting-depth cap, no NaN/Infinity, no lone surrogates, no
-integers beyond what RFC 8785 represents, no NUL or other control characters in any string or key) and one
-middleware that applies it to every body of a state-changing request, and refuses control characters in
-path and query values, before authentication. Handlers read the parsed body with `parsed_body`.
+integers beyond what RFC 8785 represents, no NUL or other control characters in any string or key) applied to
+every body of a state-changing request, and a refusal of control characters in path and query values.
+`boundary_middleware` runs before authentication: it checks path and query values, and parses the body only
+when authentication needs it (`parse_before_auth`: a registration carries its key in its body; federation
+handlers verify peer signatures from it). Every other body is parsed by `body_middleware` after its signature
+verified, so an unauthenticated request costs the header checks, not a JSON parse of up to 1 MiB.
+Handlers read the parsed body with `parsed_body`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ CONTROL_CHARS: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 URL_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+#: POST here is signed by the key its own body carries (proof of possession): authentication reads the body.
+REGISTRATION_PATH: Final = "/v1/participants"
+#: Paths whose POST handlers verify request signatures themselves (exchange.api.federation: peer exchange keys,
+#: destination-bound messages), from the parsed body.
+SELF_VERIFIED_PREFIXES: Final = ("/v1/federation/",)
 PARSED_BODY: Final = web.RequestKey("parsed_body", object)
 _EMPTY: Final = object()
 
@@ -164,14 +173,43 @@ def _console_form(request: web.Request) -> bool:
     return request.content_type in FORM_TYPES and not request.path.startswith("/v1/")
 
 
+def _has_body(request: web.Request) -> bool:
+    """A state-changing request whose body the boundary parses (web-console forms parse their own)."""
+    return request.method not in SAFE_METHODS and not _console_form(request)
+
+
+def parse_before_auth(request: web.Request) -> bool:
+    """Whether authentication needs the parsed body: a signed registration (its key is in its body), a
+    federation POST (verified by its handler), anything outside the API. An unsigned registration is
+    refused by authentication without it."""
+    path = request.path
+    if not path.startswith("/v1/") or path.startswith(SELF_VERIFIED_PREFIXES):
+        return True
+    if path == REGISTRATION_PATH and request.method == "POST":
+        return "Signature" in request.headers or "Signature-Input" in request.headers
+    return False
+
+
+async def _parse_body(request: web.Request) -> None:
+    raw = await request.read()
+    request[PARSED_BODY] = load_json(raw) if raw else None
+
+
 @web.middleware
 async def boundary_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Check path/query values; parse every body of a state-changing request with `load_json` (before auth)."""
+    """Before authentication: check path/query values; parse the body only when authentication needs it."""
     if request.match_info.http_exception is not None:
         return await handler(request)
     if request.path.startswith("/v1/"):
         check_url_values(request)  # web-console pages check their own query values and answer with a page
-    if request.method not in SAFE_METHODS and not _console_form(request):
-        raw = await request.read()
-        request[PARSED_BODY] = load_json(raw) if raw else None
+    if _has_body(request) and parse_before_auth(request):
+        await _parse_body(request)
+    return await handler(request)
+
+
+@web.middleware
+async def body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """After authentication: parse the body of a state-changing request that boundary_middleware left."""
+    if request.match_info.http_exception is None and _has_body(request) and PARSED_BODY not in request:
+        await _parse_body(request)
     return await handler(request)

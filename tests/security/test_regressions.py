@@ -47,9 +47,55 @@ async def refused(world: World, method: str, path: str, body: Any, *, signed: bo
 
 
 async def test_deep_json_is_refused_before_the_signature(world: World) -> None:
-    for path in ["/v1/participants", "/v1/orders", "/v1/offers", "/v1/audit/exports"]:
+    """A registration carries its key in its body, so its body is parsed first (400); every other body is
+    parsed only once its signature verified, so junk signatures are refused 401 without the parse."""
+    problem = await refused(world, "POST", "/v1/participants", DEEP, signed=False, headers=JUNK_SIGNATURE)
+    assert problem["status"] == 400 and problem["code"] == "body_too_deep" and problem["field"] == "body"
+    for path in ["/v1/orders", "/v1/offers", "/v1/audit/exports"]:
         problem = await refused(world, "POST", path, DEEP, signed=False, headers=JUNK_SIGNATURE)
-        assert problem["status"] == 400 and problem["code"] == "body_too_deep" and problem["field"] == "body"
+        assert problem["status"] == 401, problem
+
+
+@pytest.mark.parametrize("path", ["/v1/orders", "/v1/offers", "/v1/participants", "/v1/audit/exports"])
+async def test_an_unauthenticated_body_is_never_parsed(world: World, path: str) -> None:
+    """Issue 11 item 4: unsigned or junk-signed, a body that is not even JSON is refused 401 (its parse would
+    have said 400), so an unauthenticated 1 MiB body costs no JSON parse; signed by a participant, 400."""
+    junk = b"{not json" + b" " * 1000
+    for headers in ({}, JUNK_SIGNATURE):
+        if path == "/v1/participants" and headers:
+            continue  # a signed registration is parsed first: its key is in its body
+        problem = await refused(world, "POST", path, junk, signed=False, headers=headers)
+        assert problem["status"] == 401, problem
+    if path != "/v1/participants":
+        problem = await refused(world, "POST", path, junk, headers={"Idempotency-Key": "nj"})
+        assert problem["status"] == 400 and problem["code"] == "malformed_input"
+
+
+async def test_a_refused_signed_request_cannot_be_replayed_and_a_corrected_one_goes_through(world: World) -> None:
+    """Issue 11 item 3 (specs/signing.md section 7): a verified signature's nonce is used up even when the
+    request is refused, so the very same bytes are refused again; the corrected request is signed anew (new
+    nonce) and accepted. Order submission records its nonce with its effects: its replay is the same 422."""
+    path = f"/v1/offers/{world.offer_id}"
+    client = world.client_for(path)
+    url = world.api.base_url + path
+    bad = json.dumps({"ask_fen": "12"}).encode()
+    headers = client.sign("PATCH", url, bad)
+    first = await send(world.api, "PATCH", path, bad, headers=headers)
+    assert first.status == 422 and first.body["field"] == "ask_fen"
+    again = await send(world.api, "PATCH", path, bad, headers=headers)
+    assert again.status == 401 and again.body["reason"] == "nonce_replayed"
+    fixed = await send(world.api, "PATCH", path, json.dumps({"ask_fen": 12}).encode(), client=client)
+    assert fixed.status == 200 and fixed.body["ask_fen"] == 12
+
+    buyer = world.client_for("/v1/orders")
+    url = world.api.base_url + "/v1/orders"
+    bad = json.dumps(order_body(quantity_devices="4")).encode()
+    headers = {"Idempotency-Key": "replayed", **buyer.sign("POST", url, bad)}
+    before = await row_counts(world.api)
+    for _ in range(2):
+        answer = await send(world.api, "POST", "/v1/orders", bad, headers=headers)
+        assert answer.status == 422 and answer.body["field"] == "quantity_devices", answer
+    assert await row_counts(world.api) == before  # not even the nonce: nothing of the request is kept
 
 
 async def test_deep_json_in_a_signed_body(world: World) -> None:
