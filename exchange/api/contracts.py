@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api.auth import require_principal
+from exchange.api.auth import NONCE_CLAIM, remembers_nonce, require_principal
 from exchange.api.boundary import parsed_body
 from exchange.api.keys import services
 from exchange.api.params import ChoiceParam, IntParam
@@ -14,6 +14,8 @@ from exchange.services.contract_views import (
     CancelBody,
     ContractList,
     ContractView,
+    UsageBatch,
+    UsageBatchResult,
     UsageEnvelope,
     UsageList,
     UsageView,
@@ -71,6 +73,18 @@ async def report_usage(request: web.Request) -> web.Response:
     envelope = parsed_body(request)
     view, created = await services(request).usage.report(who, path_id(request), envelope)
     return model_response(UsageView.model_validate(view), 201 if created else 200)
+
+
+@routes.post("/v1/usage/batch")
+@remembers_nonce
+async def report_usage_batch(request: web.Request) -> web.Response:
+    """Many node-signed usage reports in one signed request; one result per report (specs/billing.md 5.1).
+    The request's nonce is remembered in the reports' transaction."""
+    who = require_principal(request)
+    await parse_body(request, UsageBatch)  # each item exactly the DSSE members; the bytes stored are the ones sent
+    envelopes = parsed_body(request)["reports"]
+    result = await services(request).usage.report_batch(who, envelopes, request.get(NONCE_CLAIM))
+    return model_response(UsageBatchResult.model_validate(result))
 
 
 @routes.get("/v1/contracts/{id}/usage")

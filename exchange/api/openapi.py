@@ -28,6 +28,8 @@ from exchange.services.contract_views import (
     SettlementList,
     SettlementRun,
     SettlementView,
+    UsageBatch,
+    UsageBatchResult,
     UsageEnvelope,
     UsageList,
     UsageView,
@@ -560,6 +562,19 @@ OPS: tuple[Op, ...] = (
         signed=True,
         errors=(403, 404, 409, 413, 422),
         extra={"200": "the report first accepted under this meter and sequence number"},
+    ),
+    Op(
+        "post",
+        "/v1/usage/batch",
+        "reportUsageBatch",
+        "Many node-signed usage reports (any contracts and meters of the provider) in one signed request, "
+        "one transaction; one result per report: accepted, duplicate, or refused with the single report's "
+        "error (specs/billing.md 5.1)",
+        "contracts",
+        response=UsageBatchResult,
+        body=UsageBatch,
+        signed=True,
+        errors=(413, 422),
     ),
     Op(
         "get",
