@@ -32,9 +32,12 @@ from typing import Any
 
 import aiohttp
 
-from exchange.bench.api import _cpu_seconds, _free_port, _percentile, _server, _wait_ready
+from exchange.bench.api import _free_port, _percentile, _server, _wait_ready
 from exchange.bench.ladder import DEFAULT_PG, bench_database
 from exchange.bench.round_load import SETTLE_SECONDS
+from exchange.bench.workers import _ready as workers_ready
+from exchange.bench.workers import _serve as serve_workers
+from exchange.bench.workers import _tree_cpu as tree_cpu
 from exchange.client import HetexClient, RemoteError
 from federation.keys import SigningKey
 
@@ -360,7 +363,7 @@ async def drive(
 
         async with _in_flight(max_in_flight) as start:
             t_start = time.perf_counter()
-            cpu0 = _cpu_seconds(server_pid)
+            cpu0 = tree_cpu(server_pid)
             # one merged schedule: (due offset, kind, index)
             events: list[tuple[float, str, int]] = []
             t = 0.0
@@ -399,7 +402,7 @@ async def drive(
                     slipped += 1
             lag = time.perf_counter() - (t_start + duration)
         window = time.perf_counter() - t_start
-        cpu1 = _cpu_seconds(server_pid)
+        cpu1 = tree_cpu(server_pid)
         await asyncio.gather(*round_tasks)  # a round still running
     completed = sum(len(k.latencies) for k in kinds.values())
     all_latencies = sorted(x for k in kinds.values() for x in k.latencies)
@@ -433,11 +436,14 @@ async def run_fleet(
     order_rate: float = 2.0,
     round_interval: float = 60.0,
     max_in_flight: int = 512,
+    workers: int = 0,
     db: str = "sqlite",
     pg_url: str = DEFAULT_PG,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> dict[str, Any]:
-    """Seed a fleet into a fresh database, serve it, drive it for `duration` seconds; return the figures."""
+    """Seed a fleet into a fresh database, serve it, drive it for `duration` seconds; return the figures.
+    `workers` 0 serves it with the bench app server (as `hetex bench api`), N >= 1 with `hetex serve --workers N`
+    (its CPU summed over the process tree)."""
     with tempfile.TemporaryDirectory(prefix="hetex-fleet-") as tmp:
         root = Path(tmp)
         async with bench_database(db, root, pg_url) as url:
@@ -448,9 +454,13 @@ async def run_fleet(
             progress(f"seeded in {seeded:.1f} s; serving and driving for {duration:.0f} s ...")
             os.environ["HETEX_KEY_DIR"] = str(root / "keys")  # the server signs with the seeded exchange key
             port = _free_port()
-            with _server("app", port, url) as proc:
+            server = _server("app", port, url) if workers == 0 else serve_workers(url, workers, port, root)
+            with server as proc:
                 base = f"http://127.0.0.1:{port}"
-                await _wait_ready(base + "/healthz", proc, within=120)
+                if workers == 0:
+                    await _wait_ready(base + "/healthz", proc, within=120)
+                else:
+                    await workers_ready(base, proc, workers, within=120)
                 await asyncio.sleep(SETTLE_SECONDS)  # the server's start-up work (solver warm-up) is not measured
                 figures = await drive(
                     base,
@@ -475,7 +485,8 @@ async def run_fleet(
         "round_interval_seconds": round_interval,
         "duration_seconds": duration,
         "seed_seconds": round(seeded, 1),
-        "server_processes": 1,
+        "server_processes": max(1, workers),
+        "server": "bench app server" if workers == 0 else f"hetex serve --workers {workers}",
         "cpu_count": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         **figures,
@@ -488,7 +499,7 @@ def format_fleet(r: dict[str, Any]) -> str:
         f"bench fleet: {r['sites']} sites, heartbeat every {r['interval_seconds']} s, usage batch "
         f"({r['meters_per_site']} meters) every {r['usage_interval_seconds']} s, {r['order_rate']} orders/s, "
         f"round every {r['round_interval_seconds']} s; {r['duration_seconds']} s on {r['database']}, "
-        f"{r['server_processes']} server process, {r['cpu_count']} CPUs, load {r['load_average']}",
+        f"{r['server']}, {r['cpu_count']} CPUs, load {r['load_average']}",
         f"  sustained {r['per_second']} req/s (target {r['target_per_second']})  p50 {r['p50_ms']} ms  "
         f"p99 {r['p99_ms']} ms  server CPU {r['server_cpu_ms_per_request']} ms/req "
         f"(utilisation {r['server_cpu_utilisation']})  schedule lag {r['schedule_lag_seconds']} s",

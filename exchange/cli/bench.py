@@ -154,6 +154,12 @@ def register_fleet(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--round-interval", type=float, default=60.0, help="seconds between rounds (default 60; 0: none)")
     p.add_argument("--duration", type=float, default=120.0, help="measured seconds (default 120)")
     p.add_argument("--max-in-flight", type=int, default=512, help="outstanding requests before the schedule slips")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="serve with `hetex serve --workers N` (N > 1: PostgreSQL only); 0 (default): the bench app server",
+    )
     p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite", help="database (default sqlite)")
     p.add_argument("--pg-url", default=DEFAULT_PG, help="with --db postgresql: the server's admin URL")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -174,6 +180,8 @@ def run_fleet(args: argparse.Namespace) -> int:
         raise CliError("--sites, --interval, --usage-interval and --duration must be positive")
     if not 1 <= args.meters <= 500 or args.order_rate < 0 or args.round_interval < 0 or args.max_in_flight < 1:
         raise CliError("--meters must be 1-500; --order-rate, --round-interval >= 0; --max-in-flight >= 1")
+    if args.workers < 0 or (args.workers > 1 and args.db != "postgresql"):
+        raise CliError("--workers must be >= 0, and above 1 only with --db postgresql (SQLite takes one writer)")
     result = asyncio.run(
         run(
             sites=args.sites,
@@ -184,6 +192,7 @@ def run_fleet(args: argparse.Namespace) -> int:
             order_rate=args.order_rate,
             round_interval=args.round_interval,
             max_in_flight=args.max_in_flight,
+            workers=args.workers,
             db=args.db,
             pg_url=args.pg_url,
             progress=_stderr_progress,
