@@ -22,9 +22,11 @@ import asyncio
 import contextlib
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from exchange.bench.api import _free_port, _percentile, _server, _wait_ready
+from exchange.bench.api import _free_port, _percentile, _wait_ready
 from exchange.bench.ladder import DEFAULT_PG, bench_database
 from exchange.bench.round_load import SETTLE_SECONDS
 from exchange.bench.workers import _ready as workers_ready
@@ -454,7 +456,7 @@ async def run_fleet(
             progress(f"seeded in {seeded:.1f} s; serving and driving for {duration:.0f} s ...")
             os.environ["HETEX_KEY_DIR"] = str(root / "keys")  # the server signs with the seeded exchange key
             port = _free_port()
-            server = _server("app", port, url) if workers == 0 else serve_workers(url, workers, port, root)
+            server = _app_server(port, url, root) if workers == 0 else serve_workers(url, workers, port, root)
             with server as proc:
                 base = f"http://127.0.0.1:{port}"
                 if workers == 0:
@@ -474,6 +476,7 @@ async def run_fleet(
                     max_in_flight=max_in_flight,
                     server_pid=proc.pid,
                 )
+            figures["server_log_errors"] = _log_errors(root)
     return {
         "benchmark": "fleet",
         "database": db,
@@ -491,6 +494,33 @@ async def run_fleet(
         "load_average": [round(x, 2) for x in os.getloadavg()],
         **figures,
     }
+
+
+@contextlib.contextmanager
+def _app_server(port: int, url: str, root: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The bench app server (as `hetex bench api`), its output in root/serve-app.log (a pipe nobody reads
+    would fill and stall the server on its next log line)."""
+    cmd = [sys.executable, "-m", "exchange.bench.api", "--serve", "app", "--port", str(port), "--database-url", url]
+    with (root / "serve-app.log").open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+            proc.wait()
+
+
+def _log_errors(root: Path) -> list[str]:
+    """The first few error lines of the server logs in `root` (a healthy run has none)."""
+    lines: list[str] = []
+    for path in sorted(root.glob("serve*.log")):
+        with contextlib.suppress(OSError):
+            lines += [ln for ln in path.read_text(errors="replace").splitlines() if "Error" in ln or "error" in ln]
+    return lines[:5]
 
 
 def format_fleet(r: dict[str, Any]) -> str:
@@ -515,4 +545,6 @@ def format_fleet(r: dict[str, Any]) -> str:
             f"{rd['contracts']} contracts"
         )
     lines.append(f"  rounds kept their period: {r['rounds_kept_period']}")
+    for line in r.get("server_log_errors") or []:
+        lines.append(f"  server log: {line[:200]}")
     return "\n".join(lines)
