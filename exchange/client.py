@@ -229,6 +229,11 @@ class HetexClient:
         result: dict[str, Any] = await self.request("POST", f"/v1/sites/{site_cri}/heartbeat")
         return result
 
+    async def report_usage_batch(self, envelopes: list[dict[str, Any]]) -> dict[str, Any]:
+        """Send many node-signed usage envelopes in one signed request; one result per envelope."""
+        result: dict[str, Any] = await self.request("POST", "/v1/usage/batch", {"reports": envelopes})
+        return result
+
     async def add_pool(self, site_cri: str, model: str, devices: int, **fields: Any) -> dict[str, Any]:
         """Declare a pool at a site; returns it with its CRI."""
         body = {"model": model, "devices": devices, **fields}

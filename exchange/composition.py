@@ -79,7 +79,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
     identity = IdentityService(sessions, settings.key_dir, settings.origin)
     ledger = LedgerService(sessions, identity, settings.origin)
     federation = Federation.build(sessions, settings, identity, ledger, catalogue=catalogue)
-    usage = UsageService(sessions, ledger)
+    usage = UsageService(sessions, ledger, nonces=nonces)
     settlement = SettlementService(sessions, ledger, load_tier_table)
     usage.on_logged = settlement.on_logged = federation.mirror.enqueue_mirror  # cross-exchange contracts are mirrored
     contracts = ContractService(sessions, ledger, catalogue, load_tier_table, fee_bps=settings.fee_bps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from exchange.api.auth import NONCE_CLAIM, remembers_nonce
 from exchange.api.boundary import parsed_body
 from exchange.api.keys import services
 from exchange.api.operations import Api, Args
@@ -13,6 +14,8 @@ from exchange.services.contract_views import (
     CancelBody,
     ContractList,
     ContractView,
+    UsageBatch,
+    UsageBatchResult,
     UsageEnvelope,
     UsageList,
     UsageView,
@@ -105,6 +108,28 @@ async def report_usage(request: web.Request, args: Args) -> web.Response:
     The body was validated as exactly the DSSE members; the bytes stored are the ones sent."""
     view, created = await services(request).usage.report(args.who, args[ID], parsed_body(request))
     return model_response(UsageView.model_validate(view), 201 if created else 200)
+
+
+@remembers_nonce
+@routes.post(
+    "/v1/usage/batch",
+    "reportUsageBatch",
+    "Many node-signed usage reports (any contracts and meters of the provider) in one signed request, "
+    "one transaction; one result per report: accepted, duplicate, or refused with the single report's "
+    "error (specs/billing.md 5.1)",
+    response=UsageBatchResult,
+    body=UsageBatch,
+    signed=True,
+    errors=(413, 422),
+)
+async def report_usage_batch(request: web.Request, args: Args) -> web.Response:
+    """Many node-signed usage reports in one signed request; one result per report (specs/billing.md 5.1).
+    Each item was validated as exactly the DSSE members; the bytes stored are the ones sent. The request's
+    nonce is remembered in the reports' transaction."""
+    args.body(UsageBatch)
+    envelopes = parsed_body(request)["reports"]
+    result = await services(request).usage.report_batch(args.who, envelopes, request.get(NONCE_CLAIM))
+    return model_response(UsageBatchResult.model_validate(result))
 
 
 @routes.get(

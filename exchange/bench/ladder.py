@@ -219,10 +219,12 @@ async def run_ladder(seconds: float, concurrency: int, db: str = "sqlite", pg_ur
             app_cmd = ["-m", "exchange.bench.api", "--serve", "app", "--port", str(app_port), "--database-url", url]
             with _process(app_cmd) as app_proc:
                 app_base = f"http://127.0.0.1:{app_port}"
-                await _wait_ready(app_base + "/healthz", app_proc)  # migrated before the ladder adds its table
+                await _wait_ready(
+                    app_base + "/healthz", app_proc, within=120
+                )  # migrated before the ladder adds its table
                 with _process(ladder_cmd) as ladder_proc:
                     ladder_base = f"http://127.0.0.1:{ladder_port}"
-                    await _wait_ready(ladder_base + "/healthz", ladder_proc)
+                    await _wait_ready(ladder_base + "/healthz", ladder_proc, within=120)
                     rates = [
                         await _measured(ladder_proc.pid, _bench_rung(ladder_base, rung, seconds, concurrency))
                         for rung in (1, 2, 3)

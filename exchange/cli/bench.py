@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_round_load(bsub)
     register_web(bsub)
     register_workers(bsub)
+    register_fleet(bsub)
 
 
 def register_ledger(bsub: argparse._SubParsersAction) -> None:
@@ -133,4 +134,69 @@ def run_round_load(args: argparse.Namespace) -> int:
         )
     )
     sys.stdout.write((to_json(result) if args.json else format_result(result)) + "\n")
+    return 0
+
+
+def register_fleet(bsub: argparse._SubParsersAction) -> None:
+    """`hetex bench fleet`."""
+    from exchange.bench.ladder import DEFAULT_PG
+
+    p = bsub.add_parser(
+        "fleet", help="simulated provider sites (signed heartbeats, batched usage), buyer orders and periodic rounds"
+    )
+    p.add_argument("--sites", type=int, default=1000, help="simulated sites, each its own provider key (default 1000)")
+    p.add_argument("--interval", type=float, default=30.0, help="heartbeat interval per site, seconds (default 30)")
+    p.add_argument(
+        "--usage-interval", type=float, default=300.0, help="batched usage report interval per site (default 300)"
+    )
+    p.add_argument("--meters", type=int, default=4, help="meters (usage envelopes) per site batch (default 4)")
+    p.add_argument("--order-rate", type=float, default=2.0, help="buyer orders per second (default 2)")
+    p.add_argument("--round-interval", type=float, default=60.0, help="seconds between rounds (default 60; 0: none)")
+    p.add_argument("--duration", type=float, default=120.0, help="measured seconds (default 120)")
+    p.add_argument("--max-in-flight", type=int, default=512, help="outstanding requests before the schedule slips")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="serve with `hetex serve --workers N` (N > 1: PostgreSQL only); 0 (default): the bench app server",
+    )
+    p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite", help="database (default sqlite)")
+    p.add_argument("--pg-url", default=DEFAULT_PG, help="with --db postgresql: the server's admin URL")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=run_fleet)
+
+
+def _stderr_progress(message: str) -> None:
+    sys.stderr.write(f"fleet: {message}\n")
+
+
+def run_fleet(args: argparse.Namespace) -> int:
+    """Run the fleet benchmark and print its figures (progress on stderr)."""
+    from exchange.bench.fleet import format_fleet
+    from exchange.bench.fleet import run_fleet as run
+    from exchange.cli.common import CliError
+
+    if args.sites < 1 or args.interval <= 0 or args.usage_interval <= 0 or args.duration <= 0:
+        raise CliError("--sites, --interval, --usage-interval and --duration must be positive")
+    if not 1 <= args.meters <= 500 or args.order_rate < 0 or args.round_interval < 0 or args.max_in_flight < 1:
+        raise CliError("--meters must be 1-500; --order-rate, --round-interval >= 0; --max-in-flight >= 1")
+    if args.workers < 0 or (args.workers > 1 and args.db != "postgresql"):
+        raise CliError("--workers must be >= 0, and above 1 only with --db postgresql (SQLite takes one writer)")
+    result = asyncio.run(
+        run(
+            sites=args.sites,
+            interval=args.interval,
+            duration=args.duration,
+            usage_interval=args.usage_interval,
+            meters=args.meters,
+            order_rate=args.order_rate,
+            round_interval=args.round_interval,
+            max_in_flight=args.max_in_flight,
+            workers=args.workers,
+            db=args.db,
+            pg_url=args.pg_url,
+            progress=_stderr_progress,
+        )
+    )
+    sys.stdout.write((json.dumps(result, indent=2) if args.json else format_fleet(result)) + "\n")
     return 0

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictInt, StringConstraints
 
 from exchange.services.fields import REQUEST_MODEL, Name
+from exchange.services.usage import MAX_BATCH_REPORTS
 
 
 class ContractView(BaseModel):
@@ -84,6 +85,40 @@ class UsageEnvelope(BaseModel):
     payload: Annotated[str, StringConstraints(min_length=1, max_length=65536, pattern=r"^[A-Za-z0-9+/_-]+={0,2}$")]
     payloadType: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     signatures: Annotated[list[UsageSignature], Field(min_length=1, max_length=8)]
+
+
+class UsageBatch(BaseModel):
+    """Body of POST /v1/usage/batch: many node-signed usage reports (any of the caller's contracts and
+    meters), each a DSSE envelope exactly as POST /v1/contracts/{id}/usage takes it."""
+
+    model_config = REQUEST_MODEL
+
+    reports: Annotated[list[UsageEnvelope], Field(min_length=1, max_length=MAX_BATCH_REPORTS)]
+
+
+class UsageBatchItem(BaseModel):
+    """The outcome of one report of a batch (`index` = its place in `reports`)."""
+
+    index: int
+    status: Literal["accepted", "duplicate", "refused"]
+    contract_id: str | None = Field(description="the contract the payload names (null when undecodable)")
+    id: str | None = Field(default=None, description="the stored report (accepted, duplicate)")
+    meter_id: str | None = None
+    seq: int | None = None
+    flags: list[str] = Field(default_factory=list, description="gap | overlap | out_of_order")
+    log_index: int | None = None
+    error: dict[str, Any] | None = Field(
+        default=None, description="refused: the problem the single-report endpoint answers (code, message, reason)"
+    )
+
+
+class UsageBatchResult(BaseModel):
+    """Per-report results of a batch and their counts; the accepted reports committed together."""
+
+    results: list[UsageBatchItem]
+    accepted: int
+    duplicate: int
+    refused: int
 
 
 class UsageView(BaseModel):

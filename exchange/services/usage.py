@@ -8,9 +8,12 @@ so concurrent reports for one contract serialize.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pydantic
@@ -18,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.contracts import ContractNotFoundError, Log, billable_end
+from exchange.services.nonces import NonceClaim, NonceStore
 from exchange.services.parties import Caller, require_party
 from exchange.storage.base import now_s
 from exchange.storage.contracts import Contract
@@ -27,7 +31,7 @@ from federation.canonical import canonical_bytes
 from federation.dsse import record_payload_type, verify_envelope, verify_json_envelope
 from federation.errors import EnvelopeError
 from federation.keys import Keyring, VerifyKey
-from identifiers.errors import ConflictError, ValidationError
+from identifiers.errors import ConflictError, HetexError, ValidationError
 from identifiers.ids import new_id_str
 
 USAGE_PAYLOAD_TYPE = record_payload_type("usage")
@@ -115,13 +119,59 @@ def _only_verified_signatures(envelope: dict[str, Any], ring: Keyring) -> str:
     return ring.entries()[0].key_id  # the ring holds the provider's one key
 
 
+BATCH_STATUSES = ("accepted", "duplicate", "refused")
+#: Most reports one batch request may carry (a site's meters for one interval).
+MAX_BATCH_REPORTS = 500
+
+
+@dataclass
+class _Checked:
+    """A report that passed every rule: the row to store (duplicate=False) or the identical stored one."""
+
+    row: UsageReport
+    envelope: dict[str, Any]
+    duplicate: bool
+
+
+def _peek_contract_id(envelope: Any) -> str | None:
+    """The contract_id the (not yet verified) payload names, to lock contracts before checking; None when
+    the payload is not decodable JSON naming one (the report is then refused)."""
+    try:
+        text = envelope["payload"].replace("-", "+").replace("_", "/")  # DSSE: standard or URL-safe base64
+        payload = json.loads(base64.b64decode(text + "=" * (-len(text) % 4), validate=True))
+        cid = payload["contract_id"]
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
+        return None
+    return cid if isinstance(cid, str) and 0 < len(cid) <= 36 else None
+
+
+def _batch_item(index: int, row: UsageReport, status: str) -> dict[str, Any]:
+    """One result of a batch: the stored report's identity and flags, without its envelope."""
+    return {
+        "index": index,
+        "status": status,
+        "id": row.id,
+        "contract_id": row.contract_id,
+        "meter_id": row.meter_id,
+        "seq": row.seq,
+        "flags": list(row.flags or []),
+        "log_index": row.log_index,
+    }
+
+
 class UsageService:
     """Accepts node-signed usage for contracts and lists it back to the parties."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], ledger: Log, *, clock: Callable[[], int] = now_s
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        ledger: Log,
+        *,
+        clock: Callable[[], int] = now_s,
+        nonces: NonceStore | None = None,
     ) -> None:
         self.sessions = sessions
+        self.nonce_store = nonces or NonceStore()
         self.ledger = ledger
         self.clock = clock
         #: Hook run in the transaction after a record is logged (contract id, record type, id, envelope).
@@ -140,75 +190,141 @@ class UsageService:
             contract = await session.scalar(select(Contract).where(Contract.id == contract_id).with_for_update())
             if contract is None:
                 raise ContractNotFoundError(f"contract {contract_id} not found", field="contract_id")
-            require_party(caller, contract.provider_id, contract.provider_id)
-            ring = await self._provider_keyring(session, contract.provider_id)
-            try:
-                obj = verify_json_envelope(envelope, ring, payload_type=USAGE_PAYLOAD_TYPE)
-            except EnvelopeError as exc:
-                if exc.reason == "unknown_key":
-                    raise UsageRefusedError(
-                        "wrong_provider", "the usage is not signed by the provider that owns the contract's pool"
-                    ) from None
-                raise UsageRefusedError("bad_envelope", f"usage envelope refused: {exc.message}") from None
-            signer = _only_verified_signatures(envelope, ring)
-            payload = parse_usage_payload(obj)
-            payload_bytes = canonical_bytes(obj)
-            digest = hashlib.sha256(payload_bytes).hexdigest()
-            if payload.contract_id != contract.id:
-                raise UsageRefusedError("contract_mismatch", "the payload names another contract")
-            existing = await session.scalar(
-                select(UsageReport).where(
-                    UsageReport.contract_id == contract.id,
-                    UsageReport.meter_id == payload.meter_id,
-                    UsageReport.seq == payload.seq,
+            checked = await self._check(session, caller, contract, envelope, {})
+            if checked.duplicate:
+                return usage_view(checked.row, duplicate=True), False
+            return usage_view(await self._write(session, checked)), True
+
+    async def report_batch(
+        self, caller: Caller, envelopes: list[dict[str, Any]], nonce: NonceClaim | None = None
+    ) -> dict[str, Any]:
+        """Store many node-signed usage reports (any contracts and meters of the caller) in ONE transaction,
+        in the order sent, each checked exactly as a single report; the answer has one result per report.
+
+        Per-report outcome, not all-or-nothing (specs/billing.md 5.1): a refused report (wrong contract,
+        bad signature, conflict, outside the contract...) writes nothing and is answered with its error code;
+        the others commit together. Reports of one meter are checked in order, so a batch may carry a
+        meter's seq n and n+1. The contracts are locked in id order first (two concurrent batches never
+        deadlock); `nonce` is remembered in the same transaction."""
+        peeked = [_peek_contract_id(envelope) for envelope in envelopes]
+        results: list[dict[str, Any]] = []
+        async with self.sessions.begin() as session:
+            if nonce is not None:
+                await self.nonce_store.remember(session, nonce)
+            wanted = sorted({cid for cid in peeked if cid is not None})
+            contracts: dict[str, Contract] = {}
+            if wanted:
+                rows = await session.scalars(
+                    select(Contract).where(Contract.id.in_(wanted)).order_by(Contract.id).with_for_update()
                 )
-            )
-            if existing is not None:
-                if existing.payload_sha256 == digest:
-                    return usage_view(existing, duplicate=True), False
-                raise UsageConflictError(
-                    f"meter {payload.meter_id} already reported seq {payload.seq} with a different body",
-                    existing_id=existing.id,
-                )
-            self._check_fits(contract, payload, self.clock())
-            used = await session.scalar(
-                select(func.coalesce(func.sum(UsageReport.device_minutes), 0)).where(
-                    UsageReport.contract_id == contract.id
-                )
-            )
-            capacity = contract.devices * (billable_end(contract) - contract.start_at) // 60
-            if int(used or 0) + payload.device_minutes > capacity:
+                contracts = {c.id: c for c in rows.all()}
+            rings: dict[str, Keyring] = {}
+            for index, (envelope, contract_id) in enumerate(zip(envelopes, peeked, strict=True)):
+                try:
+                    contract = contracts.get(contract_id) if contract_id is not None else None
+                    if contract is None:
+                        if contract_id is None:
+                            raise UsageRefusedError("bad_envelope", "the payload names no contract_id")
+                        raise ContractNotFoundError(f"contract {contract_id} not found", field="contract_id")
+                    checked = await self._check(session, caller, contract, envelope, rings)
+                except HetexError as exc:
+                    results.append(
+                        {"index": index, "status": "refused", "contract_id": contract_id, "error": exc.to_dict()}
+                    )
+                    continue
+                if checked.duplicate:
+                    results.append(_batch_item(index, checked.row, "duplicate"))
+                else:
+                    results.append(_batch_item(index, await self._write(session, checked), "accepted"))
+        if nonce is not None:
+            nonce.remembered = True
+        counts = {status: sum(1 for r in results if r["status"] == status) for status in BATCH_STATUSES}
+        return {"results": results, **counts}
+
+    async def _check(
+        self,
+        session: AsyncSession,
+        caller: Caller,
+        contract: Contract,
+        envelope: dict[str, Any],
+        rings: dict[str, Keyring],
+    ) -> _Checked:
+        """Every rule of a usage report against its (locked) contract, writing nothing: the new row to
+        store (not yet added), or the identical stored report (a duplicate). Raises the refusal."""
+        require_party(caller, contract.provider_id, contract.provider_id)
+        ring = rings.get(contract.provider_id)
+        if ring is None:
+            ring = rings[contract.provider_id] = await self._provider_keyring(session, contract.provider_id)
+        try:
+            obj = verify_json_envelope(envelope, ring, payload_type=USAGE_PAYLOAD_TYPE)
+        except EnvelopeError as exc:
+            if exc.reason == "unknown_key":
                 raise UsageRefusedError(
-                    "exceeds_contract_capacity",
-                    f"the contract's reported usage would exceed its {capacity} device-minutes",
-                    capacity_device_minutes=capacity,
-                    reported_device_minutes=int(used or 0),
-                )
-            flags = await self._flags(session, contract.id, payload)
-            row = UsageReport(
-                id=new_id_str(),
-                contract_id=contract.id,
-                meter_id=payload.meter_id,
-                seq=payload.seq,
-                period_start=payload.period_start,
-                period_end=payload.period_end,
-                device_minutes=payload.device_minutes,
-                availability_bps=payload.availability_bps,
-                payload_sha256=digest,
-                envelope="",
-                signer_key_id=signer,
-                status="accepted",
-                flags=flags,
-                created_at=self.clock(),
+                    "wrong_provider", "the usage is not signed by the provider that owns the contract's pool"
+                ) from None
+            raise UsageRefusedError("bad_envelope", f"usage envelope refused: {exc.message}") from None
+        signer = _only_verified_signatures(envelope, ring)
+        payload = parse_usage_payload(obj)
+        payload_bytes = canonical_bytes(obj)
+        digest = hashlib.sha256(payload_bytes).hexdigest()
+        if payload.contract_id != contract.id:
+            raise UsageRefusedError("contract_mismatch", "the payload names another contract")
+        existing = await session.scalar(
+            select(UsageReport).where(
+                UsageReport.contract_id == contract.id,
+                UsageReport.meter_id == payload.meter_id,
+                UsageReport.seq == payload.seq,
             )
-            appended = await self.ledger.append_signed(session, "usage", row.id, envelope)
-            row.envelope = canonical_bytes(appended.envelope).decode("utf-8")
-            row.log_index = appended.index
-            if self.on_logged is not None:  # federation: mirror to the buyer's exchange (outbox, same transaction)
-                await self.on_logged(session, contract_id, "usage", row.id, appended.envelope)
-            session.add(row)
-            await session.flush()
-            return usage_view(row), True
+        )
+        if existing is not None:
+            if existing.payload_sha256 == digest:
+                return _Checked(existing, envelope, duplicate=True)
+            raise UsageConflictError(
+                f"meter {payload.meter_id} already reported seq {payload.seq} with a different body",
+                existing_id=existing.id,
+            )
+        self._check_fits(contract, payload, self.clock())
+        used = await session.scalar(
+            select(func.coalesce(func.sum(UsageReport.device_minutes), 0)).where(UsageReport.contract_id == contract.id)
+        )
+        capacity = contract.devices * (billable_end(contract) - contract.start_at) // 60
+        if int(used or 0) + payload.device_minutes > capacity:
+            raise UsageRefusedError(
+                "exceeds_contract_capacity",
+                f"the contract's reported usage would exceed its {capacity} device-minutes",
+                capacity_device_minutes=capacity,
+                reported_device_minutes=int(used or 0),
+            )
+        flags = await self._flags(session, contract.id, payload)
+        row = UsageReport(
+            id=new_id_str(),
+            contract_id=contract.id,
+            meter_id=payload.meter_id,
+            seq=payload.seq,
+            period_start=payload.period_start,
+            period_end=payload.period_end,
+            device_minutes=payload.device_minutes,
+            availability_bps=payload.availability_bps,
+            payload_sha256=digest,
+            envelope="",
+            signer_key_id=signer,
+            status="accepted",
+            flags=flags,
+            created_at=self.clock(),
+        )
+        return _Checked(row, envelope, duplicate=False)
+
+    async def _write(self, session: AsyncSession, checked: _Checked) -> UsageReport:
+        """Append a checked report to the log and store it (same transaction)."""
+        row = checked.row
+        appended = await self.ledger.append_signed(session, "usage", row.id, checked.envelope)
+        row.envelope = canonical_bytes(appended.envelope).decode("utf-8")
+        row.log_index = appended.index
+        if self.on_logged is not None:  # federation: mirror to the buyer's exchange (outbox, same transaction)
+            await self.on_logged(session, row.contract_id, "usage", row.id, appended.envelope)
+        session.add(row)
+        await session.flush()
+        return row
 
     def _check_fits(self, contract: Contract, p: UsagePayload, now: int) -> None:
         """Refuse usage outside the contract: unconfirmed, outside the billable span, future, too many minutes."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from exchange.settings import normalize_database_url
+from exchange.storage.sqlite_inline import inline_creator
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -34,13 +35,18 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     each other inside SQLite's busy handler (sleeps of up to 100 ms, unfair: multi-second p99). With
     one connection the waiters queue in the pool instead, first come first served. A session must
     therefore never open a second session while it holds the connection (the code passes `session`
-    down instead); that would already deadlock on the SQLite write lock with a larger pool.
+    down instead); that would already deadlock on the SQLite write lock with a larger pool. Its statements
+    run on the event loop thread, BEGIN on aiosqlite's thread (exchange.storage.sqlite_inline).
     """
     url = normalize_database_url(url)
     if url.startswith("sqlite"):
         if "poolclass" not in kwargs and ":memory:" not in url:
             kwargs.setdefault("pool_size", 1)
             kwargs.setdefault("max_overflow", 0)
+            database = make_url(url).database
+            if database and "?" not in url and not database.startswith("file:"):
+                # statements on the event loop, BEGIN on aiosqlite's thread (exchange.storage.sqlite_inline)
+                kwargs.setdefault("async_creator", inline_creator(database))
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)

@@ -136,6 +136,7 @@ ENDPOINTS: dict[tuple[str, str], Endpoint] = {
         _buyer, lambda w: {"reason": "plans changed"}, special=lambda w: {"reason": ["   ", "\u3000", ""]}
     ),
     ("POST", "/v1/contracts/{id}/usage"): Endpoint(_provider, _usage),
+    ("POST", "/v1/usage/batch"): Endpoint(_provider, lambda w: {"reports": [_usage(w)]}),
     ("POST", "/v1/settlements/run"): Endpoint(_operator, lambda w: {"as_of": T0}),
     ("POST", "/v1/audit/exports"): Endpoint(
         lambda w: w.regulator,

@@ -1,0 +1,26 @@
+"""`hetex bench fleet`: seeded sites heartbeat and report batched usage over HTTP while buyers order and a
+round runs; every request kind is answered without errors and the figures add up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exchange.cli.main import main
+
+
+@pytest.mark.slow
+def test_bench_fleet_small(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "fleet", "--sites", "6", "--interval", "2", "--usage-interval", "3", "--duration", "6"]
+    code = main([*argv, "--round-interval", "4", "--order-rate", "1", "--meters", "2", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    data = json.loads(captured.out)
+    kinds = data["kinds"]
+    assert kinds["heartbeat"]["completed"] >= 6 and kinds["heartbeat"]["errors"] == 0
+    assert kinds["usage_batch"]["completed"] >= 1 and kinds["usage_batch"]["errors"] == 0
+    assert kinds["order"]["completed"] >= 1 and kinds["order"]["errors"] == 0
+    assert data["requests_completed"] == sum(k["completed"] for k in kinds.values())
+    assert [r["status"] for r in data["rounds"]] == ["completed"]
+    assert "fleet: seeding 6 sites" in captured.err
