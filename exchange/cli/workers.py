@@ -1,8 +1,11 @@
-"""`hetex serve --workers N`: N forked server processes accepting on one listening socket, supervised.
+"""`hetex serve --workers N`: N forked server processes sharing one port, supervised.
 
-The parent binds the socket (before any database access), migrates the schema and creates the exchange key
-once, then forks the workers; each runs the whole service (its own event loop, database pool, connection
-guard and solver) on the inherited socket, and the kernel hands each new connection to one of them. The
+The parent binds the port (SO_REUSEPORT, not listening; before any database access), migrates the schema
+and creates the exchange key once, then forks the workers; each listens on its own SO_REUSEPORT socket on
+that port and runs the whole service (its own event loop, database pool, connection guard and solver); the
+kernel spreads new connections evenly over the workers' sockets. (One inherited listening socket was
+measured first: asyncio accepts a burst of connections in one wake-up, so keep-alive clients piled onto
+one worker.) The
 parent only supervises: a worker that exits is started again (a worker failing within seconds of its
 start, repeatedly, stops the whole server with exit 1); SIGTERM/SIGINT is passed to every worker, each
 drains as a single `hetex serve` does, and after the grace period the stragglers are killed. The timed
