@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class Supervisor:
         if pid == 0:  # the worker: default signal dispositions (its event loop installs its own)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            threading.Thread(target=_orphan_watch, args=(os.getppid(),), daemon=True).start()
             code = 1
             try:
                 code = self.child(slot)
@@ -120,6 +122,14 @@ class Supervisor:
             with _gone():
                 os.waitpid(pid, 0)
             self.children.pop(pid, None)
+
+
+def _orphan_watch(parent: int) -> None:
+    """In a worker: when the supervisor is gone (killed), SIGTERM this worker so it drains and exits."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    log.warning("the supervisor (pid %d) is gone: stopping this worker", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _gone() -> contextlib.suppress:
