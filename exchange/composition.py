@@ -9,8 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from exchange.billing.tiers import load_tier_table
 from exchange.services.audit import AuditService
 from exchange.services.contracts import ContractService
-from exchange.services.federation import FederationService
+from exchange.services.federation import Federation
 from exchange.services.health import HealthService
+from exchange.services.hub import HubService
 from exchange.services.identity import IdentityService
 from exchange.services.lease import SingletonLease
 from exchange.services.ledger import LedgerService
@@ -42,7 +43,8 @@ class Services:
     health: HealthService
     identity: IdentityService
     ledger: LedgerService
-    federation: FederationService
+    federation: Federation
+    hub: HubService
     audit: AuditService
     participants: ParticipantService
     registration: RegistrationService
@@ -71,10 +73,10 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
     nonces = NonceStore(settings.signature_window_seconds)
     identity = IdentityService(sessions, settings.key_dir, settings.origin)
     ledger = LedgerService(sessions, identity, settings.origin)
-    federation = FederationService(sessions, settings, identity, ledger, catalogue=catalogue)
+    federation = Federation.build(sessions, settings, identity, ledger, catalogue=catalogue)
     usage = UsageService(sessions, ledger)
     settlement = SettlementService(sessions, ledger, load_tier_table)
-    usage.on_logged = settlement.on_logged = federation.enqueue_mirror  # cross-exchange contracts are mirrored
+    usage.on_logged = settlement.on_logged = federation.mirror.enqueue_mirror  # cross-exchange contracts are mirrored
     contracts = ContractService(sessions, ledger, catalogue, load_tier_table, fee_bps=settings.fee_bps)
     rounds = RoundService(
         sessions,
@@ -89,7 +91,8 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         repeatable_snapshot=engine is not None and not settings.is_sqlite,
         disclosure_min_orders=settings.disclosure_min_orders,
     )
-    federation.seller_lock = lambda: rounds.lock.hold(settings.federation_peer_timeout_seconds)
+    federation.inbound.seller_lock = lambda: rounds.lock.hold(settings.federation_peer_timeout_seconds)
+    hub = HubService(sessions, settings, federation, catalogue, regions)
     return Services(
         settings=settings,
         engine=engine,
@@ -101,6 +104,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         identity=identity,
         ledger=ledger,
         federation=federation,
+        hub=hub,
         audit=AuditService(
             sessions,
             ledger,

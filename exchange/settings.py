@@ -70,6 +70,9 @@ class Settings(BaseModel):
     federation_sweep_interval_seconds: float = Field(default=1, ge=0)
     federation_peer_timeout_seconds: float = Field(default=5, gt=0)
     federation_commit_delay_seconds: float = Field(default=0, ge=0)  # fault injection for partition tests
+    federation_hub: str = Field(default="", pattern=r"^([A-Z0-9]{1,8})?$")  # authority of this exchange's hub
+    federation_hub_mode: bool = False  # this exchange clears for member exchanges (exchange/services/hub.py)
+    federation_hub_round_interval_seconds: float = Field(default=2, ge=0)
 
     @field_validator("database_url")
     @classmethod
