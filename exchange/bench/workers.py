@@ -132,11 +132,14 @@ async def run_workers_bench(
                 with _serve(url, n, port, tmp) as proc:
                     await _ready(base, proc, n)
                     before = _tree_cpu(proc.pid)
+                    each = {p: _cpu_seconds(p) or 0.0 for p in _tree(proc.pid)}
                     rate = await _load(base, seconds, concurrency)
                     used = _tree_cpu(proc.pid) - before
+                    spent = sorted(((_cpu_seconds(p) or 0.0) - c for p, c in each.items()), reverse=True)
                     if rate.requests:
                         rate.server_cpu_ms_per_request = round(used * 1000 / rate.requests, 3)
-                runs.append({"workers": n, **asdict(rate)})
+                # how evenly the kernel spread the connections: CPU seconds of the busiest processes
+                runs.append({"workers": n, **asdict(rate), "busiest_process_cpu_s": [round(x, 2) for x in spent[:n]]})
     base_rate = runs[0]["per_second"] or 1.0
     for r in runs:
         r["ratio"] = round(r["per_second"] / base_rate, 2)

@@ -150,7 +150,10 @@ def run(args: argparse.Namespace) -> int:
         raise UnboundOriginError(problem, field="HETEX_PUBLIC_BASE_URL")
     if not settings.public_base_url:
         log.warning("--dev: no public base URL, so signed requests are checked against their own Host header")
-    sock = listen(settings.host, settings.port)  # before any database access: a failed start writes nothing
+    # before any database access: a failed start writes nothing; with workers, each listens on its own
+    # SO_REUSEPORT socket (the kernel spreads connections evenly) and this one only holds the port
+    bind = reserve if settings.workers > 1 else listen
+    sock = bind(settings.host, settings.port)
     log.info(
         "hetex serving on http://%s:%s (database %s, %d worker%s)",
         settings.host,
@@ -172,12 +175,16 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def run_workers(settings: Settings, sock: socket.socket) -> int:
-    """Migrate and create the key once, then fork `settings.workers` supervised servers on `sock`."""
+def run_workers(settings: Settings, held: socket.socket) -> int:
+    """Migrate and create the key once, then fork `settings.workers` supervised servers, each listening on
+    its own SO_REUSEPORT socket on the port `held` (bound, no longer listening) keeps reserved."""
+    host, port = held.getsockname()[:2]
     asyncio.run(prepare_database(settings))
     worker_settings = settings.model_copy(update={"migrate_on_start": False})  # done above, once
 
     def child(_slot: int) -> int:
+        held.close()
+        sock = listen(host, port, reuse_port=True)  # before this worker's database access
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(worker_settings, sock))
         return 0
@@ -185,12 +192,31 @@ def run_workers(settings: Settings, sock: socket.socket) -> int:
     return Supervisor(settings.workers, child, settings.shutdown_grace_seconds).run()
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A listening TCP socket on host:port, or CliError (exit 2) saying why not."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family = infos[0][0]
-        return socket.create_server((host, port), family=family, backlog=128, reuse_port=False)
+        return socket.create_server((host, port), family=family, backlog=128, reuse_port=reuse_port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def reserve(host: str, port: int) -> socket.socket:
+    """`--workers`: a socket bound (SO_REUSEPORT, not listening) to host:port, holding the port for the
+    workers' listening sockets, or CliError (exit 2) saying why the port cannot be had."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _type, _proto, _name, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 

@@ -1,8 +1,11 @@
-"""`hetex serve --workers N`: N forked server processes accepting on one listening socket, supervised.
+"""`hetex serve --workers N`: N forked server processes sharing one port, supervised.
 
-The parent binds the socket (before any database access), migrates the schema and creates the exchange key
-once, then forks the workers; each runs the whole service (its own event loop, database pool, connection
-guard and solver) on the inherited socket, and the kernel hands each new connection to one of them. The
+The parent binds the port (SO_REUSEPORT, not listening; before any database access), migrates the schema
+and creates the exchange key once, then forks the workers; each listens on its own SO_REUSEPORT socket on
+that port and runs the whole service (its own event loop, database pool, connection guard and solver); the
+kernel spreads new connections evenly over the workers' sockets. (One inherited listening socket was
+measured first: asyncio accepts a burst of connections in one wake-up, so keep-alive clients piled onto
+one worker.) The
 parent only supervises: a worker that exits is started again (a worker failing within seconds of its
 start, repeatedly, stops the whole server with exit 1); SIGTERM/SIGINT is passed to every worker, each
 drains as a single `hetex serve` does, and after the grace period the stragglers are killed. The timed
@@ -15,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +55,7 @@ class Supervisor:
         if pid == 0:  # the worker: default signal dispositions (its event loop installs its own)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            threading.Thread(target=_orphan_watch, args=(os.getppid(),), daemon=True).start()
             code = 1
             try:
                 code = self.child(slot)
@@ -117,6 +122,14 @@ class Supervisor:
             with _gone():
                 os.waitpid(pid, 0)
             self.children.pop(pid, None)
+
+
+def _orphan_watch(parent: int) -> None:
+    """In a worker: when the supervisor is gone (killed), SIGTERM this worker so it drains and exits."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    log.warning("the supervisor (pid %d) is gone: stopping this worker", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _gone() -> contextlib.suppress:

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from exchange.audit.verify import verify_bundle
 from exchange.composition import Services, build_services
-from exchange.services.audit import MAX_ATTEMPTS
+from exchange.services.audit import DELAY_HOOK_ENV, MAX_ATTEMPTS, ExportRequest
 from exchange.services.lease import Fence, LeaseLostError
 from exchange.settings import Settings
 from exchange.storage.audit import AuditExport
@@ -135,3 +135,31 @@ async def test_orphaned_exports_resume_or_fail_with_a_reason(
         assert await svc.audit.resume_orphans() == []  # nothing left to claim
     finally:
         await svc.close()
+
+
+async def test_a_stopping_process_hands_its_export_back(
+    fresh_db_factory: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = fresh_db_factory()
+    first, second = [await services(url, tmp_path, job_lease_seconds=30) for _ in range(2)]
+    try:
+        reg = (await first.participants.add_by_operator("regulator", "R", SigningKey.generate().public.to_base64())).id
+        await ledger_fill(first.ledger, SigningKey.generate(), 5)
+        monkeypatch.setenv(DELAY_HOOK_ENV, "60")
+        job = await first.audit.create_export(reg, ExportRequest.model_validate({"from": 0, "to": 2**40}))
+
+        async def running() -> bool:
+            return (await first.audit.status(reg, job.id)).status == "running"
+
+        await until(running, 20, "the export to run")
+        await first.audit.close()  # the process stops (SIGTERM): the job is handed back, not failed
+        async with first.sessions() as session:
+            row = await session.get(AuditExport, job.id)
+        assert row is not None and (row.status, row.lease_owner, row.lease_expires_at) == ("queued", None, None)
+        monkeypatch.delenv(DELAY_HOOK_ENV)
+        assert await second.audit.resume_orphans() == [job.id]  # at once: no lease to wait out
+        await second.audit.wait(job.id)
+        assert (await second.audit.status(reg, job.id)).status == "done"
+    finally:
+        await first.close()
+        await second.close()

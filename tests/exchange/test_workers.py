@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -292,3 +293,39 @@ def test_sqlite_refuses_several_workers(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert b"--workers 2 needs PostgreSQL" in done.stderr and b"Traceback" not in done.stderr
     assert not db.exists()  # refused before any database access
+
+
+@PG_ONLY
+async def test_workers_stop_when_their_supervisor_is_killed(
+    fresh_db_factory: Callable[[], str], tmp_path: Path
+) -> None:
+    url = fresh_db_factory()
+    env = {**FAST, "HETEX_DATABASE_URL": url, "HETEX_KEY_DIR": str(tmp_path / "keys")}
+    server = Server(tmp_path / "srv", env, args=["--workers", "2"])
+    try:
+        await server.start().ready()
+        workers = await until(lambda: _two(server.pid), 30, "two workers")
+        os.kill(server.pid, signal.SIGKILL)  # the parent only
+        await asyncio.to_thread(server.popen.wait, 10)  # type: ignore[union-attr]
+
+        async def gone() -> bool:
+            return not any(_alive(p) for p in workers)
+
+        await until(gone, 20, "the orphaned workers to stop")
+        assert "the supervisor (pid" in server.log()
+    finally:
+        server.kill_group()
+
+
+def test_workers_refuse_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HETEX_")}
+        url = "postgresql://nobody@127.0.0.1:1/none"  # never reached: the port is checked first
+        cmd = [sys.executable, "-m", "exchange", "serve", "--dev", "--workers", "2", "--port", str(port)]
+        cmd += ["--database-url", url]
+        done = subprocess.run(cmd, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}".encode() in done.stderr and b"Traceback" not in done.stderr
