@@ -317,8 +317,8 @@ def run_method(prep: Prepared, net: Network, method: str) -> tuple[Placer, Relax
     return placer, rel, time.perf_counter() - t0
 
 
-EXACT_MAX_COLUMNS = 20_000  # markets this small are re-solved whole by the integer model
-EXACT_NODE_LIMIT = 2_000
+EXACT_MAX_COLUMNS = 3_000  # markets this small are re-solved whole by the integer model
+EXACT_NODE_LIMIT = 500
 
 
 def exact_polish(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, gap_tolerance: float = 1e-6) -> Placer:
