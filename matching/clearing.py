@@ -9,6 +9,7 @@ from decimal import Decimal
 import numpy as np
 
 from matching.audit import audit
+from matching.baselines import fifo_first_fit, greedy_price_time
 from matching.components import count_components
 from matching.eligibility import Prepared, prepare
 from matching.mip import count_candidates, solve_mip, to_placer
@@ -299,8 +300,6 @@ def _repair(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, *, sp
 
 def run_method(prep: Prepared, net: Network, method: str) -> tuple[Placer, Relaxation | None, float]:
     """Allocate with one method on shared arrays; returns the placer, relaxation and solve seconds."""
-    from matching.baselines import fifo_first_fit, greedy_price_time
-
     t0 = time.perf_counter()
     placer = Placer(prep)
     rel: Relaxation | None = None
