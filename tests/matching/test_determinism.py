@@ -12,16 +12,18 @@ from matching.generators import generate
 
 
 def test_same_snapshot_same_bytes_even_under_load() -> None:
-    m = generate("gang", 300, 40, 3)
-    first = clear(m).canonical_json()
+    # gang: multi-pool gangs; nodes: single-node gangs through the exact polish (HiGHS, node limits)
+    ms = [generate("gang", 300, 40, 3), generate("nodes", 400, 120, 3)]
+    first = [clear(m).canonical_json() for m in ms]
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
-        second = clear(m).canonical_json()
+        second = [clear(m).canonical_json() for m in ms]
     finally:
         for b in burners:
             b.kill()
             b.wait()
     assert first == second
+    m = ms[0]
     assert clear(m, method="greedy").canonical_json() == clear(m, method="greedy").canonical_json()
 
 
