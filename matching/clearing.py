@@ -393,8 +393,9 @@ def finalize(
             duals = potentials(net, rel.graph)
             method_p = "potentials"
         else:
-            exact = rel.method == "mcf" and all(o.quantity_scu is None for o in prep.market.orders)
-            duals = compute_duals(net, rel.value if exact else None, time_limit=time_limit)
+            # the time-indexed LP's optimum is the dual optimum (same model): pass 1 is not needed
+            known = rel.method == "lp-glop" or all(o.quantity_scu is None for o in prep.market.orders)
+            duals = compute_duals(net, rel.value if known else None, time_limit=time_limit)
             method_p = "dual-lp" if duals.ok else "pay-as-ask"
     pieces = sorted(placer.pieces, key=lambda p: (p.order, p.pool))
     if duals is not None and not duals.ok:

@@ -103,7 +103,7 @@ def compute_duals(
                 row.SetCoefficient(mu[int(sg)], -1.0)
         obj = s.Objective()
         if pass2:
-            bound = s.Constraint(-inf, opt * (1 + 1e-9) + 1e-6)
+            bound = s.Constraint(-inf, opt * (1 + 1e-7) + 1e-6)  # LP tolerance of a primal optimum
             for v in u.values():
                 bound.SetCoefficient(v, 1.0)
             for sg, v in enumerate(mu):
