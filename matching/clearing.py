@@ -16,7 +16,7 @@ from matching.mip import count_candidates, solve_mip, to_placer
 from matching.model import ClearingResult, Market, RoundStats, Unfilled, validate_market
 from matching.placement import Piece, Placer
 from matching.polish import polish
-from matching.prices import class_prices, compute_duals, price_pieces
+from matching.prices import POTENTIALS_RULE, class_prices, compute_duals, potentials, price_pieces
 from matching.relaxation import Network, Relaxation, build_network, relax
 from matching.repair import place_within_flow
 from matching.repair import repair as fast_repair
@@ -316,8 +316,8 @@ def run_method(prep: Prepared, net: Network, method: str) -> tuple[Placer, Relax
     return placer, rel, time.perf_counter() - t0
 
 
-EXACT_MAX_COLUMNS = 20_000  # markets this small are re-solved whole by the integer model
-EXACT_NODE_LIMIT = 2_000
+EXACT_MAX_COLUMNS = 3_000  # markets this small are re-solved whole by the integer model
+EXACT_NODE_LIMIT = 500
 
 
 def exact_polish(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, gap_tolerance: float = 1e-6) -> Placer:
@@ -387,13 +387,22 @@ def finalize(
     """Price, audit and package an allocation."""
     t0 = time.perf_counter()
     duals = None
+    method_p = "none"
     if prices and len(placer.pieces):
-        exact = rel.method == "mcf" and all(o.quantity_scu is None for o in prep.market.orders)
-        duals = compute_duals(net, rel.value if exact else None, time_limit=time_limit)
+        if rel.method == "mcf" and rel.graph is not None:
+            duals = potentials(net, rel.graph)
+            method_p = "potentials"
+        else:
+            # the time-indexed LP's optimum is the dual optimum (same model): pass 1 is not needed
+            known = rel.method == "lp-glop" or all(o.quantity_scu is None for o in prep.market.orders)
+            duals = compute_duals(net, rel.value if known else None, time_limit=time_limit)
+            method_p = "dual-lp" if duals.ok else "pay-as-ask"
     pieces = sorted(placer.pieces, key=lambda p: (p.order, p.pool))
     if duals is not None and not duals.ok:
         prep.limits_hit.append("prices")
     priced, rule = price_pieces(pieces, net, duals, prep.market.fee_bps)
+    if method_p == "potentials":
+        rule = POTENTIALS_RULE
     price_s = time.perf_counter() - t0
     wanted = prices and bool(pieces)
     aud = audit(prep, priced, [p.pool for p in pieces], net, duals, rule, prices_wanted=wanted)
@@ -419,6 +428,7 @@ def finalize(
         edges=len(prep.e_order),
         bound_method=rel.method,
         limits_hit=tuple(sorted(set(prep.limits_hit))),
+        prices_method=method_p,
     )
     return ClearingResult(
         allocations=tuple(p.alloc for p in priced),

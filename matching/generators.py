@@ -14,7 +14,11 @@ repair and greedy lose much more; it is reported under its own name. 'valuation'
 shape with one limit for every acceptable model. 'contention' is scale-leases plus a few hot classes: the
 three (region, model) classes with the most devices get demand `ratio` (default 4) times their supply
 from orders that accept only that class and bid over a wide range (1.1-2.5 x the ask), so the allocation
-decides who of many eligible bidders wins.
+decides who of many eligible bidders wins. 'leases' is 'scale' with real pod durations: lease lengths
+drawn from a heavy-tailed (log-normal, median 3 h) distribution cut to 1 h - 3 days, all starting now.
+'nodes' has multi-node pools (a quarter as many pools, 1-8 nodes of 8 or 4 devices each) and whole-node
+gangs: 6% of orders are gangs of 2/4/8 that must sit on one node (colocation "node"), 2% are gangs of
+16/32 that take whole nodes of one pool, the rest single devices.
 """
 
 from __future__ import annotations
@@ -27,7 +31,19 @@ import numpy as np
 
 from matching.model import Market, Order, Pool, Reservation
 
-FAMILIES = ("scale", "scale-leases", "contention", "valuation", "tightness", "gang", "greedy-trap", "windows", "prices")
+FAMILIES = (
+    "scale",
+    "scale-leases",
+    "leases",
+    "nodes",
+    "contention",
+    "valuation",
+    "tightness",
+    "gang",
+    "greedy-trap",
+    "windows",
+    "prices",
+)
 # share of multi-device orders and the split of that share over gangs of 2 / 4 / 8 in 'scale'
 SCALE_GANGS: tuple[float, tuple[float, float, float]] = (0.01, (0.15, 0.25, 0.6))
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z, a fixed clock so snapshots are reproducible
@@ -127,6 +143,7 @@ class _Gen:
         spot_share: float = 0.0,
         tiers: bool = False,
         reserved_share: float = 0.2,
+        node_shapes: bool = False,
     ) -> list[Pool]:
         rng = self.rng
         out = []
@@ -143,6 +160,10 @@ class _Gen:
             mi = int(rng.choice(len(MODELS), p=self.mw)) if models is None else int(rng.choice(models))
             spec = MODELS[mi]
             dev = int(rng.choice(sizes))
+            per_node = dev
+            if node_shapes:
+                per_node = int(rng.choice([8, 8, 4]))
+                dev = per_node * int(rng.integers(1, 9))
             factor = REGIONS[region][3] * float(rng.uniform(0.9, 1.1))
             if tiers:
                 factor *= float(rng.choice([0.85, 1.0, 1.2]))
@@ -167,7 +188,7 @@ class _Gen:
                     stack=spec.stack,
                     domestic=spec.domestic,
                     devices=dev,
-                    devices_per_node=dev,
+                    devices_per_node=per_node,
                     ask_fen=ask,
                     billing_modes=modes,
                     reserved=reserved,
@@ -280,6 +301,30 @@ def generate(family: str, orders: int, pools: int, seed: int, **knobs: float) ->
         # 99% single-device orders, gangs of 2/4/8 (about 1.05 devices per order, as in the trace)
         ps = g.pools(pools)
         os_ = [g.order(i, durations=(1,), gang_mix=SCALE_GANGS) for i in range(orders)]
+        return _market(g, ps, os_, seed)
+    if family == "leases":
+        ps = g.pools(pools)
+        os_ = []
+        for i in range(orders):
+            o = g.order(i, durations=(1,), gang_mix=SCALE_GANGS)
+            hours = min(72, max(1, round(float(rng.lognormal(math.log(3.0), 1.2)))))
+            os_.append(Order(**{**o.__dict__, "duration_seconds": hours * 3600}))
+        return _market(g, ps, os_, seed)
+    if family == "nodes":
+        # the same number of devices as 'scale' in fewer, larger pools (1-8 nodes each)
+        ps = g.pools(max(1, pools // 4), node_shapes=True)
+        os_ = []
+        for i in range(orders):
+            u = rng.random()
+            if u < 0.06:
+                o = g.order(i, gang=int(rng.choice([2, 4, 8])), durations=(1, 1, 2, 4))
+                o = Order(**{**o.__dict__, "colocation": "node"})
+            elif u < 0.08:
+                o = g.order(i, gang=int(rng.choice([16, 32])), residency=0.0, durations=(1, 2, 4))
+                o = Order(**{**o.__dict__, "colocation": "site"})
+            else:
+                o = g.order(i, gang=1, durations=(1, 1, 2, 4))
+            os_.append(o)
         return _market(g, ps, os_, seed)
     if family == "contention":
         return _contention(g, orders, pools, seed, float(knobs.get("ratio", 4.0)))

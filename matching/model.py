@@ -185,6 +185,7 @@ class RoundStats:
     edges: int = 0
     bound_method: str = "mcf"
     limits_hit: tuple[str, ...] = ()  # solver steps stopped by their deterministic work limit
+    prices_method: str = "none"  # how posted prices were derived (matching.prices.PRICES_METHODS)
 
 
 @dataclass(frozen=True)

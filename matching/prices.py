@@ -33,7 +33,7 @@ import numpy as np
 
 from matching.model import Allocation, ClassPrice
 from matching.placement import Piece
-from matching.relaxation import Network
+from matching.relaxation import FlowGraph, Network
 
 PRICING_RULE = (
     "min-CE duals of the aggregated LP (pass 2: min sum pi + sum mu at optimal dual value); "
@@ -41,6 +41,12 @@ PRICING_RULE = (
     "amounts ceil for provider, floor for buyer; fee = difference"
 )
 FALLBACK_RULE = "pay-as-ask: provider at ask, buyer at ask x (1+fee) capped at limit (no duals)"
+POTENTIALS_RULE = (
+    "min-CE prices from node potentials of the min-cost flow (minus shortest-path distances from the sink on "
+    "its residual graph); provider ceil(ask+rent), buyer max(ceil(pi), provider x (1+fee)) capped at limit; "
+    "amounts ceil for provider, floor for buyer; fee = difference"
+)
+PRICES_METHODS = ("potentials", "dual-lp", "pay-as-ask", "none")
 
 
 @dataclass
@@ -97,7 +103,7 @@ def compute_duals(
                 row.SetCoefficient(mu[int(sg)], -1.0)
         obj = s.Objective()
         if pass2:
-            bound = s.Constraint(-inf, opt * (1 + 1e-9) + 1e-6)
+            bound = s.Constraint(-inf, opt * (1 + 1e-7) + 1e-6)  # LP tolerance of a primal optimum
             for v in u.values():
                 bound.SetCoefficient(v, 1.0)
             for sg, v in enumerate(mu):
@@ -141,6 +147,77 @@ def compute_duals(
         time.perf_counter() - t0,
         opt,
     )
+
+
+def potentials(net: Network, graph: FlowGraph) -> Duals:
+    """Minimum equilibrium prices from the solved min-cost flow, without another LP.
+
+    On the residual graph of an optimal flow every feasible node potential d (d(sink) = 0) satisfies
+    d(v) - d(w) <= cost(v, w) on every residual arc; the smallest such d is minus the shortest-path
+    distance from the sink (no negative cycle exists at an optimum). Its values are the minimum duals:
+    a group's price pi_j = d(group) (floored at the group's cheapest ask when nothing binds it), a
+    capacity segment's rent mu_s = d(s) - d(next in its pool's chain). Distances are found by a
+    label-correcting Bellman-Ford that only relaxes arcs leaving nodes improved in the last round, on
+    exact integer costs."""
+    t0 = time.perf_counter()
+    G = len(net.g_class)
+    S = len(net.s_pool)
+    fwd = graph.flows < graph.caps
+    bwd = graph.flows > 0
+    tails = np.concatenate([graph.tails[fwd], graph.heads[bwd]])
+    heads = np.concatenate([graph.heads[fwd], graph.tails[bwd]])
+    costs = np.concatenate([graph.costs[fwd], -graph.costs[bwd]])
+    dist = _distances_from(graph.nodes, graph.sink, tails, heads, costs)
+    inf = np.iinfo(np.int64).max
+    scale = graph.unit / 3600.0  # integer cost -> fen per device for the lease
+    gd = dist[graph.g_node : graph.g_node + G]
+    pi = np.where(gd < inf, -gd.astype(np.float64), -np.inf) * scale
+    floor = np.full(G, np.inf)
+    if len(net.f_pool):
+        np.minimum.at(floor, net.f_group, net.f_cost.astype(np.float64) / 3600.0)
+    floor[~np.isfinite(floor)] = 0.0
+    pi = np.maximum(pi, floor)
+    sd = dist[graph.s_node : graph.s_node + S]
+    prev_same = np.zeros(S, dtype=bool)
+    prev_same[1:] = net.s_pool[1:] == net.s_pool[:-1]
+    nxt = np.where(prev_same, np.arange(S) - 1, -1)
+    nd = np.where(nxt >= 0, sd[np.maximum(nxt, 0)], 0)
+    ok = (sd < inf) & (nd < inf)
+    mu = np.where(ok, (nd - np.where(ok, sd, 0)).astype(np.float64), 0.0) * scale
+    return Duals(pi, np.maximum(mu, 0.0), True, time.perf_counter() - t0)
+
+
+def _distances_from(n: int, src: int, tails: np.ndarray, heads: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """Shortest-path distances from src (int64; max int where unreachable); arcs may cost less than zero
+    but form no negative cycle."""
+    inf = np.iinfo(np.int64).max
+    order = np.argsort(tails, kind="stable")
+    t, h, c = tails[order], heads[order], costs[order]
+    start = np.searchsorted(t, np.arange(n + 1))
+    dist = np.full(n, inf, dtype=np.int64)
+    dist[src] = 0
+    frontier = np.array([src], dtype=np.int64)
+    for _ in range(n + 1):
+        if not len(frontier):
+            break
+        lo, hi = start[frontier], start[frontier + 1]
+        cnt = hi - lo
+        if not cnt.sum():
+            break
+        idx = np.repeat(lo - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt) + np.arange(int(cnt.sum()))
+        cand = np.repeat(dist[frontier], cnt) + c[idx]
+        tgt = h[idx]
+        better = cand < dist[tgt]
+        if not better.any():
+            break
+        tgt, cand = tgt[better], cand[better]
+        new = dist.copy()
+        np.minimum.at(new, tgt, cand)
+        frontier = np.unique(tgt[new[tgt] < dist[tgt]])
+        dist = new
+    else:
+        raise RuntimeError("negative cycle in the residual graph of an optimal flow")
+    return dist
 
 
 def _dec(v: float) -> Decimal:

@@ -54,6 +54,23 @@ class Relaxation:
     solve_seconds: float
     exact_int: bool = True
     extra: dict[str, float] = field(default_factory=dict)
+    graph: FlowGraph | None = None  # the solved min-cost flow network (for node potentials)
+
+
+@dataclass
+class FlowGraph:
+    """The min-cost flow network as solved: arcs, capacities, integer costs (cost units / unit), flows."""
+
+    tails: np.ndarray
+    heads: np.ndarray
+    caps: np.ndarray
+    costs: np.ndarray
+    flows: np.ndarray
+    nodes: int
+    unit: int
+    sink: int
+    g_node: int  # node of group 0 (groups are consecutive)
+    s_node: int  # node of segment 0
 
 
 def build_network(prep: Prepared, *, edge_mask: np.ndarray | None = None, free: np.ndarray | None = None) -> Network:
@@ -263,6 +280,18 @@ def solve_mcf(net: Network, *, edge_mask: np.ndarray | None = None, free: np.nda
     x[ea] = flows[n_ord : n_ord + n_e]
     y = flows[n_ord + n_e : n_ord + n_e + len(net.f_pool)].astype(np.int64)
     value = -float(smcf.optimal_cost() * unit)
+    graph = FlowGraph(
+        tails=t_arr.astype(np.int64),
+        heads=h_arr.astype(np.int64),
+        caps=np.concatenate(caps).astype(np.int64),
+        costs=cost_arr // unit,
+        flows=np.asarray(flows, dtype=np.int64),
+        nodes=int(s_node + S),
+        unit=unit,
+        sink=snk,
+        g_node=g_node,
+        s_node=s_node,
+    )
     return Relaxation(
         x=x,
         y=y,
@@ -270,6 +299,7 @@ def solve_mcf(net: Network, *, edge_mask: np.ndarray | None = None, free: np.nda
         method="mcf",
         solve_seconds=time.perf_counter() - t0,
         extra={"mcf_solve": time.perf_counter() - t1, "arcs": float(len(t_arr))},
+        graph=graph,
     )
 
 

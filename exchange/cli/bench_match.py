@@ -26,6 +26,15 @@ def register_match(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--pools", type=int, default=1200, help="pools (default 1200)")
     p.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
     p.add_argument("--prices", action="store_true", help="also compute equilibrium prices for the optimizer")
+    p.add_argument(
+        "--exact",
+        type=float,
+        nargs="?",
+        const=300.0,
+        default=None,
+        metavar="SECONDS",
+        help="also solve the whole integer model (HiGHS, default 300 s) and report the loss against it",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run_bench_match)
 
@@ -34,6 +43,8 @@ def run_bench_match(args: argparse.Namespace) -> int:
     """Run the benchmark and print its figures (progress on stderr when it is a terminal)."""
     if args.orders <= 0 or args.pools <= 0:
         raise CliError("--orders and --pools must be positive")
+    if args.exact is not None and not args.exact > 0:
+        raise CliError("--exact must be a positive number of seconds")
     console = Console(stderr=True)
     label = f"{args.family} {args.orders}x{args.pools}"
     if console.is_terminal:
@@ -50,9 +61,11 @@ def run_bench_match(args: argparse.Namespace) -> int:
             def progress(stage: str, frac: float) -> None:
                 bar.update(task, completed=round(frac * 100), description=f"{label}: {stage}")
 
-            report = run_match_bench(args.family, args.orders, args.pools, args.seed, progress, prices=args.prices)
+            report = run_match_bench(
+                args.family, args.orders, args.pools, args.seed, progress, prices=args.prices, exact=args.exact
+            )
     else:
-        report = run_match_bench(args.family, args.orders, args.pools, args.seed, prices=args.prices)
+        report = run_match_bench(args.family, args.orders, args.pools, args.seed, prices=args.prices, exact=args.exact)
     if args.json:
         print_json(report)
     else:

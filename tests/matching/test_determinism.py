@@ -12,27 +12,29 @@ from matching.generators import generate
 
 
 def test_same_snapshot_same_bytes_even_under_load() -> None:
-    m = generate("gang", 300, 40, 3)
-    first = clear(m).canonical_json()
+    # gang: multi-pool gangs; nodes: single-node gangs through the exact polish (HiGHS, node limits)
+    ms = [generate("gang", 300, 40, 3), generate("nodes", 400, 120, 3)]
+    first = [clear(m).canonical_json() for m in ms]
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
-        second = clear(m).canonical_json()
+        second = [clear(m).canonical_json() for m in ms]
     finally:
         for b in burners:
             b.kill()
             b.wait()
     assert first == second
+    m = ms[0]
     assert clear(m, method="greedy").canonical_json() == clear(m, method="greedy").canonical_json()
 
 
 def test_price_limit_hit_is_recorded_and_fails_the_audit() -> None:
-    m = generate("scale-leases", 400, 60, 1)
+    m = generate("windows", 400, 60, 1)  # start windows: prices from the dual LP, which has a work limit
     r = clear(m, time_limit=1e-9)
     assert "prices" in r.stats.limits_hit
     checks = {c.name: c for c in r.audit.checks}
     assert checks["prices"].violations == 1
     assert checks["no_envy"].detail.startswith("not checked")
-    assert not r.audit.ok
+    assert not r.audit.ok and r.stats.prices_method == "pay-as-ask"
     ok = clear(m)
     assert ok.stats.limits_hit == () and ok.audit.ok and ok.prices
     assert {c.name: c.violations for c in ok.audit.checks}["prices"] == 0
@@ -41,6 +43,6 @@ def test_price_limit_hit_is_recorded_and_fails_the_audit() -> None:
 def test_limits_hit_round_trips_through_json() -> None:
     from matching.model import ClearingResult
 
-    r = clear(generate("scale-leases", 400, 60, 1), time_limit=1e-9)
+    r = clear(generate("windows", 400, 60, 1), time_limit=1e-9)
     back = ClearingResult.from_json(r.to_json())
     assert back.stats.limits_hit == r.stats.limits_hit and back.canonical_json() == r.canonical_json()

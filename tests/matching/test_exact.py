@@ -81,3 +81,29 @@ def test_tiny_markets_match_brute_force(m: Market) -> None:
     got = welfare(m, clear(m).allocations)
     want = brute_force(m)
     assert abs(got - want) <= want * Fraction(1, 10**9), (got, want)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets(max_orders=3, max_pools=3, multi=False))
+def test_integer_model_optimum_is_the_brute_force_optimum(m: Market) -> None:
+    """The whole integer model (matching.mip, solved to optimality) has the enumerated optimum, and its
+    solution committed through the placer is feasible with that welfare."""
+    from matching.eligibility import prepare
+    from matching.mip import solve_mip, to_placer
+    from matching.relaxation import build_network
+
+    from .markets import check_feasible
+
+    prep = prepare(m)
+    net = build_network(prep)
+    want = brute_force(m)
+    res = solve_mip(prep, net)
+    if res is None:
+        assert want == 0
+        return
+    assert res.status == "optimal"
+    placer = to_placer(prep, net, res)
+    assert Fraction(placer.welfare_units(), 3600) == want
+    assert abs(Fraction(res.value) / 3600 - want) <= max(want, 1) * Fraction(1, 10**9)
+    r = clear(m, prices=False)
+    assert check_feasible(m, r.allocations) == []

@@ -65,3 +65,25 @@ def test_contention_is_its_own_family_with_hot_classes() -> None:
     assert demand >= 3 * supply  # demand well above supply in the hot classes
     r = clear(c, prices=False)
     assert r.audit.ok
+
+
+def test_bench_exact_reports_the_loss_against_the_integer_optimum() -> None:
+    r = run_match_bench("leases", 300, 50, 2, prices=True, exact=120.0)
+    assert r["exact_status"] == "optimal"
+    assert r["welfare_fen"] <= r["exact_welfare_fen"] <= r["exact_bound_fen"] <= r["lp_bound_fen"] + 1
+    assert Decimal(r["loss_to_exact"]) >= 0 and Decimal(r["exact_bound_gap"]) <= Decimal("1e-6")
+    assert r["prices_method"] == "potentials" and r["prices_present"] and r["mcf_audit_ok"]
+    assert any(label == "exact integer model" for label, _ in format_report(r))
+
+
+def test_leases_and_nodes_families_have_their_shape() -> None:
+    leases = generate("leases", 3000, 500, 1)
+    hours = [o.duration_seconds // 3600 for o in leases.orders]
+    assert min(hours) == 1 and max(hours) > 24 and max(hours) <= 72
+    assert sorted(hours)[len(hours) // 2] <= 4  # heavy tail: median a few hours, the tail to days
+    nodes = generate("nodes", 3000, 500, 1)
+    assert any(p.nodes > 1 for p in nodes.pools)
+    single_node = [o for o in nodes.orders if o.colocation == "node"]
+    assert single_node and all((o.quantity_devices or 0) in (2, 4, 8) for o in single_node)
+    r = clear(generate("nodes", 600, 160, 1), prices=False)
+    assert r.audit.ok and {c.name: c.violations for c in r.audit.checks}["node_fit"] == 0

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 
 from matching.clearing import clear
 from matching.eligibility import prepare
 from matching.generators import generate
 from matching.model import Market
-from matching.prices import compute_duals
+from matching.prices import compute_duals, potentials
 from matching.relaxation import build_network, relax
 
 from .markets import markets
@@ -62,3 +63,36 @@ def test_minimum_prices_not_above_first_pass() -> None:
     assert abs(float(lo.pi.sum())) >= 0
     hi = compute_duals(net, None, minimum=False)
     assert lo.pi.sum() <= hi.pi.sum() + 1e-6
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets(future=False))
+def test_flow_potentials_are_the_minimum_dual_prices(m: Market) -> None:
+    """The potentials of the solved min-cost flow equal the dual LP's minimum equilibrium prices (pass 2),
+    with no second LP: same group prices and the same rent on every pool edge."""
+    prep = prepare(m)
+    net = build_network(prep)
+    rel = relax(net)
+    if rel.method != "mcf" or rel.graph is None:
+        return
+    pot = potentials(net, rel.graph)
+    lp = compute_duals(net, rel.value)
+    assert pot.ok and lp.ok
+    tol = 1e-4 * max(1.0, float(abs(lp.pi).max(initial=0.0)))
+    active = np.zeros(len(net.g_class), dtype=bool)
+    active[net.e_group[net.e_group >= 0]] = True
+    assert np.abs(pot.pi - lp.pi)[active].max(initial=0.0) <= tol
+    for f in range(len(net.f_pool)):
+        r_pot = float(pot.mu[net.f_segs[f]].sum())
+        r_lp = float(lp.mu[net.f_segs[f]].sum())
+        if rel.y[f] > 0:
+            assert abs(r_pot - r_lp) <= tol
+
+
+def test_clearing_names_its_prices_method() -> None:
+    r = clear(generate("scale-leases", 300, 50, 4))
+    assert r.stats.prices_method == "potentials" and r.prices and r.audit.ok
+    assert {c.name: c.violations for c in r.audit.checks}["prices"] == 0
+    w = clear(generate("windows", 300, 50, 4))
+    assert w.stats.prices_method == "dual-lp" and w.prices
+    assert clear(generate("scale", 100, 20, 1), prices=False).stats.prices_method == "none"
