@@ -1,6 +1,6 @@
 """Handlers for the federation API: peer messages (signed by a peer exchange key), signed and public reads.
 
-Peer POST routes verify their own signatures (FederationService.handle): the auth middleware lets POSTs
+Peer POST routes verify their own signatures (Federation.handle): the auth middleware lets POSTs
 under PEER_PATH_PREFIX through to these handlers. GETs go through the ordinary participant authentication:
 contracts, holds, mirrored records, events and peers need a request signed by the operator or by a peer
 exchange (its key is registered as a participant of role peer when the peer is added), and a peer sees only
@@ -11,7 +11,6 @@ the exchange publishes for anyone to verify (signed documents, log proofs, aggre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypedDict
@@ -23,6 +22,8 @@ from exchange.api.keys import SERVICES, services
 from exchange.api.metrics import METRICS
 from exchange.api.operations import Api, Args
 from exchange.api.params import ChoiceParam, IntParam, TextParam, uuid_param
+from exchange.composition import Services
+from exchange.services.lease import Fence
 from exchange.storage.federation import HOLD_STATUSES
 from identifiers.errors import AuthenticationError
 
@@ -165,7 +166,7 @@ async def mirror(request: web.Request, args: Args) -> web.Response:
 )
 async def identity(request: web.Request, args: Args) -> web.Response:
     """This exchange's authority, origin, URL and key (what peers need to add it)."""
-    return _json(services(request).federation.identity_view())
+    return _json(services(request).federation.ctx.identity_view())
 
 
 @routes.get(
@@ -177,7 +178,7 @@ async def identity(request: web.Request, args: Args) -> web.Response:
 )
 async def peers(request: web.Request, args: Args) -> web.Response:
     """Known peers with reachability, log consistency, last checkpoint and summary (operator only)."""
-    return _json({"peers": await services(request).federation.peers_for(args.who)})
+    return _json({"peers": await services(request).federation.reads.peers_for(args.who)})
 
 
 @routes.get(
@@ -188,7 +189,7 @@ async def peers(request: web.Request, args: Args) -> web.Response:
 )
 async def keys(request: web.Request, args: Args) -> web.Response:
     """This exchange's key and its peers' keys (trusted for two-party and mirrored records)."""
-    return _json(await services(request).federation.keys_view())
+    return _json(await services(request).federation.peers.keys_view())
 
 
 @routes.get(
@@ -199,7 +200,7 @@ async def keys(request: web.Request, args: Args) -> web.Response:
 )
 async def summaries(request: web.Request, args: Args) -> web.Response:
     """Every capacity summary kept (own and peers'), with freshness."""
-    return _json({"summaries": await services(request).federation.summaries_view()})
+    return _json({"summaries": await services(request).federation.summaries.summaries_view()})
 
 
 @routes.get(
@@ -210,7 +211,7 @@ async def summaries(request: web.Request, args: Args) -> web.Response:
 )
 async def own_summary(request: web.Request, args: Args) -> web.Response:
     """This exchange's current signed capacity summary (DSSE envelope)."""
-    return _json(await services(request).federation.own_summary())
+    return _json(await services(request).federation.summaries.own_summary())
 
 
 @routes.get(
@@ -221,7 +222,7 @@ async def own_summary(request: web.Request, args: Args) -> web.Response:
 )
 async def checkpoint(request: web.Request, args: Args) -> web.Response:
     """This exchange's latest signed log checkpoint (peers verify consistency against it)."""
-    return _json(await services(request).federation.own_checkpoint())
+    return _json(await services(request).federation.resync.own_checkpoint())
 
 
 @routes.get(
@@ -235,7 +236,7 @@ async def checkpoint(request: web.Request, args: Args) -> web.Response:
 async def consistency(request: web.Request, args: Args) -> web.Response:
     """Consistency proof between two sizes of this exchange's log."""
     from_param, to_param = CONSISTENCY_QUERY
-    return _json(await services(request).federation.own_consistency(args[from_param], args[to_param]))
+    return _json(await services(request).federation.resync.own_consistency(args[from_param], args[to_param]))
 
 
 @routes.get(
@@ -249,7 +250,7 @@ async def consistency(request: web.Request, args: Args) -> web.Response:
 async def contracts(request: web.Request, args: Args) -> web.Response:
     """Cross-exchange contracts known here (operator: all; a peer exchange: those with it)."""
     peer, order_id = (args.get(p) for p in CONTRACTS_QUERY)
-    return _json({"contracts": await services(request).federation.contracts_for(args.who, peer, order_id)})
+    return _json({"contracts": await services(request).federation.reads.contracts_for(args.who, peer, order_id)})
 
 
 @routes.get(
@@ -262,7 +263,7 @@ async def contracts(request: web.Request, args: Args) -> web.Response:
 )
 async def holds(request: web.Request, args: Args) -> web.Response:
     """Holds this exchange granted to peers (operator: all; a peer exchange: its own)."""
-    return _json({"holds": await services(request).federation.holds_for(args.who, args.get(HOLDS_QUERY[0]))})
+    return _json({"holds": await services(request).federation.reads.holds_for(args.who, args.get(HOLDS_QUERY[0]))})
 
 
 @routes.get(
@@ -276,7 +277,7 @@ async def holds(request: web.Request, args: Args) -> web.Response:
 async def mirrored(request: web.Request, args: Args) -> web.Response:
     """Usage and settlement records mirrored here from owning exchanges (operator: all; a peer: its own)."""
     fed = services(request).federation
-    return _json({"records": await fed.mirrored_for(args.who, args.get(MIRRORED_QUERY[0]))})
+    return _json({"records": await fed.reads.mirrored_for(args.who, args.get(MIRRORED_QUERY[0]))})
 
 
 @routes.get(
@@ -291,7 +292,9 @@ async def mirrored(request: web.Request, args: Args) -> web.Response:
 async def events(request: web.Request, args: Args) -> web.Response:
     """Refused peer summaries, log inconsistencies, expired holds (newest first; operator only)."""
     limit_param, kind_param = EVENTS_QUERY
-    found = await services(request).federation.events_for(args.who, args.get(limit_param, 100), args.get(kind_param))
+    found = await services(request).federation.reads.events_for(
+        args.who, args.get(limit_param, 100), args.get(kind_param)
+    )
     return _json({"events": found})
 
 
@@ -306,14 +309,26 @@ async def stats(request: web.Request, args: Args) -> web.Response:
     return _json(services(request).federation.stats())
 
 
+def register_federation_duty(svc: Services) -> None:
+    """The federation and hub loops (summaries, resync, forwarding, holds, hub rounds): a duty of the lease holder."""
+
+    async def duty(_fence: Fence | None, stop: asyncio.Event) -> None:
+        loops = [*svc.federation.background_tasks(), *svc.hub.background_tasks()]
+        tasks = [asyncio.create_task(loop) for loop in loops]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    svc.lease.add_duty("federation", duty)
+
+
 async def federation_tasks(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: run the federation loops (summaries, resync, forwarding, hold sweeper) while serving."""
+    """cleanup_ctx: after the duties lease stopped its loops, close the federation clients."""
     svc = app[SERVICES]
-    tasks: list[asyncio.Task[None]] = [asyncio.create_task(loop) for loop in svc.federation.background_tasks()]
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await svc.lease.shutdown()
+    await svc.hub.close()
     await svc.federation.close()

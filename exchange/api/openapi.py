@@ -21,6 +21,7 @@ from exchange.api import (
     audit,
     contracts,
     federation,
+    hub,
     ledger,
     metrics,
     orders,
@@ -78,6 +79,7 @@ TABLES: tuple[Api, ...] = (
     contracts.routes,
     settlements.routes,
     federation.routes,
+    hub.routes,
 )
 
 
@@ -123,6 +125,8 @@ ERROR_TEXT = {
     " is closed",
     413: "Body larger than 1 MiB",
     422: "Invalid input; `field` names the first bad field",
+    503: "The exchange cannot serve this now for a reason on its side (code exchange_key_missing: its signing key"
+    " is not loaded); Retry-After gives the seconds to wait",
 }
 
 
@@ -215,10 +219,13 @@ def _constrain_inputs(defs: dict[str, Any]) -> None:
 
 
 def _problem_response(status: int) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "description": ERROR_TEXT[status],
         "content": {"application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}},
     }
+    if status == 503:
+        out["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -241,7 +248,7 @@ def _build() -> dict[str, Any]:
             responses[extra_status] = {"description": text, "content": {op.content_type: {"schema": schema}}}
         errors = set(op.errors)
         if op.signed:
-            errors |= {401, 403}
+            errors |= {401, 403, 503}  # 503: the exchange's signing key is missing (identity.ExchangeKeyMissingError)
         errors |= {400}  # the boundary: control characters in a path or query value, a body that is not clean JSON
         if op.body is not None:
             errors |= {413, 422}

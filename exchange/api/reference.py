@@ -98,7 +98,7 @@ async def resolve(request: web.Request, args: Args) -> web.Response:
     """The record of the site or pool a CRI names; a CRI of a peer's authority redirects (307) to that peer."""
     svc = services(request)
     cri = args[CRI]
-    location = await svc.federation.resolve_location(cri)
+    location = await svc.federation.peers.resolve_location(cri)
     if location is not None:
         raise web.HTTPTemporaryRedirect(location)
     record = await svc.resolve.resolve(cri)
