@@ -32,7 +32,7 @@ from exchange.api import (
     settlements,
 )
 from exchange.api.operations import Api, Args, Operation
-from exchange.api.params import CRI_PATTERN
+from exchange.api.params import POOL_CRI_PATTERN
 from exchange.services.registration import PoolView, SiteView
 from identifiers.catalogue import load_catalogue
 from identifiers.regions import load_regions
@@ -120,6 +120,8 @@ ERROR_TEXT = {
     "digest_mismatch, signature_expired, nonce_replayed, unknown_key, ...)",
     403: "Authenticated but not allowed; `reason` is role_forbidden or not_owner",
     404: "Not found",
+    408: "The request body did not arrive within the body timeout (HETEX_HTTP_BODY_TIMEOUT_SECONDS); the connection"
+    " is closed",
     409: "Conflicts with the current state (tombstoned, already registered, idempotency key reused, ...)",
     410: "Gone: the resource was deliberately ended (offer_withdrawn, with withdrawn_at)",
     413: "Body larger than 1 MiB",
@@ -192,7 +194,7 @@ def _constrain_inputs(defs: dict[str, Any]) -> None:
         ("SiteRegistration", "region", regions),
         ("ParticipantRegistration", "home_region", regions),
         ("PoolDeclaration", "model", models),
-        ("OfferPost", "pool_cri", {"pattern": CRI_PATTERN}),
+        ("OfferPost", "pool_cri", {"pattern": POOL_CRI_PATTERN}),
         ("SiteRegistration", "pue", {"pattern": r"^([1-4](\.[0-9]{1,3})?|5(\.0{1,3})?)$"}),
         ("SiteRegistration", "green_share", {"pattern": r"^(0(\.[0-9]{1,4})?|1(\.0{1,4})?)$"}),
     ):
@@ -251,6 +253,8 @@ def _build() -> dict[str, Any]:
         errors |= {400}  # the boundary: control characters in a path or query value, a body that is not clean JSON
         if op.body is not None:
             errors |= {413, 422}
+        if op.method != "get":
+            errors |= {408}  # exchange.api.connections: every body must arrive in time
         if any(p.where == "query" for p in op.params):
             errors |= {422}
         for status in sorted(errors):
@@ -278,7 +282,9 @@ def _build() -> dict[str, Any]:
             "description": "Heterogeneous AI compute exchange: provider registration, capacity offers and "
             "buyer orders. State-changing requests are signed with RFC 9421 HTTP Message Signatures "
             "(Ed25519) over @method, @target-uri and content-digest, with created and nonce; see "
-            "specs/signing.md. Errors are RFC 9457 problem+json.",
+            "specs/signing.md. Errors are RFC 9457 problem+json, also where no operation matches: a path not "
+            "listed here answers 404 (code not_found) and a method not listed for a path 405 (code "
+            "method_not_allowed, with the Allow header and `allowed_methods`).",
             "license": {"name": "Apache-2.0"},
         },
         "paths": paths,

@@ -151,15 +151,22 @@ ID = uuid_param("id", "path", "record id (UUIDv7, lower-case)")
 
 _SEP, _DASH = "[:\uff1a]", "[-\uff0d]"
 _CODE = "[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{2,8}"
-CRI_PATTERN = (
+_CRI_HEAD = (
     f"^[Cc][Rr][Ii]1{_SEP}[A-Za-z0-9]{{1,8}}{_SEP}[A-Za-z]{{2}}{_DASH}[A-Za-z0-9]{{1,3}}{_SEP}{_CODE}{_SEP}{_CODE}"
-    f"(?:{_SEP}{_CODE}{_SEP}[A-Za-z]{{2,4}}(?:{_DASH}[A-Za-z0-9]{{1,10}}){{1,3}})?{_SEP}[A-Za-z0-9]$"
 )
+_POOL_PART = f"{_SEP}{_CODE}{_SEP}[A-Za-z]{{2,4}}(?:{_DASH}[A-Za-z0-9]{{1,10}}){{1,3}}"
+_CHECK = f"{_SEP}[A-Za-z0-9]$"
+CRI_PATTERN = f"{_CRI_HEAD}(?:{_POOL_PART})?{_CHECK}"
+SITE_CRI_PATTERN = f"{_CRI_HEAD}{_CHECK}"
+POOL_CRI_PATTERN = f"{_CRI_HEAD}{_POOL_PART}{_CHECK}"
 
 
 @dataclass(frozen=True)
 class CriParam(TextParam):
-    """A CRI: refused with invalid_cri and the rule it breaks (parse_cri's reason) when off the pattern."""
+    """A CRI (of `kind` when set): refused with invalid_cri and the rule it breaks (parse_cri's reason) when off
+    the pattern, or 422 naming the kind expected when it is a CRI of the other kind."""
+
+    kind: Literal["site", "pool"] | None = None
 
     def parse(self, request: web.Request) -> str | None:
         """The value as given, or CriError naming the first rule it breaks."""
@@ -167,17 +174,42 @@ class CriParam(TextParam):
             return super().parse(request)
         except ValidationError:
             raw = self.text(request) or ""
-            parse_cri(raw)  # raises CriError with the precise reason
+            cri = parse_cri(raw)  # raises CriError with the precise reason
+            if self.kind is not None and cri.kind != self.kind:
+                raise ValidationError(
+                    f"{self.name}: expected a {self.kind} CRI, got a {cri.kind} CRI", field=self.name
+                ) from None
             raise CriError(f"{raw!r} is not in the canonical CRI form", reason="bad_character") from None
 
 
+_CRI_RULES = (
+    "(specs/cri.abnf), any case, full-width ':' and '-' allowed (NFKC); what a pattern cannot state is answered "
+    "422 invalid_cri with its `reason`: bad_check_character, unknown_region, unknown_model, bad_model (model "
+    "code longer than 24)"
+)
 CRI = CriParam(
     "cri",
     "path",
-    "compute resource identifier (specs/cri.abnf), any case, full-width ':' and '-' allowed (NFKC); "
-    "what a pattern cannot state is answered 422 invalid_cri with its `reason`: bad_check_character, "
-    "unknown_region, unknown_model, bad_model (model code longer than 24)",
+    f"compute resource identifier {_CRI_RULES}",
     pattern=CRI_PATTERN,
     max_length=100,
     hint="a CRI (specs/cri.abnf)",
+)
+SITE_CRI = CriParam(
+    "cri",
+    "path",
+    f"site CRI (no pool and model segments) {_CRI_RULES}",
+    pattern=SITE_CRI_PATTERN,
+    max_length=100,
+    hint="a site CRI (specs/cri.abnf)",
+    kind="site",
+)
+POOL_CRI = CriParam(
+    "cri",
+    "path",
+    f"pool CRI (with pool and model segments) {_CRI_RULES}",
+    pattern=POOL_CRI_PATTERN,
+    max_length=100,
+    hint="a pool CRI (specs/cri.abnf)",
+    kind="pool",
 )

@@ -8,8 +8,7 @@ from typing import Any, Final, TypeVar
 import pydantic
 from aiohttp import web
 
-from exchange.api.boundary import load_json, parsed_body
-from exchange.api.params import IntParam
+from exchange.api.boundary import parsed_body
 from identifiers.errors import ValidationError
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -39,11 +38,6 @@ def model_from_data(data: Any, model: type[M]) -> M:
         ) from None
 
 
-def model_from_json(raw: bytes, model: type[M]) -> M:
-    """Parse JSON bytes (bounded, see exchange.api.boundary) into `model`."""
-    return model_from_data(load_json(raw) if raw else None, model)
-
-
 async def parse_body(request: web.Request, model: type[M]) -> M:
     """The request body, already parsed and bounded by the boundary middleware, validated into `model`."""
     return model_from_data(parsed_body(request), model)
@@ -57,8 +51,3 @@ def ascii_int(raw: str, name: str, *, lo: int = 0, hi: int = 2**53 - 1) -> int:
     if not lo <= value <= hi:
         raise ValidationError(f"{name} must be between {lo} and {hi}", field=name)
     return value
-
-
-def query_int(request: web.Request, name: str, default: int, *, lo: int = 0, hi: int = 10_000) -> int:
-    """An integer query parameter within [lo, hi] (`default` when absent; an empty value is refused)."""
-    return IntParam(name, "query", "", lo=lo, hi=hi).value(request, default)

@@ -7,7 +7,7 @@ from aiohttp import web
 from exchange.api.auth import signed_request
 from exchange.api.keys import services
 from exchange.api.operations import Api, Args
-from exchange.api.params import CRI, ID, ChoiceParam
+from exchange.api.params import ID, POOL_CRI, SITE_CRI, ChoiceParam
 from exchange.api.responses import model_response
 from exchange.services.registration import (
     HeartbeatView,
@@ -60,32 +60,32 @@ async def list_sites(request: web.Request, args: Args) -> web.Response:
 
 
 @routes.get(
-    "/v1/sites/{cri}", "getSite", "A site with its pools", params=(CRI,), response=SiteDetail, errors=(404, 422)
+    "/v1/sites/{cri}", "getSite", "A site with its pools", params=(SITE_CRI,), response=SiteDetail, errors=(404, 422)
 )
 async def get_site(request: web.Request, args: Args) -> web.Response:
     """A site (or tombstone) with its pools."""
-    return model_response(await services(request).registration.get_site(args[CRI]))
+    return model_response(await services(request).registration.get_site(args[SITE_CRI]))
 
 
 @routes.post(
     "/v1/sites/{cri}/heartbeat",
     "heartbeat",
     "The site is alive: its offers stay matchable for the heartbeat timeout",
-    params=(CRI,),
+    params=(SITE_CRI,),
     response=HeartbeatView,
     signed=True,
     errors=(403, 404, 409, 422),
 )
 async def heartbeat(request: web.Request, args: Args) -> web.Response:
     """The site is alive: its offers stay matchable."""
-    return model_response(await services(request).registration.heartbeat(args.who, args[CRI]))
+    return model_response(await services(request).registration.heartbeat(args.who, args[SITE_CRI]))
 
 
 @routes.delete(
     "/v1/sites/{cri}",
     "deregisterSite",
     "Deregister a site: it and its pools become tombstones, open offers are withdrawn",
-    params=(CRI,),
+    params=(SITE_CRI,),
     response=SiteView,
     signed=True,
     errors=(403, 404, 409, 422),
@@ -93,14 +93,14 @@ async def heartbeat(request: web.Request, args: Args) -> web.Response:
 async def deregister_site(request: web.Request, args: Args) -> web.Response:
     """Deregister a site: tombstones for it and its pools, open offers withdrawn."""
     svc = services(request).registration
-    return model_response(await svc.deregister_site(args.who, args[CRI], signed_request(request)))
+    return model_response(await svc.deregister_site(args.who, args[SITE_CRI], signed_request(request)))
 
 
 @routes.post(
     "/v1/sites/{cri}/pools",
     "addPool",
     "Declare a pool of identical accelerators; answers with its pool CRI",
-    params=(CRI,),
+    params=(SITE_CRI,),
     ok=201,
     response=PoolView,
     body=PoolDeclaration,
@@ -110,23 +110,23 @@ async def deregister_site(request: web.Request, args: Args) -> web.Response:
 async def add_pool(request: web.Request, args: Args) -> web.Response:
     """Declare a pool at a site; answers with its pool CRI."""
     svc = services(request).registration
-    pool = await svc.declare_pool(args.who, args[CRI], args.body(PoolDeclaration), signed_request(request))
+    pool = await svc.declare_pool(args.who, args[SITE_CRI], args.body(PoolDeclaration), signed_request(request))
     return model_response(pool, 201)
 
 
 @routes.get(
-    "/v1/pools/{cri}", "getPool", "A pool (or its tombstone)", params=(CRI,), response=PoolView, errors=(404, 422)
+    "/v1/pools/{cri}", "getPool", "A pool (or its tombstone)", params=(POOL_CRI,), response=PoolView, errors=(404, 422)
 )
 async def get_pool(request: web.Request, args: Args) -> web.Response:
     """A pool (or tombstone)."""
-    return model_response(await services(request).registration.get_pool(args[CRI]))
+    return model_response(await services(request).registration.get_pool(args[POOL_CRI]))
 
 
 @routes.delete(
     "/v1/pools/{cri}",
     "tombstonePool",
     "Tombstone a pool; its open offers are withdrawn",
-    params=(CRI,),
+    params=(POOL_CRI,),
     response=PoolView,
     signed=True,
     errors=(403, 404, 409, 422),
@@ -134,7 +134,7 @@ async def get_pool(request: web.Request, args: Args) -> web.Response:
 async def tombstone_pool(request: web.Request, args: Args) -> web.Response:
     """Tombstone a pool; its open offers are withdrawn."""
     svc = services(request).registration
-    return model_response(await svc.tombstone_pool(args.who, args[CRI], signed_request(request)))
+    return model_response(await svc.tombstone_pool(args.who, args[POOL_CRI], signed_request(request)))
 
 
 @routes.post(

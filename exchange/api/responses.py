@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
-from exchange.api.params import ID, ChoiceParam, uuid_param
+from exchange.api.params import ID, uuid_param
 
 
 def model_response(model: BaseModel, status: int = 200) -> web.Response:
@@ -16,8 +16,3 @@ def model_response(model: BaseModel, status: int = 200) -> web.Response:
 def path_id(request: web.Request, name: str = "id") -> str:
     """A UUID path parameter (lower-case canonical form), or ValidationError naming it."""
     return (ID if name == "id" else uuid_param(name, "path", "")).value(request)
-
-
-def query_choice(request: web.Request, name: str, choices: tuple[str, ...]) -> str | None:
-    """An optional query parameter restricted to `choices` (an empty value is refused)."""
-    return ChoiceParam(name, "query", "", choices=choices).parse(request)
