@@ -43,7 +43,16 @@ PEER = TextParam(
     max_length=8,
     hint="an authority code (1-8 of A-Z, 0-9)",
 )
+AUTHORITY = TextParam(
+    "authority",
+    "path",
+    "a peer exchange's authority code",
+    pattern=r"^[A-Z0-9]{1,8}$",
+    max_length=8,
+    hint="an authority code (1-8 of A-Z, 0-9)",
+)
 CONTRACTS_QUERY = (PEER, uuid_param("order_id", "query", "one order"))
+EVIDENCE_QUERY = (PEER,)
 HOLDS_QUERY = (ChoiceParam("status", "query", "only holds in this state", choices=HOLD_STATUSES),)
 MIRRORED_QUERY = (uuid_param("contract_id", "query", "one contract"),)
 EVENTS_QUERY = (
@@ -188,6 +197,22 @@ async def events(request: web.Request) -> web.Response:
     limit_param, kind_param = EVENTS_QUERY
     limit, kind = limit_param.value(request, 100), kind_param.parse(request)
     return _json({"events": await services(request).federation.reads.events_for(who, limit, kind)})
+
+
+@routes.get("/v1/federation/evidence")
+async def evidence(request: web.Request) -> web.Response:
+    """Why peers were flagged inconsistent: the two signed checkpoints of each flag (operator only)."""
+    who = require_principal(request)
+    peer = EVIDENCE_QUERY[0].parse(request)
+    return _json({"evidence": await services(request).federation.recovery.evidence_for(who, peer)})
+
+
+@routes.post("/v1/peers/{authority}/reverify")
+async def reverify_peer(request: web.Request) -> web.Response:
+    """Re-verify a flagged peer's log from consistency proofs; restored if consistent (operator only)."""
+    who = require_principal(request)
+    authority = AUTHORITY.value(request)
+    return _json(await services(request).federation.recovery.reverify_for(who, authority))
 
 
 @routes.get("/v1/federation/stats")

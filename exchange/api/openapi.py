@@ -91,7 +91,12 @@ class Op:
 
 
 #: path parameters by placeholder: the declarations the handlers parse with
-PATH_PARAMS: dict[str, Param] = {"{cri}": CRI, "{id}": ID, "{index}": ledger.INDEX}
+PATH_PARAMS: dict[str, Param] = {
+    "{cri}": CRI,
+    "{id}": ID,
+    "{index}": ledger.INDEX,
+    "{authority}": federation.AUTHORITY,
+}
 IDEMPOTENCY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -721,6 +726,28 @@ OPS: tuple[Op, ...] = (
         signed=True,
         errors=(403, 422),
         query=federation.EVENTS_QUERY,
+    ),
+    Op(
+        "get",
+        "/v1/federation/evidence",
+        "federationEvidence",
+        "Why peers were flagged inconsistent: the last verified and the conflicting signed checkpoint (operator only)",
+        "federation",
+        response=_list_of("evidence"),
+        signed=True,
+        errors=(403, 422),
+        query=federation.EVIDENCE_QUERY,
+    ),
+    Op(
+        "post",
+        "/v1/peers/{authority}/reverify",
+        "reverifyPeer",
+        "Operator: re-verify a peer flagged inconsistent from consistency proofs; restored when its log is"
+        " consistent, a real fork stays flagged with its evidence",
+        "federation",
+        response=FED_OBJECT,
+        signed=True,
+        errors=(403, 404, 422),
     ),
     Op(
         "get",
