@@ -1,7 +1,7 @@
 """peer log evidence: the two signed checkpoints behind an `inconsistent` flag, kept until re-verified.
 
 Revision ID: 0940_peer_log_evidence
-Revises: 0800_console
+Revises: 0920_leases
 Create Date: 2026-12-03 14:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0940_peer_log_evidence"
-down_revision = "0800_console"
+down_revision = "0920_leases"
 branch_labels = None
 depends_on = None
 

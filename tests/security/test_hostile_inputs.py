@@ -149,6 +149,9 @@ ENDPOINTS: dict[tuple[str, str], Endpoint] = {
     ("POST", "/v1/federation/mirror"): Endpoint(_operator, peer=True),
     #: this world has no peer: the valid request reaches the service and is answered 404 unknown_peer
     ("POST", "/v1/peers/{authority}/reverify"): Endpoint(_operator, ok=(404,)),
+    ("POST", "/v1/federation/hub/summaries"): Endpoint(_operator, peer=True),
+    ("POST", "/v1/federation/hub/demand"): Endpoint(_operator, peer=True),
+    ("POST", "/v1/federation/hub/routes"): Endpoint(_operator, peer=True),
 }
 #: a second order body shape (SCU quantity) for the decimal-string cases
 SCU_ORDER = Endpoint(_buyer, _scu_order, headers=lambda w: {"Idempotency-Key": "hostile-scu"},
@@ -338,6 +341,12 @@ def _peer_bodies(now: int) -> dict[str, tuple[str, dict[str, Any]]]:
         f"/v1/federation/holds/{HOLD}/commit": ("hold_commit", {"hold_id": HOLD, "contracts": [{"a": "b"}]}),
         f"/v1/federation/holds/{HOLD}/release": ("hold_release", {"hold_id": HOLD}),
         "/v1/federation/mirror": ("mirror", {"records": [record]}),
+        "/v1/federation/hub/summaries": (
+            "supply_summary",
+            {"summary": {"payload": "e30=", "signatures": [{"a": "b"}]}},
+        ),
+        "/v1/federation/hub/demand": ("hub_demand", {"orders": [{"id": "o-1", "seq": 1, "quantity_devices": 2}]}),
+        "/v1/federation/hub/routes": ("hub_routes", {"routes": [{"order_id": "o", "owner": "X", "devices": 1}]}),
     }
 
 

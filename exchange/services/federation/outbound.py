@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -95,9 +95,13 @@ class BuyerSide:
         )
         return not picks
 
-    async def forward_order(self, order_id: str) -> dict[str, Any]:
+    async def forward_order(
+        self, order_id: str, plan: Sequence[tuple[str, int, str, str]] | None = None
+    ) -> dict[str, Any]:
         """Offer an open local order to peers whose summaries could fill it; commit the holds if they add up
-        to what the order needs (all-or-nothing honoured across peers), else release them all."""
+        to what the order needs (all-or-nothing honoured across peers), else release them all. With a hub's
+        `plan` ((owner, devices, model, region), ...: exchange.services.hub), exactly those owners are asked
+        for exactly those devices of those classes, each all or nothing."""
         ctx = self.ctx
         t0 = time.perf_counter()
         now = ctx.clock()
@@ -125,10 +129,20 @@ class BuyerSide:
             need_min = max(1, int(terms["min_fill_devices"] or 1) - order.filled_devices)
         candidates = []
         for peer, summary in summaries:
-            if summary.fillable(terms["models"], terms["regions"], terms["limits"]) > 0:
+            if plan is None and summary.fillable(terms["models"], terms["regions"], terms["limits"]) > 0:
                 best = summary.best_ask(terms["models"], terms["regions"])
                 candidates.append((best if best is not None else 1 << 62, peer.authority, peer))
         candidates.sort(key=lambda c: (c[0], c[1]))
+        planned: dict[str, tuple[int, list[str], list[str]]] = {}
+        if plan is not None:
+            known = {p.authority: p for p in await self.peers.peers()}
+            for owner, n, model, region in plan:
+                if owner not in known:
+                    continue
+                if owner not in planned:
+                    candidates.append((0, owner, known[owner]))
+                had, ms, rs = planned.get(owner, (0, [], []))
+                planned[owner] = (had + n, sorted({*ms, model}), sorted({*rs, region}))
         if not candidates:
             return {"status": "no_peer"}
         # a shaped order (pool cap, one model, one site/region) is placed by one owner: each is asked for all
@@ -141,6 +155,10 @@ class BuyerSide:
             if total >= remaining:
                 break
             want = remaining - total
+            models, regions, floor = terms["models"], terms["regions"], need_min if shaped else 1
+            if peer.authority in planned:
+                want, models, regions = planned[peer.authority]
+                floor = want
             msg = ctx.client.build(
                 peer,
                 "order_offer",
@@ -148,12 +166,12 @@ class BuyerSide:
                     "order": {
                         "origin_order_id": order.id,
                         "buyer_id": order.buyer_id,
-                        "models": terms["models"],
-                        "regions": terms["regions"],
+                        "models": models,
+                        "regions": regions,
                         "limits": terms["limits"],
                         "billing_mode": terms["billing_mode"],
                         "devices_max": want,
-                        "devices_min": need_min if shaped else 1,
+                        "devices_min": floor,
                         "start_at": start,
                         "end_at": end,
                         **shaped,

@@ -156,7 +156,8 @@ class Federation:
                 wake.clear()
 
     async def _forward_tick(self) -> None:
-        await self.outbound.forward_open_orders()
+        if not self.ctx.settings.federation_hub:  # a member of a hub forwards only what the hub routes
+            await self.outbound.forward_open_orders()
         await self.mirror.deliver_outbox()
 
     async def _publish_tick(self) -> None:
