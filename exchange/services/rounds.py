@@ -382,6 +382,7 @@ class RoundService:
                     updated_at=o.updated_at,
                     created_at=o.created_at,
                     home_region=home,
+                    filled_scu=o.filled_scu,
                 )
             )
         pool_ids = sorted({o.pool_id for o in offers})
