@@ -45,7 +45,16 @@ PEER = TextParam(
     max_length=8,
     hint="an authority code (1-8 of A-Z, 0-9)",
 )
+AUTHORITY = TextParam(
+    "authority",
+    "path",
+    "a peer exchange's authority code",
+    pattern=r"^[A-Z0-9]{1,8}$",
+    max_length=8,
+    hint="an authority code (1-8 of A-Z, 0-9)",
+)
 CONTRACTS_QUERY = (PEER, uuid_param("order_id", "query", "one order"))
+EVIDENCE_QUERY = (PEER,)
 HOLDS_QUERY = (ChoiceParam("status", "query", "only holds in this state", choices=HOLD_STATUSES),)
 MIRRORED_QUERY = (uuid_param("contract_id", "query", "one contract"),)
 EVENTS_QUERY = (
@@ -296,6 +305,36 @@ async def events(request: web.Request, args: Args) -> web.Response:
         args.who, args.get(limit_param, 100), args.get(kind_param)
     )
     return _json({"events": found})
+
+
+@routes.get(
+    "/v1/federation/evidence",
+    "federationEvidence",
+    "Why peers were flagged inconsistent: the last verified and the conflicting signed checkpoint (operator only)",
+    params=EVIDENCE_QUERY,
+    response=_list_of("evidence"),
+    signed=True,
+    errors=(403, 422),
+)
+async def evidence(request: web.Request, args: Args) -> web.Response:
+    """Why peers were flagged inconsistent: the two signed checkpoints of each flag (operator only)."""
+    found = await services(request).federation.recovery.evidence_for(args.who, args.get(EVIDENCE_QUERY[0]))
+    return _json({"evidence": found})
+
+
+@routes.post(
+    "/v1/peers/{authority}/reverify",
+    "reverifyPeer",
+    "Operator: re-verify a peer flagged inconsistent from consistency proofs; restored when its log is consistent,"
+    " a real fork stays flagged with its evidence",
+    params=(AUTHORITY,),
+    response=OBJECT,
+    signed=True,
+    errors=(403, 404, 422),
+)
+async def reverify_peer(request: web.Request, args: Args) -> web.Response:
+    """Re-verify a flagged peer's log from consistency proofs; restored if consistent (operator only)."""
+    return _json(await services(request).federation.recovery.reverify_for(args.who, args[AUTHORITY]))
 
 
 @routes.get(

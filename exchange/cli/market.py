@@ -1,5 +1,5 @@
-"""`hetex market offers|depth|prices|quote`, `hetex round list|show` and `hetex peer list`: the public market
-view, clearing rounds and federation peers, over the signed HTTP client."""
+"""`hetex market offers|depth|prices|quote`, `hetex round list|show` and `hetex peer list|evidence|reverify`:
+the public market view, clearing rounds and federation peers, over the signed HTTP client."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the market reads, `round list|show` and `peer list`."""
+    """Add the market reads, `round list|show` and `peer list|evidence|reverify`."""
     msub = group(sub, "market", "the live market: offers, depth, prices, quote, snapshot")
     offers = msub.add_parser("offers", help="free offered devices by region and model family, cheapest first")
     add_client_flags(offers)
@@ -70,6 +70,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     pl = psub.add_parser("list", help="peers with reachability and log status (operator key)")
     add_client_flags(pl)
     pl.set_defaults(func=run_peer_list)
+    pe = psub.add_parser("evidence", help="why peers were flagged inconsistent: two signed checkpoints each (operator)")
+    pe.add_argument("authority", nargs="?", help="only this peer's evidence")
+    add_client_flags(pe)
+    pe.set_defaults(func=run_peer_evidence)
+    pr = psub.add_parser(
+        "reverify", help="re-verify a flagged peer's log from consistency proofs; restore it if consistent (operator)"
+    )
+    pr.add_argument("authority", type=authority_arg, help="the peer's authority code")
+    add_client_flags(pr)
+    pr.set_defaults(func=run_peer_reverify)
 
 
 async def _market(c: HetexClient) -> dict[str, Any]:
@@ -303,3 +313,37 @@ def run_peer_list(args: argparse.Namespace) -> int:
     ]
     emit_rows(args, data, rows, columns, title=f"peers ({len(rows)})")
     return 0
+
+
+def authority_arg(text: str) -> str:
+    """An authority code (1-8 of A-Z, 0-9), upper-cased; else a usage error."""
+    code = text.strip().upper()
+    if not (1 <= len(code) <= 8 and code.isascii() and code.isalnum()):
+        raise argparse.ArgumentTypeError(f"not an authority code (1-8 of A-Z, 0-9): {text!r}")
+    return code
+
+
+def run_peer_evidence(args: argparse.Namespace) -> int:
+    """List the evidence behind log flags (the checkpoint notes are in --json)."""
+    params = {"peer": authority_arg(args.authority)} if args.authority else None
+    data = with_client(args, lambda c: c.request("GET", "/v1/federation/evidence", params=params))
+    rows = data["evidence"]
+    columns = [
+        Column("peer", "peer"),
+        Column("detected", "detected_at", is_time=True),
+        Column("kept size", lambda r: (r.get("kept") or {}).get("size")),
+        Column("seen size", lambda r: (r.get("seen") or {}).get("size")),
+        Column("problem", "problem"),
+        Column("resolution", lambda r: r.get("resolution") or "open"),
+    ]
+    emit_rows(args, data, rows, columns, title=f"evidence ({len(rows)})")
+    return 0
+
+
+def run_peer_reverify(args: argparse.Namespace) -> int:
+    """Re-verify one peer; exit 1 when it stays flagged, 4 when it could not be reached."""
+    data = with_client(args, lambda c: c.request("POST", f"/v1/peers/{args.authority}/reverify"))
+    emit_record(args, data, ["peer", "status", "restored", "size", "problems", "unreachable"], title="reverify")
+    if data.get("unreachable"):
+        raise CliError(f"peer {args.authority} unreachable: {data['unreachable']}", exit_code=4)
+    return 0 if data.get("status") == "consistent" else 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from sqlalchemy import func, or_, select, text
@@ -240,7 +240,8 @@ class Shape:
 
 
 def _ceil_div(a: Decimal, b: Decimal) -> int:
-    return int(-(-a // b))
+    """ceil(a / b) for Decimals (their // truncates toward zero, so -(-a // b) would round down)."""
+    return int((a / b).to_integral_value(rounding=ROUND_CEILING))
 
 
 def _greedy(tranches: Sequence[Tranche], want: int, max_pools: int | None) -> list[tuple[Tranche, int]]:

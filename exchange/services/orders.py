@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictInt, model_validator
@@ -405,7 +405,7 @@ def _needed_devices(spec: OrderSpec, cands: list[CapacityRow], catalogue: Catalo
     best = max((catalogue.get(r.model).scu or Decimal(0) for r in cands), default=Decimal(0))
     if best <= 0:
         return None
-    devices = -(-spec.quantity_scu // best)
+    devices = (spec.quantity_scu / best).to_integral_value(rounding=ROUND_CEILING)  # Decimal // truncates
     return min(int(devices), MAX_DEVICES)
 
 

@@ -432,6 +432,7 @@ class RoundService:
                 Order.filled_devices,
                 Order.updated_at,
                 Order.created_at,
+                Order.filled_scu,
                 Participant.home_region,
             )
             .join(Participant, Order.buyer_id == Participant.id)
@@ -458,6 +459,7 @@ class RoundService:
                     updated_at=o.updated_at,
                     created_at=o.created_at,
                     home_region=o.home_region,
+                    filled_scu=o.filled_scu,
                 )
             )
         pool_ids = sorted({o.pool_id for o in offers})

@@ -69,6 +69,8 @@ class OrderRow:
     updated_at: int | None
     created_at: int
     home_region: str | None
+    #: an SCU order's SCU already filled (by other exchanges' pools), decimal text
+    filled_scu: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +179,9 @@ def market_order(
         if quantity_devices <= 0:
             return "already_filled"
     else:
-        quantity_scu = Decimal(str(spec["quantity_scu"]))
+        quantity_scu = Decimal(str(spec["quantity_scu"])) - Decimal(row.filled_scu or 0)
+        if quantity_scu <= 0:
+            return "already_filled"
     all_or_nothing = bool(spec.get("all_or_nothing", True))
     min_fill = int(spec.get("min_fill_devices") or 1)
     if quantity_devices is not None:

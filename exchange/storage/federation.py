@@ -47,6 +47,27 @@ class PeerCheckpoint(CreatedAt, Base):
     consistent: Mapped[bool] = mapped_column(Boolean, nullable=False)
 
 
+class PeerLogEvidence(CreatedAt, Base):
+    """Why a peer's log was flagged inconsistent: the last checkpoint we verified and the one that conflicts
+    with it (both signed by the peer: evidence of a fork anyone can check offline), until re-verified."""
+
+    __tablename__ = "peer_log_evidence"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    peer_authority: Mapped[str] = mapped_column(ForeignKey("peers.authority"), nullable=False, index=True)
+    problem: Mapped[str] = mapped_column(Text, nullable=False)
+    kept_size: Mapped[int | None] = mapped_column(BigInteger)
+    kept_root: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    kept_note: Mapped[str | None] = mapped_column(Text)
+    #: the conflicting checkpoint (None when its signature was refused: then it is no evidence of a fork)
+    seen_size: Mapped[int | None] = mapped_column(BigInteger)
+    seen_root: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    seen_note: Mapped[str | None] = mapped_column(Text)
+    #: None while the peer stays flagged; `restored` (its proofs verified) or `re_added` (operator re-added it)
+    resolution: Mapped[str | None] = mapped_column(String(16))
+    resolved_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
 class CapacitySummaryRow(Base):
     """The newest trusted capacity summary per origin (our own included, which carries the version counter)."""
 

@@ -24,6 +24,8 @@ class Order(CreatedAt, Base):
     status: Mapped[str] = mapped_column(String(24), nullable=False, default="open")
     quantity_devices: Mapped[int | None] = mapped_column(Integer)
     filled_devices: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    #: an SCU order's SCU filled so far (decimal text; None: nothing yet); set by cross-exchange fills
+    filled_scu: Mapped[str | None] = mapped_column(String(40))
     start_latest: Mapped[int | None] = mapped_column(BigInteger)
     flags: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     updated_at: Mapped[int | None] = mapped_column(BigInteger)

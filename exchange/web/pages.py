@@ -471,6 +471,7 @@ async def operator_page(request: web.Request) -> web.StreamResponse:
             "rounds": rounds,
             "selected": selected,
             "peers": await svc.federation.peers.peers_view(),
+            "evidence": await svc.federation.recovery.evidence(open_only=True),
             "keys": [k.to_json() for k in await svc.identity.keys()],
             "sessions": await request.app[WEB_SESSIONS].list_for(browser.principal),
         },

@@ -23,6 +23,8 @@ def counted_statements(ex: Exchange) -> Iterator[list[str]]:
     assert engine is not None
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "leases" in statement:  # the serving app's duty lease renewals run concurrently: not the forwarder's
+            return
         if statement.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE")):
             seen.append(statement)
 

@@ -148,6 +148,8 @@ ENDPOINTS: dict[tuple[str, str], Endpoint] = {
     ("POST", "/v1/federation/holds/{id}/commit"): Endpoint(_operator, peer=True),
     ("POST", "/v1/federation/holds/{id}/release"): Endpoint(_operator, peer=True),
     ("POST", "/v1/federation/mirror"): Endpoint(_operator, peer=True),
+    #: this world has no peer: the valid request reaches the service and is answered 404 unknown_peer
+    ("POST", "/v1/peers/{authority}/reverify"): Endpoint(_operator, ok=(404,)),
     ("POST", "/v1/federation/hub/summaries"): Endpoint(_operator, peer=True),
     ("POST", "/v1/federation/hub/demand"): Endpoint(_operator, peer=True),
     ("POST", "/v1/federation/hub/routes"): Endpoint(_operator, peer=True),
@@ -195,9 +197,13 @@ def concrete(w: World, template: str, suffix: str = "") -> str:
         value = w.unconfirmed_id
     elif template.startswith("/v1/contracts/"):
         value = w.contract_id
+    elif template.startswith("/v1/peers/"):
+        value = "PX"
     else:
         value = "0190a000-0000-7000-8000-000000000000"
-    return template.replace("{cri}", value + suffix).replace("{id}", value + suffix)
+    for placeholder in ("{cri}", "{id}", "{authority}"):
+        template = template.replace(placeholder, value + suffix)
+    return template
 
 
 def leaves(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:

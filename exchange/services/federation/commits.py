@@ -4,6 +4,7 @@ contracts), release the ones not wanted, and retry commits a peer outage left pe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select, update
@@ -12,6 +13,7 @@ from exchange.services.federation.context import FederationContext, log, peer_id
 from exchange.services.federation.contracts import peer_contract
 from exchange.services.federation.events import EventLog
 from exchange.services.federation.peers import PeerDirectory
+from exchange.services.federation.quantity import scu_of
 from exchange.services.peer_client import PeerRefusedError, PeerUnavailableError
 from exchange.storage.federation import OutboundHold, Peer, PeerContract
 from exchange.storage.orders import Order
@@ -134,6 +136,7 @@ class Commits:
             await self.events.record("bad_commit", peer.authority, {"outbound": outbound_id, "error": str(exc)})
             return 0
         devices = 0
+        appended_ids: set[str] = set()
         async with ctx.sessions.begin() as session:
             current = await session.get(OutboundHold, outbound_id)
             if current is None or current.status == "committed":
@@ -144,11 +147,17 @@ class Commits:
                 appended = await ctx.ledger.append_signed(session, "contract", body["contract_id"], env)
                 session.add(peer_contract("buyer", peer.authority, order_id, body, appended, now))
                 devices += int(body["devices"])
+                appended_ids.add(str(body["contract_id"]))
             fresh = await session.get(Order, order_id)
             assert fresh is not None
             fresh.filled_devices = (fresh.filled_devices or 0) + devices
             if fresh.quantity_devices is not None:
                 fresh.status = "filled" if fresh.filled_devices >= fresh.quantity_devices else "partially_filled"
+            elif (wanted := (fresh.spec or {}).get("quantity_scu")) is not None:  # an SCU order
+                new_bodies = [b for b, _env in checked if b["contract_id"] in appended_ids]
+                filled = Decimal(fresh.filled_scu or 0) + scu_of(new_bodies, ctx.scu)
+                fresh.filled_scu = str(filled)
+                fresh.status = "filled" if filled >= Decimal(str(wanted)) else "partially_filled"
             fresh.updated_at = now
             current.status = "committed"
             current.updated_at = now

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
@@ -20,6 +21,7 @@ from exchange.services.federation.commits import Commits, HeldAtPeer
 from exchange.services.federation.context import OPEN_ORDER, FederationContext
 from exchange.services.federation.events import EventLog
 from exchange.services.federation.peers import PeerDirectory
+from exchange.services.federation.quantity import Need
 from exchange.services.federation.summaries import Summaries
 from exchange.services.federation.terms import check_line, check_shape, order_terms, shape_fields
 from exchange.services.federation_capacity import IN_FLIGHT_STATUSES, Tranche, choose, free_tranches, lock_capacity
@@ -115,18 +117,15 @@ class BuyerSide:
                 )
             )
             summaries = await self.summaries.fresh(session)
-        if order.status not in OPEN_ORDER or order.quantity_devices is None or in_flight:
+        terms = order_terms(order, ctx.scu)
+        quantified = order.quantity_devices is not None or terms["quantity_scu"] is not None
+        if order.status not in OPEN_ORDER or not quantified or in_flight:
             return {"status": "skipped"}
-        terms = order_terms(order)
-        remaining = order.quantity_devices - order.filled_devices
-        if remaining <= 0:
-            return {"status": "skipped"}
+        need = Need.of(order, terms, ctx.scu)
+        if need.remaining <= 0 or (plan is not None and need.scu is not None):
+            return {"status": "skipped"}  # a hub plans device orders only
         start = max(now, int(terms["start_earliest"] or now))
         end = start + terms["duration"]
-        if terms["all_or_nothing"]:
-            need_min = remaining
-        else:
-            need_min = max(1, int(terms["min_fill_devices"] or 1) - order.filled_devices)
         candidates = []
         for peer, summary in summaries:
             if plan is None and summary.fillable(terms["models"], terms["regions"], terms["limits"]) > 0:
@@ -150,15 +149,16 @@ class BuyerSide:
         shaped = shape_fields(terms)
         self.orders_forwarded += 1
         held: list[HeldAtPeer] = []
-        total = 0
+        total = Decimal(0)
         for _ask, _auth, peer in candidates:
-            if total >= remaining:
+            if total >= need.remaining:
                 break
-            want = remaining - total
-            models, regions, floor = terms["models"], terms["regions"], need_min if shaped else 1
+            want = need.remaining - total
+            models, regions = terms["models"], terms["regions"]
+            quantity = need.ask(want, models, all_of_it=bool(shaped))
             if peer.authority in planned:
-                want, models, regions = planned[peer.authority]
-                floor = want
+                n, models, regions = planned[peer.authority]
+                want, quantity = Decimal(n), {"devices_max": n, "devices_min": n}
             msg = ctx.client.build(
                 peer,
                 "order_offer",
@@ -170,8 +170,7 @@ class BuyerSide:
                         "regions": regions,
                         "limits": terms["limits"],
                         "billing_mode": terms["billing_mode"],
-                        "devices_max": want,
-                        "devices_min": floor,
+                        **quantity,
                         "start_at": start,
                         "end_at": end,
                         **shaped,
@@ -207,8 +206,9 @@ class BuyerSide:
                     check_line(line, authority=ctx.authority, peer=peer, order=order, terms=terms, start=start, end=end)
                 check_shape(lines, terms)
                 devices = sum(int(line["devices"]) for line in lines)
-                if devices > want or devices != int(resp.get("devices", -1)):
-                    raise ValidationError("held more devices than asked", field="devices")
+                if devices != int(resp.get("devices", -1)):
+                    raise ValidationError("the hold's devices differ from its lines", field="devices")
+                amount = need.held(lines, want)
             except (ValidationError, KeyError, TypeError, ValueError) as exc:
                 await self.commits.release(msg["message_id"], peer, str(resp.get("hold_id")))
                 await self.events.record("bad_hold", peer.authority, {"order_id": order.id, "error": str(exc)})
@@ -219,13 +219,13 @@ class BuyerSide:
                 HeldAtPeer(msg["message_id"], order.id, peer, str(resp["hold_id"]), lines, devices,
                            int(resp.get("expires_at", 0)))
             )  # fmt: skip
-            total += devices
+            total += amount
             if shaped:
                 break
-        if total < need_min:
+        if total < need.minimum:
             for h in held:
                 await self.commits.release(h.outbound_id, h.peer, h.remote_hold_id)
-            return {"status": "unfilled", "held": total, "needed": need_min}
+            return {"status": "unfilled", "held": need.show(total), "needed": need.show(need.minimum)}
         if ctx.settings.federation_commit_delay_seconds > 0:  # fault injection: widen the hold-to-commit gap
             await asyncio.sleep(ctx.settings.federation_commit_delay_seconds)
         committed = 0
@@ -259,7 +259,7 @@ class BuyerSide:
                 summaries = [summary for _peer, summary in await self.summaries.fresh(session)]
                 if not summaries:
                     return []  # nobody to forward to: this pass (run every tick) reads no order
-                stmt = select(Order).where(Order.status.in_(OPEN_ORDER), Order.quantity_devices.is_not(None))
+                stmt = select(Order).where(Order.status.in_(OPEN_ORDER))
                 if order_ids is not None:
                     stmt = stmt.where(Order.id.in_(list(order_ids)))
                 orders = (await session.scalars(stmt.order_by(Order.created_at, Order.id).limit(200))).all()
@@ -269,19 +269,18 @@ class BuyerSide:
                 for order in orders:
                     if self._next_try.get(order.id, 0.0) > mono:
                         continue
-                    terms = order_terms(order)
+                    terms = order_terms(order, ctx.scu)
                     if not any(x.fillable(terms["models"], terms["regions"], terms["limits"]) > 0 for x in summaries):
                         continue  # no peer's summary could fill it: forward_order would find no peer
-                    remaining = order.quantity_devices - order.filled_devices if order.quantity_devices else 0
                     start = max(now, int(terms["start_earliest"] or now))
                     end = start + terms["duration"]
                     aged = now - order.created_at >= ctx.settings.federation_forward_after_seconds
-                    if (
-                        order_ids is None
-                        and not aged
-                        and not await self._shortfall_in(shortfall_session, terms, start, end, remaining, spans)
-                    ):
-                        continue
+                    if order_ids is None and not aged:
+                        if order.quantity_devices is None:
+                            continue  # an SCU order: the local rounds have it until forward_after
+                        remaining = order.quantity_devices - order.filled_devices
+                        if not await self._shortfall_in(shortfall_session, terms, start, end, remaining, spans):
+                            continue
                     due.append(order.id)
             gate = asyncio.Semaphore(FORWARD_CONCURRENCY)
 

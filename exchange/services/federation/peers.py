@@ -17,7 +17,7 @@ from exchange.services.federation.context import (
     peer_identity,
     peer_rows,
 )
-from exchange.storage.federation import CapacitySummaryRow, Peer, PeerCheckpoint
+from exchange.storage.federation import CapacitySummaryRow, Peer, PeerCheckpoint, PeerLogEvidence
 from exchange.storage.participants import Participant
 from federation.errors import KeyFormatError
 from federation.keys import Keyring, VerifyKey, parse_verifier_key
@@ -87,6 +87,11 @@ class PeerDirectory:
             row.status = "active"
             row.log_status = "unknown"
             row.log_problem = None
+            await session.execute(  # the operator chose to trust it afresh: open evidence is closed, not lost
+                update(PeerLogEvidence)
+                .where(PeerLogEvidence.peer_authority == authority, PeerLogEvidence.resolution.is_(None))
+                .values(resolution="re_added", resolved_at=now)
+            )
             await session.flush()
             view = self.peer_view(row, None, None)
         self._cache = None

@@ -8,18 +8,50 @@ import base64
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from exchange.services.federation.commits import Commits
 from exchange.services.federation.context import FederationContext, b64
 from exchange.services.federation.events import EventLog
 from exchange.services.federation.peers import PeerDirectory
 from exchange.services.federation.summaries import Summaries
-from exchange.services.peer_client import PeerRefusedError, PeerUnavailableError
-from exchange.storage.federation import Peer, PeerCheckpoint
+from exchange.services.peer_client import PeerClient, PeerRefusedError, PeerUnavailableError
+from exchange.storage.federation import Peer, PeerCheckpoint, PeerLogEvidence
 from federation.errors import NoteError, ProofError
 from federation.merkle import verify_consistency
-from federation.note import NoteVerifier, verify_checkpoint
+from federation.note import Checkpoint, NoteVerifier, verify_checkpoint
 from federation.peering import PeerIdentity, StaleSummaryError, SummaryError
+from identifiers.ids import new_id_str
+
+
+async def last_consistent(session: AsyncSession, authority: str) -> PeerCheckpoint | None:
+    """The largest checkpoint of the peer we verified as consistent, or None."""
+    return await session.scalar(
+        select(PeerCheckpoint)
+        .where(PeerCheckpoint.peer_authority == authority, PeerCheckpoint.consistent.is_(True))
+        .order_by(PeerCheckpoint.size.desc())
+        .limit(1)
+    )
+
+
+async def extension_problem(
+    client: PeerClient, peer: PeerIdentity, size: int, root: bytes, cp: Checkpoint
+) -> str | None:
+    """None when the peer's checkpoint `cp` extends its signed tree (size, root), checked with an RFC 9162
+    consistency proof fetched from the peer; else what is wrong (shrank, root changed, proof refused)."""
+    if cp.size < size:
+        return f"log shrank from {size} to {cp.size}"
+    if cp.size == size:
+        return None if cp.root == root else f"root at size {cp.size} changed"
+    if size == 0:
+        return None
+    proof = await client.get(peer, f"/v1/federation/consistency?from={size}&to={cp.size}")
+    try:
+        hashes = [base64.b64decode(h) for h in proof["hashes"]]
+        verify_consistency(size, cp.size, hashes, root, cp.root)
+    except (ProofError, KeyError, TypeError, ValueError) as exc:
+        return f"checkpoint {cp.size} is not consistent with {size}: {exc}"
+    return None
 
 
 class Resync:
@@ -60,31 +92,18 @@ class Resync:
                 str(cp_json["note"]), [NoteVerifier(peer.origin, peer.public_key)], origin=peer.origin
             )
         except (NoteError, KeyError, TypeError) as exc:
-            return await self._log_problem(peer, f"checkpoint signature refused: {exc}", None)
+            async with ctx.sessions() as session:
+                last = await last_consistent(session, peer.authority)
+            return await self._log_problem(peer, f"checkpoint signature refused: {exc}", None, last, None)
         async with ctx.sessions() as session:
-            last = await session.scalar(
-                select(PeerCheckpoint)
-                .where(PeerCheckpoint.peer_authority == peer.authority, PeerCheckpoint.consistent.is_(True))
-                .order_by(PeerCheckpoint.size.desc())
-                .limit(1)
-            )
+            last = await last_consistent(session, peer.authority)
             row = await session.get(Peer, peer.authority)
         if row is not None and row.log_status == "inconsistent":
             return {"status": "inconsistent", "size": cp.size, "problem": row.log_problem}
         if last is not None:
-            if cp.size < last.size:
-                return await self._log_problem(peer, f"log shrank from {last.size} to {cp.size}", cp_json)
-            if cp.size == last.size and cp.root != last.root:
-                return await self._log_problem(peer, f"root at size {cp.size} changed", cp_json)
-            if cp.size > last.size and last.size > 0:
-                proof = await ctx.client.get(peer, f"/v1/federation/consistency?from={last.size}&to={cp.size}")
-                try:
-                    hashes = [base64.b64decode(h) for h in proof["hashes"]]
-                    verify_consistency(last.size, cp.size, hashes, last.root, cp.root)
-                except (ProofError, KeyError, TypeError, ValueError) as exc:
-                    return await self._log_problem(
-                        peer, f"checkpoint {cp.size} is not consistent with {last.size}: {exc}", cp_json
-                    )
+            problem = await extension_problem(ctx.client, peer, last.size, last.root, cp)
+            if problem is not None:
+                return await self._log_problem(peer, problem, cp_json, last, (cp, str(cp_json["note"])))
         async with ctx.sessions.begin() as session:
             if (last is None or cp.size != last.size) and await session.get(
                 PeerCheckpoint, (peer.authority, cp.size)
@@ -102,12 +121,35 @@ class Resync:
             await session.execute(update(Peer).where(Peer.authority == peer.authority).values(log_status="consistent"))
         return {"status": "consistent", "size": cp.size}
 
-    async def _log_problem(self, peer: PeerIdentity, problem: str, cp_json: Any) -> dict[str, Any]:
+    async def _log_problem(
+        self,
+        peer: PeerIdentity,
+        problem: str,
+        cp_json: Any,
+        kept: PeerCheckpoint | None,
+        seen: tuple[Checkpoint, str] | None,
+    ) -> dict[str, Any]:
+        """Flag the peer's log `inconsistent` and keep the evidence: the last checkpoint we verified and the
+        conflicting one (`seen`: verified signature, with its note), both signed by the peer."""
         async with self.ctx.sessions.begin() as session:
             await session.execute(
                 update(Peer)
                 .where(Peer.authority == peer.authority)
                 .values(log_status="inconsistent", log_problem=problem[:1000])
+            )
+            session.add(
+                PeerLogEvidence(
+                    id=new_id_str(),
+                    peer_authority=peer.authority,
+                    problem=problem[:1000],
+                    kept_size=None if kept is None else kept.size,
+                    kept_root=None if kept is None else kept.root,
+                    kept_note=None if kept is None else kept.note,
+                    seen_size=None if seen is None else seen[0].size,
+                    seen_root=None if seen is None else seen[0].root,
+                    seen_note=None if seen is None else seen[1],
+                    created_at=self.ctx.clock(),
+                )
             )
         note = cp_json.get("note") if isinstance(cp_json, dict) else None
         await self.events.record("log_inconsistent", peer.authority, {"problem": problem, "note": note})

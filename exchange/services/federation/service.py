@@ -23,6 +23,7 @@ from exchange.services.federation.mirror import Mirror
 from exchange.services.federation.outbound import BuyerSide
 from exchange.services.federation.peers import PeerDirectory
 from exchange.services.federation.reads import Reads
+from exchange.services.federation.recovery import Recovery
 from exchange.services.federation.resync import Resync
 from exchange.services.federation.summaries import Summaries
 from exchange.services.identity import IdentityService
@@ -49,6 +50,7 @@ class Federation:
     outbound: BuyerSide
     mirror: Mirror
     resync: Resync
+    recovery: Recovery
     reads: Reads
 
     @classmethod
@@ -70,6 +72,7 @@ class Federation:
         inbound = OwnerSide(ctx, events)
         commits = Commits(ctx, peers, events)
         mirror = Mirror(ctx)
+        resync = Resync(ctx, peers, summaries, commits, events)
         return cls(
             ctx=ctx,
             events=events,
@@ -80,7 +83,8 @@ class Federation:
             commits=commits,
             outbound=BuyerSide(ctx, peers, summaries, commits, events),
             mirror=mirror,
-            resync=Resync(ctx, peers, summaries, commits, events),
+            resync=resync,
+            recovery=Recovery(ctx, peers, resync, events),
             reads=Reads(ctx, peers, inbound, mirror, events),
         )
 

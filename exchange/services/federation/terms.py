@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from exchange.services.federation_capacity import limit_for
@@ -12,14 +13,22 @@ from identifiers.cri import parse_cri
 from identifiers.errors import ValidationError
 
 
-def order_terms(order: Order) -> dict[str, Any]:
-    """What federation needs from an order's spec (DESIGN.md section 6 fields; device quantities only)."""
+def order_terms(order: Order, scu: Mapping[str, Decimal | None] | None = None) -> dict[str, Any]:
+    """What federation needs from an order's spec (DESIGN.md section 6 fields). An SCU order carries
+    `quantity_scu`; a limit per SCU-hour becomes a per-device limit per model with the catalogue SCU `scu`
+    (floored: never above what the buyer offered), as local clearing converts it."""
     spec = order.spec or {}
-    limits = spec.get("limit_fen_per_device_hour") or {}
+    limits = {str(k): int(v) for k, v in (spec.get("limit_fen_per_device_hour") or {}).items()}
+    scu_limit = spec.get("limit_fen_per_scu_hour")
+    if not limits and scu_limit is not None and scu:
+        wanted = spec.get("models") or sorted(scu)
+        limits = {m: int(Decimal(str(scu_limit)) * per) for m in wanted if (per := scu.get(m)) is not None and per > 0}
+    quantity_scu = spec.get("quantity_scu") if order.quantity_devices is None else None
     return {
         "models": spec.get("models"),
         "regions": spec.get("regions"),
-        "limits": {str(k): int(v) for k, v in limits.items()},
+        "limits": limits,
+        "quantity_scu": None if quantity_scu is None else Decimal(str(quantity_scu)),
         "billing_mode": spec.get("billing_mode") or order.billing_mode or "per_minute",
         "duration": int(spec.get("duration_seconds") or 3600),
         "start_earliest": spec.get("start_earliest"),
