@@ -13,6 +13,7 @@ from exchange.services.federation import Federation
 from exchange.services.health import HealthService
 from exchange.services.hub import HubService
 from exchange.services.identity import IdentityService
+from exchange.services.lease import SingletonLease
 from exchange.services.ledger import LedgerService
 from exchange.services.nonces import NonceStore
 from exchange.services.orders import OrderService
@@ -52,6 +53,7 @@ class Services:
     usage: UsageService
     settlement: SettlementService
     rounds: RoundService
+    lease: SingletonLease
 
     async def close(self) -> None:
         """Stop background audit jobs; release the database pool (only when this root opened it)."""
@@ -103,7 +105,15 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         ledger=ledger,
         federation=federation,
         hub=hub,
-        audit=AuditService(sessions, ledger, identity, catalogue, settings.exports_dir, settings.authority),
+        audit=AuditService(
+            sessions,
+            ledger,
+            identity,
+            catalogue,
+            settings.exports_dir,
+            settings.authority,
+            job_lease_seconds=settings.job_lease_seconds,
+        ),
         participants=ParticipantService(sessions, regions, settings.signature_window_seconds, nonces),
         registration=RegistrationService(
             sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds
@@ -113,4 +123,11 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         usage=usage,
         settlement=settlement,
         rounds=rounds,
+        lease=SingletonLease(
+            sessions.kw["bind"],
+            sessions,
+            settings.database_url,
+            poll_seconds=settings.lease_poll_seconds,
+            stop_grace_seconds=settings.shutdown_grace_seconds,
+        ),
     )

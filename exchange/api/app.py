@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api import ledger, rounds
+from exchange.api import duties, ledger, rounds
 from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
 from exchange.api.boundary import boundary_middleware
 from exchange.api.connections import body_timeout_middleware
@@ -29,7 +29,9 @@ def create_app(svc: Services) -> web.Application:
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
     setup_web(app)  # the web console at / (exchange/web)
-    app.cleanup_ctx.append(ledger.checkpoint_publisher)
-    app.cleanup_ctx.append(rounds.periodic_rounds)
+    app.on_startup.append(ledger.load_exchange_key)
+    app.cleanup_ctx.append(rounds.warm_solver)
+    duties.register_duties(svc)  # run by the duties lease in one process of those sharing the database
+    app.cleanup_ctx.append(duties.lease_keeper)
     app.on_shutdown.append(rounds.stop_rounds)
     return app

@@ -11,7 +11,6 @@ the exchange publishes for anyone to verify (signed documents, log proofs, aggre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypedDict
@@ -23,6 +22,8 @@ from exchange.api.keys import SERVICES, services
 from exchange.api.metrics import METRICS
 from exchange.api.operations import Api, Args
 from exchange.api.params import ChoiceParam, IntParam, TextParam, uuid_param
+from exchange.composition import Services
+from exchange.services.lease import Fence
 from exchange.storage.federation import HOLD_STATUSES
 from identifiers.errors import AuthenticationError
 
@@ -308,16 +309,26 @@ async def stats(request: web.Request, args: Args) -> web.Response:
     return _json(services(request).federation.stats())
 
 
+def register_federation_duty(svc: Services) -> None:
+    """The federation and hub loops (summaries, resync, forwarding, holds, hub rounds): a duty of the lease holder."""
+
+    async def duty(_fence: Fence | None, stop: asyncio.Event) -> None:
+        loops = [*svc.federation.background_tasks(), *svc.hub.background_tasks()]
+        tasks = [asyncio.create_task(loop) for loop in loops]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    svc.lease.add_duty("federation", duty)
+
+
 async def federation_tasks(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: run the federation loops (summaries, resync, forwarding, hold sweeper) while serving."""
+    """cleanup_ctx: after the duties lease stopped its loops, close the federation clients."""
     svc = app[SERVICES]
-    loops = [*svc.federation.background_tasks(), *svc.hub.background_tasks()]
-    tasks: list[asyncio.Task[None]] = [asyncio.create_task(loop) for loop in loops]
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await svc.lease.shutdown()
     await svc.hub.close()
     await svc.federation.close()

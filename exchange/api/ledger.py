@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 from aiohttp import web
 
 from exchange.api.keys import SERVICES, services
@@ -131,14 +128,6 @@ async def keys(request: web.Request, args: Args) -> web.Response:
     return web.json_response({"origin": svc.settings.origin, "current": current, "keys": [k.to_json() for k in infos]})
 
 
-async def checkpoint_publisher(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: load the exchange key (or refuse to start); publish a checkpoint every N seconds (0: off)."""
-    svc = app[SERVICES]
-    await svc.identity.load()
-    interval = svc.settings.checkpoint_interval_seconds
-    stop = asyncio.Event()
-    task = asyncio.create_task(svc.ledger.run_publisher(interval, stop)) if interval > 0 else None
-    yield
-    if task is not None:
-        stop.set()
-        await task
+async def load_exchange_key(app: web.Application) -> None:
+    """on_startup: load the exchange key (or refuse to start); the duties lease publishes checkpoints."""
+    await app[SERVICES].identity.load()

@@ -4,7 +4,6 @@ periodic round task started with the app when `round_interval_seconds` > 0."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -15,8 +14,6 @@ from aiohttp import web
 from exchange.api.keys import services
 from exchange.api.operations import Api, Args
 from exchange.api.params import ID, IntParam
-from exchange.services.round_lock import RoundBusyError
-from exchange.services.rounds import RoundsStoppingError
 
 log = logging.getLogger("hetex.rounds")
 routes = Api("rounds")
@@ -121,36 +118,16 @@ async def offer_fills(request: web.Request, args: Args) -> web.Response:
     return _json(await services(request).rounds.offer_fills(args.who, args[ID]))
 
 
-async def periodic_rounds(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: run a round every `round_interval_seconds`; a failed round is logged, the next runs."""
+async def warm_solver(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: start the solver process now, so the first round pays no start-up (the duties lease,
+    exchange/api/duties.py, runs the periodic rounds)."""
     from exchange.api.keys import SERVICES
 
     svc = app[SERVICES]
-    interval = svc.settings.round_interval_seconds
-    task: asyncio.Task[None] | None = None
-    warm = asyncio.create_task(svc.rounds.solver.warm(), name="hetex-solver-warm")  # first round: no start-up
+    warm = asyncio.create_task(svc.rounds.solver.warm(), name="hetex-solver-warm")
     warm.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed warm-up retries on first use
-    if interval > 0:
-
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                try:
-                    await svc.rounds.run_round("interval")
-                except RoundBusyError:
-                    log.info("periodic round skipped: another round holds the lock")
-                except RoundsStoppingError:
-                    return
-                except Exception:
-                    log.exception("periodic clearing round failed; the next one runs in %ss", interval)
-
-        task = asyncio.create_task(loop(), name="hetex-periodic-rounds")
     yield
     warm.cancel()
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def stop_rounds(app: web.Application) -> None:

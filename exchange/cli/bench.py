@@ -11,6 +11,7 @@ from exchange.cli import bench_api
 from exchange.cli.bench_federation import register_federation
 from exchange.cli.bench_match import register_match
 from exchange.cli.bench_web import register_web
+from exchange.cli.bench_workers import register_workers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_federation(bsub)
     register_round_load(bsub)
     register_web(bsub)
+    register_workers(bsub)
 
 
 def register_ledger(bsub: argparse._SubParsersAction) -> None:

@@ -41,6 +41,7 @@ COMMANDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("audit", "regulator audit bundles (export, verify offline, show totals)", ("audit", "audit_export")),
     ("settle", "settlement of contracts", ("settle",)),
     ("usage", "node-side usage reporting", ("usage",)),
+    ("agent", "the provider's node agent: devices, heartbeats, metered signed usage", ("agent",)),
     ("demo", "run the whole market story on a temporary database", ("demo",)),
     ("login", "sign in to the web console with your key (a one-time link)", ("login",)),
 )

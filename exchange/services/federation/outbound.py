@@ -256,6 +256,9 @@ class BuyerSide:
             now = ctx.clock()
             mono = time.monotonic()
             async with ctx.sessions() as session:
+                summaries = [summary for _peer, summary in await self.summaries.fresh(session)]
+                if not summaries:
+                    return []  # nobody to forward to: this pass (run every tick) reads no order
                 stmt = select(Order).where(Order.status.in_(OPEN_ORDER), Order.quantity_devices.is_not(None))
                 if order_ids is not None:
                     stmt = stmt.where(Order.id.in_(list(order_ids)))
@@ -267,6 +270,8 @@ class BuyerSide:
                     if self._next_try.get(order.id, 0.0) > mono:
                         continue
                     terms = order_terms(order)
+                    if not any(x.fillable(terms["models"], terms["regions"], terms["limits"]) > 0 for x in summaries):
+                        continue  # no peer's summary could fill it: forward_order would find no peer
                     remaining = order.quantity_devices - order.filled_devices if order.quantity_devices else 0
                     start = max(now, int(terms["start_earliest"] or now))
                     end = start + terms["duration"]

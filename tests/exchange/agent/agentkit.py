@@ -1,0 +1,262 @@
+"""A real `hetex serve` subprocess and `hetex agent run` subprocesses with simulated devices, for the
+end-to-end and fault tests of the node agent (and the agents bench)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from exchange.agent.journal import Journal
+from exchange.client import HetexClient
+from federation.keys import SigningKey, save_signing_key
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("HETEX_")}
+    out["PYTHONPATH"] = str(ROOT)
+    return out
+
+
+class ExchangeProc:
+    """`python -m exchange serve` on a SQLite file; kill and start again on the same port and database."""
+
+    def __init__(self, workdir: Path, database_url: str | None = None, slot_seconds: int = 5) -> None:
+        self.workdir = workdir
+        self.slot_seconds = slot_seconds
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database_url = database_url or f"sqlite+aiosqlite:///{workdir / 'hetex.db'}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = (workdir / "serve.log").open("ab")
+
+    async def start(self) -> None:
+        """Start and wait for /healthz."""
+        cmd = [sys.executable, "-m", "exchange", "serve", "--database-url", self.database_url]
+        cmd += ["--port", str(self.port), "--public-base-url", self.url, "--key-dir", str(self.workdir / "keys")]
+        full = {**env(), "HETEX_ROUND_SLOT_SECONDS": str(self.slot_seconds)}  # a compressed market clock
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=full, stdout=self.log, stderr=self.log)  # noqa: ASYNC220
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, (self.workdir / "serve.log").read_text()[-3000:]
+                try:
+                    async with http.get(self.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise AssertionError("hetex serve did not come up")
+
+    def kill(self) -> None:
+        """kill -9."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    async def add_operator(self) -> HetexClient:
+        """An operator key (added straight to the database, as `hetex admin add-operator` does)."""
+        from exchange.composition import build_services
+        from exchange.settings import Settings
+
+        key = SigningKey.generate()
+        svc = await build_services(Settings(database_url=self.database_url, key_dir=self.workdir / "keys"))
+        try:
+            await svc.participants.add_by_operator("operator", "operator", key.public.to_base64())
+        finally:
+            await svc.close()
+        return HetexClient(self.url, key)
+
+
+@dataclass
+class Node:
+    """One provider with one site, one pool and one open offer, and the agent config for it."""
+
+    name: str
+    client: HetexClient
+    site_cri: str
+    pool: dict[str, Any]
+    offer: dict[str, Any]
+    config: Path
+    state: Path
+    journal: Path
+    proc: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    def set_state(self, *, count: int, removed: tuple[str, ...] = (), failed: tuple[str, ...] = ()) -> None:
+        """Rewrite the simulated device state (the agent re-reads it every scan)."""
+        data = {"devices": [{"model": self.pool["model"], "count": count, "utilization_pct": 90}]}
+        tmp = self.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**data, "removed": list(removed), "failed": list(failed)}))
+        tmp.replace(self.state)
+
+    def start(self, **extra_env: str) -> None:
+        """`python -m exchange agent run --config ...` (its JSON logs go to a file per start)."""
+        log = self.config.with_name(f"agent-{len(self.logs)}.log")
+        self.logs.append(log)
+        out = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exchange", "agent", "run", "--config", str(self.config)],
+            cwd=self.config.parent,
+            env={**env(), **extra_env},
+            stdout=out,
+            stderr=out,
+        )
+
+    def kill9(self) -> None:
+        """SIGKILL, no clean-up at all."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> int:
+        """SIGTERM and wait."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """The journal's per-contract totals (read while the agent runs: WAL readers do not block)."""
+        j = Journal(self.journal)
+        try:
+            return j.totals()
+        finally:
+            j.close()
+
+    def pending(self) -> int:
+        j = Journal(self.journal)
+        try:
+            return j.depth()
+        finally:
+            j.close()
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+
+async def provider_node(
+    ex: ExchangeProc,
+    workdir: Path,
+    name: str,
+    *,
+    model: str = "NV-H100-SXM",
+    devices: int = 4,
+    ask_fen: int = 1000,
+    exchange_url: str | None = None,
+    **agent: Any,
+) -> Node:
+    """Register a provider, its site, pool and offer through the API; write the agent's key, state, config."""
+    d = workdir / name
+    d.mkdir(parents=True)
+    key = SigningKey.generate()
+    save_signing_key(d / "node.pem", key)
+    c = HetexClient(ex.url, key)
+    await c.register("provider", name, "CN-SH")
+    site = await c.add_site("CN-SH", f"{name} DC")
+    pool = await c.add_pool(site["cri"], model, devices, devices_per_node=devices)
+    now = int(time.time())
+    offer = await c.post_offer(
+        pool["cri"],
+        devices,
+        ask_fen,
+        now - 60,
+        window_end=now + 3 * 3600,
+        min_lease_seconds=1,
+        billing_modes=["per_minute"],
+    )
+    settings = {
+        "exchange_url": exchange_url or ex.url,
+        "site": site["cri"],
+        "key": "node.pem",
+        "journal": "journal.db",
+        "source": "simulated",
+        "source_file": "devices.json",
+        "auto_confirm": True,
+        "heartbeat_seconds": 1.0,
+        "scan_seconds": 0.5,
+        "period_seconds": 15,
+        "request_timeout": 3.0,
+        **agent,
+    }
+    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    (d / "agent.toml").write_text("\n".join(lines) + "\n")
+    node = Node(name, c, site["cri"], pool, offer, d / "agent.toml", d / "devices.json", d / "journal.db")
+    node.set_state(count=devices)
+    return node
+
+
+async def wait_for(check: Any, limit: float, what: str, every: float = 0.25) -> Any:
+    """Poll an async or plain callable until it returns something truthy."""
+    deadline = time.monotonic() + limit
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(every)
+
+
+class TcpProxy:
+    """A TCP relay to the exchange that can be cut (stop) and restored (start): a network outage."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+        self.conns: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        for w in list(self.conns):
+            w.close()
+        self.conns.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self.conns.update({writer, up_w})
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
