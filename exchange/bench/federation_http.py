@@ -234,11 +234,11 @@ def run_http(fabric: Fabric, progress: Progress | None = None, *, settle_seconds
             deadline = time.monotonic() + settle_seconds
             last_change = time.monotonic()
             while time.monotonic() < deadline and time.monotonic() - last_change < 15:
-                for p in procs.values():
+                for m, p in procs.items():
                     with p.session() as s:
                         states = s.execute(select(OrderRow.id, OrderRow.status)).all()
-                    for oid, status in states:
-                        if status == "filled" and oid not in filled_at:
+                    for oid, status in states:  # the member's own orders (not the mirrors of peers' orders)
+                        if status == "filled" and oid in order_map[m] and oid not in filled_at:
                             filled_at[oid] = time.monotonic() - t_seed
                             last_change = time.monotonic()
                 say(f"settling ({len(filled_at)}/{total} filled)", 0.3 + 0.7 * min(1.0, len(filled_at) / max(1, total)))
