@@ -31,7 +31,15 @@ def _fill(out: Outcome, orders: int) -> str:
 
 
 def run_federation_bench(
-    exchanges: int, orders: int, pools: int, seed: int, progress: Progress | None = None
+    exchanges: int,
+    orders: int,
+    pools: int,
+    seed: int,
+    progress: Progress | None = None,
+    *,
+    processes: bool = False,
+    http_orders: int = 60,
+    http_pools: int = 24,
 ) -> dict[str, Any]:
     """Clear one generated national market merged, through the hub and by greedy forwarding; the figures."""
     say = progress or (lambda _s, _f: None)
@@ -55,7 +63,13 @@ def run_federation_bench(
     t_greedy = time.perf_counter() - t0
     say("done", 1.0)
     cross = sum(1 for a in hub.allocations if fabric.pool_owner[a.pool_id] != fabric.order_owner[a.order_id])
+    http: dict[str, Any] = {}
+    if processes:
+        from exchange.bench.federation_http import run_http
+
+        http = run_http(national(exchanges, http_orders, http_pools, seed), say)
     return {
+        **http,
         "exchanges": exchanges,
         "hubs": 1,
         "orders": n,

@@ -5,6 +5,7 @@ terminal."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,8 +23,19 @@ def register_federation(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--orders", type=int, default=600, help="orders over all members (default 600)")
     p.add_argument("--pools", type=int, default=150, help="pools over all members (default 150)")
     p.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
+    p.add_argument(
+        "--processes",
+        action="store_true",
+        help="also run a smaller market through a hub over HTTP between real processes (latency, messages)",
+    )
+    p.add_argument("--http-orders", type=int, default=60, help="orders of the HTTP run (default 60)")
+    p.add_argument("--http-pools", type=int, default=24, help="pools of the HTTP run (default 24)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run_bench_federation)
+
+
+def _http(args: argparse.Namespace) -> dict[str, Any]:
+    return {"processes": args.processes, "http_orders": args.http_orders, "http_pools": args.http_pools}
 
 
 def run_bench_federation(args: argparse.Namespace) -> int:
@@ -44,9 +56,9 @@ def run_bench_federation(args: argparse.Namespace) -> int:
             def progress(stage: str, frac: float) -> None:
                 bar.update(task, completed=round(frac * 100), description=f"federation: {stage}")
 
-            report = run_federation_bench(args.exchanges, args.orders, args.pools, args.seed, progress)
+            report = run_federation_bench(args.exchanges, args.orders, args.pools, args.seed, progress, **_http(args))
     else:
-        report = run_federation_bench(args.exchanges, args.orders, args.pools, args.seed)
+        report = run_federation_bench(args.exchanges, args.orders, args.pools, args.seed, **_http(args))
     if args.json:
         print_json(report)
         return 0

@@ -1,0 +1,316 @@
+"""`hetex bench federation --processes`: the national market through a hub over HTTP between real
+`hetex serve` processes (one hub, one process per member, each its own SQLite file and keys, peered).
+
+Each member's pools (free devices as offers) and device orders are written into its database; members
+clear locally in their own rounds and send the hub their supply curves and unmet demand, the hub routes,
+the members run the two-phase protocol with the owners (the residual protocol of specs/federation.md
+section 9.3). Reported: welfare of the contracts made (from the generated orders' limits and pools' asks)
+against the merged market of the same device orders, fill rate, peer messages per cross-exchange order
+and order-to-contract latency p50/p99 (order written -> filled, polled every 0.1 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from exchange.bench.api import _free_port
+from exchange.composition import build_services
+from exchange.settings import Settings
+from exchange.storage.contracts import Contract
+from exchange.storage.orders import Order as OrderRow
+from exchange.storage.participants import Participant
+from exchange.storage.registration import Offer, Pool, Site
+from identifiers.cri import mint_pool_cri, mint_site_cri
+from identifiers.ids import new_id_str
+from matching.fabric import Fabric, clear_merged
+from matching.model import Order
+
+Progress = Callable[[str, float], None]
+ENV = {
+    "HETEX_FEDERATION_SUMMARY_INTERVAL_SECONDS": "1",
+    "HETEX_FEDERATION_SUMMARY_TTL_SECONDS": "30",
+    "HETEX_FEDERATION_SYNC_INTERVAL_SECONDS": "2",
+    "HETEX_FEDERATION_FORWARD_INTERVAL_SECONDS": "0.2",
+    "HETEX_FEDERATION_FORWARD_AFTER_SECONDS": "3",
+    "HETEX_FEDERATION_SWEEP_INTERVAL_SECONDS": "0.5",
+    "HETEX_FEDERATION_HOLD_TTL_SECONDS": "10",
+    "HETEX_FEDERATION_PEER_TIMEOUT_SECONDS": "5",
+    "HETEX_ROUND_INTERVAL_SECONDS": "2",
+    "HETEX_CHECKPOINT_INTERVAL_SECONDS": "2",
+    "HETEX_FEDERATION_HUB_ROUND_INTERVAL_SECONDS": "0.5",
+}
+
+
+def _device_market(fabric: Fabric) -> Fabric:
+    """The fabric without SCU orders (the HTTP path forwards device orders) and with reservations folded
+    into smaller pools (offers carry free devices only)."""
+    pools = []
+    for p in fabric.market.pools:
+        held = max((r.devices for r in p.reserved), default=0)
+        if p.devices - held > 0:
+            pools.append(replace(p, devices=p.devices - held, devices_per_node=p.devices - held, reserved=()))
+    orders = tuple(o for o in fabric.market.orders if o.quantity_scu is None)
+    return replace(fabric, market=replace(fabric.market, pools=tuple(pools), orders=orders))
+
+
+class _Proc:
+    def __init__(self, authority: str, root: Path, host: str, extra: dict[str, str]) -> None:
+        self.authority = authority
+        self.root = root / authority
+        self.root.mkdir(parents=True)
+        self.host = host
+        self.port = _free_port()
+        self.url = f"http://{host}:{self.port}"
+        self.db = self.root / "hetex.db"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HETEX_")}
+        self.env.update(ENV)
+        self.env.update(
+            {
+                "HETEX_DATABASE_URL": f"sqlite:///{self.db}",
+                "HETEX_KEY_DIR": str(self.root / "keys"),
+                "HETEX_AUTHORITY": authority,
+                "HETEX_ORIGIN": f"{authority.lower()}.bench.hetex/log",
+                "HETEX_PUBLIC_BASE_URL": self.url,
+                **extra,
+            }
+        )
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.root / "serve.log").open("ab")
+        cmd = [sys.executable, "-m", "exchange", "serve", "--host", self.host, "--port", str(self.port)]
+        self.popen = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=5) as resp:  # noqa: S310 (http to our own child)
+            return json.loads(resp.read())
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise RuntimeError(f"{self.authority} exited; see {self.root / 'serve.log'}")
+            try:
+                self.get("/healthz")
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"{self.authority} did not start; see {self.root / 'serve.log'}")
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+
+    def session(self) -> Session:
+        engine = create_engine(f"sqlite:///{self.db}", connect_args={"timeout": 30}, poolclass=NullPool)
+        return Session(engine)
+
+
+def _participant(s: Session, role: str, name: str) -> str:
+    pid = new_id_str()
+    key = secrets.token_urlsafe(32)[:43] + "="
+    s.add(Participant(id=pid, role=role, name=name, public_key=key, key_id=secrets.token_hex(4), status="active",
+                      created_at=int(time.time())))  # fmt: skip
+    return pid
+
+
+def _seed(proc: _Proc, fabric: Fabric, member: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Write the member's pools (one provider, site, pool and open offer each) and orders; id maps
+    (database offer id -> generated pool id, database order id -> generated order id)."""
+    now = int(time.time())
+    offers: dict[str, str] = {}
+    orders: dict[str, str] = {}
+    with proc.session() as s, s.begin():
+        provider = _participant(s, "provider", "bench provider")
+        buyer = _participant(s, "buyer", "bench buyer")
+        s.flush()
+        for i, p in enumerate(x for x in fabric.market.pools if fabric.pool_owner[x.id] == member):
+            site_cri = mint_site_cri(member, p.region, f"PR{i:03d}")
+            site = Site(id=new_id_str(), cri=str(site_cri), provider_id=provider, region=p.region,
+                        site_code=site_cri.site or "", name=f"site {i}", status="active",
+                        last_heartbeat_at=now + 7 * 86400, created_at=now)  # fmt: skip
+            s.add(site)
+            s.flush()
+            pool = Pool(id=new_id_str(), cri=str(mint_pool_cri(site_cri, p.model)), site_id=site.id, model=p.model,
+                        devices=p.devices, memory_gb=p.memory_gb, nodes=1, devices_per_node=p.devices,
+                        status="active", created_at=now)  # fmt: skip
+            s.add(pool)
+            s.flush()
+            offer = Offer(id=new_id_str(), pool_id=pool.id, provider_id=provider, devices=p.devices,
+                          window_start=now - 60, window_end=None, min_lease_seconds=60, ask_fen=p.ask_fen,
+                          billing_modes=["per_minute"], status="open", created_at=now)  # fmt: skip
+            s.add(offer)
+            offers[pool.id] = p.id
+        for o in (x for x in fabric.market.orders if fabric.order_owner[x.id] == member):
+            spec = {
+                "quantity_devices": o.quantity_devices,
+                "models": list(o.models),
+                "duration_seconds": o.duration_seconds,
+                "limit_fen_per_device_hour": dict(o.limits),
+                "billing_mode": "per_minute",
+                "all_or_nothing": True,
+            }
+            oid = new_id_str()
+            s.add(OrderRow(id=oid, buyer_id=buyer, idempotency_key=oid, request_hash="0" * 64, spec=spec,
+                           billing_mode="per_minute", status="open", quantity_devices=o.quantity_devices,
+                           filled_devices=0, created_at=now))  # fmt: skip
+            orders[oid] = o.id
+    return offers, orders
+
+
+def _welfare(fabric: Fabric, contracts: list[tuple[str, str, int, int, int]]) -> int:
+    """Welfare of contracts (order id, pool id, devices, start, end) in generated ids, fen."""
+    from matching.fabric import order_welfare
+    from matching.model import Allocation
+
+    orders: dict[str, Order] = {o.id: o for o in fabric.market.orders}
+    by_order: dict[str, list[Allocation]] = {}
+    for oid, pid, n, start, end in contracts:
+        by_order.setdefault(oid, []).append(Allocation(oid, pid, n, start, end, 0, 0, 0, 0, 0))
+    return sum(order_welfare(fabric.market, orders[oid], allocs) for oid, allocs in by_order.items())
+
+
+def run_http(fabric: Fabric, progress: Progress | None = None, *, settle_seconds: float = 90) -> dict[str, Any]:
+    """Run the fabric over HTTP through a hub; the figures (see the module docstring)."""
+    say = progress or (lambda _s, _f: None)
+    fabric = _device_market(fabric)
+    merged = clear_merged(fabric)
+    members = list(fabric.members)
+    with tempfile.TemporaryDirectory(prefix="hetex-fedbench-") as tmp:
+        root = Path(tmp)
+        hub = _Proc("H", root, "127.0.0.31", {"HETEX_FEDERATION_HUB_MODE": "true"})
+        procs = {m: _Proc(m, root, f"127.0.0.{32 + i}", {"HETEX_FEDERATION_HUB": "H"}) for i, m in enumerate(members)}
+        everyone = [hub, *procs.values()]
+        try:
+            say("starting processes", 0.05)
+            for p in everyone:
+                p.start()
+            for p in everyone:
+                p.wait_ready()
+            say("peering", 0.2)
+            identities = {p.authority: p.get("/v1/federation/identity") for p in everyone}
+
+            async def peer_all() -> None:
+                for p in everyone:
+                    svc = await build_services(Settings.from_env(p.env))
+                    try:
+                        for q in everyone:
+                            if q is not p:
+                                key = identities[q.authority]["verifier_key"]
+                                await svc.federation.peers.add_peer(q.url, key, q.authority)
+                    finally:
+                        await svc.federation.close()
+                        await svc.close()
+
+            asyncio.run(peer_all())
+            say("seeding", 0.3)
+            offer_map: dict[str, dict[str, str]] = {}
+            order_map: dict[str, dict[str, str]] = {}
+            t_seed = time.monotonic()
+            for m, p in procs.items():
+                offer_map[m], order_map[m] = _seed(p, fabric, m)
+            filled_at: dict[str, float] = {}
+            total = sum(len(v) for v in order_map.values())
+            deadline = time.monotonic() + settle_seconds
+            last_change = time.monotonic()
+            while time.monotonic() < deadline and time.monotonic() - last_change < 15:
+                for m, p in procs.items():
+                    with p.session() as s:
+                        states = s.execute(select(OrderRow.id, OrderRow.status)).all()
+                    for oid, status in states:  # the member's own orders (not the mirrors of peers' orders)
+                        if status == "filled" and oid in order_map[m] and oid not in filled_at:
+                            filled_at[oid] = time.monotonic() - t_seed
+                            last_change = time.monotonic()
+                say(f"settling ({len(filled_at)}/{total} filled)", 0.3 + 0.7 * min(1.0, len(filled_at) / max(1, total)))
+                time.sleep(0.1)
+            contracts: list[tuple[str, str, int, int, int]] = []
+            cross = 0
+            for m, p in procs.items():
+                with p.session() as s:
+                    rows = s.execute(
+                        select(
+                            Contract.order_id, Contract.pool_id, Contract.devices, Contract.start_at, Contract.end_at
+                        ).where(Contract.status != "cancelled")
+                    ).all()
+                for order_id, pool_id, n, start, end in rows:
+                    gen_pool = offer_map[m].get(pool_id)
+                    gen_order = order_map[m].get(order_id)
+                    if gen_pool is None:
+                        continue
+                    if gen_order is None:  # a mirror order: the buyer's exchange holds the original
+                        cross += 1
+                        continue
+                    contracts.append((gen_order, gen_pool, n, start, end))
+            # cross-exchange contracts: the owner's pool and the buyer's order, from the buyer's peer_contracts
+            contracts += _cross_contracts(procs, offer_map, order_map)
+            welfare = _welfare(fabric, contracts)
+            stats = {m: p.get("/v1/federation/stats") for m, p in procs.items()}
+            sent: dict[str, int] = {}
+            for st in stats.values():
+                for k, v in st["messages_sent"].items():
+                    sent[k] = sent.get(k, 0) + int(v)
+            protocol = sent.get("order_offer", 0) + sent.get("hold_commit", 0) + sent.get("hold_release", 0)
+            forwarded = len({c[0] for c in _cross_contracts(procs, offer_map, order_map)})
+            lat = sorted(filled_at.values())
+            hub_view = hub.get("/v1/federation/hub")
+        finally:
+            for p in everyone:
+                p.stop()
+
+    def pct(q: float) -> float | None:
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else None
+
+    return {
+        "http_orders": total,
+        "http_merged_welfare_fen": merged.welfare_fen,
+        "http_welfare_fen": welfare,
+        "http_welfare_ratio_to_merged": str(round(welfare / merged.welfare_fen, 4)) if merged.welfare_fen else "0",
+        "http_fill_rate": str(round(len(filled_at) / max(1, total), 4)),
+        "http_cross_exchange_orders": forwarded,
+        "http_peer_messages_per_order": str(round(protocol / max(1, forwarded), 3)),
+        "http_messages_sent": sent,
+        "http_order_to_contract_ms_p50": pct(0.5),
+        "http_order_to_contract_ms_p99": pct(0.99),
+        "http_hub_rounds": hub_view["rounds"],
+    }
+
+
+def _cross_contracts(
+    procs: dict[str, _Proc], offer_map: dict[str, dict[str, str]], order_map: dict[str, dict[str, str]]
+) -> list[tuple[str, str, int, int, int]]:
+    """Cross-exchange contracts seen at the buyer's exchange, in generated ids."""
+    from exchange.storage.federation import PeerContract
+    from federation.peering import envelope_json
+
+    out = []
+    for m, p in procs.items():
+        with p.session() as s:
+            rows = s.scalars(select(PeerContract).where(PeerContract.side == "buyer")).all()
+            bodies = [envelope_json(r.envelope) for r in rows]
+        for b in bodies:
+            owner = str(b["owner_authority"])
+            gen_order = order_map[m].get(str(b["order_id"]))
+            gen_pool = offer_map.get(owner, {}).get(str(b["pool_id"]))
+            if gen_order and gen_pool:
+                out.append((gen_order, gen_pool, int(b["devices"]), int(b["start_at"]), int(b["end_at"])))
+    return out
