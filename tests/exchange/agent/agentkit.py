@@ -4,6 +4,7 @@ end-to-end and fault tests of the node agent (and the agents bench)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -173,7 +174,7 @@ async def provider_node(
     c = HetexClient(ex.url, key)
     await c.register("provider", name, "CN-SH")
     site = await c.add_site("CN-SH", f"{name} DC")
-    pool = await c.add_pool(site["cri"], model, devices, devices_per_node=devices)
+    pool = await c.add_pool(site["cri"], model, devices, devices_per_node=devices, memory_gb=64)
     now = int(time.time())
     offer = await c.post_offer(
         pool["cri"],
@@ -260,3 +261,39 @@ class TcpProxy:
                 w.close()
 
         await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+
+class InProcessAgent:
+    """A node's agent as an asyncio task in this process (many agents on one machine); `crash()` cancels
+    it without any clean-up, like kill -9 at an await point (the journal commits are atomic)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.task: asyncio.Task[None] | None = None
+        self.agent: Any = None
+
+    def start(self) -> None:
+        from exchange.agent.config import load_config
+        from exchange.agent.discovery import SimulatedSource
+        from exchange.agent.runner import Agent
+
+        cfg = load_config(self.node.config)
+        client = HetexClient(cfg.exchange_url, SigningKey.from_pem((self.node.config.parent / "node.pem").read_bytes()))
+        assert cfg.source_file is not None
+        self.agent = Agent(cfg, client, SimulatedSource(cfg.source_file))
+        self.task = asyncio.create_task(self.agent.run())
+
+    async def crash(self) -> None:
+        assert self.task is not None and self.agent is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.agent.client.close()
+        self.agent.journal.close()
+
+    async def stop(self) -> None:
+        assert self.task is not None and self.agent is not None
+        self.agent.stop()
+        await self.task
+        await self.agent.client.close()
+        self.agent.journal.close()
