@@ -9,9 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from exchange.billing.tiers import load_tier_table
 from exchange.services.audit import AuditService
 from exchange.services.contracts import ContractService
-from exchange.services.federation import FederationService
+from exchange.services.federation import Federation
 from exchange.services.health import HealthService
+from exchange.services.hub import HubService
 from exchange.services.identity import IdentityService
+from exchange.services.lease import SingletonLease
 from exchange.services.ledger import LedgerService
 from exchange.services.nonces import NonceStore
 from exchange.services.orders import OrderService
@@ -41,7 +43,8 @@ class Services:
     health: HealthService
     identity: IdentityService
     ledger: LedgerService
-    federation: FederationService
+    federation: Federation
+    hub: HubService
     audit: AuditService
     participants: ParticipantService
     registration: RegistrationService
@@ -50,6 +53,7 @@ class Services:
     usage: UsageService
     settlement: SettlementService
     rounds: RoundService
+    lease: SingletonLease
 
     async def close(self) -> None:
         """Stop background audit jobs; release the database pool (only when this root opened it)."""
@@ -69,10 +73,10 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
     nonces = NonceStore(settings.signature_window_seconds)
     identity = IdentityService(sessions, settings.key_dir, settings.origin)
     ledger = LedgerService(sessions, identity, settings.origin)
-    federation = FederationService(sessions, settings, identity, ledger, catalogue=catalogue)
+    federation = Federation.build(sessions, settings, identity, ledger, catalogue=catalogue)
     usage = UsageService(sessions, ledger)
     settlement = SettlementService(sessions, ledger, load_tier_table)
-    usage.on_logged = settlement.on_logged = federation.enqueue_mirror  # cross-exchange contracts are mirrored
+    usage.on_logged = settlement.on_logged = federation.mirror.enqueue_mirror  # cross-exchange contracts are mirrored
     contracts = ContractService(sessions, ledger, catalogue, load_tier_table, fee_bps=settings.fee_bps)
     rounds = RoundService(
         sessions,
@@ -87,7 +91,8 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         repeatable_snapshot=engine is not None and not settings.is_sqlite,
         disclosure_min_orders=settings.disclosure_min_orders,
     )
-    federation.seller_lock = lambda: rounds.lock.hold(settings.federation_peer_timeout_seconds)
+    federation.inbound.seller_lock = lambda: rounds.lock.hold(settings.federation_peer_timeout_seconds)
+    hub = HubService(sessions, settings, federation, catalogue, regions)
     return Services(
         settings=settings,
         engine=engine,
@@ -99,7 +104,16 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         identity=identity,
         ledger=ledger,
         federation=federation,
-        audit=AuditService(sessions, ledger, identity, catalogue, settings.exports_dir, settings.authority),
+        hub=hub,
+        audit=AuditService(
+            sessions,
+            ledger,
+            identity,
+            catalogue,
+            settings.exports_dir,
+            settings.authority,
+            job_lease_seconds=settings.job_lease_seconds,
+        ),
         participants=ParticipantService(sessions, regions, settings.signature_window_seconds, nonces),
         registration=RegistrationService(
             sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds
@@ -109,4 +123,11 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         usage=usage,
         settlement=settlement,
         rounds=rounds,
+        lease=SingletonLease(
+            sessions.kw["bind"],
+            sessions,
+            settings.database_url,
+            poll_seconds=settings.lease_poll_seconds,
+            stop_grace_seconds=settings.shutdown_grace_seconds,
+        ),
     )

@@ -51,6 +51,10 @@ class Settings(BaseModel):
     fee_bps: int = Field(default=100, ge=0, le=10_000)
     disclosure_min_orders: int = Field(default=3, ge=1)  # public class prices need this many contracted orders
     migrate_on_start: bool = True
+    # several processes on one PostgreSQL (README "Several processes"): workers, the duties lease, job leases
+    workers: int = Field(default=1, ge=1, le=64)
+    lease_poll_seconds: float = Field(default=1, gt=0, le=60)
+    job_lease_seconds: float = Field(default=30, ge=1, le=3600)
     # connection hygiene of `hetex serve` (README "Running the service"): slowloris and per-client caps
     http_head_timeout_seconds: float = Field(default=10, gt=0)
     http_body_timeout_seconds: float = Field(default=30, gt=0)
@@ -66,6 +70,9 @@ class Settings(BaseModel):
     federation_sweep_interval_seconds: float = Field(default=1, ge=0)
     federation_peer_timeout_seconds: float = Field(default=5, gt=0)
     federation_commit_delay_seconds: float = Field(default=0, ge=0)  # fault injection for partition tests
+    federation_hub: str = Field(default="", pattern=r"^([A-Z0-9]{1,8})?$")  # authority of this exchange's hub
+    federation_hub_mode: bool = False  # this exchange clears for member exchanges (exchange/services/hub.py)
+    federation_hub_round_interval_seconds: float = Field(default=2, ge=0)
 
     @field_validator("database_url")
     @classmethod

@@ -26,7 +26,19 @@ from identifiers.errors import AuthenticationError, ConflictError, ValidationErr
 from identifiers.ids import new_id_str
 
 PROTOCOL = "hetex-federation/1"
-MESSAGE_TYPES = frozenset({"capacity_summary", "order_offer", "hold_commit", "hold_release", "mirror"})
+MESSAGE_TYPES = frozenset(
+    {
+        "capacity_summary",
+        "order_offer",
+        "hold_commit",
+        "hold_release",
+        "mirror",
+        # the hub role (specs/federation.md section 9)
+        "supply_summary",
+        "hub_demand",
+        "hub_routes",
+    }
+)
 SUMMARY_PAYLOAD_TYPE = record_payload_type("capacity-summary")
 CONTRACT_PAYLOAD_TYPE = record_payload_type("contract")
 AUTHORITY_RE = re.compile(r"[A-Z0-9]{1,8}\Z")

@@ -9,18 +9,16 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
+from collections.abc import Container
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import pycountry
 from stdnum.iso7064 import mod_37_36
 
 from identifiers.crockford import is_code, random_code
 from identifiers.errors import CriError
-
-if TYPE_CHECKING:
-    from identifiers.catalogue import Catalogue
 
 PREFIX = "CRI1"
 SEPARATOR = ":"
@@ -141,7 +139,7 @@ def normalize_cri_text(text: str) -> str:
     return unicodedata.normalize("NFKC", text).strip()
 
 
-def parse_cri(text: str, *, catalogue: Catalogue | None = None) -> Cri:
+def parse_cri(text: str, *, catalogue: Container[str] | None = None) -> Cri:
     """Parse and validate a CRI; with a catalogue the model must be known. Raises CriError."""
     if not isinstance(text, str):
         raise CriError(f"a CRI must be text, not {type(text).__name__}", reason="bad_character")

@@ -44,6 +44,13 @@ class ConflictError(HetexError):
     code = "conflict"
 
 
+class UnavailableError(HetexError):
+    """The exchange cannot serve this request now for a reason on its side (retry later; not the caller's fault)."""
+
+    code = "unavailable"
+    retry_after_seconds: ClassVar[int] = 30
+
+
 class AuthenticationError(HetexError):
     """The caller could not be authenticated (missing/bad/expired/replayed signature, unknown key)."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from matching.eligibility import Prepared, prepare
-from matching.model import ClearingResult, Market
+from matching.model import Market
 from matching.placement import Placer
 from matching.relaxation import build_network, relax
 
@@ -34,17 +34,3 @@ def lp_bound(market: Market) -> Decimal:
     """Optimum of the aggregated relaxation in fen (min-cost flow, or the time-indexed LP)."""
     rel = relax(build_network(prepare(market)))
     return (Decimal(repr(rel.value)) / 3600).quantize(Decimal("0.001"))
-
-
-def greedy(market: Market, *, prices: bool = False) -> ClearingResult:
-    """Clear with greedy price-time priority (for comparison)."""
-    from matching.clearing import clear
-
-    return clear(market, method="greedy", prices=prices)
-
-
-def fifo(market: Market, *, prices: bool = False) -> ClearingResult:
-    """Clear with FIFO first-fit (for comparison)."""
-    from matching.clearing import clear
-
-    return clear(market, method="fifo", prices=prices)

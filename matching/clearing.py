@@ -9,11 +9,13 @@ from decimal import Decimal
 import numpy as np
 
 from matching.audit import audit
+from matching.baselines import fifo_first_fit, greedy_price_time
 from matching.components import count_components
 from matching.eligibility import Prepared, prepare
-from matching.exact import count_vars, solve_exact
+from matching.mip import count_candidates, solve_mip, to_placer
 from matching.model import ClearingResult, Market, RoundStats, Unfilled, validate_market
-from matching.placement import NodeFitError, Piece, Placer
+from matching.placement import Piece, Placer
+from matching.polish import polish
 from matching.prices import class_prices, compute_duals, price_pieces
 from matching.relaxation import Network, Relaxation, build_network, relax
 from matching.repair import place_within_flow
@@ -298,16 +300,13 @@ def _repair(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, *, sp
 
 def run_method(prep: Prepared, net: Network, method: str) -> tuple[Placer, Relaxation | None, float]:
     """Allocate with one method on shared arrays; returns the placer, relaxation and solve seconds."""
-    from matching.baselines import fifo_first_fit, greedy_price_time
-
     t0 = time.perf_counter()
     placer = Placer(prep)
     rel: Relaxation | None = None
     if method == "mcf":
         rel = relax(net)
         placer = fast_repair(prep, net, rel) if rel.method == "mcf" else repair_and_place(prep, net, rel, placer)
-        _exact_polish(prep, rel, placer_ref := [placer])
-        placer = placer_ref[0]
+        placer = exact_polish(prep, net, rel, placer)
     elif method == "greedy":
         greedy_price_time(prep, placer)
     elif method == "fifo":
@@ -317,35 +316,26 @@ def run_method(prep: Prepared, net: Network, method: str) -> tuple[Placer, Relax
     return placer, rel, time.perf_counter() - t0
 
 
-EXACT_MAX_VARS = 3000
+EXACT_MAX_COLUMNS = 20_000  # markets this small are re-solved whole by the integer model
+EXACT_NODE_LIMIT = 2_000
 
 
-def _exact_polish(prep: Prepared, rel: Relaxation, box: list[Placer], time_limit: float = 5.0) -> None:
-    """On a small market with a gap to the bound, solve the exact CP-SAT model warm-started from the
-    repaired allocation and keep it when better (tiny markets clear exactly)."""
-    placer = box[0]
-    w = placer.welfare_units()
-    if rel.value <= 0 or w >= rel.value * (1 - 1e-12):
-        return
-    orders = [o for o in range(prep.n_orders) if len(prep.order_edges[o])]
-    classes = set(range(len(prep.classes)))
-    if count_vars(prep, orders, classes) > EXACT_MAX_VARS:
-        return
-    res = solve_exact(prep, orders, classes, prep.free, placer.pieces, time_limit=time_limit, seed=prep.market.seed)
-    if res is None:
-        return
-    pieces, _opt = res
-    alt = Placer(prep)
-    by_order: dict[int, list[Piece]] = {}
-    for pc in pieces:
-        by_order.setdefault(pc.order, []).append(pc)
-    try:
-        for o in sorted(by_order):
-            alt.commit(by_order[o])
-    except NodeFitError:
-        return
-    if alt.welfare_units() > w:
-        box[0] = alt
+def exact_polish(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, gap_tolerance: float = 1e-6) -> Placer:
+    """When the repaired allocation is not within tolerance of the bound: re-solve a small market whole
+    with the integer model (warm-started from the allocation, deterministic node limit), a larger one
+    neighbourhood by neighbourhood (matching.polish). Never returns a worse allocation."""
+    if rel.value <= 0 or placer.welfare_units() >= rel.value * (1 - gap_tolerance):
+        return placer
+    everyone = np.ones(prep.n_orders, dtype=bool)
+    if count_candidates(prep, everyone) > EXACT_MAX_COLUMNS:
+        return polish(prep, net, rel, placer, gap_tolerance=gap_tolerance)
+    res = solve_mip(prep, net, node_limit=EXACT_NODE_LIMIT, hint=placer)
+    if res is None or res.status == "failed":
+        return placer
+    if res.status == "limit":
+        prep.limits_hit.append("exact")
+    alt = to_placer(prep, net, res)
+    return alt if alt.welfare_units() > placer.welfare_units() else placer
 
 
 def unfilled(prep: Prepared, placer: Placer) -> list[Unfilled]:

@@ -50,6 +50,20 @@ class Placer:
         self._bill_ok: dict[tuple[int, str], np.ndarray] = {}
         self.node_used: dict[int, np.ndarray] = {}  # pool -> [nodes, H] devices of single-node gangs
 
+    def copy(self) -> Placer:
+        """An independent copy of the state (capacity, pieces, node use)."""
+        out = Placer.__new__(Placer)
+        out.prep = self.prep
+        out.free = self.free.copy()
+        out._pieces = list(self._pieces)
+        out._alive = list(self._alive)
+        out.by_pool = {k: list(v) for k, v in self.by_pool.items()}
+        out.by_order = {k: list(v) for k, v in self.by_order.items()}
+        out.filled = self.filled.copy()
+        out._bill_ok = self._bill_ok
+        out.node_used = {k: v.copy() for k, v in self.node_used.items()}
+        return out
+
     def is_node_gang(self, order: int, devices: int) -> bool:
         """True when the piece must sit on one node (a single-node gang of two devices or more)."""
         return bool(self.prep.order_node[order]) and devices > 1

@@ -4,41 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api import (
-    audit,
-    contracts,
-    federation,
-    ledger,
-    openapi,
-    orders,
-    participants,
-    reference,
-    registration,
-    rounds,
-    settlements,
-)
+from exchange.api import duties, ledger, rounds
 from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
 from exchange.api.boundary import boundary_middleware
 from exchange.api.connections import body_timeout_middleware
 from exchange.api.keys import SERVICES
-from exchange.api.metrics import METRICS, ApiMetrics, metrics_handler, metrics_middleware
+from exchange.api.metrics import METRICS, ApiMetrics, metrics_middleware
+from exchange.api.openapi import TABLES
 from exchange.api.problems import problem_middleware
 from exchange.composition import Services
 from exchange.web import setup_web
 
-ROUTE_TABLES = [
-    reference.routes,
-    openapi.routes,
-    ledger.routes,
-    participants.routes,
-    registration.routes,
-    orders.routes,
-    contracts.routes,
-    settlements.routes,
-    audit.routes,
-    federation.routes,
-    rounds.routes,
-]
+ROUTE_TABLES = TABLES
 
 
 def create_app(svc: Services) -> web.Application:
@@ -49,11 +26,12 @@ def create_app(svc: Services) -> web.Application:
     app[SERVICES] = svc
     app[METRICS] = ApiMetrics()
     app[KEY_CACHE] = KeyCache()
-    app.router.add_get("/metrics", metrics_handler)
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
     setup_web(app)  # the web console at / (exchange/web)
-    app.cleanup_ctx.append(ledger.checkpoint_publisher)
-    app.cleanup_ctx.append(rounds.periodic_rounds)
+    app.on_startup.append(ledger.load_exchange_key)
+    app.cleanup_ctx.append(rounds.warm_solver)
+    duties.register_duties(svc)  # run by the duties lease in one process of those sharing the database
+    app.cleanup_ctx.append(duties.lease_keeper)
     app.on_shutdown.append(rounds.stop_rounds)
     return app

@@ -4,44 +4,69 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api.auth import require_principal
 from exchange.api.keys import services
-from exchange.api.parsing import parse_body
-from exchange.api.responses import path_id
+from exchange.api.operations import Api, Args
+from exchange.api.params import ID
 from exchange.services.audit import ExportRequest
 
-routes = web.RouteTableDef()
+routes = Api("audit")
 
 BUNDLE_MEDIA_TYPE = "application/gzip"
+EXPORT_STATUS = {
+    "type": "object",
+    "required": ["id", "status"],
+    "properties": {"id": {"type": "string"}, "status": {"type": "string"}},
+}
 
 
-@routes.post("/v1/audit/exports")
-async def create_export(request: web.Request) -> web.Response:
+@routes.post(
+    "/v1/audit/exports",
+    "createAuditExport",
+    "Start an audit export for a period (regulators only); 202 with the job status and Location",
+    ok=202,
+    response=EXPORT_STATUS,
+    body=ExportRequest,
+    signed=True,
+    role=("regulator", "request audit exports"),
+    errors=(403, 409, 413, 422),
+)
+async def create_export(request: web.Request, args: Args) -> web.Response:
     """Start an export (regulators only); 202 with the job's status and its Location."""
-    who = require_principal(request)
-    who.require_role("regulator", action="request audit exports")
-    body = await parse_body(request, ExportRequest)
-    status = await services(request).audit.create_export(who.id, body)
+    status = await services(request).audit.create_export(args.who.id, args.body(ExportRequest))
     location = f"/v1/audit/exports/{status.id}"
     return web.json_response(status.to_json(), status=202, headers={"Location": location})
 
 
-@routes.get("/v1/audit/exports/{id}")
-async def get_export(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/audit/exports/{id}",
+    "getAuditExport",
+    "Status and progress of one of the caller's exports",
+    params=(ID,),
+    response=EXPORT_STATUS,
+    signed=True,
+    role=("regulator", "read audit exports"),
+    errors=(403, 404, 422),
+)
+async def get_export(request: web.Request, args: Args) -> web.Response:
     """Status and progress of one of the caller's exports."""
-    who = require_principal(request)
-    who.require_role("regulator", action="read audit exports")
-    status = await services(request).audit.status(who.id, path_id(request))
-    return web.json_response(status.to_json())
+    return web.json_response((await services(request).audit.status(args.who.id, args[ID])).to_json())
 
 
-@routes.get("/v1/audit/exports/{id}/bundle")
-async def get_bundle(request: web.Request) -> web.FileResponse:
+@routes.get(
+    "/v1/audit/exports/{id}/bundle",
+    "getAuditBundle",
+    "The finished bundle (tar.gz)",
+    params=(ID,),
+    response={"type": "string", "format": "binary"},
+    content_type=BUNDLE_MEDIA_TYPE,
+    signed=True,
+    role=("regulator", "download audit bundles"),
+    errors=(403, 404, 409, 422),
+)
+async def get_bundle(request: web.Request, args: Args) -> web.FileResponse:
     """The finished bundle (tar.gz), streamed from disk."""
-    who = require_principal(request)
-    who.require_role("regulator", action="download audit bundles")
-    export_id = path_id(request)
-    path = await services(request).audit.bundle_path(who.id, export_id)
+    export_id = args[ID]
+    path = await services(request).audit.bundle_path(args.who.id, export_id)
     return web.FileResponse(
         path,
         headers={

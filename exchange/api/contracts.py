@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api.auth import require_principal
 from exchange.api.boundary import parsed_body
 from exchange.api.keys import services
-from exchange.api.params import ChoiceParam, IntParam
-from exchange.api.parsing import parse_body
-from exchange.api.responses import model_response, path_id
+from exchange.api.operations import Api, Args
+from exchange.api.params import ID, ChoiceParam, IntParam
+from exchange.api.responses import model_response
 from exchange.services.contract_views import (
     CancelBody,
     ContractList,
@@ -20,7 +19,7 @@ from exchange.services.contract_views import (
 )
 from exchange.services.contracts import CONTRACT_STATUSES
 
-routes = web.RouteTableDef()
+routes = Api("contracts")
 
 LIST_QUERY = (
     ChoiceParam("status", "query", "only contracts in this state", choices=CONTRACT_STATUSES),
@@ -29,53 +28,95 @@ LIST_QUERY = (
 STATUS, LIMIT = LIST_QUERY
 
 
-@routes.get("/v1/contracts")
-async def list_contracts(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/contracts",
+    "listContracts",
+    "The caller's contracts (as buyer or provider), newest first",
+    params=LIST_QUERY,
+    response=ContractList,
+    signed=True,
+    errors=(403, 422),
+)
+async def list_contracts(request: web.Request, args: Args) -> web.Response:
     """The caller's contracts (as buyer or provider), newest first."""
-    who = require_principal(request)
-    items = await services(request).contracts.list_for(
-        who, status=STATUS.parse(request), limit=LIMIT.value(request, 100)
-    )
+    items = await services(request).contracts.list_for(args.who, status=args.get(STATUS), limit=args.get(LIMIT, 100))
     return model_response(ContractList.model_validate({"items": items}))
 
 
-@routes.get("/v1/contracts/{id}")
-async def get_contract(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/contracts/{id}",
+    "getContract",
+    "One contract, for its buyer or provider (or the operator and regulators)",
+    params=(ID,),
+    response=ContractView,
+    signed=True,
+    errors=(403, 404, 422),
+)
+async def get_contract(request: web.Request, args: Args) -> web.Response:
     """One contract, for its buyer or provider."""
-    who = require_principal(request)
-    return model_response(ContractView.model_validate(await services(request).contracts.get(who, path_id(request))))
+    return model_response(ContractView.model_validate(await services(request).contracts.get(args.who, args[ID])))
 
 
-@routes.post("/v1/contracts/{id}/confirm")
-async def confirm(request: web.Request) -> web.Response:
+@routes.post(
+    "/v1/contracts/{id}/confirm",
+    "confirmContract",
+    "The provider confirms the contract's start",
+    params=(ID,),
+    response=ContractView,
+    signed=True,
+    errors=(403, 404, 409, 422),
+)
+async def confirm(request: web.Request, args: Args) -> web.Response:
     """The provider confirms the contract's start."""
-    who = require_principal(request)
-    view = await services(request).contracts.confirm(who, path_id(request))
+    view = await services(request).contracts.confirm(args.who, args[ID])
     return model_response(ContractView.model_validate(view))
 
 
-@routes.post("/v1/contracts/{id}/cancel")
-async def cancel(request: web.Request) -> web.Response:
+@routes.post(
+    "/v1/contracts/{id}/cancel",
+    "cancelContract",
+    "Buyer or provider cancels: free before start, the used part is settled after (specs/billing.md 4)",
+    params=(ID,),
+    response=ContractView,
+    body=CancelBody,
+    signed=True,
+    errors=(403, 404, 409, 413, 422),
+)
+async def cancel(request: web.Request, args: Args) -> web.Response:
     """Buyer or provider cancels (rules: specs/billing.md section 4)."""
-    who = require_principal(request)
-    body = await parse_body(request, CancelBody)
-    view = await services(request).contracts.cancel(who, path_id(request), body.reason)
+    view = await services(request).contracts.cancel(args.who, args[ID], args.body(CancelBody).reason)
     return model_response(ContractView.model_validate(view))
 
 
-@routes.post("/v1/contracts/{id}/usage")
-async def report_usage(request: web.Request) -> web.Response:
-    """A node-signed usage report (DSSE envelope body); 201 when new, 200 for an identical retry."""
-    who = require_principal(request)
-    await parse_body(request, UsageEnvelope)  # exactly the DSSE members; the bytes stored are the ones sent
-    envelope = parsed_body(request)
-    view, created = await services(request).usage.report(who, path_id(request), envelope)
+@routes.post(
+    "/v1/contracts/{id}/usage",
+    "reportUsage",
+    "A node-signed usage report (DSSE envelope, specs/billing.md 5); 201 new, 200 an identical retry",
+    params=(ID,),
+    ok=201,
+    response=UsageView,
+    body=UsageEnvelope,
+    signed=True,
+    errors=(403, 404, 409, 413, 422),
+    extra={"200": "the report first accepted under this meter and sequence number"},
+)
+async def report_usage(request: web.Request, args: Args) -> web.Response:
+    """A node-signed usage report (DSSE envelope body); 201 when new, 200 for an identical retry.
+    The body was validated as exactly the DSSE members; the bytes stored are the ones sent."""
+    view, created = await services(request).usage.report(args.who, args[ID], parsed_body(request))
     return model_response(UsageView.model_validate(view), 201 if created else 200)
 
 
-@routes.get("/v1/contracts/{id}/usage")
-async def list_usage(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/contracts/{id}/usage",
+    "listUsage",
+    "Every usage report of a contract, with its flags",
+    params=(ID,),
+    response=UsageList,
+    signed=True,
+    errors=(403, 404, 422),
+)
+async def list_usage(request: web.Request, args: Args) -> web.Response:
     """Every usage report of a contract with its flags."""
-    who = require_principal(request)
-    items = await services(request).usage.list_for(who, path_id(request))
+    items = await services(request).usage.list_for(args.who, args[ID])
     return model_response(UsageList.model_validate({"items": items}))

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from exchange.api.operations import Api, Args
+
 
 class ApiMetrics:
     """Request counters and latency histogram of one app."""
@@ -53,7 +55,11 @@ async def metrics_middleware(
     return response
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
+routes = Api("reference")
+
+
+@routes.get("/metrics", "metrics", "Prometheus metrics", response={"type": "string"}, content_type="text/plain")
+async def metrics_handler(request: web.Request, args: Args) -> web.Response:
     """Prometheus text exposition."""
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,4 +1,5 @@
-"""OpenAPI 3.1 description of the HTTP API, generated from the pydantic request/response models.
+"""OpenAPI 3.1 description of the HTTP API, generated from the operations declared next to their handlers
+(exchange.api.operations) and the pydantic request/response models.
 
 `python -m exchange.api.openapi > specs/openapi.yaml` writes the committed file (a test checks it is
 current); the app serves the same document at GET /openapi.json.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -17,36 +17,23 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
-from exchange.api import contracts, federation, ledger, orders, registration, rounds, settlements
-from exchange.api.params import CRI, CRI_PATTERN, ID, Param
-from exchange.services.audit import ExportRequest
-from exchange.services.contract_views import (
-    BatchView,
-    CancelBody,
-    ContractList,
-    ContractView,
-    SettlementList,
-    SettlementRun,
-    SettlementView,
-    UsageEnvelope,
-    UsageList,
-    UsageView,
+from exchange.api import (
+    audit,
+    contracts,
+    federation,
+    hub,
+    ledger,
+    metrics,
+    orders,
+    participants,
+    reference,
+    registration,
+    rounds,
+    settlements,
 )
-from exchange.services.orders import OrderPage, OrderSpec, OrderView
-from exchange.services.participants import ParticipantRegistration, ParticipantView
-from exchange.services.registration import (
-    HeartbeatView,
-    OfferAmendment,
-    OfferList,
-    OfferPost,
-    OfferView,
-    PoolDeclaration,
-    PoolView,
-    SiteDetail,
-    SiteList,
-    SiteRegistration,
-    SiteView,
-)
+from exchange.api.operations import Api, Args, Operation
+from exchange.api.params import CRI_PATTERN
+from exchange.services.registration import PoolView, SiteView
 from identifiers.catalogue import load_catalogue
 from identifiers.regions import load_regions
 
@@ -69,668 +56,37 @@ class Problem(BaseModel):
     reason: str | None = None
 
 
-@dataclass(frozen=True)
-class Op:
-    """One operation: method, path, models, statuses and whether a signature is required."""
-
-    method: str
-    path: str
-    operation_id: str
-    summary: str
-    tag: str
-    ok: int = 200
-    response: type[BaseModel] | dict[str, Any] | None = None
-    body: type[BaseModel] | None = None
-    body_required: bool = True
-    signed: bool = False
-    errors: tuple[int, ...] = ()
-    query: tuple[Param, ...] = ()
-    headers: tuple[dict[str, Any], ...] = ()
-    content_type: str = "application/json"
-    extra: dict[str, Any] = field(default_factory=dict)
+routes = Api("reference")
 
 
-#: path parameters by placeholder: the declarations the handlers parse with
-PATH_PARAMS: dict[str, Param] = {"{cri}": CRI, "{id}": ID, "{index}": ledger.INDEX}
-IDEMPOTENCY = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": True,
-    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
-    "description": "retry key: same key + same body returns the first order (200); a different body is 409",
-}
-
-HEALTH = {
-    "type": "object",
-    "required": ["status", "authority"],
-    "properties": {"status": {"type": "string"}, "authority": {"type": "string"}},
-}
-CATALOGUE = {
-    "type": "object",
-    "required": ["count", "vendors", "models"],
-    "properties": {
-        "count": {"type": "integer"},
-        "vendors": {"type": "array", "items": {"type": "string"}},
-        "models": {"type": "array", "items": {"type": "object", "required": ["code", "vendor", "family"]}},
-    },
-}
-REGIONS = {
-    "type": "object",
-    "required": ["regions", "latency_ms"],
-    "properties": {
-        "regions": {"type": "array", "items": {"type": "object", "required": ["code", "name"]}},
-        "latency_ms": {"type": "object", "additionalProperties": {"type": "object"}},
-    },
-}
-RESOLVED = {"oneOf": [{"$ref": REF.format(model="SiteView")}, {"$ref": REF.format(model="PoolView")}]}
-TEXT = {"type": "string"}
-OBJECT = {"type": "object"}
-LEDGER_ENTRY = {"type": "object", "required": ["index"]}
-ROUND_VIEW = {
-    "type": "object",
-    "required": ["id", "status", "disclosure", "prices"],
-    "properties": {"disclosure": {"type": "string", "enum": ["public", "full"]}, "prices": {"type": "array"}},
-}
-PROOF = {"type": "object"}
-LEDGER_KEYS = {
-    "type": "object",
-    "required": ["origin", "current", "keys"],
-    "properties": {"origin": {"type": "string"}, "keys": {"type": "array", "items": {"type": "object"}}},
-}
-EXPORT_STATUS = {
-    "type": "object",
-    "required": ["id", "status"],
-    "properties": {"id": {"type": "string"}, "status": {"type": "string"}},
-}
-BUNDLE = {"type": "string", "format": "binary"}
-LEDGER_ERRORS = (404, 409, 422)
-
-FED_OBJECT = {"type": "object"}
-FED_IDENTITY = {"type": "object", "required": ["authority", "origin", "url", "key_id", "public_key", "verifier_key"]}
+@routes.get("/openapi.json", "openapi", "This document", response={"type": "object"})
+async def openapi_json(request: web.Request, args: Args) -> web.Response:
+    """This API's OpenAPI document."""
+    return web.json_response(_build())
 
 
-def _list_of(name: str) -> dict[str, Any]:
-    return {"type": "object", "required": [name], "properties": {name: {"type": "array", "items": {"type": "object"}}}}
-
-
-OPS: tuple[Op, ...] = (
-    Op("get", "/healthz", "healthz", "Liveness and a database round trip", "reference", response=HEALTH),
-    Op("get", "/metrics", "metrics", "Prometheus metrics", "reference", response=TEXT, content_type="text/plain"),
-    Op("get", "/openapi.json", "openapi", "This document", "reference", response={"type": "object"}),
-    Op("get", "/v1/catalogue/accelerators", "catalogue", "The accelerator catalogue", "reference", response=CATALOGUE),
-    Op("get", "/v1/regions", "regions", "Regions and the latency matrix", "reference", response=REGIONS),
-    Op(
-        "get",
-        "/v1/resolve/{cri}",
-        "resolve",
-        "The site or pool a CRI names (or its tombstone); a peer's CRI answers 307 to the owning exchange",
-        "reference",
-        response=RESOLVED,
-        errors=(404, 422),
-    ),
-    Op(
-        "get",
-        "/v1/ledger/checkpoint",
-        "ledgerCheckpoint",
-        "The latest signed checkpoint of the transparency log (C2SP signed note)",
-        "ledger",
-        response=TEXT,
-        content_type="text/plain",
-        errors=LEDGER_ERRORS,
-    ),
-    Op(
-        "get",
-        "/v1/ledger/entries/{index}",
-        "ledgerEntry",
-        "One log entry: stored bytes (base64), leaf hash and the parsed DSSE envelope; a signed GET by a party to"
-        " the record, the regulator or the operator (leaf hashes and proofs are public: proofs/inclusion)",
-        "ledger",
-        response=LEDGER_ENTRY,
-        signed=True,
-        errors=LEDGER_ERRORS,
-    ),
-    Op(
-        "get",
-        "/v1/ledger/proofs/inclusion",
-        "ledgerInclusionProof",
-        "Inclusion proof of an entry in the tree of a given size (default: latest checkpoint)",
-        "ledger",
-        response=PROOF,
-        errors=LEDGER_ERRORS,
-        query=ledger.INCLUSION_QUERY,
-    ),
-    Op(
-        "get",
-        "/v1/ledger/proofs/consistency",
-        "ledgerConsistencyProof",
-        "Consistency proof between two tree sizes",
-        "ledger",
-        response=PROOF,
-        errors=LEDGER_ERRORS,
-        query=ledger.CONSISTENCY_QUERY,
-    ),
-    Op("get", "/v1/ledger/keys", "ledgerKeys", "Every exchange key with its validity", "ledger", response=LEDGER_KEYS),
-    Op(
-        "post",
-        "/v1/audit/exports",
-        "createAuditExport",
-        "Start an audit export for a period (regulators only); 202 with the job status and Location",
-        "audit",
-        ok=202,
-        response=EXPORT_STATUS,
-        body=ExportRequest,
-        signed=True,
-        errors=(403, 409, 413, 422),
-    ),
-    Op(
-        "post",
-        "/v1/rounds",
-        "runRound",
-        "Run one clearing round now (operator only): statistics, audit and the contracts made",
-        "rounds",
-        ok=201,
-        response=OBJECT,
-        signed=True,
-        errors=(403, 409),
-    ),
-    Op(
-        "get",
-        "/v1/rounds",
-        "listRounds",
-        "Recent clearing rounds, newest first",
-        "rounds",
-        response=OBJECT,
-        errors=(422,),
-        query=(rounds.LIMIT,),
-    ),
-    Op(
-        "get",
-        "/v1/rounds/{id}",
-        "getRound",
-        "One round: welfare, LP bound, gap, matched devices, build/solve seconds, method, audit checks; class"
-        " prices where enough orders contracted; per-order detail for the signed caller's own orders (in full for"
-        " the regulator and the operator)",
-        "rounds",
-        response=ROUND_VIEW,
-        errors=(404, 422),
-    ),
-    Op(
-        "get",
-        "/v1/market",
-        "getMarket",
-        "Depth (open demand, free offered devices) and last clearing prices by region x model family",
-        "rounds",
-        response=OBJECT,
-    ),
-    Op(
-        "get",
-        "/v1/orders/{id}/fills",
-        "getOrderFills",
-        "The contracts filling one of the caller's orders",
-        "rounds",
-        response=OBJECT,
-        signed=True,
-        errors=(403, 404, 422),
-    ),
-    Op(
-        "get",
-        "/v1/offers/{id}/fills",
-        "getOfferFills",
-        "The contracts made on one of the caller's offers, and its devices free now",
-        "rounds",
-        response=OBJECT,
-        signed=True,
-        errors=(403, 404, 422),
-    ),
-    Op(
-        "get",
-        "/v1/audit/exports/{id}",
-        "getAuditExport",
-        "Status and progress of one of the caller's exports",
-        "audit",
-        response=EXPORT_STATUS,
-        signed=True,
-        errors=(403, 404, 422),
-    ),
-    Op(
-        "get",
-        "/v1/audit/exports/{id}/bundle",
-        "getAuditBundle",
-        "The finished bundle (tar.gz)",
-        "audit",
-        response=BUNDLE,
-        content_type="application/gzip",
-        signed=True,
-        errors=(403, 404, 409, 422),
-    ),
-    Op(
-        "post",
-        "/v1/participants",
-        "registerParticipant",
-        "Register a provider or buyer; signed by the key being registered (proof of possession)",
-        "participants",
-        ok=201,
-        response=ParticipantView,
-        body=ParticipantRegistration,
-        signed=True,
-        errors=(409, 413, 422),
-    ),
-    Op(
-        "get",
-        "/v1/participants/me",
-        "me",
-        "The participant who signed the request",
-        "participants",
-        response=ParticipantView,
-        signed=True,
-    ),
-    Op(
-        "post",
-        "/v1/sites",
-        "addSite",
-        "Register a data-centre node; answers with its site CRI",
-        "registration",
-        ok=201,
-        response=SiteView,
-        body=SiteRegistration,
-        signed=True,
-        errors=(403, 413, 422),
-    ),
-    Op(
-        "get",
-        "/v1/sites",
-        "listSites",
-        "The caller's sites with their pools (provider)",
-        "registration",
-        response=SiteList,
-        signed=True,
-        errors=(403, 422),
-        query=(registration.SITE_STATUS,),
-    ),
-    Op(
-        "get",
-        "/v1/sites/{cri}",
-        "getSite",
-        "A site with its pools",
-        "registration",
-        response=SiteDetail,
-        errors=(404, 422),
-    ),
-    Op(
-        "delete",
-        "/v1/sites/{cri}",
-        "deregisterSite",
-        "Deregister a site: it and its pools become tombstones, open offers are withdrawn",
-        "registration",
-        response=SiteView,
-        signed=True,
-        errors=(403, 404, 409, 422),
-    ),
-    Op(
-        "post",
-        "/v1/sites/{cri}/heartbeat",
-        "heartbeat",
-        "The site is alive: its offers stay matchable for the heartbeat timeout",
-        "registration",
-        response=HeartbeatView,
-        signed=True,
-        errors=(403, 404, 409, 422),
-    ),
-    Op(
-        "post",
-        "/v1/sites/{cri}/pools",
-        "addPool",
-        "Declare a pool of identical accelerators; answers with its pool CRI",
-        "registration",
-        ok=201,
-        response=PoolView,
-        body=PoolDeclaration,
-        signed=True,
-        errors=(403, 404, 409, 413, 422),
-    ),
-    Op(
-        "get",
-        "/v1/pools/{cri}",
-        "getPool",
-        "A pool (or its tombstone)",
-        "registration",
-        response=PoolView,
-        errors=(404, 422),
-    ),
-    Op(
-        "delete",
-        "/v1/pools/{cri}",
-        "tombstonePool",
-        "Tombstone a pool; its open offers are withdrawn",
-        "registration",
-        response=PoolView,
-        signed=True,
-        errors=(403, 404, 409, 422),
-    ),
-    Op(
-        "post",
-        "/v1/offers",
-        "postOffer",
-        "Offer devices of a pool",
-        "registration",
-        ok=201,
-        response=OfferView,
-        body=OfferPost,
-        signed=True,
-        errors=(403, 404, 409, 413, 422),
-    ),
-    Op(
-        "get",
-        "/v1/offers",
-        "listOffers",
-        "The caller's offers",
-        "registration",
-        response=OfferList,
-        signed=True,
-        errors=(403, 422),
-        query=(registration.OFFER_STATUS,),
-    ),
-    Op(
-        "get",
-        "/v1/offers/{id}",
-        "getOffer",
-        "One of the caller's offers",
-        "registration",
-        response=OfferView,
-        signed=True,
-        errors=(403, 404, 422),
-    ),
-    Op(
-        "patch",
-        "/v1/offers/{id}",
-        "amendOffer",
-        "Amend an open offer (version + 1)",
-        "registration",
-        response=OfferView,
-        body=OfferAmendment,
-        signed=True,
-        errors=(403, 404, 409, 413, 422),
-    ),
-    Op(
-        "delete",
-        "/v1/offers/{id}",
-        "withdrawOffer",
-        "Withdraw an open offer",
-        "registration",
-        response=OfferView,
-        signed=True,
-        errors=(403, 404, 409, 422),
-    ),
-    Op(
-        "post",
-        "/v1/orders",
-        "submitOrder",
-        "Submit an order (201); a retry with the same Idempotency-Key and body returns the original (200)",
-        "orders",
-        ok=201,
-        response=OrderView,
-        body=OrderSpec,
-        signed=True,
-        errors=(403, 409, 413, 422),
-        headers=(IDEMPOTENCY,),
-        extra={"200": "the order first submitted under this Idempotency-Key"},
-    ),
-    Op(
-        "get",
-        "/v1/orders",
-        "listOrders",
-        "The caller's orders, newest first, filtered, with an opaque cursor",
-        "orders",
-        response=OrderPage,
-        signed=True,
-        errors=(403, 422),
-        query=orders.LIST_QUERY,
-    ),
-    Op(
-        "get",
-        "/v1/orders/{id}",
-        "getOrder",
-        "One of the caller's orders",
-        "orders",
-        response=OrderView,
-        signed=True,
-        errors=(403, 404, 422),
-    ),
-    Op(
-        "post",
-        "/v1/orders/{id}/cancel",
-        "cancelOrder",
-        "Cancel an open order",
-        "orders",
-        response=OrderView,
-        signed=True,
-        errors=(403, 404, 409, 422),
-    ),
-    Op(
-        "get",
-        "/v1/contracts",
-        "listContracts",
-        "The caller's contracts (as buyer or provider), newest first",
-        "contracts",
-        response=ContractList,
-        signed=True,
-        errors=(403, 422),
-        query=contracts.LIST_QUERY,
-    ),
-    Op(
-        "get",
-        "/v1/contracts/{id}",
-        "getContract",
-        "One contract, for its buyer or provider (or the operator and regulators)",
-        "contracts",
-        response=ContractView,
-        signed=True,
-        errors=(403, 404, 422),
-    ),
-    Op(
-        "post",
-        "/v1/contracts/{id}/confirm",
-        "confirmContract",
-        "The provider confirms the contract's start",
-        "contracts",
-        response=ContractView,
-        signed=True,
-        errors=(403, 404, 409, 422),
-    ),
-    Op(
-        "post",
-        "/v1/contracts/{id}/cancel",
-        "cancelContract",
-        "Buyer or provider cancels: free before start, the used part is settled after (specs/billing.md 4)",
-        "contracts",
-        response=ContractView,
-        body=CancelBody,
-        signed=True,
-        errors=(403, 404, 409, 413, 422),
-    ),
-    Op(
-        "post",
-        "/v1/contracts/{id}/usage",
-        "reportUsage",
-        "A node-signed usage report (DSSE envelope, specs/billing.md 5); 201 new, 200 an identical retry",
-        "contracts",
-        ok=201,
-        response=UsageView,
-        body=UsageEnvelope,
-        signed=True,
-        errors=(403, 404, 409, 413, 422),
-        extra={"200": "the report first accepted under this meter and sequence number"},
-    ),
-    Op(
-        "get",
-        "/v1/contracts/{id}/usage",
-        "listUsage",
-        "Every usage report of a contract, with its flags",
-        "contracts",
-        response=UsageList,
-        signed=True,
-        errors=(403, 404, 422),
-    ),
-    Op(
-        "post",
-        "/v1/settlements/run",
-        "runSettlement",
-        "Operator: settle every due contract period as one batch transaction (201; 200 when nothing was due)",
-        "settlement",
-        ok=201,
-        response=BatchView,
-        body=SettlementRun,
-        body_required=False,
-        signed=True,
-        errors=(403, 413, 422),
-        extra={"200": "nothing was due: no batch"},
-    ),
-    Op(
-        "get",
-        "/v1/settlements",
-        "listSettlements",
-        "Settlement records of a contract (its parties), or the caller's (all for operator and regulators)",
-        "settlement",
-        response=SettlementList,
-        signed=True,
-        errors=(403, 404, 422),
-        query=settlements.LIST_QUERY,
-    ),
-    Op(
-        "get",
-        "/v1/settlements/{id}",
-        "getSettlement",
-        "One settlement record with its signed envelope and log index",
-        "settlement",
-        response=SettlementView,
-        signed=True,
-        errors=(403, 404, 422),
-    ),
-    # federation (specs/federation.md): peer messages are signed by a peer exchange key; contracts, holds,
-    # mirrored records, events and peers are signed reads (operator, or a peer exchange for its own records)
-    *(
-        Op("post", path, op_id, summary, "federation", response=FED_OBJECT, signed=True, errors=(404, 409, 413, 422))
-        for path, op_id, summary in (
-            ("/v1/federation/summaries", "peerPushSummary", "A peer pushes its signed capacity summary"),
-            ("/v1/federation/orders", "peerOfferOrder", "A peer offers an order: answered with a hold or a refusal"),
-            ("/v1/federation/holds/{id}/commit", "peerCommitHold", "A peer commits a hold with contracts it signed"),
-            ("/v1/federation/holds/{id}/release", "peerReleaseHold", "A peer releases a hold"),
-            ("/v1/federation/mirror", "peerMirror", "A peer mirrors usage and settlement of its contracts with us"),
-        )
-    ),
-    Op(
-        "get",
-        "/v1/federation/identity",
-        "federationIdentity",
-        "Authority, origin, URL and key",
-        "federation",
-        response=FED_IDENTITY,
-    ),
-    Op(
-        "get",
-        "/v1/federation/peers",
-        "federationPeers",
-        "Peers with reachability and log status (operator only)",
-        "federation",
-        response=_list_of("peers"),
-        signed=True,
-        errors=(403,),
-    ),
-    Op(
-        "get",
-        "/v1/federation/keys",
-        "federationKeys",
-        "This exchange's key and its peers' keys",
-        "federation",
-        response={"type": "object", "required": ["self", "peers"]},
-    ),
-    Op(
-        "get",
-        "/v1/federation/summaries",
-        "federationSummaries",
-        "Capacity summaries kept (own and peers')",
-        "federation",
-        response=_list_of("summaries"),
-    ),
-    Op(
-        "get",
-        "/v1/federation/summary",
-        "federationOwnSummary",
-        "This exchange's signed capacity summary (DSSE)",
-        "federation",
-        response={"type": "object", "required": ["payload", "payloadType", "signatures"]},
-    ),
-    Op(
-        "get",
-        "/v1/federation/checkpoint",
-        "federationCheckpoint",
-        "Latest signed log checkpoint",
-        "federation",
-        response={"type": "object", "required": ["origin", "size", "root", "note"]},
-    ),
-    Op(
-        "get",
-        "/v1/federation/consistency",
-        "federationConsistency",
-        "Consistency proof between two log sizes",
-        "federation",
-        response=FED_OBJECT,
-        errors=(422,),
-        query=federation.CONSISTENCY_QUERY,
-    ),
-    Op(
-        "get",
-        "/v1/federation/contracts",
-        "federationContracts",
-        "Two-exchange contracts known here (operator: all; a peer exchange: those with it)",
-        "federation",
-        response=_list_of("contracts"),
-        signed=True,
-        errors=(403,),
-        query=federation.CONTRACTS_QUERY,
-    ),
-    Op(
-        "get",
-        "/v1/federation/holds",
-        "federationHolds",
-        "Holds granted to peers (operator: all; a peer exchange: its own)",
-        "federation",
-        response=_list_of("holds"),
-        signed=True,
-        errors=(403,),
-        query=federation.HOLDS_QUERY,
-    ),
-    Op(
-        "get",
-        "/v1/federation/mirrored",
-        "federationMirrored",
-        "Records mirrored here by owning exchanges (operator: all; a peer exchange: its own)",
-        "federation",
-        response=_list_of("records"),
-        signed=True,
-        errors=(403,),
-        query=federation.MIRRORED_QUERY,
-    ),
-    Op(
-        "get",
-        "/v1/federation/events",
-        "federationEvents",
-        "Refused messages, log inconsistencies, expiries (operator only)",
-        "federation",
-        response=_list_of("events"),
-        signed=True,
-        errors=(403, 422),
-        query=federation.EVENTS_QUERY,
-    ),
-    Op(
-        "get",
-        "/v1/federation/stats",
-        "federationStats",
-        "Messages sent, orders forwarded, latency",
-        "federation",
-        response={"type": "object", "required": ["messages_sent", "forward_latency_ms"]},
-    ),
+#: every route table the app serves, in the order the document lists them
+TABLES: tuple[Api, ...] = (
+    reference.routes,
+    metrics.routes,
+    routes,
+    ledger.routes,
+    audit.routes,
+    rounds.routes,
+    participants.routes,
+    registration.routes,
+    orders.routes,
+    contracts.routes,
+    settlements.routes,
+    federation.routes,
+    hub.routes,
 )
+
+
+def operations() -> list[Operation]:
+    """Every declared operation."""
+    return [op for table in TABLES for op in table.operations]
+
 
 SIGNATURE_PARAMS = {
     "SignatureInput": {
@@ -767,12 +123,15 @@ ERROR_TEXT = {
     409: "Conflicts with the current state (tombstoned, already registered, idempotency key reused, ...)",
     413: "Body larger than 1 MiB",
     422: "Invalid input; `field` names the first bad field",
+    503: "The exchange cannot serve this now for a reason on its side (code exchange_key_missing: its signing key"
+    " is not loaded); Retry-After gives the seconds to wait",
 }
 
 
 def _schemas() -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
-    inputs: set[type[BaseModel]] = {op.body for op in OPS if op.body is not None}
-    outputs: set[type[BaseModel]] = {op.response for op in OPS if isinstance(op.response, type)}
+    ops = operations()
+    inputs: set[type[BaseModel]] = {op.body for op in ops if op.body is not None}
+    outputs: set[type[BaseModel]] = {op.response for op in ops if isinstance(op.response, type)}
     outputs |= {SiteView, PoolView, Problem}
     pairs: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in sorted(inputs, key=lambda m: m.__name__)]
     pairs += [(m, "serialization") for m in sorted(outputs, key=lambda m: m.__name__)]
@@ -858,25 +217,28 @@ def _constrain_inputs(defs: dict[str, Any]) -> None:
 
 
 def _problem_response(status: int) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "description": ERROR_TEXT[status],
         "content": {"application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}},
     }
+    if status == 503:
+        out["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+    return out
 
 
 @lru_cache(maxsize=1)
 def _build() -> dict[str, Any]:
     key_map, defs = _schemas()
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPS:
-        params = [p.openapi() for placeholder, p in PATH_PARAMS.items() if placeholder in op.path]
-        params += [p.openapi() for p in op.query] + list(op.headers)
+    for op in operations():
+        params = [p.openapi() for p in op.params if p.where == "path"]
+        params += [p.openapi() for p in op.params if p.where == "query"] + [dict(h) for h in op.headers]
         if op.signed:
             params += [{"$ref": f"#/components/parameters/{name}"} for name in SIGNATURE_PARAMS]
         if isinstance(op.response, type):
             schema: dict[str, Any] = key_map[(op.response, "serialization")]
         else:
-            schema = op.response or {"type": "object"}
+            schema = dict(op.response or {"type": "object"})
         responses: dict[str, Any] = {
             str(op.ok): {"description": "success", "content": {op.content_type: {"schema": schema}}}
         }
@@ -884,11 +246,11 @@ def _build() -> dict[str, Any]:
             responses[extra_status] = {"description": text, "content": {op.content_type: {"schema": schema}}}
         errors = set(op.errors)
         if op.signed:
-            errors |= {401, 403}
+            errors |= {401, 403, 503}  # 503: the exchange's signing key is missing (identity.ExchangeKeyMissingError)
         errors |= {400}  # the boundary: control characters in a path or query value, a body that is not clean JSON
         if op.body is not None:
             errors |= {413, 422}
-        if op.query:
+        if any(p.where == "query" for p in op.params):
             errors |= {422}
         for status in sorted(errors):
             responses[str(status)] = _problem_response(status)
@@ -944,15 +306,6 @@ def openapi_yaml() -> str:
     """The document as the YAML committed in specs/openapi.yaml."""
     header = "# Generated by `python -m exchange.api.openapi > specs/openapi.yaml`; do not edit by hand.\n"
     return header + yaml.safe_dump(build_openapi(), sort_keys=False, allow_unicode=True, width=110)
-
-
-routes = web.RouteTableDef()
-
-
-@routes.get("/openapi.json")
-async def openapi_json(request: web.Request) -> web.Response:
-    """This API's OpenAPI document."""
-    return web.json_response(_build())
 
 
 def main() -> int:

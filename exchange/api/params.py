@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from aiohttp import web
 
@@ -15,6 +15,7 @@ from identifiers.errors import CriError, HetexError, ValidationError
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _INT = re.compile(r"-?[0-9]{1,19}")
 MAX_INT64 = (1 << 63) - 1
+T = TypeVar("T")
 
 
 class EmptyQueryValueError(HetexError):
@@ -24,7 +25,7 @@ class EmptyQueryValueError(HetexError):
 
 
 @dataclass(frozen=True)
-class Param:
+class Param(Generic[T]):
     """One query or path parameter: name, where it is, its description and whether it is required."""
 
     name: str
@@ -61,9 +62,13 @@ class Param:
             raise EmptyQueryValueError(f"query parameter {self.name} has an empty value", field=self.name)
         return values[0]
 
+    def parse(self, request: web.Request) -> T | None:
+        """The value, None when absent, or a HetexError naming the parameter."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
-class IntParam(Param):
+class IntParam(Param[int]):
     """An integer in [lo, hi], written in ASCII decimal digits."""
 
     lo: int = 0
@@ -92,7 +97,7 @@ class IntParam(Param):
 
 
 @dataclass(frozen=True)
-class ChoiceParam(Param):
+class ChoiceParam(Param[str]):
     """One of a fixed set of strings."""
 
     choices: tuple[str, ...] = ()
@@ -110,7 +115,7 @@ class ChoiceParam(Param):
 
 
 @dataclass(frozen=True)
-class TextParam(Param):
+class TextParam(Param[str]):
     """A string matching `pattern` (anchored), at most `max_length` characters."""
 
     pattern: str = r"^.+$"

@@ -4,25 +4,39 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api.auth import require_principal, signed_request
+from exchange.api.auth import signed_request
 from exchange.api.keys import services
-from exchange.api.parsing import parse_body
+from exchange.api.operations import Api, Args
 from exchange.api.responses import model_response
-from exchange.services.participants import ParticipantRegistration
+from exchange.services.participants import ParticipantRegistration, ParticipantView
 
-routes = web.RouteTableDef()
+routes = Api("participants")
 
 
-@routes.post("/v1/participants")
-async def register(request: web.Request) -> web.Response:
+@routes.post(
+    "/v1/participants",
+    "registerParticipant",
+    "Register a provider or buyer; signed by the key being registered (proof of possession)",
+    ok=201,
+    response=ParticipantView,
+    body=ParticipantRegistration,
+    signed=True,
+    principal=False,  # the key is not known yet: the auth layer verifies it against the body's public_key
+    errors=(409, 413, 422),
+)
+async def register(request: web.Request, args: Args) -> web.Response:
     """Register a provider or buyer; the request is signed by the key it registers."""
-    body = await parse_body(request, ParticipantRegistration)
-    view = await services(request).participants.register(body, signed_request(request))
-    return model_response(view, 201)
+    body = args.body(ParticipantRegistration)
+    return model_response(await services(request).participants.register(body, signed_request(request)), 201)
 
 
-@routes.get("/v1/participants/me")
-async def me(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/participants/me",
+    "me",
+    "The participant who signed the request",
+    response=ParticipantView,
+    signed=True,
+)
+async def me(request: web.Request, args: Args) -> web.Response:
     """The participant who signed this request."""
-    who = require_principal(request)
-    return model_response(await services(request).participants.get(who.id))
+    return model_response(await services(request).participants.get(args.who.id))

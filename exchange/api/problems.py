@@ -15,6 +15,7 @@ from identifiers.errors import (
     HetexError,
     NotFoundError,
     PermissionDeniedError,
+    UnavailableError,
     ValidationError,
 )
 
@@ -30,6 +31,7 @@ STATUS_BY_ERROR: list[tuple[type[HetexError], int]] = [
     (NotFoundError, 404),
     (ConflictError, 409),
     (ValidationError, 422),
+    (UnavailableError, 503),
     (HetexError, 400),
 ]
 
@@ -46,6 +48,7 @@ TITLES = {
     499: "Client closed request",
     422: "Invalid input",
     500: "Internal error",
+    503: "Service unavailable",
 }
 
 
@@ -81,8 +84,11 @@ def problem_response(status: int, code: str, detail: str, /, **extra: Any) -> we
 
 
 def error_response(error: HetexError) -> web.Response:
-    """Problem response for a domain error."""
-    return problem_response(status_for(error), error.code, error.message, field=error.field, **error.details)
+    """Problem response for a domain error (a 503 says when to retry: Retry-After)."""
+    response = problem_response(status_for(error), error.code, error.message, field=error.field, **error.details)
+    if isinstance(error, UnavailableError):
+        response.headers["Retry-After"] = str(error.retry_after_seconds)
+    return response
 
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}

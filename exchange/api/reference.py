@@ -7,14 +7,39 @@ from typing import Any
 from aiohttp import web
 
 from exchange.api.keys import services
+from exchange.api.operations import Api, Args
 from exchange.api.params import CRI
 from identifiers.catalogue import AcceleratorModel
 
-routes = web.RouteTableDef()
+routes = Api("reference")
+
+HEALTH = {
+    "type": "object",
+    "required": ["status", "authority"],
+    "properties": {"status": {"type": "string"}, "authority": {"type": "string"}},
+}
+CATALOGUE = {
+    "type": "object",
+    "required": ["count", "vendors", "models"],
+    "properties": {
+        "count": {"type": "integer"},
+        "vendors": {"type": "array", "items": {"type": "string"}},
+        "models": {"type": "array", "items": {"type": "object", "required": ["code", "vendor", "family"]}},
+    },
+}
+REGIONS = {
+    "type": "object",
+    "required": ["regions", "latency_ms"],
+    "properties": {
+        "regions": {"type": "array", "items": {"type": "object", "required": ["code", "name"]}},
+        "latency_ms": {"type": "object", "additionalProperties": {"type": "object"}},
+    },
+}
+RESOLVED = {"oneOf": [{"$ref": "#/components/schemas/SiteView"}, {"$ref": "#/components/schemas/PoolView"}]}
 
 
-@routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
+@routes.get("/healthz", "healthz", "Liveness and a database round trip", response=HEALTH)
+async def healthz(request: web.Request, args: Args) -> web.Response:
     """Liveness plus a database round trip."""
     return web.json_response(await services(request).health.check())
 
@@ -24,8 +49,8 @@ def model_json(model: AcceleratorModel) -> dict[str, Any]:
     return model.to_dict()
 
 
-@routes.get("/v1/catalogue/accelerators")
-async def accelerators(request: web.Request) -> web.Response:
+@routes.get("/v1/catalogue/accelerators", "catalogue", "The accelerator catalogue", response=CATALOGUE)
+async def accelerators(request: web.Request, args: Args) -> web.Response:
     """The accelerator catalogue with sources, SCU and memory lens."""
     cat = services(request).catalogue
     models = [model_json(m) for m in cat.models]
@@ -35,8 +60,8 @@ async def accelerators(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/v1/regions")
-async def regions(request: web.Request) -> web.Response:
+@routes.get("/v1/regions", "regions", "Regions and the latency matrix", response=REGIONS)
+async def regions(request: web.Request, args: Args) -> web.Response:
     """Regions served, with the approximate round-trip latency matrix."""
     table = services(request).regions
     codes = list(table.codes)
@@ -61,12 +86,19 @@ def _region_json(region: Any) -> dict[str, Any]:
     }
 
 
-@routes.get("/v1/resolve/{cri}")
-async def resolve(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/resolve/{cri}",
+    "resolve",
+    "The site or pool a CRI names (or its tombstone); a peer's CRI answers 307 to the owning exchange",
+    params=(CRI,),
+    response=RESOLVED,
+    errors=(404, 422),
+)
+async def resolve(request: web.Request, args: Args) -> web.Response:
     """The record of the site or pool a CRI names; a CRI of a peer's authority redirects (307) to that peer."""
     svc = services(request)
-    cri = CRI.value(request)
-    location = await svc.federation.resolve_location(cri)
+    cri = args[CRI]
+    location = await svc.federation.peers.resolve_location(cri)
     if location is not None:
         raise web.HTTPTemporaryRedirect(location)
     record = await svc.resolve.resolve(cri)

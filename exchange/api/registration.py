@@ -4,115 +4,209 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api.auth import require_principal, signed_request
+from exchange.api.auth import signed_request
 from exchange.api.keys import services
-from exchange.api.params import CRI, ChoiceParam
-from exchange.api.parsing import parse_body
-from exchange.api.responses import model_response, path_id
-from exchange.services.registration import OfferAmendment, OfferPost, PoolDeclaration, SiteRegistration
+from exchange.api.operations import Api, Args
+from exchange.api.params import CRI, ID, ChoiceParam
+from exchange.api.responses import model_response
+from exchange.services.registration import (
+    HeartbeatView,
+    OfferAmendment,
+    OfferList,
+    OfferPost,
+    OfferView,
+    PoolDeclaration,
+    PoolView,
+    SiteDetail,
+    SiteList,
+    SiteRegistration,
+    SiteView,
+)
 
-routes = web.RouteTableDef()
+routes = Api("registration")
 
 OFFER_STATUS = ChoiceParam("status", "query", "only offers in this state", choices=("open", "withdrawn"))
 SITE_STATUS = ChoiceParam("status", "query", "only sites in this state", choices=("active", "tombstoned"))
 
 
-@routes.post("/v1/sites")
-async def add_site(request: web.Request) -> web.Response:
+@routes.post(
+    "/v1/sites",
+    "addSite",
+    "Register a data-centre node; answers with its site CRI",
+    ok=201,
+    response=SiteView,
+    body=SiteRegistration,
+    signed=True,
+    errors=(403, 413, 422),
+)
+async def add_site(request: web.Request, args: Args) -> web.Response:
     """Register a data-centre node; answers with its site CRI."""
-    who = require_principal(request)
-    body = await parse_body(request, SiteRegistration)
-    return model_response(await services(request).registration.register_site(who, body, signed_request(request)), 201)
+    svc = services(request).registration
+    return model_response(await svc.register_site(args.who, args.body(SiteRegistration), signed_request(request)), 201)
 
 
-@routes.get("/v1/sites")
-async def list_sites(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/sites",
+    "listSites",
+    "The caller's sites with their pools (provider)",
+    params=(SITE_STATUS,),
+    response=SiteList,
+    signed=True,
+    errors=(403, 422),
+)
+async def list_sites(request: web.Request, args: Args) -> web.Response:
     """The caller's sites with their pools."""
-    who = require_principal(request)
-    status = SITE_STATUS.parse(request)
-    return model_response(await services(request).registration.list_sites(who, status))
+    return model_response(await services(request).registration.list_sites(args.who, args.get(SITE_STATUS)))
 
 
-@routes.get("/v1/sites/{cri}")
-async def get_site(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/sites/{cri}", "getSite", "A site with its pools", params=(CRI,), response=SiteDetail, errors=(404, 422)
+)
+async def get_site(request: web.Request, args: Args) -> web.Response:
     """A site (or tombstone) with its pools."""
-    return model_response(await services(request).registration.get_site(CRI.value(request)))
+    return model_response(await services(request).registration.get_site(args[CRI]))
 
 
-@routes.post("/v1/sites/{cri}/heartbeat")
-async def heartbeat(request: web.Request) -> web.Response:
+@routes.post(
+    "/v1/sites/{cri}/heartbeat",
+    "heartbeat",
+    "The site is alive: its offers stay matchable for the heartbeat timeout",
+    params=(CRI,),
+    response=HeartbeatView,
+    signed=True,
+    errors=(403, 404, 409, 422),
+)
+async def heartbeat(request: web.Request, args: Args) -> web.Response:
     """The site is alive: its offers stay matchable."""
-    who = require_principal(request)
-    return model_response(await services(request).registration.heartbeat(who, CRI.value(request)))
+    return model_response(await services(request).registration.heartbeat(args.who, args[CRI]))
 
 
-@routes.delete("/v1/sites/{cri}")
-async def deregister_site(request: web.Request) -> web.Response:
+@routes.delete(
+    "/v1/sites/{cri}",
+    "deregisterSite",
+    "Deregister a site: it and its pools become tombstones, open offers are withdrawn",
+    params=(CRI,),
+    response=SiteView,
+    signed=True,
+    errors=(403, 404, 409, 422),
+)
+async def deregister_site(request: web.Request, args: Args) -> web.Response:
     """Deregister a site: tombstones for it and its pools, open offers withdrawn."""
-    who = require_principal(request)
     svc = services(request).registration
-    return model_response(await svc.deregister_site(who, CRI.value(request), signed_request(request)))
+    return model_response(await svc.deregister_site(args.who, args[CRI], signed_request(request)))
 
 
-@routes.post("/v1/sites/{cri}/pools")
-async def add_pool(request: web.Request) -> web.Response:
+@routes.post(
+    "/v1/sites/{cri}/pools",
+    "addPool",
+    "Declare a pool of identical accelerators; answers with its pool CRI",
+    params=(CRI,),
+    ok=201,
+    response=PoolView,
+    body=PoolDeclaration,
+    signed=True,
+    errors=(403, 404, 409, 413, 422),
+)
+async def add_pool(request: web.Request, args: Args) -> web.Response:
     """Declare a pool at a site; answers with its pool CRI."""
-    who = require_principal(request)
-    body = await parse_body(request, PoolDeclaration)
     svc = services(request).registration
-    return model_response(await svc.declare_pool(who, CRI.value(request), body, signed_request(request)), 201)
+    pool = await svc.declare_pool(args.who, args[CRI], args.body(PoolDeclaration), signed_request(request))
+    return model_response(pool, 201)
 
 
-@routes.get("/v1/pools/{cri}")
-async def get_pool(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/pools/{cri}", "getPool", "A pool (or its tombstone)", params=(CRI,), response=PoolView, errors=(404, 422)
+)
+async def get_pool(request: web.Request, args: Args) -> web.Response:
     """A pool (or tombstone)."""
-    return model_response(await services(request).registration.get_pool(CRI.value(request)))
+    return model_response(await services(request).registration.get_pool(args[CRI]))
 
 
-@routes.delete("/v1/pools/{cri}")
-async def tombstone_pool(request: web.Request) -> web.Response:
+@routes.delete(
+    "/v1/pools/{cri}",
+    "tombstonePool",
+    "Tombstone a pool; its open offers are withdrawn",
+    params=(CRI,),
+    response=PoolView,
+    signed=True,
+    errors=(403, 404, 409, 422),
+)
+async def tombstone_pool(request: web.Request, args: Args) -> web.Response:
     """Tombstone a pool; its open offers are withdrawn."""
-    who = require_principal(request)
     svc = services(request).registration
-    return model_response(await svc.tombstone_pool(who, CRI.value(request), signed_request(request)))
+    return model_response(await svc.tombstone_pool(args.who, args[CRI], signed_request(request)))
 
 
-@routes.post("/v1/offers")
-async def post_offer(request: web.Request) -> web.Response:
+@routes.post(
+    "/v1/offers",
+    "postOffer",
+    "Offer devices of a pool",
+    ok=201,
+    response=OfferView,
+    body=OfferPost,
+    signed=True,
+    errors=(403, 404, 409, 413, 422),
+)
+async def post_offer(request: web.Request, args: Args) -> web.Response:
     """Offer capacity from a pool."""
-    who = require_principal(request)
-    body = await parse_body(request, OfferPost)
-    return model_response(await services(request).registration.post_offer(who, body, signed_request(request)), 201)
+    svc = services(request).registration
+    return model_response(await svc.post_offer(args.who, args.body(OfferPost), signed_request(request)), 201)
 
 
-@routes.get("/v1/offers")
-async def list_offers(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/offers",
+    "listOffers",
+    "The caller's offers",
+    params=(OFFER_STATUS,),
+    response=OfferList,
+    signed=True,
+    errors=(403, 422),
+)
+async def list_offers(request: web.Request, args: Args) -> web.Response:
     """The caller's offers."""
-    who = require_principal(request)
-    status = OFFER_STATUS.parse(request)
-    return model_response(await services(request).registration.list_offers(who, status))
+    return model_response(await services(request).registration.list_offers(args.who, args.get(OFFER_STATUS)))
 
 
-@routes.get("/v1/offers/{id}")
-async def get_offer(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/offers/{id}",
+    "getOffer",
+    "One of the caller's offers",
+    params=(ID,),
+    response=OfferView,
+    signed=True,
+    errors=(403, 404, 422),
+)
+async def get_offer(request: web.Request, args: Args) -> web.Response:
     """One of the caller's offers."""
-    who = require_principal(request)
-    return model_response(await services(request).registration.get_offer(who, path_id(request)))
+    return model_response(await services(request).registration.get_offer(args.who, args[ID]))
 
 
-@routes.patch("/v1/offers/{id}")
-async def amend_offer(request: web.Request) -> web.Response:
+@routes.patch(
+    "/v1/offers/{id}",
+    "amendOffer",
+    "Amend an open offer (version + 1)",
+    params=(ID,),
+    response=OfferView,
+    body=OfferAmendment,
+    signed=True,
+    errors=(403, 404, 409, 413, 422),
+)
+async def amend_offer(request: web.Request, args: Args) -> web.Response:
     """Amend an open offer (version + 1)."""
-    who = require_principal(request)
-    offer_id = path_id(request)
-    body = await parse_body(request, OfferAmendment)
     svc = services(request).registration
-    return model_response(await svc.amend_offer(who, offer_id, body, signed_request(request)))
+    return model_response(await svc.amend_offer(args.who, args[ID], args.body(OfferAmendment), signed_request(request)))
 
 
-@routes.delete("/v1/offers/{id}")
-async def withdraw_offer(request: web.Request) -> web.Response:
+@routes.delete(
+    "/v1/offers/{id}",
+    "withdrawOffer",
+    "Withdraw an open offer",
+    params=(ID,),
+    response=OfferView,
+    signed=True,
+    errors=(403, 404, 409, 422),
+)
+async def withdraw_offer(request: web.Request, args: Args) -> web.Response:
     """Withdraw an open offer."""
-    who = require_principal(request)
     svc = services(request).registration
-    return model_response(await svc.withdraw_offer(who, path_id(request), signed_request(request)))
+    return model_response(await svc.withdraw_offer(args.who, args[ID], signed_request(request)))

@@ -4,7 +4,6 @@ periodic round task started with the app when `round_interval_seconds` > 0."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -12,15 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.api.auth import PRINCIPAL, require_principal
 from exchange.api.keys import services
-from exchange.api.params import IntParam
-from exchange.api.responses import path_id
-from exchange.services.round_lock import RoundBusyError
-from exchange.services.rounds import RoundsStoppingError
+from exchange.api.operations import Api, Args
+from exchange.api.params import ID, IntParam
 
 log = logging.getLogger("hetex.rounds")
-routes = web.RouteTableDef()
+routes = Api("rounds")
 
 LIMIT = IntParam("limit", "query", "at most this many (default 50)", lo=1, hi=500)
 
@@ -29,80 +25,109 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, text=json.dumps(data, default=str), content_type="application/json")
 
 
-@routes.post("/v1/rounds")
-async def trigger_round(request: web.Request) -> web.Response:
+OBJECT = {"type": "object"}
+ROUND_VIEW = {
+    "type": "object",
+    "required": ["id", "status", "disclosure", "prices"],
+    "properties": {"disclosure": {"type": "string", "enum": ["public", "full"]}, "prices": {"type": "array"}},
+}
+
+
+@routes.post(
+    "/v1/rounds",
+    "runRound",
+    "Run one clearing round now (operator only): statistics, audit and the contracts made",
+    ok=201,
+    response=OBJECT,
+    signed=True,
+    role=("operator", "trigger clearing rounds"),
+    errors=(403, 409),
+)
+async def trigger_round(request: web.Request, args: Args) -> web.Response:
     """Run one clearing round now (operator only); 201 with the round, its statistics and audit."""
-    who = require_principal(request)
-    who.require_role("operator", action="trigger clearing rounds")
     svc = services(request)
     summary = await svc.rounds.run_round("operator")
-    return _json(await svc.rounds.get(summary.round_id, who), 201)
+    return _json(await svc.rounds.get(summary.round_id, args.who), 201)
 
 
-@routes.get("/v1/rounds")
-async def list_rounds(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/rounds",
+    "listRounds",
+    "Recent clearing rounds, newest first",
+    params=(LIMIT,),
+    response=OBJECT,
+    errors=(422,),
+)
+async def list_rounds(request: web.Request, args: Args) -> web.Response:
     """Recent rounds, newest first."""
-    limit = LIMIT.value(request, 50)
-    return _json({"rounds": await services(request).rounds.list_rounds(limit=limit)})
+    return _json({"rounds": await services(request).rounds.list_rounds(limit=args.get(LIMIT, 50))})
 
 
-@routes.get("/v1/rounds/{id}")
-async def get_round(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/rounds/{id}",
+    "getRound",
+    "One round: welfare, LP bound, gap, matched devices, build/solve seconds, method, audit checks; class"
+    " prices where enough orders contracted; per-order detail for the signed caller's own orders (in full for"
+    " the regulator and the operator)",
+    params=(ID,),
+    response=ROUND_VIEW,
+    errors=(404, 422),
+)
+async def get_round(request: web.Request, args: Args) -> web.Response:
     """One round: statistics (welfare, LP bound, gap, matched devices, times, method), audit, class prices;
     per-order detail only for the caller's own orders (a signed GET), in full for the regulator and operator."""
-    return _json(await services(request).rounds.get(path_id(request), request.get(PRINCIPAL)))
+    return _json(await services(request).rounds.get(args[ID], args.caller))
 
 
-@routes.get("/v1/market")
-async def market(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/market",
+    "getMarket",
+    "Depth (open demand, free offered devices) and last clearing prices by region x model family",
+    response=OBJECT,
+)
+async def market(request: web.Request, args: Args) -> web.Response:
     """Depth (open demand, free offered devices) and last clearing prices by region x model family."""
-    return _json(await services(request).rounds.market(request.get(PRINCIPAL)))
+    return _json(await services(request).rounds.market(args.caller))
 
 
-@routes.get("/v1/orders/{id}/fills")
-async def order_fills(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/orders/{id}/fills",
+    "getOrderFills",
+    "The contracts filling one of the caller's orders",
+    params=(ID,),
+    response=OBJECT,
+    signed=True,
+    errors=(403, 404, 422),
+)
+async def order_fills(request: web.Request, args: Args) -> web.Response:
     """The contracts filling one of the caller's orders."""
-    who = require_principal(request)
-    return _json(await services(request).rounds.order_fills(who, path_id(request)))
+    return _json(await services(request).rounds.order_fills(args.who, args[ID]))
 
 
-@routes.get("/v1/offers/{id}/fills")
-async def offer_fills(request: web.Request) -> web.Response:
+@routes.get(
+    "/v1/offers/{id}/fills",
+    "getOfferFills",
+    "The contracts made on one of the caller's offers, and its devices free now",
+    params=(ID,),
+    response=OBJECT,
+    signed=True,
+    errors=(403, 404, 422),
+)
+async def offer_fills(request: web.Request, args: Args) -> web.Response:
     """The contracts made on one of the caller's offers, and its devices free now."""
-    who = require_principal(request)
-    return _json(await services(request).rounds.offer_fills(who, path_id(request)))
+    return _json(await services(request).rounds.offer_fills(args.who, args[ID]))
 
 
-async def periodic_rounds(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: run a round every `round_interval_seconds`; a failed round is logged, the next runs."""
+async def warm_solver(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: start the solver process now, so the first round pays no start-up (the duties lease,
+    exchange/api/duties.py, runs the periodic rounds)."""
     from exchange.api.keys import SERVICES
 
     svc = app[SERVICES]
-    interval = svc.settings.round_interval_seconds
-    task: asyncio.Task[None] | None = None
-    warm = asyncio.create_task(svc.rounds.solver.warm(), name="hetex-solver-warm")  # first round: no start-up
+    warm = asyncio.create_task(svc.rounds.solver.warm(), name="hetex-solver-warm")
     warm.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed warm-up retries on first use
-    if interval > 0:
-
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                try:
-                    await svc.rounds.run_round("interval")
-                except RoundBusyError:
-                    log.info("periodic round skipped: another round holds the lock")
-                except RoundsStoppingError:
-                    return
-                except Exception:
-                    log.exception("periodic clearing round failed; the next one runs in %ss", interval)
-
-        task = asyncio.create_task(loop(), name="hetex-periodic-rounds")
     yield
     warm.cancel()
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def stop_rounds(app: web.Application) -> None:

@@ -8,8 +8,10 @@ import json
 import sys
 
 from exchange.cli import bench_api
+from exchange.cli.bench_federation import register_federation
 from exchange.cli.bench_match import register_match
 from exchange.cli.bench_web import register_web
+from exchange.cli.bench_workers import register_workers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_audit(bsub)
     bench_api.register_bench(bsub)
     register_match(bsub)
+    register_federation(bsub)
     register_round_load(bsub)
     register_web(bsub)
+    register_workers(bsub)
 
 
 def register_ledger(bsub: argparse._SubParsersAction) -> None:

@@ -53,7 +53,7 @@ def run_add_peer(args: argparse.Namespace) -> int:
     authority = args.authority
     args.authority = None  # settings_from reads --authority as this exchange's own code otherwise
     view = asyncio.run(
-        _with_services(args, lambda svc: svc.federation.add_peer(args.url, args.key, authority, args.origin))
+        _with_services(args, lambda svc: svc.federation.peers.add_peer(args.url, args.key, authority, args.origin))
     )
     if args.json:
         print_json(view)
@@ -64,7 +64,7 @@ def run_add_peer(args: argparse.Namespace) -> int:
 
 def run_peers(args: argparse.Namespace) -> int:
     """List peers."""
-    peers = asyncio.run(_with_services(args, lambda svc: svc.federation.peers_view()))
+    peers = asyncio.run(_with_services(args, lambda svc: svc.federation.peers.peers_view()))
     if args.json:
         print_json(peers)
     else:
@@ -77,7 +77,7 @@ def run_identity(args: argparse.Namespace) -> int:
     """Print this exchange's identity."""
 
     async def go(svc: Any) -> dict[str, Any]:
-        view: dict[str, Any] = svc.federation.identity_view()
+        view: dict[str, Any] = svc.federation.ctx.identity_view()
         return view
 
     view = asyncio.run(_with_services(args, go))

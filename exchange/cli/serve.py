@@ -13,10 +13,11 @@ from aiohttp import web
 
 from exchange.api.app import create_app
 from exchange.api.connections import GuardedSite
-from exchange.api.federation import federation_tasks
+from exchange.api.federation import federation_tasks, register_federation_duty
 from exchange.cli import settings_doc
 from exchange.cli.common import CliError, add_db_flag, settings_from
-from exchange.composition import build_services
+from exchange.cli.workers import Supervisor
+from exchange.composition import Services, build_services
 from exchange.services.solver import SOLVERS
 from exchange.settings import Settings
 from exchange.storage.migrate import engine_revision, head_revision, upgrade_engine
@@ -57,6 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--dev", action="store_true", help="local development: allow no public base URL (trusts the Host header)"
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server processes sharing the port (PostgreSQL only; the timed duties run in one of them)",
+    )
+    p.add_argument(
         "--shutdown-grace",
         type=float,
         default=None,
@@ -66,25 +73,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-async def prepare(settings: Settings) -> web.Application:
-    """Build services, bring the schema to head (or refuse), and return the app."""
-    svc = await build_services(settings)
+async def _schema(svc: Services, settings: Settings) -> None:
+    """Bring the schema to head, or refuse (closing `svc`) when migrating on start is off and it is behind."""
     assert svc.engine is not None
     if settings.migrate_on_start:
         await upgrade_engine(svc.engine)
-    else:
-        current, head = await engine_revision(svc.engine), head_revision()
-        if current != head:
-            await svc.close()
-            raise SchemaBehindError(
-                f"database schema is at {current or 'empty'} but this hetex needs {head}: run `hetex db upgrade`"
-            )
+        return
+    current, head = await engine_revision(svc.engine), head_revision()
+    if current != head:
+        await svc.close()
+        raise SchemaBehindError(
+            f"database schema is at {current or 'empty'} but this hetex needs {head}: run `hetex db upgrade`"
+        )
+
+
+async def prepare_database(settings: Settings) -> None:
+    """`--workers`: in the parent, once: the schema to head (or refuse) and the exchange key (created if none)."""
+    svc = await build_services(settings)
+    try:
+        await _schema(svc, settings)
+        await svc.identity.start(create_if_empty=True)
+    finally:
+        await svc.close()
+
+
+async def prepare(settings: Settings) -> web.Application:
+    """Build services, bring the schema to head (or refuse), and return the app."""
+    svc = await build_services(settings)
+    await _schema(svc, settings)
     try:
         # the one place a key is created implicitly: the first serve of a database without exchange keys
         await svc.identity.start(create_if_empty=True)
     except BaseException:
         await svc.close()
         raise
+    register_federation_duty(svc)
     app = create_app(svc)
     app.cleanup_ctx.append(federation_tasks)
 
@@ -112,7 +135,16 @@ def run(args: argparse.Namespace) -> int:
         if not 0 <= args.shutdown_grace <= 3600:
             raise CliError("--shutdown-grace must be between 0 and 3600 seconds")
         extra["shutdown_grace_seconds"] = args.shutdown_grace
+    if args.workers is not None:
+        if not 1 <= args.workers <= 64:
+            raise CliError("--workers must be between 1 and 64")
+        extra["workers"] = args.workers
     settings = settings_from(args, **extra)
+    if settings.workers > 1 and settings.is_sqlite:
+        raise CliError(
+            f"--workers {settings.workers} needs PostgreSQL: SQLite takes one writing process"
+            " (use --workers 1, or a postgresql:// database URL)"
+        )
     problem = settings.origin_problem()
     if problem is not None:
         raise UnboundOriginError(problem, field="HETEX_PUBLIC_BASE_URL")
@@ -120,18 +152,37 @@ def run(args: argparse.Namespace) -> int:
         log.warning("--dev: no public base URL, so signed requests are checked against their own Host header")
     sock = listen(settings.host, settings.port)  # before any database access: a failed start writes nothing
     log.info(
-        "hetex serving on http://%s:%s (database %s)",
+        "hetex serving on http://%s:%s (database %s, %d worker%s)",
         settings.host,
         sock.getsockname()[1],
         settings.database_url.split("://", 1)[0],
+        settings.workers,
+        "" if settings.workers == 1 else "s",
     )
+    code = 0
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings, sock))
+        if settings.workers > 1:
+            code = run_workers(settings, sock)
+        else:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(serve(settings, sock))
     finally:
         sock.close()
     log.info("hetex stopped")
-    return 0
+    return code
+
+
+def run_workers(settings: Settings, sock: socket.socket) -> int:
+    """Migrate and create the key once, then fork `settings.workers` supervised servers on `sock`."""
+    asyncio.run(prepare_database(settings))
+    worker_settings = settings.model_copy(update={"migrate_on_start": False})  # done above, once
+
+    def child(_slot: int) -> int:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(worker_settings, sock))
+        return 0
+
+    return Supervisor(settings.workers, child, settings.shutdown_grace_seconds).run()
 
 
 def listen(host: str, port: int) -> socket.socket:

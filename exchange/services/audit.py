@@ -4,13 +4,20 @@ A job scans the transparency log up to a freshly signed checkpoint with keyset p
 entries per query), feeding exchange.audit.writer.BundleWriter in a worker thread, so memory stays
 bounded whatever the log size; progress is persisted after every chunk. Only the regulator who created
 an export may read its status or download its bundle.
+
+Jobs are durable: a row carries a job lease (owner token, expiry, attempts). The process running a job
+renews the lease while it works, and every write of the job is conditional on still owning it. A job whose
+process stopped (SIGTERM: handed back at once; kill -9: when its lease expires) is resumed from the start by
+the process holding the duties lease (`resume_orphans`), up to MAX_ATTEMPTS starts, then failed with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +45,9 @@ log = logging.getLogger("hetex.audit")
 
 CHUNK = 2000
 MAX_SINCE = 16
+MAX_ATTEMPTS = 3
+#: Test hook: seconds an export waits once running (so a test can kill its process mid-job). Never in production.
+DELAY_HOOK_ENV = "HETEX_TEST_EXPORT_DELAY"
 
 
 class ExportNotFoundError(NotFoundError):
@@ -56,6 +66,12 @@ class ExportNotReadyError(ConflictError):
     """The bundle of this export is not (or no longer) available: the job is queued, running or failed."""
 
     code = "export_not_ready"
+
+
+class ExportLeaseLostError(ConflictError):
+    """This process no longer owns the export job (its lease expired and another process resumed it)."""
+
+    code = "export_lease_lost"
 
 
 class ExportRequest(BaseModel):
@@ -176,6 +192,7 @@ class AuditService:
         authority: str,
         *,
         chunk: int = CHUNK,
+        job_lease_seconds: float = 30.0,
     ) -> None:
         self.sessions = sessions
         self.ledger = ledger
@@ -184,6 +201,8 @@ class AuditService:
         self.exports_dir = Path(exports_dir)
         self.authority = authority
         self.chunk = chunk
+        self.job_lease_seconds = job_lease_seconds
+        self.owner = new_id_str()  # this process's job-lease token
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     # -- requests ---------------------------------------------------------------------------------
@@ -217,10 +236,68 @@ class AuditService:
                 records_done=0,
                 records_exported=0,
                 created_at=now_s(),
+                attempts=1,
+                lease_owner=self.owner,
+                lease_expires_at=self._lease_end(),
             )
             session.add(row)
-        self._tasks[row.id] = asyncio.create_task(self._run(row.id), name=f"audit-export-{row.id}")
+        self._start(row.id)
         return _status(row)
+
+    def _lease_end(self) -> int:
+        return now_s() + max(1, round(self.job_lease_seconds))
+
+    def _start(self, export_id: str) -> None:
+        self._tasks[export_id] = asyncio.create_task(self._run(export_id), name=f"audit-export-{export_id}")
+
+    async def resume_orphans(self) -> list[str]:
+        """Claim queued/running exports whose job lease expired (their process died) and run them again;
+        one started MAX_ATTEMPTS times already is failed with the reason. Returns the ids resumed."""
+        now = now_s()
+        orphaned = (AuditExport.status.in_(("queued", "running"))) & (
+            AuditExport.lease_expires_at.is_(None) | (AuditExport.lease_expires_at < now)
+        )
+        async with self.sessions() as session:
+            ids = (await session.scalars(select(AuditExport.id).where(orphaned).order_by(AuditExport.created_at))).all()
+        resumed = []
+        for export_id in ids:
+            async with self.sessions.begin() as session:
+                claimed = await session.execute(
+                    update(AuditExport)
+                    .where(AuditExport.id == export_id, orphaned)
+                    .values(
+                        lease_owner=self.owner,
+                        lease_expires_at=self._lease_end(),
+                        attempts=AuditExport.attempts + 1,
+                        status="queued",
+                    )
+                    .returning(AuditExport.attempts)
+                )
+                attempts = claimed.scalar()
+            if attempts is None:
+                continue  # another process claimed it first
+            if attempts > MAX_ATTEMPTS:
+                log.warning("audit export %s: interrupted %d times, failed", export_id, attempts - 1)
+                await self._fail(
+                    export_id,
+                    self.exports_dir / f"{export_id}.tmp",
+                    f"interrupted {attempts - 1} times (the exchange processes running it stopped); not retried",
+                )
+                continue
+            log.info("audit export %s: resumed (attempt %d of %d)", export_id, attempts, MAX_ATTEMPTS)
+            self._start(export_id)
+            resumed.append(export_id)
+        return resumed
+
+    async def run_resumer(self, stop: asyncio.Event) -> None:
+        """Duty loop: resume orphaned exports now and every half job-lease until `stop`."""
+        while not stop.is_set():
+            try:
+                await self.resume_orphans()
+            except Exception:
+                log.exception("resuming audit exports failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.5, self.job_lease_seconds / 2))
 
     async def _row(self, session: AsyncSession, regulator_id: str, export_id: str) -> AuditExport:
         row = await session.get(AuditExport, export_id)
@@ -251,7 +328,7 @@ class AuditService:
             await asyncio.shield(task)
 
     async def close(self) -> None:
-        """Cancel jobs still running in this process (they are marked failed)."""
+        """Stop jobs running in this process; each is handed back (queued, no owner) for another process."""
         tasks = list(self._tasks.values())
         for t in tasks:
             t.cancel()
@@ -260,8 +337,22 @@ class AuditService:
     # -- the job ----------------------------------------------------------------------------------
 
     async def _update(self, export_id: str, **values: Any) -> None:
+        """Write the job's row if this process still owns it (renewing the lease); else ExportLeaseLostError."""
+        values.setdefault("lease_expires_at", self._lease_end())
         async with self.sessions.begin() as session:
-            await session.execute(update(AuditExport).where(AuditExport.id == export_id).values(**values))
+            result = await session.execute(
+                update(AuditExport)
+                .where(AuditExport.id == export_id, AuditExport.lease_owner == self.owner)
+                .values(**values)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise ExportLeaseLostError(f"audit export {export_id} is now run by another process")
+
+    async def _renew(self, export_id: str) -> None:
+        """Keep the job lease while the job works (also through long steps: packing, signing)."""
+        while True:
+            await asyncio.sleep(max(0.5, self.job_lease_seconds / 3))
+            await self._update(export_id)
 
     async def _keys(self, session: AsyncSession) -> list[BundleKeyInfo]:
         keys = [
@@ -281,22 +372,44 @@ class AuditService:
 
     async def _run(self, export_id: str) -> None:
         work = self.exports_dir / f"{export_id}.tmp"
+        renew = asyncio.create_task(self._renew(export_id), name=f"audit-export-lease-{export_id}")
+        job = asyncio.create_task(self._export(export_id, work), name=f"audit-export-job-{export_id}")
         try:
-            await self._export(export_id, work)
+            await asyncio.wait([renew, job], return_when=asyncio.FIRST_COMPLETED)
+            if not job.done():  # the lease could not be renewed: another process owns the job now
+                job.cancel()
+                await asyncio.gather(job, return_exceptions=True)
+                raise renew.exception() or ExportLeaseLostError(f"audit export {export_id}: lease lost")
+            job.result()
         except asyncio.CancelledError:
-            await asyncio.shield(self._fail(export_id, work, "interrupted: the exchange process stopped"))
+            job.cancel()
+            await asyncio.gather(job, return_exceptions=True)
+            await asyncio.shield(self._hand_back(export_id, work))
             raise
+        except ExportLeaseLostError as exc:
+            log.warning("audit export %s abandoned by this process: %s", export_id, exc.message)
+            await asyncio.to_thread(shutil.rmtree, work, True)
         except HetexError as exc:
             await self._fail(export_id, work, exc.message)
         except Exception:
             log.exception("audit export %s failed", export_id)
             await self._fail(export_id, work, "internal error; see the exchange log")
         finally:
+            renew.cancel()
+            await asyncio.gather(renew, return_exceptions=True)
             self._tasks.pop(export_id, None)
 
     async def _fail(self, export_id: str, work: Path, message: str) -> None:
         await asyncio.to_thread(shutil.rmtree, work, True)
-        await self._update(export_id, status="failed", error=message, finished_at=now_s())
+        with contextlib.suppress(ExportLeaseLostError):
+            await self._update(export_id, status="failed", error=message, finished_at=now_s(), lease_expires_at=None)
+
+    async def _hand_back(self, export_id: str, work: Path) -> None:
+        """This process stops: requeue the job without an owner, so the duties-lease holder resumes it."""
+        await asyncio.to_thread(shutil.rmtree, work, True)
+        with contextlib.suppress(ExportLeaseLostError):
+            await self._update(export_id, status="queued", lease_owner=None, lease_expires_at=None)
+        log.info("audit export %s handed back: this process is stopping", export_id)
 
     async def _export(self, export_id: str, work: Path) -> None:
         cp = await self.ledger.checkpoint()
@@ -315,8 +428,17 @@ class AuditService:
             since = list(row.since_sizes or [])
             created = int(row.created_at)
         await self._update(
-            export_id, status="running", started_at=now_s(), checkpoint_size=cp.size, records_total=cp.size
+            export_id,
+            status="running",
+            started_at=now_s(),
+            checkpoint_size=cp.size,
+            records_total=cp.size,
+            records_done=0,
+            records_exported=0,
         )
+        delay = os.environ.get(DELAY_HOOK_ENV)
+        if delay:  # test hook (DELAY_HOOK_ENV)
+            await asyncio.sleep(float(delay))
         self.exports_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(shutil.rmtree, work, True)
         writer = BundleWriter(
@@ -367,6 +489,7 @@ class AuditService:
             records_done=writer.records_seen,
             records_exported=writer.records_written,
             finished_at=now_s(),
+            lease_expires_at=None,
         )
         log.info("audit export %s done: %d of %d log entries", export_id, writer.records_written, cp.size)
 
@@ -386,6 +509,7 @@ def _digest(path: Path) -> tuple[str, int]:
 
 __all__ = [
     "AuditService",
+    "ExportLeaseLostError",
     "ExportNotFoundError",
     "ExportNotReadyError",
     "ExportNotYoursError",

@@ -36,7 +36,7 @@ from federation.keys import (
     save_signing_key,
 )
 from federation.note import NoteSigner
-from identifiers.errors import ConflictError, ValidationError
+from identifiers.errors import ConflictError, UnavailableError, ValidationError
 
 if TYPE_CHECKING:
     from exchange.services.ledger import LedgerService
@@ -49,8 +49,9 @@ DEFAULT_OVERLAP_SECONDS = 3600
 FIX_INIT = "run `hetex admin init` once for this database (or start `hetex serve` on an empty database)"
 
 
-class ExchangeKeyMissingError(ConflictError):
-    """This process cannot sign as the exchange: no key in the database, or its private key file is not here."""
+class ExchangeKeyMissingError(UnavailableError):
+    """This process cannot sign as the exchange: no key in the database, or its private key file is not here
+    (a live request answers 503 with Retry-After: the operator's fix, not the caller's; the CLI exits 2)."""
 
     code = "exchange_key_missing"
 

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.canonical import fast_canonical_bytes
 from exchange.services.identity import IdentityService
+from exchange.services.lease import Fence
 from exchange.storage.base import now_s
 from exchange.storage.ledger import COUNTER_ROW_ID, LogCounter, LogEntry, LogNode
 from exchange.storage.ledger import Checkpoint as CheckpointRow
@@ -374,16 +375,19 @@ class LedgerService:
         log.info("checkpoint size=%d key=%s", size, row.key_id)
         return _signed(row)
 
-    async def publish_if_grown(self) -> SignedCheckpoint | None:
-        """Sign a checkpoint in its own transaction if the log grew since the last one; else None."""
+    async def publish_if_grown(self, fence: Fence | None = None) -> SignedCheckpoint | None:
+        """Sign a checkpoint in its own transaction if the log grew since the last one; else None. The
+        publisher passes the duties lease's `fence`: a process that lost the lease signs nothing."""
         async with self.sessions() as session:
             latest = await self.latest_checkpoint(session)
             if latest is not None and latest.size == await self.size(session):
                 return None
         async with self.sessions.begin() as session:
+            if fence is not None:
+                await fence.check(session)
             return await self.checkpoint(session)
 
-    async def run_publisher(self, interval: float, stop: asyncio.Event) -> None:
+    async def run_publisher(self, interval: float, stop: asyncio.Event, fence: Fence | None = None) -> None:
         """Background loop: publish a checkpoint every `interval` seconds when the log grew, until `stop` is set.
 
         Stopping waits for a publication in progress to finish (never cancelled inside its transaction).
@@ -395,7 +399,7 @@ class LedgerService:
             except TimeoutError:
                 pass
             try:
-                await self.publish_if_grown()
+                await self.publish_if_grown(fence)
             except Exception:
                 log.exception("checkpoint publication failed; retrying in %s s", interval)
 

@@ -47,8 +47,9 @@ from exchange.services.disclosure import (
     round_disclosure,
 )
 from exchange.services.federation_capacity import held_lines, orders_in_flight
+from exchange.services.lease import Fence
 from exchange.services.registration import live_offers_query
-from exchange.services.round_lock import RoundLock
+from exchange.services.round_lock import RoundBusyError, RoundLock
 from exchange.services.snapshot import (
     ContractRow,
     OfferRow,
@@ -433,8 +434,9 @@ class RoundService:
 
     # ------------------------------------------------------------------------------------ the round
 
-    async def run_round(self, trigger: str) -> RoundSummary:
-        """Run one clearing round end to end (serialized across processes by the round lock)."""
+    async def run_round(self, trigger: str, fence: Fence | None = None) -> RoundSummary:
+        """Run one clearing round end to end (serialized across processes by the round lock); a periodic
+        round passes the duties lease's `fence`, so its writes are refused once another process took over."""
         if self._stopping:
             raise RoundsStoppingError("the exchange is shutting down; no new clearing round starts")
         async with self.lock.hold(self.lock_timeout):
@@ -442,7 +444,7 @@ class RoundService:
                 raise RoundsStoppingError("the exchange is shutting down; no new clearing round starts")
             self._current = asyncio.current_task()
             try:
-                return await self._run_locked(trigger)
+                return await self._run_locked(trigger, fence)
             finally:
                 self._current = None
 
@@ -470,12 +472,33 @@ class RoundService:
             await asyncio.sleep(float(delay))
         return await self.solver.clear(market, method=self.method, time_limit=self.solve_time_limit)
 
-    async def _run_locked(self, trigger: str) -> RoundSummary:
+    async def sweep_abandoned(self, fence: Fence | None = None) -> int:
+        """Mark `abandoned` the rounds left `running` by a process that died (only when no round holds the
+        round lock, so none of them is really running); the number marked. A busy lock: 0, try later."""
+        try:
+            async with self.lock.hold(0), self.sessions.begin() as session:
+                if fence is not None:
+                    await fence.check(session)
+                result = await session.execute(
+                    update(Round)
+                    .where(Round.status == "running")
+                    .values(status="abandoned", finished_at=now_s(), error="the process running it stopped")
+                )
+                swept = int(result.rowcount)  # type: ignore[attr-defined]
+        except RoundBusyError:
+            return 0
+        if swept:
+            log.warning("%d clearing round(s) left running by a stopped process marked abandoned", swept)
+        return swept
+
+    async def _run_locked(self, trigger: str, fence: Fence | None = None) -> RoundSummary:
         t0 = time.perf_counter()
         round_id = new_id_str()
         async with self.sessions.begin() as session:
             if self.repeatable_snapshot:
                 await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            if fence is not None:
+                await fence.check(session)
             await session.execute(
                 update(Round)
                 .where(Round.status == "running")
@@ -502,6 +525,8 @@ class RoundService:
             phases["solve_wait_seconds"] = time.perf_counter() - t1
             _kill_hook("after_solve")
             async with self.sessions.begin() as session:
+                if fence is not None:
+                    await fence.check(session)  # first: a takeover waits for this commit, or it is refused
                 summary = await self._commit(session, round_id, trigger, snap, result, digest, phases)
                 _kill_hook("before_commit")
         except asyncio.CancelledError:

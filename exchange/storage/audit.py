@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from exchange.storage.base import Base, CreatedAt
@@ -36,5 +36,12 @@ class AuditExport(CreatedAt, Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[int | None] = mapped_column(BigInteger)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
+    # the job lease: the process running it (a token), until when, and how many times it was started
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[int | None] = mapped_column(BigInteger)
 
-    __table_args__ = (Index("ix_audit_exports_regulator_id_created_at", "regulator_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_audit_exports_regulator_id_created_at", "regulator_id", "created_at"),
+        Index("ix_audit_exports_status_lease_expires_at", "status", "lease_expires_at"),
+    )

@@ -470,7 +470,7 @@ async def operator_page(request: web.Request) -> web.StreamResponse:
             "browser": browser,
             "rounds": rounds,
             "selected": selected,
-            "peers": await svc.federation.peers_view(),
+            "peers": await svc.federation.peers.peers_view(),
             "keys": [k.to_json() for k in await svc.identity.keys()],
             "sessions": await request.app[WEB_SESSIONS].list_for(browser.principal),
         },

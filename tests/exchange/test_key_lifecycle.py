@@ -301,3 +301,29 @@ async def test_rotation_entry_is_logged_inside_the_old_key_validity_even_at_over
     await ledger.checkpoint()
     report = await ledger.verify_log()
     assert report.ok, [p.describe() for p in report.problems]
+
+
+async def test_a_live_request_the_exchange_cannot_sign_is_503_with_retry_after(
+    db: Any, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """A serving process that cannot read the current key (another process rotated it into a key folder this
+    one does not see) answers 503 problem+json with Retry-After (the operator's fix, not the caller's), not
+    409; nothing is signed or stored."""
+    import shutil
+
+    from exchange.composition import build_services
+    from exchange.settings import Settings
+    from tests.exchange.appfactory import make_services, serve
+
+    svc = await make_services(db, tmp_path)  # the current key is in tmp_path/keys
+    http = await serve(aiohttp_client, svc)
+    shutil.copytree(tmp_path / "keys", tmp_path / "other")
+    other = await build_services(Settings(database_url=db.url, key_dir=tmp_path / "other"), sessions=db.sessions)
+    await other.identity.rotate(other.ledger)  # the new key file is only in tmp_path/other
+    resp = await http.get("/v1/ledger/checkpoint")  # the log grew (the rotation): a checkpoint must be signed
+    assert resp.status == 503 and resp.content_type == "application/problem+json"
+    assert int(resp.headers["Retry-After"]) > 0
+    problem = await resp.json()
+    assert problem["status"] == 503 and problem["code"] == "exchange_key_missing"
+    async with db.sessions() as s:
+        assert await s.scalar(select(func.count()).select_from(Checkpoint)) == 0

@@ -1,6 +1,6 @@
 """`hetex match` starts fast: help and a real clearing of a small snapshot import no exchange service,
 database, HTTP server, pandas or CP-SAT (checked through sys.modules of a fresh interpreter, never by
-timing); CP-SAT comes in only when a gang repair needs it, the LP solver only when prices are wanted."""
+timing); HiGHS comes in only when a gang repair needs it, the LP solver only when prices are wanted."""
 
 from __future__ import annotations
 

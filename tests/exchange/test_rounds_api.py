@@ -184,13 +184,13 @@ async def test_periodic_rounds_keep_running_after_a_failure(db: Any, aiohttp_cli
     calls: list[str] = []
     done = asyncio.Event()
 
-    async def flaky(trigger: str) -> Any:
+    async def flaky(trigger: str, fence: Any = None) -> Any:
         calls.append(trigger)
         if len(calls) == 1:
             raise RuntimeError("solver exploded")
         if done.is_set():
             await asyncio.sleep(3600)  # one real round is enough; keep the shared test connection quiet
-        summary = await real(trigger)
+        summary = await real(trigger, fence)
         done.set()
         return summary
 

@@ -236,7 +236,7 @@ class Exchange:
 
     @property
     def fed(self) -> Any:
-        """Its FederationService."""
+        """Its federation roles (exchange.services.federation.Federation)."""
         return self.svc.federation
 
     def seed(self) -> Any:
@@ -296,8 +296,8 @@ async def peer_all(exchanges: Sequence[Exchange]) -> None:
     for a in exchanges:
         for b in exchanges:
             if a is not b:
-                ident = b.fed.identity_view()
-                await a.fed.add_peer(b.url, ident["verifier_key"], b.authority)
+                ident = b.fed.ctx.identity_view()
+                await a.fed.peers.add_peer(b.url, ident["verifier_key"], b.authority)
 
 
 @contextlib.asynccontextmanager
@@ -315,4 +315,4 @@ async def federation(tmp_path: Path, authorities: Sequence[str], **settings: Any
 
 async def publish_all(exchanges: Sequence[Exchange]) -> None:
     """Every exchange publishes its summary to its peers."""
-    await asyncio.gather(*(ex.fed.publish_summary() for ex in exchanges))
+    await asyncio.gather(*(ex.fed.summaries.publish_summary() for ex in exchanges))

@@ -211,7 +211,7 @@ def start_and_peer(procs: list[Proc]) -> None:
                 await svc.participants.add_by_operator("operator", "test operator", p.operator_key.public.to_base64())
                 for q in procs:
                     if q is not p:
-                        await svc.federation.add_peer(q.url, identities[q.authority]["verifier_key"], q.authority)
+                        await svc.federation.peers.add_peer(q.url, identities[q.authority]["verifier_key"], q.authority)
             finally:
                 await svc.federation.close()
                 await svc.close()

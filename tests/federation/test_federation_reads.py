@@ -86,7 +86,7 @@ async def test_peer_sees_only_its_own_and_operator_sees_all(tmp_path: Path) -> N
 
         async def as_a(path: str) -> tuple[int, Any]:
             url = b.url + path
-            return await get_raw(url, sign_peer_get(url, a.fed.me))
+            return await get_raw(url, sign_peer_get(url, a.fed.ctx.me))
 
         status, body = await as_a("/v1/federation/holds")
         assert status == 200 and [h["hold_id"] for h in body["holds"]] == [hold_a]
@@ -101,7 +101,7 @@ async def test_peer_sees_only_its_own_and_operator_sees_all(tmp_path: Path) -> N
             assert status == 403 and problem["reason"] == "role_forbidden", path
         # a replayed peer GET is refused like any signed request
         url = b.url + "/v1/federation/holds"
-        headers = sign_peer_get(url, a.fed.me)
+        headers = sign_peer_get(url, a.fed.ctx.me)
         assert (await get_raw(url, headers))[0] == 200
         status, problem = await get_raw(url, headers)
         assert status == 401 and problem["reason"] == "nonce_replayed"
@@ -126,5 +126,5 @@ async def test_removed_peer_key_reads_nothing(tmp_path: Path) -> None:
             assert row is not None
             row.status = "removed"
         url = b.url + "/v1/federation/holds"
-        status, problem = await get_raw(url, sign_peer_get(url, a.fed.me))
+        status, problem = await get_raw(url, sign_peer_get(url, a.fed.ctx.me))
         assert status == 403 and problem["reason"] == "role_forbidden"

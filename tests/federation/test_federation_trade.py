@@ -28,7 +28,7 @@ def keyring_of(*exchanges: Exchange) -> Keyring:
     """Trust exactly these exchanges' keys."""
     ring = Keyring()
     for ex in exchanges:
-        ident = ex.fed.me.identity
+        ident = ex.fed.ctx.me.identity
         ring.add_named(ident.origin, ident.public_key)
     return ring
 
@@ -44,17 +44,17 @@ async def test_buyer_at_a_gets_capacity_only_b_and_c_have(tmp_path: Path) -> Non
         with c.seed() as s:
             pc = fedkit.seed_pool(s, "C", region="CN-GZ", model=H100, devices=8, ask_fen=2500)
         await fedkit.publish_all([a, b, c])
-        results = await a.fed.forward_open_orders()
+        results = await a.fed.outbound.forward_open_orders()
         assert [r["status"] for r in results] == ["committed"]
         assert fedkit.order_row(a.db_url, order) == {"status": "filled", "filled_devices": 12, "quantity_devices": 12}
 
-        a_contracts = await a.fed.contracts_view()
+        a_contracts = await a.fed.reads.contracts_view()
         assert sorted((x["peer"], x["devices"], x["side"]) for x in a_contracts) == [
             ("B", 8, "buyer"),
             ("C", 4, "buyer"),
         ]
         for owner, pool in ((b, pb), (c, pc)):
-            owned = await owner.fed.contracts_view(peer="A")
+            owned = await owner.fed.reads.contracts_view(peer="A")
             assert len(owned) == 1 and owned[0]["side"] == "owner"
             mine = next(x for x in a_contracts if x["contract_id"] == owned[0]["contract_id"])
             # both signatures on both sides, and the same payload
@@ -72,7 +72,7 @@ async def test_buyer_at_a_gets_capacity_only_b_and_c_have(tmp_path: Path) -> Non
             rows = fedkit.contracts_on_pool(owner.db_url, pool.pool_id)
             assert sum(r.devices for r in rows) == owned[0]["devices"]
         # the local Ascend pool at A was not used (wrong model)
-        assert (await a.fed.holds_view()) == []
+        assert (await a.fed.inbound.holds_view()) == []
 
 
 async def test_summaries_are_signed_versioned_and_kept_per_origin(tmp_path: Path) -> None:
@@ -80,9 +80,9 @@ async def test_summaries_are_signed_versioned_and_kept_per_origin(tmp_path: Path
         with b.seed() as s:
             fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=16, ask_fen=2000)
             fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=1500)
-        await b.fed.publish_summary()
-        await b.fed.publish_summary()
-        kept = {x["origin"]: x for x in await a.fed.summaries_view()}
+        await b.fed.summaries.publish_summary()
+        await b.fed.summaries.publish_summary()
+        kept = {x["origin"]: x for x in await a.fed.summaries.summaries_view()}
         assert kept["B"]["version"] == 2 and kept["B"]["fresh"]
         (cls,) = kept["B"]["classes"]
         assert cls == {
@@ -108,13 +108,13 @@ async def test_shaped_order_is_placed_by_one_owner_within_its_shape(tmp_path: Pa
         with c.seed() as s:
             pc = fedkit.seed_pool(s, "C", region="CN-GZ", model=H100, devices=16, ask_fen=2500)
         await fedkit.publish_all([a, b, c])
-        (result,) = await a.fed.forward_open_orders()
+        (result,) = await a.fed.outbound.forward_open_orders()
         assert result["status"] == "committed"
         assert fedkit.order_row(a.db_url, order)["filled_devices"] == 12
-        assert {(x["peer"], x["pool_cri"], x["devices"]) for x in await a.fed.contracts_view()} == {
+        assert {(x["peer"], x["pool_cri"], x["devices"]) for x in await a.fed.reads.contracts_view()} == {
             ("C", pc.pool_cri, 12)
         }
-        assert await b.fed.contracts_view() == []
+        assert await b.fed.reads.contracts_view() == []
         with a.seed() as s:
             errors = {o.peer_authority: o.error for o in s.scalars(select(OutboundHold))}
         assert errors["B"] == "shape_unsatisfiable (max_pools)"
@@ -131,7 +131,9 @@ async def test_double_sell_race_exactly_one_wins(tmp_path: Path) -> None:
                     s, fedkit.seed_buyer(s), devices=8, models=[H100], limit_fen=3000
                 )
         await fedkit.publish_all([a, b, c])
-        ra, rc = await asyncio.gather(a.fed.forward_order(orders["A"]), c.fed.forward_order(orders["C"]))
+        ra, rc = await asyncio.gather(
+            a.fed.outbound.forward_order(orders["A"]), c.fed.outbound.forward_order(orders["C"])
+        )
         statuses = sorted([ra["status"], rc["status"]])
         assert statuses == ["committed", "unfilled"], (ra, rc)
         rows = fedkit.contracts_on_pool(b.db_url, pool.pool_id)
@@ -147,8 +149,8 @@ async def test_hold_expires_and_capacity_returns(tmp_path: Path) -> None:
         with a.seed() as s:
             order = fedkit.seed_order(s, fedkit.seed_buyer(s), devices=8, models=[H100], limit_fen=3000)
         await fedkit.publish_all([a, b])
-        peer_b = await a.fed.peer("B")
-        msg = a.fed.client.build(
+        peer_b = await a.fed.peers.peer("B")
+        msg = a.fed.ctx.client.build(
             peer_b,
             "order_offer",
             {
@@ -166,21 +168,21 @@ async def test_hold_expires_and_capacity_returns(tmp_path: Path) -> None:
                 }
             },
         )
-        held = await a.fed.client.send(peer_b, "/v1/federation/orders", msg)
+        held = await a.fed.ctx.client.send(peer_b, "/v1/federation/orders", msg)
         assert held["status"] == "held" and held["devices"] == 8
         # while held, the capacity is reserved: B's summary shows nothing free
-        await b.fed.publish_summary()
-        assert (await a.fed.summaries_view())[0]["classes"] == []
+        await b.fed.summaries.publish_summary()
+        assert (await a.fed.summaries.summaries_view())[0]["classes"] == []
         await asyncio.sleep(2.1)
-        assert await b.fed.expire_holds() == [held["hold_id"]]
+        assert await b.fed.inbound.expire_holds() == [held["hold_id"]]
         # committing an expired hold is refused; capacity is free again
-        commit = a.fed.client.build(peer_b, "hold_commit", {"hold_id": held["hold_id"], "contracts": [{}]})
-        answer = await a.fed.client.send(peer_b, f"/v1/federation/holds/{held['hold_id']}/commit", commit)
+        commit = a.fed.ctx.client.build(peer_b, "hold_commit", {"hold_id": held["hold_id"], "contracts": [{}]})
+        answer = await a.fed.ctx.client.send(peer_b, f"/v1/federation/holds/{held['hold_id']}/commit", commit)
         assert answer == {"status": "refused", "reason": "hold_expired", "hold_id": held["hold_id"]}
-        await b.fed.publish_summary()  # the service does this on demand after expiring holds
-        result = await a.fed.forward_order(order)
+        await b.fed.summaries.publish_summary()  # the service does this on demand after expiring holds
+        result = await a.fed.outbound.forward_order(order)
         assert result["status"] == "committed"
-        events = await b.fed.events(kind="hold_expired")
+        events = await b.fed.events.recent(kind="hold_expired")
         assert [e["detail"]["hold_id"] for e in events] == [held["hold_id"]]
 
 
@@ -188,7 +190,7 @@ async def test_retry_returns_stored_answer_and_reused_id_conflicts(tmp_path: Pat
     async with fedkit.federation(tmp_path, ["A", "B"]) as (a, b):
         with b.seed() as s:
             fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
-        peer_b = await a.fed.peer("B")
+        peer_b = await a.fed.peers.peer("B")
         order = {
             "origin_order_id": "o1",
             "buyer_id": "x",
@@ -199,15 +201,15 @@ async def test_retry_returns_stored_answer_and_reused_id_conflicts(tmp_path: Pat
             "start_at": int(time.time()),
             "end_at": int(time.time()) + 3600,
         }
-        msg = a.fed.client.build(peer_b, "order_offer", {"order": order})
-        first = await a.fed.client.send(peer_b, "/v1/federation/orders", msg)
-        again = await a.fed.client.send(peer_b, "/v1/federation/orders", dict(msg, sent_at=msg["sent_at"] + 1))
+        msg = a.fed.ctx.client.build(peer_b, "order_offer", {"order": order})
+        first = await a.fed.ctx.client.send(peer_b, "/v1/federation/orders", msg)
+        again = await a.fed.ctx.client.send(peer_b, "/v1/federation/orders", dict(msg, sent_at=msg["sent_at"] + 1))
         assert again.pop("replayed") is True
         assert again == first
-        assert len(await b.fed.holds_view()) == 1
+        assert len(await b.fed.inbound.holds_view()) == 1
         changed = dict(msg, body={"order": dict(order, devices_max=5)})
         with pytest.raises(fedkit_refused()) as info:
-            await a.fed.client.send(peer_b, "/v1/federation/orders", changed)
+            await a.fed.ctx.client.send(peer_b, "/v1/federation/orders", changed)
         assert info.value.status == 409 and info.value.problem["code"] == "message_id_reused"
 
 
@@ -229,14 +231,14 @@ async def test_peer_down_does_not_stop_local_market(tmp_path: Path) -> None:
         await fedkit.publish_all([a, b])
         await b.server.close()  # B goes away after A learned its summary
         t0 = time.perf_counter()
-        result = await a.fed.forward_order(remote)
+        result = await a.fed.outbound.forward_order(remote)
         assert result["status"] == "unfilled"
         assert time.perf_counter() - t0 < 3
         summary = await a.svc.rounds.run_round("test")  # A's own clearing round, B still down
         assert summary.matched_devices == 4
         assert fedkit.order_row(a.db_url, local)["status"] == "filled"
         assert fedkit.order_row(a.db_url, remote)["status"] == "open"
-        peers = {p["authority"]: p for p in await a.fed.peers_view()}
+        peers = {p["authority"]: p for p in await a.fed.peers.peers_view()}
         assert peers["B"]["reachable"] is False and peers["B"]["last_error"]
 
 
@@ -247,22 +249,22 @@ async def test_mirror_usage_to_buyer_exchange(tmp_path: Path) -> None:
         with a.seed() as s:
             order = fedkit.seed_order(s, fedkit.seed_buyer(s), devices=2, models=[H100], limit_fen=3000)
         await fedkit.publish_all([a, b])
-        assert (await a.fed.forward_order(order))["status"] == "committed"
-        (owned,) = await b.fed.contracts_view()
+        assert (await a.fed.outbound.forward_order(order))["status"] == "committed"
+        (owned,) = await b.fed.reads.contracts_view()
         usage = {"usage_id": "u-1", "contract_id": owned["contract_id"], "device_hours": 2, "seq": 1}
         async with b.svc.sessions.begin() as s:
             appended = await b.svc.ledger.append(s, "usage", "u-1", usage)
             # the usage and settlement services call this hook after logging a record (composition wires it)
-            assert b.svc.usage.on_logged == b.svc.settlement.on_logged == b.fed.enqueue_mirror
+            assert b.svc.usage.on_logged == b.svc.settlement.on_logged == b.fed.mirror.enqueue_mirror
             assert await b.svc.usage.on_logged(s, owned["contract_id"], "usage", "u-1", appended.envelope)
-        assert await b.fed.deliver_outbox() == {"sent": 1, "failed": 0}
-        (mirrored,) = await a.fed.mirrored_view()
+        assert await b.fed.mirror.deliver_outbox() == {"sent": 1, "failed": 0}
+        (mirrored,) = await a.fed.mirror.mirrored_view()
         assert mirrored["record_id"] == "u-1" and mirrored["peer"] == "B"
         entry = await a.svc.ledger.entry(mirrored["log_index"])
         assert entry.record_type == "usage"
         verify_envelope(entry.envelope, keyring_of(a, b), payload_type="application/vnd.hetex.usage+json", threshold=2)
         # the buyer's exchange lists B's key, so an auditor trusts the mirrored record
-        ring = await a.fed.peer_keyring()
+        ring = await a.fed.peers.peer_keyring()
         verify_envelope(entry.envelope, ring, payload_type="application/vnd.hetex.usage+json")
         assert (await a.svc.ledger.verify_log()).ok
 
@@ -298,8 +300,8 @@ async def test_audit_exports_at_both_exchanges_verify_with_peer_keys(tmp_path: P
         with a.seed() as s:
             order = fedkit.seed_order(s, fedkit.seed_buyer(s), devices=2, models=[H100], limit_fen=3000)
         await fedkit.publish_all([a, b])
-        assert (await a.fed.forward_order(order))["status"] == "committed"
-        (owned,) = await b.fed.contracts_view()
+        assert (await a.fed.outbound.forward_order(order))["status"] == "committed"
+        (owned,) = await b.fed.reads.contracts_view()
         usage = {
             "usage_id": "u-9",
             "contract_id": owned["contract_id"],
@@ -312,8 +314,8 @@ async def test_audit_exports_at_both_exchanges_verify_with_peer_keys(tmp_path: P
         signed = sign_envelope(record_payload_type("usage"), canonical_bytes(usage), [(node_kid, node)])
         async with b.svc.sessions.begin() as s:
             appended = await b.svc.ledger.append_signed(s, "usage", "u-9", signed)
-            await b.fed.enqueue_mirror(s, owned["contract_id"], "usage", "u-9", appended.envelope)
-        await b.fed.deliver_outbox()
+            await b.fed.mirror.enqueue_mirror(s, owned["contract_id"], "usage", "u-9", appended.envelope)
+        await b.fed.mirror.deliver_outbox()
         now = int(time.time())
         for ex in (a, b):
             with ex.seed() as s:
@@ -323,11 +325,11 @@ async def test_audit_exports_at_both_exchanges_verify_with_peer_keys(tmp_path: P
             )
             await ex.svc.audit.wait(status.id)
             bundle = await ex.svc.audit.bundle_path(regulator, status.id)
-            report = verify_bundle(bundle, trusted_keys=[ex.fed.me.identity.public_key])
+            report = verify_bundle(bundle, trusted_keys=[ex.fed.ctx.me.identity.public_key])
             assert report.ok, [p for p in report.problems]
             # both exports hold the two-signature contract and the usage record (mirrored at A, signed by B)
             assert report.totals is not None and report.totals["records_by_kind"] == {"contract": 1, "usage": 1}
             other = b if ex is a else a
             with tarfile.open(bundle) as tar:
                 names = {m.name.rsplit("/", 1)[-1] for m in tar.getmembers()}
-            assert f"{other.fed.me.key_id}.json" in names  # the peer's key is listed for the verifier
+            assert f"{other.fed.ctx.me.key_id}.json" in names  # the peer's key is listed for the verifier

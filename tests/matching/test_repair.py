@@ -1,5 +1,6 @@
 """The array pipeline: edges against an independent enumeration, network segments, exact unit re-solve,
-the residual CP-SAT polish, the gap on a mid-size instance, and the shape of the 'scale' families."""
+the exact polish (integer model on neighbourhoods), the gap on a mid-size instance, and the shape of the
+'scale' families."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from matching.eligibility import (
 )
 from matching.generators import generate
 from matching.model import Market
+from matching.polish import polish
 from matching.relaxation import build_network, relax
 from matching.repair import repair, unit_orders
 
@@ -110,24 +112,26 @@ def test_single_device_market_is_solved_exactly() -> None:
     assert check_feasible(m, r.allocations) == []
 
 
-def test_residual_polish_never_loses_and_stays_feasible() -> None:
-    m = generate("scale", 1500, 260, 13)  # an instance where the heuristic alone leaves a gap
+def test_exact_polish_never_loses_and_stays_feasible() -> None:
+    m = generate("scale-leases", 1500, 260, 13)  # an instance where the heuristic alone leaves a gap
     prep = prepare(m)
     net = build_network(prep)
     rel = relax(net)
-    plain = repair(prep, net, rel, residual_time=0)
-    polished = repair(prep, net, rel, residual_time=0.5)
+    plain = repair(prep, net, rel)
+    polished = polish(prep, net, rel, plain)
     assert plain.welfare_units() < rel.value
-    assert polished.welfare_units() >= plain.welfare_units()
+    assert polished.welfare_units() > plain.welfare_units()
     assert polished.welfare_units() <= rel.value
     assert (polished.free >= 0).all()
     units = unit_orders(prep)
     for o in np.nonzero(~units & polished.filled)[0].tolist():
         pcs = polished.order_pieces(o)
         assert len(pcs) == 1 and pcs[0].devices == int(prep.e_n[pcs[0].edge])
-    again = repair(prep, net, rel, residual_time=0.5)  # deterministic: one worker, deterministic time
+    again = polish(prep, net, rel, repair(prep, net, rel))  # deterministic: one thread, a node limit
     key = lambda pc: (pc.order, pc.pool, pc.k)  # noqa: E731
     assert sorted(again.pieces, key=key) == sorted(polished.pieces, key=key)
+    r = clear(m, prices=False)
+    assert check_feasible(m, r.allocations) == [] and r.audit.ok
 
 
 def test_mid_size_scale_gap_is_small() -> None:

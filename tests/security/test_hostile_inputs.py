@@ -147,6 +147,9 @@ ENDPOINTS: dict[tuple[str, str], Endpoint] = {
     ("POST", "/v1/federation/holds/{id}/commit"): Endpoint(_operator, peer=True),
     ("POST", "/v1/federation/holds/{id}/release"): Endpoint(_operator, peer=True),
     ("POST", "/v1/federation/mirror"): Endpoint(_operator, peer=True),
+    ("POST", "/v1/federation/hub/summaries"): Endpoint(_operator, peer=True),
+    ("POST", "/v1/federation/hub/demand"): Endpoint(_operator, peer=True),
+    ("POST", "/v1/federation/hub/routes"): Endpoint(_operator, peer=True),
 }
 #: a second order body shape (SCU quantity) for the decimal-string cases
 SCU_ORDER = Endpoint(_buyer, _scu_order, headers=lambda w: {"Idempotency-Key": "hostile-scu"},
@@ -332,6 +335,12 @@ def _peer_bodies(now: int) -> dict[str, tuple[str, dict[str, Any]]]:
         f"/v1/federation/holds/{HOLD}/commit": ("hold_commit", {"hold_id": HOLD, "contracts": [{"a": "b"}]}),
         f"/v1/federation/holds/{HOLD}/release": ("hold_release", {"hold_id": HOLD}),
         "/v1/federation/mirror": ("mirror", {"records": [record]}),
+        "/v1/federation/hub/summaries": (
+            "supply_summary",
+            {"summary": {"payload": "e30=", "signatures": [{"a": "b"}]}},
+        ),
+        "/v1/federation/hub/demand": ("hub_demand", {"orders": [{"id": "o-1", "seq": 1, "quantity_devices": 2}]}),
+        "/v1/federation/hub/routes": ("hub_routes", {"routes": [{"order_id": "o", "owner": "X", "devices": 1}]}),
     }
 
 
@@ -340,7 +349,7 @@ async def test_peer_signed_hostile_bodies(world: World) -> None:
     svc = world.api.svc
     key = SigningKey.generate()
     peer = PeerIdentity("PX", "px.hetex.test/log", key.public, "http://127.0.0.1:9")
-    await svc.federation.add_peer(peer.url, key.public.to_base64(), peer.authority, origin=peer.origin)
+    await svc.federation.peers.add_peer(peer.url, key.public.to_base64(), peer.authority, origin=peer.origin)
     now = _now()
     cases = 0
     for path, (kind, base) in _peer_bodies(now).items():
@@ -354,7 +363,7 @@ async def test_peer_signed_hostile_bodies(world: World) -> None:
                 hostile += [(f"{name}={bad!r}", replaced(base, leaf, bad)) for bad in BAD_INTS + WRONG_TYPES]
         hostile.append(("deep", nest_deep(base)))
         for label, body in hostile:
-            message = new_message(kind, peer.authority, svc.federation.authority, body, sent_at=now)
+            message = new_message(kind, peer.authority, svc.federation.ctx.authority, body, sent_at=now)
             raw = json.dumps(message).encode()
             url = world.api.base_url + path
             headers = sign_request("POST", url, {}, raw, key, peer.key_id)
@@ -367,7 +376,7 @@ async def test_peer_signed_hostile_bodies(world: World) -> None:
             cases += 1
     # control: the well-formed order offer, signed the same way, is verified and answered (a hold or a refusal)
     kind, base = _peer_bodies(now)["/v1/federation/orders"]
-    raw = json.dumps(new_message(kind, peer.authority, svc.federation.authority, base, sent_at=now)).encode()
+    raw = json.dumps(new_message(kind, peer.authority, svc.federation.ctx.authority, base, sent_at=now)).encode()
     url = world.api.base_url + "/v1/federation/orders"
     headers = sign_request("POST", url, {}, raw, key, peer.key_id)
     answer = await send(world.api, "POST", "/v1/federation/orders", raw, headers=headers)

@@ -215,7 +215,7 @@ async def test_unauthenticated_federation_posts_write_nothing(world: World) -> N
     }
     assert refusals["signature_missing"] == 5 * len(paths)
     assert sum(refusals.values()) == 10 * len(paths)
-    assert world.api.svc.federation.refusals.counts == refusals
+    assert world.api.svc.federation.gate.refusals.counts == refusals
 
 
 # --------------------------------------------------------------------------------------------- bug 7

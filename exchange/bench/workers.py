@@ -1,0 +1,173 @@
+"""`hetex bench workers`: signed order submissions per second through `hetex serve --workers N` on
+PostgreSQL, for each N asked (default 1 and 2), measured in one run; the ratio is the scaling figure.
+
+Each N gets a fresh database on the server (dropped after) and a real `hetex serve --workers N` process
+(its access log to a file, as in production). The load generator in this process runs `concurrency`
+requests at a time over keep-alive connections, each a freshly signed order (new nonce, Content-Digest,
+Ed25519, new Idempotency-Key) from one of several buyers. The client shares the machine's cores with the
+servers: on a 2-core machine it takes a share of the CPU the second worker would use, so the ratio is a
+lower bound of what two workers give behind a separate load balancer. The load average is reported with
+the figures (a shared machine skews them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from exchange.bench.api import ORDER, Rate, _cpu_seconds, measure
+from exchange.bench.ladder import DEFAULT_PG, bench_database
+from exchange.client import HetexClient
+from federation.keys import SigningKey
+
+BUYERS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its live descendants."""
+    return sum(_cpu_seconds(p) or 0.0 for p in _tree(pid))
+
+
+@contextlib.contextmanager
+def _serve(database_url: str, workers: int, port: int, tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HETEX_")}
+    env.update(
+        {
+            "HETEX_DATABASE_URL": database_url,
+            "HETEX_KEY_DIR": str(tmp / "keys"),
+            "HETEX_HTTP_MAX_CONNECTIONS_PER_ADDRESS": "4096",
+            "HETEX_ROUND_INTERVAL_SECONDS": "0",
+        }
+    )
+    cmd = [sys.executable, "-m", "exchange", "serve", "--dev", "--port", str(port), "--workers", str(workers)]
+    with (tmp / f"serve-{workers}.log").open("ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+            proc.wait()
+
+
+async def _ready(base: str, proc: subprocess.Popen[bytes], workers: int, within: float = 90) -> None:
+    """Until /healthz answers and all `workers` processes are up."""
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"hetex serve --workers {workers} exited with {proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(base + "/healthz") as r:
+                    if r.status == 200 and (workers == 1 or len(_tree(proc.pid)) > workers):
+                        return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"hetex serve --workers {workers} did not start")
+
+
+async def _load(base: str, seconds: float, concurrency: int) -> Rate:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        buyers = [HetexClient(base, SigningKey.generate(), session=session) for _ in range(BUYERS)]
+        for i, buyer in enumerate(buyers):
+            await buyer.register("buyer", f"bench buyer {i}", "CN-SH")
+        run = os.urandom(4).hex()
+
+        async def send(i: int) -> bool:
+            try:
+                result = await buyers[i % BUYERS].submit_order(ORDER, f"w-{run}-{i}")
+            except Exception:
+                return False
+            return bool(result.get("id"))
+
+        return await measure(seconds, concurrency, send, warmup=1.0)
+
+
+async def run_workers_bench(
+    seconds: float, concurrency: int, counts: list[int], pg_url: str = DEFAULT_PG
+) -> dict[str, Any]:
+    """Measure each worker count on its own fresh PostgreSQL database; figures and ratios to the first."""
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="hetex-bench-workers-") as tmp_name:
+        tmp = Path(tmp_name)
+        for n in counts:
+            async with bench_database("postgresql", tmp, pg_url) as url:
+                port = _free_port()
+                base = f"http://127.0.0.1:{port}"
+                with _serve(url, n, port, tmp) as proc:
+                    await _ready(base, proc, n)
+                    before = _tree_cpu(proc.pid)
+                    rate = await _load(base, seconds, concurrency)
+                    used = _tree_cpu(proc.pid) - before
+                    if rate.requests:
+                        rate.server_cpu_ms_per_request = round(used * 1000 / rate.requests, 3)
+                runs.append({"workers": n, **asdict(rate)})
+    base_rate = runs[0]["per_second"] or 1.0
+    for r in runs:
+        r["ratio"] = round(r["per_second"] / base_rate, 2)
+    return {
+        "bench": "workers",
+        "database": "postgresql",
+        "seconds": seconds,
+        "concurrency": concurrency,
+        "cpus": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "runs": runs,
+    }
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """Human-readable table."""
+    lines = [
+        f"hetex bench workers: signed orders on PostgreSQL, {result['concurrency']} concurrent, "
+        f"{result['seconds']} s per run, {result['cpus']} CPUs, load average {result['loadavg_before']}",
+        f"{'workers':>8} {'orders/s':>10} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+        f" {'srv CPU ms/req':>15}",
+    ]
+    for r in result["runs"]:
+        cpu = r["server_cpu_ms_per_request"]
+        lines.append(
+            f"{r['workers']:>8} {r['per_second']:>10} {r['ratio']:>6} {r['p50_ms']:>8} {r['p99_ms']:>8} "
+            f"{r['errors']:>7} {'' if cpu is None else cpu:>15}"
+        )
+    return "\n".join(lines)
+
+
+def to_json(result: dict[str, Any]) -> str:
+    """One JSON document."""
+    return json.dumps(result, indent=2)

@@ -1,0 +1,300 @@
+"""The buyer's side of a cross-exchange trade: forward an order the local market cannot fill to peers whose
+signed capacity summaries could fill it, collect their holds, then commit them all or release them all.
+
+No peer call happens inside a database transaction: the order is read, the outbound row written and
+committed, and only then is the peer asked (exchange.services.federation.commits does the second phase).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from exchange.services.federation.commits import Commits, HeldAtPeer
+from exchange.services.federation.context import OPEN_ORDER, FederationContext
+from exchange.services.federation.events import EventLog
+from exchange.services.federation.peers import PeerDirectory
+from exchange.services.federation.summaries import Summaries
+from exchange.services.federation.terms import check_line, check_shape, order_terms, shape_fields
+from exchange.services.federation_capacity import IN_FLIGHT_STATUSES, Tranche, choose, free_tranches, lock_capacity
+from exchange.services.peer_client import PeerRefusedError, PeerUnavailableError
+from exchange.storage.federation import OutboundHold
+from exchange.storage.orders import Order
+from identifiers.errors import HetexError, NotFoundError, ValidationError
+
+LATENCY_SAMPLES = 10_000
+FORWARD_CONCURRENCY = 4
+
+
+class BuyerSide:
+    """Forwards open local orders to peers (first phase: holds), then hands the holds to Commits."""
+
+    def __init__(
+        self,
+        ctx: FederationContext,
+        peers: PeerDirectory,
+        summaries: Summaries,
+        commits: Commits,
+        events: EventLog,
+    ) -> None:
+        self.ctx = ctx
+        self.peers = peers
+        self.summaries = summaries
+        self.commits = commits
+        self.events = events
+        self.forward_latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.orders_forwarded = 0
+        self.orders_committed = 0
+        self._next_try: dict[str, float] = {}
+        self._forward_lock = asyncio.Lock()
+
+    async def _shortfall_in(
+        self,
+        session: AsyncSession,
+        terms: Mapping[str, Any],
+        start: int,
+        end: int,
+        need: int,
+        cache: dict[tuple[int, int], list[Tranche]] | None = None,
+    ) -> bool:
+        """True when local free capacity cannot fill `need` devices of an order now. `cache` shares one
+        capacity read per span across a pass over many orders (filters applied in memory)."""
+        need_min = need if terms["all_or_nothing"] else 1
+        heartbeat_timeout = self.ctx.settings.heartbeat_timeout_seconds
+        if cache is None:
+            tranches = await free_tranches(
+                session,
+                start=start,
+                end=end,
+                now=self.ctx.clock(),
+                heartbeat_timeout=heartbeat_timeout,
+                models=terms["models"],
+                regions=terms["regions"],
+            )
+        else:
+            if (start, end) not in cache:
+                cache[(start, end)] = await free_tranches(
+                    session, start=start, end=end, now=self.ctx.clock(), heartbeat_timeout=heartbeat_timeout
+                )
+            tranches = cache[(start, end)]
+        picks = choose(
+            tranches,
+            devices_max=need,
+            devices_min=need_min,
+            limits=terms["limits"],
+            models=terms["models"],
+            regions=terms["regions"],
+            billing_mode=terms["billing_mode"],
+            duration=end - start,
+        )
+        return not picks
+
+    async def forward_order(
+        self, order_id: str, plan: Sequence[tuple[str, int, str, str]] | None = None
+    ) -> dict[str, Any]:
+        """Offer an open local order to peers whose summaries could fill it; commit the holds if they add up
+        to what the order needs (all-or-nothing honoured across peers), else release them all. With a hub's
+        `plan` ((owner, devices, model, region), ...: exchange.services.hub), exactly those owners are asked
+        for exactly those devices of those classes, each all or nothing."""
+        ctx = self.ctx
+        t0 = time.perf_counter()
+        now = ctx.clock()
+        async with ctx.sessions() as session:
+            order = await session.get(Order, order_id)
+            if order is None:
+                raise NotFoundError(f"no order {order_id}", field="order_id")
+            in_flight = await session.scalar(
+                select(func.count()).where(
+                    OutboundHold.order_id == order_id, OutboundHold.status.in_(IN_FLIGHT_STATUSES)
+                )
+            )
+            summaries = await self.summaries.fresh(session)
+        if order.status not in OPEN_ORDER or order.quantity_devices is None or in_flight:
+            return {"status": "skipped"}
+        terms = order_terms(order)
+        remaining = order.quantity_devices - order.filled_devices
+        if remaining <= 0:
+            return {"status": "skipped"}
+        start = max(now, int(terms["start_earliest"] or now))
+        end = start + terms["duration"]
+        if terms["all_or_nothing"]:
+            need_min = remaining
+        else:
+            need_min = max(1, int(terms["min_fill_devices"] or 1) - order.filled_devices)
+        candidates = []
+        for peer, summary in summaries:
+            if plan is None and summary.fillable(terms["models"], terms["regions"], terms["limits"]) > 0:
+                best = summary.best_ask(terms["models"], terms["regions"])
+                candidates.append((best if best is not None else 1 << 62, peer.authority, peer))
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        planned: dict[str, tuple[int, list[str], list[str]]] = {}
+        if plan is not None:
+            known = {p.authority: p for p in await self.peers.peers()}
+            for owner, n, model, region in plan:
+                if owner not in known:
+                    continue
+                if owner not in planned:
+                    candidates.append((0, owner, known[owner]))
+                had, ms, rs = planned.get(owner, (0, [], []))
+                planned[owner] = (had + n, sorted({*ms, model}), sorted({*rs, region}))
+        if not candidates:
+            return {"status": "no_peer"}
+        # a shaped order (pool cap, one model, one site/region) is placed by one owner: each is asked for all
+        # of it, and the first hold ends the search (shapes are not split across exchanges)
+        shaped = shape_fields(terms)
+        self.orders_forwarded += 1
+        held: list[HeldAtPeer] = []
+        total = 0
+        for _ask, _auth, peer in candidates:
+            if total >= remaining:
+                break
+            want = remaining - total
+            models, regions, floor = terms["models"], terms["regions"], need_min if shaped else 1
+            if peer.authority in planned:
+                want, models, regions = planned[peer.authority]
+                floor = want
+            msg = ctx.client.build(
+                peer,
+                "order_offer",
+                {
+                    "order": {
+                        "origin_order_id": order.id,
+                        "buyer_id": order.buyer_id,
+                        "models": models,
+                        "regions": regions,
+                        "limits": terms["limits"],
+                        "billing_mode": terms["billing_mode"],
+                        "devices_max": want,
+                        "devices_min": floor,
+                        "start_at": start,
+                        "end_at": end,
+                        **shaped,
+                    }
+                },
+            )
+            async with ctx.sessions.begin() as session:
+                if not held and not await self._claim(session, order):
+                    return {"status": "skipped"}  # filled or forwarded meanwhile (local fill, another process)
+                session.add(
+                    OutboundHold(
+                        id=msg["message_id"],
+                        order_id=order.id,
+                        peer_authority=peer.authority,
+                        status="requested",
+                        devices=0,
+                        created_at=ctx.clock(),
+                    )
+                )
+            try:
+                resp = await ctx.client.send(peer, "/v1/federation/orders", msg)
+            except (PeerUnavailableError, PeerRefusedError) as exc:
+                await self.commits.set_outbound(msg["message_id"], status="failed", error=exc.message)
+                await self.peers.mark(peer.authority, ok=False, error=exc.message)
+                continue
+            if resp.get("status") != "held":
+                why = str(resp.get("reason")) + (f" ({resp['field']})" if resp.get("field") else "")
+                await self.commits.set_outbound(msg["message_id"], status="refused", error=why)
+                continue
+            try:
+                lines = list(resp.get("lines") or [])
+                for line in lines:
+                    check_line(line, authority=ctx.authority, peer=peer, order=order, terms=terms, start=start, end=end)
+                check_shape(lines, terms)
+                devices = sum(int(line["devices"]) for line in lines)
+                if devices > want or devices != int(resp.get("devices", -1)):
+                    raise ValidationError("held more devices than asked", field="devices")
+            except (ValidationError, KeyError, TypeError, ValueError) as exc:
+                await self.commits.release(msg["message_id"], peer, str(resp.get("hold_id")))
+                await self.events.record("bad_hold", peer.authority, {"order_id": order.id, "error": str(exc)})
+                continue
+            # kept in memory until commit: the row stays `requested` (a crash here leaves it to the reconciler,
+            # and the owner's hold expires), which spares a write per hold
+            held.append(
+                HeldAtPeer(msg["message_id"], order.id, peer, str(resp["hold_id"]), lines, devices,
+                           int(resp.get("expires_at", 0)))
+            )  # fmt: skip
+            total += devices
+            if shaped:
+                break
+        if total < need_min:
+            for h in held:
+                await self.commits.release(h.outbound_id, h.peer, h.remote_hold_id)
+            return {"status": "unfilled", "held": total, "needed": need_min}
+        if ctx.settings.federation_commit_delay_seconds > 0:  # fault injection: widen the hold-to-commit gap
+            await asyncio.sleep(ctx.settings.federation_commit_delay_seconds)
+        committed = 0
+        for h in held:
+            committed += await self.commits.commit_outbound(h.outbound_id, h)
+        if committed:
+            self.orders_committed += 1
+            self.forward_latency_ms.append((time.perf_counter() - t0) * 1000.0)
+        return {"status": "committed" if committed else "pending", "devices": committed, "holds": len(held)}
+
+    async def _claim(self, session: AsyncSession, order: Order) -> bool:
+        """In the caller's write transaction: the order is still as read (open, same fill, nothing in flight),
+        so the outbound row written next makes this forwarder its only seller (local fill skips it)."""
+        await lock_capacity(session)
+        fresh = await session.get(Order, order.id, populate_existing=True)
+        if fresh is None or fresh.status not in OPEN_ORDER or fresh.filled_devices != order.filled_devices:
+            return False
+        in_flight = await session.scalar(
+            select(func.count()).where(OutboundHold.order_id == order.id, OutboundHold.status.in_(IN_FLIGHT_STATUSES))
+        )
+        return not in_flight
+
+    async def forward_open_orders(self, order_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Hook for rounds (after a local round, pass the still-open order ids) and the background tick:
+        forward orders the local market cannot fill now, or that stayed open longer than forward_after."""
+        ctx = self.ctx
+        async with self._forward_lock:
+            now = ctx.clock()
+            mono = time.monotonic()
+            async with ctx.sessions() as session:
+                summaries = [summary for _peer, summary in await self.summaries.fresh(session)]
+                if not summaries:
+                    return []  # nobody to forward to: this pass (run every tick) reads no order
+                stmt = select(Order).where(Order.status.in_(OPEN_ORDER), Order.quantity_devices.is_not(None))
+                if order_ids is not None:
+                    stmt = stmt.where(Order.id.in_(list(order_ids)))
+                orders = (await session.scalars(stmt.order_by(Order.created_at, Order.id).limit(200))).all()
+            due = []
+            spans: dict[tuple[int, int], list[Tranche]] = {}
+            async with ctx.sessions() as shortfall_session:  # one read pass for the local-capacity checks
+                for order in orders:
+                    if self._next_try.get(order.id, 0.0) > mono:
+                        continue
+                    terms = order_terms(order)
+                    if not any(x.fillable(terms["models"], terms["regions"], terms["limits"]) > 0 for x in summaries):
+                        continue  # no peer's summary could fill it: forward_order would find no peer
+                    remaining = order.quantity_devices - order.filled_devices if order.quantity_devices else 0
+                    start = max(now, int(terms["start_earliest"] or now))
+                    end = start + terms["duration"]
+                    aged = now - order.created_at >= ctx.settings.federation_forward_after_seconds
+                    if (
+                        order_ids is None
+                        and not aged
+                        and not await self._shortfall_in(shortfall_session, terms, start, end, remaining, spans)
+                    ):
+                        continue
+                    due.append(order.id)
+            gate = asyncio.Semaphore(FORWARD_CONCURRENCY)
+
+            async def one(order_id: str) -> dict[str, Any]:
+                async with gate:
+                    try:
+                        outcome = await self.forward_order(order_id)
+                    except HetexError as exc:
+                        outcome = {"status": "error", "error": exc.message}
+                if outcome["status"] != "committed":
+                    self._next_try[order_id] = mono + max(1.0, ctx.settings.federation_forward_interval_seconds)
+                else:
+                    self._next_try.pop(order_id, None)
+                return {"order_id": order_id, **outcome}
+
+            return list(await asyncio.gather(*(one(oid) for oid in due)))

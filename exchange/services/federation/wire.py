@@ -1,0 +1,151 @@
+"""Bodies of inbound peer messages as validated models, and the cross-exchange contract record.
+
+The envelope, signatures and message framing are pure protocol (top-level `federation` package); these are
+the exchange-side bodies: what an order_offer, hold_commit, hold_release, mirror or capacity_summary carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from exchange.services.federation_capacity import Shape
+from identifiers.errors import ValidationError
+
+MIRRORABLE = frozenset({"usage", "settlement"})
+
+
+class ForwardedOrder(BaseModel):
+    """The order part of an order_offer message: what the buyer's exchange asks the owner to hold."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    origin_order_id: str = Field(min_length=1, max_length=64)
+    buyer_id: str = Field(min_length=1, max_length=64)
+    models: list[str] | None = Field(default=None, min_length=1, max_length=64)
+    regions: list[str] | None = Field(default=None, min_length=1, max_length=64)
+    limits: dict[str, int] = Field(min_length=1, max_length=64)
+    billing_mode: str = Field(default="per_minute", max_length=24)
+    devices_max: int = Field(ge=1, le=1_000_000)
+    devices_min: int = Field(ge=1, le=1_000_000)
+    start_at: int = Field(ge=0)
+    end_at: int = Field(ge=1)
+    # the order's shape (sent only when not the default, so an older owner still accepts plain orders)
+    max_pools: int | None = Field(default=None, ge=1, le=1000)
+    same_model: bool = False
+    colocation: Literal["site", "region", "any"] = "any"
+    #: an SCU order: SCU (A100-equivalents) to hold, converted per model with the owner's catalogue SCU, on
+    #: one model; devices_max still caps the devices; scu_min is the least worth holding (default: all)
+    quantity_scu: str | None = Field(default=None, max_length=40)
+    scu_min: str | None = Field(default=None, max_length=40)
+
+    def shape(self, scu: Mapping[str, Decimal | None]) -> Shape:
+        """The placement shape for immediate matching; ValidationError naming a bad SCU field."""
+        return Shape(
+            max_pools=self.max_pools,
+            same_model=self.same_model,
+            colocation=self.colocation,
+            quantity_scu=_positive_decimal(self.quantity_scu, "quantity_scu"),
+            scu_min=_positive_decimal(self.scu_min, "scu_min"),
+            scu=scu,
+        )
+
+
+def _positive_decimal(text: str | None, name: str) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        value = Decimal(0)
+    if not value.is_finite() or value <= 0:
+        raise ValidationError(f"{name} must be a positive decimal", field=f"body.order.{name}")
+    return value
+
+
+class CommitBody(BaseModel):
+    """hold_commit body: the hold and the contracts the buyer's exchange signed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    hold_id: str = Field(min_length=1, max_length=36)
+    contracts: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+
+
+class HoldRef(BaseModel):
+    """hold_release body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    hold_id: str = Field(min_length=1, max_length=36)
+
+
+class MirrorItem(BaseModel):
+    """One mirrored record: its type (usage, settlement), id, contract and the owner-signed envelope."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    record_type: str
+    record_id: str = Field(min_length=1, max_length=64)
+    contract_id: str = Field(min_length=1, max_length=36)
+    envelope: dict[str, Any]
+
+
+class MirrorBody(BaseModel):
+    """mirror body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    records: list[MirrorItem] = Field(min_length=1, max_length=1000)
+
+
+class SummaryBody(BaseModel):
+    """capacity_summary body: the DSSE envelope."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    summary: dict[str, Any]
+
+
+def contract_body_for(
+    *,
+    contract_id: str,
+    owner: str,
+    buyer: str,
+    hold_id: str,
+    order: ForwardedOrder,
+    owner_order_id: str,
+    tranche: Any,
+    devices: int,
+    fee_bps: int,
+    created_at: int,
+) -> dict[str, Any]:
+    """The cross-exchange contract record both exchanges sign (pay-as-ask: buyer price = provider ask)."""
+    return {
+        "contract_id": contract_id,
+        "kind": "cross_exchange",
+        "owner_authority": owner,
+        "buyer_authority": buyer,
+        "hold_id": hold_id,
+        "order_id": order.origin_order_id,
+        "owner_order_id": owner_order_id,
+        "buyer_id": order.buyer_id,
+        "pool_id": tranche.pool_id,
+        "pool_cri": tranche.pool_cri,
+        "offer_id": tranche.offer_id,
+        "provider_id": tranche.provider_id,
+        "model": tranche.model,
+        "region": tranche.region,
+        "devices": devices,
+        "start_at": order.start_at,
+        "end_at": order.end_at,
+        "buyer_price_fen": tranche.ask_fen,
+        "provider_price_fen": tranche.ask_fen,
+        "fee_bps": fee_bps,
+        "billing_mode": order.billing_mode,
+        "billing_terms": {},
+        "created_at": created_at,
+    }

@@ -1,0 +1,424 @@
+"""The hub role (specs/federation.md section 9): an exchange that clears cross-exchange demand for its
+member exchanges on their supply curves, with the same matching engine, and routes holds to the owners.
+
+Member side (settings `federation_hub` names the hub, a peer): every summary interval it sends the hub a
+signed supply summary (federation.summary: per region x model, free devices by slot as ask ladders) and
+the open device orders its own rounds left unfilled (`hub_demand`, the market-snapshot order form); it
+stops greedy forwarding. When the hub answers with `hub_routes`, it runs the ordinary two-phase protocol
+with exactly the owners and classes the hub named (FederationService.forward_order with a plan).
+
+Hub side (setting `federation_hub_mode`): keeps the newest summary and demand of each member (soft state:
+members resend every interval, so a restarted hub is whole again after one interval), clears them every
+`federation_hub_round_interval_seconds` (matching.federated.clear_hub) and sends each buyer exchange its
+routes. Regional hubs under a national one: a hub that itself names a `federation_hub` sends its parent
+the aggregate of its members' curves (federation.summary.aggregate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from exchange.services.federation import Federation
+from exchange.services.federation.context import OPEN_ORDER
+from exchange.services.federation_capacity import IN_FLIGHT_STATUSES, free_tranches
+from exchange.services.peer_client import PeerRefusedError, PeerUnavailableError
+from exchange.services.snapshot import OrderRow, latency_matrix, market_order
+from exchange.settings import Settings
+from exchange.storage.federation import OutboundHold
+from exchange.storage.orders import Order as OrderRecord
+from federation.peering import VerifiedPeerMessage
+from federation.summary import (
+    SlotSupply,
+    SupplyClass,
+    SupplySummary,
+    aggregate,
+    sign_supply_summary,
+    verify_supply_summary,
+)
+from identifiers.catalogue import Catalogue
+from identifiers.errors import HetexError, ValidationError
+from identifiers.regions import RegionTable
+from matching.errors import MarketError
+from matching.federated import ModelFacts, Route, SupplyCurve, clear_hub
+from matching.model import SNAPSHOT_FORMAT, Order, market_from_dict, market_to_dict
+
+log = logging.getLogger("hetex.hub")
+MAX_DEMAND = 2000
+MAX_ROUTES = 4000
+HORIZON_SLOTS = 8
+SUMMARY_SLOT_SECONDS = 3600
+
+
+def curve_of(owner: str, c: SupplyClass, slot_seconds: int) -> SupplyCurve:
+    """The matching view of one summary class."""
+    facts = ModelFacts(c.family, c.memory_gb, c.scu, c.stack, c.domestic)
+    slots = tuple((s.start, s.ladder) for s in c.slots)
+    return SupplyCurve(owner, c.region, c.model, facts, c.max_pool_free, slot_seconds, slots)
+
+
+def orders_to_json(orders: Sequence[Order]) -> list[dict[str, Any]]:
+    """Orders in the market-snapshot JSON form (specs/market-snapshot.schema.json)."""
+    from matching.model import Market
+
+    return list(market_to_dict(Market(now=0, pools=(), orders=tuple(orders)))["orders"])
+
+
+def orders_from_json(data: Any) -> list[Order]:
+    """Orders from the market-snapshot JSON form (ValidationError naming the field)."""
+    if not isinstance(data, list) or len(data) > MAX_DEMAND:
+        raise ValidationError(f"orders must be a list of at most {MAX_DEMAND}", field="body.orders")
+    try:
+        market = market_from_dict({"format": SNAPSHOT_FORMAT, "now": 0, "pools": [], "orders": data})
+    except MarketError as exc:
+        raise ValidationError(exc.message, field=f"body.{exc.field or 'orders'}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ValidationError(f"orders: {exc}", field="body.orders") from None
+    return list(market.orders)
+
+
+def routes_from_json(data: Any) -> list[tuple[str, str, int, str, str]]:
+    """(order id, owner, devices, model, region) of a hub_routes body (ValidationError naming the field)."""
+    if not isinstance(data, list) or len(data) > MAX_ROUTES:
+        raise ValidationError(f"routes must be a list of at most {MAX_ROUTES}", field="body.routes")
+    out = []
+    for r in data:
+        ok = isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("order_id", "owner", "model", "region"))
+        n = r.get("devices") if isinstance(r, dict) else None
+        if not ok or not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValidationError("a route is {order_id, owner, devices >= 1, model, region}", field="body.routes")
+        out.append((r["order_id"], r["owner"], n, r["model"], r["region"]))
+    return out
+
+
+class HubService:
+    """Both sides of the hub protocol: member (publish supply and demand, act on routes) and hub (clear)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        federation: Federation,
+        catalogue: Catalogue,
+        regions: RegionTable,
+    ) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.federation = federation
+        self.catalogue = catalogue
+        self.regions = regions
+        self.clock = federation.ctx.clock
+        self.is_hub = settings.federation_hub_mode
+        self.hub_authority = settings.federation_hub or None
+        # hub side, soft state
+        self.supply: dict[str, SupplySummary] = {}
+        self.demand: dict[str, tuple[int, list[Order]]] = {}
+        self.rounds = 0
+        self.last_round: dict[str, Any] = {}
+        # member side
+        self._version = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.counts: Counter[str] = Counter()
+        self.route_latency_ms: deque[float] = deque(maxlen=2000)
+
+    # -------------------------------------------------------------------------------------- inbound
+
+    async def handle(self, kind: str, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes) -> Any:
+        """Verify and dispatch one hub message (the entry point of the /v1/federation/hub/* routes)."""
+        v = await self.federation.gate.verify_inbound(method, url, headers, body, kind)
+        self.counts[f"received_{kind}"] += 1
+        if kind == "supply_summary":
+            return self.receive_supply(v)
+        if kind == "hub_demand":
+            return self.receive_demand(v)
+        if kind == "hub_routes":
+            return self.receive_routes(v)
+        raise ValidationError(f"unknown message kind {kind}", field="type")
+
+    def _need_hub(self) -> None:
+        if not self.is_hub:
+            raise ValidationError("this exchange is not a hub", field="type")
+
+    def receive_supply(self, v: VerifiedPeerMessage) -> dict[str, Any]:
+        """Hub side: keep a member's newest verified supply summary."""
+        self._need_hub()
+        s = verify_supply_summary(v.body.get("summary"), v.peer.authority, v.peer.keyring(), now=self.clock())
+        old = self.supply.get(v.peer.authority)
+        if old is not None and s.version <= old.version:
+            return {"status": "stale", "version": old.version}
+        self.supply[v.peer.authority] = s
+        return {"status": "accepted", "version": s.version}
+
+    def receive_demand(self, v: VerifiedPeerMessage) -> dict[str, Any]:
+        """Hub side: a member's current unmet demand replaces what it sent before."""
+        self._need_hub()
+        orders = orders_from_json(v.body.get("orders"))
+        self.demand[v.peer.authority] = (self.clock(), orders)
+        return {"status": "accepted", "orders": len(orders)}
+
+    def receive_routes(self, v: VerifiedPeerMessage) -> dict[str, Any]:
+        """Member side: the hub's routes for our orders; each order goes to its owners in the background."""
+        if v.peer.authority != self.hub_authority:
+            raise ValidationError(f"{v.peer.authority} is not this exchange's hub", field="from_authority")
+        plans: dict[str, list[tuple[str, int, str, str]]] = {}
+        for order_id, owner, n, model, region in routes_from_json(v.body.get("routes")):
+            plans.setdefault(order_id, []).append((owner, n, model, region))
+        t0 = time.perf_counter()
+        for order_id, plan in plans.items():
+            task = asyncio.create_task(self._forward(order_id, plan, t0))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return {"status": "accepted", "orders": len(plans)}
+
+    async def _forward(self, order_id: str, plan: list[tuple[str, int, str, str]], t0: float) -> None:
+        try:
+            outcome = await self.federation.outbound.forward_order(order_id, plan)
+        except HetexError as exc:
+            outcome = {"status": "error", "error": exc.message}
+        self.counts[f"routed_{outcome.get('status')}"] += 1
+        if outcome.get("status") == "committed":
+            self.route_latency_ms.append((time.perf_counter() - t0) * 1000.0)
+
+    # -------------------------------------------------------------------------------------- member side
+
+    async def build_supply(self) -> SupplySummary:
+        """Our free capacity per (region, model) and slot over the next slots, as ask ladders."""
+        now = self.clock()
+        slot = max(self.settings.round_slot_seconds, SUMMARY_SLOT_SECONDS)  # hour slots: leases fit the horizon
+        slot0 = now - now % slot
+        acc: dict[tuple[str, str], dict[int, dict[int, int]]] = {}
+        biggest: dict[tuple[str, str], int] = {}
+        async with self.sessions() as session:
+            for k in range(HORIZON_SLOTS):
+                start = slot0 + k * slot
+                tranches = await free_tranches(
+                    session,
+                    start=max(start, now),
+                    end=start + slot,
+                    now=now,
+                    heartbeat_timeout=self.settings.heartbeat_timeout_seconds,
+                )
+                per_pool: dict[tuple[str, str, str], int] = {}
+                for t in tranches:
+                    if t.model not in self.catalogue:
+                        continue
+                    key = (t.region, t.model)
+                    lad = acc.setdefault(key, {}).setdefault(start, {})
+                    lad[t.ask_fen] = lad.get(t.ask_fen, 0) + t.devices
+                    pk = (t.region, t.model, t.pool_id)
+                    per_pool[pk] = per_pool.get(pk, 0) + t.devices
+                for (region, model, _p), n in per_pool.items():
+                    biggest[(region, model)] = max(biggest.get((region, model), 0), n)
+        classes = []
+        for (region, model), by_slot in sorted(acc.items()):
+            m = self.catalogue.get(model)
+            slots = tuple(SlotSupply(t, tuple(sorted(lad.items()))) for t, lad in sorted(by_slot.items()))
+            memory = m.memory_gb
+            classes.append(
+                SupplyClass(
+                    region,
+                    model,
+                    m.family,
+                    int(memory) if memory is not None else 0,
+                    m.scu,
+                    m.software_stack or "",
+                    m.domestic,
+                    biggest[(region, model)],
+                    slots,
+                )
+            )
+        self._version = max(self._version + 1, time.time_ns() // 1_000_000)
+        ttl = self.settings.federation_summary_ttl_seconds
+        return SupplySummary(self.federation.ctx.authority, self._version, now, now + ttl, slot, tuple(classes))
+
+    async def unmet_demand(self) -> list[Order]:
+        """Open device orders older than `federation_forward_after_seconds` and not in flight at a peer."""
+        now = self.clock()
+        after = self.settings.federation_forward_after_seconds
+        async with self.sessions() as session:
+            busy = select(OutboundHold.order_id).where(OutboundHold.status.in_(IN_FLIGHT_STATUSES))
+            rows = (
+                await session.scalars(
+                    select(OrderRecord)
+                    .where(
+                        OrderRecord.status.in_(OPEN_ORDER),
+                        OrderRecord.quantity_devices.is_not(None),
+                        OrderRecord.created_at <= now - after,
+                        OrderRecord.id.not_in(busy),
+                    )
+                    .order_by(OrderRecord.created_at, OrderRecord.id)
+                    .limit(MAX_DEMAND)
+                )
+            ).all()
+        out = []
+        for seq, r in enumerate(rows):
+            row = OrderRow(r.id, r.buyer_id, r.status, r.spec, r.quantity_devices, r.filled_devices, r.updated_at,
+                           r.created_at, r.spec.get("home_region"))  # fmt: skip
+            made = market_order(row, seq, self.catalogue, slot_seconds=self.settings.round_slot_seconds)
+            if isinstance(made, Order):
+                out.append(replace(made, buyer=""))  # the hub needs no buyer identity
+        return out
+
+    async def publish(self) -> dict[str, Any]:
+        """Send the hub our supply summary (a hub: the aggregate of its members') and our unmet demand."""
+        if self.hub_authority is None:
+            return {"status": "no_hub"}
+        hub = await self.federation.peers.peer(self.hub_authority)
+        me = self.federation.ctx.me
+        if self.is_hub:
+            now = self.clock()
+            fresh = [s for s in self.supply.values() if s.expires_at > now]
+            self._version = max(self._version + 1, time.time_ns() // 1_000_000)
+            ttl = self.settings.federation_summary_ttl_seconds
+            summary = aggregate(me.authority, fresh, version=self._version, issued_at=now, expires_at=now + ttl)
+        else:
+            summary = await self.build_supply()
+        client = self.federation.ctx.client
+        env = sign_supply_summary(summary, me.key_id, me.key)
+        await client.send(hub, "/v1/federation/hub/summaries", client.build(hub, "supply_summary", {"summary": env}))
+        demand = await self.unmet_demand()
+        body = {"orders": orders_to_json(demand)}
+        await client.send(hub, "/v1/federation/hub/demand", client.build(hub, "hub_demand", body))
+        self.counts["published"] += 1
+        return {"status": "sent", "classes": len(summary.classes), "orders": len(demand)}
+
+    # -------------------------------------------------------------------------------------- hub side
+
+    async def hub_round(self) -> dict[str, Any]:
+        """Clear members' demand on members' curves; send each buyer exchange its routes."""
+        now = self.clock()
+        fresh = {m: s for m, s in self.supply.items() if s.expires_at > now}
+        ttl = self.settings.federation_summary_ttl_seconds
+        demand = {m: os_ for m, (t, os_) in self.demand.items() if t > now - ttl}
+        self.demand.clear()  # members resend every interval; an order is routed once per its sending
+        if not fresh or not demand:
+            return {"status": "idle", "members": len(fresh), "orders": sum(len(v) for v in demand.values())}
+        slot = Counter(s.slot_seconds for s in fresh.values()).most_common(1)[0][0]
+        curves = [curve_of(m, c, slot) for m, s in fresh.items() if s.slot_seconds == slot for c in s.classes]
+        orders: list[Order] = []
+        buyer: dict[str, str] = {}
+        for m, os_ in sorted(demand.items()):
+            for o in os_:
+                oid = f"{m}/{o.id}"
+                orders.append(replace(o, id=oid, seq=len(orders)))
+                buyer[oid] = m
+        used = {c.region for c in curves} | {r for o in orders for r in o.regions}
+        used |= {o.home_region for o in orders if o.home_region}
+        lat = latency_matrix(self.regions, used)
+        t0 = time.perf_counter()
+        routes, result = await asyncio.to_thread(
+            clear_hub,
+            curves,
+            orders,
+            buyer,
+            now,
+            latency_ms=lat,
+            slot_seconds=slot,
+            max_start_slots=self.settings.round_max_start_slots,
+        )
+        solve_ms = (time.perf_counter() - t0) * 1000.0
+        self.rounds += 1
+        # the owner of a route is the member whose summary we cleared; a route back to the buyer's own
+        # exchange is dropped (its own rounds already saw that capacity)
+        by_buyer: dict[str, list[Route]] = {}
+        for r in routes:
+            if r.owner != r.buyer_exchange:
+                by_buyer.setdefault(r.buyer_exchange, []).append(r)
+        sent = await self._send_routes(by_buyer)
+        self.last_round = {
+            "round": self.rounds,
+            "at": now,
+            "members": sorted(fresh),
+            "orders": len(orders),
+            "routes": sum(len(v) for v in by_buyer.values()),
+            "welfare_fen": result.stats.welfare_fen,
+            "solve_ms": round(solve_ms, 1),
+            "sent": sent,
+        }
+        return {"status": "cleared", **self.last_round}
+
+    async def _send_routes(self, by_buyer: Mapping[str, list[Route]]) -> dict[str, str]:
+        client = self.federation.ctx.client
+
+        async def one(member: str, rs: list[Route]) -> tuple[str, str]:
+            peer = await self.federation.peers.peer(member)
+            prefix = f"{member}/"
+            body = {
+                "round": self.rounds,
+                "routes": [
+                    {
+                        "order_id": r.order_id.removeprefix(prefix),
+                        "owner": r.owner,
+                        "devices": r.devices,
+                        "model": r.model,
+                        "region": r.region,
+                        "start_at": r.start,
+                        "end_at": r.end,
+                        "buyer_price_fen": r.buyer_price_fen,
+                    }
+                    for r in rs
+                ],
+            }
+            try:
+                await client.send(peer, "/v1/federation/hub/routes", client.build(peer, "hub_routes", body))
+            except (PeerUnavailableError, PeerRefusedError) as exc:
+                return member, f"failed: {exc.message}"
+            return member, "sent"
+
+        return dict(await asyncio.gather(*(one(m, rs) for m, rs in sorted(by_buyer.items()))))
+
+    def view(self) -> dict[str, Any]:
+        """GET /v1/federation/hub: role, members with fresh summaries, rounds and the last round's figures."""
+        now = self.clock()
+        lat = sorted(self.route_latency_ms)
+        return {
+            "hub_mode": self.is_hub,
+            "hub": self.hub_authority,
+            "members": sorted(m for m, s in self.supply.items() if s.expires_at > now),
+            "rounds": self.rounds,
+            "last_round": self.last_round,
+            "counts": dict(self.counts),
+            "route_to_contract_ms_p50": lat[len(lat) // 2] if lat else None,
+            "route_to_contract_ms_p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
+        }
+
+    # -------------------------------------------------------------------------------------- loops
+
+    async def _loop(self, name: str, interval: float, tick: Any) -> None:
+        while True:
+            try:
+                await tick()
+            except asyncio.CancelledError:
+                raise
+            except (PeerUnavailableError, PeerRefusedError) as exc:
+                log.info("hub %s: %s", name, exc.message)
+            except Exception:
+                log.exception("hub %s failed; retrying in %s s", name, interval)
+            await asyncio.sleep(interval)
+
+    def background_tasks(self) -> list[Coroutine[Any, Any, None]]:
+        """The loops `hetex serve` runs: publishing to our hub, and hub rounds when we are one."""
+        loops: list[Coroutine[Any, Any, None]] = []
+        s = self.settings
+        if self.hub_authority and s.federation_summary_interval_seconds > 0:
+            loops.append(self._loop("publish", s.federation_summary_interval_seconds, self.publish))
+        if self.is_hub and s.federation_hub_round_interval_seconds > 0:
+            loops.append(self._loop("round", s.federation_hub_round_interval_seconds, self.hub_round))
+        return loops
+
+    async def close(self) -> None:
+        """Cancel route tasks still running."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

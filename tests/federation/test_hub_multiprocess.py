@@ -1,0 +1,99 @@
+"""One hub and three member exchanges as real `hetex serve` processes (H, A, B, C on 127.0.0.11-14, each
+its own SQLite database, keys and authority): members push signed supply summaries and unmet demand to H,
+H clears them and routes holds; A's order is filled by B and C through the hub with the ordinary two-phase
+protocol; B killed after holding for A: its hold expires, nothing is sold twice, and A, B converge after B
+restarts (the order is routed again and filled)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.federation import fedkit
+from tests.federation.procs import Proc, make_procs, start_and_peer, wait_for
+
+pytestmark = pytest.mark.slow
+
+H100, H20 = "NV-H100-SXM", "NV-H20"
+
+
+@pytest.fixture(scope="module")
+def fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]:
+    """H (hub mode) and members A, B, C naming H as their hub, all peered (module scope, tests in order)."""
+    procs = make_procs(tmp_path_factory.mktemp("hub"), ["H", "A", "B", "C"])
+    procs[0].extra_env.update(
+        {"HETEX_FEDERATION_HUB_MODE": "true", "HETEX_FEDERATION_HUB_ROUND_INTERVAL_SECONDS": "0.5"}
+    )
+    for p in procs[1:]:
+        p.extra_env["HETEX_FEDERATION_HUB"] = "H"
+    try:
+        start_and_peer(procs)
+        yield {p.authority: p for p in procs}
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def hub_members(h: Proc) -> list[str]:
+    return list(h.get("/v1/federation/hub")["members"])
+
+
+def test_order_at_a_filled_by_b_and_c_through_the_hub(fabric: dict[str, Proc]) -> None:
+    h, a, b, c = fabric["H"], fabric["A"], fabric["B"], fabric["C"]
+    with fedkit.db_session(b.db_url) as s:
+        pool_b = fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
+    with fedkit.db_session(c.db_url) as s:
+        pool_c = fedkit.seed_pool(s, "C", region="CN-GZ", model=H100, devices=8, ask_fen=1500)
+    wait_for(lambda: hub_members(h) == ["A", "B", "C"], 15, "H has fresh supply summaries of A, B and C")
+    with fedkit.db_session(a.db_url) as s:
+        buyer = fedkit.seed_buyer(s)
+        order = fedkit.seed_order(s, buyer, devices=12, models=[H100], limit_fen=3000)
+    wait_for(lambda: fedkit.order_row(a.db_url, order)["status"] == "filled", 20, "order filled through the hub")
+
+    at_a = a.get(f"/v1/federation/contracts?order_id={order}")["contracts"]
+    # the hub cleared on both owners' curves: C's cheaper 8 devices, then 4 of B's
+    assert sorted((x["peer"], x["devices"]) for x in at_a) == [("B", 4), ("C", 8)]
+    assert sum(x.devices for x in fedkit.contracts_on_pool(b.db_url, pool_b.pool_id)) == 4
+    assert sum(x.devices for x in fedkit.contracts_on_pool(c.db_url, pool_c.pool_id)) == 8
+    view_a = a.get("/v1/federation/hub")
+    assert view_a["hub"] == "H" and view_a["counts"].get("routed_committed", 0) >= 1
+    hub = h.get("/v1/federation/hub")
+    assert hub["hub_mode"] is True and hub["rounds"] >= 1
+    assert hub["counts"].get("received_hub_demand", 0) >= 1 and hub["counts"].get("received_supply_summary", 0) >= 3
+    # exactly the routed owners were asked: one order_offer and one hold_commit each, nothing greedy
+    sent = a.get("/v1/federation/stats")["messages_sent"]
+    assert sent.get("order_offer", 0) == 2 and sent.get("hold_commit", 0) == 2
+
+
+def test_member_killed_after_hold_expires_nothing_sold_twice_converges(fabric: dict[str, Proc]) -> None:
+    a, b = fabric["A"], fabric["B"]
+    a.stop()  # restart A with a wider hold-to-commit gap, so B can be killed between hold and commit
+    a.extra_env["HETEX_FEDERATION_COMMIT_DELAY_SECONDS"] = "2"
+    a.start()
+    a.wait_ready()
+    with fedkit.db_session(b.db_url) as s:
+        pool = fedkit.seed_pool(s, "B", region="CN-NM", model=H20, devices=8, ask_fen=1000)
+    with fedkit.db_session(a.db_url) as s:
+        buyer = fedkit.seed_buyer(s)
+        order = fedkit.seed_order(s, buyer, devices=8, models=[H20], limit_fen=3000)
+    held = wait_for(lambda: b.get("/v1/federation/holds?status=held")["holds"], 20, "B holds for A", 0.02)
+    b.kill()  # mid-protocol: A holds 8 devices at B and has not committed
+    assert fedkit.order_row(a.db_url, order)["status"] == "open"
+    time.sleep(3.5)  # past the hold's expiry (HETEX_FEDERATION_HOLD_TTL_SECONDS=3)
+    b.start()
+    b.wait_ready()
+    wait_for(lambda: fedkit.order_row(a.db_url, order)["status"] == "filled", 30, "order routed again and filled")
+
+    holds = {x["hold_id"]: x for x in b.get("/v1/federation/holds")["holds"]}
+    assert holds[held[0]["hold_id"]]["status"] == "expired"
+    assert sum(x.devices for x in fedkit.contracts_on_pool(b.db_url, pool.pool_id)) == 8  # never sold twice
+
+    def converged() -> bool:
+        ab = {x["contract_id"] for x in a.get("/v1/federation/contracts?peer=B")["contracts"]}
+        ba = {x["contract_id"] for x in b.get("/v1/federation/contracts?peer=A")["contracts"]}
+        pa = {p["authority"]: p for p in a.get("/v1/federation/peers")["peers"]}
+        return ab == ba and len(ab) >= 2 and pa["B"]["log_status"] == "consistent"
+
+    wait_for(converged, 15, "A and B agree on their contracts", 0.3)
