@@ -40,8 +40,9 @@ def env() -> dict[str, str]:
 class ExchangeProc:
     """`python -m exchange serve` on a SQLite file; kill and start again on the same port and database."""
 
-    def __init__(self, workdir: Path, database_url: str | None = None, slot_seconds: int = 5) -> None:
+    def __init__(self, workdir: Path, database_url: str | None = None, slot_seconds: int = 5, **settings: str) -> None:
         self.workdir = workdir
+        self.settings = {f"HETEX_{k.upper()}": v for k, v in settings.items()}
         self.slot_seconds = slot_seconds
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -53,8 +54,10 @@ class ExchangeProc:
         """Start and wait for /healthz."""
         cmd = [sys.executable, "-m", "exchange", "serve", "--database-url", self.database_url]
         cmd += ["--port", str(self.port), "--public-base-url", self.url, "--key-dir", str(self.workdir / "keys")]
-        full = {**env(), "HETEX_ROUND_SLOT_SECONDS": str(self.slot_seconds)}  # a compressed market clock
-        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=full, stdout=self.log, stderr=self.log)  # noqa: ASYNC220
+        full = {**env(), "HETEX_ROUND_SLOT_SECONDS": str(self.slot_seconds), **self.settings}  # compressed clock
+        self.proc = subprocess.Popen(  # noqa: ASYNC220
+            cmd, cwd=self.workdir, env=full, stdout=self.log, stderr=self.log, start_new_session=True
+        )
         deadline = time.monotonic() + 60
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
@@ -67,6 +70,12 @@ class ExchangeProc:
                     pass
                 await asyncio.sleep(0.2)
         raise AssertionError("hetex serve did not come up")
+
+    def alive(self) -> bool:
+        """Still running (a server that died on its own shows its exit code in the assertion)."""
+        assert self.proc is not None
+        assert self.proc.poll() is None, f"hetex serve exited {self.proc.returncode}"
+        return True
 
     def kill(self) -> None:
         """kill -9."""

@@ -2,7 +2,8 @@
 clock (5 s slots): rounds every few seconds, contracts of 1-3 minutes, usage every 30 s; faults on the way
 (agents crashed and restarted, the exchange killed and restarted, devices removed); at the end every
 report was delivered exactly once and settlement equals the metered device-minutes exactly.
-HETEX_AGENT_SOAK_SECONDS sets the length of the run (default 600)."""
+HETEX_AGENT_SOAK_SECONDS sets the length of the run (default 600), HETEX_AGENT_SOAK_OUTAGE how long the
+exchange stays unreachable in the middle of it (default 10; 300 for the five-minute outage)."""
 
 from __future__ import annotations
 
@@ -20,21 +21,24 @@ from exchange.client import HetexClient
 from federation.keys import SigningKey
 from tests.exchange.agent.agentkit import ExchangeProc, InProcessAgent, Node, provider_node, wait_for
 
-pytestmark = pytest.mark.soak
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600)]
 AGENTS = 50
 MODELS = ("NV-H100-SXM", "HW-910B3", "CAM-MLU590", "MT-S4000", "HG-K100-AI")
 
 
 async def test_fifty_agents_settle_exactly(tmp_path: Path) -> None:
     seconds = int(os.environ.get("HETEX_AGENT_SOAK_SECONDS", "600"))
+    outage = int(os.environ.get("HETEX_AGENT_SOAK_OUTAGE", "10"))  # seconds the exchange is unreachable
     rng = random.Random(18)
-    ex = ExchangeProc(tmp_path)
+    # every agent here connects from 127.0.0.1: lift the per-address connection cap (32) for the test
+    ex = ExchangeProc(tmp_path, http_max_connections_per_address="512")
     await ex.start()
     agents: list[InProcessAgent] = []
     try:
         op = await ex.add_operator()
         nodes: list[Node] = []
         for i in range(AGENTS):
+            ex.alive()
             nodes.append(
                 await provider_node(
                     ex,
@@ -90,7 +94,7 @@ async def test_fifty_agents_settle_exactly(tmp_path: Path) -> None:
                     a.start()
             if not restarted and elapsed > seconds * 0.5:
                 ex.kill()
-                await asyncio.sleep(10)
+                await asyncio.sleep(outage)
                 await ex.start()
                 restarted = True
             await asyncio.sleep(5)
@@ -133,6 +137,8 @@ async def test_fifty_agents_settle_exactly(tmp_path: Path) -> None:
         )
         assert reports > 0 and len(settled) > 0
     finally:
+        if ex.proc is not None and ex.proc.poll() is not None:
+            print(f"\nhetex serve had exited on its own: {ex.proc.returncode}")
         for a in agents:
             if a.task is not None and not a.task.done():
                 a.task.cancel()
