@@ -119,15 +119,15 @@ class Node:
         tmp.write_text(json.dumps({**data, "removed": list(removed), "failed": list(failed)}))
         tmp.replace(self.state)
 
-    def start(self, **extra_env: str) -> None:
+    def start(self, *extra_args: str) -> None:
         """`python -m exchange agent run --config ...` (its JSON logs go to a file per start)."""
         log = self.config.with_name(f"agent-{len(self.logs)}.log")
         self.logs.append(log)
         out = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exchange", "agent", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "exchange", "agent", "run", "--config", str(self.config), *extra_args],
             cwd=self.config.parent,
-            env={**env(), **extra_env},
+            env=env(),
             stdout=out,
             stderr=out,
         )

@@ -2,7 +2,7 @@
 clock (5 s slots): rounds every few seconds, contracts of 1-3 minutes, usage every 30 s; faults on the way
 (agents crashed and restarted, the exchange killed and restarted, devices removed); at the end every
 report was delivered exactly once and settlement equals the metered device-minutes exactly.
-HETEX_AGENT_SOAK_SECONDS sets the length of the run (default 600), HETEX_AGENT_SOAK_OUTAGE how long the
+AGENT_SOAK_SECONDS sets the length of the run (default 600), AGENT_SOAK_OUTAGE how long the
 exchange stays unreachable in the middle of it (default 10; 300 for the five-minute outage)."""
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ MODELS = ("NV-H100-SXM", "HW-910B3", "CAM-MLU590", "MT-S4000", "HG-K100-AI")
 
 
 async def test_fifty_agents_settle_exactly(tmp_path: Path) -> None:
-    seconds = int(os.environ.get("HETEX_AGENT_SOAK_SECONDS", "600"))
-    outage = int(os.environ.get("HETEX_AGENT_SOAK_OUTAGE", "10"))  # seconds the exchange is unreachable
+    seconds = int(os.environ.get("AGENT_SOAK_SECONDS", "600"))
+    outage = int(os.environ.get("AGENT_SOAK_OUTAGE", "10"))  # seconds the exchange is unreachable
     rng = random.Random(18)
     # every agent here connects from 127.0.0.1: lift the per-address connection cap (32) for the test
     ex = ExchangeProc(tmp_path, http_max_connections_per_address="512")
