@@ -117,5 +117,13 @@ def close_due(
     avail = min(10_000, state.device_seconds * 10_000 // (contract.devices * (end - state.period_start)))
     util = None if state.device_seconds == 0 else state.util_weighted // state.device_seconds
     period = Period(contract.id, state.next_seq, state.period_start, end, minutes, avail, util)
-    nxt = MeterState(contract.id, state.next_seq + 1, end, state.last_sample_at, device_seconds=carry, done=ended)
+    nxt = MeterState(
+        contract.id,
+        state.next_seq + 1,
+        end,
+        state.last_sample_at,
+        device_seconds=carry,
+        util_weighted=carry * (util if util is not None else 100),  # the carried seconds keep their utilisation
+        done=ended,
+    )
     return nxt, period

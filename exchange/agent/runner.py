@@ -27,9 +27,6 @@ from federation.dsse import sign_envelope
 
 #: usage refusals that clear up by themselves (retry later); any other refusal is final
 RETRY_REASONS = frozenset({"in_future", "not_confirmed"})
-#: tests only: "after_send" makes the process die (exit 9) right after its first accepted report, before the
-#: journal marks it sent - the crash window where only an idempotent resend keeps the count exact
-KILL_HOOK_ENV = "HETEX_AGENT_TEST_KILL"
 METERED_STATUSES = frozenset({"confirmed", "completed", "cancelled"})
 NETWORK_ERRORS = (OSError, aiohttp.ClientError, asyncio.TimeoutError)
 
@@ -50,8 +47,12 @@ class Agent:
         source: Source,
         *,
         clock: Callable[[], float] = time.time,
+        kill_after_send: bool = False,
     ) -> None:
         self.cfg = cfg
+        #: tests only (`hetex agent run --test-kill-after-send`): die (exit 9) right after the first accepted
+        #: report, before the journal marks it sent - the crash window only an idempotent resend keeps exact
+        self.kill_after_send = kill_after_send
         self.client = client
         self.source = source
         self.clock = clock
@@ -320,7 +321,7 @@ class Agent:
             self.metrics.reports_refused.inc()
             event("report_refused", logging.ERROR, contract_id=r.contract_id, seq=r.seq, problem=exc.problem)
             return "refused"
-        if os.environ.get(KILL_HOOK_ENV) == "after_send":
+        if self.kill_after_send:
             os._exit(9)
         self.journal.mark_sent(r, {"id": answer["id"], "status": answer["status"], "flags": answer["flags"]})
         self.metrics.reports_sent.inc()

@@ -4,6 +4,7 @@ end-to-end and fault tests of the node agent (and the agents bench)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -39,8 +40,9 @@ def env() -> dict[str, str]:
 class ExchangeProc:
     """`python -m exchange serve` on a SQLite file; kill and start again on the same port and database."""
 
-    def __init__(self, workdir: Path, database_url: str | None = None, slot_seconds: int = 5) -> None:
+    def __init__(self, workdir: Path, database_url: str | None = None, slot_seconds: int = 5, **settings: str) -> None:
         self.workdir = workdir
+        self.settings = {f"HETEX_{k.upper()}": v for k, v in settings.items()}
         self.slot_seconds = slot_seconds
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -52,8 +54,10 @@ class ExchangeProc:
         """Start and wait for /healthz."""
         cmd = [sys.executable, "-m", "exchange", "serve", "--database-url", self.database_url]
         cmd += ["--port", str(self.port), "--public-base-url", self.url, "--key-dir", str(self.workdir / "keys")]
-        full = {**env(), "HETEX_ROUND_SLOT_SECONDS": str(self.slot_seconds)}  # a compressed market clock
-        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=full, stdout=self.log, stderr=self.log)  # noqa: ASYNC220
+        full = {**env(), "HETEX_ROUND_SLOT_SECONDS": str(self.slot_seconds), **self.settings}  # compressed clock
+        self.proc = subprocess.Popen(  # noqa: ASYNC220
+            cmd, cwd=self.workdir, env=full, stdout=self.log, stderr=self.log, start_new_session=True
+        )
         deadline = time.monotonic() + 60
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
@@ -66,6 +70,12 @@ class ExchangeProc:
                     pass
                 await asyncio.sleep(0.2)
         raise AssertionError("hetex serve did not come up")
+
+    def alive(self) -> bool:
+        """Still running (a server that died on its own shows its exit code in the assertion)."""
+        assert self.proc is not None
+        assert self.proc.poll() is None, f"hetex serve exited {self.proc.returncode}"
+        return True
 
     def kill(self) -> None:
         """kill -9."""
@@ -109,15 +119,15 @@ class Node:
         tmp.write_text(json.dumps({**data, "removed": list(removed), "failed": list(failed)}))
         tmp.replace(self.state)
 
-    def start(self, **extra_env: str) -> None:
+    def start(self, *extra_args: str) -> None:
         """`python -m exchange agent run --config ...` (its JSON logs go to a file per start)."""
         log = self.config.with_name(f"agent-{len(self.logs)}.log")
         self.logs.append(log)
         out = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exchange", "agent", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "exchange", "agent", "run", "--config", str(self.config), *extra_args],
             cwd=self.config.parent,
-            env={**env(), **extra_env},
+            env=env(),
             stdout=out,
             stderr=out,
         )
@@ -173,7 +183,7 @@ async def provider_node(
     c = HetexClient(ex.url, key)
     await c.register("provider", name, "CN-SH")
     site = await c.add_site("CN-SH", f"{name} DC")
-    pool = await c.add_pool(site["cri"], model, devices, devices_per_node=devices)
+    pool = await c.add_pool(site["cri"], model, devices, devices_per_node=devices, memory_gb=64)
     now = int(time.time())
     offer = await c.post_offer(
         pool["cri"],
@@ -260,3 +270,39 @@ class TcpProxy:
                 w.close()
 
         await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+
+class InProcessAgent:
+    """A node's agent as an asyncio task in this process (many agents on one machine); `crash()` cancels
+    it without any clean-up, like kill -9 at an await point (the journal commits are atomic)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.task: asyncio.Task[None] | None = None
+        self.agent: Any = None
+
+    def start(self) -> None:
+        from exchange.agent.config import load_config
+        from exchange.agent.discovery import SimulatedSource
+        from exchange.agent.runner import Agent
+
+        cfg = load_config(self.node.config)
+        client = HetexClient(cfg.exchange_url, SigningKey.from_pem((self.node.config.parent / "node.pem").read_bytes()))
+        assert cfg.source_file is not None
+        self.agent = Agent(cfg, client, SimulatedSource(cfg.source_file))
+        self.task = asyncio.create_task(self.agent.run())
+
+    async def crash(self) -> None:
+        assert self.task is not None and self.agent is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.agent.client.close()
+        self.agent.journal.close()
+
+    async def stop(self) -> None:
+        assert self.task is not None and self.agent is not None
+        self.agent.stop()
+        await self.task
+        await self.agent.client.close()
+        self.agent.journal.close()

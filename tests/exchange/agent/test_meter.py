@@ -94,6 +94,7 @@ def test_periods_are_contiguous_capped_and_add_up(
         assert p.period_end > p.period_start
         assert p.device_minutes * 60 <= devices * (p.period_end - p.period_start)  # the exchange's rule
         assert 0 <= p.availability_bps <= 10_000
+        assert p.utilization_pct is None or p.utilization_pct == 80  # every sample reports 80 %
     total = sum(p.device_minutes for p in periods)
     assert total <= observed // 60
     # what a short period could not claim is carried; only the last one can leave some unbilled

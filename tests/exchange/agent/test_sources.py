@@ -163,3 +163,25 @@ def test_simulated_and_kubernetes_never_crash(text: str) -> None:
         simulated.parse(text)
     with contextlib.suppress(SourceParseError, ValueError):
         kubernetes.parse_node(json.loads(text) if text.startswith("{") else {"x": text}, {}, {})
+
+
+def test_parsers_do_no_io() -> None:
+    """exchange/agent/sources imports nothing that does I/O: running the tools is discovery.py's job."""
+    import ast
+
+    forbidden = {"aiohttp", "sqlalchemy", "sqlite3", "subprocess", "asyncio", "socket", "http", "os", "shutil"}
+    forbidden_local = {"exchange.agent.discovery", "exchange.agent.runner", "exchange.agent.journal"}
+    root = Path(__file__).resolve().parents[3] / "exchange" / "agent" / "sources"
+    files = sorted(root.glob("*.py"))
+    assert len(files) >= 12
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in forbidden and name not in forbidden_local, (path.name, name)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id != "open", path.name
