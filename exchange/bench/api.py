@@ -141,7 +141,7 @@ def _server(kind: str, port: int, database_url: str | None = None) -> Iterator[s
             proc.kill()
 
 
-async def _wait_ready(url: str, proc: subprocess.Popen[bytes], within: float = 30) -> None:
+async def _wait_ready(url: str, proc: subprocess.Popen[bytes], within: float = 120) -> None:
     deadline = time.monotonic() + within
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
