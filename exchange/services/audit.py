@@ -115,6 +115,7 @@ class ExportStatus:
     created_at: int
     started_at: int | None
     finished_at: int | None
+    attempts: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON form with a link to the bundle once done."""
@@ -127,6 +128,7 @@ class ExportStatus:
                 "records_done": self.records_done,
                 "records_total": self.records_total,
                 "records_exported": self.records_exported,
+                "attempts": self.attempts,  # starts of the job (more than 1: resumed after a process stopped)
             },
             "checkpoint_size": self.checkpoint_size,
             "bundle": (
@@ -167,6 +169,7 @@ def _status(row: AuditExport) -> ExportStatus:
         created_at=int(row.created_at),
         started_at=row.started_at,
         finished_at=row.finished_at,
+        attempts=int(row.attempts or 0),
     )
 
 
