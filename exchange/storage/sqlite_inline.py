@@ -7,9 +7,10 @@ microseconds, so running them inline is cheaper, with one exception: `BEGIN IMME
 process's write lock (up to the busy timeout). So BEGIN is first tried inline with a zero busy timeout, and only
 when the lock is taken does it go to the worker thread to wait there, while the event loop keeps serving. Once
 BEGIN IMMEDIATE holds the write lock, no later statement of the transaction waits on a lock (WAL: readers never
-block the writer). The one connection (see exchange.storage.engine) is used
-by one coroutine at a time, so the sqlite3 connection is never used by two threads at once
-(check_same_thread=False only lifts the ownership check).
+block the writer). COMMIT also goes to the worker thread: it may run a WAL auto-checkpoint, whose writes and
+fsync must not stall the event loop (on a busy disk they would stall every request, not just this one). The
+one connection (see exchange.storage.engine) is used by one coroutine at a time, so the sqlite3 connection is
+never used by two threads at once (check_same_thread=False only lifts the ownership check).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class InlineConnection(aiosqlite.Connection):
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         conn = self._connection
         if not self._running or conn is None:
+            return await super()._execute(fn, *args, **kwargs)
+        if getattr(fn, "__name__", "") == "commit":  # may run a WAL checkpoint (fsync): off the event loop
             return await super()._execute(fn, *args, **kwargs)
         if not _waits_for_lock(args):
             return fn(*args, **kwargs)
