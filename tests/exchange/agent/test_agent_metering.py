@@ -55,6 +55,8 @@ async def test_metered_minutes_settle_exactly(db: Any, aiohttp_client: Any, tmp_
                 state.write_text(json.dumps({"devices": [{"model": "NV-H100-SXM", "count": 16}]}))
             await agent.step(heartbeat=minute in (-1, 0))
         assert agent.journal.depth() == 0
+        routes = {r.resource.canonical for r in api.http.server.app.router.routes() if r.resource is not None}
+        assert agent.batch_endpoint == ("/v1/usage/batch" in routes)  # batched when the exchange can
         usage = (await market.provider.request("GET", f"/v1/contracts/{c['id']}/usage"))["items"]
         assert [u["seq"] for u in usage] == [1, 2, 3, 4, 5, 6] and all(u["flags"] == [] for u in usage)
         assert [u["period_end"] - u["period_start"] for u in usage] == [300] * 6
