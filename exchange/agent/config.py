@@ -50,7 +50,10 @@ class AgentConfig(BaseModel):
     heartbeat_seconds: Positive = 60
     scan_seconds: Positive = 15
     period_seconds: int = Field(default=300, ge=10, le=86_400)
-    send_batch: int = Field(default=50, ge=1, le=1000)
+    send_batch: int = Field(default=50, ge=1, le=500)
+    usage_batch: Literal["auto", "on", "off"] = Field(
+        default="auto", description="POST /v1/usage/batch (auto: when the exchange has it, else one per request)"
+    )
     journal_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     keep_sent: int = Field(default=10_000, ge=0)
     auto_confirm: bool = False

@@ -53,12 +53,16 @@ class Period:
     utilization_pct: int | None
 
 
-def assign(contracts: Sequence[ContractSpan], healthy: Mapping[str, int], now: int) -> dict[str, int]:
-    """Devices serving each running contract: per model, in contract order, up to what it bought."""
+def assign(
+    contracts: Sequence[ContractSpan], healthy: Mapping[str, int], now: int, since: int | None = None
+) -> dict[str, int]:
+    """Devices serving each contract running in the sampled interval (since, now]: per model, in contract
+    order, up to what it bought (a contract that ended inside the interval still gets its devices for it)."""
     left = dict(healthy)
     out: dict[str, int] = {}
+    after = now if since is None else since
     for c in sorted(contracts, key=lambda c: (c.start_at, c.id)):
-        if not c.start_at <= now < c.end_at:
+        if not (c.start_at <= now and c.end_at > after):
             continue
         n = min(c.devices, left.get(c.model, 0))
         left[c.model] = left.get(c.model, 0) - n

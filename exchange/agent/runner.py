@@ -69,6 +69,8 @@ class Agent:
         self.scan: Scan | None = None
         self.synced_capacity: dict[str, int] | None = None
         self.backoff_until = 0.0
+        self.last_tick: int | None = None  # the previous scan's time: a scan's devices stand for (last_tick, now]
+        self.batch_endpoint = cfg.usage_batch != "off"  # cleared when the exchange has no /v1/usage/batch
         self.failures = 0
         self._stop = asyncio.Event()
 
@@ -211,7 +213,8 @@ class Agent:
             if d.healthy and d.model is not None:
                 utils.setdefault(d.model, []).append(d.utilization_pct if d.utilization_pct is not None else 100)
         live = [self.spans[cid] for cid, st in self.states.items() if not st.done and cid in self.spans]
-        serving = meter.assign(live, healthy, now)
+        serving = meter.assign(live, healthy, now, self.last_tick)
+        self.last_tick = now
         full = self.journal.full
         self.metrics.journal_full.set(1 if full else 0)
         if full:
@@ -272,12 +275,19 @@ class Agent:
         if self.clock() < self.backoff_until:
             return 0
         batch = self.journal.pending(self.cfg.send_batch)
+        if batch and self.batch_endpoint:
+            outcome = await self._send_batch(batch)
+            if outcome is not None:
+                sent, failed = outcome
+                return self._after_send(sent, failed)
         by_contract: dict[str, list[PendingReport]] = {}
         for r in batch:
             by_contract.setdefault(r.contract_id, []).append(r)
         results = await asyncio.gather(*(self._send_chain(chain) for chain in by_contract.values()))
-        sent = sum(n for n, _ in results)
-        if any(failed for _, failed in results):
+        return self._after_send(sum(n for n, _ in results), any(failed for _, failed in results))
+
+    def _after_send(self, sent: int, failed: bool) -> int:
+        if failed:
             self.failures += 1
             self.backoff_until = self.clock() + min(30.0, 0.5 * 2 ** min(self.failures, 6))
         else:
@@ -286,6 +296,48 @@ class Agent:
         self.metrics.journal_depth.set(depth)
         self.metrics.journal_bytes.set(self.journal.size_bytes())
         return sent
+
+    async def _send_batch(self, batch: list[PendingReport]) -> tuple[int, bool] | None:
+        """POST /v1/usage/batch (one signed request, one transaction): (accepted, retry needed), or None
+        when the exchange has no batch endpoint (then reports go one per request from now on)."""
+        ordered = sorted(batch, key=lambda r: (r.contract_id, r.seq))
+        try:
+            answer = await self.client.request("POST", "/v1/usage/batch", {"reports": [r.envelope for r in ordered]})
+        except NETWORK_ERRORS as exc:
+            self.metrics.send_errors.labels("network").inc()
+            event("send_failed", logging.WARNING, kind="network", error=type(exc).__name__, reports=len(ordered))
+            return 0, True
+        except RemoteError as exc:
+            if exc.status in (404, 405) and self.cfg.usage_batch == "auto":
+                self.batch_endpoint = False
+                event("usage_batch_unavailable", status=exc.status)
+                return None
+            if exc.status == 413:
+                return None  # too many at once: this round goes one per request
+            self.metrics.send_errors.labels("auth" if exc.status == 401 else "exchange").inc()
+            event("send_failed", logging.WARNING, kind="batch", error=exc.message, reports=len(ordered))
+            return 0, True
+        sent, retry = 0, False
+        for item in answer["results"]:
+            r = ordered[item["index"]]
+            if item["status"] in ("accepted", "duplicate"):
+                if self.kill_after_send:
+                    os._exit(9)
+                self.journal.mark_sent(r, {"id": item["id"], "status": item["status"], "flags": item["flags"]})
+                self.metrics.reports_sent.inc()
+                sent += 1
+                if item["flags"]:
+                    event("report_flagged", logging.WARNING, contract_id=r.contract_id, seq=r.seq, flags=item["flags"])
+                continue
+            error = item.get("error") or {}
+            if error.get("reason") in RETRY_REASONS:
+                self.journal.count_attempt(r)
+                retry = True
+                continue
+            self.journal.mark_refused(r, error)
+            self.metrics.reports_refused.inc()
+            event("report_refused", logging.ERROR, contract_id=r.contract_id, seq=r.seq, problem=error)
+        return sent, retry
 
     async def _send_chain(self, chain: list[PendingReport]) -> tuple[int, bool]:
         sent = 0

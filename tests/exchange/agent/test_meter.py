@@ -65,6 +65,8 @@ def test_assignment_splits_healthy_devices_between_running_contracts() -> None:
     later = meter.ContractSpan("c", "HW-910B3", 4, 500, 600)
     assert meter.assign([b, a, later], {"HW-910B3": 6}, 50) == {"a": 4, "b": 2}
     assert meter.assign([a], {"NV-H20": 8}, 50) == {"a": 0}
+    assert meter.assign([a, b], {"HW-910B3": 8}, 130, since=95) == {"a": 4, "b": 4}  # ended inside (95, 130]
+    assert meter.assign([a, b], {"HW-910B3": 8}, 130, since=100) == {}
 
 
 @settings(max_examples=150, deadline=None)
