@@ -93,6 +93,24 @@ async def test_scu_order_not_reachable_across_exchanges_is_not_filled_at_all(tmp
             assert {h["status"] for h in await owner.fed.inbound.holds_view()} <= {"released"}
 
 
+async def test_hub_member_forwards_its_scu_orders_itself(tmp_path: Path) -> None:
+    async with fedkit.federation(tmp_path, ["A", "B"], federation_forward_after_seconds=0, federation_hub="H") as (
+        a,
+        b,
+    ):
+        scu_order = seed_scu_order(a, "6", [H100], limit_fen_per_scu_hour=1000)
+        with a.seed() as s:
+            device_order = fedkit.seed_order(s, fedkit.seed_buyer(s), devices=2, models=[H100], limit_fen=3000)
+        with b.seed() as s:
+            fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
+        await fedkit.publish_all([a, b])
+        await a.fed._forward_tick()  # the member's background forward step
+        status, filled_scu, devices = scu_row(a, scu_order)
+        assert (status, filled_scu, devices) == ("filled", str(2 * Decimal("3.1712")), 2)
+        assert fedkit.order_row(a.db_url, device_order)["status"] == "open"  # left for the hub to route
+        assert a.fed.ctx.client.sent["order_offer"] == 1
+
+
 def test_local_clearing_sees_only_the_scu_not_filled_elsewhere() -> None:
     spec = {"quantity_scu": "12", "models": [H100], "duration_seconds": 3600, "limit_fen_per_scu_hour": 1000}
     row = OrderRow("o", "b", "partially_filled", spec, None, 2, None, 0, None, filled_scu="6.3424")

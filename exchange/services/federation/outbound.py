@@ -248,9 +248,12 @@ class BuyerSide:
         )
         return not in_flight
 
-    async def forward_open_orders(self, order_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    async def forward_open_orders(
+        self, order_ids: Iterable[str] | None = None, *, scu_only: bool = False
+    ) -> list[dict[str, Any]]:
         """Hook for rounds (after a local round, pass the still-open order ids) and the background tick:
-        forward orders the local market cannot fill now, or that stayed open longer than forward_after."""
+        forward orders the local market cannot fill now, or that stayed open longer than forward_after
+        (`scu_only`: SCU orders only, for a hub member whose hub plans its device orders)."""
         ctx = self.ctx
         async with self._forward_lock:
             now = ctx.clock()
@@ -260,6 +263,8 @@ class BuyerSide:
                 if not summaries:
                     return []  # nobody to forward to: this pass (run every tick) reads no order
                 stmt = select(Order).where(Order.status.in_(OPEN_ORDER))
+                if scu_only:
+                    stmt = stmt.where(Order.quantity_devices.is_(None))
                 if order_ids is not None:
                     stmt = stmt.where(Order.id.in_(list(order_ids)))
                 orders = (await session.scalars(stmt.order_by(Order.created_at, Order.id).limit(200))).all()
