@@ -66,9 +66,10 @@ def test_order_at_a_filled_by_b_and_c_through_the_hub(
     hub = h.get("/v1/federation/hub")
     assert hub["hub_mode"] is True and hub["rounds"] >= 1
     assert hub["counts"].get("received_hub_demand", 0) >= 1 and hub["counts"].get("received_supply_summary", 0) >= 3
-    # exactly the routed owners were asked: one order_offer and one hold_commit each, nothing greedy
+    # only the routed owners were asked (no greedy forwarding) and each committed once; under load a hold
+    # refused on a stale summary is asked again in a later hub round, hence up to two extra offers
     sent = a.get("/v1/federation/stats")["messages_sent"]
-    assert sent.get("order_offer", 0) == 2 and sent.get("hold_commit", 0) == 2
+    assert 2 <= sent.get("order_offer", 0) <= 4 and sent.get("hold_commit", 0) == 2
     with capsys.disabled():
         print(
             f"\nhub path, 1 order of 12 devices split over 2 owners: order written -> filled {e2e_ms:.0f} ms "
