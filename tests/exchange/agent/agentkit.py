@@ -58,7 +58,7 @@ class ExchangeProc:
         self.proc = subprocess.Popen(  # noqa: ASYNC220
             cmd, cwd=self.workdir, env=full, stdout=self.log, stderr=self.log, start_new_session=True
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # generous: a loaded machine starts Python slowly
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
                 assert self.proc.poll() is None, (self.workdir / "serve.log").read_text()[-3000:]
