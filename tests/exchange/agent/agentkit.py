@@ -58,7 +58,7 @@ class ExchangeProc:
         self.proc = subprocess.Popen(  # noqa: ASYNC220
             cmd, cwd=self.workdir, env=full, stdout=self.log, stderr=self.log, start_new_session=True
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # generous: a loaded machine starts Python slowly
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
                 assert self.proc.poll() is None, (self.workdir / "serve.log").read_text()[-3000:]
@@ -227,49 +227,6 @@ async def wait_for(check: Any, limit: float, what: str, every: float = 0.25) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(every)
-
-
-class TcpProxy:
-    """A TCP relay to the exchange that can be cut (stop) and restored (start): a network outage."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.server: asyncio.Server | None = None
-        self.conns: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        """Refuse new connections and cut the open ones."""
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-        for w in list(self.conns):
-            w.close()
-        self.conns.clear()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        self.conns.update({writer, up_w})
-
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            try:
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                w.close()
-
-        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
 
 
 class InProcessAgent:
