@@ -431,6 +431,7 @@ def _hint_vector(
 
 
 _BANNER_SHOWN = False
+SOLVER_LOG = False  # set True while investigating a model: HiGHS then prints its log
 
 
 def _new_highs() -> Any:
@@ -475,7 +476,7 @@ def _run_highs(
     import highspy
 
     h = _new_highs()
-    h.setOptionValue("output_flag", bool(os.environ.get("HETEX_MIP_LOG")))
+    h.setOptionValue("output_flag", SOLVER_LOG)
     h.setOptionValue("threads", 1)
     h.setOptionValue("random_seed", 0)
     h.setOptionValue("mip_rel_gap", float(gap))

@@ -46,14 +46,22 @@ def seeds(prep: Prepared, rel: Relaxation, placer: Placer) -> list[int]:
     return out
 
 
-def clusters(prep: Prepared, rel: Relaxation, placer: Placer, seed_orders: list[int]) -> list[set[int]]:
-    """Class sets of the seeds, merged where they share a class (in seed order: deterministic)."""
+def clusters(
+    prep: Prepared, rel: Relaxation, placer: Placer, seed_orders: list[int], *, every_edge: bool = False
+) -> list[set[int]]:
+    """Class sets of the seeds, merged where they share a class (in seed order: deterministic).
+
+    A seed's classes are those its relaxation flow and its current pieces use, or with every_edge all the
+    classes it could use (the wider second stage)."""
     x = np.asarray(rel.x, dtype=np.float64)
     out: list[set[int]] = []
     for o in seed_orders:
         es = prep.order_edges[o]
-        cs = {int(c) for c in prep.e_class[es[x[es] > 1e-9]].tolist()}
-        cs |= {int(prep.pool_class[pc.pool]) for pc in placer.order_pieces(o)}
+        if every_edge:
+            cs = {int(c) for c in prep.e_class[es].tolist()}
+        else:
+            cs = {int(c) for c in prep.e_class[es[x[es] > 1e-9]].tolist()}
+            cs |= {int(prep.pool_class[pc.pool]) for pc in placer.order_pieces(o)}
         if not cs:
             continue
         keep = []
@@ -67,6 +75,19 @@ def clusters(prep: Prepared, rel: Relaxation, placer: Placer, seed_orders: list[
     return out
 
 
+def _neighbourhood(prep: Prepared, cur: Placer, classes: set[int]) -> np.ndarray:
+    """Orders with an edge in the classes that are unfilled or have a piece there (mask)."""
+    inc = np.zeros(len(prep.classes), dtype=bool)
+    inc[sorted(classes)] = True
+    touch = np.zeros(prep.n_orders, dtype=bool)
+    touch[prep.e_order[inc[prep.e_class]]] = True
+    om = np.zeros(prep.n_orders, dtype=bool)
+    for o in np.nonzero(touch)[0].tolist():
+        pcs = cur.order_pieces(o)
+        om[o] = not pcs or any(inc[int(prep.pool_class[pc.pool])] for pc in pcs)
+    return om
+
+
 def polish(
     prep: Prepared,
     net: Network,
@@ -76,36 +97,38 @@ def polish(
     node_limit: int = NODE_LIMIT,
     gap_tolerance: float = 1e-6,
 ) -> Placer:
-    """Improve an allocation neighbourhood by neighbourhood with the exact model; never worse than given."""
+    """Improve an allocation neighbourhood by neighbourhood with the exact model; never worse than given.
+
+    Stage 1: each cluster's classes (where the split gangs' flow and pieces are). Stage 2, when still not
+    within tolerance of the bound: each cluster of every class the seeds could use."""
     cur = placer
-    budget = TOTAL_COLUMNS
-    e_touch = np.zeros(len(prep.classes), dtype=bool)
-    for cs in clusters(prep, rel, placer, seeds(prep, rel, placer)):
-        if cur.welfare_units() >= rel.value * (1.0 - gap_tolerance):
-            break
-        e_touch[:] = False
-        e_touch[sorted(cs)] = True
-        touch = np.zeros(prep.n_orders, dtype=bool)
-        touch[prep.e_order[e_touch[prep.e_class]]] = True
-        om = np.zeros(prep.n_orders, dtype=bool)
-        for o in np.nonzero(touch)[0].tolist():
-            pcs = cur.order_pieces(o)
-            om[o] = not pcs or any(e_touch[int(prep.pool_class[pc.pool])] for pc in pcs)
-        cols = count_candidates(prep, om)
-        if cols > MAX_COLUMNS or cols > budget:
-            prep.limits_hit.append("polish")
-            continue
-        budget -= cols
-        base = cur.copy()
-        for o in np.nonzero(om & base.filled)[0].tolist():
-            base.remove(o)
-        node_free = {p: prep.pool_node_sizes[p][:, None] - u for p, u in base.node_used.items()}
-        res = solve_mip(prep, net, orders=om, free=base.free, node_free=node_free, node_limit=node_limit, hint=cur)
-        if res is None or res.status == "failed":
-            continue
-        if res.status == "limit":
-            prep.limits_hit.append("polish")
-        alt = to_placer(prep, net, res, base)
-        if alt.welfare_units() > cur.welfare_units():
-            cur = alt
+    budget = [TOTAL_COLUMNS]
+    for every_edge in (False, True):
+        for cs in clusters(prep, rel, cur, seeds(prep, rel, cur), every_edge=every_edge):
+            if cur.welfare_units() >= rel.value * (1.0 - gap_tolerance):
+                return cur
+            cur = _solve_neighbourhood(prep, net, cur, cs, node_limit, budget)
     return cur
+
+
+def _solve_neighbourhood(
+    prep: Prepared, net: Network, cur: Placer, cs: set[int], node_limit: int, budget: list[int]
+) -> Placer:
+    """The integer model on one neighbourhood, everything else fixed; the better of it and `cur`."""
+    om = _neighbourhood(prep, cur, cs)
+    cols = count_candidates(prep, om)
+    if cols > MAX_COLUMNS or cols > budget[0]:
+        prep.limits_hit.append("polish")
+        return cur
+    budget[0] -= cols
+    base = cur.copy()
+    for o in np.nonzero(om & base.filled)[0].tolist():
+        base.remove(o)
+    node_free = {p: prep.pool_node_sizes[p][:, None] - u for p, u in base.node_used.items()}
+    res = solve_mip(prep, net, orders=om, free=base.free, node_free=node_free, node_limit=node_limit, hint=cur)
+    if res is None or res.status == "failed":
+        return cur
+    if res.status == "limit":
+        prep.limits_hit.append("polish")
+    alt = to_placer(prep, net, res, base)
+    return alt if alt.welfare_units() > cur.welfare_units() else cur
