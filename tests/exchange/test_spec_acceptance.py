@@ -27,6 +27,9 @@ PEER_MESSAGES = {
     "POST /v1/federation/mirror",
     "POST /v1/federation/holds/{id}/commit",
     "POST /v1/federation/holds/{id}/release",
+    "POST /v1/federation/hub/summaries",  # hub messages: signed by a member or hub exchange, checked against peers
+    "POST /v1/federation/hub/demand",
+    "POST /v1/federation/hub/routes",
 }
 
 
