@@ -40,6 +40,7 @@ from exchange.bench.round_load import SETTLE_SECONDS
 from exchange.bench.workers import _ready as workers_ready
 from exchange.bench.workers import _serve as serve_workers
 from exchange.bench.workers import _tree_cpu as tree_cpu
+from exchange.bench.workers import logged_process
 from exchange.client import HetexClient, RemoteError
 from federation.keys import SigningKey
 
@@ -498,20 +499,10 @@ async def run_fleet(
 
 @contextlib.contextmanager
 def _app_server(port: int, url: str, root: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The bench app server (as `hetex bench api`), its output in root/serve-app.log (a pipe nobody reads
-    would fill and stall the server on its next log line)."""
+    """The bench app server (as `hetex bench api`), its output in root/serve-app.log."""
     cmd = [sys.executable, "-m", "exchange.bench.api", "--serve", "app", "--port", str(port), "--database-url", url]
-    with (root / "serve-app.log").open("ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
-    try:
+    with logged_process(cmd, root / "serve-app.log", cwd=os.getcwd()) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-            proc.wait()
 
 
 def _log_errors(root: Path) -> list[str]:

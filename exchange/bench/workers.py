@@ -72,8 +72,18 @@ def _serve(database_url: str, workers: int, port: int, tmp: Path) -> Iterator[su
         }
     )
     cmd = [sys.executable, "-m", "exchange", "serve", "--dev", "--port", str(port), "--workers", str(workers)]
-    with (tmp / f"serve-{workers}.log").open("ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    with logged_process(cmd, tmp / f"serve-{workers}.log", cwd=tmp, env=env) as proc:
+        yield proc
+
+
+@contextlib.contextmanager
+def logged_process(
+    cmd: list[str], log_path: Path, cwd: Path | str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A bench server process whose output goes to `log_path` (a pipe nobody reads would fill and stall it on
+    its next log line); terminated, then killed after 30 s, on exit."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         yield proc
     finally:
