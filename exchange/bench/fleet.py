@@ -110,9 +110,12 @@ class Kind:
 async def seed_fleet(url: str, key_dir: Path, sites: int, *, seed: int = 1) -> Fleet:
     """Write operator, buyers and `sites` providers (site, pool, offer, confirmed contract each) directly
     through the services and storage layer, in chunks (seeding is not what is measured)."""
+    from sqlalchemy import update
+
     from exchange.composition import build_services
     from exchange.settings import Settings
     from exchange.storage.base import now_s
+    from exchange.storage.contracts import Contract
     from exchange.storage.migrate import upgrade_engine
     from exchange.storage.orders import Order
     from exchange.storage.registration import Offer, Pool
@@ -224,8 +227,10 @@ async def seed_fleet(url: str, key_dir: Path, sites: int, *, seed: int = 1) -> F
                         provider_price_fen=2500,
                         billing_mode="per_minute",
                     )
-                    contract.confirmed_at = start
                     made.append(Site(key, cri, contract.id, start))
+                # the contracts are written as Core rows (no unit of work): confirm them with one UPDATE
+                ids = [site.contract_id for site in made[-len(rows) :]]
+                await session.execute(update(Contract).where(Contract.id.in_(ids)).values(confirmed_at=start))
         return Fleet(operator, buyers, made)
     finally:
         await svc.close()
