@@ -39,6 +39,11 @@ NOT_EXPRESSIBLE: tuple[tuple[str, str, str], ...] = (
     ("ST202", r'"code": "invalid_cursor"', "an opaque cursor is only valid as given by the server"),
     (
         "ST202",
+        r'"status": 410, "code": "offer_withdrawn"',
+        "a withdrawn offer is 410 Gone (documented on getOffer): whether an id was withdrawn is state, not schema",
+    ),
+    (
+        "ST202",
         r"is not in a tree of size|is beyond the log size|larger than the log",
         "proof sizes must be within the current log",
     ),
