@@ -24,8 +24,10 @@ from matching.placement import Placer
 from matching.relaxation import Network, Relaxation
 
 NODE_LIMIT = 200  # branch-and-bound nodes per neighbourhood (deterministic)
-MAX_COLUMNS = 60_000  # a neighbourhood larger than this is skipped
-TOTAL_COLUMNS = 1_500_000  # all neighbourhoods of one clearing together
+MAX_COLUMNS = 30_000  # a neighbourhood larger than this is skipped (HiGHS' root work grows faster than its size)
+TOTAL_COLUMNS = 1_500_000  # all neighbourhoods of one clearing together, at most
+MARKET_MULTIPLE = 2  # ... and at most this many times the whole market's columns (a work budget that scales)
+MIN_BUDGET = 60_000  # ... but never less than this (small markets polish fully)
 
 
 def seeds(prep: Prepared, rel: Relaxation, placer: Placer) -> list[int]:
@@ -102,7 +104,8 @@ def polish(
     Stage 1: each cluster's classes (where the split gangs' flow and pieces are). Stage 2, when still not
     within tolerance of the bound: each cluster of every class the seeds could use."""
     cur = placer
-    budget = [TOTAL_COLUMNS]
+    whole = count_candidates(prep, np.ones(prep.n_orders, dtype=bool))
+    budget = [min(TOTAL_COLUMNS, max(MIN_BUDGET, MARKET_MULTIPLE * whole))]
     for every_edge in (False, True):
         for cs in clusters(prep, rel, cur, seeds(prep, rel, cur), every_edge=every_edge):
             if cur.welfare_units() >= rel.value * (1.0 - gap_tolerance):
