@@ -153,6 +153,14 @@ class Recheck:
     offer_caps: dict[str, int]
     by_pool: dict[str, list[tuple[int, int, int]]] = field(default_factory=lambda: defaultdict(list))
     by_offer: dict[str, list[tuple[int, int, int]]] = field(default_factory=lambda: defaultdict(list))
+    #: what the database held on each pool and offer before this round added anything (sorted intervals)
+    base_pool: dict[str, tuple[tuple[int, int, int], ...]] = field(default_factory=dict)
+    base_offer: dict[str, tuple[tuple[int, int, int], ...]] = field(default_factory=dict)
+
+    def freeze_base(self) -> None:
+        """Record the holdings read from the database, to tell later whether they changed."""
+        self.base_pool = {p: tuple(sorted(self.by_pool.get(p, ()))) for p in self.pool_caps}
+        self.base_offer = {o: tuple(sorted(self.by_offer.get(o, ()))) for o in self.offer_caps}
 
     def fits(self, pool_id: str, offer_id: str, devices: int, start: int, end: int, extra: Sequence[Held] = ()) -> bool:
         """True if adding `devices` over [start, end) keeps the pool and the offer within capacity, counting
@@ -271,9 +279,39 @@ class Plan:
 
     key_id: str
     stats: dict[str, Any]
+    #: the allocated offers, pools and orders and the capacity held on them, as the prepare step read them
+    seen: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] = field(default_factory=lambda: ({}, {}, {}))
+    seen_check: Recheck | None = None
     order_ids: list[str] = field(default_factory=list)
     kept: dict[str, tuple[list[Allocation], list[Contract], list[SignedRecord]]] = field(default_factory=dict)
     dropped: dict[str, tuple[list[Allocation], str]] = field(default_factory=dict)
+
+    def unchanged(
+        self,
+        order_id: str,
+        pieces: Sequence[Allocation],
+        offers: dict[str, Any],
+        pools: dict[str, Any],
+        orders: dict[str, Any],
+        check: Recheck,
+    ) -> bool:
+        """True if the order, its offers and pools, and every capacity held on them from outside this round
+        are exactly what the prepare step checked: its verdict then stands (the round's own earlier orders
+        can only have dropped since, which frees capacity), so the commit skips the capacity sweep."""
+        seen_offers, seen_pools, seen_orders = self.seen
+        prior = self.seen_check
+        if prior is None or orders.get(order_id) != seen_orders.get(order_id):
+            return False
+        for a in pieces:
+            offer = offers.get(a.pool_id)
+            if offer is None or offer != seen_offers.get(a.pool_id):
+                return False
+            pool = offer.pool_id
+            if pools.get(pool) != seen_pools.get(pool) or check.base_pool.get(pool) != prior.base_pool.get(pool):
+                return False
+            if check.base_offer.get(offer.id) != prior.base_offer.get(offer.id):
+                return False
+        return True
 
 
 def dropped_entry(a: Allocation, reason: str) -> dict[str, Any]:
@@ -680,6 +718,7 @@ class RoundService:
             check.add(c.pool_id, c.offer_id, c.devices, c.start_at, c.end_at)
         for h in await held_lines(session, pool_ids, now):  # federation holds reserve like contracts
             check.add(h.pool_id, h.offer_id, h.devices, h.start_at, h.end_at)
+        check.freeze_base()
         return check
 
     async def _prepare(self, session: AsyncSession, round_id: str, snap: Snapshot, result: ClearingResult) -> Plan:
@@ -696,7 +735,7 @@ class RoundService:
         facts = await self.contracts.match_facts(session, sorted(pools), sorted(parties))
         signer = await self.contracts.ledger.signer(session)
         seq = {o.id: o.seq for o in snap.market.orders}
-        plan = Plan(key_id=signer[0], stats=result_to_dict(result))
+        plan = Plan(key_id=signer[0], stats=result_to_dict(result), seen=(offers, pools, orders), seen_check=check)
         for i, order_id in enumerate(sorted(allocs, key=lambda oid: seq.get(oid, 0))):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # CPU-bound loop: let the event loop serve requests meanwhile
@@ -748,7 +787,9 @@ class RoundService:
                 continue
             pieces, built, records = plan.kept[order_id]
             row = orders.get(order_id)
-            later = drop_reason(row, snap.orders.get(order_id), pieces, offers, pools, check)
+            later = None
+            if not plan.unchanged(order_id, pieces, offers, pools, orders, check):
+                later = drop_reason(row, snap.orders.get(order_id), pieces, offers, pools, check)
             if later is not None or row is None:  # changed between the prepare step and the locks
                 dropped.extend(dropped_entry(a, later or "order_gone") for a in pieces)
                 continue

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exchange.services.round_lock import RoundBusyError, RoundLock, sqlite_lock_path
-from exchange.services.rounds import Recheck, peak
+from exchange.services.rounds import Plan, Recheck, peak
 from exchange.services.snapshot import (
     ContractRow,
     OfferRow,
@@ -179,6 +179,40 @@ def test_recheck_counts_pool_and_offer_capacity() -> None:
     assert not check.fits("p", "a", 2, 5, 6)  # offer a would hold 7 > 6
     assert check.fits("p", "a", 2, 10, 20)  # after the first contract ends
     assert not check.fits("p", "b", 2, 0, 1, extra=[("p", "b", (0, 1, 2))])  # same order's earlier piece
+
+
+def test_commit_keeps_the_prepared_verdict_only_while_nothing_it_read_changed() -> None:
+    """The commit skips the capacity sweep for an order only if its rows and the capacity held on its pool
+    and offer from outside the round are exactly what the prepare step checked."""
+    from collections import namedtuple
+
+    from matching.model import Allocation
+
+    OfferR = namedtuple("OfferR", "id pool_id status devices")
+    PoolR = namedtuple("PoolR", "id status devices")
+    OrderR = namedtuple("OrderR", "id status filled_devices")
+
+    def read(held: list[tuple[int, int, int]]) -> tuple[dict, dict, dict, Recheck]:
+        offers = {"a": OfferR("a", "p", "open", 8)}
+        pools = {"p": PoolR("p", "active", 8)}
+        orders = {"o": OrderR("o", "open", 0)}
+        check = Recheck(pool_caps={"p": 8}, offer_caps={"a": 8})
+        for s, e, d in held:
+            check.add("p", "a", d, s, e)
+        check.freeze_base()
+        return offers, pools, orders, check
+
+    offers, pools, orders, seen = read([(0, 5, 2)])
+    plan = Plan(key_id="k", stats={}, seen=(offers, pools, orders), seen_check=seen)
+    pieces = [Allocation("o", "a", 4, 0, 10, 0, 0, 0, 0, 0)]
+    now_o, now_p, now_r, now_c = read([(0, 5, 2)])
+    now_c.add("p", "a", 1, 0, 10)  # the round's own earlier orders do not count as a change
+    assert plan.unchanged("o", pieces, now_o, now_p, now_r, now_c)
+    _o, _p, _r, held_more = read([(0, 5, 2), (3, 9, 6)])  # a hold landed on the pool after prepare
+    assert not plan.unchanged("o", pieces, now_o, now_p, now_r, held_more)
+    assert not plan.unchanged("o", pieces, {"a": OfferR("a", "p", "open", 6)}, now_p, now_r, now_c)
+    assert not plan.unchanged("o", pieces, now_o, {"p": PoolR("p", "active", 7)}, now_r, now_c)
+    assert not plan.unchanged("o", pieces, now_o, now_p, {"o": OrderR("o", "cancelled", 0)}, now_c)
 
 
 def test_sqlite_lock_path() -> None:
