@@ -268,8 +268,11 @@ ORDER_CHECK_COLUMNS = (
     Order.billing_mode,
     Order.spec,
 )
-#: the prepare step yields to the event loop after this many orders (its loop is CPU-bound)
-YIELD_EVERY = 32
+#: the prepare step's CPU-bound loop gives the event loop back after this many seconds of work: long enough
+#: that a round keeps its share of a loop busy with requests (yielding every 32 orders, ~8 ms, let a
+#: loaded loop run a round's prepare three times slower than idle), short enough to add little to a
+#: request's latency
+YIELD_AFTER = 0.025
 
 
 @dataclass
@@ -736,9 +739,11 @@ class RoundService:
         signer = await self.contracts.ledger.signer(session)
         seq = {o.id: o.seq for o in snap.market.orders}
         plan = Plan(key_id=signer[0], stats=result_to_dict(result), seen=(offers, pools, orders), seen_check=check)
-        for i, order_id in enumerate(sorted(allocs, key=lambda oid: seq.get(oid, 0))):
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
+        slice_start = time.perf_counter()
+        for order_id in sorted(allocs, key=lambda oid: seq.get(oid, 0)):
+            if time.perf_counter() - slice_start >= YIELD_AFTER:
                 await asyncio.sleep(0)  # CPU-bound loop: let the event loop serve requests meanwhile
+                slice_start = time.perf_counter()
             pieces = allocs[order_id]
             row = orders.get(order_id)
             reason = drop_reason(row, snap.orders.get(order_id), pieces, offers, pools, check)
