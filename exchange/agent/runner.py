@@ -61,6 +61,8 @@ class Agent:
             self.states[cid] = state
             self.spans[cid] = span_of(contract)
         self.contract_rows: dict[str, dict[str, Any]] = {}
+        #: pending contracts the exchange refused to confirm (ended while the node was away): never asked again
+        self.unconfirmable: set[str] = set()
         self.scan: Scan | None = None
         self.synced_capacity: dict[str, int] | None = None
         self.backoff_until = 0.0
@@ -111,12 +113,15 @@ class Agent:
                 continue
             self.contract_rows[c["id"]] = c
             if c["status"] == "pending" and self.cfg.auto_confirm:
+                if c["id"] in self.unconfirmable or c["end_at"] <= self.now():
+                    continue  # over before it was confirmed: never started, nothing to meter
                 try:
                     c = await self.client.request("POST", f"/v1/contracts/{c['id']}/confirm")
                 except RemoteError as exc:  # e.g. it ended while the node was away: skip it, not the others
                     if exc.status >= 500 or exc.status in (401, 429):
                         raise
                     event("confirm_refused", logging.WARNING, contract_id=c["id"], problem=exc.problem)
+                    self.unconfirmable.add(c["id"])
                     continue
                 event("contract_confirmed", contract_id=c["id"], devices=c["devices"], model=c["model"])
             if c["status"] not in METERED_STATUSES or c["billable_end"] <= c["start_at"]:

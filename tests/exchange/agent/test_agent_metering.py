@@ -76,7 +76,7 @@ async def test_metered_minutes_settle_exactly(db: Any, aiohttp_client: Any, tmp_
 
 
 async def test_a_contract_that_ended_while_away_does_not_block_the_others(
-    db: Any, aiohttp_client: Any, tmp_path: Path
+    db: Any, aiohttp_client: Any, tmp_path: Path, caplog: Any
 ) -> None:
     api = await make_api(db, aiohttp_client, tmp_path)
     t0 = (int(time.time()) // 60 + 1) * 60
@@ -100,11 +100,15 @@ async def test_a_contract_that_ended_while_away_does_not_block_the_others(
         auto_confirm=True,
         skew_alarm_seconds=86_400,
     )
-    agent = Agent(cfg, market.provider, SimulatedSource(state), clock=market.clock)
+    # the node's clock runs 100 s behind (under the alarm): to it the ended contract is still on, so it asks
+    agent = Agent(cfg, market.provider, SimulatedSource(state), clock=lambda: market.clock() - 100)
     try:
-        await agent.step(heartbeat=True)
+        for _ in range(2):
+            await agent.step(heartbeat=True)
         statuses = {c["id"]: c["status"] for c in (await market.provider.request("GET", "/v1/contracts"))["items"]}
         assert statuses == {ended["id"]: "pending", current["id"]: "confirmed"}
         assert current["id"] in agent.states and ended["id"] not in agent.states
+        refused = [r for r in caplog.records if r.getMessage() == "confirm_refused"]
+        assert len(refused) == 1  # asked once, refused (409), never asked again
     finally:
         agent.journal.close()

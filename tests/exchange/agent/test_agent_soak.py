@@ -86,6 +86,7 @@ async def test_fifty_agents_settle_exactly(tmp_path: Path) -> None:
         t0 = time.monotonic()
         n_orders = rounds = 0
         cut_at: float | None = None
+        cut_wall = restored_wall = 0.0
         restored = restarted = crashes_done = killed_done = removal_done = False
         mid_batch_exits: list[int] = []
         removal_seconds = 0.0
@@ -126,10 +127,10 @@ async def test_fifty_agents_settle_exactly(tmp_path: Path) -> None:
             elapsed = time.monotonic() - t0
             if cut_at is None and elapsed > seconds * 0.2:
                 net.cut()
-                cut_at = elapsed
+                cut_at, cut_wall = elapsed, time.time()
             elif cut_at is not None and not restored and elapsed > cut_at + outage:
                 net.restore()
-                restored = True
+                restored, restored_wall = True, time.time()
             if not crashes_done and elapsed > seconds * 0.25:
                 for a in crashed:
                     await a.crash()
@@ -155,6 +156,12 @@ async def test_fifty_agents_settle_exactly(tmp_path: Path) -> None:
         await wait_for(lambda: time.time() > end + 3, seconds, "contracts end", every=2)
         contracts = await _contracts(nodes)  # after the end a contract's status no longer changes
         metered = {cid: v for cid, v in contracts.items() if v[1]["status"] != "pending"}
+        never = [c for cid, (_, c) in contracts.items() if cid not in metered]
+        # the agents came back: whatever was still running a minute after the cut was confirmed and metered
+        assert all(c["end_at"] < restored_wall + 60 for c in never), (restored_wall, never)
+        cut_off = [c for n, c in metered.values() if n in inproc]
+        assert not [c for c in cut_off if cut_wall + 5 < c["confirmed_at"] < restored_wall]  # the cut held
+        late = [c for c in cut_off if c["start_at"] < restored_wall <= c["confirmed_at"]]
         await wait_for(lambda: _all_final(nodes, metered), 240, "last periods journaled and sent", every=2)
         for a in agents:
             await a.stop()
@@ -194,7 +201,9 @@ async def test_fifty_agents_settle_exactly(tmp_path: Path) -> None:
             f" wall, {rounds} rounds, {n_orders} orders, {len(contracts)} contracts ({len(metered)} metered),"
             f" {reports} usage reports delivered exactly once ({duplicates} resent as duplicates after dying"
             f" mid-batch), {device_minutes} device-minutes and {fen} fen settled exactly; removed devices left"
-            f" the market in {removal_seconds:.1f} s"
+            f" the market in {removal_seconds:.1f} s; cut {cut_wall:.0f}-{restored_wall:.0f}: {len(late)} contracts"
+            f" made during it were confirmed after it, {len(never)} ended unconfirmed (the last"
+            f" {max((c['end_at'] for c in never), default=restored_wall) - restored_wall:+.0f} s after it)"
         )
         assert reports > 0 and len(settled) > 0
     finally:
