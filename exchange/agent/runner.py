@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -47,12 +46,8 @@ class Agent:
         source: Source,
         *,
         clock: Callable[[], float] = time.time,
-        kill_after_send: bool = False,
     ) -> None:
         self.cfg = cfg
-        #: tests only (`hetex agent run --test-kill-after-send`): die (exit 9) right after the first accepted
-        #: report, before the journal marks it sent - the crash window only an idempotent resend keeps exact
-        self.kill_after_send = kill_after_send
         self.client = client
         self.source = source
         self.clock = clock
@@ -66,6 +61,8 @@ class Agent:
             self.states[cid] = state
             self.spans[cid] = span_of(contract)
         self.contract_rows: dict[str, dict[str, Any]] = {}
+        #: pending contracts the exchange refused to confirm (ended while the node was away): never asked again
+        self.unconfirmable: set[str] = set()
         self.scan: Scan | None = None
         self.synced_capacity: dict[str, int] | None = None
         self.backoff_until = 0.0
@@ -116,7 +113,16 @@ class Agent:
                 continue
             self.contract_rows[c["id"]] = c
             if c["status"] == "pending" and self.cfg.auto_confirm:
-                c = await self.client.request("POST", f"/v1/contracts/{c['id']}/confirm")
+                if c["id"] in self.unconfirmable or c["end_at"] <= self.now():
+                    continue  # over before it was confirmed: never started, nothing to meter
+                try:
+                    c = await self.client.request("POST", f"/v1/contracts/{c['id']}/confirm")
+                except RemoteError as exc:  # e.g. it ended while the node was away: skip it, not the others
+                    if exc.status >= 500 or exc.status in (401, 429):
+                        raise
+                    event("confirm_refused", logging.WARNING, contract_id=c["id"], problem=exc.problem)
+                    self.unconfirmable.add(c["id"])
+                    continue
                 event("contract_confirmed", contract_id=c["id"], devices=c["devices"], model=c["model"])
             if c["status"] not in METERED_STATUSES or c["billable_end"] <= c["start_at"]:
                 continue
@@ -321,8 +327,6 @@ class Agent:
         for item in answer["results"]:
             r = ordered[item["index"]]
             if item["status"] in ("accepted", "duplicate"):
-                if self.kill_after_send:
-                    os._exit(9)
                 self.journal.mark_sent(r, {"id": item["id"], "status": item["status"], "flags": item["flags"]})
                 self.metrics.reports_sent.inc()
                 sent += 1
@@ -373,8 +377,6 @@ class Agent:
             self.metrics.reports_refused.inc()
             event("report_refused", logging.ERROR, contract_id=r.contract_id, seq=r.seq, problem=exc.problem)
             return "refused"
-        if self.kill_after_send:
-            os._exit(9)
         self.journal.mark_sent(r, {"id": answer["id"], "status": answer["status"], "flags": answer["flags"]})
         self.metrics.reports_sent.inc()
         if answer["flags"]:

@@ -18,7 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = asub.add_parser("run", help="run the agent (config file: exchange URL, site, node key, source)")
     run.add_argument("--config", required=True, help="the agent's TOML config file")
     run.add_argument("--once", action="store_true", help="one scan/heartbeat/meter/send step, then exit")
-    run.add_argument("--test-kill-after-send", action="store_true", help=argparse.SUPPRESS)  # crash-window tests
     run.set_defaults(func=run_agent)
     scan = asub.add_parser("scan", help="read a device source once and print the devices it reports")
     scan.add_argument("--source", required=True, help="a vendor tool (nvidia-smi, npu-smi, ...) or 'simulated'")
@@ -64,7 +63,7 @@ def run_agent(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         async with HetexClient(cfg.exchange_url, key, timeout=cfg.request_timeout) as client:
-            agent = Agent(cfg, client, source, kill_after_send=args.test_kill_after_send)
+            agent = Agent(cfg, client, source)
             try:
                 if args.once:
                     await agent.step(heartbeat=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.abc
 
 from exchange.agent.journal import Journal
 from exchange.client import HetexClient
@@ -40,12 +41,19 @@ def env() -> dict[str, str]:
 class ExchangeProc:
     """`python -m exchange serve` on a SQLite file; kill and start again on the same port and database."""
 
-    def __init__(self, workdir: Path, database_url: str | None = None, slot_seconds: int = 5, **settings: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str | None = None,
+        slot_seconds: int = 5,
+        host_name: str = "127.0.0.1",
+        **settings: str,
+    ) -> None:
         self.workdir = workdir
         self.settings = {f"HETEX_{k.upper()}": v for k, v in settings.items()}
         self.slot_seconds = slot_seconds
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host_name}:{self.port}"  # a name (localhost) lets agents resolve it to a relay
         self.database_url = database_url or f"sqlite+aiosqlite:///{workdir / 'hetex.db'}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = (workdir / "serve.log").open("ab")
@@ -119,13 +127,15 @@ class Node:
         tmp.write_text(json.dumps({**data, "removed": list(removed), "failed": list(failed)}))
         tmp.replace(self.state)
 
-    def start(self, *extra_args: str) -> None:
-        """`python -m exchange agent run --config ...` (its JSON logs go to a file per start)."""
+    def start(self, *, crash_after_send: bool = False) -> None:
+        """`python -m exchange agent run --config ...` (its JSON logs go to a file per start); with
+        crash_after_send the agent dies (exit 9) once the exchange accepted a report it has not journaled."""
         log = self.config.with_name(f"agent-{len(self.logs)}.log")
         self.logs.append(log)
         out = log.open("wb")
+        program = ["tests.exchange.agent.crashing_agent"] if crash_after_send else ["exchange", "agent", "run"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exchange", "agent", "run", "--config", str(self.config), *extra_args],
+            [sys.executable, "-m", *program, "--config", str(self.config)],
             cwd=self.config.parent,
             env=env(),
             stdout=out,
@@ -150,6 +160,24 @@ class Node:
         j = Journal(self.journal)
         try:
             return j.totals()
+        finally:
+            j.close()
+
+    def period_ends(self) -> dict[str, int]:
+        """Per contract, the end of the last period journaled (closed, sent or not)."""
+        j = Journal(self.journal)
+        try:
+            rows = j.db.execute("SELECT contract_id, max(period_end) FROM reports GROUP BY contract_id").fetchall()
+            return {str(cid): int(end) for cid, end in rows}
+        finally:
+            j.close()
+
+    def answers(self) -> list[str]:
+        """The exchange's answer status of every report sent (accepted, duplicate)."""
+        j = Journal(self.journal)
+        try:
+            rows = j.db.execute("SELECT answer FROM reports WHERE answer IS NOT NULL").fetchall()
+            return [json.loads(a)["status"] for (a,) in rows]
         finally:
             j.close()
 
@@ -233,10 +261,12 @@ class InProcessAgent:
     """A node's agent as an asyncio task in this process (many agents on one machine); `crash()` cancels
     it without any clean-up, like kill -9 at an await point (the journal commits are atomic)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, relay_port: int | None = None) -> None:
         self.node = node
+        self.relay_port = relay_port  # connect through this relay (a NetworkCut) instead of straight
         self.task: asyncio.Task[None] | None = None
         self.agent: Any = None
+        self.session: aiohttp.ClientSession | None = None
 
     def start(self) -> None:
         from exchange.agent.config import load_config
@@ -244,7 +274,12 @@ class InProcessAgent:
         from exchange.agent.runner import Agent
 
         cfg = load_config(self.node.config)
-        client = HetexClient(cfg.exchange_url, SigningKey.from_pem((self.node.config.parent / "node.pem").read_bytes()))
+        key = SigningKey.from_pem((self.node.config.parent / "node.pem").read_bytes())
+        if self.relay_port is not None:  # same URL (it is what requests are signed for), other route
+            connector = aiohttp.TCPConnector(resolver=_ToRelay(self.relay_port), use_dns_cache=False)
+            timeout = aiohttp.ClientTimeout(total=cfg.request_timeout)
+            self.session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        client = HetexClient(cfg.exchange_url, key, session=self.session, timeout=cfg.request_timeout)
         assert cfg.source_file is not None
         self.agent = Agent(cfg, client, SimulatedSource(cfg.source_file))
         self.task = asyncio.create_task(self.agent.run())
@@ -254,12 +289,104 @@ class InProcessAgent:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+        await self._close()
+
+    async def _close(self) -> None:
         await self.agent.client.close()
+        if self.session is not None:
+            await self.session.close()
         self.agent.journal.close()
 
     async def stop(self) -> None:
         assert self.task is not None and self.agent is not None
         self.agent.stop()
         await self.task
-        await self.agent.client.close()
-        self.agent.journal.close()
+        await self._close()
+
+
+class _ToRelay(aiohttp.abc.AbstractResolver):
+    """Resolves any name to the relay on 127.0.0.1."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[Any]:
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": self.port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+class NetworkCut:
+    """A TCP relay between agents and the exchange whose network can be cut: open connections are dropped and
+    new ones are accepted but never answered (a blackhole, so clients time out, as on a dead link) until
+    restored; the exchange itself keeps running."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.is_cut = False
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.cut()
+
+    def cut(self) -> None:
+        """Pull the cable: every open connection dies, new ones hang."""
+        self.is_cut = True
+        for w in list(self.writers):
+            w.transport.abort()
+
+    def restore(self) -> None:
+        self.is_cut = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        upstream: asyncio.StreamWriter | None = None
+        try:
+            if self.is_cut:  # swallow the request, answer nothing, until the client gives up or the cut ends
+                while self.is_cut:
+                    try:
+                        if not await asyncio.wait_for(reader.read(65536), 1.0):
+                            return
+                    except TimeoutError:
+                        continue
+                return
+            up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.target_port)
+            self.writers.add(upstream)
+            await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer))
+        except OSError:
+            pass
+        finally:
+            for w in (writer, upstream):
+                if w is not None:
+                    self.writers.discard(w)
+                    w.transport.abort()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy until EOF, then close the other side too (HTTP keep-alive ends with either side)."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.transport.abort()

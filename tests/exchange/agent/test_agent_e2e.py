@@ -55,7 +55,7 @@ async def test_agents_meter_and_settle_exactly_through_faults(tmp_path: Path) ->
     try:
         op = await ex.add_operator()
         nodes = [await provider_node(ex, tmp_path, f"node{i}", devices=DEVICES) for i in range(3)]
-        nodes[0].start("--test-kill-after-send")  # dies after its first accepted report, before journaling it
+        nodes[0].start(crash_after_send=True)  # dies after its first accepted report, before journaling it
         for n in nodes[1:]:
             n.start()
         await wait_for(lambda: all("agent_started" in n.log_text() for n in nodes), 120, "agents start", every=0.5)

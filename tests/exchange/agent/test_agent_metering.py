@@ -73,3 +73,42 @@ async def test_metered_minutes_settle_exactly(db: Any, aiohttp_client: Any, tmp_
         assert record["buyer_debit_fen"] == per_minute_fen(2_999, 230)
     finally:
         agent.journal.close()
+
+
+async def test_a_contract_that_ended_while_away_does_not_block_the_others(
+    db: Any, aiohttp_client: Any, tmp_path: Path, caplog: Any
+) -> None:
+    api = await make_api(db, aiohttp_client, tmp_path)
+    t0 = (int(time.time()) // 60 + 1) * 60
+    market = await make_market(api, clock_at=t0 - 30)
+    [site] = (await market.provider.request("GET", "/v1/sites"))["sites"]
+    current = await market.contract("per_minute", devices=2, start=t0, end=t0 + 600)
+    market.clock.now += 1  # listed newest first: the ended one comes first, as it would block the rest
+    # made while the node was cut off: ended before the agent could confirm it (the exchange refuses that now)
+    ended = await market.contract("per_minute", devices=2, start=t0 - 600, end=t0 - 60)
+    listed = (await market.provider.request("GET", "/v1/contracts", params={"limit": 100}))["items"]
+    assert [c["id"] for c in listed] == [ended["id"], current["id"]]
+    state = tmp_path / "devices.json"
+    state.write_text(json.dumps({"devices": [{"model": "NV-H100-SXM", "count": 4}]}))
+    cfg = AgentConfig(
+        exchange_url=api.base_url,
+        site=site["cri"],
+        key=tmp_path / "unused.pem",
+        journal=tmp_path / "journal.db",
+        source="simulated",
+        source_file=state,
+        auto_confirm=True,
+        skew_alarm_seconds=86_400,
+    )
+    # the node's clock runs 100 s behind (under the alarm): to it the ended contract is still on, so it asks
+    agent = Agent(cfg, market.provider, SimulatedSource(state), clock=lambda: market.clock() - 100)
+    try:
+        for _ in range(2):
+            await agent.step(heartbeat=True)
+        statuses = {c["id"]: c["status"] for c in (await market.provider.request("GET", "/v1/contracts"))["items"]}
+        assert statuses == {ended["id"]: "pending", current["id"]: "confirmed"}
+        assert current["id"] in agent.states and ended["id"] not in agent.states
+        refused = [r for r in caplog.records if r.getMessage() == "confirm_refused"]
+        assert len(refused) == 1  # asked once, refused (409), never asked again
+    finally:
+        agent.journal.close()
