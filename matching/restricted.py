@@ -26,7 +26,9 @@ BOUND_MAX_COLUMNS = 60_000  # the full model's root bound is computed only up to
 LOOSE_GAP = 0.005  # an allocation this far below the LP bound: the bound may be loose, try the integer steps
 
 
-def unit_edge_mask(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, top: int = UNIT_TOP_EDGES) -> np.ndarray:
+def unit_edge_mask(
+    prep: Prepared, net: Network, rel: Relaxation, placer: Placer, top: int = UNIT_TOP_EDGES
+) -> np.ndarray:
     """Edges kept for single-device orders: the relaxation's support, the allocation's and each order's
     `top` best-paying edges (multi-device orders' edges are not restricted by this mask)."""
     keep = np.asarray(rel.x, dtype=np.float64) > 1e-9
