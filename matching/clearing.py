@@ -341,7 +341,6 @@ def exact_polish(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, 
         bound = rel.value
         if placer.welfare_units() < rel.value * (1 - LOOSE_GAP):
             placer = restricted_mip(prep, net, rel, placer)
-        if placer.welfare_units() < rel.value * (1 - LOOSE_GAP):
             bound, placer = root_bound(prep, net, rel, placer)
             if bound < rel.value:
                 prep.proven_bound = bound
