@@ -477,6 +477,7 @@ def result_from_dict(d: dict[str, Any]) -> ClearingResult:
     )
     s = dict(d["stats"])
     s["gap"] = Decimal(s["gap"])
+    s["bound_gap"] = Decimal(s.get("bound_gap", "0"))
     s["limits_hit"] = tuple(s.get("limits_hit", ()))
     a = dict(d["audit"])
     a.pop("ok", None)
