@@ -59,6 +59,7 @@ class Prepared:
     order_edges: list[np.ndarray]  # edge indices per order
     reasons: dict[int, str]  # order index -> reason it has no edge
     limits_hit: list[str] = field(default_factory=list)  # solver steps stopped by their work limit
+    proven_bound: float = 0.0  # integer model's bound (cost units) when an exact step proved one, else 0
 
     @property
     def n_orders(self) -> int:

@@ -54,12 +54,18 @@ def unit_order_mask(prep: Prepared) -> np.ndarray:
 
 
 def count_candidates(prep: Prepared, orders: np.ndarray) -> int:
-    """Variables the model would hold for the given orders (a cheap size check before building it)."""
+    """Variables the model would hold for the given orders (a cheap size check before building it): a
+    single-node gang has a candidate per node of each pool of its class, any other gang one per pool."""
     units = unit_order_mask(prep)
     sizes = np.array([len(cp) for cp in prep.class_pools], dtype=np.int64)
     keep = orders[prep.e_order] if len(prep.e_order) else np.zeros(0, dtype=bool)
     gang_e = keep & ~units[prep.e_order]
-    return int(keep.sum()) + int(sizes[prep.e_class[gang_e]].sum())
+    node_e = gang_e & prep.order_node[prep.e_order] & (prep.e_n > 1)
+    total = int(keep.sum()) + int(sizes[prep.e_class[gang_e & ~node_e]].sum())
+    if node_e.any():
+        nodes = np.array([sum(len(prep.pool_node_sizes[p]) for p in cp.tolist()) for cp in prep.class_pools])
+        total += int(nodes[prep.e_class[node_e]].sum())
+    return total
 
 
 class _Rows:
@@ -102,13 +108,17 @@ def solve_mip(
     time_limit: float | None = None,
     gap: float = 0.0,
     hint: Placer | None = None,
+    unit_edges: np.ndarray | None = None,
+    bound_only: bool = False,
 ) -> MipResult | None:
     """Best integral allocation of `orders` (mask; all by default) on the capacity `free` (default: all).
 
     node_free gives, per pool, the room each node has per slot for single-node gangs (default: whole
     nodes). node_limit is a deterministic branch-and-bound limit; time_limit (wall clock) is for the
     benchmark's exact run only. hint: an allocation given to the solver as its first incumbent (so the
-    result is never worse). Returns None when the model is empty."""
+    result is never worse). unit_edges: a mask of the single-device order edges kept (default: all; a
+    restricted model's bound is not a bound of the market). bound_only: the root node with its cuts and no
+    primal heuristics, for the dual bound. Returns None when the model is empty."""
     from scipy.sparse import csc_matrix
 
     t0 = time.perf_counter()
@@ -124,7 +134,10 @@ def solve_mip(
     F = len(net.f_pool)
     f_of = {(int(g), int(p)): f for f, (g, p) in enumerate(zip(net.f_group.tolist(), net.f_pool.tolist(), strict=True))}
     # columns: unit order edges (binary), pool edges carrying units (integer), then gang candidates
-    ue = np.nonzero(om[prep.e_order] & units[prep.e_order] & (net.e_group >= 0))[0]
+    ue_mask = om[prep.e_order] & units[prep.e_order] & (net.e_group >= 0)
+    if unit_edges is not None:
+        ue_mask &= unit_edges
+    ue = np.nonzero(ue_mask)[0]
     ug = np.zeros(len(net.g_class), dtype=bool)
     ug[net.e_group[ue]] = True
     uf = np.nonzero(ug[net.f_group])[0] if F else np.zeros(0, dtype=np.int64)
@@ -329,6 +342,7 @@ def solve_mip(
         node_limit=node_limit,
         time_limit=time_limit,
         gap=gap,
+        bound_only=bound_only,
     )
     seconds = time.perf_counter() - t0
     if sol is None:
@@ -471,6 +485,7 @@ def _run_highs(
     node_limit: int | None,
     time_limit: float | None,
     gap: float,
+    bound_only: bool = False,
 ) -> tuple[np.ndarray, float, float, str, int] | None:
     """Maximise c.x with HiGHS (one thread, fixed seed): (x, objective, dual bound, status, nodes)."""
     import highspy
@@ -485,6 +500,12 @@ def _run_highs(
         h.setOptionValue("mip_max_nodes", int(node_limit))
     if time_limit is not None:
         h.setOptionValue("time_limit", float(time_limit))
+    if bound_only:
+        h.setOptionValue("mip_max_nodes", 1)
+        h.setOptionValue("mip_allow_restart", False)
+        h.setOptionValue("mip_heuristic_effort", 0.0)
+        for name in ("rins", "rens", "feasibility_jump", "root_reduced_cost"):
+            h.setOptionValue(f"mip_heuristic_run_{name}", False)
     lp = highspy.HighsLp()
     lp.num_col_ = int(A.shape[1])
     lp.num_row_ = int(A.shape[0])

@@ -186,6 +186,8 @@ class RoundStats:
     bound_method: str = "mcf"
     limits_hit: tuple[str, ...] = ()  # solver steps stopped by their deterministic work limit
     prices_method: str = "none"  # how posted prices were derived (matching.prices.PRICES_METHODS)
+    bound_fen: int = 0  # best proven upper bound on the integer optimum (LP bound, or the integer root's if tighter)
+    bound_gap: Decimal = Decimal(0)  # 1 - welfare / that bound: the welfare is at most this far below the optimum
 
 
 @dataclass(frozen=True)
@@ -475,6 +477,7 @@ def result_from_dict(d: dict[str, Any]) -> ClearingResult:
     )
     s = dict(d["stats"])
     s["gap"] = Decimal(s["gap"])
+    s["bound_gap"] = Decimal(s.get("bound_gap", "0"))
     s["limits_hit"] = tuple(s.get("limits_hit", ()))
     a = dict(d["audit"])
     a.pop("ok", None)

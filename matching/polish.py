@@ -98,17 +98,20 @@ def polish(
     *,
     node_limit: int = NODE_LIMIT,
     gap_tolerance: float = 1e-6,
+    bound: float | None = None,
 ) -> Placer:
     """Improve an allocation neighbourhood by neighbourhood with the exact model; never worse than given.
 
     Stage 1: each cluster's classes (where the split gangs' flow and pieces are). Stage 2, when still not
-    within tolerance of the bound: each cluster of every class the seeds could use."""
+    within tolerance of the bound: each cluster of every class the seeds could use. bound: the stopping
+    bound (default the relaxation's; a proven integer bound stops sooner)."""
     cur = placer
+    stop = rel.value if bound is None else bound
     whole = count_candidates(prep, np.ones(prep.n_orders, dtype=bool))
     budget = [min(TOTAL_COLUMNS, max(MIN_BUDGET, MARKET_MULTIPLE * whole))]
     for every_edge in (False, True):
         for cs in clusters(prep, rel, cur, seeds(prep, rel, cur), every_edge=every_edge):
-            if cur.welfare_units() >= rel.value * (1.0 - gap_tolerance):
+            if cur.welfare_units() >= stop * (1.0 - gap_tolerance):
                 return cur
             cur = _solve_neighbourhood(prep, net, cur, cs, node_limit, budget)
     return cur

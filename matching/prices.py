@@ -63,9 +63,10 @@ class Duals:
 def compute_duals(
     net: Network, opt_units: float | None = None, *, time_limit: float | None = 30.0, minimum: bool = True
 ) -> Duals:
-    """Solve the dual LP (GLOP); pass 2 picks the minimum equilibrium prices among optimal duals."""
-    from ortools.linear_solver import pywraplp  # type: ignore[attr-defined]  # only when prices are wanted
+    """Solve the dual LP (GLOP); pass 2 picks the minimum equilibrium prices among optimal duals.
 
+    The LP is handed to GLOP as sparse arrays in one call (building it row by row through pywraplp was a
+    third of the price time on windows 2,000 x 350)."""
     t0 = time.perf_counter()
     prep = net.prep
     G = len(net.g_class)
@@ -74,79 +75,78 @@ def compute_duals(
     if not len(active):
         return Duals(np.zeros(G), np.zeros(S), True, 0.0)
     scale = 1.0 / 3600.0
-    w = net.e_weight.astype(np.float64) * scale
+    w = net.e_weight[active].astype(np.float64) * scale
     a = net.f_cost.astype(np.float64) * scale
+    F = len(net.f_pool)
+    orders, u_of = np.unique(prep.e_order[active], return_inverse=True)
+    U = len(orders)
+    # a group's price is never below the cheapest ask it can reach (inframarginal: pi = min ask)
+    floor = np.zeros(G)
+    if F:
+        floor[:] = np.inf
+        np.minimum.at(floor, net.f_group, a)
+        floor[~np.isfinite(floor)] = 0.0
+    cap = net.s_cap.astype(np.float64)
+    A = len(active)
+    seg_len = np.array([len(x) for x in net.f_segs], dtype=np.int64)
+    # rows: buyer rows (one per active edge), supply rows (one per pool edge), then the optimality row
+    rows = [np.arange(A), np.arange(A), A + np.arange(F), A + np.repeat(np.arange(F), seg_len)]
+    cols = [u_of.reshape(-1), U + net.e_group[active], U + net.f_group, U + G + np.concatenate([*net.f_segs, []])]
+    vals = [1.0 / prep.e_n[active], np.ones(A), np.ones(F), -np.ones(int(seg_len.sum()))]
+    lo_r = [w, np.full(F, -np.inf)]
+    hi_r = [np.full(A, np.inf), a]
 
-    def build(pass2: bool, opt: float) -> tuple[pywraplp.Solver, dict, list, list]:
-        s = pywraplp.Solver.CreateSolver("GLOP")
-        if time_limit:  # GLOP's deterministic work limit, never the wall clock
-            s.SetSolverSpecificParametersAsString(f"max_deterministic_time: {float(time_limit)!r}")
-        inf = s.infinity()
-        orders = np.unique(prep.e_order[active])
-        u = {int(o): s.NumVar(0.0, inf, "") for o in orders}
-        # a group's price is never below the cheapest ask it can reach (inframarginal: pi = min ask)
-        floor = np.zeros(G)
-        if len(net.f_pool):
-            floor[:] = np.inf
-            np.minimum.at(floor, net.f_group, a)
-            floor[~np.isfinite(floor)] = 0.0
-        pi = [s.NumVar(float(floor[j]), inf, "") for j in range(G)]
-        mu = [s.NumVar(0.0, inf, "") for _ in range(S)]
-        for e in active.tolist():
-            row = s.Constraint(float(w[e]), inf)
-            row.SetCoefficient(u[int(prep.e_order[e])], 1.0 / float(prep.e_n[e]))
-            row.SetCoefficient(pi[int(net.e_group[e])], 1.0)
-        for f in range(len(net.f_pool)):
-            row = s.Constraint(-inf, float(a[f]))
-            row.SetCoefficient(pi[int(net.f_group[f])], 1.0)
-            for sg in net.f_segs[f]:
-                row.SetCoefficient(mu[int(sg)], -1.0)
-        obj = s.Objective()
+    def solve(pass2: bool, opt: float) -> tuple[np.ndarray, np.ndarray] | None:
+        import scipy.sparse as sp  # the array interface of OR-Tools' model builder takes a scipy CSR matrix
+        from ortools.linear_solver.python import model_builder_helper as mbh
+
+        r, c, v, lo, hi = list(rows), list(cols), list(vals), list(lo_r), list(hi_r)
         if pass2:
-            bound = s.Constraint(-inf, opt * (1 + 1e-7) + 1e-6)  # LP tolerance of a primal optimum
-            for v in u.values():
-                bound.SetCoefficient(v, 1.0)
-            for sg, v in enumerate(mu):
-                bound.SetCoefficient(v, float(net.s_cap[sg]))
-            for v in pi:
-                obj.SetCoefficient(v, 1.0)
-            for v in mu:
-                obj.SetCoefficient(v, 1.0)
+            r += [np.full(U + S, A + F)]
+            c += [np.concatenate([np.arange(U), U + G + np.arange(S)])]
+            v += [np.concatenate([np.ones(U), cap])]
+            lo += [np.array([-np.inf])]
+            hi += [np.array([opt * (1 + 1e-7) + 1e-6])]  # LP tolerance of a primal optimum
+            obj = np.concatenate([np.zeros(U), np.ones(G + S)])
         else:
-            for v in u.values():
-                obj.SetCoefficient(v, 1.0)
-            for sg, v in enumerate(mu):
-                obj.SetCoefficient(v, float(net.s_cap[sg]))
-        obj.SetMinimization()
-        return s, u, pi, mu
+            obj = np.concatenate([np.ones(U), np.zeros(G), cap])
+        n_rows = A + F + (1 if pass2 else 0)
+        mat = sp.csr_matrix(
+            (
+                np.concatenate(v).astype(np.float64),
+                (np.concatenate(r).astype(np.int64), np.concatenate(c).astype(np.int64)),
+            ),
+            shape=(n_rows, U + G + S),
+        )
+        lb = np.concatenate([np.zeros(U), floor, np.zeros(S)])
+        ub = np.full(U + G + S, np.inf)
+        model = mbh.ModelBuilderHelper()
+        model.fill_model_from_sparse_data(lb, ub, obj, np.concatenate(lo), np.concatenate(hi), mat)  # type: ignore[arg-type]
+        model.set_maximize(False)
+        solver = mbh.ModelSolverHelper("glop")
+        if time_limit:  # GLOP's deterministic work limit, never the wall clock
+            solver.set_solver_specific_parameters(f"max_deterministic_time: {float(time_limit)!r}")
+        solver.solve(model)
+        if solver.status() != mbh.SolveStatus.OPTIMAL:
+            return None
+        x = np.asarray(solver.variable_values(), dtype=np.float64)
+        return x, np.array([float(solver.objective_value())])
 
     if opt_units is None:
-        s1, _u, pi1, mu1 = build(False, 0.0)
-        st = s1.Solve()
-        if st != pywraplp.Solver.OPTIMAL:
+        first = solve(False, 0.0)
+        if first is None:
             return Duals(np.zeros(G), np.zeros(S), False, time.perf_counter() - t0)
-        opt = s1.Objective().Value()
+        opt = float(first[1][0])
         if not minimum:
-            return Duals(
-                np.array([v.solution_value() for v in pi1]),
-                np.array([v.solution_value() for v in mu1]),
-                True,
-                time.perf_counter() - t0,
-                opt,
-            )
+            x1 = first[0]
+            return Duals(x1[U : U + G], x1[U + G :], True, time.perf_counter() - t0, opt)
     else:
         opt = opt_units * scale
-    s2, _u, pi2, mu2 = build(True, opt)
-    st = s2.Solve()
-    if st != pywraplp.Solver.OPTIMAL:
+    second = solve(True, opt)
+    if second is None:
         return Duals(np.zeros(G), np.zeros(S), False, time.perf_counter() - t0, opt)
-    return Duals(
-        np.array([v.solution_value() for v in pi2]),
-        np.array([max(0.0, v.solution_value()) for v in mu2]),
-        True,
-        time.perf_counter() - t0,
-        opt,
-    )
+    x2 = second[0]
+    return Duals(x2[U : U + G], np.maximum(0.0, x2[U + G :]), True, time.perf_counter() - t0, opt)
 
 
 def potentials(net: Network, graph: FlowGraph) -> Duals:
