@@ -27,6 +27,9 @@ from federation.dsse import sign_envelope
 #: usage refusals that clear up by themselves (retry later); any other refusal is final
 RETRY_REASONS = frozenset({"in_future", "not_confirmed"})
 METERED_STATUSES = frozenset({"confirmed", "completed", "cancelled"})
+#: contracts that ended this long ago are still listed at each refresh (a node away for up to a week still
+#: reports their last periods); older ones were metered to the end already or never started here
+CONTRACT_LOOKBACK_SECONDS = 7 * 86_400
 NETWORK_ERRORS = (OSError, aiohttp.ClientError, asyncio.TimeoutError)
 
 
@@ -107,7 +110,11 @@ class Agent:
 
     async def refresh_contracts(self) -> None:
         """The contracts on this site's pools: meters for confirmed ones, confirmation of pending ones."""
-        listed = await self.client.request("GET", "/v1/contracts", params={"limit": 10_000})
+        # this site's contracts still running, or ended within the look-back (an outage or a crash may have
+        # kept the node away when they ended: their last periods are still to report), not the provider's history
+        since = max(0, self.now() - CONTRACT_LOOKBACK_SECONDS)
+        params = {"limit": 10_000, "site": self.cfg.site, "ending_after": since}
+        listed = await self.client.request("GET", "/v1/contracts", params=params)
         for c in listed["items"]:
             if c["pool_id"] not in self.pools:
                 continue

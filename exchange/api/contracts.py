@@ -8,7 +8,7 @@ from exchange.api.auth import NONCE_CLAIM, remembers_nonce
 from exchange.api.boundary import parsed_body
 from exchange.api.keys import services
 from exchange.api.operations import Api, Args
-from exchange.api.params import ID, ChoiceParam, IntParam
+from exchange.api.params import ID, SITE_CRI_PATTERN, ChoiceParam, CriParam, IntParam
 from exchange.api.responses import model_response
 from exchange.services.contract_views import (
     CancelBody,
@@ -21,14 +21,25 @@ from exchange.services.contract_views import (
     UsageView,
 )
 from exchange.services.contracts import CONTRACT_STATUSES
+from exchange.services.fields import MAX_SAFE_INT
 
 routes = Api("contracts")
 
 LIST_QUERY = (
     ChoiceParam("status", "query", "only contracts in this state", choices=CONTRACT_STATUSES),
     IntParam("limit", "query", "at most this many (default 100)", lo=1, hi=10_000),
+    CriParam(
+        "site",
+        "query",
+        "only contracts on this site's pools (a site CRI, specs/cri.abnf): what a node agent meters",
+        pattern=SITE_CRI_PATTERN,
+        max_length=100,
+        hint="a site CRI (specs/cri.abnf)",
+        kind="site",
+    ),
+    IntParam("ending_after", "query", "only contracts ending after this instant (epoch s)", lo=0, hi=MAX_SAFE_INT),
 )
-STATUS, LIMIT = LIST_QUERY
+STATUS, LIMIT, SITE, ENDING_AFTER = LIST_QUERY
 
 
 @routes.get(
@@ -42,7 +53,13 @@ STATUS, LIMIT = LIST_QUERY
 )
 async def list_contracts(request: web.Request, args: Args) -> web.Response:
     """The caller's contracts (as buyer or provider), newest first."""
-    items = await services(request).contracts.list_for(args.who, status=args.get(STATUS), limit=args.get(LIMIT, 100))
+    items = await services(request).contracts.list_for(
+        args.who,
+        status=args.get(STATUS),
+        limit=args.get(LIMIT, 100),
+        site=args.get(SITE),
+        ending_after=args.get(ENDING_AFTER),
+    )
     return model_response(ContractList.model_validate({"items": items}))
 
 

@@ -29,6 +29,7 @@ from exchange.storage.participants import Participant
 from exchange.storage.registration import Pool, Site
 from federation.keys import SigningKey
 from identifiers.catalogue import Catalogue
+from identifiers.cri import parse_cri
 from identifiers.errors import ConflictError, NotFoundError, ValidationError
 from identifiers.ids import new_id_str
 
@@ -354,13 +355,31 @@ class ContractService:
             require_party(caller, row.buyer_id, row.provider_id, read=True)
             return contract_view(row)
 
-    async def list_for(self, caller: Caller, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The caller's contracts (as buyer or provider), newest first."""
+    async def list_for(
+        self,
+        caller: Caller,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        site: str | None = None,
+        ending_after: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The caller's contracts (as buyer or provider), newest first; `site` (a site CRI) keeps those on the
+        site's pools and `ending_after` those still running after that instant, so a node agent reads only
+        what it meters instead of the provider's whole history."""
         if status is not None and status not in CONTRACT_STATUSES:
             raise ValidationError(f"status must be one of {CONTRACT_STATUSES}", field="status")
         stmt = select(Contract).where(or_(Contract.buyer_id == caller.id, Contract.provider_id == caller.id))
         if status is not None:
             stmt = stmt.where(Contract.status == status)
+        if site is not None:
+            cri = parse_cri(site)
+            if cri.kind != "site":
+                raise ValidationError("site: expected a site CRI, got a pool CRI", field="site")
+            on_site = select(Pool.id).join(Site, Pool.site_id == Site.id).where(Site.cri == str(cri))
+            stmt = stmt.where(Contract.pool_id.in_(on_site))
+        if ending_after is not None:
+            stmt = stmt.where(Contract.end_at > ending_after)
         stmt = stmt.order_by(Contract.created_at.desc(), Contract.id.desc()).limit(limit)
         async with self.sessions() as session:
             return [contract_view(r) for r in (await session.scalars(stmt)).all()]

@@ -237,3 +237,25 @@ async def test_settlement_rows_are_append_only_in_the_database(market: Market, s
         async with market.api.svc.sessions.begin() as session:
             await session.execute(text(sql))
     assert len(await market.settlements(c["id"])) == 1
+
+
+async def test_contracts_listed_by_site_and_end_for_a_node_agent(market: Market) -> None:
+    """What a node agent reads each heartbeat: this site's contracts still running (or recently ended)."""
+    short = await market.contract("per_minute", devices=1, start=T0, end=T0 + HOUR)
+    long = await market.contract("per_minute", devices=1, start=T0, end=T0 + 4 * HOUR)
+    sites = (await market.provider.request("GET", "/v1/sites"))["sites"]
+    site = next(s for s in sites if market.pool_id in {p["id"] for p in s["pools"]})
+    pool_cri = next(p["cri"] for p in site["pools"] if p["id"] == market.pool_id)
+
+    async def ids(**params: Any) -> set[str]:
+        return {c["id"] for c in (await market.provider.request("GET", "/v1/contracts", params=params))["items"]}
+
+    assert await ids(site=site["cri"]) == {short["id"], long["id"]}
+    assert await ids(site=site["cri"].lower()) == {short["id"], long["id"]}  # any case names the same site
+    assert await ids(site=site["cri"], ending_after=T0 + 2 * HOUR) == {long["id"]}
+    assert await ids(ending_after=T0 + 4 * HOUR) == set()
+    assert await ids(site=site["cri"]) & await ids(status="pending") == {short["id"], long["id"]}
+    wrong = await refused(market.provider.request("GET", "/v1/contracts", params={"site": pool_cri}))
+    assert (wrong["status"], wrong.get("field")) == (422, "site")
+    negative = await refused(market.provider.request("GET", "/v1/contracts", params={"ending_after": -1}))
+    assert negative["status"] == 422
