@@ -33,12 +33,13 @@ from exchange.bench.api import _free_port
 from exchange.composition import build_services
 from exchange.settings import Settings
 from exchange.storage.contracts import Contract
+from exchange.storage.federation import OutboundHold
 from exchange.storage.orders import Order as OrderRow
 from exchange.storage.participants import Participant
 from exchange.storage.registration import Offer, Pool, Site
 from identifiers.cri import mint_pool_cri, mint_site_cri
 from identifiers.ids import new_id_str
-from matching.fabric import Fabric, clear_merged
+from matching.fabric import Fabric, clear_greedy_fabric, clear_hub_fabric, clear_merged, order_welfare
 from matching.model import Order
 
 Progress = Callable[[str, float], None]
@@ -58,14 +59,15 @@ ENV = {
 
 
 def _device_market(fabric: Fabric) -> Fabric:
-    """The fabric without SCU orders (the HTTP path forwards device orders) and with reservations folded
-    into smaller pools (offers carry free devices only)."""
+    """The fabric without SCU orders (the HTTP path forwards device orders), with reservations folded
+    into smaller pools (offers carry free devices only) and orders as `_seed` writes them (explicit models,
+    so no memory floor), so the merged reference clears exactly the market the processes see."""
     pools = []
     for p in fabric.market.pools:
         held = max((r.devices for r in p.reserved), default=0)
         if p.devices - held > 0:
             pools.append(replace(p, devices=p.devices - held, devices_per_node=p.devices - held, reserved=()))
-    orders = tuple(o for o in fabric.market.orders if o.quantity_scu is None)
+    orders = tuple(replace(o, min_memory_gb=0) for o in fabric.market.orders if o.quantity_scu is None)
     return replace(fabric, market=replace(fabric.market, pools=tuple(pools), orders=orders))
 
 
@@ -169,6 +171,8 @@ def _seed(proc: _Proc, fabric: Fabric, member: str) -> tuple[dict[str, str], dic
                 "limit_fen_per_device_hour": dict(o.limits),
                 "billing_mode": "per_minute",
                 "all_or_nothing": True,
+                "max_pools": o.max_pools,
+                "same_model": o.same_model,
             }
             oid = new_id_str()
             s.add(OrderRow(id=oid, buyer_id=buyer, idempotency_key=oid, request_hash="0" * 64, spec=spec,
@@ -190,16 +194,25 @@ def _welfare(fabric: Fabric, contracts: list[tuple[str, str, int, int, int]]) ->
     return sum(order_welfare(fabric.market, orders[oid], allocs) for oid, allocs in by_order.items())
 
 
-def run_http(fabric: Fabric, progress: Progress | None = None, *, settle_seconds: float = 90) -> dict[str, Any]:
+def run_http(
+    fabric: Fabric, progress: Progress | None = None, *, settle_seconds: float = 90, coupled: bool = True
+) -> dict[str, Any]:
     """Run the fabric over HTTP through a hub; the figures (see the module docstring)."""
     say = progress or (lambda _s, _f: None)
     fabric = _device_market(fabric)
     merged = clear_merged(fabric)
+    greedy = clear_greedy_fabric(fabric)
+    in_process = clear_hub_fabric(fabric)
     members = list(fabric.members)
+    # coupled: members run no rounds of their own; every open order goes to the hub, which routes each to
+    # its owners (the member's own capacity included), and the member clears what was routed to it
+    member_env = {"HETEX_FEDERATION_HUB": "H"}
+    if coupled:
+        member_env.update({"HETEX_FEDERATION_HUB_COUPLED": "true", "HETEX_ROUND_INTERVAL_SECONDS": "0"})
     with tempfile.TemporaryDirectory(prefix="hetex-fedbench-") as tmp:
         root = Path(tmp)
         hub = _Proc("H", root, "127.0.0.31", {"HETEX_FEDERATION_HUB_MODE": "true"})
-        procs = {m: _Proc(m, root, f"127.0.0.{32 + i}", {"HETEX_FEDERATION_HUB": "H"}) for i, m in enumerate(members)}
+        procs = {m: _Proc(m, root, f"127.0.0.{32 + i}", member_env) for i, m in enumerate(members)}
         everyone = [hub, *procs.values()]
         try:
             say("starting processes", 0.05)
@@ -273,6 +286,17 @@ def run_http(fabric: Fabric, progress: Progress | None = None, *, settle_seconds
             forwarded = len({c[0] for c in _cross_contracts(procs, offer_map, order_map)})
             lat = sorted(filled_at.values())
             hub_view = hub.get("/v1/federation/hub")
+            refusals: dict[str, int] = {}
+            for p in procs.values():
+                with p.session() as s:
+                    for status, error in s.execute(select(OutboundHold.status, OutboundHold.error)).all():
+                        if status != "committed":
+                            key = f"{status}: {(error or '').split(' (')[0]}"
+                            refusals[key] = refusals.get(key, 0) + 1
+            member_counts: dict[str, int] = {}
+            for p in procs.values():
+                for k, v in p.get("/v1/federation/hub")["counts"].items():
+                    member_counts[k] = member_counts.get(k, 0) + int(v)
         finally:
             for p in everyone:
                 p.stop()
@@ -280,11 +304,32 @@ def run_http(fabric: Fabric, progress: Progress | None = None, *, settle_seconds
     def pct(q: float) -> float | None:
         return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else None
 
+    def ratio(w: int) -> str:
+        return str(round(w / merged.welfare_fen, 4)) if merged.welfare_fen else "0"
+
+    got = {c[0] for c in contracts}
+    want = {a.order_id for a in merged.allocations}
+    orders_by_id = {o.id: o for o in fabric.market.orders}
+    missed = sorted(want - got)
     return {
+        "http_mode": "coupled" if coupled else "residual",
         "http_orders": total,
         "http_merged_welfare_fen": merged.welfare_fen,
         "http_welfare_fen": welfare,
-        "http_welfare_ratio_to_merged": str(round(welfare / merged.welfare_fen, 4)) if merged.welfare_fen else "0",
+        "http_welfare_ratio_to_merged": ratio(welfare),
+        "http_welfare_ratio_greedy": ratio(greedy.welfare_fen),
+        "http_welfare_ratio_in_process_hub": ratio(in_process.welfare_fen),
+        "http_merged_fill_rate": str(round(merged.filled_orders / max(1, total), 4)),
+        "http_greedy_fill_rate": str(round(greedy.filled_orders / max(1, total), 4)),
+        # where the welfare goes: orders the merged market fills that the processes did not (and the reverse)
+        "http_missed_orders": len(missed),
+        "http_missed_welfare_fen": sum(
+            order_welfare(fabric.market, orders_by_id[o], [a for a in merged.allocations if a.order_id == o])
+            for o in missed
+        ),
+        "http_extra_orders": len(got - want),
+        "http_member_counts": member_counts,
+        "http_holds_not_committed": refusals,
         "http_fill_rate": str(round(len(filled_at) / max(1, total), 4)),
         "http_cross_exchange_orders": forwarded,
         "http_peer_messages_per_order": str(round(protocol / max(1, forwarded), 3)),

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +32,7 @@ from exchange.services.federation import Federation
 from exchange.services.federation.context import OPEN_ORDER
 from exchange.services.federation_capacity import IN_FLIGHT_STATUSES, free_tranches
 from exchange.services.peer_client import PeerRefusedError, PeerUnavailableError
+from exchange.services.rounds import Routed
 from exchange.services.snapshot import OrderRow, latency_matrix, market_order
 from exchange.settings import Settings
 from exchange.storage.federation import OutboundHold
@@ -121,7 +122,12 @@ class HubService:
         self.hub_authority = settings.federation_hub or None
         # hub side, soft state
         self.supply: dict[str, SupplySummary] = {}
-        self.demand: dict[str, tuple[int, list[Order]]] = {}
+        self.demand: dict[str, tuple[float, list[Order]]] = {}
+        self.coupled: set[str] = set()  # members whose demand is all their open orders (local routes kept)
+        self.done_round: dict[str, int] = {}  # coupled member -> last hub round whose routes it finished
+        self._last_round_at = 0.0
+        self._all_done_at: float | None = None
+        self._awaiting: set[str] = set()  # coupled members the last round's routes were sent to
         self.rounds = 0
         self.last_round: dict[str, Any] = {}
         # member side
@@ -129,6 +135,12 @@ class HubService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counts: Counter[str] = Counter()
         self.route_latency_ms: deque[float] = deque(maxlen=2000)
+        #: Hook (exchange/composition.py): a clearing round on exactly the given own orders, each on the
+        #: models and regions the hub routed here (RoundService.run_round(..., routed=...)).
+        self.local_round: Callable[[Mapping[str, Routed]], Awaitable[Any]] | None = None
+        self._confirming: set[str] = set()  # own orders routed here or to owners, not yet done
+        self._done_round = 0  # the last hub round whose routes we finished (holds, commits, local round)
+        self._publish_now = asyncio.Event()
 
     # -------------------------------------------------------------------------------------- inbound
 
@@ -159,25 +171,81 @@ class HubService:
         return {"status": "accepted", "version": s.version}
 
     def receive_demand(self, v: VerifiedPeerMessage) -> dict[str, Any]:
-        """Hub side: a member's current unmet demand replaces what it sent before."""
+        """Hub side: a member's current unmet demand replaces what it sent before (`coupled`: all its open
+        orders, and routes back to its own capacity are sent to it too)."""
         self._need_hub()
         orders = orders_from_json(v.body.get("orders"))
-        self.demand[v.peer.authority] = (self.clock(), orders)
+        coupled = v.body.get("coupled", False)
+        if not isinstance(coupled, bool):
+            raise ValidationError("coupled must be true or false", field="body.coupled")
+        done = v.body.get("round", 0)
+        if not isinstance(done, int) or isinstance(done, bool) or done < 0:
+            raise ValidationError("round must be an integer >= 0", field="body.round")
+        self.demand[v.peer.authority] = (time.monotonic(), orders)
+        (self.coupled.add if coupled else self.coupled.discard)(v.peer.authority)
+        self.done_round[v.peer.authority] = done
         return {"status": "accepted", "orders": len(orders)}
 
     def receive_routes(self, v: VerifiedPeerMessage) -> dict[str, Any]:
         """Member side: the hub's routes for our orders; each order goes to its owners in the background."""
         if v.peer.authority != self.hub_authority:
             raise ValidationError(f"{v.peer.authority} is not this exchange's hub", field="from_authority")
+        number = v.body.get("round", 0)
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise ValidationError("round must be an integer >= 0", field="body.round")
         plans: dict[str, list[tuple[str, int, str, str]]] = {}
         for order_id, owner, n, model, region in routes_from_json(v.body.get("routes")):
             plans.setdefault(order_id, []).append((owner, n, model, region))
         t0 = time.perf_counter()
+        me = self.federation.ctx.authority
+        local: dict[str, Routed] = {}
+        remote: dict[str, list[tuple[str, int, str, str]]] = {}
         for order_id, plan in plans.items():
-            task = asyncio.create_task(self._forward(order_id, plan, t0))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if any(owner == me for owner, *_ in plan):
+                # routed (at least partly) to our own capacity: our round clears it on the routed classes
+                # (an order split between us and others is tried here whole; it goes back to the hub if not)
+                self.counts["routed_local" if all(o == me for o, *_ in plan) else "routed_mixed"] += 1
+                local[order_id] = Routed(tuple(sorted({m for *_, m, _r in plan})), tuple(sorted({r for *_, r in plan})))
+            else:
+                remote[order_id] = plan
+        self._confirming |= set(plans)
+        self._spawn(self._act(number, local, remote, t0))
         return {"status": "accepted", "orders": len(plans)}
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _act(
+        self,
+        number: int,
+        local: Mapping[str, Routed],
+        remote: Mapping[str, list[tuple[str, int, str, str]]],
+        t0: float,
+    ) -> None:
+        """Run one round's routes: the two-phase protocol with each remote order's owners, and one local
+        round on the orders routed to us; then tell the hub (next demand message) this round is done."""
+        try:
+            work = [self._forward(order_id, plan, t0) for order_id, plan in remote.items()]
+            if local and self.local_round is not None:
+                work.append(self._confirm_local(local, t0))
+            await asyncio.gather(*work)
+        finally:
+            self._confirming -= {*local, *remote}
+            self._done_round = max(self._done_round, number)
+            self._publish_now.set()  # the hub waits for this round's report before its next round
+
+    async def _confirm_local(self, routed: Mapping[str, Routed], t0: float) -> None:
+        """Clear the orders the hub routed to our own capacity in one round (same engine, prices, commit)."""
+        assert self.local_round is not None
+        try:
+            await self.local_round(routed)
+            self.counts["local_rounds"] += 1
+            self.route_latency_ms.append((time.perf_counter() - t0) * 1000.0)
+        except HetexError as exc:
+            self.counts["local_round_refused"] += 1
+            log.info("hub local round: %s", exc.message)
 
     async def _forward(self, order_id: str, plan: list[tuple[str, int, str, str]], t0: float) -> None:
         try:
@@ -241,9 +309,10 @@ class HubService:
         return SupplySummary(self.federation.ctx.authority, self._version, now, now + ttl, slot, tuple(classes))
 
     async def unmet_demand(self) -> list[Order]:
-        """Open device orders older than `federation_forward_after_seconds` and not in flight at a peer."""
+        """Open device orders older than `federation_forward_after_seconds` (coupled: every open device
+        order, our own rounds clear only what the hub routes back) and not in flight at a peer."""
         now = self.clock()
-        after = self.settings.federation_forward_after_seconds
+        after = 0.0 if self.settings.federation_hub_coupled else self.settings.federation_forward_after_seconds
         async with self.sessions() as session:
             busy = select(OutboundHold.order_id).where(OutboundHold.status.in_(IN_FLIGHT_STATUSES))
             rows = (
@@ -260,7 +329,7 @@ class HubService:
                 )
             ).all()
         out = []
-        for seq, r in enumerate(rows):
+        for seq, r in enumerate(x for x in rows if x.id not in self._confirming):
             row = OrderRow(r.id, r.buyer_id, r.status, r.spec, r.quantity_devices, r.filled_devices, r.updated_at,
                            r.created_at, r.spec.get("home_region"))  # fmt: skip
             made = market_order(row, seq, self.catalogue, slot_seconds=self.settings.round_slot_seconds)
@@ -272,6 +341,7 @@ class HubService:
         """Send the hub our supply summary (a hub: the aggregate of its members') and our unmet demand."""
         if self.hub_authority is None:
             return {"status": "no_hub"}
+        done = self._done_round  # read before the summary is built: it reflects that round's holds
         hub = await self.federation.peers.peer(self.hub_authority)
         me = self.federation.ctx.me
         if self.is_hub:
@@ -286,7 +356,9 @@ class HubService:
         env = sign_supply_summary(summary, me.key_id, me.key)
         await client.send(hub, "/v1/federation/hub/summaries", client.build(hub, "supply_summary", {"summary": env}))
         demand = await self.unmet_demand()
-        body = {"orders": orders_to_json(demand)}
+        body: dict[str, Any] = {"orders": orders_to_json(demand)}
+        if self.settings.federation_hub_coupled and not self.is_hub:
+            body.update(coupled=True, round=done)
         await client.send(hub, "/v1/federation/hub/demand", client.build(hub, "hub_demand", body))
         self.counts["published"] += 1
         return {"status": "sent", "classes": len(summary.classes), "orders": len(demand)}
@@ -297,10 +369,15 @@ class HubService:
         """Clear members' demand on members' curves; send each buyer exchange its routes."""
         now = self.clock()
         fresh = {m: s for m, s in self.supply.items() if s.expires_at > now}
+        mono = time.monotonic()
         ttl = self.settings.federation_summary_ttl_seconds
-        demand = {m: os_ for m, (t, os_) in self.demand.items() if t > now - ttl}
+        demand = {m: os_ for m, (t, os_) in self.demand.items() if t > mono - ttl}
+        if self.coupled & set(fresh) and not self._all_reported(fresh, mono):
+            return {"status": "waiting", "members": len(fresh), "reported": len(demand)}
         self.demand.clear()  # members resend every interval; an order is routed once per its sending
-        if not fresh or not demand:
+        self._last_round_at = mono
+        self._all_done_at = None
+        if not fresh or not any(demand.values()):
             return {"status": "idle", "members": len(fresh), "orders": sum(len(v) for v in demand.values())}
         slot = Counter(s.slot_seconds for s in fresh.values()).most_common(1)[0][0]
         curves = [curve_of(m, c, slot) for m, s in fresh.items() if s.slot_seconds == slot for c in s.classes]
@@ -328,12 +405,14 @@ class HubService:
         solve_ms = (time.perf_counter() - t0) * 1000.0
         self.rounds += 1
         # the owner of a route is the member whose summary we cleared; a route back to the buyer's own
-        # exchange is dropped (its own rounds already saw that capacity)
-        by_buyer: dict[str, list[Route]] = {}
+        # exchange is dropped (its own rounds already saw that capacity) unless the member is coupled (its
+        # rounds clear only what we route to it)
+        by_buyer: dict[str, list[Route]] = {m: [] for m in self.coupled & set(fresh)}  # coupled: every round
         for r in routes:
-            if r.owner != r.buyer_exchange:
+            if r.owner != r.buyer_exchange or r.buyer_exchange in self.coupled:
                 by_buyer.setdefault(r.buyer_exchange, []).append(r)
         sent = await self._send_routes(by_buyer)
+        self._awaiting = {m for m, how in sent.items() if how == "sent" and m in self.coupled}
         self.last_round = {
             "round": self.rounds,
             "at": now,
@@ -345,6 +424,20 @@ class HubService:
             "sent": sent,
         }
         return {"status": "cleared", **self.last_round}
+
+    def _all_reported(self, fresh: Mapping[str, SupplySummary], mono: float) -> bool:
+        """A coupled fabric clears once (1) every coupled member with a fresh summary said it finished the
+        last round's routes (its holds at the owners granted or refused, its local round done), and (2)
+        every member sent a summary and demand after that moment, so no curve still counts capacity the
+        last round already placed. A member that does not answer within the hold TTL is not waited for."""
+        if mono - self._last_round_at > self.settings.federation_hold_ttl_seconds:
+            return any(t > self._last_round_at for t, _o in self.demand.values())
+        members = set(fresh)
+        if any(self.done_round.get(m, 0) < self.rounds for m in members & self._awaiting):
+            return False
+        if self._all_done_at is None:
+            self._all_done_at = mono
+        return all(m in self.demand and self.demand[m][0] > self._all_done_at for m in members)
 
     async def _send_routes(self, by_buyer: Mapping[str, list[Route]]) -> dict[str, str]:
         client = self.federation.ctx.client
@@ -393,7 +486,7 @@ class HubService:
 
     # -------------------------------------------------------------------------------------- loops
 
-    async def _loop(self, name: str, interval: float, tick: Any) -> None:
+    async def _loop(self, name: str, interval: float, tick: Any, wake: asyncio.Event | None = None) -> None:
         while True:
             try:
                 await tick()
@@ -403,14 +496,19 @@ class HubService:
                 log.info("hub %s: %s", name, exc.message)
             except Exception:
                 log.exception("hub %s failed; retrying in %s s", name, interval)
-            await asyncio.sleep(interval)
+            if wake is None:
+                await asyncio.sleep(interval)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)
+            wake.clear()
 
     def background_tasks(self) -> list[Coroutine[Any, Any, None]]:
         """The loops `hetex serve` runs: publishing to our hub, and hub rounds when we are one."""
         loops: list[Coroutine[Any, Any, None]] = []
         s = self.settings
         if self.hub_authority and s.federation_summary_interval_seconds > 0:
-            loops.append(self._loop("publish", s.federation_summary_interval_seconds, self.publish))
+            loops.append(self._loop("publish", s.federation_summary_interval_seconds, self.publish, self._publish_now))
         if self.is_hub and s.federation_hub_round_interval_seconds > 0:
             loops.append(self._loop("round", s.federation_hub_round_interval_seconds, self.hub_round))
         return loops
