@@ -58,16 +58,37 @@ ENV = {
 }
 
 
+# the generator's model codes that the exchange catalogue (identifiers/catalogue) spells differently: an
+# exchange refuses a pool or an order term of a model it does not know, so unmapped they would be
+# invisible to the processes but not to the merged reference
+CATALOGUE_CODE = {"NV-A100-80G": "NV-A100-80G-SXM", "HYG-K100-AI": "HG-K100-AI", "ILU-BI-V100": "IX-BI-V100"}
+
+
+def _code(model: str) -> str:
+    return CATALOGUE_CODE.get(model, model)
+
+
 def _device_market(fabric: Fabric) -> Fabric:
     """The fabric without SCU orders (the HTTP path forwards device orders), with reservations folded
-    into smaller pools (offers carry free devices only) and orders as `_seed` writes them (explicit models,
-    so no memory floor), so the merged reference clears exactly the market the processes see."""
+    into smaller pools (offers carry free devices only), catalogue model codes, and orders as `_seed`
+    writes them (explicit models, so no memory floor), so the merged reference clears exactly the market
+    the processes see."""
     pools = []
     for p in fabric.market.pools:
         held = max((r.devices for r in p.reserved), default=0)
         if p.devices - held > 0:
-            pools.append(replace(p, devices=p.devices - held, devices_per_node=p.devices - held, reserved=()))
-    orders = tuple(replace(o, min_memory_gb=0) for o in fabric.market.orders if o.quantity_scu is None)
+            free = p.devices - held
+            pools.append(replace(p, model=_code(p.model), devices=free, devices_per_node=free, reserved=()))
+    orders = tuple(
+        replace(
+            o,
+            min_memory_gb=0,
+            models=tuple(sorted(_code(m) for m in o.models)),
+            limits={_code(m): v for m, v in sorted(o.limits.items())},
+        )
+        for o in fabric.market.orders
+        if o.quantity_scu is None
+    )
     return replace(fabric, market=replace(fabric.market, pools=tuple(pools), orders=orders))
 
 
@@ -136,15 +157,21 @@ def _participant(s: Session, role: str, name: str) -> str:
     return pid
 
 
-def _seed(proc: _Proc, fabric: Fabric, member: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Write the member's pools (one provider, site, pool and open offer each) and orders; id maps
-    (database offer id -> generated pool id, database order id -> generated order id)."""
+def _wait_for(cond: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the hub did not see every member's supply summary")
+        time.sleep(0.2)
+
+
+def _seed_pools(proc: _Proc, fabric: Fabric, member: str) -> dict[str, str]:
+    """Write the member's pools (one provider, site, pool and open offer each); database pool id ->
+    generated pool id."""
     now = int(time.time())
     offers: dict[str, str] = {}
-    orders: dict[str, str] = {}
     with proc.session() as s, s.begin():
         provider = _participant(s, "provider", "bench provider")
-        buyer = _participant(s, "buyer", "bench buyer")
         s.flush()
         for i, p in enumerate(x for x in fabric.market.pools if fabric.pool_owner[x.id] == member):
             site_cri = mint_site_cri(member, p.region, f"PR{i:03d}")
@@ -163,23 +190,32 @@ def _seed(proc: _Proc, fabric: Fabric, member: str) -> tuple[dict[str, str], dic
                           billing_modes=["per_minute"], status="open", created_at=now)  # fmt: skip
             s.add(offer)
             offers[pool.id] = p.id
-        for o in (x for x in fabric.market.orders if fabric.order_owner[x.id] == member):
-            spec = {
-                "quantity_devices": o.quantity_devices,
-                "models": list(o.models),
-                "duration_seconds": o.duration_seconds,
-                "limit_fen_per_device_hour": dict(o.limits),
-                "billing_mode": "per_minute",
-                "all_or_nothing": True,
-                "max_pools": o.max_pools,
-                "same_model": o.same_model,
-            }
-            oid = new_id_str()
-            s.add(OrderRow(id=oid, buyer_id=buyer, idempotency_key=oid, request_hash="0" * 64, spec=spec,
-                           billing_mode="per_minute", status="open", quantity_devices=o.quantity_devices,
-                           filled_devices=0, created_at=now))  # fmt: skip
-            orders[oid] = o.id
-    return offers, orders
+    return offers
+
+
+def _seed_orders(s: Session, fabric: Fabric, member: str) -> dict[str, str]:
+    """Add the member's open device orders in `s` (the caller commits); database order id -> generated id."""
+    now = int(time.time())
+    orders: dict[str, str] = {}
+    buyer = _participant(s, "buyer", "bench buyer")
+    s.flush()
+    for o in (x for x in fabric.market.orders if fabric.order_owner[x.id] == member):
+        spec = {
+            "quantity_devices": o.quantity_devices,
+            "models": list(o.models),
+            "duration_seconds": o.duration_seconds,
+            "limit_fen_per_device_hour": dict(o.limits),
+            "billing_mode": "per_minute",
+            "all_or_nothing": True,
+            "max_pools": o.max_pools,
+            "same_model": o.same_model,
+        }
+        oid = new_id_str()
+        s.add(OrderRow(id=oid, buyer_id=buyer, idempotency_key=oid, request_hash="0" * 64, spec=spec,
+                       billing_mode="per_minute", status="open", quantity_devices=o.quantity_devices,
+                       filled_devices=0, created_at=now))  # fmt: skip
+        orders[oid] = o.id
+    return orders
 
 
 def _welfare(fabric: Fabric, contracts: list[tuple[str, str, int, int, int]]) -> int:
@@ -195,7 +231,12 @@ def _welfare(fabric: Fabric, contracts: list[tuple[str, str, int, int, int]]) ->
 
 
 def run_http(
-    fabric: Fabric, progress: Progress | None = None, *, settle_seconds: float = 90, coupled: bool = True
+    fabric: Fabric,
+    progress: Progress | None = None,
+    *,
+    settle_seconds: float = 90,
+    coupled: bool = True,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
     """Run the fabric over HTTP through a hub; the figures (see the module docstring)."""
     say = progress or (lambda _s, _f: None)
@@ -210,7 +251,7 @@ def run_http(
     if coupled:
         member_env.update({"HETEX_FEDERATION_HUB_COUPLED": "true", "HETEX_ROUND_INTERVAL_SECONDS": "0"})
     with tempfile.TemporaryDirectory(prefix="hetex-fedbench-") as tmp:
-        root = Path(tmp)
+        root = keep if keep is not None else Path(tmp)  # `keep`: the processes' folders and logs stay
         hub = _Proc("H", root, "127.0.0.31", {"HETEX_FEDERATION_HUB_MODE": "true"})
         procs = {m: _Proc(m, root, f"127.0.0.{32 + i}", member_env) for i, m in enumerate(members)}
         everyone = [hub, *procs.values()]
@@ -239,9 +280,23 @@ def run_http(
             say("seeding", 0.3)
             offer_map: dict[str, dict[str, str]] = {}
             order_map: dict[str, dict[str, str]] = {}
-            t_seed = time.monotonic()
             for m, p in procs.items():
-                offer_map[m], order_map[m] = _seed(p, fabric, m)
+                offer_map[m] = _seed_pools(p, fabric, m)
+            # the orders arrive once the hub has every member's curves (as in the merged market, where
+            # every pool is there before the round), all members' orders together
+            _wait_for(lambda: len(hub.get("/v1/federation/hub")["members"]) == len(procs), 60)
+            sessions = {m: p.session() for m, p in procs.items()}
+            try:  # every member's orders written first, then committed back to back (a few ms apart)
+                for m, s in sessions.items():
+                    s.begin()
+                    order_map[m] = _seed_orders(s, fabric, m)
+                    s.flush()
+                t_seed = time.monotonic()
+                for s in sessions.values():
+                    s.commit()
+            finally:
+                for s in sessions.values():
+                    s.close()
             filled_at: dict[str, float] = {}
             total = sum(len(v) for v in order_map.values())
             deadline = time.monotonic() + settle_seconds
@@ -330,6 +385,7 @@ def run_http(
         "http_extra_orders": len(got - want),
         "http_member_counts": member_counts,
         "http_holds_not_committed": refusals,
+        **({"http_contracts": contracts} if keep is not None else {}),
         "http_fill_rate": str(round(len(filled_at) / max(1, total), 4)),
         "http_cross_exchange_orders": forwarded,
         "http_peer_messages_per_order": str(round(protocol / max(1, forwarded), 3)),
@@ -337,6 +393,10 @@ def run_http(
         "http_order_to_contract_ms_p50": pct(0.5),
         "http_order_to_contract_ms_p99": pct(0.99),
         "http_hub_rounds": hub_view["rounds"],
+        # seconds after the orders were written, orders cleared, routes sent (the hub's last rounds)
+        "http_hub_round_timeline": [
+            [round(r["monotonic"] - t_seed, 2), r["orders"], r["routes"]] for r in hub_view["recent_rounds"]
+        ],
     }
 
 

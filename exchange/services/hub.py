@@ -130,6 +130,7 @@ class HubService:
         self._awaiting: set[str] = set()  # coupled members the last round's routes were sent to
         self.rounds = 0
         self.last_round: dict[str, Any] = {}
+        self.history: deque[dict[str, Any]] = deque(maxlen=20)  # the last rounds, for GET /v1/federation/hub
         # member side
         self._version = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -415,6 +416,7 @@ class HubService:
         self._awaiting = {m for m, how in sent.items() if how == "sent" and m in self.coupled}
         self.last_round = {
             "round": self.rounds,
+            "monotonic": round(mono, 3),
             "at": now,
             "members": sorted(fresh),
             "orders": len(orders),
@@ -423,6 +425,7 @@ class HubService:
             "solve_ms": round(solve_ms, 1),
             "sent": sent,
         }
+        self.history.append(dict(self.last_round))
         return {"status": "cleared", **self.last_round}
 
     def _all_reported(self, fresh: Mapping[str, SupplySummary], mono: float) -> bool:
@@ -479,6 +482,7 @@ class HubService:
             "members": sorted(m for m, s in self.supply.items() if s.expires_at > now),
             "rounds": self.rounds,
             "last_round": self.last_round,
+            "recent_rounds": list(self.history),
             "counts": dict(self.counts),
             "route_to_contract_ms_p50": lat[len(lat) // 2] if lat else None,
             "route_to_contract_ms_p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
