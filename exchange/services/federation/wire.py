@@ -124,8 +124,11 @@ def contract_body_for(
     devices: int,
     fee_bps: int,
     created_at: int,
+    buyer_price_fen: int | None = None,
+    provider_price_fen: int | None = None,
 ) -> dict[str, Any]:
-    """The cross-exchange contract record both exchanges sign (pay-as-ask: buyer price = provider ask)."""
+    """The cross-exchange contract record both exchanges sign, at the owner's clearing prices (pay-as-ask,
+    buyer price = provider ask, when none are given: an SCU order placed by immediate matching)."""
     return {
         "contract_id": contract_id,
         "kind": "cross_exchange",
@@ -144,8 +147,8 @@ def contract_body_for(
         "devices": devices,
         "start_at": order.start_at,
         "end_at": order.end_at,
-        "buyer_price_fen": tranche.ask_fen,
-        "provider_price_fen": tranche.ask_fen,
+        "buyer_price_fen": tranche.ask_fen if buyer_price_fen is None else buyer_price_fen,
+        "provider_price_fen": tranche.ask_fen if provider_price_fen is None else provider_price_fen,
         "fee_bps": fee_bps,
         "billing_mode": order.billing_mode,
         "billing_terms": {},
