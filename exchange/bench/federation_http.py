@@ -252,7 +252,8 @@ def run_http(
         member_env.update({"HETEX_FEDERATION_HUB_COUPLED": "true", "HETEX_ROUND_INTERVAL_SECONDS": "0"})
     with tempfile.TemporaryDirectory(prefix="hetex-fedbench-") as tmp:
         root = keep if keep is not None else Path(tmp)  # `keep`: the processes' folders and logs stay
-        hub = _Proc("H", root, "127.0.0.31", {"HETEX_FEDERATION_HUB_MODE": "true"})
+        hub_env = {"HETEX_FEDERATION_HUB_MODE": "true", "HETEX_ROUND_INTERVAL_SECONDS": "0"}  # it has no pools
+        hub = _Proc("H", root, "127.0.0.31", hub_env)
         procs = {m: _Proc(m, root, f"127.0.0.{32 + i}", member_env) for i, m in enumerate(members)}
         everyone = [hub, *procs.values()]
         try:

@@ -128,6 +128,9 @@ class HubService:
         self._last_round_at = 0.0
         self._all_done_at: float | None = None
         self._awaiting: set[str] = set()  # coupled members the last round's routes were sent to
+        self._demand_ids: dict[str, tuple[str, ...]] = {}  # member -> the order ids it sent last
+        self._changed_at = 0.0  # when a member's demand last differed from what it sent before
+        self._fired_by = ""
         self.rounds = 0
         self.last_round: dict[str, Any] = {}
         self.history: deque[dict[str, Any]] = deque(maxlen=20)  # the last rounds, for GET /v1/federation/hub
@@ -182,7 +185,12 @@ class HubService:
         done = v.body.get("round", 0)
         if not isinstance(done, int) or isinstance(done, bool) or done < 0:
             raise ValidationError("round must be an integer >= 0", field="body.round")
-        self.demand[v.peer.authority] = (time.monotonic(), orders)
+        mono = time.monotonic()
+        ids = tuple(sorted(o.id for o in orders))
+        if self._demand_ids.get(v.peer.authority) != ids:
+            self._demand_ids[v.peer.authority] = ids
+            self._changed_at = mono
+        self.demand[v.peer.authority] = (mono, orders)
         (self.coupled.add if coupled else self.coupled.discard)(v.peer.authority)
         self.done_round[v.peer.authority] = done
         return {"status": "accepted", "orders": len(orders)}
@@ -373,6 +381,7 @@ class HubService:
         mono = time.monotonic()
         ttl = self.settings.federation_summary_ttl_seconds
         demand = {m: os_ for m, (t, os_) in self.demand.items() if t > mono - ttl}
+        self._fired_by = "interval"
         if self.coupled & set(fresh) and not self._all_reported(fresh, mono):
             return {"status": "waiting", "members": len(fresh), "reported": len(demand)}
         self.demand.clear()  # members resend every interval; an order is routed once per its sending
@@ -424,6 +433,7 @@ class HubService:
             "welfare_fen": result.stats.welfare_fen,
             "solve_ms": round(solve_ms, 1),
             "sent": sent,
+            "fired_by": self._fired_by,
         }
         self.history.append(dict(self.last_round))
         return {"status": "cleared", **self.last_round}
@@ -434,13 +444,22 @@ class HubService:
         every member sent a summary and demand after that moment, so no curve still counts capacity the
         last round already placed. A member that does not answer within the hold TTL is not waited for."""
         if mono - self._last_round_at > self.settings.federation_hold_ttl_seconds:
+            self._fired_by = "timeout"
             return any(t > self._last_round_at for t, _o in self.demand.values())
         members = set(fresh)
         if any(self.done_round.get(m, 0) < self.rounds for m in members & self._awaiting):
             return False
         if self._all_done_at is None:
             self._all_done_at = mono
-        return all(m in self.demand and self.demand[m][0] > self._all_done_at for m in members)
+        if not all(m in self.demand and self.demand[m][0] > self._all_done_at for m in members):
+            return False
+        # (3) a call period: orders arriving at several members within a moment are cleared together, so
+        # the round waits until every member sent the same demand once more (at most 3 publish intervals)
+        self._fired_by = "settled"
+        if all(self.demand[m][0] > self._changed_at for m in members):
+            return True
+        self._fired_by = "batch_limit"
+        return mono - self._all_done_at > 3 * max(1.0, self.settings.federation_summary_interval_seconds)
 
     async def _send_routes(self, by_buyer: Mapping[str, list[Route]]) -> dict[str, str]:
         client = self.federation.ctx.client
