@@ -185,12 +185,17 @@ class HubService:
         done = v.body.get("round", 0)
         if not isinstance(done, int) or isinstance(done, bool) or done < 0:
             raise ValidationError("round must be an integer >= 0", field="body.round")
-        mono = time.monotonic()
+        now = time.time()
+        # when the member read these orders, in microseconds (a coupled member says; integers: canonical JSON)
+        as_of_us = v.body.get("as_of_us", int(now * 1e6))
+        if not isinstance(as_of_us, int) or isinstance(as_of_us, bool) or as_of_us < 0:
+            raise ValidationError("as_of_us must be a time in microseconds", field="body.as_of_us")
+        as_of = as_of_us / 1e6
         ids = tuple(sorted(o.id for o in orders))
         if self._demand_ids.get(v.peer.authority) != ids:
             self._demand_ids[v.peer.authority] = ids
-            self._changed_at = mono
-        self.demand[v.peer.authority] = (mono, orders)
+            self._changed_at = now
+        self.demand[v.peer.authority] = (min(float(as_of), now), orders)  # a member cannot claim the future
         (self.coupled.add if coupled else self.coupled.discard)(v.peer.authority)
         self.done_round[v.peer.authority] = done
         return {"status": "accepted", "orders": len(orders)}
@@ -351,6 +356,7 @@ class HubService:
         if self.hub_authority is None:
             return {"status": "no_hub"}
         done = self._done_round  # read before the summary is built: it reflects that round's holds
+        as_of = time.time()  # and before the orders are read
         hub = await self.federation.peers.peer(self.hub_authority)
         me = self.federation.ctx.me
         if self.is_hub:
@@ -367,7 +373,7 @@ class HubService:
         demand = await self.unmet_demand()
         body: dict[str, Any] = {"orders": orders_to_json(demand)}
         if self.settings.federation_hub_coupled and not self.is_hub:
-            body.update(coupled=True, round=done)
+            body.update(coupled=True, round=done, as_of_us=int(as_of * 1e6))
         await client.send(hub, "/v1/federation/hub/demand", client.build(hub, "hub_demand", body))
         self.counts["published"] += 1
         return {"status": "sent", "classes": len(summary.classes), "orders": len(demand)}
@@ -379,13 +385,14 @@ class HubService:
         now = self.clock()
         fresh = {m: s for m, s in self.supply.items() if s.expires_at > now}
         mono = time.monotonic()
+        wall = time.time()
         ttl = self.settings.federation_summary_ttl_seconds
-        demand = {m: os_ for m, (t, os_) in self.demand.items() if t > mono - ttl}
+        demand = {m: os_ for m, (t, os_) in self.demand.items() if t > wall - ttl}
         self._fired_by = "interval"
-        if self.coupled & set(fresh) and not self._all_reported(fresh, mono):
+        if self.coupled & set(fresh) and not self._all_reported(fresh, wall):
             return {"status": "waiting", "members": len(fresh), "reported": len(demand)}
         self.demand.clear()  # members resend every interval; an order is routed once per its sending
-        self._last_round_at = mono
+        self._last_round_at = wall
         self._all_done_at = None
         if not fresh or not any(demand.values()):
             return {"status": "idle", "members": len(fresh), "orders": sum(len(v) for v in demand.values())}
@@ -438,19 +445,20 @@ class HubService:
         self.history.append(dict(self.last_round))
         return {"status": "cleared", **self.last_round}
 
-    def _all_reported(self, fresh: Mapping[str, SupplySummary], mono: float) -> bool:
+    def _all_reported(self, fresh: Mapping[str, SupplySummary], wall: float) -> bool:
         """A coupled fabric clears once (1) every coupled member with a fresh summary said it finished the
         last round's routes (its holds at the owners granted or refused, its local round done), and (2)
         every member sent a summary and demand after that moment, so no curve still counts capacity the
-        last round already placed. A member that does not answer within the hold TTL is not waited for."""
-        if mono - self._last_round_at > self.settings.federation_hold_ttl_seconds:
+        last round already placed. Times are when members read their orders (`as_of`), on the wall clock.
+        A member silent for a summary TTL is not waited for (by then its summary is no longer fresh)."""
+        if wall - self._last_round_at > self.settings.federation_summary_ttl_seconds:
             self._fired_by = "timeout"
             return any(t > self._last_round_at for t, _o in self.demand.values())
         members = set(fresh)
         if any(self.done_round.get(m, 0) < self.rounds for m in members & self._awaiting):
             return False
         if self._all_done_at is None:
-            self._all_done_at = mono
+            self._all_done_at = wall
         if not all(m in self.demand and self.demand[m][0] > self._all_done_at for m in members):
             return False
         # (3) a call period: orders arriving at several members within a moment are cleared together, so
@@ -459,7 +467,7 @@ class HubService:
         if all(self.demand[m][0] > self._changed_at for m in members):
             return True
         self._fired_by = "batch_limit"
-        return mono - self._all_done_at > 3 * max(1.0, self.settings.federation_summary_interval_seconds)
+        return wall - self._all_done_at > 3 * max(1.0, self.settings.federation_summary_interval_seconds)
 
     async def _send_routes(self, by_buyer: Mapping[str, list[Route]]) -> dict[str, str]:
         client = self.federation.ctx.client
