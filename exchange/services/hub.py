@@ -57,6 +57,9 @@ log = logging.getLogger("hetex.hub")
 MAX_DEMAND = 2000
 MAX_ROUTES = 4000
 HORIZON_SLOTS = 8
+# routed orders a member runs the two-phase protocol for at once: each is two requests to its owners, and
+# an owner takes at most 32 connections from one address (exchange/api/connections.py)
+ROUTE_CONCURRENCY = 8
 SUMMARY_SLOT_SECONDS = 3600
 
 
@@ -240,8 +243,14 @@ class HubService:
     ) -> None:
         """Run one round's routes: the two-phase protocol with each remote order's owners, and one local
         round on the orders routed to us; then tell the hub (next demand message) this round is done."""
+        gate = asyncio.Semaphore(ROUTE_CONCURRENCY)
+
+        async def forward(order_id: str, plan: list[tuple[str, int, str, str]]) -> None:
+            async with gate:
+                await self._forward(order_id, plan, t0)
+
         try:
-            work = [self._forward(order_id, plan, t0) for order_id, plan in remote.items()]
+            work = [forward(order_id, plan) for order_id, plan in remote.items()]
             if local and self.local_round is not None:
                 work.append(self._confirm_local(local, t0))
             await asyncio.gather(*work)
