@@ -59,7 +59,7 @@ MAX_ROUTES = 4000
 HORIZON_SLOTS = 8
 # routed orders a member runs the two-phase protocol for at once: each is two requests to its owners, and
 # an owner takes at most 32 connections from one address (exchange/api/connections.py)
-ROUTE_CONCURRENCY = 8
+ROUTE_CONCURRENCY = 16
 SUMMARY_SLOT_SECONDS = 3600
 
 
