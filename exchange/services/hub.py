@@ -60,6 +60,7 @@ HORIZON_SLOTS = 8
 # routed orders a member runs the two-phase protocol for at once: each is two requests to its owners, and
 # an owner takes at most 32 connections from one address (exchange/api/connections.py)
 ROUTE_CONCURRENCY = 16
+MAX_ASKS = 64
 SUMMARY_SLOT_SECONDS = 3600
 
 
@@ -90,8 +91,8 @@ def orders_from_json(data: Any) -> list[Order]:
     return list(market.orders)
 
 
-def routes_from_json(data: Any) -> list[tuple[str, str, int, str, str]]:
-    """(order id, owner, devices, model, region) of a hub_routes body (ValidationError naming the field)."""
+def routes_from_json(data: Any) -> list[tuple[str, str, int, str, str, tuple[int, ...]]]:
+    """(order id, owner, devices, model, region, asks) of a hub_routes body (ValidationError naming the field)."""
     if not isinstance(data, list) or len(data) > MAX_ROUTES:
         raise ValidationError(f"routes must be a list of at most {MAX_ROUTES}", field="body.routes")
     out = []
@@ -100,8 +101,15 @@ def routes_from_json(data: Any) -> list[tuple[str, str, int, str, str]]:
         n = r.get("devices") if isinstance(r, dict) else None
         if not ok or not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValidationError("a route is {order_id, owner, devices >= 1, model, region}", field="body.routes")
-        out.append((r["order_id"], r["owner"], n, r["model"], r["region"]))
+        asks = r.get("asks", [])
+        if not isinstance(asks, list) or len(asks) > MAX_ASKS or not all(_fen(a) for a in asks):
+            raise ValidationError(f"a route's asks are at most {MAX_ASKS} integers >= 0", field="body.routes")
+        out.append((r["order_id"], r["owner"], n, r["model"], r["region"], tuple(asks)))
     return out
+
+
+def _fen(a: Any) -> bool:
+    return isinstance(a, int) and not isinstance(a, bool) and a >= 0
 
 
 class HubService:
@@ -211,8 +219,10 @@ class HubService:
         if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             raise ValidationError("round must be an integer >= 0", field="body.round")
         plans: dict[str, list[tuple[str, int, str, str]]] = {}
-        for order_id, owner, n, model, region in routes_from_json(v.body.get("routes")):
+        asks: dict[str, dict[str, set[int]]] = {}
+        for order_id, owner, n, model, region, steps in routes_from_json(v.body.get("routes")):
             plans.setdefault(order_id, []).append((owner, n, model, region))
+            asks.setdefault(order_id, {}).setdefault(owner, set()).update(steps)
         t0 = time.perf_counter()
         me = self.federation.ctx.authority
         local: dict[str, Routed] = {}
@@ -226,7 +236,7 @@ class HubService:
             else:
                 remote[order_id] = plan
         self._confirming |= set(plans)
-        self._spawn(self._act(number, local, remote, t0))
+        self._spawn(self._act(number, local, remote, asks, t0))
         return {"status": "accepted", "orders": len(plans)}
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -239,6 +249,7 @@ class HubService:
         number: int,
         local: Mapping[str, Routed],
         remote: Mapping[str, list[tuple[str, int, str, str]]],
+        asks: Mapping[str, Mapping[str, set[int]]],
         t0: float,
     ) -> None:
         """Run one round's routes: the two-phase protocol with each remote order's owners, and one local
@@ -247,7 +258,7 @@ class HubService:
 
         async def forward(order_id: str, plan: list[tuple[str, int, str, str]]) -> None:
             async with gate:
-                await self._forward(order_id, plan, t0)
+                await self._forward(order_id, plan, t0, asks.get(order_id, {}))
 
         try:
             work = [forward(order_id, plan) for order_id, plan in remote.items()]
@@ -270,9 +281,15 @@ class HubService:
             self.counts["local_round_refused"] += 1
             log.info("hub local round: %s", exc.message)
 
-    async def _forward(self, order_id: str, plan: list[tuple[str, int, str, str]], t0: float) -> None:
+    async def _forward(
+        self,
+        order_id: str,
+        plan: list[tuple[str, int, str, str]],
+        t0: float,
+        asks: Mapping[str, set[int]] | None = None,
+    ) -> None:
         try:
-            outcome = await self.federation.outbound.forward_order(order_id, plan)
+            outcome = await self.federation.outbound.forward_order(order_id, plan, asks)
         except HetexError as exc:
             outcome = {"status": "error", "error": exc.message}
         self.counts[f"routed_{outcome.get('status')}"] += 1
@@ -496,6 +513,7 @@ class HubService:
                         "start_at": r.start,
                         "end_at": r.end,
                         "buyer_price_fen": r.buyer_price_fen,
+                        "asks": list(r.asks),
                     }
                     for r in rs
                 ],

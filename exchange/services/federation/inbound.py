@@ -71,6 +71,9 @@ class OwnerSide:
                 models=order.models,
                 regions=order.regions,
             )
+            if order.asks is not None:  # routed by a hub onto these ladder steps
+                steps = set(order.asks)
+                tranches = [t for t in tranches if t.ask_fen in steps]
             terms: dict[str, Any] = {
                 "devices_max": order.devices_max,
                 "devices_min": order.devices_min,

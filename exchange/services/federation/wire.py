@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,8 @@ class ForwardedOrder(BaseModel):
     #: one model; devices_max still caps the devices; scu_min is the least worth holding (default: all)
     quantity_scu: str | None = Field(default=None, max_length=40)
     scu_min: str | None = Field(default=None, max_length=40)
+    #: a hub-routed order: hold only offers at these asks (the ladder steps the hub placed it on)
+    asks: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1, max_length=64)
 
     def shape(self, scu: Mapping[str, Decimal | None]) -> Shape:
         """The placement shape for immediate matching; ValidationError naming a bad SCU field."""
