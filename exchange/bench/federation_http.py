@@ -120,9 +120,16 @@ class _Proc:
         cmd = [sys.executable, "-m", "exchange", "serve", "--host", self.host, "--port", str(self.port)]
         self.popen = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=5) as resp:  # noqa: S310 (http to our own child)
-            return json.loads(resp.read())
+    def get(self, path: str, tries: int = 3) -> Any:
+        for attempt in range(tries):  # a loaded child may drop a connection (per-address cap): ask again
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=5) as resp:  # noqa: S310 (our own child)
+                    return json.loads(resp.read())
+            except ConnectionResetError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.5)
+        return None
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

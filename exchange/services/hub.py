@@ -58,8 +58,9 @@ MAX_DEMAND = 2000
 MAX_ROUTES = 4000
 HORIZON_SLOTS = 8
 # routed orders a member runs the two-phase protocol for at once: each is two requests to its owners, and
-# an owner takes at most 32 connections from one address (exchange/api/connections.py)
-ROUTE_CONCURRENCY = 16
+# an owner takes at most 32 connections from one address (exchange/api/connections.py; members on one
+# machine all connect from 127.0.0.1, so 3 members x 8 stay under it with room for summaries and resync)
+ROUTE_CONCURRENCY = 8
 MAX_ASKS = 64
 SUMMARY_SLOT_SECONDS = 3600
 
