@@ -200,9 +200,9 @@ def _seed_pools(proc: _Proc, fabric: Fabric, member: str) -> dict[str, str]:
     return offers
 
 
-def _seed_orders(s: Session, fabric: Fabric, member: str) -> dict[str, str]:
-    """Add the member's open device orders in `s` (the caller commits); database order id -> generated id."""
-    now = int(time.time())
+def _seed_orders(s: Session, fabric: Fabric, member: str, now: int) -> dict[str, str]:
+    """Add the member's open device orders in `s`, created at `now` (the caller commits); database order
+    id -> generated id."""
     orders: dict[str, str] = {}
     buyer = _participant(s, "buyer", "bench buyer")
     s.flush()
@@ -291,20 +291,16 @@ def run_http(
             for m, p in procs.items():
                 offer_map[m] = _seed_pools(p, fabric, m)
             # the orders arrive once the hub has every member's curves (as in the merged market, where
-            # every pool is there before the round), all members' orders together
+            # every pool is there before the round), at one instant at every member: they are written
+            # with a creation time a few seconds ahead, and an exchange counts an order from its
+            # creation time on (a loaded member may take a second to commit; the instant is the same)
             _wait_for(lambda: len(hub.get("/v1/federation/hub")["members"]) == len(procs), 60)
-            sessions = {m: p.session() for m, p in procs.items()}
-            try:  # every member's orders written first, then committed back to back (a few ms apart)
-                for m, s in sessions.items():
-                    s.begin()
-                    order_map[m] = _seed_orders(s, fabric, m)
-                    s.flush()
-                t_seed = time.monotonic()
-                for s in sessions.values():
-                    s.commit()
-            finally:
-                for s in sessions.values():
-                    s.close()
+            arrive = int(time.time()) + 3
+            for m, p in procs.items():
+                with p.session() as s, s.begin():
+                    order_map[m] = _seed_orders(s, fabric, m, arrive)
+            t_seed = time.monotonic() + max(0.0, arrive - time.time())
+            time.sleep(max(0.0, t_seed - time.monotonic()))
             filled_at: dict[str, float] = {}
             total = sum(len(v) for v in order_map.values())
             deadline = time.monotonic() + settle_seconds
