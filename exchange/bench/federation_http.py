@@ -1,12 +1,15 @@
 """`hetex bench federation --processes`: the national market through a hub over HTTP between real
 `hetex serve` processes (one hub, one process per member, each its own SQLite file and keys, peered).
 
-Each member's pools (free devices as offers) and device orders are written into its database; members
-clear locally in their own rounds and send the hub their supply curves and unmet demand, the hub routes,
-the members run the two-phase protocol with the owners (the residual protocol of specs/federation.md
-section 9.3). Reported: welfare of the contracts made (from the generated orders' limits and pools' asks)
-against the merged market of the same device orders, fill rate, peer messages per cross-exchange order
-and order-to-contract latency p50/p99 (order written -> filled, polled every 0.1 s).
+Each member's pools (free devices as offers) and device orders are written into its database. Coupled
+(the default, specs/federation.md section 9.3): members run no rounds of their own, send the hub their
+supply curves and every open order, the hub clears the fabric and routes each order to its owners (the
+buyer's own exchange included), members run the two-phase protocol with other owners and a restricted
+round for what was routed to themselves. Residual (`coupled=False`): members clear locally every 2 s and
+send only the orders left. Reported: welfare of the contracts made (from the generated orders' limits
+and pools' asks) against the merged market of the same device orders and against greedy forwarding on
+it, fill rate, peer messages per cross-exchange order, order-to-contract latency p50/p99 (order visible
+-> filled, polled every 0.1 s), and where welfare went (orders missed, holds not committed, hub rounds).
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ Member side (settings `federation_hub` names the hub, a peer): every summary int
 signed supply summary (federation.summary: per region x model, free devices by slot as ask ladders) and
 the open device orders its own rounds left unfilled (`hub_demand`, the market-snapshot order form); it
 stops greedy forwarding. When the hub answers with `hub_routes`, it runs the ordinary two-phase protocol
-with exactly the owners and classes the hub named (FederationService.forward_order with a plan).
+with exactly the owners, classes and ladder steps the hub named (forward_order with a plan). A coupled
+member (`federation_hub_coupled`) sends every open order instead, clears the orders routed to its own
+capacity in a restricted round, and reports each hub round done, so the hub clears the whole fabric in
+rounds that see fresh curves (the handshake in `_all_reported`).
 
 Hub side (setting `federation_hub_mode`): keeps the newest summary and demand of each member (soft state:
 members resend every interval, so a restarted hub is whole again after one interval), clears them every

@@ -1,7 +1,8 @@
 """The owner's side of a cross-exchange trade: offers answered with holds, commits countersigned, releases.
 
-The owning exchange clears a forwarded order at once against its own pools (pay-as-ask immediate matching,
-so the buyer's exchange gets an answer within one request instead of waiting for the owner's next round),
+The owning exchange clears a forwarded order at once against its own pools (a device order in a mini-round
+of the local engine with the local pricing rule, owner_round.py; an SCU order by immediate matching at the
+ask), so the buyer's exchange gets an answer within one request instead of waiting for the owner's next round,
 holds the capacity with an expiry, and on commit countersigns the contract the buyer's exchange signed: the
 contract carries both exchanges' signatures and is appended to both logs. Holds count as reservations
 (exchange.services.federation_capacity) and expire.
