@@ -556,6 +556,8 @@ class HubService:
                 raise
             except (PeerUnavailableError, PeerRefusedError) as exc:
                 log.info("hub %s: %s", name, exc.message)
+            except HetexError as exc:  # e.g. our hub is not a peer yet (named before the operator added it)
+                log.warning("hub %s: %s", name, exc.message)
             except Exception:
                 log.exception("hub %s failed; retrying in %s s", name, interval)
             if wake is None:
