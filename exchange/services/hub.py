@@ -160,9 +160,6 @@ class HubService:
         self._confirming: set[str] = set()  # own orders routed here or to owners, not yet done
         self._done_round = 0  # the last hub round whose routes we finished (holds, commits, local round)
         self._publish_now = asyncio.Event()
-        self._answered_at: dict[int, int] = {}  # our demand's as_of_us -> order_offers answered by then
-        # hub side: each member's as_of_us of the demand the hub holds
-        self._as_of_us: dict[str, int] = {}
 
     # -------------------------------------------------------------------------------------- inbound
 
@@ -209,7 +206,6 @@ class HubService:
         if not isinstance(as_of_us, int) or isinstance(as_of_us, bool) or as_of_us < 0:
             raise ValidationError("as_of_us must be a time in microseconds", field="body.as_of_us")
         as_of = as_of_us / 1e6
-        self._as_of_us[v.peer.authority] = as_of_us
         ids = tuple(sorted(o.id for o in orders))
         if self._demand_ids.get(v.peer.authority) != ids:
             self._demand_ids[v.peer.authority] = ids
@@ -226,11 +222,6 @@ class HubService:
         number = v.body.get("round", 0)
         if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             raise ValidationError("round must be an integer >= 0", field="body.round")
-        inbound, as_of_us = v.body.get("inbound", 0), v.body.get("as_of_us", 0)
-        if not _fen(inbound) or not _fen(as_of_us):
-            raise ValidationError("inbound and as_of_us must be integers >= 0", field="body.inbound")
-        base = self._answered_at.get(as_of_us)  # order_offers answered when we read the demand the hub cleared
-        wait_for = (base, inbound) if base is not None else (0, 0)
         plans: dict[str, list[tuple[str, int, str, str]]] = {}
         asks: dict[str, dict[str, set[int]]] = {}
         for order_id, owner, n, model, region, steps in routes_from_json(v.body.get("routes")):
@@ -249,7 +240,7 @@ class HubService:
             else:
                 remote[order_id] = plan
         self._confirming |= set(plans)
-        self._spawn(self._act(number, local, remote, asks, t0, wait_for))
+        self._spawn(self._act(number, local, remote, asks, t0))
         return {"status": "accepted", "orders": len(plans)}
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -264,7 +255,6 @@ class HubService:
         remote: Mapping[str, list[tuple[str, int, str, str]]],
         asks: Mapping[str, Mapping[str, set[int]]],
         t0: float,
-        wait_for: tuple[int, int] = (0, 0),
     ) -> None:
         """Run one round's routes: the two-phase protocol with each remote order's owners, and one local
         round on the orders routed to us; then tell the hub (next demand message) this round is done."""
@@ -277,28 +267,16 @@ class HubService:
         try:
             work = [forward(order_id, plan) for order_id, plan in remote.items()]
             if local and self.local_round is not None:
-                work.append(self._confirm_local(local, t0, wait_for))
+                work.append(self._confirm_local(local, t0))
             await asyncio.gather(*work)
         finally:
             self._confirming -= {*local, *remote}
             self._done_round = max(self._done_round, number)
             self._publish_now.set()  # the hub waits for this round's report before its next round
 
-    async def _confirm_local(self, routed: Mapping[str, Routed], t0: float, wait_for: tuple[int, int]) -> None:
-        """Clear the orders the hub routed to our own capacity in one round (same engine, prices, commit),
-        once the order_offers the hub routed to us from other members arrived (or a hold TTL passed): the
-        round is narrowed to classes, not ladder steps, so it would take steps the hub gave to them."""
+    async def _confirm_local(self, routed: Mapping[str, Routed], t0: float) -> None:
+        """Clear the orders the hub routed to our own capacity in one round (same engine, prices, commit)."""
         assert self.local_round is not None
-        base, inbound = wait_for
-        deadline = time.monotonic() + self.settings.federation_hold_ttl_seconds
-        owner = self.federation.inbound
-        while True:
-            owner.answered.clear()
-            left = deadline - time.monotonic()
-            if owner.offers_answered - base >= inbound or left <= 0:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(owner.answered.wait(), left)
         try:
             await self.local_round(routed)
             self.counts["local_rounds"] += 1
@@ -409,9 +387,6 @@ class HubService:
             return {"status": "no_hub"}
         done = self._done_round  # read before the summary is built: it reflects that round's holds
         as_of = time.time()  # and before the orders are read
-        self._answered_at[int(as_of * 1e6)] = self.federation.inbound.offers_answered
-        while len(self._answered_at) > 32:
-            self._answered_at.pop(next(iter(self._answered_at)))
         hub = await self.federation.peers.peer(self.hub_authority)
         me = self.federation.ctx.me
         if self.is_hub:
@@ -446,7 +421,6 @@ class HubService:
         self._fired_by = "interval"
         if self.coupled & set(fresh) and not self._all_reported(fresh, wall):
             return {"status": "waiting", "members": len(fresh), "reported": len(demand)}
-        as_of_used = {m: self._as_of_us.get(m, 0) for m in demand}
         self.demand.clear()  # members resend every interval; an order is routed once per its sending
         self._last_round_at = wall
         self._all_done_at = None
@@ -484,10 +458,7 @@ class HubService:
         for r in routes:
             if r.owner != r.buyer_exchange or r.buyer_exchange in self.coupled:
                 by_buyer.setdefault(r.buyer_exchange, []).append(r)
-        inbound: Counter[str] = Counter()  # per owner: orders of other members routed to it (one offer each)
-        for _order, owner in {(r.order_id, r.owner) for r in routes if r.owner != r.buyer_exchange}:
-            inbound[owner] += 1
-        sent = await self._send_routes(by_buyer, inbound, as_of_used)
+        sent = await self._send_routes(by_buyer)
         self._awaiting = {m for m, how in sent.items() if how == "sent" and m in self.coupled}
         self.last_round = {
             "round": self.rounds,
@@ -528,18 +499,13 @@ class HubService:
         self._fired_by = "batch_limit"
         return wall - self._all_done_at > 3 * max(1.0, self.settings.federation_summary_interval_seconds)
 
-    async def _send_routes(
-        self,
-        by_buyer: Mapping[str, list[Route]],
-        inbound: Mapping[str, int] | None = None,
-        as_of_used: Mapping[str, int] | None = None,
-    ) -> dict[str, str]:
+    async def _send_routes(self, by_buyer: Mapping[str, list[Route]]) -> dict[str, str]:
         client = self.federation.ctx.client
 
         async def one(member: str, rs: list[Route]) -> tuple[str, str]:
             peer = await self.federation.peers.peer(member)
             prefix = f"{member}/"
-            body: dict[str, Any] = {
+            body = {
                 "round": self.rounds,
                 "routes": [
                     {
@@ -556,8 +522,6 @@ class HubService:
                     for r in rs
                 ],
             }
-            if member in self.coupled:  # the order_offers it will get, and which of its demands we cleared
-                body.update(inbound=(inbound or {}).get(member, 0), as_of_us=(as_of_used or {}).get(member, 0))
             try:
                 await client.send(peer, "/v1/federation/hub/routes", client.build(peer, "hub_routes", body))
             except (PeerUnavailableError, PeerRefusedError) as exc:

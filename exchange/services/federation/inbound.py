@@ -10,7 +10,6 @@ contract carries both exchanges' signatures and is appended to both logs. Holds 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable
 from typing import Any
@@ -42,10 +41,6 @@ class OwnerSide:
         #: Hook: the clearing-round lock (RoundService.lock.hold). A hold is granted only while no round is
         #: between its snapshot and its commit, so a round never allocates capacity a peer holds.
         self.seller_lock: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None
-        #: order_offers answered (held or refused) by this process: a coupled hub member waits for the
-        #: ones its hub routed to it before its own restricted round (exchange/services/hub.py)
-        self.offers_answered = 0
-        self.answered = asyncio.Event()  # set at every answer
 
     async def receive_order(self, v: VerifiedPeerMessage) -> dict[str, Any]:
         """Owner side of order_offer: immediate matching against own pools; hold what fits, with an expiry."""
@@ -55,11 +50,7 @@ class OwnerSide:
         if order.devices_min > order.devices_max:
             raise ValidationError("devices_min must not exceed devices_max", field="body.order.devices_min")
         async with self.seller_lock() if self.seller_lock is not None else contextlib.nullcontext():
-            try:
-                return await self._grant_hold(v, order)
-            finally:
-                self.offers_answered += 1
-                self.answered.set()
+            return await self._grant_hold(v, order)
 
     async def _grant_hold(self, v: VerifiedPeerMessage, order: ForwardedOrder) -> dict[str, Any]:
         ctx = self.ctx
