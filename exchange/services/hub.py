@@ -480,8 +480,9 @@ class HubService:
         last round's routes (its holds at the owners granted or refused, its local round done), and (2)
         every member sent a summary and demand after that moment, so no curve still counts capacity the
         last round already placed. Times are when members read their orders (`as_of`), on the wall clock.
-        A member silent for a summary TTL is not waited for (by then its summary is no longer fresh)."""
-        if wall - self._last_round_at > self.settings.federation_summary_ttl_seconds:
+        A member silent for a summary TTL is not waited for (its summary is no longer fresh); one that keeps
+        publishing but never finishes its routes is waited for at most 4 summary TTLs."""
+        if wall - self._last_round_at > 4 * self.settings.federation_summary_ttl_seconds:
             self._fired_by = "timeout"
             return any(t > self._last_round_at for t, _o in self.demand.values())
         members = set(fresh)
