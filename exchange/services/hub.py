@@ -159,6 +159,7 @@ class HubService:
         self.local_round: Callable[[Mapping[str, Routed]], Awaitable[Any]] | None = None
         self._confirming: set[str] = set()  # own orders routed here or to owners, not yet done
         self._done_round = 0  # the last hub round whose routes we finished (holds, commits, local round)
+        self._latest_routes = 0  # the round of the newest routes received (a restarted hub counts from 1)
         self._publish_now = asyncio.Event()
 
     # -------------------------------------------------------------------------------------- inbound
@@ -222,6 +223,7 @@ class HubService:
         number = v.body.get("round", 0)
         if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             raise ValidationError("round must be an integer >= 0", field="body.round")
+        self._latest_routes = number
         plans: dict[str, list[tuple[str, int, str, str]]] = {}
         asks: dict[str, dict[str, set[int]]] = {}
         for order_id, owner, n, model, region, steps in routes_from_json(v.body.get("routes")):
@@ -271,7 +273,8 @@ class HubService:
             await asyncio.gather(*work)
         finally:
             self._confirming -= {*local, *remote}
-            self._done_round = max(self._done_round, number)
+            if number == self._latest_routes:  # an older round finishing late says nothing new
+                self._done_round = number
             self._publish_now.set()  # the hub waits for this round's report before its next round
 
     async def _confirm_local(self, routed: Mapping[str, Routed], t0: float) -> None:
@@ -486,7 +489,7 @@ class HubService:
             self._fired_by = "timeout"
             return any(t > self._last_round_at for t, _o in self.demand.values())
         members = set(fresh)
-        if any(self.done_round.get(m, 0) < self.rounds for m in members & self._awaiting):
+        if any(self.done_round.get(m, -1) != self.rounds for m in members & self._awaiting):
             return False
         if self._all_done_at is None:
             self._all_done_at = wall
