@@ -73,6 +73,7 @@ class Settings(BaseModel):
     federation_hub: str = Field(default="", pattern=r"^([A-Z0-9]{1,8})?$")  # authority of this exchange's hub
     federation_hub_mode: bool = False  # this exchange clears for member exchanges (exchange/services/hub.py)
     federation_hub_round_interval_seconds: float = Field(default=2, ge=0)
+    federation_hub_coupled: bool = False  # the hub clears all our open orders before our own rounds (hub.py)
 
     @field_validator("database_url")
     @classmethod

@@ -24,6 +24,9 @@ PAYLOAD_TYPE = record_payload_type("supply-summary")
 MAX_CLASSES = 2000
 MAX_SLOTS = 48
 MAX_STEPS = 64
+# ladder steps in one summary: what a hub keeps per member (newest summary only), so a member cannot grow
+# the hub's memory past this whatever its classes x slots x steps (a regional hub's aggregate included)
+MAX_TOTAL_STEPS = 50_000
 
 
 class SupplySummaryError(AuthenticationError):
@@ -185,6 +188,8 @@ def summary_from_json(data: Any) -> SupplySummary:
     if expires <= issued:
         raise ValidationError("expires_at must be after issued_at", field="expires_at")
     parsed = tuple(_class_from_json(c, slot_seconds) for c in classes)
+    if sum(len(s.ladder) for c in parsed for s in c.slots) > MAX_TOTAL_STEPS:
+        raise ValidationError(f"a summary holds at most {MAX_TOTAL_STEPS} ladder steps in all", field="classes")
     keys = [(c.region, c.model) for c in parsed]
     if len(set(keys)) != len(keys):
         raise ValidationError("one class per (region, model)", field="classes")

@@ -65,6 +65,7 @@ class Route:
     end: int
     buyer_price_fen: int
     provider_price_fen: int
+    asks: tuple[int, ...] = ()  # the ladder steps (asks) the hub placed it on: the owner holds at those
 
 
 def pool_id(owner: str, region: str, model: str, ask: int) -> str:
@@ -180,19 +181,22 @@ def routes_of(result: ClearingResult, market: Market, buyer_exchange: Mapping[st
     """Allocations of a hub clearing, merged per (order, owner, class, window), as hold requests."""
     by_id = {p.id: p for p in market.pools}
     merged: dict[tuple[str, str, str, str, int, int], list[int]] = {}
+    asks: dict[tuple[str, str, str, str, int, int], set[int]] = {}
     for a in result.allocations:
         p = by_id[a.pool_id]
         key = (a.order_id, owner_of(a.pool_id), p.region, p.model, a.start, a.end)
-        acc = merged.setdefault(key, [0, 0, 0, 0])
+        acc = merged.setdefault(key, [0, 0, 0])
         acc[0] += a.devices
         acc[1] += a.buyer_price_fen * a.devices
         acc[2] += a.provider_price_fen * a.devices
-        acc[3] = max(acc[3], p.ask_fen)
+        asks.setdefault(key, set()).add(p.ask_fen)
     out = []
-    for (order_id, owner, region, model, start, end), (n, buy, prov, _) in sorted(merged.items()):
+    for key, (n, buy, prov) in sorted(merged.items()):
+        order_id, owner, region, model, start, end = key
         out.append(
-            Route(order_id, buyer_exchange[order_id], owner, region, model, n, start, end, -(-buy // n), prov // n)
-        )
+            Route(order_id, buyer_exchange[order_id], owner, region, model, n, start, end, -(-buy // n), prov // n,
+                  tuple(sorted(asks[key])))
+        )  # fmt: skip
     return out
 
 

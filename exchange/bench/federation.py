@@ -40,6 +40,7 @@ def run_federation_bench(
     processes: bool = False,
     http_orders: int = 60,
     http_pools: int = 24,
+    http_coupled: bool = True,
 ) -> dict[str, Any]:
     """Clear one generated national market merged, through the hub and by greedy forwarding; the figures."""
     say = progress or (lambda _s, _f: None)
@@ -67,7 +68,7 @@ def run_federation_bench(
     if processes:
         from exchange.bench.federation_http import run_http
 
-        http = run_http(national(exchanges, http_orders, http_pools, seed), say)
+        http = run_http(national(exchanges, http_orders, http_pools, seed), say, coupled=http_coupled)
     return {
         **http,
         "exchanges": exchanges,

@@ -1,12 +1,15 @@
 """`hetex bench federation --processes`: the national market through a hub over HTTP between real
 `hetex serve` processes (one hub, one process per member, each its own SQLite file and keys, peered).
 
-Each member's pools (free devices as offers) and device orders are written into its database; members
-clear locally in their own rounds and send the hub their supply curves and unmet demand, the hub routes,
-the members run the two-phase protocol with the owners (the residual protocol of specs/federation.md
-section 9.3). Reported: welfare of the contracts made (from the generated orders' limits and pools' asks)
-against the merged market of the same device orders, fill rate, peer messages per cross-exchange order
-and order-to-contract latency p50/p99 (order written -> filled, polled every 0.1 s).
+Each member's pools (free devices as offers) and device orders are written into its database. Coupled
+(the default, specs/federation.md section 9.3): members run no rounds of their own, send the hub their
+supply curves and every open order, the hub clears the fabric and routes each order to its owners (the
+buyer's own exchange included), members run the two-phase protocol with other owners and a restricted
+round for what was routed to themselves. Residual (`coupled=False`): members clear locally every 2 s and
+send only the orders left. Reported: welfare of the contracts made (from the generated orders' limits
+and pools' asks) against the merged market of the same device orders and against greedy forwarding on
+it, fill rate, peer messages per cross-exchange order, order-to-contract latency p50/p99 (order visible
+-> filled, polled every 0.1 s), and where welfare went (orders missed, holds not committed, hub rounds).
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ from exchange.bench.api import _free_port
 from exchange.composition import build_services
 from exchange.settings import Settings
 from exchange.storage.contracts import Contract
+from exchange.storage.federation import OutboundHold
 from exchange.storage.orders import Order as OrderRow
 from exchange.storage.participants import Participant
 from exchange.storage.registration import Offer, Pool, Site
 from identifiers.cri import mint_pool_cri, mint_site_cri
 from identifiers.ids import new_id_str
-from matching.fabric import Fabric, clear_merged
+from matching.fabric import Fabric, clear_greedy_fabric, clear_hub_fabric, clear_merged, order_welfare
 from matching.model import Order
 
 Progress = Callable[[str, float], None]
@@ -50,22 +54,44 @@ ENV = {
     "HETEX_FEDERATION_FORWARD_AFTER_SECONDS": "3",
     "HETEX_FEDERATION_SWEEP_INTERVAL_SECONDS": "0.5",
     "HETEX_FEDERATION_HOLD_TTL_SECONDS": "10",
-    "HETEX_FEDERATION_PEER_TIMEOUT_SECONDS": "5",
+    "HETEX_FEDERATION_PEER_TIMEOUT_SECONDS": "15",
     "HETEX_ROUND_INTERVAL_SECONDS": "2",
     "HETEX_CHECKPOINT_INTERVAL_SECONDS": "2",
     "HETEX_FEDERATION_HUB_ROUND_INTERVAL_SECONDS": "0.5",
 }
 
 
+# the generator's model codes that the exchange catalogue (identifiers/catalogue) spells differently: an
+# exchange refuses a pool or an order term of a model it does not know, so unmapped they would be
+# invisible to the processes but not to the merged reference
+CATALOGUE_CODE = {"NV-A100-80G": "NV-A100-80G-SXM", "HYG-K100-AI": "HG-K100-AI", "ILU-BI-V100": "IX-BI-V100"}
+
+
+def _code(model: str) -> str:
+    return CATALOGUE_CODE.get(model, model)
+
+
 def _device_market(fabric: Fabric) -> Fabric:
-    """The fabric without SCU orders (the HTTP path forwards device orders) and with reservations folded
-    into smaller pools (offers carry free devices only)."""
+    """The fabric without SCU orders (the HTTP path forwards device orders), with reservations folded
+    into smaller pools (offers carry free devices only), catalogue model codes, and orders as `_seed`
+    writes them (explicit models, so no memory floor), so the merged reference clears exactly the market
+    the processes see."""
     pools = []
     for p in fabric.market.pools:
         held = max((r.devices for r in p.reserved), default=0)
         if p.devices - held > 0:
-            pools.append(replace(p, devices=p.devices - held, devices_per_node=p.devices - held, reserved=()))
-    orders = tuple(o for o in fabric.market.orders if o.quantity_scu is None)
+            free = p.devices - held
+            pools.append(replace(p, model=_code(p.model), devices=free, devices_per_node=free, reserved=()))
+    orders = tuple(
+        replace(
+            o,
+            min_memory_gb=0,
+            models=tuple(sorted(_code(m) for m in o.models)),
+            limits={_code(m): v for m, v in sorted(o.limits.items())},
+        )
+        for o in fabric.market.orders
+        if o.quantity_scu is None
+    )
     return replace(fabric, market=replace(fabric.market, pools=tuple(pools), orders=orders))
 
 
@@ -97,9 +123,16 @@ class _Proc:
         cmd = [sys.executable, "-m", "exchange", "serve", "--host", self.host, "--port", str(self.port)]
         self.popen = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=5) as resp:  # noqa: S310 (http to our own child)
-            return json.loads(resp.read())
+    def get(self, path: str, tries: int = 3) -> Any:
+        for attempt in range(tries):  # a loaded child may drop a connection (per-address cap): ask again
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=5) as resp:  # noqa: S310 (our own child)
+                    return json.loads(resp.read())
+            except ConnectionResetError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.5)
+        return None
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -134,15 +167,21 @@ def _participant(s: Session, role: str, name: str) -> str:
     return pid
 
 
-def _seed(proc: _Proc, fabric: Fabric, member: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Write the member's pools (one provider, site, pool and open offer each) and orders; id maps
-    (database offer id -> generated pool id, database order id -> generated order id)."""
+def _wait_for(cond: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the hub did not see every member's supply summary")
+        time.sleep(0.2)
+
+
+def _seed_pools(proc: _Proc, fabric: Fabric, member: str) -> dict[str, str]:
+    """Write the member's pools (one provider, site, pool and open offer each); database pool id ->
+    generated pool id."""
     now = int(time.time())
     offers: dict[str, str] = {}
-    orders: dict[str, str] = {}
     with proc.session() as s, s.begin():
         provider = _participant(s, "provider", "bench provider")
-        buyer = _participant(s, "buyer", "bench buyer")
         s.flush()
         for i, p in enumerate(x for x in fabric.market.pools if fabric.pool_owner[x.id] == member):
             site_cri = mint_site_cri(member, p.region, f"PR{i:03d}")
@@ -161,21 +200,32 @@ def _seed(proc: _Proc, fabric: Fabric, member: str) -> tuple[dict[str, str], dic
                           billing_modes=["per_minute"], status="open", created_at=now)  # fmt: skip
             s.add(offer)
             offers[pool.id] = p.id
-        for o in (x for x in fabric.market.orders if fabric.order_owner[x.id] == member):
-            spec = {
-                "quantity_devices": o.quantity_devices,
-                "models": list(o.models),
-                "duration_seconds": o.duration_seconds,
-                "limit_fen_per_device_hour": dict(o.limits),
-                "billing_mode": "per_minute",
-                "all_or_nothing": True,
-            }
-            oid = new_id_str()
-            s.add(OrderRow(id=oid, buyer_id=buyer, idempotency_key=oid, request_hash="0" * 64, spec=spec,
-                           billing_mode="per_minute", status="open", quantity_devices=o.quantity_devices,
-                           filled_devices=0, created_at=now))  # fmt: skip
-            orders[oid] = o.id
-    return offers, orders
+    return offers
+
+
+def _seed_orders(s: Session, fabric: Fabric, member: str, now: int) -> dict[str, str]:
+    """Add the member's open device orders in `s`, created at `now` (the caller commits); database order
+    id -> generated id."""
+    orders: dict[str, str] = {}
+    buyer = _participant(s, "buyer", "bench buyer")
+    s.flush()
+    for o in (x for x in fabric.market.orders if fabric.order_owner[x.id] == member):
+        spec = {
+            "quantity_devices": o.quantity_devices,
+            "models": list(o.models),
+            "duration_seconds": o.duration_seconds,
+            "limit_fen_per_device_hour": dict(o.limits),
+            "billing_mode": "per_minute",
+            "all_or_nothing": True,
+            "max_pools": o.max_pools,
+            "same_model": o.same_model,
+        }
+        oid = new_id_str()
+        s.add(OrderRow(id=oid, buyer_id=buyer, idempotency_key=oid, request_hash="0" * 64, spec=spec,
+                       billing_mode="per_minute", status="open", quantity_devices=o.quantity_devices,
+                       filled_devices=0, created_at=now))  # fmt: skip
+        orders[oid] = o.id
+    return orders
 
 
 def _welfare(fabric: Fabric, contracts: list[tuple[str, str, int, int, int]]) -> int:
@@ -190,16 +240,31 @@ def _welfare(fabric: Fabric, contracts: list[tuple[str, str, int, int, int]]) ->
     return sum(order_welfare(fabric.market, orders[oid], allocs) for oid, allocs in by_order.items())
 
 
-def run_http(fabric: Fabric, progress: Progress | None = None, *, settle_seconds: float = 90) -> dict[str, Any]:
+def run_http(
+    fabric: Fabric,
+    progress: Progress | None = None,
+    *,
+    settle_seconds: float = 90,
+    coupled: bool = True,
+    keep: Path | None = None,
+) -> dict[str, Any]:
     """Run the fabric over HTTP through a hub; the figures (see the module docstring)."""
     say = progress or (lambda _s, _f: None)
     fabric = _device_market(fabric)
     merged = clear_merged(fabric)
+    greedy = clear_greedy_fabric(fabric)
+    in_process = clear_hub_fabric(fabric)
     members = list(fabric.members)
+    # coupled: members run no rounds of their own; every open order goes to the hub, which routes each to
+    # its owners (the member's own capacity included), and the member clears what was routed to it
+    member_env = {"HETEX_FEDERATION_HUB": "H"}
+    if coupled:
+        member_env.update({"HETEX_FEDERATION_HUB_COUPLED": "true", "HETEX_ROUND_INTERVAL_SECONDS": "0"})
     with tempfile.TemporaryDirectory(prefix="hetex-fedbench-") as tmp:
-        root = Path(tmp)
-        hub = _Proc("H", root, "127.0.0.31", {"HETEX_FEDERATION_HUB_MODE": "true"})
-        procs = {m: _Proc(m, root, f"127.0.0.{32 + i}", {"HETEX_FEDERATION_HUB": "H"}) for i, m in enumerate(members)}
+        root = keep if keep is not None else Path(tmp)  # `keep`: the processes' folders and logs stay
+        hub_env = {"HETEX_FEDERATION_HUB_MODE": "true", "HETEX_ROUND_INTERVAL_SECONDS": "0"}  # it has no pools
+        hub = _Proc("H", root, "127.0.0.31", hub_env)
+        procs = {m: _Proc(m, root, f"127.0.0.{32 + i}", member_env) for i, m in enumerate(members)}
         everyone = [hub, *procs.values()]
         try:
             say("starting processes", 0.05)
@@ -226,9 +291,19 @@ def run_http(fabric: Fabric, progress: Progress | None = None, *, settle_seconds
             say("seeding", 0.3)
             offer_map: dict[str, dict[str, str]] = {}
             order_map: dict[str, dict[str, str]] = {}
-            t_seed = time.monotonic()
             for m, p in procs.items():
-                offer_map[m], order_map[m] = _seed(p, fabric, m)
+                offer_map[m] = _seed_pools(p, fabric, m)
+            # the orders arrive once the hub has every member's curves (as in the merged market, where
+            # every pool is there before the round), at one instant at every member: they are written
+            # with a creation time a few seconds ahead, and an exchange counts an order from its
+            # creation time on (a loaded member may take a second to commit; the instant is the same)
+            _wait_for(lambda: len(hub.get("/v1/federation/hub")["members"]) == len(procs), 60)
+            arrive = int(time.time()) + 3
+            for m, p in procs.items():
+                with p.session() as s, s.begin():
+                    order_map[m] = _seed_orders(s, fabric, m, arrive)
+            t_seed = time.monotonic() + max(0.0, arrive - time.time())
+            time.sleep(max(0.0, t_seed - time.monotonic()))
             filled_at: dict[str, float] = {}
             total = sum(len(v) for v in order_map.values())
             deadline = time.monotonic() + settle_seconds
@@ -273,6 +348,17 @@ def run_http(fabric: Fabric, progress: Progress | None = None, *, settle_seconds
             forwarded = len({c[0] for c in _cross_contracts(procs, offer_map, order_map)})
             lat = sorted(filled_at.values())
             hub_view = hub.get("/v1/federation/hub")
+            refusals: dict[str, int] = {}
+            for p in procs.values():
+                with p.session() as s:
+                    for status, error in s.execute(select(OutboundHold.status, OutboundHold.error)).all():
+                        if status != "committed":
+                            key = f"{status}: {(error or '').split(' (')[0]}"
+                            refusals[key] = refusals.get(key, 0) + 1
+            member_counts: dict[str, int] = {}
+            for p in procs.values():
+                for k, v in p.get("/v1/federation/hub")["counts"].items():
+                    member_counts[k] = member_counts.get(k, 0) + int(v)
         finally:
             for p in everyone:
                 p.stop()
@@ -280,11 +366,33 @@ def run_http(fabric: Fabric, progress: Progress | None = None, *, settle_seconds
     def pct(q: float) -> float | None:
         return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else None
 
+    def ratio(w: int) -> str:
+        return str(round(w / merged.welfare_fen, 4)) if merged.welfare_fen else "0"
+
+    got = {c[0] for c in contracts}
+    want = {a.order_id for a in merged.allocations}
+    orders_by_id = {o.id: o for o in fabric.market.orders}
+    missed = sorted(want - got)
     return {
+        "http_mode": "coupled" if coupled else "residual",
         "http_orders": total,
         "http_merged_welfare_fen": merged.welfare_fen,
         "http_welfare_fen": welfare,
-        "http_welfare_ratio_to_merged": str(round(welfare / merged.welfare_fen, 4)) if merged.welfare_fen else "0",
+        "http_welfare_ratio_to_merged": ratio(welfare),
+        "http_welfare_ratio_greedy": ratio(greedy.welfare_fen),
+        "http_welfare_ratio_in_process_hub": ratio(in_process.welfare_fen),
+        "http_merged_fill_rate": str(round(merged.filled_orders / max(1, total), 4)),
+        "http_greedy_fill_rate": str(round(greedy.filled_orders / max(1, total), 4)),
+        # where the welfare goes: orders the merged market fills that the processes did not (and the reverse)
+        "http_missed_orders": len(missed),
+        "http_missed_welfare_fen": sum(
+            order_welfare(fabric.market, orders_by_id[o], [a for a in merged.allocations if a.order_id == o])
+            for o in missed
+        ),
+        "http_extra_orders": len(got - want),
+        "http_member_counts": member_counts,
+        "http_holds_not_committed": refusals,
+        **({"http_contracts": contracts} if keep is not None else {}),
         "http_fill_rate": str(round(len(filled_at) / max(1, total), 4)),
         "http_cross_exchange_orders": forwarded,
         "http_peer_messages_per_order": str(round(protocol / max(1, forwarded), 3)),
@@ -292,6 +400,10 @@ def run_http(fabric: Fabric, progress: Progress | None = None, *, settle_seconds
         "http_order_to_contract_ms_p50": pct(0.5),
         "http_order_to_contract_ms_p99": pct(0.99),
         "http_hub_rounds": hub_view["rounds"],
+        # seconds after the orders were written, orders cleared, routes sent (the hub's last rounds)
+        "http_hub_round_timeline": [
+            [round(r["monotonic"] - t_seed, 2), r["orders"], r["routes"]] for r in hub_view["recent_rounds"]
+        ],
     }
 
 

@@ -30,12 +30,23 @@ def register_federation(bsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--http-orders", type=int, default=60, help="orders of the HTTP run (default 60)")
     p.add_argument("--http-pools", type=int, default=24, help="pools of the HTTP run (default 24)")
+    p.add_argument(
+        "--http-mode",
+        choices=("coupled", "residual"),
+        default="coupled",
+        help="HTTP run: the hub clears every open order (coupled, default) or what local rounds left (residual)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run_bench_federation)
 
 
 def _http(args: argparse.Namespace) -> dict[str, Any]:
-    return {"processes": args.processes, "http_orders": args.http_orders, "http_pools": args.http_pools}
+    return {
+        "processes": args.processes,
+        "http_orders": args.http_orders,
+        "http_pools": args.http_pools,
+        "http_coupled": args.http_mode == "coupled",
+    }
 
 
 def run_bench_federation(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ SERVICE: dict[str, str] = {
     "federation_hub": "authority of this exchange's hub (a peer): it gets our supply curves and unmet demand",
     "federation_hub_mode": "this exchange is a hub: it clears its members' unmet demand on their supply curves",
     "federation_hub_round_interval_seconds": "seconds between hub rounds when federation_hub_mode is on (0: off)",
+    "federation_hub_coupled": "member of a hub: send it every open device order, clear only what it routes here",
     "disclosure_min_orders": "public round/market views show a class price only when at least this many orders made it",
     "http_head_timeout_seconds": "a request head must arrive within this (slowloris connections are cut)",
     "http_body_timeout_seconds": "a request body must arrive within this (else 408)",

@@ -5,7 +5,10 @@ Member side (settings `federation_hub` names the hub, a peer): every summary int
 signed supply summary (federation.summary: per region x model, free devices by slot as ask ladders) and
 the open device orders its own rounds left unfilled (`hub_demand`, the market-snapshot order form); it
 stops greedy forwarding. When the hub answers with `hub_routes`, it runs the ordinary two-phase protocol
-with exactly the owners and classes the hub named (FederationService.forward_order with a plan).
+with exactly the owners, classes and ladder steps the hub named (forward_order with a plan). A coupled
+member (`federation_hub_coupled`) sends every open order instead, clears the orders routed to its own
+capacity in a restricted round, and reports each hub round done, so the hub clears the whole fabric in
+rounds that see fresh curves (the handshake in `_all_reported`).
 
 Hub side (setting `federation_hub_mode`): keeps the newest summary and demand of each member (soft state:
 members resend every interval, so a restarted hub is whole again after one interval), clears them every
@@ -21,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +35,7 @@ from exchange.services.federation import Federation
 from exchange.services.federation.context import OPEN_ORDER
 from exchange.services.federation_capacity import IN_FLIGHT_STATUSES, free_tranches
 from exchange.services.peer_client import PeerRefusedError, PeerUnavailableError
+from exchange.services.rounds import Routed
 from exchange.services.snapshot import OrderRow, latency_matrix, market_order
 from exchange.settings import Settings
 from exchange.storage.federation import OutboundHold
@@ -56,6 +60,11 @@ log = logging.getLogger("hetex.hub")
 MAX_DEMAND = 2000
 MAX_ROUTES = 4000
 HORIZON_SLOTS = 8
+# routed orders a member runs the two-phase protocol for at once: each is two requests to its owners, and
+# an owner takes at most 32 connections from one address (exchange/api/connections.py; members on one
+# machine all connect from 127.0.0.1, so 3 members x 8 stay under it with room for summaries and resync)
+ROUTE_CONCURRENCY = 8
+MAX_ASKS = 64
 SUMMARY_SLOT_SECONDS = 3600
 
 
@@ -86,8 +95,8 @@ def orders_from_json(data: Any) -> list[Order]:
     return list(market.orders)
 
 
-def routes_from_json(data: Any) -> list[tuple[str, str, int, str, str]]:
-    """(order id, owner, devices, model, region) of a hub_routes body (ValidationError naming the field)."""
+def routes_from_json(data: Any) -> list[tuple[str, str, int, str, str, tuple[int, ...]]]:
+    """(order id, owner, devices, model, region, asks) of a hub_routes body (ValidationError naming the field)."""
     if not isinstance(data, list) or len(data) > MAX_ROUTES:
         raise ValidationError(f"routes must be a list of at most {MAX_ROUTES}", field="body.routes")
     out = []
@@ -96,8 +105,15 @@ def routes_from_json(data: Any) -> list[tuple[str, str, int, str, str]]:
         n = r.get("devices") if isinstance(r, dict) else None
         if not ok or not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValidationError("a route is {order_id, owner, devices >= 1, model, region}", field="body.routes")
-        out.append((r["order_id"], r["owner"], n, r["model"], r["region"]))
+        asks = r.get("asks", [])
+        if not isinstance(asks, list) or len(asks) > MAX_ASKS or not all(_fen(a) for a in asks):
+            raise ValidationError(f"a route's asks are at most {MAX_ASKS} integers >= 0", field="body.routes")
+        out.append((r["order_id"], r["owner"], n, r["model"], r["region"], tuple(asks)))
     return out
+
+
+def _fen(a: Any) -> bool:
+    return isinstance(a, int) and not isinstance(a, bool) and a >= 0
 
 
 class HubService:
@@ -121,14 +137,30 @@ class HubService:
         self.hub_authority = settings.federation_hub or None
         # hub side, soft state
         self.supply: dict[str, SupplySummary] = {}
-        self.demand: dict[str, tuple[int, list[Order]]] = {}
+        self.demand: dict[str, tuple[float, list[Order]]] = {}
+        self.coupled: set[str] = set()  # members whose demand is all their open orders (local routes kept)
+        self.done_round: dict[str, int] = {}  # coupled member -> last hub round whose routes it finished
+        self._last_round_at = 0.0
+        self._all_done_at: float | None = None
+        self._awaiting: set[str] = set()  # coupled members the last round's routes were sent to
+        self._demand_ids: dict[str, tuple[str, ...]] = {}  # member -> the order ids it sent last
+        self._changed_at = 0.0  # when a member's demand last differed from what it sent before
+        self._fired_by = ""
         self.rounds = 0
         self.last_round: dict[str, Any] = {}
+        self.history: deque[dict[str, Any]] = deque(maxlen=20)  # the last rounds, for GET /v1/federation/hub
         # member side
         self._version = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counts: Counter[str] = Counter()
         self.route_latency_ms: deque[float] = deque(maxlen=2000)
+        #: Hook (exchange/composition.py): a clearing round on exactly the given own orders, each on the
+        #: models and regions the hub routed here (RoundService.run_round(..., routed=...)).
+        self.local_round: Callable[[Mapping[str, Routed]], Awaitable[Any]] | None = None
+        self._confirming: set[str] = set()  # own orders routed here or to owners, not yet done
+        self._done_round = 0  # the last hub round whose routes we finished (holds, commits, local round)
+        self._latest_routes = 0  # the round of the newest routes received (a restarted hub counts from 1)
+        self._publish_now = asyncio.Event()
 
     # -------------------------------------------------------------------------------------- inbound
 
@@ -159,29 +191,112 @@ class HubService:
         return {"status": "accepted", "version": s.version}
 
     def receive_demand(self, v: VerifiedPeerMessage) -> dict[str, Any]:
-        """Hub side: a member's current unmet demand replaces what it sent before."""
+        """Hub side: a member's current unmet demand replaces what it sent before (`coupled`: all its open
+        orders, and routes back to its own capacity are sent to it too)."""
         self._need_hub()
         orders = orders_from_json(v.body.get("orders"))
-        self.demand[v.peer.authority] = (self.clock(), orders)
+        coupled = v.body.get("coupled", False)
+        if not isinstance(coupled, bool):
+            raise ValidationError("coupled must be true or false", field="body.coupled")
+        done = v.body.get("round", 0)
+        if not isinstance(done, int) or isinstance(done, bool) or done < 0:
+            raise ValidationError("round must be an integer >= 0", field="body.round")
+        now = time.time()
+        # when the member read these orders, in microseconds (a coupled member says; integers: canonical JSON)
+        as_of_us = v.body.get("as_of_us", int(now * 1e6))
+        if not isinstance(as_of_us, int) or isinstance(as_of_us, bool) or as_of_us < 0:
+            raise ValidationError("as_of_us must be a time in microseconds", field="body.as_of_us")
+        as_of = as_of_us / 1e6
+        ids = tuple(sorted(o.id for o in orders))
+        if self._demand_ids.get(v.peer.authority) != ids:
+            self._demand_ids[v.peer.authority] = ids
+            self._changed_at = now
+        self.demand[v.peer.authority] = (min(float(as_of), now), orders)  # a member cannot claim the future
+        (self.coupled.add if coupled else self.coupled.discard)(v.peer.authority)
+        self.done_round[v.peer.authority] = done
         return {"status": "accepted", "orders": len(orders)}
 
     def receive_routes(self, v: VerifiedPeerMessage) -> dict[str, Any]:
         """Member side: the hub's routes for our orders; each order goes to its owners in the background."""
         if v.peer.authority != self.hub_authority:
             raise ValidationError(f"{v.peer.authority} is not this exchange's hub", field="from_authority")
+        number = v.body.get("round", 0)
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise ValidationError("round must be an integer >= 0", field="body.round")
+        self._latest_routes = number
         plans: dict[str, list[tuple[str, int, str, str]]] = {}
-        for order_id, owner, n, model, region in routes_from_json(v.body.get("routes")):
+        asks: dict[str, dict[str, set[int]]] = {}
+        for order_id, owner, n, model, region, steps in routes_from_json(v.body.get("routes")):
             plans.setdefault(order_id, []).append((owner, n, model, region))
+            asks.setdefault(order_id, {}).setdefault(owner, set()).update(steps)
         t0 = time.perf_counter()
+        me = self.federation.ctx.authority
+        local: dict[str, Routed] = {}
+        remote: dict[str, list[tuple[str, int, str, str]]] = {}
         for order_id, plan in plans.items():
-            task = asyncio.create_task(self._forward(order_id, plan, t0))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if any(owner == me for owner, *_ in plan):
+                # routed (at least partly) to our own capacity: our round clears it on the routed classes
+                # (an order split between us and others is tried here whole; it goes back to the hub if not)
+                self.counts["routed_local" if all(o == me for o, *_ in plan) else "routed_mixed"] += 1
+                local[order_id] = Routed(tuple(sorted({m for *_, m, _r in plan})), tuple(sorted({r for *_, r in plan})))
+            else:
+                remote[order_id] = plan
+        self._confirming |= set(plans)
+        self._spawn(self._act(number, local, remote, asks, t0))
         return {"status": "accepted", "orders": len(plans)}
 
-    async def _forward(self, order_id: str, plan: list[tuple[str, int, str, str]], t0: float) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _act(
+        self,
+        number: int,
+        local: Mapping[str, Routed],
+        remote: Mapping[str, list[tuple[str, int, str, str]]],
+        asks: Mapping[str, Mapping[str, set[int]]],
+        t0: float,
+    ) -> None:
+        """Run one round's routes: the two-phase protocol with each remote order's owners, and one local
+        round on the orders routed to us; then tell the hub (next demand message) this round is done."""
+        gate = asyncio.Semaphore(ROUTE_CONCURRENCY)
+
+        async def forward(order_id: str, plan: list[tuple[str, int, str, str]]) -> None:
+            async with gate:
+                await self._forward(order_id, plan, t0, asks.get(order_id, {}))
+
         try:
-            outcome = await self.federation.outbound.forward_order(order_id, plan)
+            work = [forward(order_id, plan) for order_id, plan in remote.items()]
+            if local and self.local_round is not None:
+                work.append(self._confirm_local(local, t0))
+            await asyncio.gather(*work)
+        finally:
+            self._confirming -= {*local, *remote}
+            if number == self._latest_routes:  # an older round finishing late says nothing new
+                self._done_round = number
+            self._publish_now.set()  # the hub waits for this round's report before its next round
+
+    async def _confirm_local(self, routed: Mapping[str, Routed], t0: float) -> None:
+        """Clear the orders the hub routed to our own capacity in one round (same engine, prices, commit)."""
+        assert self.local_round is not None
+        try:
+            await self.local_round(routed)
+            self.counts["local_rounds"] += 1
+            self.route_latency_ms.append((time.perf_counter() - t0) * 1000.0)
+        except HetexError as exc:
+            self.counts["local_round_refused"] += 1
+            log.info("hub local round: %s", exc.message)
+
+    async def _forward(
+        self,
+        order_id: str,
+        plan: list[tuple[str, int, str, str]],
+        t0: float,
+        asks: Mapping[str, set[int]] | None = None,
+    ) -> None:
+        try:
+            outcome = await self.federation.outbound.forward_order(order_id, plan, asks)
         except HetexError as exc:
             outcome = {"status": "error", "error": exc.message}
         self.counts[f"routed_{outcome.get('status')}"] += 1
@@ -241,9 +356,10 @@ class HubService:
         return SupplySummary(self.federation.ctx.authority, self._version, now, now + ttl, slot, tuple(classes))
 
     async def unmet_demand(self) -> list[Order]:
-        """Open device orders older than `federation_forward_after_seconds` and not in flight at a peer."""
+        """Open device orders older than `federation_forward_after_seconds` (coupled: every open device
+        order, our own rounds clear only what the hub routes back) and not in flight at a peer."""
         now = self.clock()
-        after = self.settings.federation_forward_after_seconds
+        after = 0.0 if self.settings.federation_hub_coupled else self.settings.federation_forward_after_seconds
         async with self.sessions() as session:
             busy = select(OutboundHold.order_id).where(OutboundHold.status.in_(IN_FLIGHT_STATUSES))
             rows = (
@@ -260,7 +376,7 @@ class HubService:
                 )
             ).all()
         out = []
-        for seq, r in enumerate(rows):
+        for seq, r in enumerate(x for x in rows if x.id not in self._confirming):
             row = OrderRow(r.id, r.buyer_id, r.status, r.spec, r.quantity_devices, r.filled_devices, r.updated_at,
                            r.created_at, r.spec.get("home_region"))  # fmt: skip
             made = market_order(row, seq, self.catalogue, slot_seconds=self.settings.round_slot_seconds)
@@ -272,6 +388,8 @@ class HubService:
         """Send the hub our supply summary (a hub: the aggregate of its members') and our unmet demand."""
         if self.hub_authority is None:
             return {"status": "no_hub"}
+        done = self._done_round  # read before the summary is built: it reflects that round's holds
+        as_of = time.time()  # and before the orders are read
         hub = await self.federation.peers.peer(self.hub_authority)
         me = self.federation.ctx.me
         if self.is_hub:
@@ -286,7 +404,9 @@ class HubService:
         env = sign_supply_summary(summary, me.key_id, me.key)
         await client.send(hub, "/v1/federation/hub/summaries", client.build(hub, "supply_summary", {"summary": env}))
         demand = await self.unmet_demand()
-        body = {"orders": orders_to_json(demand)}
+        body: dict[str, Any] = {"orders": orders_to_json(demand)}
+        if self.settings.federation_hub_coupled and not self.is_hub:
+            body.update(coupled=True, round=done, as_of_us=int(as_of * 1e6))
         await client.send(hub, "/v1/federation/hub/demand", client.build(hub, "hub_demand", body))
         self.counts["published"] += 1
         return {"status": "sent", "classes": len(summary.classes), "orders": len(demand)}
@@ -297,10 +417,17 @@ class HubService:
         """Clear members' demand on members' curves; send each buyer exchange its routes."""
         now = self.clock()
         fresh = {m: s for m, s in self.supply.items() if s.expires_at > now}
+        mono = time.monotonic()
+        wall = time.time()
         ttl = self.settings.federation_summary_ttl_seconds
-        demand = {m: os_ for m, (t, os_) in self.demand.items() if t > now - ttl}
+        demand = {m: os_ for m, (t, os_) in self.demand.items() if t > wall - ttl}
+        self._fired_by = "interval"
+        if self.coupled & set(fresh) and not self._all_reported(fresh, wall):
+            return {"status": "waiting", "members": len(fresh), "reported": len(demand)}
         self.demand.clear()  # members resend every interval; an order is routed once per its sending
-        if not fresh or not demand:
+        self._last_round_at = wall
+        self._all_done_at = None
+        if not fresh or not any(demand.values()):
             return {"status": "idle", "members": len(fresh), "orders": sum(len(v) for v in demand.values())}
         slot = Counter(s.slot_seconds for s in fresh.values()).most_common(1)[0][0]
         curves = [curve_of(m, c, slot) for m, s in fresh.items() if s.slot_seconds == slot for c in s.classes]
@@ -328,14 +455,17 @@ class HubService:
         solve_ms = (time.perf_counter() - t0) * 1000.0
         self.rounds += 1
         # the owner of a route is the member whose summary we cleared; a route back to the buyer's own
-        # exchange is dropped (its own rounds already saw that capacity)
-        by_buyer: dict[str, list[Route]] = {}
+        # exchange is dropped (its own rounds already saw that capacity) unless the member is coupled (its
+        # rounds clear only what we route to it)
+        by_buyer: dict[str, list[Route]] = {m: [] for m in self.coupled & set(fresh)}  # coupled: every round
         for r in routes:
-            if r.owner != r.buyer_exchange:
+            if r.owner != r.buyer_exchange or r.buyer_exchange in self.coupled:
                 by_buyer.setdefault(r.buyer_exchange, []).append(r)
         sent = await self._send_routes(by_buyer)
+        self._awaiting = {m for m, how in sent.items() if how == "sent" and m in self.coupled}
         self.last_round = {
             "round": self.rounds,
+            "monotonic": round(mono, 3),
             "at": now,
             "members": sorted(fresh),
             "orders": len(orders),
@@ -343,8 +473,35 @@ class HubService:
             "welfare_fen": result.stats.welfare_fen,
             "solve_ms": round(solve_ms, 1),
             "sent": sent,
+            "fired_by": self._fired_by,
         }
+        self.history.append(dict(self.last_round))
         return {"status": "cleared", **self.last_round}
+
+    def _all_reported(self, fresh: Mapping[str, SupplySummary], wall: float) -> bool:
+        """A coupled fabric clears once (1) every coupled member with a fresh summary said it finished the
+        last round's routes (its holds at the owners granted or refused, its local round done), and (2)
+        every member sent a summary and demand after that moment, so no curve still counts capacity the
+        last round already placed. Times are when members read their orders (`as_of`), on the wall clock.
+        A member silent for a summary TTL is not waited for (its summary is no longer fresh); one that keeps
+        publishing but never finishes its routes is waited for at most 4 summary TTLs."""
+        if wall - self._last_round_at > 4 * self.settings.federation_summary_ttl_seconds:
+            self._fired_by = "timeout"
+            return any(t > self._last_round_at for t, _o in self.demand.values())
+        members = set(fresh)
+        if any(self.done_round.get(m, -1) != self.rounds for m in members & self._awaiting):
+            return False
+        if self._all_done_at is None:
+            self._all_done_at = wall
+        if not all(m in self.demand and self.demand[m][0] > self._all_done_at for m in members):
+            return False
+        # (3) a call period: orders arriving at several members within a moment are cleared together, so
+        # the round waits until every member sent the same demand once more (at most 3 publish intervals)
+        self._fired_by = "settled"
+        if all(self.demand[m][0] > self._changed_at for m in members):
+            return True
+        self._fired_by = "batch_limit"
+        return wall - self._all_done_at > 3 * max(1.0, self.settings.federation_summary_interval_seconds)
 
     async def _send_routes(self, by_buyer: Mapping[str, list[Route]]) -> dict[str, str]:
         client = self.federation.ctx.client
@@ -364,6 +521,7 @@ class HubService:
                         "start_at": r.start,
                         "end_at": r.end,
                         "buyer_price_fen": r.buyer_price_fen,
+                        "asks": list(r.asks),
                     }
                     for r in rs
                 ],
@@ -386,6 +544,7 @@ class HubService:
             "members": sorted(m for m, s in self.supply.items() if s.expires_at > now),
             "rounds": self.rounds,
             "last_round": self.last_round,
+            "recent_rounds": list(self.history),
             "counts": dict(self.counts),
             "route_to_contract_ms_p50": lat[len(lat) // 2] if lat else None,
             "route_to_contract_ms_p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
@@ -393,7 +552,7 @@ class HubService:
 
     # -------------------------------------------------------------------------------------- loops
 
-    async def _loop(self, name: str, interval: float, tick: Any) -> None:
+    async def _loop(self, name: str, interval: float, tick: Any, wake: asyncio.Event | None = None) -> None:
         while True:
             try:
                 await tick()
@@ -401,16 +560,23 @@ class HubService:
                 raise
             except (PeerUnavailableError, PeerRefusedError) as exc:
                 log.info("hub %s: %s", name, exc.message)
+            except HetexError as exc:  # e.g. our hub is not a peer yet (named before the operator added it)
+                log.warning("hub %s: %s", name, exc.message)
             except Exception:
                 log.exception("hub %s failed; retrying in %s s", name, interval)
-            await asyncio.sleep(interval)
+            if wake is None:
+                await asyncio.sleep(interval)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)
+            wake.clear()
 
     def background_tasks(self) -> list[Coroutine[Any, Any, None]]:
         """The loops `hetex serve` runs: publishing to our hub, and hub rounds when we are one."""
         loops: list[Coroutine[Any, Any, None]] = []
         s = self.settings
         if self.hub_authority and s.federation_summary_interval_seconds > 0:
-            loops.append(self._loop("publish", s.federation_summary_interval_seconds, self.publish))
+            loops.append(self._loop("publish", s.federation_summary_interval_seconds, self.publish, self._publish_now))
         if self.is_hub and s.federation_hub_round_interval_seconds > 0:
             loops.append(self._loop("round", s.federation_hub_round_interval_seconds, self.hub_round))
         return loops

@@ -29,11 +29,12 @@ HETEX_TEST_ROUND_DELAY=<seconds> makes the round wait that long after its snapsh
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Protocol
@@ -329,6 +330,29 @@ def dropped_entry(a: Allocation, reason: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Routed:
+    """What a hub routed to this exchange for one of its own orders: the models and regions to fill it on."""
+
+    models: tuple[str, ...]
+    regions: tuple[str, ...]
+
+
+def restrict_to_routes(market: Market, routed: Mapping[str, Routed]) -> Market:
+    """The market with only the routed orders, each narrowed to its routed models and regions (its limits,
+    shape and window unchanged: the round's objective and prices apply as to any order)."""
+    orders = []
+    for o in market.orders:
+        r = routed.get(o.id)
+        if r is None:
+            continue
+        models = tuple(m for m in (o.models or r.models) if m in r.models)
+        regions = tuple(x for x in (o.regions or r.regions) if x in r.regions)
+        if models and regions:
+            orders.append(dataclasses.replace(o, models=models, regions=regions))
+    return dataclasses.replace(market, orders=tuple(orders))
+
+
 def _kill_hook(point: str) -> None:
     """Test hook: die abruptly at `point` when HETEX_TEST_KILL_ROUND names it (see module docstring)."""
     if os.environ.get(KILL_HOOK_ENV) == point:
@@ -556,9 +580,13 @@ class RoundService:
 
     # ------------------------------------------------------------------------------------ the round
 
-    async def run_round(self, trigger: str, fence: Fence | None = None) -> RoundSummary:
+    async def run_round(
+        self, trigger: str, fence: Fence | None = None, *, routed: Mapping[str, Routed] | None = None
+    ) -> RoundSummary:
         """Run one clearing round end to end (serialized across processes by the round lock); a periodic
-        round passes the duties lease's `fence`, so its writes are refused once another process took over."""
+        round passes the duties lease's `fence`, so its writes are refused once another process took over.
+        `routed` (a coupled hub member, exchange/services/hub.py): only these orders, each on the models and
+        regions its hub routed to this exchange, the rest of the round unchanged (objective, prices, commit)."""
         if self._stopping:
             raise RoundsStoppingError("the exchange is shutting down; no new clearing round starts")
         async with self.lock.hold(self.lock_timeout):
@@ -566,7 +594,7 @@ class RoundService:
                 raise RoundsStoppingError("the exchange is shutting down; no new clearing round starts")
             self._current = asyncio.current_task()
             try:
-                return await self._run_locked(trigger, fence)
+                return await self._run_locked(trigger, fence, routed)
             finally:
                 self._current = None
 
@@ -613,7 +641,9 @@ class RoundService:
             log.warning("%d clearing round(s) left running by a stopped process marked abandoned", swept)
         return swept
 
-    async def _run_locked(self, trigger: str, fence: Fence | None = None) -> RoundSummary:
+    async def _run_locked(
+        self, trigger: str, fence: Fence | None = None, routed: Mapping[str, Routed] | None = None
+    ) -> RoundSummary:
         t0 = time.perf_counter()
         round_id = new_id_str()
         # the snapshot: a read transaction (on SQLite the read-only connection: requests keep the writer)
@@ -621,6 +651,8 @@ class RoundService:
             if self.repeatable_snapshot:
                 await reader.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             snap = await self.snapshot(reader)
+        if routed is not None:
+            snap = dataclasses.replace(snap, market=restrict_to_routes(snap.market, routed))
         market = snap.market
         async with self.sessions.begin() as session:
             if fence is not None:

@@ -121,6 +121,17 @@ def test_malformed_summary_names_the_field(path: tuple[object, ...], value: obje
     assert exc.value.field == field
 
 
+def test_summary_past_the_total_ladder_cap_is_refused() -> None:
+    """Each list within its own limit, but classes x slots x steps past what a hub keeps per member."""
+    ladder = tuple((100 + i, 1) for i in range(64))
+    slots = tuple(SlotSupply(T0 + k * 3600, ladder) for k in range(48))
+    many = tuple(SupplyClass(f"R{i}", "A", "f", 64, None, "S", False, 1, slots) for i in range(17))  # 52,224 steps
+    with pytest.raises(ValidationError) as exc:
+        summary_from_json(SupplySummary("X1", 1, T0, T0 + 60, 3600, many).to_json())
+    assert exc.value.field == "classes"
+    summary_from_json(SupplySummary("X1", 1, T0, T0 + 60, 3600, many[:16]).to_json())  # 49,152: kept
+
+
 def test_hub_aggregate_adds_ladders_per_class_slot_and_ask() -> None:
     def one(origin: str, devices: int, ask: int) -> SupplySummary:
         c = SupplyClass(

@@ -1,7 +1,8 @@
 """The owner's side of a cross-exchange trade: offers answered with holds, commits countersigned, releases.
 
-The owning exchange clears a forwarded order at once against its own pools (pay-as-ask immediate matching,
-so the buyer's exchange gets an answer within one request instead of waiting for the owner's next round),
+The owning exchange clears a forwarded order at once against its own pools (a device order in a mini-round
+of the local engine with the local pricing rule, owner_round.py; an SCU order by immediate matching at the
+ask), so the buyer's exchange gets an answer within one request instead of waiting for the owner's next round,
 holds the capacity with an expiry, and on commit countersigns the contract the buyer's exchange signed: the
 contract carries both exchanges' signatures and is appended to both logs. Holds count as reservations
 (exchange.services.federation_capacity) and expire.
@@ -20,6 +21,7 @@ from exchange.services.federation.context import FederationContext, UnknownHoldE
 from exchange.services.federation.contracts import peer_contract
 from exchange.services.federation.events import EventLog
 from exchange.services.federation.gate import replay, store
+from exchange.services.federation.owner_round import owner_round
 from exchange.services.federation.wire import CommitBody, ForwardedOrder, HoldRef, contract_body_for
 from exchange.services.federation_capacity import choose, free_tranches, lock_capacity, refusal_field
 from exchange.storage.contracts import Contract
@@ -70,6 +72,9 @@ class OwnerSide:
                 models=order.models,
                 regions=order.regions,
             )
+            if order.asks is not None:  # routed by a hub onto these ladder steps
+                steps = set(order.asks)
+                tranches = [t for t in tranches if t.ask_fen in steps]
             terms: dict[str, Any] = {
                 "devices_max": order.devices_max,
                 "devices_min": order.devices_min,
@@ -80,15 +85,18 @@ class OwnerSide:
                 "duration": order.end_at - order.start_at,
                 "shape": shape,
             }
-            picks = choose(tranches, **terms)
-            if not picks:
+            if shape.quantity_scu is None:  # a device order: the local rounds' engine and pricing rule
+                priced = owner_round(tranches, order, shape, fee_bps=ctx.settings.fee_bps, scu=ctx.scu)
+            else:  # an SCU order: immediate matching on one model, pay-as-ask
+                priced = [(t, n, t.ask_fen, t.ask_fen) for t, n in choose(tranches, **terms)]
+            if not priced:
                 refused: dict[str, Any] = {"status": "refused", "reason": "no_capacity"}
                 blamed = refusal_field(tranches, **terms)
                 if blamed is not None:
                     refused.update(reason="shape_unsatisfiable" if blamed != "quantity_scu" else "no_scu", field=blamed)
                 return store(session, v, refused, ctx.clock())
             hold_id = new_id_str()
-            total = sum(n for _t, n in picks)
+            total = sum(n for _t, n, _b, _s in priced)
             mirror = Order(
                 id=new_id_str(),
                 buyer_id=peer_row.participant_id,
@@ -121,7 +129,7 @@ class OwnerSide:
             )
             await session.flush()
             lines = []
-            for tranche, n in picks:
+            for tranche, n, buyer_price, provider_price in priced:
                 cid = new_id_str()
                 body = contract_body_for(
                     contract_id=cid,
@@ -134,6 +142,8 @@ class OwnerSide:
                     devices=n,
                     fee_bps=ctx.settings.fee_bps,
                     created_at=now,
+                    buyer_price_fen=buyer_price,
+                    provider_price_fen=provider_price,
                 )
                 session.add(
                     FederationHoldLine(
@@ -144,7 +154,7 @@ class OwnerSide:
                         devices=n,
                         start_at=order.start_at,
                         end_at=order.end_at,
-                        price_fen=tranche.ask_fen,
+                        price_fen=buyer_price,
                         body=body,
                     )
                 )
@@ -226,8 +236,8 @@ class OwnerSide:
                     devices=line.devices,
                     start_at=line.start_at,
                     end_at=line.end_at,
-                    buyer_price_fen=line.price_fen,
-                    provider_price_fen=line.price_fen,
+                    buyer_price_fen=int(b["buyer_price_fen"]),
+                    provider_price_fen=int(b["provider_price_fen"]),
                     fee_bps=int(b["fee_bps"]),
                     billing_mode=str(b["billing_mode"]),
                     billing_terms=dict(b.get("billing_terms") or {}),

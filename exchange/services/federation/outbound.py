@@ -98,12 +98,16 @@ class BuyerSide:
         return not picks
 
     async def forward_order(
-        self, order_id: str, plan: Sequence[tuple[str, int, str, str]] | None = None
+        self,
+        order_id: str,
+        plan: Sequence[tuple[str, int, str, str]] | None = None,
+        asks: Mapping[str, Iterable[int]] | None = None,
     ) -> dict[str, Any]:
         """Offer an open local order to peers whose summaries could fill it; commit the holds if they add up
         to what the order needs (all-or-nothing honoured across peers), else release them all. With a hub's
         `plan` ((owner, devices, model, region), ...: exchange.services.hub), exactly those owners are asked
-        for exactly those devices of those classes, each all or nothing."""
+        for exactly those devices of those classes, each all or nothing, and (`asks`, per owner) on the ladder
+        steps the hub placed them on, so two orders routed to one class keep the hub's assignment."""
         ctx = self.ctx
         t0 = time.perf_counter()
         now = ctx.clock()
@@ -159,6 +163,9 @@ class BuyerSide:
             if peer.authority in planned:
                 n, models, regions = planned[peer.authority]
                 want, quantity = Decimal(n), {"devices_max": n, "devices_min": n}
+                steps = sorted(set((asks or {}).get(peer.authority, ())))
+                if steps:
+                    quantity["asks"] = steps
             msg = ctx.client.build(
                 peer,
                 "order_offer",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,8 @@ class ForwardedOrder(BaseModel):
     #: one model; devices_max still caps the devices; scu_min is the least worth holding (default: all)
     quantity_scu: str | None = Field(default=None, max_length=40)
     scu_min: str | None = Field(default=None, max_length=40)
+    #: a hub-routed order: hold only offers at these asks (the ladder steps the hub placed it on)
+    asks: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1, max_length=64)
 
     def shape(self, scu: Mapping[str, Decimal | None]) -> Shape:
         """The placement shape for immediate matching; ValidationError naming a bad SCU field."""
@@ -124,8 +126,11 @@ def contract_body_for(
     devices: int,
     fee_bps: int,
     created_at: int,
+    buyer_price_fen: int | None = None,
+    provider_price_fen: int | None = None,
 ) -> dict[str, Any]:
-    """The cross-exchange contract record both exchanges sign (pay-as-ask: buyer price = provider ask)."""
+    """The cross-exchange contract record both exchanges sign, at the owner's clearing prices (pay-as-ask,
+    buyer price = provider ask, when none are given: an SCU order placed by immediate matching)."""
     return {
         "contract_id": contract_id,
         "kind": "cross_exchange",
@@ -144,8 +149,8 @@ def contract_body_for(
         "devices": devices,
         "start_at": order.start_at,
         "end_at": order.end_at,
-        "buyer_price_fen": tranche.ask_fen,
-        "provider_price_fen": tranche.ask_fen,
+        "buyer_price_fen": tranche.ask_fen if buyer_price_fen is None else buyer_price_fen,
+        "provider_price_fen": tranche.ask_fen if provider_price_fen is None else provider_price_fen,
         "fee_bps": fee_bps,
         "billing_mode": order.billing_mode,
         "billing_terms": {},
