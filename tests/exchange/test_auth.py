@@ -248,13 +248,13 @@ async def test_order_nonce_commits_with_the_order(api: Api, monkeypatch: Any) ->
     headers = signed(b, "POST", "/v1/orders", body)
     headers["Idempotency-Key"] = "k1"
     store = api.svc.orders.nonce_store
-    remember = store.remember
+    remember = store.remember_in  # the order's transaction (exchange.storage.transactions) remembers it here
 
-    async def remember_then_fail(session: Any, claim: Any, now: int | None = None) -> None:
-        await remember(session, claim, now)
+    async def remember_then_fail(tx: Any, claim: Any, now: int | None = None) -> None:
+        await remember(tx, claim, now)
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(store, "remember", remember_then_fail)
+    monkeypatch.setattr(store, "remember_in", remember_then_fail)
     before = await api.counts()
     got, problem = await send(api, "POST", "/v1/orders", body, headers)
     assert (got, problem["code"]) == (500, "internal_error")
