@@ -30,27 +30,38 @@ T = TypeVar("T")
 _Processor = Callable[[Any], Any] | None
 
 
+_MISSING = object()
+#: one driver parameter: its name, bind processor and, for a literal of the statement, its value
+_Param = tuple[str, _Processor, Any]
+
+
 @dataclass
 class Prepared:
     """A Core INSERT/UPDATE/DELETE, compiled once per (dialect, parameter names) to driver SQL."""
 
     statement: ClauseElement
-    _compiled: dict[tuple[str, tuple[str, ...]], tuple[str, tuple[tuple[str, _Processor], ...]]] = field(
+    _compiled: dict[tuple[str, tuple[str, ...]], tuple[str, tuple[_Param, ...]]] = field(
         default_factory=dict, repr=False
     )
 
-    def compiled(self, dialect: Dialect, names: Sequence[str]) -> tuple[str, tuple[tuple[str, _Processor], ...]]:
-        """The SQL text and, in the driver's positional order, each parameter's name and bind processor."""
+    def compiled(self, dialect: Dialect, names: Sequence[str]) -> tuple[str, tuple[_Param, ...]]:
+        """The SQL text and, in the driver's positional order, each parameter's name, bind processor and literal
+        value (literals written in the statement, such as `status == "active"`, are bound parameters too)."""
         key = (dialect.name, tuple(names))
         hit = self._compiled.get(key)
         if hit is None:
             compiled: Any = self.statement.compile(dialect=dialect, column_keys=list(names))
-            order = compiled.positiontup or []
-            unknown = [name for name in order if name not in names]
-            if unknown:
-                raise ValueError(f"parameters {unknown} are not given (columns with defaults must be passed)")
-            processors = tuple((name, compiled.binds[name].type.bind_processor(dialect)) for name in order)
-            hit = self._compiled[key] = (compiled.string, processors)
+            params: list[_Param] = []
+            defaulted = {c.key for c in [*compiled.insert_prefetch, *compiled.update_prefetch]}
+            for name in compiled.positiontup or []:
+                bind = compiled.binds[name]
+                literal = _MISSING
+                if name not in names:
+                    if bind.required or bind.callable is not None or name in defaulted:
+                        raise ValueError(f"parameter {name!r} is not given (columns with defaults must be passed)")
+                    literal = bind.value
+                params.append((name, bind.type.bind_processor(dialect), literal))
+            hit = self._compiled[key] = (compiled.string, tuple(params))
         return hit
 
 
@@ -65,8 +76,11 @@ class Transaction:
 
     async def execute(self, prepared: Prepared, params: dict[str, Any]) -> int:
         """Run one prepared statement with `params`; the number of rows it changed."""
-        sql, processors = prepared.compiled(self.dialect, tuple(params))
-        args = [params[name] if proc is None else proc(params[name]) for name, proc in processors]
+        sql, binds = prepared.compiled(self.dialect, tuple(params))
+        args = []
+        for name, proc, literal in binds:
+            value = params[name] if literal is _MISSING else literal
+            args.append(value if proc is None else proc(value))
         try:
             if self.sqlite:
                 cursor = await self.driver.execute(sql, args)
