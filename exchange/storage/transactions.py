@@ -103,7 +103,10 @@ class Transaction:
 
     async def commit(self) -> None:
         """COMMIT."""
-        await (self.driver.commit() if self.sqlite else self._pg.commit())
+        try:
+            await (self.driver.commit() if self.sqlite else self._pg.commit())
+        except Exception as exc:
+            raise _translated(exc, "COMMIT", []) from exc
 
     async def rollback(self) -> None:
         """ROLLBACK."""
