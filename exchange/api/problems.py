@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import exc as sa_exc
 
 from identifiers.errors import (
     AuthenticationError,
@@ -94,6 +95,22 @@ def error_response(error: HetexError) -> web.Response:
     return response
 
 
+class DatabaseBusyError(UnavailableError):
+    """The database stayed busy for the whole wait (pool checkout or SQLite's write lock): retry shortly."""
+
+    code = "database_busy"
+    retry_after_seconds = 5
+
+
+def database_busy(exc: sa_exc.SQLAlchemyError) -> DatabaseBusyError | None:
+    """The 503 for a wait that ran out (pool timeout, SQLite `database is locked`), or None for other errors."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return DatabaseBusyError("no database connection became free in time; retry shortly")
+    if isinstance(exc, sa_exc.OperationalError) and "database is locked" in str(exc.orig):
+        return DatabaseBusyError("the database stayed locked by another writer; retry shortly")
+    return None
+
+
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
@@ -131,6 +148,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         # the client hung up (mid-body, mid-request): nothing to answer, nothing went wrong here
         log.info("client closed %s %s before the answer: %s", request.method, request.path, exc)
         return problem_response(CLIENT_CLOSED, "client_closed_request", "the client closed the connection")
+    except sa_exc.SQLAlchemyError as exc:
+        busy = database_busy(exc)
+        if busy is None:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return problem_response(500, "internal_error", "internal error; see the server log")
+        log.warning("database busy on %s %s: %s", request.method, request.path, exc)
+        return error_response(busy)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(500, "internal_error", "internal error; see the server log")

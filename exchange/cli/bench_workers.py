@@ -17,6 +17,9 @@ def register_workers(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=32, help="concurrent client requests (default 32)")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts, the first is the base (1,2)")
     p.add_argument("--pg-url", default=None, help="PostgreSQL server admin URL (default the local test server)")
+    p.add_argument(
+        "--sign-live", action="store_true", help="sign each order as it is sent (default: signed before the run)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -34,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from exchange.bench.ladder import DEFAULT_PG
     from exchange.bench.workers import format_result, run_workers_bench, to_json
 
-    result = asyncio.run(run_workers_bench(args.seconds, args.concurrency, counts, args.pg_url or DEFAULT_PG))
+    result = asyncio.run(
+        run_workers_bench(
+            args.seconds, args.concurrency, counts, args.pg_url or DEFAULT_PG, presigned=not args.sign_live
+        )
+    )
     sys.stdout.write((to_json(result) if args.json else format_result(result)) + "\n")
     return 0

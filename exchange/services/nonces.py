@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.storage.participants import SeenNonce
+from exchange.storage.transactions import Prepared, Transaction
 from federation.errors import SignatureError
 
 NONCE_MAX_LENGTH = 128
@@ -50,6 +51,8 @@ def _upsert(dialect: str) -> Any:
 
 # Built once per dialect: a reused statement object keeps SQLAlchemy's compiled-statement cache warm.
 _UPSERTS = {name: _upsert(name) for name in ("postgresql", "sqlite")}
+_PREPARED_UPSERTS = {name: Prepared(stmt) for name, stmt in _UPSERTS.items()}
+_PURGE = Prepared(delete(_TABLE).where(_TABLE.c.expires_at < bindparam("now")))
 
 
 @dataclass
@@ -62,21 +65,44 @@ class NonceStore:
     async def remember(self, session: AsyncSession, claim: NonceClaim, now: int | None = None) -> None:
         """Remember `claim` in `session`'s transaction, or raise SignatureError('nonce_replayed') when the
         nonce is still remembered. The caller commits; a rollback forgets the nonce again."""
-        if len(claim.nonce) > NONCE_MAX_LENGTH:
-            raise SignatureError("signature_malformed", f"nonce longer than {NONCE_MAX_LENGTH} characters")
-        now = int(time.time()) if now is None else now
-        if time.monotonic() - self._last_purge > PURGE_EVERY_SECONDS:
-            self._last_purge = time.monotonic()
+        now = self._now(claim, now)
+        if self._purge_due():
             await session.execute(delete(SeenNonce).where(SeenNonce.expires_at < now))
         dialect = session.get_bind().dialect.name
-        params = {
+        result: Any = await session.execute(_UPSERTS[dialect], self._params(claim, now))
+        self._check(result.rowcount, claim)
+
+    async def remember_in(self, tx: Transaction, claim: NonceClaim, now: int | None = None) -> None:
+        """remember() in a prepared-statement transaction (exchange.storage.transactions.in_transaction)."""
+        now = self._now(claim, now)
+        if self._purge_due():
+            await tx.execute(_PURGE, {"now": now})
+        self._check(await tx.execute(_PREPARED_UPSERTS[tx.dialect.name], self._params(claim, now)), claim)
+
+    @staticmethod
+    def _now(claim: NonceClaim, now: int | None) -> int:
+        if len(claim.nonce) > NONCE_MAX_LENGTH:
+            raise SignatureError("signature_malformed", f"nonce longer than {NONCE_MAX_LENGTH} characters")
+        return int(time.time()) if now is None else now
+
+    def _purge_due(self) -> bool:
+        """True once every PURGE_EVERY_SECONDS: this transaction also deletes the expired nonces."""
+        if time.monotonic() - self._last_purge <= PURGE_EVERY_SECONDS:
+            return False
+        self._last_purge = time.monotonic()
+        return True
+
+    def _params(self, claim: NonceClaim, now: int) -> dict[str, Any]:
+        return {
             "key_id": claim.key_id,
             "nonce": claim.nonce,
             "expires_at": max(claim.created, now) + self.window_seconds,
             "now": now,
         }
-        result: Any = await session.execute(_UPSERTS[dialect], params)
-        if result.rowcount != 1:
+
+    @staticmethod
+    def _check(rowcount: int, claim: NonceClaim) -> None:
+        if rowcount != 1:
             raise SignatureError("nonce_replayed", "nonce was already used", keyid=claim.key_id)
 
     async def remember_now(

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from exchange.billing.compute_tier import TierTable
 from exchange.billing.contractable import needs_scu, submission_refusal
 from exchange.billing.tiers import load_tier_table
+from exchange.services.canonical import fast_canonical_bytes
 from exchange.services.fields import (
     DECIMAL_FRAC_DIGITS,
     DECIMAL_INT_DIGITS,
@@ -44,7 +45,7 @@ from exchange.services.registration import BillingMode
 from exchange.storage.base import now_s
 from exchange.storage.orders import Order
 from exchange.storage.registration import Offer, Pool, Site
-from federation.canonical import canonical_bytes
+from exchange.storage.transactions import Prepared, Transaction, in_transaction
 from identifiers.catalogue import AcceleratorModel, Catalogue
 from identifiers.errors import ConflictError, NotFoundError, ValidationError
 from identifiers.ids import new_id_str
@@ -238,8 +239,8 @@ class OrderPage(BaseModel):
     next_cursor: str | None
 
 
-# One statement object for every order insert (values passed as parameters): its compiled form is cached.
-_INSERT_ORDER = insert(Order.__table__)  # type: ignore[arg-type]
+# One statement for every order insert (values passed as parameters), compiled once per dialect.
+_PREPARED_INSERT_ORDER = Prepared(insert(Order.__table__))  # type: ignore[arg-type]
 
 
 def order_view(row: Order) -> OrderView:
@@ -271,7 +272,7 @@ def request_hash(spec: OrderSpec) -> str:
 
 def spec_json_hash(stored_spec: dict[str, Any]) -> str:
     """request_hash of an already normalized spec (spec_json's result)."""
-    return hashlib.sha256(canonical_bytes(stored_spec)).hexdigest()
+    return hashlib.sha256(fast_canonical_bytes(stored_spec)).hexdigest()
 
 
 def check_idempotency_key(value: str | None) -> str:
@@ -540,10 +541,7 @@ class OrderService:
             # Insert first: the unique (buyer_id, idempotency_key) constraint decides races; a retry
             # (sequential or concurrent) fails here, rolling back this request's nonce with it, and is
             # answered from a fresh read that remembers the nonce (so a replay of the retry is refused).
-            async with self.sessions.begin() as session:
-                if nonce is not None:
-                    await self.nonce_store.remember(session, nonce)
-                await session.execute(_INSERT_ORDER, values)
+            await in_transaction(self.sessions, lambda tx: self._store(tx, values, nonce))
         except IntegrityError:
             existing = await self._by_key(who.id, key, nonce)
             if existing is None:
@@ -553,6 +551,12 @@ class OrderService:
             nonce.remembered = True
         values["flags"] = flags
         return OrderView(**{k: values[k] for k in OrderView.model_fields}), True
+
+    async def _store(self, tx: Transaction, values: dict[str, Any], nonce: NonceClaim | None) -> None:
+        """The order's one transaction (prepared statements, exchange.storage.transactions): nonce, then order."""
+        if nonce is not None:
+            await self.nonce_store.remember_in(tx, nonce)
+        await tx.execute(_PREPARED_INSERT_ORDER, values)
 
     def _replay(self, row: Order, body_hash: str) -> OrderView:
         if row.request_hash != body_hash:

@@ -8,10 +8,14 @@ import json
 import time
 from typing import Any
 
+from sqlalchemy import select
+
 from exchange.client import HetexClient, dumps
 from exchange.services.participants import participant_key_id
+from exchange.storage.registration import Site
 from federation.httpsig import sign_request
 from federation.keys import SigningKey
+from identifiers.cri import mint_site_cri
 from tests.exchange.registration_support import Api, api, capacity, order_body
 
 __all__ = ["api"]
@@ -248,13 +252,13 @@ async def test_order_nonce_commits_with_the_order(api: Api, monkeypatch: Any) ->
     headers = signed(b, "POST", "/v1/orders", body)
     headers["Idempotency-Key"] = "k1"
     store = api.svc.orders.nonce_store
-    remember = store.remember
+    remember = store.remember_in  # the order's transaction (exchange.storage.transactions) remembers it here
 
-    async def remember_then_fail(session: Any, claim: Any, now: int | None = None) -> None:
-        await remember(session, claim, now)
+    async def remember_then_fail(tx: Any, claim: Any, now: int | None = None) -> None:
+        await remember(tx, claim, now)
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(store, "remember", remember_then_fail)
+    monkeypatch.setattr(store, "remember_in", remember_then_fail)
     before = await api.counts()
     got, problem = await send(api, "POST", "/v1/orders", body, headers)
     assert (got, problem["code"]) == (500, "internal_error")
@@ -274,3 +278,27 @@ async def test_order_nonce_commits_with_the_order(api: Api, monkeypatch: Any) ->
     assert (got, again["id"]) == (200, first["id"])
     assert (await api.counts())["seen_nonces"] == after["seen_nonces"] + 1
     await assert_refused(api, "POST", "/v1/orders", body, retry, 401, "nonce_replayed")
+
+
+async def test_heartbeat_nonce_commits_with_it_and_refusals_still_say_why(api: Api) -> None:
+    """A heartbeat is one transaction (its nonce and the site's UPDATE): it moves last_heartbeat_at, its replay
+    is refused, and a heartbeat that changes nothing is refused for its reason (another provider's site, an
+    unknown site) with its nonce used up, as for other requests."""
+    cap = await capacity(api)
+    path = f"/v1/sites/{cap.site['cri']}/heartbeat"
+    headers = signed(cap.provider, "POST", path, b"")
+    got, beat = await send(api, "POST", path, b"", headers)
+    assert got == 200 and beat["cri"] == cap.site["cri"]
+    async with api.svc.sessions() as session:
+        stored = (await session.execute(select(Site.last_heartbeat_at).where(Site.cri == cap.site["cri"]))).scalar()
+    assert stored == beat["last_heartbeat_at"]
+    await assert_refused(api, "POST", path, b"", headers, 401, "nonce_replayed")
+    other = await api.provider()
+    theirs = signed(other, "POST", path, b"")
+    got, problem = await send(api, "POST", path, b"", theirs)
+    assert (got, problem["code"]) == (403, "not_owner")
+    await assert_refused(api, "POST", path, b"", theirs, 401, "nonce_replayed")
+    me = await cap.provider.me()
+    unknown = f"/v1/sites/{mint_site_cri(api.svc.settings.authority, 'CN-SH', me['operator_code'])}/heartbeat"
+    got, problem = await send(api, "POST", unknown, b"", signed(cap.provider, "POST", unknown, b""))
+    assert (got, problem["code"]) == (404, "unknown_site"), problem
