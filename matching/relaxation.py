@@ -306,7 +306,8 @@ def solve_mcf(net: Network, *, edge_mask: np.ndarray | None = None, free: np.nda
 def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
     """Time-indexed aggregated LP with GLOP: the general relaxation (any start slots, SCU orders exact).
 
-    The constraint matrix is assembled as sparse arrays and handed to the solver in one call."""
+    The constraint matrix is assembled as sparse arrays and handed to the solver in one call. time_limit is
+    in GLOP's deterministic seconds (no caller sets one today)."""
     import scipy.sparse as sp  # the array interface of OR-Tools' model builder takes a scipy CSR matrix
     from ortools.linear_solver.python import model_builder_helper as mbh
 
@@ -350,8 +351,8 @@ def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
     model.fill_model_from_sparse_data(lb, ub, obj, c_lo, c_hi, mat)  # type: ignore[arg-type]
     model.set_maximize(True)
     solver = mbh.ModelSolverHelper("glop")
-    if time_limit:
-        solver.set_time_limit_in_seconds(time_limit)
+    if time_limit:  # GLOP's deterministic work limit, never the wall clock (same result on any machine)
+        solver.set_solver_specific_parameters(f"max_deterministic_time: {float(time_limit)!r}")
     t1 = time.perf_counter()
     solver.solve(model)
     if not solver.has_solution():
