@@ -135,7 +135,9 @@ async def test_double_sell_race_exactly_one_wins(tmp_path: Path) -> None:
             a.fed.outbound.forward_order(orders["A"]), c.fed.outbound.forward_order(orders["C"])
         )
         statuses = sorted([ra["status"], rc["status"]])
-        assert statuses == ["committed", "unfilled"], (ra, rc)
+        # the loser either lost the hold race (unfilled) or, when the winner's commit already reached B's
+        # published summary, saw no peer left to ask (no_peer): either way exactly one wins
+        assert statuses[0] == "committed" and statuses[1] in ("no_peer", "unfilled"), (ra, rc)
         rows = fedkit.contracts_on_pool(b.db_url, pool.pool_id)
         assert sum(r.devices for r in rows) == 8
         filled = [fedkit.order_row(ex.db_url, orders[ex.authority])["filled_devices"] for ex in (a, c)]
