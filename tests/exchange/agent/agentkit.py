@@ -19,11 +19,31 @@ from typing import Any
 import aiohttp
 import aiohttp.abc
 
+from exchange.agent.config import AgentConfig
 from exchange.agent.journal import Journal
 from exchange.client import HetexClient
 from federation.keys import SigningKey, save_signing_key
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
+def simulated_config(
+    tmp_path: Path, exchange_url: str, site: str, devices: dict[str, int], **options: Any
+) -> tuple[AgentConfig, Path]:
+    """An in-process agent's config on a simulated device source (its state file written with `devices`, model ->
+    count) and the state file, for tests that drive the Agent with a test client's key."""
+    state = tmp_path / "devices.json"
+    state.write_text(json.dumps({"devices": [{"model": m, "count": n} for m, n in devices.items()]}))
+    cfg = AgentConfig(
+        exchange_url=exchange_url,
+        site=site,
+        key=tmp_path / "unused.pem",
+        journal=tmp_path / "journal.db",
+        source="simulated",
+        source_file=state,
+        **options,
+    )
+    return cfg, state
 
 
 def free_port() -> int:

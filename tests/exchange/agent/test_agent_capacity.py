@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from exchange.agent.config import AgentConfig
 from exchange.agent.discovery import SimulatedSource
 from exchange.agent.runner import Agent
+from tests.exchange.agent.agentkit import simulated_config
 from tests.exchange.registration_support import make_api
 
 
@@ -22,16 +22,7 @@ async def node(db: Any, aiohttp_client: Any, tmp_path: Path, *, clock: Any = tim
     pool = await provider.add_pool(site["cri"], "HW-910B3", 8, devices_per_node=8)
     now = int(time.time())
     await provider.post_offer(pool["cri"], 8, 900, now - 60, window_end=now + 7200, min_lease_seconds=60)
-    state = tmp_path / "devices.json"
-    state.write_text(json.dumps({"devices": [{"model": "HW-910B3", "count": 8}]}))
-    cfg = AgentConfig(
-        exchange_url=api.base_url,
-        site=site["cri"],
-        key=tmp_path / "unused.pem",
-        journal=tmp_path / "journal.db",
-        source="simulated",
-        source_file=state,
-    )
+    cfg, state = simulated_config(tmp_path, api.base_url, site["cri"], {"HW-910B3": 8})
     return Agent(cfg, provider, SimulatedSource(state), clock=clock), provider, state
 
 

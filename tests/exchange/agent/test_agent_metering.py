@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from exchange.agent.config import AgentConfig
 from exchange.agent.discovery import SimulatedSource
 from exchange.agent.runner import Agent
 from exchange.billing.per_minute import per_minute_fen
+from tests.exchange.agent.agentkit import simulated_config
 from tests.exchange.registration_support import make_api
 from tests.exchange.settlement_support import make_market
 
@@ -23,15 +23,11 @@ async def test_metered_minutes_settle_exactly(db: Any, aiohttp_client: Any, tmp_
     market = await make_market(api, clock_at=t0 - 30)
     [site] = (await market.provider.request("GET", "/v1/sites"))["sites"]
     c = await market.contract("per_minute", devices=8, start=t0, end=t0 + 1_800, buyer_price_fen=2_999)
-    state = tmp_path / "devices.json"
-    state.write_text(json.dumps({"devices": [{"model": "NV-H100-SXM", "count": 16}]}))
-    cfg = AgentConfig(
-        exchange_url=api.base_url,
-        site=site["cri"],
-        key=tmp_path / "unused.pem",
-        journal=tmp_path / "journal.db",
-        source="simulated",
-        source_file=state,
+    cfg, state = simulated_config(
+        tmp_path,
+        api.base_url,
+        site["cri"],
+        {"NV-H100-SXM": 16},
         auto_confirm=True,
         period_seconds=300,
         skew_alarm_seconds=86_400,  # the stepped clock runs ahead of the HTTP Date on purpose
@@ -88,17 +84,8 @@ async def test_a_contract_that_ended_while_away_does_not_block_the_others(
     ended = await market.contract("per_minute", devices=2, start=t0 - 600, end=t0 - 60)
     listed = (await market.provider.request("GET", "/v1/contracts", params={"limit": 100}))["items"]
     assert [c["id"] for c in listed] == [ended["id"], current["id"]]
-    state = tmp_path / "devices.json"
-    state.write_text(json.dumps({"devices": [{"model": "NV-H100-SXM", "count": 4}]}))
-    cfg = AgentConfig(
-        exchange_url=api.base_url,
-        site=site["cri"],
-        key=tmp_path / "unused.pem",
-        journal=tmp_path / "journal.db",
-        source="simulated",
-        source_file=state,
-        auto_confirm=True,
-        skew_alarm_seconds=86_400,
+    cfg, state = simulated_config(
+        tmp_path, api.base_url, site["cri"], {"NV-H100-SXM": 4}, auto_confirm=True, skew_alarm_seconds=86_400
     )
     # the node's clock runs 100 s behind (under the alarm): to it the ended contract is still on, so it asks
     agent = Agent(cfg, market.provider, SimulatedSource(state), clock=lambda: market.clock() - 100)
