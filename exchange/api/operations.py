@@ -163,6 +163,9 @@ class Api(web.RouteTableDef):
 
             route.__name__ = route.__qualname__ = handler.__name__
             route.__doc__ = handler.__doc__
+            # markers set on the handler (remembers_nonce, the console's form marker) hold for the route too,
+            # whichever side of the route decorator they were applied on
+            route.__dict__.update(getattr(handler, "__dict__", {}))
             self.route(method.upper(), path)(route)
             self.operations.append(op)
             return route
