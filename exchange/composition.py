@@ -21,6 +21,7 @@ from exchange.services.participants import ParticipantService
 from exchange.services.registration import RegistrationService
 from exchange.services.resolve import ResolveService
 from exchange.services.round_lock import RoundLock
+from exchange.services.round_worker import RoundWorker
 from exchange.services.rounds import RoundService
 from exchange.services.settlement import SettlementService
 from exchange.services.usage import UsageService
@@ -57,16 +58,23 @@ class Services:
     read_engine: AsyncEngine | None = None  # SQLite: the rounds' read-only connection (make_read_engine)
 
     async def close(self) -> None:
-        """Stop background audit jobs; release the database pools (only when this root opened them)."""
+        """Stop background audit jobs and the round worker; release the database pools (only when this root
+        opened them)."""
         await self.audit.close()
+        if self.rounds.worker is not None:
+            await self.rounds.worker.close()
         if self.engine is not None:
             await self.engine.dispose()
         if self.read_engine is not None:
             await self.read_engine.dispose()
 
 
-async def build_services(settings: Settings, *, sessions: async_sessionmaker[AsyncSession] | None = None) -> Services:
-    """Wire services for `settings`; tests pass `sessions` bound to a rolled-back transaction."""
+async def build_services(
+    settings: Settings, *, sessions: async_sessionmaker[AsyncSession] | None = None, serving: bool = False
+) -> Services:
+    """Wire services for `settings`; tests pass `sessions` bound to a rolled-back transaction. `serving`
+    (`hetex serve` and the benches that stand for it): rounds run in a child process when the settings say
+    so (settings.rounds_in_child, exchange/services/round_worker.py)."""
     engine = read_engine = None
     if sessions is None:
         engine = make_engine(settings.database_url)
@@ -96,6 +104,7 @@ async def build_services(settings: Settings, *, sessions: async_sessionmaker[Asy
         repeatable_snapshot=engine is not None and not settings.is_sqlite,
         disclosure_min_orders=settings.disclosure_min_orders,
         read_sessions=read_sessions,
+        worker=RoundWorker(settings) if serving and sessions is None and settings.rounds_in_child else None,
     )
     federation.inbound.seller_lock = lambda: rounds.lock.hold(settings.federation_peer_timeout_seconds)
     hub = HubService(sessions, settings, federation, catalogue, regions)

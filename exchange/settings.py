@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
@@ -47,6 +48,7 @@ class Settings(BaseModel):
     round_slot_seconds: int = Field(default=300, ge=1, le=86_400)
     round_max_start_slots: int = Field(default=4, ge=1, le=96)
     shutdown_grace_seconds: float = Field(default=10, ge=0, le=3600)  # SIGTERM: drain requests / finish the round
+    round_process: Literal["auto", "on", "off"] = "auto"  # `hetex serve`: rounds in a child process (round_worker.py)
     checkpoint_interval_seconds: float = Field(default=10, ge=0)
     fee_bps: int = Field(default=100, ge=0, le=10_000)
     disclosure_min_orders: int = Field(default=3, ge=1)  # public class prices need this many contracted orders
@@ -98,6 +100,12 @@ class Settings(BaseModel):
             "HETEX_PUBLIC_BASE_URL is not set: set it to the URL clients use to reach this exchange"
             " (e.g. https://hetex.example.cn), or pass --dev for local development"
         )
+
+    @property
+    def rounds_in_child(self) -> bool:
+        """`hetex serve` runs whole rounds in a child process: `on`, or `auto` on PostgreSQL (SQLite has one
+        writer, which the round would take from the requests' process)."""
+        return self.round_process == "on" or (self.round_process == "auto" and not self.is_sqlite)
 
     @property
     def is_sqlite(self) -> bool:

@@ -16,6 +16,11 @@ class HetexError(Exception):
         self.field = field
         self.details = details
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle whole (field and details too, whatever the subclass's constructor takes): a round run in a
+        worker process raises its domain error in the server as it was."""
+        return (_rebuild, (type(self), self.args), self.__dict__)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain form for logs and problem bodies."""
         out: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -24,6 +29,13 @@ class HetexError(Exception):
         if self.details:
             out.update(self.details)
         return out
+
+
+def _rebuild(cls: type[HetexError], args: tuple[Any, ...]) -> HetexError:
+    """Unpickling side of HetexError.__reduce__: the instance without calling the subclass's constructor."""
+    err = Exception.__new__(cls)
+    err.args = args
+    return err
 
 
 class ValidationError(HetexError):

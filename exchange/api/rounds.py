@@ -124,7 +124,8 @@ async def warm_solver(app: web.Application) -> AsyncIterator[None]:
     from exchange.api.keys import SERVICES
 
     svc = app[SERVICES]
-    warm = asyncio.create_task(svc.rounds.solver.warm(), name="hetex-solver-warm")
+    starter = svc.rounds.worker if svc.rounds.worker is not None else svc.rounds.solver
+    warm = asyncio.create_task(starter.warm(), name="hetex-solver-warm")
     warm.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed warm-up retries on first use
     yield
     warm.cancel()

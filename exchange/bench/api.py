@@ -241,7 +241,7 @@ async def _real_app(database_url: str, port: int) -> web.Application:
     # the seeding process's key directory when it passes one (round-under-load), else a scratch one
     key_dir = Path(os.environ.get("HETEX_KEY_DIR") or Path(tempfile.gettempdir()) / "hetex-bench-keys")
     settings = Settings(database_url=database_url, key_dir=key_dir, public_base_url=f"http://127.0.0.1:{port}")
-    svc = await build_services(settings)
+    svc = await build_services(settings, serving=True)
     assert svc.engine is not None
     await upgrade_engine(svc.engine)
     await svc.identity.start(create_if_empty=True)  # as `hetex serve` does

@@ -99,7 +99,7 @@ async def prepare_database(settings: Settings) -> None:
 
 async def prepare(settings: Settings) -> web.Application:
     """Build services, bring the schema to head (or refuse), and return the app."""
-    svc = await build_services(settings)
+    svc = await build_services(settings, serving=True)
     await _schema(svc, settings)
     try:
         # the one place a key is created implicitly: the first serve of a database without exchange keys

@@ -32,12 +32,13 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -78,6 +79,9 @@ from identifiers.errors import ConflictError, HetexError, NotFoundError
 from identifiers.ids import new_id_str
 from identifiers.regions import RegionTable
 from matching.model import Allocation, ClearingResult, Market, result_to_dict
+
+if TYPE_CHECKING:
+    from exchange.services.round_worker import RoundWorker
 
 log = logging.getLogger("hetex.rounds")
 
@@ -357,6 +361,10 @@ def _kill_hook(point: str) -> None:
     """Test hook: die abruptly at `point` when HETEX_TEST_KILL_ROUND names it (see module docstring)."""
     if os.environ.get(KILL_HOOK_ENV) == point:
         log.warning("test hook %s=%s: exiting abruptly", KILL_HOOK_ENV, point)
+        from exchange.services.round_worker import in_worker
+
+        if in_worker():  # the round worker of a server: the server dies with it
+            os.kill(os.getppid(), signal.SIGKILL)
         os._exit(9)
 
 
@@ -421,6 +429,7 @@ class RoundService:
         disclosure_min_orders: int = 3,
         solver: SolverPool | None = None,
         read_sessions: async_sessionmaker[AsyncSession] | None = None,
+        worker: RoundWorker | None = None,
     ) -> None:
         self.sessions = sessions
         self.read_sessions = read_sessions if read_sessions is not None else sessions
@@ -439,6 +448,9 @@ class RoundService:
         self.tiers = tiers
         self.disclosure_min_orders = disclosure_min_orders
         self.solver = solver if solver is not None else SOLVERS
+        #: when set (`hetex serve`, settings.round_process), whole rounds run in this child process
+        self.worker = worker
+        self._dispatch = asyncio.Lock()  # with a worker: one round at a time from this process
         self._stopping = False
         self._current: asyncio.Task[Any] | None = None
 
@@ -589,6 +601,8 @@ class RoundService:
         regions its hub routed to this exchange, the rest of the round unchanged (objective, prices, commit)."""
         if self._stopping:
             raise RoundsStoppingError("the exchange is shutting down; no new clearing round starts")
+        if self.worker is not None:
+            return await self._run_in_worker(self.worker, trigger, fence, routed)
         async with self.lock.hold(self.lock_timeout):
             if self._stopping:
                 raise RoundsStoppingError("the exchange is shutting down; no new clearing round starts")
@@ -597,6 +611,24 @@ class RoundService:
                 return await self._run_locked(trigger, fence, routed)
             finally:
                 self._current = None
+
+    async def _run_in_worker(
+        self, worker: RoundWorker, trigger: str, fence: Fence | None, routed: Mapping[str, Routed] | None
+    ) -> RoundSummary:
+        """The round in the worker process (it takes the round lock there); rounds asked of this process
+        wait their turn here, up to the lock timeout like a round waiting for the lock."""
+        try:
+            await asyncio.wait_for(self._dispatch.acquire(), timeout=max(self.lock_timeout, 0.001))
+        except TimeoutError:
+            raise RoundBusyError("another clearing round is running in this process; retry later") from None
+        try:
+            if self._stopping:
+                raise RoundsStoppingError("the exchange is shutting down; no new clearing round starts")
+            self._current = asyncio.current_task()
+            return await worker.run(trigger, fence, routed)
+        finally:
+            self._current = None
+            self._dispatch.release()
 
     async def stop(self, grace_seconds: float) -> str | None:
         """Graceful shutdown: start no new round; give the running one `grace_seconds` to finish, then
@@ -609,6 +641,13 @@ class RoundService:
         done, _ = await asyncio.wait({task}, timeout=grace_seconds)
         if done:
             return "finished"
+        if self.worker is not None:
+            # the child dies with its transaction (rolled back) and its lock; its row is marked here
+            self.worker.kill()
+            task.cancel()
+            await asyncio.wait({task}, timeout=30)
+            await self._mark_running_abandoned("the exchange shut down during the round")
+            return "abandoned"
         self.solver.kill()
         task.cancel()
         await asyncio.wait({task}, timeout=30)
@@ -708,6 +747,12 @@ class RoundService:
             summary.gap,
         )
         return RoundSummary(**{**summary.__dict__, "seconds": round(time.perf_counter() - t0, 6)})
+
+    async def _mark_running_abandoned(self, error: str) -> None:
+        """After killing the worker mid-round: its `running` row (no process runs it any more) is abandoned."""
+        async with self.sessions.begin() as session:
+            stmt = update(Round).where(Round.status == "running")
+            await session.execute(stmt.values(status="abandoned", finished_at=now_s(), error=error))
 
     async def _mark_failed(self, round_id: str, exc: Exception) -> None:
         await self._mark_ended(round_id, "failed", f"{type(exc).__name__}: {exc}")

@@ -24,8 +24,8 @@ from matching.model import ClearingResult, Market
 log = logging.getLogger("hetex.solver")
 
 
-def _clear(market: Market, method: str, time_limit: float) -> tuple[str, ClearingResult]:
-    """Worker side: the SHA-256 of the market's JSON form (what the round cleared) and its clearing result.
+def clear_inline(market: Market, method: str, time_limit: float) -> tuple[str, ClearingResult]:
+    """In this process: the SHA-256 of the market's JSON form (what the round cleared) and its clearing result.
     Serializing and hashing the snapshot here keeps that work off the exchange's event loop as well."""
     from matching.clearing import clear
 
@@ -80,7 +80,7 @@ class SolverPool:
         """Clear `market` in the worker process (the event loop stays free meanwhile): the snapshot's
         SHA-256 (over its JSON form) and the result. Market and result cross as pickled frozen dataclasses."""
         try:
-            return await asyncio.wrap_future(self._executor().submit(_clear, market, method, time_limit))
+            return await asyncio.wrap_future(self._executor().submit(clear_inline, market, method, time_limit))
         except BrokenProcessPool:
             self._discard()
             raise

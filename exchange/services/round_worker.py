@@ -1,0 +1,185 @@
+"""Whole clearing rounds (snapshot, solve, commit) in a child process with its own event loop and pool.
+
+Why: under API load a round that runs on the server's event loop waits behind every request handler at
+each database await (its snapshot and commit took 5-10x their idle time with 100 clients on PostgreSQL),
+and its CPU work (building and signing contracts) delays requests in turn. In a process of its own the
+round's awaits return as soon as the database answers, and the operating system shares the cores
+between the round and the requests instead of one event loop interleaving them.
+
+The child (spawn context: no inherited connections, locks or loop) builds the same services from the same
+settings and runs `RoundService.run_round` there, solving inline (it has nothing else to do). Rounds stay
+serialized across processes by the round lock, which the child takes (round_lock.py); fencing tokens cross
+as plain data. Only data crosses the boundary: the trigger, the fence, the routed orders in, the
+`RoundSummary` or the domain error out. The child exits with its parent (PR_SET_PDEATHSIG on Linux, and a
+watch thread), so a `kill -9` of the server leaves no round running on its own; PostgreSQL rolls back its
+open transaction and drops its advisory lock with its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Any
+
+from exchange.services.solver import clear_inline
+
+if TYPE_CHECKING:
+    from exchange.composition import Services
+    from exchange.services.lease import Fence
+    from exchange.services.rounds import RoundSummary, Routed
+    from exchange.settings import Settings
+
+log = logging.getLogger("hetex.rounds.worker")
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+_SERVICES: Services | None = None
+PR_SET_PDEATHSIG = 1
+
+
+class InlineSolver:
+    """The solver of a round that already runs off the API's event loop: clear in this process."""
+
+    async def warm(self) -> None:
+        """Nothing to start."""
+
+    async def clear(self, market: Any, *, method: str, time_limit: float) -> tuple[str, Any]:
+        """Clear `market` here (the child's loop has no other work)."""
+        return clear_inline(market, method, time_limit)
+
+    def kill(self) -> None:
+        """Nothing runs apart from the caller."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Exit when the server process is gone, even killed with SIGKILL: the kernel's parent-death signal
+    where it exists, and a watch thread in any case."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(0)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.2)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="hetex-round-parent-watch", daemon=True).start()
+
+
+def _init(settings: Settings, parent_pid: int, log_level: int) -> None:
+    """Child initializer: follow the parent's life, log like it, build the services and load the key."""
+    global _LOOP, _SERVICES
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s [round worker] %(message)s")
+    from exchange.composition import build_services
+
+    _LOOP = asyncio.new_event_loop()
+    asyncio.set_event_loop(_LOOP)
+    services = _LOOP.run_until_complete(build_services(settings))
+    services.rounds.solver = InlineSolver()  # type: ignore[assignment]
+    _LOOP.run_until_complete(services.identity.load())
+    _SERVICES = services
+
+
+def in_worker() -> bool:
+    """True in a round worker process (its services are built)."""
+    return _SERVICES is not None
+
+
+def _ready() -> int:
+    """Child side: services built (by the initializer); its pid."""
+    import matching.clearing  # noqa: F401  (imported once, so the first round does not pay for it)
+
+    return os.getpid()
+
+
+def _close_child() -> None:
+    """Child side: close the services (database pools: aiosqlite's connection threads would keep the
+    child from exiting) before the executor stops it."""
+    global _SERVICES
+    if _LOOP is not None and _SERVICES is not None:
+        services, _SERVICES = _SERVICES, None
+        _LOOP.run_until_complete(services.close())
+
+
+def _run(trigger: str, fence: Fence | None, routed: Mapping[str, Routed] | None) -> RoundSummary:
+    """Child side: one whole round on the child's loop."""
+    assert _LOOP is not None and _SERVICES is not None, "round worker not initialized"
+    return _LOOP.run_until_complete(_SERVICES.rounds.run_round(trigger, fence, routed=routed))
+
+
+class RoundWorker:
+    """The server side: one child process that runs this server's clearing rounds, one at a time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init,
+                initargs=(self.settings, os.getpid(), logging.getLogger().getEffectiveLevel()),
+            )
+        return self._pool
+
+    async def warm(self) -> None:
+        """Start the child now (services built, key loaded, solver imported), so the first round pays none."""
+        pid = await asyncio.wrap_future(self._executor().submit(_ready))
+        log.info("round worker process %d ready", pid)
+
+    async def run(self, trigger: str, fence: Fence | None, routed: Mapping[str, Routed] | None) -> RoundSummary:
+        """Run one round in the child; its summary, or the domain error it raised (re-raised here)."""
+        try:
+            return await asyncio.wrap_future(self._executor().submit(_run, trigger, fence, routed))
+        except BrokenProcessPool:
+            self._discard()
+            raise
+
+    def kill(self) -> None:
+        """Stop the child now (its open transaction rolls back, its round lock is released with its
+        connection); the next round starts another."""
+        pool = self._pool
+        if pool is None:
+            return
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.kill()
+        self._discard()
+
+    def _discard(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def close(self, grace_seconds: float = 10.0) -> None:
+        """Shut the child down: close its pools, let it exit, kill it if it has not within the grace."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.wrap_future(pool.submit(_close_child)), grace_seconds)
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace_seconds
+        for proc in processes:
+            await asyncio.to_thread(proc.join, max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.warning("round worker process %s did not exit within %ss: killed", proc.pid, grace_seconds)
+                proc.kill()
