@@ -247,7 +247,7 @@ class Demo:
         svc = app[SERVICES]
         self.svc = svc
         svc.contracts.clock = svc.usage.clock = svc.settlement.clock = self.clock
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(app, access_log=None, auto_decompress=False)  # as `hetex serve`
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.host, settings.port)
         await site.start()

@@ -1,5 +1,6 @@
 """Connection hygiene for `hetex serve`: a cap on concurrent connections per client address, a deadline
-for the request head (slowloris), and a deadline for reading the request body."""
+for the request head (slowloris), a deadline for reading the request body, bodies only as sent (no content
+coding), and malformed requests refused as problem+json and logged as counted one-liners, not tracebacks."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from exchange.api.problems import TITLES, problem_response
+from exchange.services.refusals import RefusalLog
 
 log = logging.getLogger("hetex.connections")
+#: malformed requests refused by the HTTP parser: anyone can send them, so a counted line per reason and minute
+MALFORMED = RefusalLog(log, "malformed request")
 
 HEAD_END = b"\r\n\r\n"
 
@@ -65,8 +70,14 @@ class ProblemRequestHandler(RequestHandler):
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
-        """The same refusal as aiohttp's, as problem+json."""
-        super().handle_error(request, status, exc, message)  # logs; refuses when a response already started
+        """The same refusal as aiohttp's, as problem+json. A client's malformed request is logged as a counted
+        line naming the parser's reason (not its text, which may hold header values), not a traceback."""
+        if status < 500 and isinstance(exc, HttpProcessingError):
+            MALFORMED.refused(type(exc).__name__, f"{status} from {request.remote}")
+            if request.writer.output_size > 0:  # as aiohttp: a response already started cannot be replaced
+                raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        else:
+            super().handle_error(request, status, exc, message)  # logs; refuses when a response already started
         code = "bad_request" if status < 500 else "internal_error"
         detail = (message or "").strip() if status < 500 else "internal error; see the server log"
         response = problem_response(status, code, detail or TITLES.get(status, "error"))
@@ -172,16 +183,31 @@ class GuardedSite(web.TCPSite):
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def refuse(code: str, detail: str, field: str) -> web.Response:
+    """A 400 problem+json refusal of the request's body that closes the connection (its rest is not read)."""
+    response = problem_response(400, code, detail, field=field)
+    response.force_close()
+    return response
+
+
 def body_timeout_middleware(timeout: float) -> Any:
     """Middleware: the request body must arrive within `timeout` seconds (408 problem+json, connection
-    closed); the body is buffered, so later reads (signature check, handler) return it at once."""
+    closed); the body is buffered, so later reads (signature check, handler) return it at once. A body with a
+    content coding is refused before it is read (400, field Content-Encoding): the signed Content-Digest is
+    over the bytes as sent, and decoding would let a small request expand without bound."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        coding = request.headers.get("Content-Encoding", "").strip().lower()
+        if coding not in ("", "identity"):
+            return refuse("content_encoding_unsupported", "send bodies without a content coding", "Content-Encoding")
         if request.body_exists:
             try:
                 async with asyncio.timeout(timeout):
                     await request.read()
+            except HttpProcessingError as exc:  # a body the HTTP parser could not take (bad chunking, ...)
+                MALFORMED.refused(type(exc).__name__, f"{exc.code} from {request.remote}")
+                return refuse("malformed_body", "the request body could not be read as sent", "body")
             except TimeoutError:
                 response = problem_response(408, "body_timeout", f"request body not received within {timeout:g} s")
                 response.force_close()

@@ -235,16 +235,23 @@ async def start_site(runner: web.AppRunner, settings: Settings, sock: socket.soc
     return site
 
 
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The app's runner with the connection settings: idle keep-alive cut, shutdown grace, and request bodies
+    taken as sent (no automatic decompression: coded bodies are refused, exchange/api/connections.py)."""
+    return web.AppRunner(
+        app,
+        keepalive_timeout=settings.http_keepalive_seconds,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+        auto_decompress=False,
+    )
+
+
 async def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     """Run the app until SIGTERM/SIGINT, idle keep-alive connections closed after the configured time.
 
     On a signal: stop listening, stop_rounds (exchange/api/rounds.py: finish or abandon the running round),
     drain in-flight requests for at most the grace period (then cancel them), clean up (solver, pool)."""
-    runner = web.AppRunner(
-        await prepare(settings),
-        keepalive_timeout=settings.http_keepalive_seconds,
-        shutdown_timeout=settings.shutdown_grace_seconds,
-    )
+    runner = make_runner(await prepare(settings), settings)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

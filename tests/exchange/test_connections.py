@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from exchange.api.app import create_app
-from exchange.cli.serve import start_site
+from exchange.cli.serve import make_runner, start_site
 from exchange.composition import build_services
 from exchange.settings import Settings
 
@@ -25,7 +25,7 @@ async def _serve(db: Any, tmp_path: Path, **overrides: Any) -> AsyncIterator[tup
     settings = Settings(database_url=db.url, key_dir=tmp_path / "keys", port=0, **overrides)
     svc = await build_services(settings, sessions=db.sessions)
     await svc.identity.init(exist_ok=True)  # `hetex admin init`
-    runner = web.AppRunner(create_app(svc), keepalive_timeout=settings.http_keepalive_seconds)
+    runner = make_runner(create_app(svc), settings)
     await runner.setup()
     site = await start_site(runner, settings)
     try:
@@ -129,3 +129,60 @@ async def test_malformed_request_is_problem_json(server: tuple[int, Any]) -> Non
     problem = json.loads(body)
     assert problem["status"] == 400 and problem["code"] == "bad_request"
     writer.close()
+
+
+async def _raw(port: int, request: bytes) -> tuple[int, bytes, dict[str, Any]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"application/problem+json" in head, data[:300]
+    return int(head.split(b" ", 2)[1]), head, json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        # a content coding: refused before reading (the signed digest is over the bytes as sent; no bombs)
+        b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 4\r\n\r\nabcd",
+        b"POST /v1/participants HTTP/1.1\r\nHost: x\r\nContent-Encoding: br, gzip\r\nContent-Length: 2\r\n\r\n{}",
+    ],
+)
+async def test_content_coded_body_is_400_naming_the_header(server: tuple[int, Any], request_bytes: bytes) -> None:
+    port, _ = server
+    status, _head, problem = await _raw(port, request_bytes)
+    assert status == 400 and problem["code"] == "content_encoding_unsupported"
+    assert problem["field"] == "Content-Encoding"
+
+
+async def test_malformed_chunked_body_is_400_problem_json(server: tuple[int, Any]) -> None:
+    port, _ = server
+    status, _head, problem = await _raw(
+        port,
+        b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+        b"zz\r\n{}\r\n0\r\n\r\n",
+    )
+    assert status == 400 and problem["status"] == 400
+
+
+async def test_malformed_requests_are_counted_lines_not_tracebacks(
+    server: tuple[int, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone can send junk: a counted warning per reason and minute, never an ERROR with a traceback, and
+    never the request's header values (which may hold cookies) in the log."""
+    port, _ = server
+    caplog.set_level(logging.DEBUG)
+    for _ in range(5):
+        status, _head, _problem = await _raw(
+            port, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\nCookie: session=s3cr3t\r\n\r\n"
+        )
+        assert status == 400
+        status, _head, _problem = await _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: s3cr3t\x00\r\n\r\n")
+        assert status == 400
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == []
+    lines = [r.getMessage() for r in caplog.records if r.name == "hetex.connections"]
+    assert 1 <= len(lines) <= 2 and all("malformed request refused" in m for m in lines)  # one per reason
+    assert not any("s3cr3t" in r.getMessage() for r in caplog.records)
