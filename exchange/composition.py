@@ -104,7 +104,7 @@ async def build_services(
         repeatable_snapshot=engine is not None and not settings.is_sqlite,
         disclosure_min_orders=settings.disclosure_min_orders,
         read_sessions=read_sessions,
-        worker=RoundWorker(settings) if serving and sessions is None and settings.rounds_in_child else None,
+        worker=RoundWorker(settings) if serving and engine is not None and settings.rounds_in_child else None,
     )
     federation.inbound.seller_lock = lambda: rounds.lock.hold(settings.federation_peer_timeout_seconds)
     hub = HubService(sessions, settings, federation, catalogue, regions)

@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import multiprocessing
 import os
 import signal
-import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
+from exchange.services.child_process import ChildProcess, die_with_parent
 from exchange.services.solver import clear_inline
 
 if TYPE_CHECKING:
@@ -43,7 +40,6 @@ log = logging.getLogger("hetex.rounds.worker")
 
 _LOOP: asyncio.AbstractEventLoop | None = None
 _SERVICES: Services | None = None
-PR_SET_PDEATHSIG = 1
 
 
 class InlineSolver:
@@ -63,27 +59,10 @@ class InlineSolver:
         """Nothing to stop."""
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Exit when the server process is gone, even killed with SIGKILL: the kernel's parent-death signal
-    where it exists, and a watch thread in any case."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(0)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.2)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="hetex-round-parent-watch", daemon=True).start()
-
-
 def _init(settings: Settings, parent_pid: int, log_level: int) -> None:
     """Child initializer: follow the parent's life, log like it, build the services and load the key."""
     global _LOOP, _SERVICES
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s [round worker] %(message)s")
     from exchange.composition import build_services
@@ -123,57 +102,36 @@ def _run(trigger: str, fence: Fence | None, routed: Mapping[str, Routed] | None)
     return _LOOP.run_until_complete(_SERVICES.rounds.run_round(trigger, fence, routed=routed))
 
 
-class RoundWorker:
+class RoundWorker(ChildProcess):
     """The server side: one child process that runs this server's clearing rounds, one at a time."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self.settings = settings
-        self._pool: ProcessPoolExecutor | None = None
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init,
-                initargs=(self.settings, os.getpid(), logging.getLogger().getEffectiveLevel()),
-            )
-        return self._pool
+    def initializer(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
+        """Build the services in the child from this server's settings."""
+        return _init, (self.settings, os.getpid(), logging.getLogger().getEffectiveLevel())
 
     async def warm(self) -> None:
         """Start the child now (services built, key loaded, solver imported), so the first round pays none."""
-        pid = await asyncio.wrap_future(self._executor().submit(_ready))
+        pid = await asyncio.wrap_future(self.submit(_ready))
         log.info("round worker process %d ready", pid)
 
     async def run(self, trigger: str, fence: Fence | None, routed: Mapping[str, Routed] | None) -> RoundSummary:
         """Run one round in the child; its summary, or the domain error it raised (re-raised here)."""
         try:
-            return await asyncio.wrap_future(self._executor().submit(_run, trigger, fence, routed))
+            return await asyncio.wrap_future(self.submit(_run, trigger, fence, routed))
         except BrokenProcessPool:
-            self._discard()
+            self.discard()
             raise
-
-    def kill(self) -> None:
-        """Stop the child now (its open transaction rolls back, its round lock is released with its
-        connection); the next round starts another."""
-        pool = self._pool
-        if pool is None:
-            return
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.kill()
-        self._discard()
-
-    def _discard(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
 
     async def close(self, grace_seconds: float = 10.0) -> None:
         """Shut the child down: close its pools, let it exit, kill it if it has not within the grace."""
-        pool, self._pool = self._pool, None
+        processes, pool = self.processes(), self._pool
+        self._pool = None
         if pool is None:
             return
-        processes = list((getattr(pool, "_processes", None) or {}).values())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.wrap_future(pool.submit(_close_child)), grace_seconds)
         pool.shutdown(wait=False, cancel_futures=True)

@@ -12,13 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import multiprocessing
-import os
-import threading
-import time
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from exchange.services.child_process import ChildProcess
 from matching.model import ClearingResult, Market
 
 log = logging.getLogger("hetex.solver")
@@ -37,18 +33,6 @@ def market_digest(market: Market) -> str:
     return hashlib.sha256(market.to_json().encode()).hexdigest()
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Worker initializer: exit when the exchange process is gone (even killed with SIGKILL), so no orphaned
-    worker keeps running or holds the parent's stdout/stderr open."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="hetex-solver-parent-watch", daemon=True).start()
-
-
 def _ready() -> bool:
     """Worker side: import the solver once, so the first round does not pay for it."""
     import matching.clearing  # noqa: F401
@@ -56,49 +40,21 @@ def _ready() -> bool:
     return True
 
 
-class SolverPool:
+class SolverPool(ChildProcess):
     """One solver worker process, shared by the rounds of this exchange process."""
-
-    def __init__(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_watch_parent,
-                initargs=(os.getpid(),),
-            )
-        return self._pool
 
     async def warm(self) -> None:
         """Start the worker and import the solver in it."""
-        await asyncio.wrap_future(self._executor().submit(_ready))
+        await asyncio.wrap_future(self.submit(_ready))
 
     async def clear(self, market: Market, *, method: str, time_limit: float) -> tuple[str, ClearingResult]:
         """Clear `market` in the worker process (the event loop stays free meanwhile): the snapshot's
         SHA-256 (over its JSON form) and the result. Market and result cross as pickled frozen dataclasses."""
         try:
-            return await asyncio.wrap_future(self._executor().submit(clear_inline, market, method, time_limit))
+            return await asyncio.wrap_future(self.submit(clear_inline, market, method, time_limit))
         except BrokenProcessPool:
-            self._discard()
+            self.discard()
             raise
-
-    def kill(self) -> None:
-        """Stop the worker now (a solve in flight fails with BrokenProcessPool); the next use starts another."""
-        pool = self._pool
-        if pool is None:
-            return
-        processes = getattr(pool, "_processes", None) or {}
-        for proc in list(processes.values()):
-            proc.kill()
-        self._discard()
-
-    def _discard(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         """Shut the worker down (waits for it to exit)."""

@@ -25,7 +25,7 @@ from exchange.services.rounds import DELAY_HOOK_ENV, KILL_HOOK_ENV
 from exchange.settings import Settings
 from identifiers.errors import ValidationError
 from tests.exchange.test_rounds_processes import ROOT, assert_never_oversold, finish, populate, round_process, state
-from tests.exchange.test_serve_shutdown import add_operator, free_port, wait_for
+from tests.exchange.test_serve_shutdown import add_operator, free_port, up, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -72,15 +72,6 @@ def serve(url: str, keys: Path, port: int, *, delay: float | None) -> subprocess
     cmd = [sys.executable, "-m", "exchange", "serve", "--database-url", url, "--port", str(port)]
     cmd += ["--key-dir", str(keys), "--dev"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-async def up(session: aiohttp.ClientSession, proc: subprocess.Popen[str], base: str) -> bool:
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-    try:
-        async with session.get(base + "/healthz") as r:
-            return r.status == 200
-    except aiohttp.ClientError:
-        return False
 
 
 def test_settings_choose_the_worker_by_database() -> None:

@@ -63,6 +63,16 @@ async def wait_for(check: Callable[[], Any], within: float = 60) -> None:
     raise AssertionError("condition not reached in time")
 
 
+async def up(session: aiohttp.ClientSession, proc: subprocess.Popen[str], base: str) -> bool:
+    """True once the server answers /healthz (asserting it has not exited)."""
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    try:
+        async with session.get(base + "/healthz") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
 async def sigterm_mid_round(url: str, keys: Path, *, delay: float, grace: float) -> tuple[int, str, Any]:
     """Serve, trigger a round, SIGTERM while it runs; (exit code, log, what the trigger got)."""
     operator = await add_operator(url, keys)
@@ -71,16 +81,7 @@ async def sigterm_mid_round(url: str, keys: Path, *, delay: float, grace: float)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-
-            async def up() -> bool:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                try:
-                    async with session.get(base + "/healthz") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_for(up)
+            await wait_for(lambda: up(session, proc, base))
             client = HetexClient(base, operator, session=session, timeout=120)
             trigger = asyncio.create_task(client.request("POST", "/v1/rounds"))
 
