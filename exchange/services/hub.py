@@ -367,7 +367,6 @@ class HubService:
                     select(OrderRecord)
                     .where(
                         OrderRecord.status.in_(OPEN_ORDER),
-                        OrderRecord.quantity_devices.is_not(None),
                         OrderRecord.created_at <= now - after,
                         OrderRecord.id.not_in(busy),
                     )
@@ -378,7 +377,7 @@ class HubService:
         out = []
         for seq, r in enumerate(x for x in rows if x.id not in self._confirming):
             row = OrderRow(r.id, r.buyer_id, r.status, r.spec, r.quantity_devices, r.filled_devices, r.updated_at,
-                           r.created_at, r.spec.get("home_region"))  # fmt: skip
+                           r.created_at, r.spec.get("home_region"), filled_scu=r.filled_scu)  # fmt: skip
             made = market_order(row, seq, self.catalogue, slot_seconds=self.settings.round_slot_seconds)
             if isinstance(made, Order):
                 out.append(replace(made, buyer=""))  # the hub needs no buyer identity

@@ -126,8 +126,18 @@ class BuyerSide:
         if order.status not in OPEN_ORDER or not quantified or in_flight:
             return {"status": "skipped"}
         need = Need.of(order, terms, ctx.scu)
-        if need.remaining <= 0 or (plan is not None and need.scu is not None):
-            return {"status": "skipped"}  # a hub plans device orders only
+        if need.remaining <= 0:
+            return {"status": "skipped"}
+        planned_scu: dict[str, Decimal] = {}
+        if plan is not None and need.scu is not None:
+            # an SCU order the hub placed as devices of one model at one or more owners: each owner is asked
+            # for exactly its devices, and the plan must fill what is missing exactly (tracked in SCU)
+            try:
+                planned_scu = need.planned(plan)
+            except ValidationError as exc:
+                detail = {"order_id": order.id, "error": exc.message}
+                await self.events.record("bad_route", ctx.settings.federation_hub or None, detail)
+                return {"status": "bad_route", "error": exc.message}
         start = max(now, int(terms["start_earliest"] or now))
         end = start + terms["duration"]
         candidates = []
@@ -162,7 +172,7 @@ class BuyerSide:
             quantity = need.ask(want, models, all_of_it=bool(shaped))
             if peer.authority in planned:
                 n, models, regions = planned[peer.authority]
-                want, quantity = Decimal(n), {"devices_max": n, "devices_min": n}
+                want, quantity = planned_scu.get(peer.authority, Decimal(n)), {"devices_max": n, "devices_min": n}
                 steps = sorted(set((asks or {}).get(peer.authority, ())))
                 if steps:
                     quantity["asks"] = steps
@@ -227,7 +237,7 @@ class BuyerSide:
                            int(resp.get("expires_at", 0)))
             )  # fmt: skip
             total += amount
-            if shaped:
+            if shaped and plan is None:  # a hub's plan already keeps the shape across its owners
                 break
         if total < need.minimum:
             for h in held:
@@ -255,12 +265,9 @@ class BuyerSide:
         )
         return not in_flight
 
-    async def forward_open_orders(
-        self, order_ids: Iterable[str] | None = None, *, scu_only: bool = False
-    ) -> list[dict[str, Any]]:
+    async def forward_open_orders(self, order_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Hook for rounds (after a local round, pass the still-open order ids) and the background tick:
-        forward orders the local market cannot fill now, or that stayed open longer than forward_after
-        (`scu_only`: SCU orders only, for a hub member whose hub plans its device orders)."""
+        forward orders the local market cannot fill now, or that stayed open longer than forward_after."""
         ctx = self.ctx
         async with self._forward_lock:
             now = ctx.clock()
@@ -270,8 +277,6 @@ class BuyerSide:
                 if not summaries:
                     return []  # nobody to forward to: this pass (run every tick) reads no order
                 stmt = select(Order).where(Order.status.in_(OPEN_ORDER))
-                if scu_only:
-                    stmt = stmt.where(Order.quantity_devices.is_(None))
                 if order_ids is not None:
                     stmt = stmt.where(Order.id.in_(list(order_ids)))
                 orders = (await session.scalars(stmt.order_by(Order.created_at, Order.id).limit(200))).all()
