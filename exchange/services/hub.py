@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.federation import Federation
 from exchange.services.federation.context import OPEN_ORDER
+from exchange.services.federation.wire import ForwardedOrder, route_json, routes_from_json
 from exchange.services.federation_capacity import IN_FLIGHT_STATUSES, free_tranches
 from exchange.services.peer_client import PeerRefusedError, PeerUnavailableError
 from exchange.services.rounds import Routed
@@ -58,13 +59,11 @@ from matching.model import SNAPSHOT_FORMAT, Order, market_from_dict, market_to_d
 
 log = logging.getLogger("hetex.hub")
 MAX_DEMAND = 2000
-MAX_ROUTES = 4000
 HORIZON_SLOTS = 8
 # routed orders a member runs the two-phase protocol for at once: each is two requests to its owners, and
 # an owner takes at most 32 connections from one address (exchange/api/connections.py; members on one
 # machine all connect from 127.0.0.1, so 3 members x 8 stay under it with room for summaries and resync)
 ROUTE_CONCURRENCY = 8
-MAX_ASKS = 64
 SUMMARY_SLOT_SECONDS = 3600
 
 
@@ -93,27 +92,6 @@ def orders_from_json(data: Any) -> list[Order]:
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise ValidationError(f"orders: {exc}", field="body.orders") from None
     return list(market.orders)
-
-
-def routes_from_json(data: Any) -> list[tuple[str, str, int, str, str, tuple[int, ...]]]:
-    """(order id, owner, devices, model, region, asks) of a hub_routes body (ValidationError naming the field)."""
-    if not isinstance(data, list) or len(data) > MAX_ROUTES:
-        raise ValidationError(f"routes must be a list of at most {MAX_ROUTES}", field="body.routes")
-    out = []
-    for r in data:
-        ok = isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("order_id", "owner", "model", "region"))
-        n = r.get("devices") if isinstance(r, dict) else None
-        if not ok or not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValidationError("a route is {order_id, owner, devices >= 1, model, region}", field="body.routes")
-        asks = r.get("asks", [])
-        if not isinstance(asks, list) or len(asks) > MAX_ASKS or not all(_fen(a) for a in asks):
-            raise ValidationError(f"a route's asks are at most {MAX_ASKS} integers >= 0", field="body.routes")
-        out.append((r["order_id"], r["owner"], n, r["model"], r["region"], tuple(asks)))
-    return out
-
-
-def _fen(a: Any) -> bool:
-    return isinstance(a, int) and not isinstance(a, bool) and a >= 0
 
 
 class HubService:
@@ -477,6 +455,67 @@ class HubService:
         self.history.append(dict(self.last_round))
         return {"status": "cleared", **self.last_round}
 
+    async def reroute(self, order: ForwardedOrder, buyer: str) -> list[dict[str, Any]] | None:
+        """A regional hub named as owner by its parent's routes (the parent cleared on our aggregate): clear
+        the offered order again on our members' fresh curves (only the ladder steps the parent placed it on)
+        and answer routes naming the members, for the buyer's exchange to ask them (specs/federation.md
+        9.3). None when we are no hub or have no member curves (the order is then an ordinary offer)."""
+        if not self.is_hub:
+            return None
+        now = self.clock()
+        fresh = {m: s for m, s in self.supply.items() if s.expires_at > now and m != buyer}
+        if not fresh:
+            return None
+        slot = Counter(s.slot_seconds for s in fresh.values()).most_common(1)[0][0]
+        steps = set(order.asks or ())
+        curves = []
+        for m, s in sorted(fresh.items()):
+            for c in s.classes:
+                if s.slot_seconds != slot or (order.models and c.model not in order.models):
+                    continue
+                if order.regions and c.region not in order.regions:
+                    continue
+                curve = curve_of(m, c, slot)
+                if steps:
+                    kept = tuple((t, tuple((a, n) for a, n in lad if a in steps)) for t, lad in curve.slots)
+                    curve = replace(curve, slots=kept)
+                curves.append(curve)
+        limits = {}
+        for m in sorted({c.model for c in curves}):
+            lim = order.limits.get(m, order.limits.get("*"))
+            if lim is not None:
+                limits[m] = lim
+        oid = f"{buyer}/{order.origin_order_id}"
+        demand = Order(
+            id=oid,
+            buyer="",
+            seq=0,
+            quantity_devices=order.devices_max,
+            models=tuple(sorted(limits)),
+            regions=tuple(order.regions or ()),
+            all_or_nothing=order.devices_min >= order.devices_max,
+            min_fill_devices=order.devices_min,
+            max_pools=order.max_pools or 1000,
+            same_model=order.same_model,
+            colocation=order.colocation,
+            duration_seconds=order.end_at - order.start_at,
+            limits=limits,
+            billing_mode=order.billing_mode,
+        )
+        if not limits:
+            return []
+        lat = latency_matrix(self.regions, {c.region for c in curves})
+        routes, _result = await asyncio.to_thread(
+            clear_hub, curves, [demand], {oid: buyer}, now, latency_ms=lat, slot_seconds=slot, max_start_slots=1
+        )
+        self.counts["rerouted_down"] += 1
+        return [
+            route_json(
+                order.origin_order_id, r.owner, r.devices, r.model, r.region, r.start, r.end, r.buyer_price_fen, r.asks
+            )
+            for r in routes
+        ]
+
     def _all_reported(self, fresh: Mapping[str, SupplySummary], wall: float) -> bool:
         """A coupled fabric clears once (1) every coupled member with a fresh summary said it finished the
         last round's routes (its holds at the owners granted or refused, its local round done), and (2)
@@ -511,17 +550,17 @@ class HubService:
             body = {
                 "round": self.rounds,
                 "routes": [
-                    {
-                        "order_id": r.order_id.removeprefix(prefix),
-                        "owner": r.owner,
-                        "devices": r.devices,
-                        "model": r.model,
-                        "region": r.region,
-                        "start_at": r.start,
-                        "end_at": r.end,
-                        "buyer_price_fen": r.buyer_price_fen,
-                        "asks": list(r.asks),
-                    }
+                    route_json(
+                        r.order_id.removeprefix(prefix),
+                        r.owner,
+                        r.devices,
+                        r.model,
+                        r.region,
+                        r.start,
+                        r.end,
+                        r.buyer_price_fen,
+                        r.asks,
+                    )
                     for r in rs
                 ],
             }

@@ -24,13 +24,16 @@ from exchange.services.federation.peers import PeerDirectory
 from exchange.services.federation.quantity import Need
 from exchange.services.federation.summaries import Summaries
 from exchange.services.federation.terms import check_line, check_shape, order_terms, shape_fields
+from exchange.services.federation.wire import routes_from_json
 from exchange.services.federation_capacity import IN_FLIGHT_STATUSES, Tranche, choose, free_tranches, lock_capacity
 from exchange.services.peer_client import PeerRefusedError, PeerUnavailableError
 from exchange.storage.federation import OutboundHold
 from exchange.storage.orders import Order
+from federation.peering import PeerIdentity
 from identifiers.errors import HetexError, NotFoundError, ValidationError
 
 LATENCY_SAMPLES = 10_000
+MAX_REROUTES = 4  # regional hubs re-routing one order in a pass (a hub under a hub under a hub...)
 FORWARD_CONCURRENCY = 4
 
 
@@ -147,6 +150,9 @@ class BuyerSide:
                 candidates.append((best if best is not None else 1 << 62, peer.authority, peer))
         candidates.sort(key=lambda c: (c[0], c[1]))
         planned: dict[str, tuple[int, list[str], list[str]]] = {}
+        steps_of = {owner: set(a) for owner, a in (asks or {}).items()}
+        known: dict[str, PeerIdentity] = {}
+        reroutes = 0
         if plan is not None:
             known = {p.authority: p for p in await self.peers.peers()}
             for owner, n, model, region in plan:
@@ -173,7 +179,7 @@ class BuyerSide:
             if peer.authority in planned:
                 n, models, regions = planned[peer.authority]
                 want, quantity = planned_scu.get(peer.authority, Decimal(n)), {"devices_max": n, "devices_min": n}
-                steps = sorted(set((asks or {}).get(peer.authority, ())))
+                steps = sorted(steps_of.get(peer.authority, ()))
                 if steps:
                     quantity["asks"] = steps
             msg = ctx.client.build(
@@ -212,6 +218,20 @@ class BuyerSide:
             except (PeerUnavailableError, PeerRefusedError) as exc:
                 await self.commits.set_outbound(msg["message_id"], status="failed", error=exc.message)
                 await self.peers.mark(peer.authority, ok=False, error=exc.message)
+                continue
+            if resp.get("status") == "rerouted" and peer.authority in planned and reroutes < MAX_REROUTES:
+                # the owner is a regional hub: it cleared its share again on its members' curves, and its
+                # members are asked in its place (appended to the owners still to ask)
+                reroutes += 1
+                await self.commits.set_outbound(msg["message_id"], status="refused", error="rerouted")
+                try:
+                    added = self._rerouted(resp.get("routes"), peer.authority, planned, known, need, planned_scu)
+                except ValidationError as exc:
+                    await self.events.record("bad_route", peer.authority, {"order_id": order.id, "error": exc.message})
+                    continue
+                for owner, _n, _m, _r, owner_steps in added:
+                    candidates.append((0, owner, known[owner]))
+                    steps_of[owner] = set(owner_steps)
                 continue
             if resp.get("status") != "held":
                 why = str(resp.get("reason")) + (f" ({resp['field']})" if resp.get("field") else "")
@@ -252,6 +272,38 @@ class BuyerSide:
             self.orders_committed += 1
             self.forward_latency_ms.append((time.perf_counter() - t0) * 1000.0)
         return {"status": "committed" if committed else "pending", "devices": committed, "holds": len(held)}
+
+    def _rerouted(
+        self,
+        data: Any,
+        hub: str,
+        planned: dict[str, tuple[int, list[str], list[str]]],
+        known: Mapping[str, PeerIdentity],
+        need: Need,
+        planned_scu: dict[str, Decimal],
+    ) -> list[tuple[str, int, list[str], list[str], set[int]]]:
+        """A regional hub's `rerouted` answer: its share of the plan split over its members (each a peer of
+        ours, not asked yet in this pass, together exactly the devices planned at the hub). Updates `planned`
+        (and `planned_scu` for an SCU order); the new owners with their devices, classes and ladder steps."""
+        routes = routes_from_json(data, field="routes")
+        n_hub = planned[hub][0]
+        by_owner: dict[str, tuple[int, list[str], list[str], set[int]]] = {}
+        for _oid, owner, n, model, region, steps in routes:
+            if owner not in known or owner in planned or owner == self.ctx.authority:
+                raise ValidationError(f"rerouted to {owner}: not a peer, or already asked", field="routes")
+            had, ms, rs, st = by_owner.get(owner, (0, [], [], set()))
+            by_owner[owner] = (had + n, sorted({*ms, model}), sorted({*rs, region}), st | set(steps))
+        if sum(v[0] for v in by_owner.values()) != n_hub:
+            raise ValidationError(f"rerouted devices differ from the {n_hub} planned", field="routes")
+        if need.scu is not None:
+            per = planned_scu.pop(hub) / n_hub
+            if any(ms != by_owner[next(iter(by_owner))][1] for _n, ms, _r, _s in by_owner.values()):
+                raise ValidationError("an SCU order is rerouted on one model", field="routes")
+            planned_scu.update({o: per * v[0] for o, v in by_owner.items()})
+        del planned[hub]
+        for owner, (n, ms, rs, _st) in by_owner.items():
+            planned[owner] = (n, ms, rs)
+        return [(o, n, ms, rs, st) for o, (n, ms, rs, st) in sorted(by_owner.items())]
 
     async def _claim(self, session: AsyncSession, order: Order) -> bool:
         """In the caller's write transaction: the order is still as read (open, same fill, nothing in flight),

@@ -17,6 +17,48 @@ from exchange.services.fields import DECIMAL_FRAC_DIGITS, DECIMAL_INT_DIGITS, DE
 from identifiers.errors import ValidationError
 
 MIRRORABLE = frozenset({"usage", "settlement"})
+MAX_ROUTES = 4000
+MAX_ASKS = 64
+#: a route: (order id, owner, devices, model, region, asks)
+RouteTuple = tuple[str, str, int, str, str, tuple[int, ...]]
+
+
+def routes_from_json(data: Any, field: str = "body.routes") -> list[RouteTuple]:
+    """(order id, owner, devices, model, region, asks) of a hub's routes (ValidationError naming `field`)."""
+    if not isinstance(data, list) or len(data) > MAX_ROUTES:
+        raise ValidationError(f"routes must be a list of at most {MAX_ROUTES}", field=field)
+    out = []
+    for r in data:
+        ok = isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("order_id", "owner", "model", "region"))
+        n = r.get("devices") if isinstance(r, dict) else None
+        if not ok or not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValidationError("a route is {order_id, owner, devices >= 1, model, region}", field=field)
+        asks = r.get("asks", [])
+        if not isinstance(asks, list) or len(asks) > MAX_ASKS or not all(_fen(a) for a in asks):
+            raise ValidationError(f"a route's asks are at most {MAX_ASKS} integers >= 0", field=field)
+        out.append((r["order_id"], r["owner"], n, r["model"], r["region"], tuple(asks)))
+    return out
+
+
+def route_json(
+    order_id: str, owner: str, devices: int, model: str, region: str, start: int, end: int, price: int, asks: Any
+) -> dict[str, Any]:
+    """One route in the wire form of hub_routes and of a `rerouted` answer."""
+    return {
+        "order_id": order_id,
+        "owner": owner,
+        "devices": devices,
+        "model": model,
+        "region": region,
+        "start_at": start,
+        "end_at": end,
+        "buyer_price_fen": price,
+        "asks": list(asks),
+    }
+
+
+def _fen(a: Any) -> bool:
+    return isinstance(a, int) and not isinstance(a, bool) and a >= 0
 
 
 class ForwardedOrder(BaseModel):
