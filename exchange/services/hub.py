@@ -20,6 +20,7 @@ the aggregate of its members' curves (federation.summary.aggregate).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -39,9 +40,10 @@ from exchange.services.peer_client import PeerRefusedError, PeerUnavailableError
 from exchange.services.rounds import Routed
 from exchange.services.snapshot import OrderRow, latency_matrix, market_order
 from exchange.settings import Settings
-from exchange.storage.federation import OutboundHold
+from exchange.storage.federation import OutboundHold, PeerContract
 from exchange.storage.orders import Order as OrderRecord
-from federation.peering import VerifiedPeerMessage
+from federation.note import NoteError, NoteVerifier, verify_checkpoint
+from federation.peering import VerifiedPeerMessage, envelope_json, verify_contract
 from federation.summary import (
     SlotSupply,
     SupplyClass,
@@ -65,6 +67,7 @@ HORIZON_SLOTS = 8
 # machine all connect from 127.0.0.1, so 3 members x 8 stay under it with room for summaries and resync)
 ROUTE_CONCURRENCY = 8
 SUMMARY_SLOT_SECONDS = 3600
+MAX_REPORTED = 500  # contracts per demand message (the rest follow with the next ones)
 
 
 def curve_of(owner: str, c: SupplyClass, slot_seconds: int) -> SupplyCurve:
@@ -139,6 +142,7 @@ class HubService:
         self._done_round = 0  # the last hub round whose routes we finished (holds, commits, local round)
         self._latest_routes = 0  # the round of the newest routes received (a restarted hub counts from 1)
         self._publish_now = asyncio.Event()
+        self._reported: set[str] = set()  # our contract ids the hub has (sent in a demand message)
 
     # -------------------------------------------------------------------------------------- inbound
 
@@ -149,7 +153,8 @@ class HubService:
         if kind == "supply_summary":
             return self.receive_supply(v)
         if kind == "hub_demand":
-            return self.receive_demand(v)
+            out = self.receive_demand(v)
+            return {**out, **await self.record_fabric(v)}
         if kind == "hub_routes":
             return self.receive_routes(v)
         raise ValidationError(f"unknown message kind {kind}", field="type")
@@ -384,9 +389,89 @@ class HubService:
         body: dict[str, Any] = {"orders": orders_to_json(demand)}
         if self.settings.federation_hub_coupled and not self.is_hub:
             body.update(coupled=True, round=done, as_of_us=int(as_of * 1e6))
+        reported = await self._unreported_contracts()
+        if reported:  # the regulator's fabric view at the hub: our new contracts, and our log covering them
+            checkpoint = await self.federation.ctx.ledger.checkpoint()
+            body.update(contracts=[env for _cid, env in reported], checkpoint=checkpoint.note)
         await client.send(hub, "/v1/federation/hub/demand", client.build(hub, "hub_demand", body))
+        self._reported.update(cid for cid, _env in reported)
         self.counts["published"] += 1
-        return {"status": "sent", "classes": len(summary.classes), "orders": len(demand)}
+        return {
+            "status": "sent",
+            "classes": len(summary.classes),
+            "orders": len(demand),
+            "reported_contracts": len(reported),
+        }
+
+    async def _unreported_contracts(self) -> list[tuple[str, dict[str, Any]]]:
+        """Our cross-exchange contracts as buyer (each reported once, by its buyer's exchange) not yet sent
+        to the hub in this process (after a restart all are sent again; the hub keeps each once)."""
+        async with self.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(PeerContract.contract_id, PeerContract.envelope)
+                    .where(PeerContract.side == "buyer")
+                    .order_by(PeerContract.created_at, PeerContract.contract_id)
+                )
+            ).all()
+        fresh = [(str(cid), dict(env)) for cid, env in rows if cid not in self._reported]
+        return fresh[:MAX_REPORTED]
+
+    async def record_fabric(self, v: VerifiedPeerMessage) -> dict[str, Any]:
+        """Hub side: append a member's reported cross-exchange contracts (each verified to carry both its
+        exchanges' signatures, the reporting member being one of them; countersigned, kept once) and its
+        signed checkpoint (verified with its key) to our log, so our audit export covers the fabric."""
+        contracts = v.body.get("contracts", [])
+        note = v.body.get("checkpoint")
+        if not isinstance(contracts, list) or len(contracts) > MAX_REPORTED:
+            raise ValidationError(f"contracts must be a list of at most {MAX_REPORTED}", field="body.contracts")
+        if not contracts:
+            return {}
+        if not isinstance(note, str):
+            raise ValidationError(
+                "reported contracts come with the member's signed checkpoint", field="body.checkpoint"
+            )
+        try:
+            cp = verify_checkpoint(note, [NoteVerifier(v.peer.origin, v.peer.public_key)], origin=v.peer.origin)
+        except NoteError as exc:
+            raise ValidationError(f"checkpoint refused: {exc.message}", field="body.checkpoint") from None
+        peers = {p.authority: p for p in await self.federation.peers.peers()}
+        checked: list[tuple[str, dict[str, Any]]] = []
+        for i, env in enumerate(contracts):
+            where = f"body.contracts[{i}]"
+            try:
+                body = envelope_json(env)
+                owner, buyer = peers.get(str(body.get("owner_authority"))), peers.get(str(body.get("buyer_authority")))
+                if owner is None or buyer is None or v.peer.authority not in (owner.authority, buyer.authority):
+                    raise ValidationError("a contract between two of our peers, the sender one of them", field=where)
+                body = verify_contract(env, owner, buyer)
+            except (HetexError, TypeError, ValueError, AttributeError) as exc:
+                message = exc.message if isinstance(exc, HetexError) else str(exc)
+                raise ValidationError(f"contract refused: {message}", field=where) from None
+            if body.get("kind") != "cross_exchange" or not isinstance(body.get("contract_id"), str):
+                raise ValidationError("a cross-exchange contract record", field=where)
+            checked.append((body["contract_id"], env))
+        ledger = self.federation.ctx.ledger
+        added = 0
+        async with self.sessions.begin() as session:
+            for cid, env in checked:
+                if await ledger.entries_for(cid, session):
+                    continue  # reported before (a member restarted, or both sides reported it)
+                await ledger.append_signed(session, "contract", cid, env)
+                added += 1
+            if added:
+                record = {
+                    "type": "peer_checkpoint",
+                    "peer_authority": v.peer.authority,
+                    "origin": cp.origin,
+                    "size": cp.size,
+                    "root": base64.b64encode(cp.root).decode(),
+                    "note": note,
+                    "created_at": self.clock(),
+                }
+                await ledger.append(session, "peer-checkpoint", f"{v.peer.authority}:{cp.size}", record)
+        self.counts["fabric_contracts"] += added
+        return {"recorded_contracts": added}
 
     # -------------------------------------------------------------------------------------- hub side
 
