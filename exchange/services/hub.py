@@ -209,19 +209,35 @@ class HubService:
         self._latest_routes = number
         plans: dict[str, list[tuple[str, int, str, str]]] = {}
         asks: dict[str, dict[str, set[int]]] = {}
-        for order_id, owner, n, model, region, steps in routes_from_json(v.body.get("routes")):
+        me = self.federation.ctx.authority
+        # per own order: devices per (region, model, ask) on our own ladder (None: a route without steps)
+        own_steps: dict[str, dict[tuple[str, str, int], int] | None] = {}
+        for order_id, owner, n, model, region, steps, ladder in routes_from_json(v.body.get("routes")):
             plans.setdefault(order_id, []).append((owner, n, model, region))
             asks.setdefault(order_id, {}).setdefault(owner, set()).update(steps)
+            if owner == me:
+                acc = own_steps.setdefault(order_id, {})
+                if ladder is None or acc is None:
+                    own_steps[order_id] = None
+                else:
+                    for ask, k in ladder:
+                        acc[(region, model, ask)] = acc.get((region, model, ask), 0) + k
         t0 = time.perf_counter()
-        me = self.federation.ctx.authority
         local: dict[str, Routed] = {}
         remote: dict[str, list[tuple[str, int, str, str]]] = {}
         for order_id, plan in plans.items():
             if any(owner == me for owner, *_ in plan):
-                # routed (at least partly) to our own capacity: our round clears it on the routed classes
-                # (an order split between us and others is tried here whole; it goes back to the hub if not)
-                self.counts["routed_local" if all(o == me for o, *_ in plan) else "routed_mixed"] += 1
-                local[order_id] = Routed(tuple(sorted({m for *_, m, _r in plan})), tuple(sorted({r for *_, r in plan})))
+                # routed (at least partly) to our own capacity: our round clears it on the routed classes and
+                # ladder steps (an order split between us and others is tried here whole, on the routed
+                # classes without step limits; it goes back to the hub if not)
+                whole = all(o == me for o, *_ in plan)
+                self.counts["routed_local" if whole else "routed_mixed"] += 1
+                mine = own_steps.get(order_id)
+                local[order_id] = Routed(
+                    tuple(sorted({m for *_, m, _r in plan})),
+                    tuple(sorted({r for *_, r in plan})),
+                    tuple(sorted(mine.items())) if whole and mine is not None else None,
+                )
             else:
                 remote[order_id] = plan
         self._confirming |= set(plans)
@@ -596,7 +612,7 @@ class HubService:
         self.counts["rerouted_down"] += 1
         return [
             route_json(
-                order.origin_order_id, r.owner, r.devices, r.model, r.region, r.start, r.end, r.buyer_price_fen, r.asks
+                order.origin_order_id, r.owner, r.devices, r.model, r.region, r.start, r.end, r.buyer_price_fen, r.steps
             )
             for r in routes
         ]
@@ -644,7 +660,7 @@ class HubService:
                         r.start,
                         r.end,
                         r.buyer_price_fen,
-                        r.asks,
+                        r.steps,
                     )
                     for r in rs
                 ],

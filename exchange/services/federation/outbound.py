@@ -288,7 +288,7 @@ class BuyerSide:
         routes = routes_from_json(data, field="routes")
         n_hub = planned[hub][0]
         by_owner: dict[str, tuple[int, list[str], list[str], set[int]]] = {}
-        for _oid, owner, n, model, region, steps in routes:
+        for _oid, owner, n, model, region, steps, _ladder in routes:
             if owner not in known or owner in planned or owner == self.ctx.authority:
                 raise ValidationError(f"rerouted to {owner}: not a peer, or already asked", field="routes")
             had, ms, rs, st = by_owner.get(owner, (0, [], [], set()))

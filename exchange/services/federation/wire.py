@@ -6,7 +6,7 @@ the exchange-side bodies: what an order_offer, hold_commit, hold_release, mirror
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -19,8 +19,8 @@ from identifiers.errors import ValidationError
 MIRRORABLE = frozenset({"usage", "settlement"})
 MAX_ROUTES = 4000
 MAX_ASKS = 64
-#: a route: (order id, owner, devices, model, region, asks)
-RouteTuple = tuple[str, str, int, str, str, tuple[int, ...]]
+#: a route: (order id, owner, devices, model, region, asks, steps: ((ask, devices), ...) or None if not sent)
+RouteTuple = tuple[str, str, int, str, str, tuple[int, ...], tuple[tuple[int, int], ...] | None]
 
 
 def routes_from_json(data: Any, field: str = "body.routes") -> list[RouteTuple]:
@@ -36,14 +36,31 @@ def routes_from_json(data: Any, field: str = "body.routes") -> list[RouteTuple]:
         asks = r.get("asks", [])
         if not isinstance(asks, list) or len(asks) > MAX_ASKS or not all(_fen(a) for a in asks):
             raise ValidationError(f"a route's asks are at most {MAX_ASKS} integers >= 0", field=field)
-        out.append((r["order_id"], r["owner"], n, r["model"], r["region"], tuple(asks)))
+        steps = r.get("steps")
+        if steps is not None and not (
+            isinstance(steps, list)
+            and len(steps) <= MAX_ASKS
+            and all(isinstance(x, list) and len(x) == 2 and _fen(x[0]) and _fen(x[1]) and x[1] > 0 for x in steps)
+            and sum(x[1] for x in steps) == n
+        ):
+            raise ValidationError("a route's steps are [ask, devices > 0] pairs adding up to its devices", field=field)
+        ladder = None if steps is None else tuple((int(a), int(k)) for a, k in steps)
+        out.append((r["order_id"], r["owner"], n, r["model"], r["region"], tuple(asks), ladder))
     return out
 
 
 def route_json(
-    order_id: str, owner: str, devices: int, model: str, region: str, start: int, end: int, price: int, asks: Any
+    order_id: str,
+    owner: str,
+    devices: int,
+    model: str,
+    region: str,
+    start: int,
+    end: int,
+    price: int,
+    steps: Sequence[tuple[int, int]],
 ) -> dict[str, Any]:
-    """One route in the wire form of hub_routes and of a `rerouted` answer."""
+    """One route in the wire form of hub_routes and of a `rerouted` answer (`asks` and, per ask, `steps`)."""
     return {
         "order_id": order_id,
         "owner": owner,
@@ -53,7 +70,8 @@ def route_json(
         "start_at": start,
         "end_at": end,
         "buyer_price_fen": price,
-        "asks": list(asks),
+        "asks": [a for a, _n in steps],
+        "steps": [[a, n] for a, n in steps],
     }
 
 
