@@ -143,6 +143,7 @@ class HubService:
         self._latest_routes = 0  # the round of the newest routes received (a restarted hub counts from 1)
         self._publish_now = asyncio.Event()
         self._reported: set[str] = set()  # our contract ids the hub has (sent in a demand message)
+        self._reported_since = 0  # creation time of the newest contract sent: older ones are all sent
 
     # -------------------------------------------------------------------------------------- inbound
 
@@ -212,8 +213,11 @@ class HubService:
         me = self.federation.ctx.authority
         # per own order: devices per (region, model, ask) on our own ladder (None: a route without steps)
         own_steps: dict[str, dict[tuple[str, str, int], int] | None] = {}
-        for order_id, owner, n, model, region, steps, ladder in routes_from_json(v.body.get("routes")):
+        starts: dict[str, int] = {}  # per order: the start the hub placed it at
+        for order_id, owner, n, model, region, steps, ladder, start in routes_from_json(v.body.get("routes")):
             plans.setdefault(order_id, []).append((owner, n, model, region))
+            if start is not None:
+                starts[order_id] = min(start, starts.get(order_id, start))
             asks.setdefault(order_id, {}).setdefault(owner, set()).update(steps)
             if owner == me:
                 acc = own_steps.setdefault(order_id, {})
@@ -241,7 +245,7 @@ class HubService:
             else:
                 remote[order_id] = plan
         self._confirming |= set(plans)
-        self._spawn(self._act(number, local, remote, asks, t0))
+        self._spawn(self._act(number, local, remote, asks, starts, t0))
         return {"status": "accepted", "orders": len(plans)}
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -255,6 +259,7 @@ class HubService:
         local: Mapping[str, Routed],
         remote: Mapping[str, list[tuple[str, int, str, str]]],
         asks: Mapping[str, Mapping[str, set[int]]],
+        starts: Mapping[str, int],
         t0: float,
     ) -> None:
         """Run one round's routes: the two-phase protocol with each remote order's owners, and one local
@@ -263,7 +268,7 @@ class HubService:
 
         async def forward(order_id: str, plan: list[tuple[str, int, str, str]]) -> None:
             async with gate:
-                await self._forward(order_id, plan, t0, asks.get(order_id, {}))
+                await self._forward(order_id, plan, t0, asks.get(order_id, {}), starts.get(order_id))
 
         try:
             work = [forward(order_id, plan) for order_id, plan in remote.items()]
@@ -293,9 +298,10 @@ class HubService:
         plan: list[tuple[str, int, str, str]],
         t0: float,
         asks: Mapping[str, set[int]] | None = None,
+        start_at: int | None = None,
     ) -> None:
         try:
-            outcome = await self.federation.outbound.forward_order(order_id, plan, asks)
+            outcome = await self.federation.outbound.forward_order(order_id, plan, asks, start_at)
         except HetexError as exc:
             outcome = {"status": "error", "error": exc.message}
         self.counts[f"routed_{outcome.get('status')}"] += 1
@@ -408,9 +414,11 @@ class HubService:
         reported = await self._unreported_contracts()
         if reported:  # the regulator's fabric view at the hub: our new contracts, and our log covering them
             checkpoint = await self.federation.ctx.ledger.checkpoint()
-            body.update(contracts=[env for _cid, env in reported], checkpoint=checkpoint.note)
+            body.update(contracts=[env for _cid, env, _at in reported], checkpoint=checkpoint.note)
         await client.send(hub, "/v1/federation/hub/demand", client.build(hub, "hub_demand", body))
-        self._reported.update(cid for cid, _env in reported)
+        if reported:  # the next reads start at the newest sent (ids kept to skip ties at that second)
+            self._reported_since = reported[-1][2]
+            self._reported.update(cid for cid, _env, _at in reported)
         self.counts["published"] += 1
         return {
             "status": "sent",
@@ -419,19 +427,18 @@ class HubService:
             "reported_contracts": len(reported),
         }
 
-    async def _unreported_contracts(self) -> list[tuple[str, dict[str, Any]]]:
+    async def _unreported_contracts(self) -> list[tuple[str, dict[str, Any], int]]:
         """Our cross-exchange contracts as buyer (each reported once, by its buyer's exchange) not yet sent
         to the hub in this process (after a restart all are sent again; the hub keeps each once)."""
         async with self.sessions() as session:
             rows = (
                 await session.execute(
-                    select(PeerContract.contract_id, PeerContract.envelope)
-                    .where(PeerContract.side == "buyer")
+                    select(PeerContract.contract_id, PeerContract.envelope, PeerContract.created_at)
+                    .where(PeerContract.side == "buyer", PeerContract.created_at >= self._reported_since)
                     .order_by(PeerContract.created_at, PeerContract.contract_id)
                 )
             ).all()
-        fresh = [(str(cid), dict(env)) for cid, env in rows if cid not in self._reported]
-        return fresh[:MAX_REPORTED]
+        return [(str(cid), dict(env), int(at)) for cid, env, at in rows if cid not in self._reported][:MAX_REPORTED]
 
     async def record_fabric(self, v: VerifiedPeerMessage) -> dict[str, Any]:
         """Hub side: append a member's reported cross-exchange contracts (each verified to carry both its
@@ -600,6 +607,8 @@ class HubService:
             same_model=order.same_model,
             colocation=order.colocation,
             duration_seconds=order.end_at - order.start_at,
+            start_earliest=order.start_at,  # the window the offer asks for (the slot its parent placed it in)
+            start_latest=order.start_at,
             limits=limits,
             billing_mode=order.billing_mode,
         )

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from exchange.services.rounds import Routed, restrict_to_routes
 from exchange.storage.contracts import Contract
+from exchange.storage.registration import Offer
 from matching.federated import clear_hub, curves_of
 from matching.model import Market, Order, Pool, Reservation
 from tests.federation import fedkit
@@ -85,6 +86,44 @@ async def test_coupled_member_leaves_the_step_routed_to_a_remote_order(tmp_path:
         assert (local, dear.pool_id) in made  # the hub's plan: A's own order on its 2000 step
         assert [c.devices for c in fedkit.contracts_on_pool(a.db_url, cheap.pool_id)] == [6]  # B's, at 1000
         assert b.svc.hub.counts.get("routed_unfilled", 0) == 0
+    finally:
+        for ex in (h, *members):
+            await fedkit.stop_exchange(ex)
+
+
+async def test_routed_order_is_held_for_the_slot_the_hub_placed_it_in(tmp_path: Path) -> None:
+    """A's order may start from a minute on; B's capacity opens at the next hour: the hub places the order
+    there (the first slot it may start in on the hub's grid), and A asks B for that window (asking for the
+    order's earliest start was refused no_capacity, and the order went back to the hub every round)."""
+    h = await fedkit.start_exchange(tmp_path, "H", federation_hub_mode=True, federation_hub_round_interval_seconds=0)
+    members = [
+        await fedkit.start_exchange(tmp_path, m, federation_hub="H", federation_forward_after_seconds=0)
+        for m in ("A", "B")
+    ]
+    a, b = members
+    try:
+        await fedkit.peer_all([h, a, b])
+        now = int(time.time())
+        next_hour = now - now % H + H
+        with b.seed() as s:
+            pool = fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=4, ask_fen=1000)
+            offer = s.get(Offer, pool.offer_id)
+            assert offer is not None
+            offer.window_start = next_hour
+        with a.seed() as s:
+            order = fedkit.seed_order(
+                s, fedkit.seed_buyer(s), devices=4, models=[H100], limit_fen=3000, start_earliest=now + 60
+            )
+        for m in members:
+            await m.svc.hub.publish()
+        assert (await h.svc.hub.hub_round())["routes"] == 1
+        deadline = time.monotonic() + 20
+        while fedkit.order_row(a.db_url, order)["status"] != "filled":
+            assert a.svc.hub.counts.get("routed_unfilled", 0) == 0, "the hold was refused"
+            assert time.monotonic() < deadline, "order not filled"
+            await asyncio.sleep(0.05)
+        (made,) = fedkit.contracts_on_pool(b.db_url, pool.pool_id)
+        assert (made.start_at, made.end_at, made.devices) == (next_hour, next_hour + H, 4)
     finally:
         for ex in (h, *members):
             await fedkit.stop_exchange(ex)

@@ -105,12 +105,15 @@ class BuyerSide:
         order_id: str,
         plan: Sequence[tuple[str, int, str, str]] | None = None,
         asks: Mapping[str, Iterable[int]] | None = None,
+        start_at: int | None = None,
     ) -> dict[str, Any]:
         """Offer an open local order to peers whose summaries could fill it; commit the holds if they add up
         to what the order needs (all-or-nothing honoured across peers), else release them all. With a hub's
         `plan` ((owner, devices, model, region), ...: exchange.services.hub), exactly those owners are asked
         for exactly those devices of those classes, each all or nothing, and (`asks`, per owner) on the ladder
-        steps the hub placed them on, so two orders routed to one class keep the hub's assignment."""
+        steps the hub placed them on, so two orders routed to one class keep the hub's assignment, and from
+        the start the hub placed it at (`start_at`: its slot on the hub's grid, not before the order's own
+        earliest start)."""
         ctx = self.ctx
         t0 = time.perf_counter()
         now = ctx.clock()
@@ -141,7 +144,7 @@ class BuyerSide:
                 detail = {"order_id": order.id, "error": exc.message}
                 await self.events.record("bad_route", ctx.settings.federation_hub or None, detail)
                 return {"status": "bad_route", "error": exc.message}
-        start = max(now, int(terms["start_earliest"] or now))
+        start = max(now, int(terms["start_earliest"] or now), start_at or 0)
         end = start + terms["duration"]
         candidates = []
         for peer, summary in summaries:
@@ -288,7 +291,7 @@ class BuyerSide:
         routes = routes_from_json(data, field="routes")
         n_hub = planned[hub][0]
         by_owner: dict[str, tuple[int, list[str], list[str], set[int]]] = {}
-        for _oid, owner, n, model, region, steps, _ladder in routes:
+        for _oid, owner, n, model, region, steps, _ladder, _start in routes:
             if owner not in known or owner in planned or owner == self.ctx.authority:
                 raise ValidationError(f"rerouted to {owner}: not a peer, or already asked", field="routes")
             had, ms, rs, st = by_owner.get(owner, (0, [], [], set()))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,8 +19,19 @@ from identifiers.errors import ValidationError
 MIRRORABLE = frozenset({"usage", "settlement"})
 MAX_ROUTES = 4000
 MAX_ASKS = 64
-#: a route: (order id, owner, devices, model, region, asks, steps: ((ask, devices), ...) or None if not sent)
-RouteTuple = tuple[str, str, int, str, str, tuple[int, ...], tuple[tuple[int, int], ...] | None]
+
+
+class RouteTuple(NamedTuple):
+    """A route on the wire: `steps` ((ask, devices), ...) None when not sent, `start_at` None likewise."""
+
+    order_id: str
+    owner: str
+    devices: int
+    model: str
+    region: str
+    asks: tuple[int, ...]
+    steps: tuple[tuple[int, int], ...] | None
+    start_at: int | None
 
 
 def routes_from_json(data: Any, field: str = "body.routes") -> list[RouteTuple]:
@@ -45,7 +56,10 @@ def routes_from_json(data: Any, field: str = "body.routes") -> list[RouteTuple]:
         ):
             raise ValidationError("a route's steps are [ask, devices > 0] pairs adding up to its devices", field=field)
         ladder = None if steps is None else tuple((int(a), int(k)) for a, k in steps)
-        out.append((r["order_id"], r["owner"], n, r["model"], r["region"], tuple(asks), ladder))
+        start = r.get("start_at")
+        if start is not None and not _fen(start):
+            raise ValidationError("a route's start_at is a time in seconds", field=field)
+        out.append(RouteTuple(r["order_id"], r["owner"], n, r["model"], r["region"], tuple(asks), ladder, start))
     return out
 
 
