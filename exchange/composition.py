@@ -109,6 +109,8 @@ async def build_services(
     federation.inbound.seller_lock = lambda: rounds.lock.hold(settings.federation_peer_timeout_seconds)
     hub = HubService(sessions, settings, federation, catalogue, regions)
     hub.local_round = lambda routed: rounds.run_round("hub", routed=routed)
+    if settings.federation_hub_mode:
+        federation.inbound.reroute = hub.reroute
     return Services(
         settings=settings,
         engine=engine,

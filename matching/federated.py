@@ -66,6 +66,7 @@ class Route:
     buyer_price_fen: int
     provider_price_fen: int
     asks: tuple[int, ...] = ()  # the ladder steps (asks) the hub placed it on: the owner holds at those
+    steps: tuple[tuple[int, int], ...] = ()  # (ask, devices) per ladder step, asks ascending
 
 
 def pool_id(owner: str, region: str, model: str, ask: int) -> str:
@@ -181,7 +182,7 @@ def routes_of(result: ClearingResult, market: Market, buyer_exchange: Mapping[st
     """Allocations of a hub clearing, merged per (order, owner, class, window), as hold requests."""
     by_id = {p.id: p for p in market.pools}
     merged: dict[tuple[str, str, str, str, int, int], list[int]] = {}
-    asks: dict[tuple[str, str, str, str, int, int], set[int]] = {}
+    steps: dict[tuple[str, str, str, str, int, int], dict[int, int]] = {}
     for a in result.allocations:
         p = by_id[a.pool_id]
         key = (a.order_id, owner_of(a.pool_id), p.region, p.model, a.start, a.end)
@@ -189,13 +190,15 @@ def routes_of(result: ClearingResult, market: Market, buyer_exchange: Mapping[st
         acc[0] += a.devices
         acc[1] += a.buyer_price_fen * a.devices
         acc[2] += a.provider_price_fen * a.devices
-        asks.setdefault(key, set()).add(p.ask_fen)
+        at = steps.setdefault(key, {})
+        at[p.ask_fen] = at.get(p.ask_fen, 0) + a.devices
     out = []
     for key, (n, buy, prov) in sorted(merged.items()):
         order_id, owner, region, model, start, end = key
+        ladder = tuple(sorted(steps[key].items()))
         out.append(
             Route(order_id, buyer_exchange[order_id], owner, region, model, n, start, end, -(-buy // n), prov // n,
-                  tuple(sorted(asks[key])))
+                  tuple(a for a, _n in ladder), ladder)
         )  # fmt: skip
     return out
 

@@ -42,6 +42,8 @@ _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
 _MAX_PROOF_HASHES = 64
 #: roles whose valid signature on a usage record vouches for the node that measured it
 NODE_VOUCHERS = frozenset({"participant", "peer-exchange"})
+_CONTRACT_TYPE = "application/vnd.hetex.contract+json"
+_PEER_CHECKPOINT_TYPE = "application/vnd.hetex.peer-checkpoint+json"
 
 
 @dataclass(frozen=True)
@@ -649,6 +651,10 @@ def _check_signature(
         kids = [k for k, _s in sigs]
         report.add("record_signed_by_unknown_key", f"no signature by a key in keys/ (key ids {kids})", **where)
         return
+    if ptype == _CONTRACT_TYPE:
+        _check_cross_exchange(ctx, payload, good, where)
+    elif ptype == _PEER_CHECKPOINT_TYPE:
+        _check_peer_checkpoint(ctx, payload, where)
     # a usage record mirrored from a peer exchange is vouched for by that exchange (its node keys live there)
     if facts is not None and facts.kind == "usage" and not any(k.role in NODE_VOUCHERS for k in good):
         report.add(
@@ -656,6 +662,57 @@ def _check_signature(
             "a usage record carries no valid signature by a node (participant) key in keys/",
             **where,
         )
+
+
+def _check_cross_exchange(ctx: _Ctx, payload: bytes, good: list[BundleKey], where: dict[str, Any]) -> None:
+    """A cross-exchange contract carries valid signatures of both its exchanges: at one of them, its own key
+    and a peer exchange's; at a hub (a party to neither), two peer exchanges' (specs/federation.md 9.3)."""
+    try:
+        body = loads(payload)
+    except StrictJsonError:
+        return  # reported by the payload checks
+    if not isinstance(body, dict) or body.get("kind") != "cross_exchange":
+        return
+    own = ctx.manifest["exchange"]["authority"]
+    peers = {k.name for k in good if k.role == "peer-exchange"}
+    if own in (body.get("owner_authority"), body.get("buyer_authority")):
+        ok = bool(peers) and any(k.role == "exchange" for k in good)
+    else:
+        ok = len(peers) >= 2
+    if not ok:
+        ctx.report.add(
+            "cross_exchange_signature_missing",
+            "a cross-exchange contract without valid signatures of both its exchanges",
+            **where,
+        )
+
+
+def _check_peer_checkpoint(ctx: _Ctx, payload: bytes, where: dict[str, Any]) -> None:
+    """A member's checkpoint logged at its hub: the embedded note verifies under that member's key in keys/
+    (a peer exchange named by the note's origin), and its origin, size and root are the record's."""
+    problem = None
+    try:
+        body = loads(payload)
+        if not isinstance(body, dict) or not isinstance(body.get("note"), str):
+            raise ValueError("the record has no note")
+        verifiers = [
+            NoteVerifier(k.name, k.key)
+            for k in ctx.keys.values()
+            if k.role == "peer-exchange" and k.name == body.get("origin")
+        ]
+        if not verifiers:
+            raise ValueError(f"no peer exchange key in keys/ for origin {str(body.get('origin'))[:80]!r}")
+        cp = parse_checkpoint(verify_note(body["note"], verifiers))
+        if (cp.origin, cp.size, base64.b64encode(cp.root).decode()) != (
+            body.get("origin"),
+            body.get("size"),
+            body.get("root"),
+        ):
+            raise ValueError("origin, size or root differ from the signed note")
+    except (StrictJsonError, NoteError, KeyFormatError, ValueError) as exc:
+        problem = getattr(exc, "message", None) or str(exc)
+    if problem is not None:
+        ctx.report.add("peer_checkpoint_invalid", f"member checkpoint: {problem}", **where)
 
 
 def _proof_line(line: bytes) -> tuple[int, list[bytes]]:

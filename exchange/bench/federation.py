@@ -122,4 +122,25 @@ def format_report(r: dict[str, Any]) -> list[tuple[str, str]]:
             f"{r['peer_messages_per_order']} / {r['greedy_peer_messages_per_order']}",
         ),
         ("seconds merged / hub / greedy", f"{r['merged_seconds']} / {r['hub_seconds']} / {r['greedy_seconds']}"),
+        *_http_rows(r),
+    ]
+
+
+def _http_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """The HTTP run's rows (with --processes)."""
+    if "http_welfare_ratio_to_merged" not in r:
+        return []
+    return [
+        ("HTTP orders (SCU)", f"{r['http_orders']} ({r['http_scu_orders']})"),
+        ("HTTP welfare_ratio_to_merged", r["http_welfare_ratio_to_merged"]),
+        ("HTTP fill rate / merged", f"{r['http_fill_rate']} / {r['http_merged_fill_rate']}"),
+        (
+            "HTTP SCU orders filled / exactly / merged",
+            f"{r['http_scu_orders_filled']} / {r['http_scu_orders_filled_exactly']} / "
+            f"{r['http_scu_orders_filled_merged']}",
+        ),
+        (
+            "HTTP order -> filled p50 / p99 (ms)",
+            f"{r['http_order_to_contract_ms_p50']} / {r['http_order_to_contract_ms_p99']}",
+        ),
     ]

@@ -1,13 +1,13 @@
 """`hetex bench federation --processes`: the national market through a hub over HTTP between real
 `hetex serve` processes (one hub, one process per member, each its own SQLite file and keys, peered).
 
-Each member's pools (free devices as offers) and device orders are written into its database. Coupled
+Each member's pools (free devices as offers) and orders (device and SCU) are written into its database. Coupled
 (the default, specs/federation.md section 9.3): members run no rounds of their own, send the hub their
 supply curves and every open order, the hub clears the fabric and routes each order to its owners (the
 buyer's own exchange included), members run the two-phase protocol with other owners and a restricted
 round for what was routed to themselves. Residual (`coupled=False`): members clear locally every 2 s and
 send only the orders left. Reported: welfare of the contracts made (from the generated orders' limits
-and pools' asks) against the merged market of the same device orders and against greedy forwarding on
+and pools' asks) against the merged market of the same orders and against greedy forwarding on
 it, fill rate, peer messages per cross-exchange order, order-to-contract latency p50/p99 (order visible
 -> filled, polled every 0.1 s), and where welfare went (orders missed, holds not committed, hub rounds).
 """
@@ -25,6 +25,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from exchange.storage.federation import OutboundHold
 from exchange.storage.orders import Order as OrderRow
 from exchange.storage.participants import Participant
 from exchange.storage.registration import Offer, Pool, Site
+from identifiers.catalogue import load_catalogue
 from identifiers.cri import mint_pool_cri, mint_site_cri
 from identifiers.ids import new_id_str
 from matching.fabric import Fabric, clear_greedy_fabric, clear_hub_fabric, clear_merged, order_welfare
@@ -71,17 +73,23 @@ def _code(model: str) -> str:
     return CATALOGUE_CODE.get(model, model)
 
 
-def _device_market(fabric: Fabric) -> Fabric:
-    """The fabric without SCU orders (the HTTP path forwards device orders), with reservations folded
-    into smaller pools (offers carry free devices only), catalogue model codes, and orders as `_seed`
-    writes them (explicit models, so no memory floor), so the merged reference clears exactly the market
-    the processes see."""
+def _process_market(fabric: Fabric) -> Fabric:
+    """The fabric as the processes see it: reservations folded into smaller pools (offers carry free devices
+    only), catalogue model codes and SCU (an exchange converts SCU orders with its catalogue), and orders as
+    `_seed_orders` writes them (explicit models, so no memory floor), so the merged reference clears exactly
+    the market the processes see. SCU orders are kept (the hub routes them like device orders)."""
+    catalogue = load_catalogue()
+
+    def scu(model: str) -> Decimal | None:
+        return catalogue.get(model).scu if model in catalogue else None
+
     pools = []
     for p in fabric.market.pools:
         held = max((r.devices for r in p.reserved), default=0)
         if p.devices - held > 0:
             free = p.devices - held
-            pools.append(replace(p, model=_code(p.model), devices=free, devices_per_node=free, reserved=()))
+            code = _code(p.model)
+            pools.append(replace(p, model=code, scu=scu(code), devices=free, devices_per_node=free, reserved=()))
     orders = tuple(
         replace(
             o,
@@ -90,7 +98,6 @@ def _device_market(fabric: Fabric) -> Fabric:
             limits={_code(m): v for m, v in sorted(o.limits.items())},
         )
         for o in fabric.market.orders
-        if o.quantity_scu is None
     )
     return replace(fabric, market=replace(fabric.market, pools=tuple(pools), orders=orders))
 
@@ -204,22 +211,24 @@ def _seed_pools(proc: _Proc, fabric: Fabric, member: str) -> dict[str, str]:
 
 
 def _seed_orders(s: Session, fabric: Fabric, member: str, now: int) -> dict[str, str]:
-    """Add the member's open device orders in `s`, created at `now` (the caller commits); database order
+    """Add the member's open orders (device and SCU) in `s`, created at `now` (the caller commits); database order
     id -> generated id."""
     orders: dict[str, str] = {}
     buyer = _participant(s, "buyer", "bench buyer")
     s.flush()
     for o in (x for x in fabric.market.orders if fabric.order_owner[x.id] == member):
-        spec = {
-            "quantity_devices": o.quantity_devices,
+        spec: dict[str, Any] = {
             "models": list(o.models),
             "duration_seconds": o.duration_seconds,
-            "limit_fen_per_device_hour": dict(o.limits),
             "billing_mode": "per_minute",
             "all_or_nothing": True,
             "max_pools": o.max_pools,
             "same_model": o.same_model,
         }
+        if o.quantity_scu is not None:  # an SCU order: quantity in SCU, limit per SCU-hour
+            spec.update(quantity_scu=str(o.quantity_scu), limit_fen_per_scu_hour=o.limit_fen_per_scu_hour)
+        else:
+            spec.update(quantity_devices=o.quantity_devices, limit_fen_per_device_hour=dict(o.limits))
         oid = new_id_str()
         s.add(OrderRow(id=oid, buyer_id=buyer, idempotency_key=oid, request_hash="0" * 64, spec=spec,
                        billing_mode="per_minute", status="open", quantity_devices=o.quantity_devices,
@@ -250,7 +259,7 @@ def run_http(
 ) -> dict[str, Any]:
     """Run the fabric over HTTP through a hub; the figures (see the module docstring)."""
     say = progress or (lambda _s, _f: None)
-    fabric = _device_market(fabric)
+    fabric = _process_market(fabric)
     merged = clear_merged(fabric)
     greedy = clear_greedy_fabric(fabric)
     in_process = clear_hub_fabric(fabric)
@@ -370,6 +379,8 @@ def run_http(
         return str(round(w / merged.welfare_fen, 4)) if merged.welfare_fen else "0"
 
     got = {c[0] for c in contracts}
+    scu_ids = {o.id for o in fabric.market.orders if o.quantity_scu is not None}
+    scu_filled, scu_exact = _scu_fills(fabric, contracts)
     want = {a.order_id for a in merged.allocations}
     orders_by_id = {o.id: o for o in fabric.market.orders}
     missed = sorted(want - got)
@@ -394,6 +405,12 @@ def run_http(
         "http_holds_not_committed": refusals,
         **({"http_contracts": contracts} if keep is not None else {}),
         "http_fill_rate": str(round(len(filled_at) / max(1, total), 4)),
+        # SCU orders: how many there were, were filled (merged: filled in the merged market), and filled
+        # exactly (the SCU reached, a device fewer would not: never over- or under-filled across exchanges)
+        "http_scu_orders": sum(1 for o in fabric.market.orders if o.quantity_scu is not None),
+        "http_scu_orders_filled": scu_filled,
+        "http_scu_orders_filled_exactly": scu_exact,
+        "http_scu_orders_filled_merged": len({a.order_id for a in merged.allocations} & scu_ids),
         "http_cross_exchange_orders": forwarded,
         "http_peer_messages_per_order": str(round(protocol / max(1, forwarded), 3)),
         "http_messages_sent": sent,
@@ -405,6 +422,21 @@ def run_http(
             [round(r["monotonic"] - t_seed, 2), r["orders"], r["routes"]] for r in hub_view["recent_rounds"]
         ],
     }
+
+
+def _scu_fills(fabric: Fabric, contracts: list[tuple[str, str, int, int, int]]) -> tuple[int, int]:
+    """SCU orders with contracts, and those whose contracts reach the order's SCU with no device to spare."""
+    scu = {p.id: p.scu for p in fabric.market.pools}
+    orders = {o.id: o for o in fabric.market.orders if o.quantity_scu is not None}
+    got: dict[str, list[Decimal]] = {}
+    for oid, pid, n, _s, _e in contracts:
+        if oid in orders:
+            got.setdefault(oid, []).extend([scu[pid] or Decimal(0)] * n)
+    exact = 0
+    for oid, units in got.items():
+        want = orders[oid].quantity_scu or Decimal(0)
+        exact += int(sum(units) >= want and sum(units) - max(units) < want)
+    return len(got), exact
 
 
 def _cross_contracts(

@@ -20,6 +20,7 @@ the aggregate of its members' curves (federation.summary.aggregate).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -33,14 +34,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.federation import Federation
 from exchange.services.federation.context import OPEN_ORDER
+from exchange.services.federation.wire import ForwardedOrder, route_json, routes_from_json
 from exchange.services.federation_capacity import IN_FLIGHT_STATUSES, free_tranches
 from exchange.services.peer_client import PeerRefusedError, PeerUnavailableError
 from exchange.services.rounds import Routed
 from exchange.services.snapshot import OrderRow, latency_matrix, market_order
 from exchange.settings import Settings
-from exchange.storage.federation import OutboundHold
+from exchange.storage.federation import OutboundHold, PeerContract
 from exchange.storage.orders import Order as OrderRecord
-from federation.peering import VerifiedPeerMessage
+from federation.note import NoteError, NoteVerifier, verify_checkpoint
+from federation.peering import VerifiedPeerMessage, envelope_json, verify_contract
 from federation.summary import (
     SlotSupply,
     SupplyClass,
@@ -58,14 +61,13 @@ from matching.model import SNAPSHOT_FORMAT, Order, market_from_dict, market_to_d
 
 log = logging.getLogger("hetex.hub")
 MAX_DEMAND = 2000
-MAX_ROUTES = 4000
 HORIZON_SLOTS = 8
 # routed orders a member runs the two-phase protocol for at once: each is two requests to its owners, and
 # an owner takes at most 32 connections from one address (exchange/api/connections.py; members on one
 # machine all connect from 127.0.0.1, so 3 members x 8 stay under it with room for summaries and resync)
 ROUTE_CONCURRENCY = 8
-MAX_ASKS = 64
 SUMMARY_SLOT_SECONDS = 3600
+MAX_REPORTED = 500  # contracts per demand message (the rest follow with the next ones)
 
 
 def curve_of(owner: str, c: SupplyClass, slot_seconds: int) -> SupplyCurve:
@@ -93,27 +95,6 @@ def orders_from_json(data: Any) -> list[Order]:
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise ValidationError(f"orders: {exc}", field="body.orders") from None
     return list(market.orders)
-
-
-def routes_from_json(data: Any) -> list[tuple[str, str, int, str, str, tuple[int, ...]]]:
-    """(order id, owner, devices, model, region, asks) of a hub_routes body (ValidationError naming the field)."""
-    if not isinstance(data, list) or len(data) > MAX_ROUTES:
-        raise ValidationError(f"routes must be a list of at most {MAX_ROUTES}", field="body.routes")
-    out = []
-    for r in data:
-        ok = isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("order_id", "owner", "model", "region"))
-        n = r.get("devices") if isinstance(r, dict) else None
-        if not ok or not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValidationError("a route is {order_id, owner, devices >= 1, model, region}", field="body.routes")
-        asks = r.get("asks", [])
-        if not isinstance(asks, list) or len(asks) > MAX_ASKS or not all(_fen(a) for a in asks):
-            raise ValidationError(f"a route's asks are at most {MAX_ASKS} integers >= 0", field="body.routes")
-        out.append((r["order_id"], r["owner"], n, r["model"], r["region"], tuple(asks)))
-    return out
-
-
-def _fen(a: Any) -> bool:
-    return isinstance(a, int) and not isinstance(a, bool) and a >= 0
 
 
 class HubService:
@@ -161,6 +142,8 @@ class HubService:
         self._done_round = 0  # the last hub round whose routes we finished (holds, commits, local round)
         self._latest_routes = 0  # the round of the newest routes received (a restarted hub counts from 1)
         self._publish_now = asyncio.Event()
+        self._reported: set[str] = set()  # our contract ids the hub has (sent in a demand message)
+        self._reported_since = 0  # creation time of the newest contract sent: older ones are all sent
 
     # -------------------------------------------------------------------------------------- inbound
 
@@ -171,7 +154,8 @@ class HubService:
         if kind == "supply_summary":
             return self.receive_supply(v)
         if kind == "hub_demand":
-            return self.receive_demand(v)
+            out = self.receive_demand(v)
+            return {**out, **await self.record_fabric(v)}
         if kind == "hub_routes":
             return self.receive_routes(v)
         raise ValidationError(f"unknown message kind {kind}", field="type")
@@ -226,23 +210,42 @@ class HubService:
         self._latest_routes = number
         plans: dict[str, list[tuple[str, int, str, str]]] = {}
         asks: dict[str, dict[str, set[int]]] = {}
-        for order_id, owner, n, model, region, steps in routes_from_json(v.body.get("routes")):
-            plans.setdefault(order_id, []).append((owner, n, model, region))
-            asks.setdefault(order_id, {}).setdefault(owner, set()).update(steps)
-        t0 = time.perf_counter()
         me = self.federation.ctx.authority
+        # per own order: devices per (region, model, ask) on our own ladder (None: a route without steps)
+        own_steps: dict[str, dict[tuple[str, str, int], int] | None] = {}
+        starts: dict[str, int] = {}  # per order: the start the hub placed it at
+        for order_id, owner, n, model, region, steps, ladder, start in routes_from_json(v.body.get("routes")):
+            plans.setdefault(order_id, []).append((owner, n, model, region))
+            if start is not None:
+                starts[order_id] = min(start, starts.get(order_id, start))
+            asks.setdefault(order_id, {}).setdefault(owner, set()).update(steps)
+            if owner == me:
+                acc = own_steps.setdefault(order_id, {})
+                if ladder is None or acc is None:
+                    own_steps[order_id] = None
+                else:
+                    for ask, k in ladder:
+                        acc[(region, model, ask)] = acc.get((region, model, ask), 0) + k
+        t0 = time.perf_counter()
         local: dict[str, Routed] = {}
         remote: dict[str, list[tuple[str, int, str, str]]] = {}
         for order_id, plan in plans.items():
             if any(owner == me for owner, *_ in plan):
-                # routed (at least partly) to our own capacity: our round clears it on the routed classes
-                # (an order split between us and others is tried here whole; it goes back to the hub if not)
-                self.counts["routed_local" if all(o == me for o, *_ in plan) else "routed_mixed"] += 1
-                local[order_id] = Routed(tuple(sorted({m for *_, m, _r in plan})), tuple(sorted({r for *_, r in plan})))
+                # routed (at least partly) to our own capacity: our round clears it on the routed classes and
+                # ladder steps (an order split between us and others is tried here whole, on the routed
+                # classes without step limits; it goes back to the hub if not)
+                whole = all(o == me for o, *_ in plan)
+                self.counts["routed_local" if whole else "routed_mixed"] += 1
+                mine = own_steps.get(order_id)
+                local[order_id] = Routed(
+                    tuple(sorted({m for *_, m, _r in plan})),
+                    tuple(sorted({r for *_, r in plan})),
+                    tuple(sorted(mine.items())) if whole and mine is not None else None,
+                )
             else:
                 remote[order_id] = plan
         self._confirming |= set(plans)
-        self._spawn(self._act(number, local, remote, asks, t0))
+        self._spawn(self._act(number, local, remote, asks, starts, t0))
         return {"status": "accepted", "orders": len(plans)}
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -256,6 +259,7 @@ class HubService:
         local: Mapping[str, Routed],
         remote: Mapping[str, list[tuple[str, int, str, str]]],
         asks: Mapping[str, Mapping[str, set[int]]],
+        starts: Mapping[str, int],
         t0: float,
     ) -> None:
         """Run one round's routes: the two-phase protocol with each remote order's owners, and one local
@@ -264,7 +268,7 @@ class HubService:
 
         async def forward(order_id: str, plan: list[tuple[str, int, str, str]]) -> None:
             async with gate:
-                await self._forward(order_id, plan, t0, asks.get(order_id, {}))
+                await self._forward(order_id, plan, t0, asks.get(order_id, {}), starts.get(order_id))
 
         try:
             work = [forward(order_id, plan) for order_id, plan in remote.items()]
@@ -294,9 +298,10 @@ class HubService:
         plan: list[tuple[str, int, str, str]],
         t0: float,
         asks: Mapping[str, set[int]] | None = None,
+        start_at: int | None = None,
     ) -> None:
         try:
-            outcome = await self.federation.outbound.forward_order(order_id, plan, asks)
+            outcome = await self.federation.outbound.forward_order(order_id, plan, asks, start_at)
         except HetexError as exc:
             outcome = {"status": "error", "error": exc.message}
         self.counts[f"routed_{outcome.get('status')}"] += 1
@@ -367,7 +372,6 @@ class HubService:
                     select(OrderRecord)
                     .where(
                         OrderRecord.status.in_(OPEN_ORDER),
-                        OrderRecord.quantity_devices.is_not(None),
                         OrderRecord.created_at <= now - after,
                         OrderRecord.id.not_in(busy),
                     )
@@ -378,7 +382,7 @@ class HubService:
         out = []
         for seq, r in enumerate(x for x in rows if x.id not in self._confirming):
             row = OrderRow(r.id, r.buyer_id, r.status, r.spec, r.quantity_devices, r.filled_devices, r.updated_at,
-                           r.created_at, r.spec.get("home_region"))  # fmt: skip
+                           r.created_at, r.spec.get("home_region"), filled_scu=r.filled_scu)  # fmt: skip
             made = market_order(row, seq, self.catalogue, slot_seconds=self.settings.round_slot_seconds)
             if isinstance(made, Order):
                 out.append(replace(made, buyer=""))  # the hub needs no buyer identity
@@ -407,9 +411,90 @@ class HubService:
         body: dict[str, Any] = {"orders": orders_to_json(demand)}
         if self.settings.federation_hub_coupled and not self.is_hub:
             body.update(coupled=True, round=done, as_of_us=int(as_of * 1e6))
+        reported = await self._unreported_contracts()
+        if reported:  # the regulator's fabric view at the hub: our new contracts, and our log covering them
+            checkpoint = await self.federation.ctx.ledger.checkpoint()
+            body.update(contracts=[env for _cid, env, _at in reported], checkpoint=checkpoint.note)
         await client.send(hub, "/v1/federation/hub/demand", client.build(hub, "hub_demand", body))
+        if reported:  # the next reads start at the newest sent (ids kept to skip ties at that second)
+            self._reported_since = reported[-1][2]
+            self._reported.update(cid for cid, _env, _at in reported)
         self.counts["published"] += 1
-        return {"status": "sent", "classes": len(summary.classes), "orders": len(demand)}
+        return {
+            "status": "sent",
+            "classes": len(summary.classes),
+            "orders": len(demand),
+            "reported_contracts": len(reported),
+        }
+
+    async def _unreported_contracts(self) -> list[tuple[str, dict[str, Any], int]]:
+        """Our cross-exchange contracts as buyer (each reported once, by its buyer's exchange) not yet sent
+        to the hub in this process (after a restart all are sent again; the hub keeps each once)."""
+        async with self.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(PeerContract.contract_id, PeerContract.envelope, PeerContract.created_at)
+                    .where(PeerContract.side == "buyer", PeerContract.created_at >= self._reported_since)
+                    .order_by(PeerContract.created_at, PeerContract.contract_id)
+                )
+            ).all()
+        return [(str(cid), dict(env), int(at)) for cid, env, at in rows if cid not in self._reported][:MAX_REPORTED]
+
+    async def record_fabric(self, v: VerifiedPeerMessage) -> dict[str, Any]:
+        """Hub side: append a member's reported cross-exchange contracts (each verified to carry both its
+        exchanges' signatures, the reporting member being one of them; countersigned, kept once) and its
+        signed checkpoint (verified with its key) to our log, so our audit export covers the fabric."""
+        contracts = v.body.get("contracts", [])
+        note = v.body.get("checkpoint")
+        if not isinstance(contracts, list) or len(contracts) > MAX_REPORTED:
+            raise ValidationError(f"contracts must be a list of at most {MAX_REPORTED}", field="body.contracts")
+        if not contracts:
+            return {}
+        if not isinstance(note, str):
+            raise ValidationError(
+                "reported contracts come with the member's signed checkpoint", field="body.checkpoint"
+            )
+        try:
+            cp = verify_checkpoint(note, [NoteVerifier(v.peer.origin, v.peer.public_key)], origin=v.peer.origin)
+        except NoteError as exc:
+            raise ValidationError(f"checkpoint refused: {exc.message}", field="body.checkpoint") from None
+        peers = {p.authority: p for p in await self.federation.peers.peers()}
+        checked: list[tuple[str, dict[str, Any]]] = []
+        for i, env in enumerate(contracts):
+            where = f"body.contracts[{i}]"
+            try:
+                body = envelope_json(env)
+                owner, buyer = peers.get(str(body.get("owner_authority"))), peers.get(str(body.get("buyer_authority")))
+                if owner is None or buyer is None or v.peer.authority not in (owner.authority, buyer.authority):
+                    raise ValidationError("a contract between two of our peers, the sender one of them", field=where)
+                body = verify_contract(env, owner, buyer)
+            except (HetexError, TypeError, ValueError, AttributeError) as exc:
+                message = exc.message if isinstance(exc, HetexError) else str(exc)
+                raise ValidationError(f"contract refused: {message}", field=where) from None
+            if body.get("kind") != "cross_exchange" or not isinstance(body.get("contract_id"), str):
+                raise ValidationError("a cross-exchange contract record", field=where)
+            checked.append((body["contract_id"], env))
+        ledger = self.federation.ctx.ledger
+        added = 0
+        async with self.sessions.begin() as session:
+            for cid, env in checked:
+                if await ledger.entries_for(cid, session):
+                    continue  # reported before (a member restarted, or both sides reported it)
+                await ledger.append_signed(session, "contract", cid, env)
+                added += 1
+            if added:
+                record = {
+                    "type": "peer_checkpoint",
+                    "peer_authority": v.peer.authority,
+                    "origin": cp.origin,
+                    "size": cp.size,
+                    "root": base64.b64encode(cp.root).decode(),
+                    "note": note,
+                    "created_at": self.clock(),
+                }
+                await ledger.append(session, "peer-checkpoint", f"{v.peer.authority}:{cp.size}", record)
+        self.counts["fabric_contracts"] += added
+        return {"recorded_contracts": added}
 
     # -------------------------------------------------------------------------------------- hub side
 
@@ -478,6 +563,69 @@ class HubService:
         self.history.append(dict(self.last_round))
         return {"status": "cleared", **self.last_round}
 
+    async def reroute(self, order: ForwardedOrder, buyer: str) -> list[dict[str, Any]] | None:
+        """A regional hub named as owner by its parent's routes (the parent cleared on our aggregate): clear
+        the offered order again on our members' fresh curves (only the ladder steps the parent placed it on)
+        and answer routes naming the members, for the buyer's exchange to ask them (specs/federation.md
+        9.3). None when we are no hub or have no member curves (the order is then an ordinary offer)."""
+        if not self.is_hub:
+            return None
+        now = self.clock()
+        fresh = {m: s for m, s in self.supply.items() if s.expires_at > now and m != buyer}
+        if not fresh:
+            return None
+        slot = Counter(s.slot_seconds for s in fresh.values()).most_common(1)[0][0]
+        steps = set(order.asks or ())
+        curves = []
+        for m, s in sorted(fresh.items()):
+            for c in s.classes:
+                if s.slot_seconds != slot or (order.models and c.model not in order.models):
+                    continue
+                if order.regions and c.region not in order.regions:
+                    continue
+                curve = curve_of(m, c, slot)
+                if steps:
+                    kept = tuple((t, tuple((a, n) for a, n in lad if a in steps)) for t, lad in curve.slots)
+                    curve = replace(curve, slots=kept)
+                curves.append(curve)
+        limits = {}
+        for m in sorted({c.model for c in curves}):
+            lim = order.limits.get(m, order.limits.get("*"))
+            if lim is not None:
+                limits[m] = lim
+        oid = f"{buyer}/{order.origin_order_id}"
+        demand = Order(
+            id=oid,
+            buyer="",
+            seq=0,
+            quantity_devices=order.devices_max,
+            models=tuple(sorted(limits)),
+            regions=tuple(order.regions or ()),
+            all_or_nothing=order.devices_min >= order.devices_max,
+            min_fill_devices=order.devices_min,
+            max_pools=order.max_pools or 1000,
+            same_model=order.same_model,
+            colocation=order.colocation,
+            duration_seconds=order.end_at - order.start_at,
+            start_earliest=order.start_at,  # the window the offer asks for (the slot its parent placed it in)
+            start_latest=order.start_at,
+            limits=limits,
+            billing_mode=order.billing_mode,
+        )
+        if not limits:
+            return []
+        lat = latency_matrix(self.regions, {c.region for c in curves})
+        routes, _result = await asyncio.to_thread(
+            clear_hub, curves, [demand], {oid: buyer}, now, latency_ms=lat, slot_seconds=slot, max_start_slots=1
+        )
+        self.counts["rerouted_down"] += 1
+        return [
+            route_json(
+                order.origin_order_id, r.owner, r.devices, r.model, r.region, r.start, r.end, r.buyer_price_fen, r.steps
+            )
+            for r in routes
+        ]
+
     def _all_reported(self, fresh: Mapping[str, SupplySummary], wall: float) -> bool:
         """A coupled fabric clears once (1) every coupled member with a fresh summary said it finished the
         last round's routes (its holds at the owners granted or refused, its local round done), and (2)
@@ -512,17 +660,17 @@ class HubService:
             body = {
                 "round": self.rounds,
                 "routes": [
-                    {
-                        "order_id": r.order_id.removeprefix(prefix),
-                        "owner": r.owner,
-                        "devices": r.devices,
-                        "model": r.model,
-                        "region": r.region,
-                        "start_at": r.start,
-                        "end_at": r.end,
-                        "buyer_price_fen": r.buyer_price_fen,
-                        "asks": list(r.asks),
-                    }
+                    route_json(
+                        r.order_id.removeprefix(prefix),
+                        r.owner,
+                        r.devices,
+                        r.model,
+                        r.region,
+                        r.start,
+                        r.end,
+                        r.buyer_price_fen,
+                        r.steps,
+                    )
                     for r in rs
                 ],
             }

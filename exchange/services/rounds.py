@@ -78,7 +78,7 @@ from identifiers.catalogue import Catalogue
 from identifiers.errors import ConflictError, HetexError, NotFoundError
 from identifiers.ids import new_id_str
 from identifiers.regions import RegionTable
-from matching.model import Allocation, ClearingResult, Market, result_to_dict
+from matching.model import Allocation, ClearingResult, Market, Reservation, result_to_dict
 
 if TYPE_CHECKING:
     from exchange.services.round_worker import RoundWorker
@@ -336,15 +336,20 @@ def dropped_entry(a: Allocation, reason: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Routed:
-    """What a hub routed to this exchange for one of its own orders: the models and regions to fill it on."""
+    """What a hub routed to this exchange for one of its own orders: the models and regions to fill it on,
+    and the devices per ladder step ((region, model, ask), devices) of our own capacity (None: not known)."""
 
     models: tuple[str, ...]
     regions: tuple[str, ...]
+    steps: tuple[tuple[tuple[str, str, int], int], ...] | None = None
 
 
 def restrict_to_routes(market: Market, routed: Mapping[str, Routed]) -> Market:
     """The market with only the routed orders, each narrowed to its routed models and regions (its limits,
-    shape and window unchanged: the round's objective and prices apply as to any order)."""
+    shape and window unchanged: the round's objective and prices apply as to any order). When every routed
+    order names its ladder steps, the pools are narrowed too: only offers at a routed (region, model, ask),
+    and on each step only the devices routed to these orders (the rest of a step, and every other step, the
+    hub gave to other exchanges' orders whose holds may not have arrived yet)."""
     orders = []
     for o in market.orders:
         r = routed.get(o.id)
@@ -354,7 +359,32 @@ def restrict_to_routes(market: Market, routed: Mapping[str, Routed]) -> Market:
         regions = tuple(x for x in (o.regions or r.regions) if x in r.regions)
         if models and regions:
             orders.append(dataclasses.replace(o, models=models, regions=regions))
-    return dataclasses.replace(market, orders=tuple(orders))
+    if not routed or any(r.steps is None for r in routed.values()):
+        return dataclasses.replace(market, orders=tuple(orders))
+    allowed: dict[tuple[str, str, int], int] = {}
+    for r in routed.values():
+        for step, n in r.steps or ():
+            allowed[step] = allowed.get(step, 0) + n
+    slot = market.slot_seconds
+    slot0 = market.now - market.now % slot
+    horizon = market.max_start_slots + max((-(-o.duration_seconds // slot) for o in orders), default=1)
+    windows = [(slot0 + k * slot, slot0 + (k + 1) * slot) for k in range(horizon)]
+    pools = []
+    for p in sorted(market.pools, key=lambda p: p.id):
+        step = (p.region, p.model, p.ask_fen)
+        left = allowed.get(step, 0)
+        if left <= 0:
+            continue
+        # free in every slot an order of this round may use: devices less the most reserved in one of them
+        free = p.devices - max(sum(r.devices for r in p.reserved if r.start < e and r.end > s) for s, e in windows)
+        keep = min(max(0, free), left)
+        allowed[step] = left - keep
+        if keep <= 0:
+            continue
+        if keep < free:  # the rest of this offer is not ours to clear in this round
+            p = dataclasses.replace(p, reserved=(*p.reserved, Reservation(free - keep, slot0, windows[-1][1])))
+        pools.append(p)
+    return dataclasses.replace(market, orders=tuple(orders), pools=tuple(pools))
 
 
 def _kill_hook(point: str) -> None:

@@ -187,6 +187,38 @@ def seed_order(
     return oid
 
 
+def seed_scu_order(
+    session: Session, buyer_id: str, *, scu: str, models: Sequence[str], limit_fen_per_scu_hour: int
+) -> str:
+    """An open SCU order (quantity in SCU, limit per SCU-hour), as the order API stores it; its id."""
+    spec: dict[str, Any] = {
+        "quantity_scu": scu,
+        "models": list(models),
+        "duration_seconds": 3600,
+        "limit_fen_per_scu_hour": limit_fen_per_scu_hour,
+        "billing_mode": "per_minute",
+        "all_or_nothing": True,
+    }
+    oid = new_id_str()
+    session.add(
+        Order(
+            id=oid, buyer_id=buyer_id, idempotency_key=oid, request_hash="0" * 64, spec=spec,
+            billing_mode="per_minute", status="open", quantity_devices=None, filled_devices=0,
+            created_at=int(time.time()),
+        )
+    )  # fmt: skip
+    session.flush()
+    return oid
+
+
+def scu_fill(url: str, order_id: str) -> tuple[str, str | None, int]:
+    """Status, filled SCU (decimal text) and filled devices of an order."""
+    with db_session(url) as s:
+        o = s.get(Order, order_id)
+        assert o is not None
+        return o.status, o.filled_scu, o.filled_devices
+
+
 def sync_url(async_url: str) -> str:
     """The plain (sync) SQLAlchemy URL of an aiosqlite URL."""
     return async_url.replace("sqlite+aiosqlite:", "sqlite:")

@@ -3,15 +3,13 @@ fill is tracked in SCU at the buyer's exchange, and it is never over- or under-f
 
 from __future__ import annotations
 
+import asyncio
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 from exchange.services.snapshot import OrderRow, market_order
-from exchange.storage.orders import Order
 from identifiers.catalogue import load_catalogue
-from identifiers.ids import new_id_str
 from tests.federation import fedkit
 from tests.federation.fedkit import Exchange
 
@@ -20,33 +18,14 @@ MI300X = "AMD-MI300X"  # 4.1891 SCU per device
 
 
 def seed_scu_order(ex: Exchange, scu: str, models: list[str], limit_fen_per_scu_hour: int) -> str:
-    """An open SCU order at `ex` (quantity in SCU, limit per SCU-hour), as the order API stores it; its id."""
-    spec: dict[str, Any] = {
-        "quantity_scu": scu,
-        "models": models,
-        "duration_seconds": 3600,
-        "limit_fen_per_scu_hour": limit_fen_per_scu_hour,
-        "billing_mode": "per_minute",
-        "all_or_nothing": True,
-    }
+    """An open SCU order at `ex` (quantity in SCU, limit per SCU-hour); its id."""
     with ex.seed() as s:
         buyer = fedkit.seed_buyer(s)
-        oid = new_id_str()
-        s.add(
-            Order(
-                id=oid, buyer_id=buyer, idempotency_key=oid, request_hash="0" * 64, spec=spec,
-                billing_mode="per_minute", status="open", quantity_devices=None, filled_devices=0,
-                created_at=int(time.time()),
-            )
-        )  # fmt: skip
-    return oid
+        return fedkit.seed_scu_order(s, buyer, scu=scu, models=models, limit_fen_per_scu_hour=limit_fen_per_scu_hour)
 
 
 def scu_row(ex: Exchange, order_id: str) -> tuple[str, str | None, int]:
-    with ex.seed() as s:
-        o = s.get(Order, order_id)
-        assert o is not None
-        return o.status, o.filled_scu, o.filled_devices
+    return fedkit.scu_fill(ex.db_url, order_id)
 
 
 async def test_scu_order_filled_by_two_owners_exactly(tmp_path: Path) -> None:
@@ -93,22 +72,59 @@ async def test_scu_order_not_reachable_across_exchanges_is_not_filled_at_all(tmp
             assert {h["status"] for h in await owner.fed.inbound.holds_view()} <= {"released"}
 
 
-async def test_hub_member_forwards_its_scu_orders_itself(tmp_path: Path) -> None:
+async def test_hub_member_sends_its_scu_orders_to_the_hub_not_to_peers(tmp_path: Path) -> None:
     async with fedkit.federation(tmp_path, ["A", "B"], federation_forward_after_seconds=0, federation_hub="H") as (
         a,
         b,
     ):
         scu_order = seed_scu_order(a, "6", [H100], limit_fen_per_scu_hour=1000)
-        with a.seed() as s:
-            device_order = fedkit.seed_order(s, fedkit.seed_buyer(s), devices=2, models=[H100], limit_fen=3000)
         with b.seed() as s:
             fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
         await fedkit.publish_all([a, b])
-        await a.fed._forward_tick()  # the member's background forward step
-        status, filled_scu, devices = scu_row(a, scu_order)
-        assert (status, filled_scu, devices) == ("filled", str(2 * Decimal("3.1712")), 2)
-        assert fedkit.order_row(a.db_url, device_order)["status"] == "open"  # left for the hub to route
-        assert a.fed.ctx.client.sent["order_offer"] == 1
+        await a.fed._forward_tick()  # the member's background forward step: the hub plans SCU orders too
+        assert scu_row(a, scu_order) == ("open", None, 0)
+        assert a.fed.ctx.client.sent["order_offer"] == 0
+        (sent,) = await a.svc.hub.unmet_demand()
+        assert (sent.id, sent.quantity_scu, sent.quantity_devices) == (scu_order, Decimal(6), None)
+        assert sent.limit_fen_per_scu_hour == 1000
+
+
+async def test_scu_order_through_the_hub_filled_by_two_owners_exactly(tmp_path: Path) -> None:
+    h = await fedkit.start_exchange(tmp_path, "H", federation_hub_mode=True, federation_hub_round_interval_seconds=0)
+    members = [
+        await fedkit.start_exchange(tmp_path, m, federation_hub="H", federation_forward_after_seconds=0)
+        for m in ("A", "B", "C")
+    ]
+    a, b, c = members
+    try:
+        await fedkit.peer_all([h, *members])
+        order = seed_scu_order(a, "12", [MI300X], limit_fen_per_scu_hour=1000)  # ceil(12 / 4.1891) = 3 devices
+        with b.seed() as s:  # 2 cheap devices: not enough alone
+            fedkit.seed_pool(s, "B", region="CN-NM", model=MI300X, devices=2, ask_fen=2000)
+        with c.seed() as s:
+            fedkit.seed_pool(s, "C", region="CN-GZ", model=MI300X, devices=8, ask_fen=2600)
+        for m in members:
+            assert (await m.svc.hub.publish())["status"] == "sent"
+        cleared = await h.svc.hub.hub_round()
+        assert cleared["status"] == "cleared" and (cleared["orders"], cleared["routes"]) == (1, 2)
+        deadline = time.monotonic() + 20
+        while scu_row(a, order)[0] != "filled":
+            assert time.monotonic() < deadline, "the SCU order was not filled through the hub"
+            await asyncio.sleep(0.05)
+        _status, filled_scu, devices = scu_row(a, order)
+        assert devices == 3 and Decimal(filled_scu or "0") == 3 * Decimal("4.1891")
+        assert Decimal(filled_scu or "0") - Decimal("4.1891") < 12  # a device fewer would not reach it: exact
+        bought = sorted((x["peer"], x["model"], x["devices"]) for x in await a.fed.reads.contracts_view())
+        assert bought == [("B", MI300X, 2), ("C", MI300X, 1)]
+        for owner, n in ((b, 2), (c, 1)):
+            (sold,) = await owner.fed.reads.contracts_view(peer="A")
+            assert (sold["side"], sold["devices"]) == ("owner", n)
+        assert a.fed.ctx.client.sent["order_offer"] == 2 and a.fed.ctx.client.sent["hold_commit"] == 2
+        # filled: the next demand to the hub no longer carries it
+        assert await a.svc.hub.unmet_demand() == []
+    finally:
+        for ex in (h, *members):
+            await fedkit.stop_exchange(ex)
 
 
 def test_local_clearing_sees_only_the_scu_not_filled_elsewhere() -> None:

@@ -1,13 +1,15 @@
 """One hub and three member exchanges as real `hetex serve` processes (H, A, B, C on 127.0.0.11-14, each
 its own SQLite database, keys and authority): members push signed supply summaries and unmet demand to H,
 H clears them and routes holds; A's order is filled by B and C through the hub with the ordinary two-phase
-protocol; B killed after holding for A: its hold expires, nothing is sold twice, and A, B converge after B
+protocol; A's SCU order is filled by B and C exactly (the hub converts it to devices of one model, A tracks
+the fill in SCU); B killed after holding for A: its hold expires, nothing is sold twice, and A, B converge after B
 restarts (the order is routed again and filled)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 
@@ -16,7 +18,7 @@ from tests.federation.procs import Proc, make_procs, start_and_peer, wait_for
 
 pytestmark = pytest.mark.slow
 
-H100, H20 = "NV-H100-SXM", "NV-H20"
+H100, H20, MI300X = "NV-H100-SXM", "NV-H20", "AMD-MI300X"  # MI300X: 4.1891 SCU per device
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,27 @@ def test_order_at_a_filled_by_b_and_c_through_the_hub(
             f"(publish 1 s, hub round 0.5 s); routes -> contracts {view_a['route_to_contract_ms_p50']:.0f} ms; "
             f"hub round solve {hub['last_round'].get('solve_ms')} ms"
         )
+
+
+def test_scu_order_at_a_filled_by_b_and_c_exactly_through_the_hub(fabric: dict[str, Proc]) -> None:
+    h, a, b, c = fabric["H"], fabric["A"], fabric["B"], fabric["C"]
+    with fedkit.db_session(b.db_url) as s:  # 2 cheap devices: 8.3782 SCU, short of 12
+        pool_b = fedkit.seed_pool(s, "B", region="CN-NM", model=MI300X, devices=2, ask_fen=2000)
+    with fedkit.db_session(c.db_url) as s:
+        pool_c = fedkit.seed_pool(s, "C", region="CN-GZ", model=MI300X, devices=8, ask_fen=2600)
+    rounds = h.get("/v1/federation/hub")["rounds"]
+    with fedkit.db_session(a.db_url) as s:
+        order = fedkit.seed_scu_order(s, fedkit.seed_buyer(s), scu="12", models=[MI300X], limit_fen_per_scu_hour=1000)
+    wait_for(lambda: fedkit.scu_fill(a.db_url, order)[0] == "filled", 45, "SCU order filled through the hub", 0.05)
+
+    _status, filled_scu, devices = fedkit.scu_fill(a.db_url, order)
+    # ceil(12 / 4.1891) = 3 devices: B's 2 cheaper ones and 1 of C's; a device fewer would not reach 12 SCU
+    assert devices == 3 and Decimal(filled_scu or "0") == 3 * Decimal("4.1891")
+    at_a = a.get(f"/v1/federation/contracts?order_id={order}")["contracts"]
+    assert sorted((x["peer"], x["model"], x["devices"]) for x in at_a) == [("B", MI300X, 2), ("C", MI300X, 1)]
+    assert sum(x.devices for x in fedkit.contracts_on_pool(b.db_url, pool_b.pool_id)) == 2
+    assert sum(x.devices for x in fedkit.contracts_on_pool(c.db_url, pool_c.pool_id)) == 1
+    assert h.get("/v1/federation/hub")["rounds"] > rounds  # placed by a hub round, not by greedy forwarding
 
 
 def test_member_killed_after_hold_expires_nothing_sold_twice_converges(fabric: dict[str, Proc]) -> None:

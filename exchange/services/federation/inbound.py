@@ -11,7 +11,7 @@ contract carries both exchanges' signatures and is appended to both logs. Holds 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select, update
@@ -41,6 +41,9 @@ class OwnerSide:
         #: Hook: the clearing-round lock (RoundService.lock.hold). A hold is granted only while no round is
         #: between its snapshot and its commit, so a round never allocates capacity a peer holds.
         self.seller_lock: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None
+        #: Hook (a hub, exchange/services/hub.py): the offer cleared again on the hub's members' curves, as
+        #: routes naming them (None: not a hub with member curves; the offer is then held here as usual).
+        self.reroute: Callable[[ForwardedOrder, str], Awaitable[list[dict[str, Any]] | None]] | None = None
 
     async def receive_order(self, v: VerifiedPeerMessage) -> dict[str, Any]:
         """Owner side of order_offer: immediate matching against own pools; hold what fits, with an expiry."""
@@ -49,6 +52,12 @@ class OwnerSide:
             raise ValidationError("end_at must be after start_at", field="body.order.end_at")
         if order.devices_min > order.devices_max:
             raise ValidationError("devices_min must not exceed devices_max", field="body.order.devices_min")
+        if self.reroute is not None:  # a regional hub named as owner by its parent: its members hold
+            routes = await self.reroute(order, v.peer.authority)
+            if routes:
+                return {"status": "rerouted", "routes": routes}
+            if routes is not None:
+                return {"status": "refused", "reason": "no_capacity"}
         async with self.seller_lock() if self.seller_lock is not None else contextlib.nullcontext():
             return await self._grant_hold(v, order)
 

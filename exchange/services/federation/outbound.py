@@ -24,13 +24,16 @@ from exchange.services.federation.peers import PeerDirectory
 from exchange.services.federation.quantity import Need
 from exchange.services.federation.summaries import Summaries
 from exchange.services.federation.terms import check_line, check_shape, order_terms, shape_fields
+from exchange.services.federation.wire import routes_from_json
 from exchange.services.federation_capacity import IN_FLIGHT_STATUSES, Tranche, choose, free_tranches, lock_capacity
 from exchange.services.peer_client import PeerRefusedError, PeerUnavailableError
 from exchange.storage.federation import OutboundHold
 from exchange.storage.orders import Order
+from federation.peering import PeerIdentity
 from identifiers.errors import HetexError, NotFoundError, ValidationError
 
 LATENCY_SAMPLES = 10_000
+MAX_REROUTES = 4  # regional hubs re-routing one order in a pass (a hub under a hub under a hub...)
 FORWARD_CONCURRENCY = 4
 
 
@@ -102,12 +105,15 @@ class BuyerSide:
         order_id: str,
         plan: Sequence[tuple[str, int, str, str]] | None = None,
         asks: Mapping[str, Iterable[int]] | None = None,
+        start_at: int | None = None,
     ) -> dict[str, Any]:
         """Offer an open local order to peers whose summaries could fill it; commit the holds if they add up
         to what the order needs (all-or-nothing honoured across peers), else release them all. With a hub's
         `plan` ((owner, devices, model, region), ...: exchange.services.hub), exactly those owners are asked
         for exactly those devices of those classes, each all or nothing, and (`asks`, per owner) on the ladder
-        steps the hub placed them on, so two orders routed to one class keep the hub's assignment."""
+        steps the hub placed them on, so two orders routed to one class keep the hub's assignment, and from
+        the start the hub placed it at (`start_at`: its slot on the hub's grid, not before the order's own
+        earliest start)."""
         ctx = self.ctx
         t0 = time.perf_counter()
         now = ctx.clock()
@@ -126,9 +132,19 @@ class BuyerSide:
         if order.status not in OPEN_ORDER or not quantified or in_flight:
             return {"status": "skipped"}
         need = Need.of(order, terms, ctx.scu)
-        if need.remaining <= 0 or (plan is not None and need.scu is not None):
-            return {"status": "skipped"}  # a hub plans device orders only
-        start = max(now, int(terms["start_earliest"] or now))
+        if need.remaining <= 0:
+            return {"status": "skipped"}
+        planned_scu: dict[str, Decimal] = {}
+        if plan is not None and need.scu is not None:
+            # an SCU order the hub placed as devices of one model at one or more owners: each owner is asked
+            # for exactly its devices, and the plan must fill what is missing exactly (tracked in SCU)
+            try:
+                planned_scu = need.planned(plan)
+            except ValidationError as exc:
+                detail = {"order_id": order.id, "error": exc.message}
+                await self.events.record("bad_route", ctx.settings.federation_hub or None, detail)
+                return {"status": "bad_route", "error": exc.message}
+        start = max(now, int(terms["start_earliest"] or now), start_at or 0)
         end = start + terms["duration"]
         candidates = []
         for peer, summary in summaries:
@@ -137,6 +153,9 @@ class BuyerSide:
                 candidates.append((best if best is not None else 1 << 62, peer.authority, peer))
         candidates.sort(key=lambda c: (c[0], c[1]))
         planned: dict[str, tuple[int, list[str], list[str]]] = {}
+        steps_of = {owner: set(a) for owner, a in (asks or {}).items()}
+        known: dict[str, PeerIdentity] = {}
+        reroutes = 0
         if plan is not None:
             known = {p.authority: p for p in await self.peers.peers()}
             for owner, n, model, region in plan:
@@ -162,8 +181,8 @@ class BuyerSide:
             quantity = need.ask(want, models, all_of_it=bool(shaped))
             if peer.authority in planned:
                 n, models, regions = planned[peer.authority]
-                want, quantity = Decimal(n), {"devices_max": n, "devices_min": n}
-                steps = sorted(set((asks or {}).get(peer.authority, ())))
+                want, quantity = planned_scu.get(peer.authority, Decimal(n)), {"devices_max": n, "devices_min": n}
+                steps = sorted(steps_of.get(peer.authority, ()))
                 if steps:
                     quantity["asks"] = steps
             msg = ctx.client.build(
@@ -203,6 +222,20 @@ class BuyerSide:
                 await self.commits.set_outbound(msg["message_id"], status="failed", error=exc.message)
                 await self.peers.mark(peer.authority, ok=False, error=exc.message)
                 continue
+            if resp.get("status") == "rerouted" and peer.authority in planned and reroutes < MAX_REROUTES:
+                # the owner is a regional hub: it cleared its share again on its members' curves, and its
+                # members are asked in its place (appended to the owners still to ask)
+                reroutes += 1
+                await self.commits.set_outbound(msg["message_id"], status="refused", error="rerouted")
+                try:
+                    added = self._rerouted(resp.get("routes"), peer.authority, planned, known, need, planned_scu)
+                except ValidationError as exc:
+                    await self.events.record("bad_route", peer.authority, {"order_id": order.id, "error": exc.message})
+                    continue
+                for owner, _n, _m, _r, owner_steps in added:
+                    candidates.append((0, owner, known[owner]))
+                    steps_of[owner] = set(owner_steps)
+                continue
             if resp.get("status") != "held":
                 why = str(resp.get("reason")) + (f" ({resp['field']})" if resp.get("field") else "")
                 await self.commits.set_outbound(msg["message_id"], status="refused", error=why)
@@ -227,7 +260,7 @@ class BuyerSide:
                            int(resp.get("expires_at", 0)))
             )  # fmt: skip
             total += amount
-            if shaped:
+            if shaped and plan is None:  # a hub's plan already keeps the shape across its owners
                 break
         if total < need.minimum:
             for h in held:
@@ -243,6 +276,38 @@ class BuyerSide:
             self.forward_latency_ms.append((time.perf_counter() - t0) * 1000.0)
         return {"status": "committed" if committed else "pending", "devices": committed, "holds": len(held)}
 
+    def _rerouted(
+        self,
+        data: Any,
+        hub: str,
+        planned: dict[str, tuple[int, list[str], list[str]]],
+        known: Mapping[str, PeerIdentity],
+        need: Need,
+        planned_scu: dict[str, Decimal],
+    ) -> list[tuple[str, int, list[str], list[str], set[int]]]:
+        """A regional hub's `rerouted` answer: its share of the plan split over its members (each a peer of
+        ours, not asked yet in this pass, together exactly the devices planned at the hub). Updates `planned`
+        (and `planned_scu` for an SCU order); the new owners with their devices, classes and ladder steps."""
+        routes = routes_from_json(data, field="routes")
+        n_hub = planned[hub][0]
+        by_owner: dict[str, tuple[int, list[str], list[str], set[int]]] = {}
+        for _oid, owner, n, model, region, steps, _ladder, _start in routes:
+            if owner not in known or owner in planned or owner == self.ctx.authority:
+                raise ValidationError(f"rerouted to {owner}: not a peer, or already asked", field="routes")
+            had, ms, rs, st = by_owner.get(owner, (0, [], [], set()))
+            by_owner[owner] = (had + n, sorted({*ms, model}), sorted({*rs, region}), st | set(steps))
+        if sum(v[0] for v in by_owner.values()) != n_hub:
+            raise ValidationError(f"rerouted devices differ from the {n_hub} planned", field="routes")
+        if need.scu is not None:
+            per = planned_scu.pop(hub) / n_hub
+            if any(ms != by_owner[next(iter(by_owner))][1] for _n, ms, _r, _s in by_owner.values()):
+                raise ValidationError("an SCU order is rerouted on one model", field="routes")
+            planned_scu.update({o: per * v[0] for o, v in by_owner.items()})
+        del planned[hub]
+        for owner, (n, ms, rs, _st) in by_owner.items():
+            planned[owner] = (n, ms, rs)
+        return [(o, n, ms, rs, st) for o, (n, ms, rs, st) in sorted(by_owner.items())]
+
     async def _claim(self, session: AsyncSession, order: Order) -> bool:
         """In the caller's write transaction: the order is still as read (open, same fill, nothing in flight),
         so the outbound row written next makes this forwarder its only seller (local fill skips it)."""
@@ -255,12 +320,9 @@ class BuyerSide:
         )
         return not in_flight
 
-    async def forward_open_orders(
-        self, order_ids: Iterable[str] | None = None, *, scu_only: bool = False
-    ) -> list[dict[str, Any]]:
+    async def forward_open_orders(self, order_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Hook for rounds (after a local round, pass the still-open order ids) and the background tick:
-        forward orders the local market cannot fill now, or that stayed open longer than forward_after
-        (`scu_only`: SCU orders only, for a hub member whose hub plans its device orders)."""
+        forward orders the local market cannot fill now, or that stayed open longer than forward_after."""
         ctx = self.ctx
         async with self._forward_lock:
             now = ctx.clock()
@@ -270,8 +332,6 @@ class BuyerSide:
                 if not summaries:
                     return []  # nobody to forward to: this pass (run every tick) reads no order
                 stmt = select(Order).where(Order.status.in_(OPEN_ORDER))
-                if scu_only:
-                    stmt = stmt.where(Order.quantity_devices.is_(None))
                 if order_ids is not None:
                     stmt = stmt.where(Order.id.in_(list(order_ids)))
                 orders = (await session.scalars(stmt.order_by(Order.created_at, Order.id).limit(200))).all()

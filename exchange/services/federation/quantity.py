@@ -58,6 +58,26 @@ class Need:
             "scu_min": str(want if all_of_it else SCU_FLOOR),
         }
 
+    def planned(self, plan: Sequence[tuple[str, int, str, str]]) -> dict[str, Decimal]:
+        """SCU per owner of a hub's plan for this SCU order ((owner, devices, model, region), ...), checked to
+        fill it exactly: one model with a catalogue SCU, reaching what is still missing, and a device fewer
+        would not (ValidationError naming `routes` otherwise, so nothing is asked of any owner)."""
+        assert self.scu is not None
+        models = {model for _o, _n, model, _r in plan}
+        per = self.scu.get(next(iter(models))) if len(models) == 1 else None
+        if per is None or per <= 0:
+            raise ValidationError("an SCU order is routed on one model with a catalogue SCU", field="routes")
+        out: dict[str, Decimal] = {}
+        for owner, n, _m, _r in plan:
+            out[owner] = out.get(owner, Decimal(0)) + per * n
+        total = sum(out.values(), Decimal(0))
+        if total < self.remaining or total - per >= self.remaining:
+            raise ValidationError(
+                f"routes give {total} SCU for {self.remaining} missing (not the least whole number of devices)",
+                field="routes",
+            )
+        return out
+
     def held(self, lines: Sequence[Mapping[str, Any]], want: Decimal) -> Decimal:
         """The amount a hold's lines give; ValidationError when it is more than `want` (for SCU: more than
         the least whole number of devices reaching it) or a line's model has no catalogue SCU."""

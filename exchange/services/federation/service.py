@@ -156,8 +156,9 @@ class Federation:
                 wake.clear()
 
     async def _forward_tick(self) -> None:
-        # a member of a hub forwards only what the hub routes, except SCU orders (a hub plans device orders)
-        await self.outbound.forward_open_orders(scu_only=bool(self.ctx.settings.federation_hub))
+        # a member of a hub forwards only what the hub routes (device and SCU orders alike)
+        if not self.ctx.settings.federation_hub:
+            await self.outbound.forward_open_orders()
         await self.mirror.deliver_outbox()
 
     async def _publish_tick(self) -> None:

@@ -6,9 +6,9 @@ the exchange-side bodies: what an order_offer, hold_commit, hold_release, mirror
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,80 @@ from exchange.services.fields import DECIMAL_FRAC_DIGITS, DECIMAL_INT_DIGITS, DE
 from identifiers.errors import ValidationError
 
 MIRRORABLE = frozenset({"usage", "settlement"})
+MAX_ROUTES = 4000
+MAX_ASKS = 64
+
+
+class RouteTuple(NamedTuple):
+    """A route on the wire: `steps` ((ask, devices), ...) None when not sent, `start_at` None likewise."""
+
+    order_id: str
+    owner: str
+    devices: int
+    model: str
+    region: str
+    asks: tuple[int, ...]
+    steps: tuple[tuple[int, int], ...] | None
+    start_at: int | None
+
+
+def routes_from_json(data: Any, field: str = "body.routes") -> list[RouteTuple]:
+    """(order id, owner, devices, model, region, asks) of a hub's routes (ValidationError naming `field`)."""
+    if not isinstance(data, list) or len(data) > MAX_ROUTES:
+        raise ValidationError(f"routes must be a list of at most {MAX_ROUTES}", field=field)
+    out = []
+    for r in data:
+        ok = isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("order_id", "owner", "model", "region"))
+        n = r.get("devices") if isinstance(r, dict) else None
+        if not ok or not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValidationError("a route is {order_id, owner, devices >= 1, model, region}", field=field)
+        asks = r.get("asks", [])
+        if not isinstance(asks, list) or len(asks) > MAX_ASKS or not all(_fen(a) for a in asks):
+            raise ValidationError(f"a route's asks are at most {MAX_ASKS} integers >= 0", field=field)
+        steps = r.get("steps")
+        if steps is not None and not (
+            isinstance(steps, list)
+            and len(steps) <= MAX_ASKS
+            and all(isinstance(x, list) and len(x) == 2 and _fen(x[0]) and _fen(x[1]) and x[1] > 0 for x in steps)
+            and sum(x[1] for x in steps) == n
+        ):
+            raise ValidationError("a route's steps are [ask, devices > 0] pairs adding up to its devices", field=field)
+        ladder = None if steps is None else tuple((int(a), int(k)) for a, k in steps)
+        start = r.get("start_at")
+        if start is not None and not _fen(start):
+            raise ValidationError("a route's start_at is a time in seconds", field=field)
+        out.append(RouteTuple(r["order_id"], r["owner"], n, r["model"], r["region"], tuple(asks), ladder, start))
+    return out
+
+
+def route_json(
+    order_id: str,
+    owner: str,
+    devices: int,
+    model: str,
+    region: str,
+    start: int,
+    end: int,
+    price: int,
+    steps: Sequence[tuple[int, int]],
+) -> dict[str, Any]:
+    """One route in the wire form of hub_routes and of a `rerouted` answer (`asks` and, per ask, `steps`)."""
+    return {
+        "order_id": order_id,
+        "owner": owner,
+        "devices": devices,
+        "model": model,
+        "region": region,
+        "start_at": start,
+        "end_at": end,
+        "buyer_price_fen": price,
+        "asks": [a for a, _n in steps],
+        "steps": [[a, n] for a, n in steps],
+    }
+
+
+def _fen(a: Any) -> bool:
+    return isinstance(a, int) and not isinstance(a, bool) and a >= 0
 
 
 class ForwardedOrder(BaseModel):
