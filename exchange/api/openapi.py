@@ -152,7 +152,7 @@ NO_CONTROL_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f]*$"
 
 def _no_control_characters(defs: dict[str, Any], roots: list[str]) -> None:
     """Every free-text string of a request body (no pattern or value set of its own) states the boundary's rule,
-    so a schema-valid body never holds a character the server refuses."""
+    and every map with checked keys is closed to other keys, so a schema-valid body is one the server takes."""
     seen: set[str] = set()
 
     def walk(node: Any) -> None:
@@ -165,6 +165,12 @@ def _no_control_characters(defs: dict[str, Any], roots: list[str]) -> None:
                     walk(defs[name])
             if node.get("type") == "string" and not ({"pattern", "enum", "const", "format"} & node.keys()):
                 node["pattern"] = NO_CONTROL_PATTERN
+            keys = node.get("patternProperties")
+            if isinstance(keys, dict) and len(keys) == 1 and "additionalProperties" not in node:
+                # a map whose keys the server checks (dict[Pattern, ...]): a key off the pattern is refused,
+                # so the schema closes the map rather than leaving such keys free
+                node["additionalProperties"] = False
+                node.setdefault("propertyNames", {})["pattern"] = next(iter(keys))
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
