@@ -81,9 +81,15 @@ def in_worker() -> bool:
 
 
 def _ready() -> int:
-    """Child side: services built (by the initializer); its pid."""
-    import matching.clearing  # noqa: F401  (imported once, so the first round does not pay for it)
+    """Child side: services built (by the initializer), the solver imported and one snapshot read (database
+    connection open, statements compiled), so the first round pays none of it; the child's pid."""
+    import matching.clearing  # noqa: F401
 
+    assert _LOOP is not None and _SERVICES is not None, "round worker not initialized"
+    try:
+        _LOOP.run_until_complete(_SERVICES.rounds.market_snapshot())
+    except Exception as exc:  # a warm-up only: the round reports any real problem
+        log.warning("round worker warm-up snapshot failed: %s", exc)
     return os.getpid()
 
 
