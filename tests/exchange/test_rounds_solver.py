@@ -13,7 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 from exchange.services.rounds import snapshot_hash
-from exchange.services.solver import SolverPool, _clear
+from exchange.services.solver import SolverPool, clear_inline
 from matching.clearing import clear
 from matching.generators import generate
 from matching.model import ClearingResult
@@ -42,7 +42,7 @@ async def test_worker_process_clears_like_this_process() -> None:
 
 def test_worker_entry_returns_the_snapshot_hash_and_a_picklable_result() -> None:
     market = generate("scale", orders=50, pools=5, seed=1)
-    digest, out = pickle.loads(pickle.dumps(_clear(pickle.loads(pickle.dumps(market)), "mcf", 5.0)))
+    digest, out = pickle.loads(pickle.dumps(clear_inline(pickle.loads(pickle.dumps(market)), "mcf", 5.0)))
     assert digest == snapshot_hash(market)
     assert timeless(out).to_json() == timeless(clear(market, method="mcf", time_limit=5.0)).to_json()
 
