@@ -36,6 +36,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 SIGNED_REQUEST = web.RequestKey("signed_request", SignedRequest)
 NONCE_CLAIM = web.RequestKey("nonce_claim", NonceClaim)
 _REMEMBERS_NONCE = "_hetex_remembers_nonce"
+_NONCE_FREE = "_hetex_nonce_free"
 
 H = TypeVar("H", bound=Callable[..., Any])
 
@@ -73,6 +74,15 @@ class KeyCache:
         if len(self._entries) > 100_000:
             self._entries.clear()
         self._entries[principal.key_id] = (time.monotonic() + self.ttl, principal, key)
+
+
+def nonce_free(handler: H) -> H:
+    """Mark a handler whose effect a replay cannot repeat, so its request's nonce is never remembered (no write
+    to seen_nonces): the site heartbeat, one UPDATE that only moves the site's liveness forward to the signed
+    `created` (specs/signing.md 7 says why a replay inside the window is harmless). The signature is verified
+    exactly as for every other request, nonce parameter included."""
+    setattr(handler, _NONCE_FREE, True)
+    return handler
 
 
 KEY_CACHE = web.AppKey("key_cache", KeyCache)
@@ -165,10 +175,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     if not signed and getattr(request.match_info.handler, "_hetex_browser_form", False):
         return await handler(request)  # console form: session cookie + CSRF token (exchange.web.browser)
-    defer = getattr(request.match_info.handler, _REMEMBERS_NONCE, False)
-    claim = await authenticate(request, defer_nonce=defer)
+    route = request.match_info.handler
+    free = getattr(route, _NONCE_FREE, False)
+    claim = await authenticate(request, defer_nonce=free or getattr(route, _REMEMBERS_NONCE, False))
     response = await handler(request)
-    if not claim.remembered:
+    if not claim.remembered and not free:
         svc = services(request)
         await svc.participants.nonce_store.remember_now(svc.sessions, claim)
     return response

@@ -372,6 +372,7 @@ async def drive(
         async with _in_flight(max_in_flight) as start:
             t_start = time.perf_counter()
             cpu0 = tree_cpu(server_pid)
+            client0 = time.process_time()
             # one merged schedule: (due offset, kind, index)
             events: list[tuple[float, str, int]] = []
             t = 0.0
@@ -411,6 +412,7 @@ async def drive(
             lag = time.perf_counter() - (t_start + duration)
         window = time.perf_counter() - t_start
         cpu1 = tree_cpu(server_pid)
+        client_cpu = time.process_time() - client0
         await asyncio.gather(*round_tasks)  # a round still running
     completed = sum(len(k.latencies) for k in kinds.values())
     all_latencies = sorted(x for k in kinds.values() for x in k.latencies)
@@ -428,6 +430,10 @@ async def drive(
             round((cpu1 - cpu0) * 1000 / completed, 3) if cpu0 is not None and cpu1 is not None and completed else None
         ),
         "server_cpu_utilisation": (round((cpu1 - cpu0) / window, 3) if cpu0 is not None and cpu1 is not None else None),
+        # the load generator's own CPU (signing every request): near one core means the client, not the server,
+        # bounds the offered rate
+        "client_cpu_ms_per_request": round(client_cpu * 1000 / completed, 3) if completed else None,
+        "client_cpu_utilisation": round(client_cpu / window, 3),
         "kinds": {name: k.figures(window) for name, k in kinds.items()},
         "rounds": rounds,
         "rounds_kept_period": kept,
@@ -528,7 +534,8 @@ def format_fleet(r: dict[str, Any]) -> str:
         f"{r['server']}, {r['cpu_count']} CPUs, load {r['load_average']}",
         f"  sustained {r['per_second']} req/s (target {r['target_per_second']})  p50 {r['p50_ms']} ms  "
         f"p99 {r['p99_ms']} ms  server CPU {r['server_cpu_ms_per_request']} ms/req "
-        f"(utilisation {r['server_cpu_utilisation']})  schedule lag {r['schedule_lag_seconds']} s",
+        f"(utilisation {r['server_cpu_utilisation']})  client CPU {r['client_cpu_ms_per_request']} ms/req "
+        f"(utilisation {r['client_cpu_utilisation']})  schedule lag {r['schedule_lag_seconds']} s",
     ]
     for name, k in r["kinds"].items():
         lines.append(
