@@ -57,9 +57,12 @@ def remembers_nonce(handler: H) -> H:
 
 @dataclass
 class KeyCache:
-    """Positive cache key id -> (participant, key) for a short time, saving a query per request."""
+    """Positive cache key id -> (participant, key) for a short time, saving a query per request. A participant's
+    status change drops its entry at once: in this process through ParticipantService.key_changed, in the other
+    processes on the same PostgreSQL through the NOTIFY of migration 0950 (listen_for_key_changes)."""
 
     ttl: float = KEY_CACHE_SECONDS
+    enabled: bool = True
     _entries: dict[str, tuple[float, Principal, VerifyKey]] = field(default_factory=dict)
 
     def get(self, key_id: str) -> tuple[Principal, VerifyKey] | None:
@@ -70,10 +73,21 @@ class KeyCache:
         return hit[1], hit[2]
 
     def put(self, principal: Principal, key: VerifyKey) -> None:
-        """Remember a participant's key."""
+        """Remember a participant's key (not while `enabled` is off)."""
+        if not self.enabled:
+            return
         if len(self._entries) > 100_000:
             self._entries.clear()
         self._entries[principal.key_id] = (time.monotonic() + self.ttl, principal, key)
+
+    def drop(self, key_id: str) -> None:
+        """Forget a key at once (its participant's status changed)."""
+        self._entries.pop(key_id, None)
+
+    def disable(self) -> None:
+        """Forget everything and cache nothing more (the change notifications can no longer be heard)."""
+        self.enabled = False
+        self._entries.clear()
 
 
 def nonce_free(handler: H) -> H:
