@@ -313,6 +313,29 @@ class LedgerService:
         signed = self.identity.countersign(envelope, payload_type, payload, await self.identity.signer_for(session))
         return (await self._append_envelopes(session, [(record_type, record_id, signed)]))[0]
 
+    async def append_signed_many(
+        self, session: AsyncSession, records: Sequence[tuple[str, str, dict[str, Any]]]
+    ) -> list[AppendedRecord]:
+        """append_signed for several node-signed records in order, under one lock and one counter update (a
+        usage batch: one log write for all its accepted reports)."""
+        if not records:
+            return []
+        checked = []
+        for record_type, record_id, envelope in records:
+            payload_type = _payload_type(record_type)
+            if not isinstance(envelope, dict) or envelope.get("payloadType") != payload_type:
+                raise ValidationError(f"envelope payloadType must be {payload_type}", field="payloadType")
+            if not isinstance(envelope.get("signatures"), list) or not isinstance(envelope.get("payload"), str):
+                raise ValidationError("envelope needs payload and signatures", field="envelope")
+            checked.append((record_type, record_id, envelope, payload_type, _decode_b64(envelope["payload"])))
+        await self.lock(session)
+        signer = await self.identity.signer_for(session)
+        signed = [
+            (record_type, record_id, self.identity.countersign(envelope, payload_type, payload, signer))
+            for record_type, record_id, envelope, payload_type, payload in checked
+        ]
+        return await self._append_envelopes(session, signed)
+
     async def lock(self, session: AsyncSession) -> None:
         """Lock the log counter row for the caller's transaction (every signer and a key rotation take it)."""
         await self._lock_counter(session)
