@@ -31,6 +31,10 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # ordinary participant authentication: a peer exchange's key is a participant of role peer, so its signed reads
 # are verified here like any other.
 KEY_CACHE_SECONDS = 60.0
+#: how long a key is cached while this process hears every participant change (PostgreSQL NOTIFY, key_changes):
+#: then an entry is dropped when its participant changes, and the time only bounds memory of idle keys
+KEY_CACHE_HEARD_SECONDS = 3600.0
+KEY_CACHE_MAX_ENTRIES = 1_000_000
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 SIGNED_REQUEST = web.RequestKey("signed_request", SignedRequest)
@@ -76,13 +80,17 @@ class KeyCache:
         """Remember a participant's key (not while `enabled` is off)."""
         if not self.enabled:
             return
-        if len(self._entries) > 100_000:
+        if len(self._entries) >= KEY_CACHE_MAX_ENTRIES:
             self._entries.clear()
         self._entries[principal.key_id] = (time.monotonic() + self.ttl, principal, key)
 
     def drop(self, key_id: str) -> None:
         """Forget a key at once (its participant's status changed)."""
         self._entries.pop(key_id, None)
+
+    def hearing_changes(self) -> None:
+        """Every participant change is now heard (drop() is called for it): keep keys for longer."""
+        self.ttl = max(self.ttl, KEY_CACHE_HEARD_SECONDS)
 
     def disable(self) -> None:
         """Forget everything and cache nothing more (the change notifications can no longer be heard)."""

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from exchange.api.auth import KEY_CACHE
+from exchange.api.auth import KEY_CACHE, KEY_CACHE_HEARD_SECONDS
 from exchange.client import HetexClient, RemoteError
 from exchange.composition import build_services
 from exchange.settings import Settings
@@ -92,6 +93,7 @@ async def test_another_process_refuses_the_suspended_key_at_once(
         await on_b.heartbeat(site["cri"])
         cache = b.http.app[KEY_CACHE]
         assert cache.get(on_b.keyid) is not None
+        assert cache.ttl == KEY_CACHE_HEARD_SECONDS  # it hears every change, so it keeps keys for longer
         operator = await _operator(a)
         await operator.request("POST", f"/v1/participants/{me['id']}/status", json={"status": "suspended"})
         for _ in range(500):  # the NOTIFY is delivered after the commit, asynchronously: wait for it, bounded
@@ -99,6 +101,20 @@ async def test_another_process_refuses_the_suspended_key_at_once(
                 break
             await asyncio.sleep(0.01)
         assert await _refusal(on_b.heartbeat(site["cri"])) == (403, "participant_suspended")
+        # losing the listening connection: the process stops caching rather than miss a change
+        admin = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' "
+                "AND datname = current_database()"
+            )
+        finally:
+            await admin.close()
+        for _ in range(500):
+            if not cache.enabled:
+                break
+            await asyncio.sleep(0.01)
+        assert not cache.enabled and cache.get(on_b.keyid) is None
     finally:
         for x in apps:
             await x.http.close()
