@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.contracts import ContractNotFoundError, Log, billable_end
@@ -159,14 +159,30 @@ def _batch_item(index: int, row: UsageReport, status: str) -> dict[str, Any]:
     }
 
 
+def _neighbours_query() -> Any:
+    same_meter = (UsageReport.contract_id == bindparam("n_contract"), UsageReport.meter_id == bindparam("n_meter"))
+    previous = select(func.max(UsageReport.seq)).where(*same_meter, UsageReport.seq < bindparam("n_seq"))
+    overlaps = and_(UsageReport.period_start < bindparam("n_end"), UsageReport.period_end > bindparam("n_start"))
+    return select(UsageReport).where(
+        *same_meter,
+        or_(UsageReport.seq >= bindparam("n_seq"), UsageReport.seq == previous.scalar_subquery(), overlaps),
+    )
+
+
+_NEIGHBOURS = _neighbours_query()  # built once: only its parameters change per report
+
+
 async def _meter_neighbours(session: AsyncSession, contract_id: str, p: UsagePayload) -> list[UsageReport]:
     """The stored reports of p's meter that its checks look at, in one query: the same or a later seq, the
     previous seq, and any whose period overlaps p's (in-order reporting: usually just the previous one)."""
-    same_meter = (UsageReport.contract_id == contract_id, UsageReport.meter_id == p.meter_id)
-    previous = select(func.max(UsageReport.seq)).where(*same_meter, UsageReport.seq < p.seq).scalar_subquery()
-    overlaps = and_(UsageReport.period_start < p.period_end, UsageReport.period_end > p.period_start)
-    query = select(UsageReport).where(*same_meter, or_(UsageReport.seq >= p.seq, UsageReport.seq == previous, overlaps))
-    return list((await session.scalars(query)).all())
+    params = {
+        "n_contract": contract_id,
+        "n_meter": p.meter_id,
+        "n_seq": p.seq,
+        "n_start": p.period_start,
+        "n_end": p.period_end,
+    }
+    return list((await session.scalars(_NEIGHBOURS, params)).all())
 
 
 def _flags(neighbours: list[UsageReport], p: UsagePayload) -> list[str]:
