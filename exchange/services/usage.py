@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import Table, and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.contracts import ContractNotFoundError, Log, billable_end
@@ -84,7 +84,7 @@ def parse_usage_payload(obj: Any) -> UsagePayload:
         raise UsageRefusedError("invalid_payload", message, field=f"payload.{field}") from None
 
 
-def usage_view(row: UsageReport, *, duplicate: bool = False) -> dict[str, Any]:
+def usage_view(row: Any, *, duplicate: bool = False) -> dict[str, Any]:
     """JSON view of a stored usage report."""
     return {
         "id": row.id,
@@ -126,9 +126,10 @@ MAX_BATCH_REPORTS = 500
 
 @dataclass
 class _Checked:
-    """A report that passed every rule: the row to store (duplicate=False) or the identical stored one."""
+    """A report that passed every rule: the row to store (duplicate=False) or the identical stored one (a
+    UsageReport, or a row of usage_reports read by _meter_neighbours)."""
 
-    row: UsageReport
+    row: Any
     envelope: dict[str, Any]
     duplicate: bool
 
@@ -145,7 +146,7 @@ def _peek_contract_id(envelope: Any) -> str | None:
     return cid if isinstance(cid, str) and 0 < len(cid) <= 36 else None
 
 
-def _batch_item(index: int, row: UsageReport, status: str) -> dict[str, Any]:
+def _batch_item(index: int, row: Any, status: str) -> dict[str, Any]:
     """One result of a batch: the stored report's identity and flags, without its envelope."""
     return {
         "index": index,
@@ -159,22 +160,26 @@ def _batch_item(index: int, row: UsageReport, status: str) -> dict[str, Any]:
     }
 
 
+_USAGE: Table = UsageReport.__table__  # type: ignore[assignment]
+
+
 def _neighbours_query() -> Any:
-    same_meter = (UsageReport.contract_id == bindparam("n_contract"), UsageReport.meter_id == bindparam("n_meter"))
-    previous = select(func.max(UsageReport.seq)).where(*same_meter, UsageReport.seq < bindparam("n_seq"))
-    overlaps = and_(UsageReport.period_start < bindparam("n_end"), UsageReport.period_end > bindparam("n_start"))
-    return select(UsageReport).where(
-        *same_meter,
-        or_(UsageReport.seq >= bindparam("n_seq"), UsageReport.seq == previous.scalar_subquery(), overlaps),
+    c = _USAGE.c
+    same_meter = (c.contract_id == bindparam("n_contract"), c.meter_id == bindparam("n_meter"))
+    previous = select(func.max(c.seq)).where(*same_meter, c.seq < bindparam("n_seq"))
+    overlaps = and_(c.period_start < bindparam("n_end"), c.period_end > bindparam("n_start"))
+    return select(_USAGE).where(
+        *same_meter, or_(c.seq >= bindparam("n_seq"), c.seq == previous.scalar_subquery(), overlaps)
     )
 
 
-_NEIGHBOURS = _neighbours_query()  # built once: only its parameters change per report
+_NEIGHBOURS = _neighbours_query()  # built once, Core rows (no ORM objects): only its parameters change per report
 
 
-async def _meter_neighbours(session: AsyncSession, contract_id: str, p: UsagePayload) -> list[UsageReport]:
+async def _meter_neighbours(session: AsyncSession, contract_id: str, p: UsagePayload) -> list[Any]:
     """The stored reports of p's meter that its checks look at, in one query: the same or a later seq, the
-    previous seq, and any whose period overlaps p's (in-order reporting: usually just the previous one)."""
+    previous seq, and any whose period overlaps p's (in-order reporting: usually just the previous one). Rows
+    with the columns of usage_reports as attributes, like a UsageReport."""
     params = {
         "n_contract": contract_id,
         "n_meter": p.meter_id,
@@ -182,10 +187,10 @@ async def _meter_neighbours(session: AsyncSession, contract_id: str, p: UsagePay
         "n_start": p.period_start,
         "n_end": p.period_end,
     }
-    return list((await session.scalars(_NEIGHBOURS, params)).all())
+    return list((await session.execute(_NEIGHBOURS, params)).all())
 
 
-def _flags(neighbours: list[UsageReport], p: UsagePayload) -> list[str]:
+def _flags(neighbours: list[Any], p: UsagePayload) -> list[str]:
     """gap / overlap / out_of_order against the same meter's other reports (stored or earlier in the batch)."""
     earlier = [r for r in neighbours if r.seq < p.seq]
     prev = max(earlier, key=lambda r: r.seq) if earlier else None
@@ -281,7 +286,7 @@ class UsageService:
         meter's seq n and n+1. The contracts are locked in id order first (two concurrent batches never
         deadlock); `nonce` is remembered in the same transaction."""
         peeked = [_peek_contract_id(envelope) for envelope in envelopes]
-        outcomes: list[tuple[int, str, UsageReport | dict[str, Any]]] = []
+        outcomes: list[tuple[int, str, Any]] = []  # (index, status, the report's row, or the refusal)
         async with self.sessions.begin() as session:
             if nonce is not None:
                 await self.nonce_store.remember(session, nonce)
@@ -315,10 +320,8 @@ class UsageService:
         if nonce is not None:
             nonce.remembered = True
         results = [
-            _batch_item(index, outcome, status)
-            if isinstance(outcome, UsageReport)
-            else {"index": index, "status": status, **outcome}
-            for index, status, outcome in outcomes
+            {"index": i, "status": status, **outcome} if status == "refused" else _batch_item(i, outcome, status)
+            for i, status, outcome in outcomes
         ]
         counts = {status: sum(1 for r in results if r["status"] == status) for status in BATCH_STATUSES}
         return {"results": results, **counts}
