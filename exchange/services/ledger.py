@@ -328,13 +328,13 @@ class LedgerService:
             if not isinstance(envelope.get("signatures"), list) or not isinstance(envelope.get("payload"), str):
                 raise ValidationError("envelope needs payload and signatures", field="envelope")
             checked.append((record_type, record_id, envelope, payload_type, _decode_b64(envelope["payload"])))
-        await self.lock(session)
+        locked = await self._lock_counter(session)  # the lock and the counter in one read (no second SELECT)
         signer = await self.identity.signer_for(session)
         signed = [
             (record_type, record_id, self.identity.countersign(envelope, payload_type, payload, signer))
             for record_type, record_id, envelope, payload_type, payload in checked
         ]
-        return await self._append_envelopes(session, signed)
+        return await self._append_envelopes(session, signed, locked=locked)
 
     async def lock(self, session: AsyncSession) -> None:
         """Lock the log counter row for the caller's transaction (every signer and a key rotation take it)."""
@@ -348,13 +348,20 @@ class LedgerService:
         return int(row.next_index), bytes(row.frontier)
 
     async def _append_envelopes(
-        self, session: AsyncSession, items: Sequence[tuple[str, str, dict[str, Any]]], at: int | None = None
+        self,
+        session: AsyncSession,
+        items: Sequence[tuple[str, str, dict[str, Any]]],
+        at: int | None = None,
+        *,
+        locked: tuple[int, bytes] | None = None,
     ) -> list[AppendedRecord]:
+        """Append signed envelopes; `locked`: the counter row as the caller already read it FOR UPDATE in this
+        transaction (each round trip under the lock is one every other appender waits for)."""
         if not items:
             return []
         payloads = [fast_canonical_bytes(env) for _t, _i, env in items]
         leaves = [leaf_hash(p) for p in payloads]
-        size, blob = await self._lock_counter(session)
+        size, blob = await self._lock_counter(session) if locked is None else locked
         cr = CompactRange.from_frontier(size, _split_frontier(size, blob))
         now = now_s() if at is None else at
         entry_rows: list[dict[str, Any]] = []
