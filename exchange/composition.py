@@ -135,7 +135,7 @@ async def build_services(
         ),
         participants=ParticipantService(sessions, regions, settings.signature_window_seconds, nonces),
         registration=RegistrationService(
-            sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds, nonces=nonces
+            sessions, catalogue, regions, settings.authority, settings.heartbeat_timeout_seconds
         ),
         orders=OrderService(sessions, catalogue, regions, nonces=nonces),
         contracts=contracts,

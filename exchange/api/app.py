@@ -8,6 +8,7 @@ from exchange.api import duties, ledger, rounds
 from exchange.api.auth import KEY_CACHE, KeyCache, auth_middleware
 from exchange.api.boundary import body_middleware, boundary_middleware
 from exchange.api.connections import body_timeout_middleware
+from exchange.api.key_changes import listen_for_key_changes
 from exchange.api.keys import SERVICES
 from exchange.api.metrics import METRICS, ApiMetrics, metrics_middleware
 from exchange.api.openapi import TABLES
@@ -32,7 +33,9 @@ def create_app(svc: Services) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[SERVICES] = svc
     app[METRICS] = ApiMetrics()
-    app[KEY_CACHE] = KeyCache()
+    app[KEY_CACHE] = cache = KeyCache()
+    svc.participants.key_changed.append(cache.drop)  # this process's own status changes
+    app.cleanup_ctx.append(listen_for_key_changes)  # other processes' (PostgreSQL NOTIFY)
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
     setup_web(app)  # the web console at / (exchange/web)

@@ -31,11 +31,16 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # ordinary participant authentication: a peer exchange's key is a participant of role peer, so its signed reads
 # are verified here like any other.
 KEY_CACHE_SECONDS = 60.0
+#: how long a key is cached while this process hears every participant change (PostgreSQL NOTIFY, key_changes):
+#: then an entry is dropped when its participant changes, and the time only bounds memory of idle keys
+KEY_CACHE_HEARD_SECONDS = 3600.0
+KEY_CACHE_MAX_ENTRIES = 1_000_000
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 SIGNED_REQUEST = web.RequestKey("signed_request", SignedRequest)
 NONCE_CLAIM = web.RequestKey("nonce_claim", NonceClaim)
 _REMEMBERS_NONCE = "_hetex_remembers_nonce"
+_NONCE_FREE = "_hetex_nonce_free"
 
 H = TypeVar("H", bound=Callable[..., Any])
 
@@ -56,9 +61,12 @@ def remembers_nonce(handler: H) -> H:
 
 @dataclass
 class KeyCache:
-    """Positive cache key id -> (participant, key) for a short time, saving a query per request."""
+    """Positive cache key id -> (participant, key) for a short time, saving a query per request. A participant's
+    status change drops its entry at once: in this process through ParticipantService.key_changed, in the other
+    processes on the same PostgreSQL through the NOTIFY of migration 0950 (listen_for_key_changes)."""
 
     ttl: float = KEY_CACHE_SECONDS
+    enabled: bool = True
     _entries: dict[str, tuple[float, Principal, VerifyKey]] = field(default_factory=dict)
 
     def get(self, key_id: str) -> tuple[Principal, VerifyKey] | None:
@@ -69,10 +77,34 @@ class KeyCache:
         return hit[1], hit[2]
 
     def put(self, principal: Principal, key: VerifyKey) -> None:
-        """Remember a participant's key."""
-        if len(self._entries) > 100_000:
+        """Remember a participant's key (not while `enabled` is off)."""
+        if not self.enabled:
+            return
+        if len(self._entries) >= KEY_CACHE_MAX_ENTRIES:
             self._entries.clear()
         self._entries[principal.key_id] = (time.monotonic() + self.ttl, principal, key)
+
+    def drop(self, key_id: str) -> None:
+        """Forget a key at once (its participant's status changed)."""
+        self._entries.pop(key_id, None)
+
+    def hearing_changes(self) -> None:
+        """Every participant change is now heard (drop() is called for it): keep keys for longer."""
+        self.ttl = max(self.ttl, KEY_CACHE_HEARD_SECONDS)
+
+    def disable(self) -> None:
+        """Forget everything and cache nothing more (the change notifications can no longer be heard)."""
+        self.enabled = False
+        self._entries.clear()
+
+
+def nonce_free(handler: H) -> H:
+    """Mark a handler whose effect a replay cannot repeat, so its request's nonce is never remembered (no write
+    to seen_nonces): the site heartbeat, one UPDATE that only moves the site's liveness forward to the signed
+    `created` (specs/signing.md 7 says why a replay inside the window is harmless). The signature is verified
+    exactly as for every other request, nonce parameter included."""
+    setattr(handler, _NONCE_FREE, True)
+    return handler
 
 
 KEY_CACHE = web.AppKey("key_cache", KeyCache)
@@ -165,10 +197,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     if not signed and getattr(request.match_info.handler, "_hetex_browser_form", False):
         return await handler(request)  # console form: session cookie + CSRF token (exchange.web.browser)
-    defer = getattr(request.match_info.handler, _REMEMBERS_NONCE, False)
-    claim = await authenticate(request, defer_nonce=defer)
+    route = request.match_info.handler
+    free = getattr(route, _NONCE_FREE, False)
+    claim = await authenticate(request, defer_nonce=free or getattr(route, _REMEMBERS_NONCE, False))
     response = await handler(request)
-    if not claim.remembered:
+    if not claim.remembered and not free:
         svc = services(request)
         await svc.participants.nonce_store.remember_now(svc.sessions, claim)
     return response

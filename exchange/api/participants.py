@@ -7,8 +7,9 @@ from aiohttp import web
 from exchange.api.auth import signed_request
 from exchange.api.keys import services
 from exchange.api.operations import Api, Args
+from exchange.api.params import ID
 from exchange.api.responses import model_response
-from exchange.services.participants import ParticipantRegistration, ParticipantView
+from exchange.services.participants import ParticipantRegistration, ParticipantStatusChange, ParticipantView
 
 routes = Api("participants")
 
@@ -40,3 +41,19 @@ async def register(request: web.Request, args: Args) -> web.Response:
 async def me(request: web.Request, args: Args) -> web.Response:
     """The participant who signed this request."""
     return model_response(await services(request).participants.get(args.who.id))
+
+
+@routes.post(
+    "/v1/participants/{id}/status",
+    "setParticipantStatus",
+    "Operator: suspend or reinstate a participant (its signed requests are refused from the next one on)",
+    params=(ID,),
+    response=ParticipantView,
+    body=ParticipantStatusChange,
+    signed=True,
+    errors=(403, 404, 413, 422),
+)
+async def set_status(request: web.Request, args: Args) -> web.Response:
+    """Operator: suspend or reinstate a participant."""
+    body = args.body(ParticipantStatusChange)
+    return model_response(await services(request).participants.set_status(args.who, args[ID], body.status))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from exchange.api.auth import NONCE_CLAIM, remembers_nonce, signed_request
+from exchange.api.auth import NONCE_CLAIM, nonce_free, signed_request
 from exchange.api.keys import services
 from exchange.api.operations import Api, Args
 from exchange.api.params import ID, POOL_CRI, SITE_CRI, ChoiceParam
@@ -67,7 +67,7 @@ async def get_site(request: web.Request, args: Args) -> web.Response:
     return model_response(await services(request).registration.get_site(args[SITE_CRI]))
 
 
-@remembers_nonce
+@nonce_free
 @routes.post(
     "/v1/sites/{cri}/heartbeat",
     "heartbeat",
@@ -78,8 +78,9 @@ async def get_site(request: web.Request, args: Args) -> web.Response:
     errors=(403, 404, 409, 422),
 )
 async def heartbeat(request: web.Request, args: Args) -> web.Response:
-    """The site is alive: its offers stay matchable. The request's nonce is remembered in its transaction."""
-    view = await services(request).registration.heartbeat(args.who, args[SITE_CRI], request.get(NONCE_CLAIM))
+    """The site is alive at the signature's `created`: its offers stay matchable. Nonce-free: a replay changes
+    nothing (exchange.api.auth.nonce_free)."""
+    view = await services(request).registration.heartbeat(args.who, args[SITE_CRI], request[NONCE_CLAIM].created)
     return model_response(view)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import subprocess
@@ -41,7 +42,8 @@ from exchange.bench.workers import _ready as workers_ready
 from exchange.bench.workers import _serve as serve_workers
 from exchange.bench.workers import _tree_cpu as tree_cpu
 from exchange.bench.workers import logged_process
-from exchange.client import HetexClient, RemoteError
+from exchange.client import HetexClient, RemoteError, remote_error
+from federation.httpsig import sign_request
 from federation.keys import SigningKey
 
 REGIONS = {"CN-SH": "NV-H100-SXM", "CN-GZ": "HW-910B3", "CN-NM": "HW-910B3", "CN-GD": "NV-H100-SXM"}
@@ -299,8 +301,15 @@ async def drive(
     round_interval: float,
     max_in_flight: int,
     server_pid: int,
+    presign: bool = True,
+    warmup: float = 0.0,
 ) -> dict[str, Any]:
-    """Run the schedule for `duration` seconds against `base`; return the figures."""
+    """Run the schedule for `duration` seconds against `base`; return the figures. `presign`: every heartbeat is
+    signed before the measured window with `created` = its scheduled send time (what a site signing at that
+    moment would send: a heartbeat is nonce-free and its content is only that time), so the load generator's
+    CPU in the window goes to sending; usage batches and orders are always signed as they are sent. `warmup` > 0:
+    first every site sends one heartbeat, spread over that many seconds and not measured, so the window sees a
+    server in its steady state (its key cache holding the sites' keys), not its first minute."""
     n = len(fleet.sites)
     kinds = {
         "heartbeat": Kind(n / interval),
@@ -331,6 +340,18 @@ async def drive(
 
         async def heartbeat(i: int) -> None:
             await timed("heartbeat", clients[i].heartbeat(fleet.sites[i].cri))
+
+        async def presigned(i: int, headers: dict[str, str]) -> dict[str, Any]:
+            status, raw = await clients[i].send("POST", beat_urls[i], b"", headers)
+            data = json.loads(raw) if raw else {}
+            if status >= 400:
+                raise remote_error(status, data if isinstance(data, dict) else {"detail": str(data)})
+            return dict(data)
+
+        async def heartbeat_signed(i: int, headers: dict[str, str]) -> None:
+            await timed("heartbeat", presigned(i, headers))
+
+        beat_urls = [clients[i].url(f"/v1/sites/{site.cri}/heartbeat") for i, site in enumerate(fleet.sites)]
 
         async def order(i: int) -> None:
             await timed("order", buyers[i % len(buyers)].submit_order(ORDER, f"fleet-{run}-{i}"))
@@ -369,31 +390,66 @@ async def drive(
                 }
             )
 
+        # one merged schedule: (due offset, kind, index)
+        events: list[tuple[float, str, int]] = []
+        t = 0.0
+        while t < duration:
+            for i in range(n):
+                offset = t + interval * i / n
+                if offset < duration:
+                    events.append((offset, "heartbeat", i))
+            t += interval
+        t = 0.0
+        while t < duration:
+            for i in range(n):
+                offset = t + usage_interval * ((i * 7919) % n) / n
+                if offset < duration:
+                    events.append((offset, "usage_batch", i))
+            t += usage_interval
+        if order_rate > 0:
+            events += [(k / order_rate, "order", k) for k in range(int(duration * order_rate))]
+        if round_interval > 0:
+            events += [(k * round_interval, "round", k) for k in range(1, int(duration // round_interval) + 1)]
+        warm_errors = 0
+        if warmup > 0:
+            gate = asyncio.Semaphore(max_in_flight)
+
+            async def warm(i: int) -> None:
+                nonlocal warm_errors
+                try:
+                    await clients[i].heartbeat(fleet.sites[i].cri)
+                except (RemoteError, aiohttp.ClientError, TimeoutError):
+                    warm_errors += 1
+                finally:
+                    gate.release()
+
+            t_warm = time.perf_counter()
+            warming: list[asyncio.Future[None]] = []
+            for i in range(n):
+                delay = t_warm + warmup * i / n - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await gate.acquire()
+                warming.append(asyncio.ensure_future(warm(i)))
+            await asyncio.gather(*warming)
+        signed_beats: dict[int, dict[str, str]] = {}
+        beats = sum(1 for _o, kind, _i in events if kind == "heartbeat")
+        start_epoch = time.time() + 1.0 + (beats * 0.0005 if presign else 0.0)  # room to sign them all first
+        if presign:
+            for k, (offset, kind, i) in enumerate(events):
+                if kind == "heartbeat":
+                    c = clients[i]
+                    signed_beats[k] = sign_request(
+                        "POST", beat_urls[i], {}, b"", c.key, c.keyid, created=int(start_epoch + offset)
+                    )
+        await asyncio.sleep(max(0.0, start_epoch - time.time()))
         async with _in_flight(max_in_flight) as start:
             t_start = time.perf_counter()
             cpu0 = tree_cpu(server_pid)
-            # one merged schedule: (due offset, kind, index)
-            events: list[tuple[float, str, int]] = []
-            t = 0.0
-            while t < duration:
-                for i in range(n):
-                    offset = t + interval * i / n
-                    if offset < duration:
-                        events.append((offset, "heartbeat", i))
-                t += interval
-            t = 0.0
-            while t < duration:
-                for i in range(n):
-                    offset = t + usage_interval * ((i * 7919) % n) / n
-                    if offset < duration:
-                        events.append((offset, "usage_batch", i))
-                t += usage_interval
-            if order_rate > 0:
-                events += [(k / order_rate, "order", k) for k in range(int(duration * order_rate))]
-            if round_interval > 0:
-                events += [(k * round_interval, "round", k) for k in range(1, int(duration // round_interval) + 1)]
-            events.sort()
-            for offset, kind, i in events:
+            client0 = time.process_time()
+            order_of = sorted(range(len(events)), key=lambda k: events[k])
+            for k in order_of:
+                offset, kind, i = events[k]
                 delay = t_start + offset - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -401,7 +457,7 @@ async def drive(
                     round_tasks.append(asyncio.create_task(run_round(i, t_start + offset)))
                     continue
                 if kind == "heartbeat":
-                    make = partial(heartbeat, i)
+                    make = partial(heartbeat_signed, i, signed_beats[k]) if k in signed_beats else partial(heartbeat, i)
                 elif kind == "usage_batch":
                     make = partial(usage, i)
                 else:
@@ -411,6 +467,7 @@ async def drive(
             lag = time.perf_counter() - (t_start + duration)
         window = time.perf_counter() - t_start
         cpu1 = tree_cpu(server_pid)
+        client_cpu = time.process_time() - client0
         await asyncio.gather(*round_tasks)  # a round still running
     completed = sum(len(k.latencies) for k in kinds.values())
     all_latencies = sorted(x for k in kinds.values() for x in k.latencies)
@@ -424,10 +481,16 @@ async def drive(
         "p50_ms": round(_percentile(all_latencies, 0.50) * 1000, 1),
         "p99_ms": round(_percentile(all_latencies, 0.99) * 1000, 1),
         "slipped_over_in_flight_limit": slipped,
+        "warmup_seconds": warmup,
+        "warmup_errors": warm_errors,
         "server_cpu_ms_per_request": (
             round((cpu1 - cpu0) * 1000 / completed, 3) if cpu0 is not None and cpu1 is not None and completed else None
         ),
         "server_cpu_utilisation": (round((cpu1 - cpu0) / window, 3) if cpu0 is not None and cpu1 is not None else None),
+        # the load generator's own CPU (signing every request): near one core means the client, not the server,
+        # bounds the offered rate
+        "client_cpu_ms_per_request": round(client_cpu * 1000 / completed, 3) if completed else None,
+        "client_cpu_utilisation": round(client_cpu / window, 3),
         "kinds": {name: k.figures(window) for name, k in kinds.items()},
         "rounds": rounds,
         "rounds_kept_period": kept,
@@ -448,6 +511,8 @@ async def run_fleet(
     db: str = "sqlite",
     pg_url: str = DEFAULT_PG,
     progress: Callable[[str], None] = lambda _m: None,
+    presign: bool = True,
+    warmup: float | None = None,
 ) -> dict[str, Any]:
     """Seed a fleet into a fresh database, serve it, drive it for `duration` seconds; return the figures.
     `workers` 0 serves it with the bench app server (as `hetex bench api`), N >= 1 with `hetex serve --workers N`
@@ -481,6 +546,8 @@ async def run_fleet(
                     round_interval=round_interval,
                     max_in_flight=max_in_flight,
                     server_pid=proc.pid,
+                    presign=presign,
+                    warmup=min(interval, 60.0) if warmup is None else warmup,
                 )
             figures["server_log_errors"] = _log_errors(root)
     return {
@@ -496,6 +563,7 @@ async def run_fleet(
         "seed_seconds": round(seeded, 1),
         "server_processes": max(1, workers),
         "server": "bench app server" if workers == 0 else f"hetex serve --workers {workers}",
+        "heartbeats_presigned": presign,
         "cpu_count": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         **figures,
@@ -525,10 +593,12 @@ def format_fleet(r: dict[str, Any]) -> str:
         f"bench fleet: {r['sites']} sites, heartbeat every {r['interval_seconds']} s, usage batch "
         f"({r['meters_per_site']} meters) every {r['usage_interval_seconds']} s, {r['order_rate']} orders/s, "
         f"round every {r['round_interval_seconds']} s; {r['duration_seconds']} s on {r['database']}, "
-        f"{r['server']}, {r['cpu_count']} CPUs, load {r['load_average']}",
+        f"{r['server']}, {r['cpu_count']} CPUs, load {r['load_average']}; heartbeats "
+        f"{'pre-signed' if r.get('heartbeats_presigned') else 'signed live'}, warm-up {r.get('warmup_seconds')} s",
         f"  sustained {r['per_second']} req/s (target {r['target_per_second']})  p50 {r['p50_ms']} ms  "
         f"p99 {r['p99_ms']} ms  server CPU {r['server_cpu_ms_per_request']} ms/req "
-        f"(utilisation {r['server_cpu_utilisation']})  schedule lag {r['schedule_lag_seconds']} s",
+        f"(utilisation {r['server_cpu_utilisation']})  client CPU {r['client_cpu_ms_per_request']} ms/req "
+        f"(utilisation {r['client_cpu_utilisation']})  schedule lag {r['schedule_lag_seconds']} s",
     ]
     for name, k in r["kinds"].items():
         lines.append(

@@ -162,6 +162,17 @@ def register_fleet(bsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite", help="database (default sqlite)")
     p.add_argument("--pg-url", default=DEFAULT_PG, help="with --db postgresql: the server's admin URL")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of unmeasured heartbeats (one per site) before the window (default: the interval, at most 60)",
+    )
+    p.add_argument(
+        "--sign-live",
+        action="store_true",
+        help="sign each heartbeat as it is sent (default: signed before the window, created = its send time)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run_fleet)
 
@@ -180,6 +191,8 @@ def run_fleet(args: argparse.Namespace) -> int:
         raise CliError("--sites, --interval, --usage-interval and --duration must be positive")
     if not 1 <= args.meters <= 500 or args.order_rate < 0 or args.round_interval < 0 or args.max_in_flight < 1:
         raise CliError("--meters must be 1-500; --order-rate, --round-interval >= 0; --max-in-flight >= 1")
+    if args.warmup is not None and args.warmup < 0:
+        raise CliError("--warmup must be >= 0")
     if args.workers < 0 or (args.workers > 1 and args.db != "postgresql"):
         raise CliError("--workers must be >= 0, and above 1 only with --db postgresql (SQLite takes one writer)")
     result = asyncio.run(
@@ -196,6 +209,8 @@ def run_fleet(args: argparse.Namespace) -> int:
             db=args.db,
             pg_url=args.pg_url,
             progress=_stderr_progress,
+            presign=not args.sign_live,
+            warmup=args.warmup,
         )
     )
     sys.stdout.write((json.dumps(result, indent=2) if args.json else format_fleet(result)) + "\n")

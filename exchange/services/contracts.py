@@ -61,6 +61,10 @@ class Log(Protocol):
         self, session: AsyncSession, record_type: str, record_id: str, envelope: dict[str, Any]
     ) -> Any: ...
 
+    async def append_signed_many(
+        self, session: AsyncSession, records: Sequence[tuple[str, str, dict[str, Any]]]
+    ) -> Sequence[Any]: ...
+
     def sign_records(
         self, records: Sequence[tuple[str, str, dict[str, Any]]], signer: tuple[str, SigningKey]
     ) -> list[SignedRecord]: ...

@@ -313,6 +313,29 @@ class LedgerService:
         signed = self.identity.countersign(envelope, payload_type, payload, await self.identity.signer_for(session))
         return (await self._append_envelopes(session, [(record_type, record_id, signed)]))[0]
 
+    async def append_signed_many(
+        self, session: AsyncSession, records: Sequence[tuple[str, str, dict[str, Any]]]
+    ) -> list[AppendedRecord]:
+        """append_signed for several node-signed records in order, under one lock and one counter update (a
+        usage batch: one log write for all its accepted reports)."""
+        if not records:
+            return []
+        checked = []
+        for record_type, record_id, envelope in records:
+            payload_type = _payload_type(record_type)
+            if not isinstance(envelope, dict) or envelope.get("payloadType") != payload_type:
+                raise ValidationError(f"envelope payloadType must be {payload_type}", field="payloadType")
+            if not isinstance(envelope.get("signatures"), list) or not isinstance(envelope.get("payload"), str):
+                raise ValidationError("envelope needs payload and signatures", field="envelope")
+            checked.append((record_type, record_id, envelope, payload_type, _decode_b64(envelope["payload"])))
+        locked = await self._lock_counter(session)  # the lock and the counter in one read (no second SELECT)
+        signer = await self.identity.signer_for(session)
+        signed = [
+            (record_type, record_id, self.identity.countersign(envelope, payload_type, payload, signer))
+            for record_type, record_id, envelope, payload_type, payload in checked
+        ]
+        return await self._append_envelopes(session, signed, locked=locked)
+
     async def lock(self, session: AsyncSession) -> None:
         """Lock the log counter row for the caller's transaction (every signer and a key rotation take it)."""
         await self._lock_counter(session)
@@ -325,13 +348,20 @@ class LedgerService:
         return int(row.next_index), bytes(row.frontier)
 
     async def _append_envelopes(
-        self, session: AsyncSession, items: Sequence[tuple[str, str, dict[str, Any]]], at: int | None = None
+        self,
+        session: AsyncSession,
+        items: Sequence[tuple[str, str, dict[str, Any]]],
+        at: int | None = None,
+        *,
+        locked: tuple[int, bytes] | None = None,
     ) -> list[AppendedRecord]:
+        """Append signed envelopes; `locked`: the counter row as the caller already read it FOR UPDATE in this
+        transaction (each round trip under the lock is one every other appender waits for)."""
         if not items:
             return []
         payloads = [fast_canonical_bytes(env) for _t, _i, env in items]
         leaves = [leaf_hash(p) for p in payloads]
-        size, blob = await self._lock_counter(session)
+        size, blob = await self._lock_counter(session) if locked is None else locked
         cr = CompactRange.from_frontier(size, _split_frontier(size, blob))
         now = now_s() if at is None else at
         entry_rows: list[dict[str, Any]] = []

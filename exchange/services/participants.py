@@ -3,7 +3,8 @@ regulators and peers, key lookup for request authentication, and the replay (non
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, StringConstraints
@@ -51,6 +52,14 @@ class ParticipantRegistration(BaseModel):
     name: Name
     public_key: PublicKeyText
     home_region: RegionCode | None = None
+
+
+class ParticipantStatusChange(BaseModel):
+    """Body of POST /v1/participants/{id}/status: the operator suspends or reinstates a participant."""
+
+    model_config = REQUEST_MODEL
+
+    status: Literal["active", "suspended"]
 
 
 class ParticipantView(BaseModel):
@@ -112,6 +121,8 @@ class ParticipantService:
     regions: RegionTable
     signature_window_seconds: int = 300
     nonces: NonceStore | None = None
+    #: called with a participant's key id after its status changed (the API's key cache drops the key at once)
+    key_changed: list[Callable[[str], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.nonce_store: NonceStore = self.nonces or NonceStore(self.signature_window_seconds)
@@ -190,6 +201,20 @@ class ParticipantService:
             row = await session.get(Participant, participant_id)
         if row is None:
             raise UnknownParticipantError(f"no participant {participant_id}", field="id")
+        return participant_view(row)
+
+    async def set_status(self, who: Principal, participant_id: str, status: str) -> ParticipantView:
+        """Operator: suspend or reinstate a participant. A suspended participant's signed requests are refused
+        (403 participant_suspended) from the next request on, in every process sharing the database: this one's
+        key cache hears it through `key_changed`, the others' through PostgreSQL NOTIFY (migration 0950)."""
+        who.require_role("operator", action="suspend or reinstate participants")
+        async with self.sessions.begin() as session:
+            row = await session.get(Participant, participant_id, with_for_update=True)
+            if row is None:
+                raise UnknownParticipantError(f"no participant {participant_id}", field="id")
+            row.status = status
+        for drop in self.key_changed:
+            drop(row.key_id)
         return participant_view(row)
 
     async def principal_by_key_id(self, key_id: str) -> Principal | None:

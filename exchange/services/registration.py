@@ -25,12 +25,11 @@ from exchange.services.fields import (
     ascii_decimal,
     decimal_schema,
 )
-from exchange.services.nonces import NonceClaim, NonceStore
 from exchange.services.principals import Principal, SignedRequest
 from exchange.services.records import add_record
 from exchange.services.resolve import pool_view, site_view
 from exchange.storage.registration import Offer, Pool, Site
-from exchange.storage.transactions import Prepared, Transaction, in_transaction
+from exchange.storage.transactions import Prepared, execute_alone
 from identifiers.catalogue import Catalogue
 from identifiers.cri import Cri, mint_pool_cri, mint_site_cri, parse_cri
 from identifiers.errors import ConflictError, GoneError, NotFoundError, ValidationError
@@ -377,15 +376,17 @@ def _overlaps(s1: int, e1: int | None, s2: int, e2: int | None) -> bool:
 
 
 _SITES: Table = Site.__table__  # type: ignore[assignment]
-# a heartbeat: the caller's own active site, by CRI (bind names are not column names, so nothing else is SET)
+# a heartbeat: the caller's own active site, by CRI, moved forward to the beat's time only (bind names are not
+# column names, so nothing else is SET). A replay, or an older heartbeat arriving late, matches no row.
 _HEARTBEAT = Prepared(
     update(_SITES)
     .where(
         _SITES.c.cri == bindparam("beat_cri"),
         _SITES.c.provider_id == bindparam("beat_provider"),
         _SITES.c.status == "active",
+        or_(_SITES.c.last_heartbeat_at.is_(None), _SITES.c.last_heartbeat_at < bindparam("beat_at")),
     )
-    .values(last_heartbeat_at=bindparam("beat_now"))
+    .values(last_heartbeat_at=bindparam("beat_at"))
 )
 
 
@@ -400,8 +401,6 @@ class RegistrationService:
     heartbeat_timeout_seconds: int = 900
     #: the service clock: offer windows that already ended are refused against it
     clock: Callable[[], int] = _now
-    #: remembers a heartbeat's nonce in the heartbeat's transaction (shared with the other services)
-    nonces: NonceStore | None = None
 
     # sites -----------------------------------------------------------------------------------------
 
@@ -487,33 +486,30 @@ class RegistrationService:
             ]
         )
 
-    async def heartbeat(self, who: Principal, cri_text: str, nonce: NonceClaim | None = None) -> HeartbeatView:
-        """Mark the site alive now; its offers stay matchable for heartbeat_timeout_seconds.
+    async def heartbeat(self, who: Principal, cri_text: str, created: int | None = None) -> HeartbeatView:
+        """Mark the site alive at the heartbeat's signed `created` time (never later than now); its offers stay
+        matchable for heartbeat_timeout_seconds from then.
 
-        The fleet's most frequent request, so one transaction of two prepared statements (the request's nonce,
-        when the auth layer defers it, and one UPDATE of the caller's active site); only when that UPDATE
-        changes nothing does a read say why (unknown site, another provider's, deregistered)."""
+        The fleet's most frequent request, so one statement and no nonce (specs/capacity.md 3, specs/signing.md 7):
+        an UPDATE of the caller's active site that only moves last_heartbeat_at forward. A replay inside the
+        signature window carries the same `created`, so it matches no row and changes nothing; it is answered
+        like any heartbeat that arrives after a newer one, with the site's stored liveness. Only when the UPDATE
+        changes nothing does a read say why (unknown site, another provider's, deregistered, or already newer)."""
         who.require_role("provider", action="send heartbeats")
         cri = parse_cri(cri_text)
         if cri.kind != "site":
             raise ValidationError("cri: expected a site CRI, got a pool CRI", field="cri")
         now = _now()
-        store = self.nonces or NonceStore()
-
-        async def beat(tx: Transaction) -> int:
-            if nonce is not None:
-                await store.remember_in(tx, nonce)
-            return await tx.execute(_HEARTBEAT, {"beat_cri": str(cri), "beat_provider": who.id, "beat_now": now})
-
-        changed = await in_transaction(self.sessions, beat)
-        if nonce is not None:
-            nonce.remembered = True  # committed with the heartbeat, or with nothing else when refused below
-        if changed != 1:
+        beat = now if created is None else min(created, now)
+        params = {"beat_cri": str(cri), "beat_provider": who.id, "beat_at": beat}
+        if await execute_alone(self.sessions, _HEARTBEAT, params) != 1:
             async with self.sessions() as session:
                 site = await self._site(session, cri_text)
             who.require_owner(site.provider_id, f"site {site.cri}")
-            raise TombstonedError(f"site {site.cri} is deregistered", field="cri")
-        return HeartbeatView(cri=str(cri), last_heartbeat_at=now, live_until=now + self.heartbeat_timeout_seconds)
+            if site.status != "active":
+                raise TombstonedError(f"site {site.cri} is deregistered", field="cri")
+            beat = site.last_heartbeat_at or beat  # a newer heartbeat (or this one) is already stored
+        return HeartbeatView(cri=str(cri), last_heartbeat_at=beat, live_until=beat + self.heartbeat_timeout_seconds)
 
     async def deregister_site(self, who: Principal, cri_text: str, signed: SignedRequest) -> SiteView:
         """Tombstone the site and its pools and withdraw their open offers (the CRIs are never reused)."""

@@ -13,11 +13,11 @@ import binascii
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
-from sqlalchemy import func, select
+from sqlalchemy import Table, and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.contracts import ContractNotFoundError, Log, billable_end
@@ -84,7 +84,7 @@ def parse_usage_payload(obj: Any) -> UsagePayload:
         raise UsageRefusedError("invalid_payload", message, field=f"payload.{field}") from None
 
 
-def usage_view(row: UsageReport, *, duplicate: bool = False) -> dict[str, Any]:
+def usage_view(row: Any, *, duplicate: bool = False) -> dict[str, Any]:
     """JSON view of a stored usage report."""
     return {
         "id": row.id,
@@ -126,9 +126,10 @@ MAX_BATCH_REPORTS = 500
 
 @dataclass
 class _Checked:
-    """A report that passed every rule: the row to store (duplicate=False) or the identical stored one."""
+    """A report that passed every rule: the row to store (duplicate=False) or the identical stored one (a
+    UsageReport, or a row of usage_reports read by _meter_neighbours)."""
 
-    row: UsageReport
+    row: Any
     envelope: dict[str, Any]
     duplicate: bool
 
@@ -145,7 +146,7 @@ def _peek_contract_id(envelope: Any) -> str | None:
     return cid if isinstance(cid, str) and 0 < len(cid) <= 36 else None
 
 
-def _batch_item(index: int, row: UsageReport, status: str) -> dict[str, Any]:
+def _batch_item(index: int, row: Any, status: str) -> dict[str, Any]:
     """One result of a batch: the stored report's identity and flags, without its envelope."""
     return {
         "index": index,
@@ -157,6 +158,83 @@ def _batch_item(index: int, row: UsageReport, status: str) -> dict[str, Any]:
         "flags": list(row.flags or []),
         "log_index": row.log_index,
     }
+
+
+_USAGE: Table = UsageReport.__table__  # type: ignore[assignment]
+
+
+def _neighbours_query() -> Any:
+    c = _USAGE.c
+    same_meter = (c.contract_id == bindparam("n_contract"), c.meter_id == bindparam("n_meter"))
+    previous = select(func.max(c.seq)).where(*same_meter, c.seq < bindparam("n_seq"))
+    overlaps = and_(c.period_start < bindparam("n_end"), c.period_end > bindparam("n_start"))
+    return select(_USAGE).where(
+        *same_meter, or_(c.seq >= bindparam("n_seq"), c.seq == previous.scalar_subquery(), overlaps)
+    )
+
+
+_NEIGHBOURS = _neighbours_query()  # built once, Core rows (no ORM objects): only its parameters change per report
+
+
+async def _meter_neighbours(session: AsyncSession, contract_id: str, p: UsagePayload) -> list[Any]:
+    """The stored reports of p's meter that its checks look at, in one query: the same or a later seq, the
+    previous seq, and any whose period overlaps p's (in-order reporting: usually just the previous one). Rows
+    with the columns of usage_reports as attributes, like a UsageReport."""
+    params = {
+        "n_contract": contract_id,
+        "n_meter": p.meter_id,
+        "n_seq": p.seq,
+        "n_start": p.period_start,
+        "n_end": p.period_end,
+    }
+    return list((await session.execute(_NEIGHBOURS, params)).all())
+
+
+def _flags(neighbours: list[Any], p: UsagePayload) -> list[str]:
+    """gap / overlap / out_of_order against the same meter's other reports (stored or earlier in the batch)."""
+    earlier = [r for r in neighbours if r.seq < p.seq]
+    prev = max(earlier, key=lambda r: r.seq) if earlier else None
+    flags: list[str] = []
+    if p.seq > 1 if prev is None else (p.seq != prev.seq + 1 or prev.period_end < p.period_start):
+        flags.append("gap")
+    if any(r.period_start < p.period_end and r.period_end > p.period_start for r in neighbours):
+        flags.append("overlap")
+    if any(r.seq > p.seq for r in neighbours):
+        flags.append("out_of_order")
+    return flags
+
+
+@dataclass
+class _BatchState:
+    """What a batch's checks share: provider keyrings, each contract's stored usage (read once), and the reports
+    accepted so far (not yet written: later reports are checked against them as if stored)."""
+
+    rings: dict[str, Keyring] = field(default_factory=dict)
+    _stored_minutes: dict[str, int] = field(default_factory=dict)
+    _accepted: dict[tuple[str, str], list[UsageReport]] = field(default_factory=dict)
+
+    def meter(self, contract_id: str, p: UsagePayload) -> list[UsageReport]:
+        """Reports of p's meter accepted earlier in this batch."""
+        return self._accepted.get((contract_id, p.meter_id), [])
+
+    async def used(self, session: AsyncSession, contract_id: str) -> int:
+        """Device-minutes reported on the contract: stored plus accepted earlier in this batch."""
+        stored = self._stored_minutes.get(contract_id)
+        if stored is None:
+            total = await session.scalar(
+                select(func.coalesce(func.sum(UsageReport.device_minutes), 0)).where(
+                    UsageReport.contract_id == contract_id
+                )
+            )
+            stored = self._stored_minutes[contract_id] = int(total or 0)
+        pending = sum(
+            r.device_minutes for (cid, _m), rows in self._accepted.items() if cid == contract_id for r in rows
+        )
+        return stored + pending
+
+    def accept(self, row: UsageReport) -> None:
+        """Count a checked report as stored for the batch's later checks."""
+        self._accepted.setdefault((row.contract_id, row.meter_id), []).append(row)
 
 
 class UsageService:
@@ -190,10 +268,11 @@ class UsageService:
             contract = await session.scalar(select(Contract).where(Contract.id == contract_id).with_for_update())
             if contract is None:
                 raise ContractNotFoundError(f"contract {contract_id} not found", field="contract_id")
-            checked = await self._check(session, caller, contract, envelope, {})
+            checked = await self._check(session, caller, contract, envelope, _BatchState())
             if checked.duplicate:
                 return usage_view(checked.row, duplicate=True), False
-            return usage_view(await self._write(session, checked)), True
+            await self._write(session, [checked])
+            return usage_view(checked.row), True
 
     async def report_batch(
         self, caller: Caller, envelopes: list[dict[str, Any]], nonce: NonceClaim | None = None
@@ -207,7 +286,7 @@ class UsageService:
         meter's seq n and n+1. The contracts are locked in id order first (two concurrent batches never
         deadlock); `nonce` is remembered in the same transaction."""
         peeked = [_peek_contract_id(envelope) for envelope in envelopes]
-        results: list[dict[str, Any]] = []
+        outcomes: list[tuple[int, str, Any]] = []  # (index, status, the report's row, or the refusal)
         async with self.sessions.begin() as session:
             if nonce is not None:
                 await self.nonce_store.remember(session, nonce)
@@ -218,7 +297,8 @@ class UsageService:
                     select(Contract).where(Contract.id.in_(wanted)).order_by(Contract.id).with_for_update()
                 )
                 contracts = {c.id: c for c in rows.all()}
-            rings: dict[str, Keyring] = {}
+            state = _BatchState()
+            accepted: list[_Checked] = []
             for index, (envelope, contract_id) in enumerate(zip(envelopes, peeked, strict=True)):
                 try:
                     contract = contracts.get(contract_id) if contract_id is not None else None
@@ -226,18 +306,23 @@ class UsageService:
                         if contract_id is None:
                             raise UsageRefusedError("bad_envelope", "the payload names no contract_id")
                         raise ContractNotFoundError(f"contract {contract_id} not found", field="contract_id")
-                    checked = await self._check(session, caller, contract, envelope, rings)
+                    checked = await self._check(session, caller, contract, envelope, state)
                 except HetexError as exc:
-                    results.append(
-                        {"index": index, "status": "refused", "contract_id": contract_id, "error": exc.to_dict()}
-                    )
+                    outcomes.append((index, "refused", {"contract_id": contract_id, "error": exc.to_dict()}))
                     continue
                 if checked.duplicate:
-                    results.append(_batch_item(index, checked.row, "duplicate"))
+                    outcomes.append((index, "duplicate", checked.row))
                 else:
-                    results.append(_batch_item(index, await self._write(session, checked), "accepted"))
+                    state.accept(checked.row)
+                    accepted.append(checked)
+                    outcomes.append((index, "accepted", checked.row))
+            await self._write(session, accepted)  # one log append and one INSERT for every accepted report
         if nonce is not None:
             nonce.remembered = True
+        results = [
+            {"index": i, "status": status, **outcome} if status == "refused" else _batch_item(i, outcome, status)
+            for i, status, outcome in outcomes
+        ]
         counts = {status: sum(1 for r in results if r["status"] == status) for status in BATCH_STATUSES}
         return {"results": results, **counts}
 
@@ -247,14 +332,15 @@ class UsageService:
         caller: Caller,
         contract: Contract,
         envelope: dict[str, Any],
-        rings: dict[str, Keyring],
+        state: _BatchState,
     ) -> _Checked:
         """Every rule of a usage report against its (locked) contract, writing nothing: the new row to
-        store (not yet added), or the identical stored report (a duplicate). Raises the refusal."""
+        store (not yet added), or the identical stored report (a duplicate). Raises the refusal. `state` carries
+        what earlier reports of the same batch accepted (checked as if already stored) and per-batch reads."""
         require_party(caller, contract.provider_id, contract.provider_id)
-        ring = rings.get(contract.provider_id)
+        ring = state.rings.get(contract.provider_id)
         if ring is None:
-            ring = rings[contract.provider_id] = await self._provider_keyring(session, contract.provider_id)
+            ring = state.rings[contract.provider_id] = await self._provider_keyring(session, contract.provider_id)
         try:
             obj = verify_json_envelope(envelope, ring, payload_type=USAGE_PAYLOAD_TYPE)
         except EnvelopeError as exc:
@@ -269,13 +355,9 @@ class UsageService:
         digest = hashlib.sha256(payload_bytes).hexdigest()
         if payload.contract_id != contract.id:
             raise UsageRefusedError("contract_mismatch", "the payload names another contract")
-        existing = await session.scalar(
-            select(UsageReport).where(
-                UsageReport.contract_id == contract.id,
-                UsageReport.meter_id == payload.meter_id,
-                UsageReport.seq == payload.seq,
-            )
-        )
+        # the meter's stored reports these rules look at, in one query, plus the batch's own accepted ones
+        neighbours = [*await _meter_neighbours(session, contract.id, payload), *state.meter(contract.id, payload)]
+        existing = next((r for r in neighbours if r.seq == payload.seq), None)
         if existing is not None:
             if existing.payload_sha256 == digest:
                 return _Checked(existing, envelope, duplicate=True)
@@ -284,18 +366,15 @@ class UsageService:
                 existing_id=existing.id,
             )
         self._check_fits(contract, payload, self.clock())
-        used = await session.scalar(
-            select(func.coalesce(func.sum(UsageReport.device_minutes), 0)).where(UsageReport.contract_id == contract.id)
-        )
+        used = await state.used(session, contract.id)
         capacity = contract.devices * (billable_end(contract) - contract.start_at) // 60
-        if int(used or 0) + payload.device_minutes > capacity:
+        if used + payload.device_minutes > capacity:
             raise UsageRefusedError(
                 "exceeds_contract_capacity",
                 f"the contract's reported usage would exceed its {capacity} device-minutes",
                 capacity_device_minutes=capacity,
-                reported_device_minutes=int(used or 0),
+                reported_device_minutes=used,
             )
-        flags = await self._flags(session, contract.id, payload)
         row = UsageReport(
             id=new_id_str(),
             contract_id=contract.id,
@@ -309,22 +388,23 @@ class UsageService:
             envelope="",
             signer_key_id=signer,
             status="accepted",
-            flags=flags,
+            flags=_flags(neighbours, payload),
             created_at=self.clock(),
         )
         return _Checked(row, envelope, duplicate=False)
 
-    async def _write(self, session: AsyncSession, checked: _Checked) -> UsageReport:
-        """Append a checked report to the log and store it (same transaction)."""
-        row = checked.row
-        appended = await self.ledger.append_signed(session, "usage", row.id, checked.envelope)
-        row.envelope = canonical_bytes(appended.envelope).decode("utf-8")
-        row.log_index = appended.index
-        if self.on_logged is not None:  # federation: mirror to the buyer's exchange (outbox, same transaction)
-            await self.on_logged(session, row.contract_id, "usage", row.id, appended.envelope)
-        session.add(row)
+    async def _write(self, session: AsyncSession, checked: list[_Checked]) -> None:
+        """Append checked reports to the log in order (one append) and store them (same transaction)."""
+        if not checked:
+            return
+        appended = await self.ledger.append_signed_many(session, [("usage", c.row.id, c.envelope) for c in checked])
+        for c, logged in zip(checked, appended, strict=True):
+            c.row.envelope = canonical_bytes(logged.envelope).decode("utf-8")
+            c.row.log_index = logged.index
+            if self.on_logged is not None:  # federation: mirror to the buyer's exchange (outbox, same transaction)
+                await self.on_logged(session, c.row.contract_id, "usage", c.row.id, logged.envelope)
+        session.add_all([c.row for c in checked])
         await session.flush()
-        return row
 
     def _check_fits(self, contract: Contract, p: UsagePayload, now: int) -> None:
         """Refuse usage outside the contract: unconfirmed, outside the billable span, future, too many minutes."""
@@ -348,28 +428,6 @@ class UsageService:
                 f"{p.device_minutes} device-minutes exceed {contract.devices} devices x the period",
                 max_device_minutes=contract.devices * (p.period_end - p.period_start) // 60,
             )
-
-    async def _flags(self, session: AsyncSession, contract_id: str, p: UsagePayload) -> list[str]:
-        """gap / overlap / out_of_order against the same meter's other reports."""
-        same_meter = (UsageReport.contract_id == contract_id, UsageReport.meter_id == p.meter_id)
-        prev = await session.scalar(
-            select(UsageReport).where(*same_meter, UsageReport.seq < p.seq).order_by(UsageReport.seq.desc()).limit(1)
-        )
-        later = await session.scalar(select(func.count()).where(*same_meter, UsageReport.seq > p.seq))
-        overlapping = await session.scalar(
-            select(func.count()).where(
-                *same_meter, UsageReport.period_start < p.period_end, UsageReport.period_end > p.period_start
-            )
-        )
-        flags: list[str] = []
-        skipped = p.seq > 1 if prev is None else (p.seq != prev.seq + 1 or prev.period_end < p.period_start)
-        if skipped:
-            flags.append("gap")
-        if overlapping:
-            flags.append("overlap")
-        if later:
-            flags.append("out_of_order")
-        return flags
 
     async def list_for(self, caller: Caller, contract_id: str) -> list[dict[str, Any]]:
         """Every usage report of a contract (flags visible), by meter and sequence number."""

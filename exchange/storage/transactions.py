@@ -125,6 +125,23 @@ def _translated(exc: Exception, sql: str, args: list[Any]) -> Exception:
     return exc
 
 
+async def execute_alone(sessions: async_sessionmaker[AsyncSession], prepared: Prepared, params: dict[str, Any]) -> int:
+    """Run ONE prepared statement as its own transaction; the number of rows it changed. On PostgreSQL that is the
+    statement alone in autocommit (one round trip: no BEGIN, no COMMIT); on SQLite, and inside a caller's
+    transaction, it is in_transaction with that one statement (SQLite's BEGIN IMMEDIATE waits for the write lock
+    off the event loop)."""
+    bind = sessions.kw["bind"]
+    if isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql":
+        async with bind.connect() as conn:
+            raw = await conn.get_raw_connection()
+            return await Transaction(conn.dialect, raw.driver_connection).execute(prepared, params)
+
+    async def one(tx: Transaction) -> int:
+        return await tx.execute(prepared, params)
+
+    return await in_transaction(sessions, one)
+
+
 async def in_transaction(sessions: async_sessionmaker[AsyncSession], fn: Callable[[Transaction], Awaitable[T]]) -> T:
     """await fn(transaction) in one transaction of the database `sessions` is bound to: COMMIT, or ROLLBACK and
     re-raise when fn raises."""

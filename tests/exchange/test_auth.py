@@ -280,24 +280,41 @@ async def test_order_nonce_commits_with_the_order(api: Api, monkeypatch: Any) ->
     await assert_refused(api, "POST", "/v1/orders", body, retry, 401, "nonce_replayed")
 
 
-async def test_heartbeat_nonce_commits_with_it_and_refusals_still_say_why(api: Api) -> None:
-    """A heartbeat is one transaction (its nonce and the site's UPDATE): it moves last_heartbeat_at, its replay
-    is refused, and a heartbeat that changes nothing is refused for its reason (another provider's site, an
-    unknown site) with its nonce used up, as for other requests."""
-    cap = await capacity(api)
-    path = f"/v1/sites/{cap.site['cri']}/heartbeat"
-    headers = signed(cap.provider, "POST", path, b"")
-    got, beat = await send(api, "POST", path, b"", headers)
-    assert got == 200 and beat["cri"] == cap.site["cri"]
+async def _stored_beat(api: Api, cri: str) -> int:
     async with api.svc.sessions() as session:
-        stored = (await session.execute(select(Site.last_heartbeat_at).where(Site.cri == cap.site["cri"]))).scalar()
-    assert stored == beat["last_heartbeat_at"]
-    await assert_refused(api, "POST", path, b"", headers, 401, "nonce_replayed")
+        return int((await session.execute(select(Site.last_heartbeat_at).where(Site.cri == cri))).scalar_one())
+
+
+async def test_heartbeat_is_nonce_free_and_its_replay_changes_nothing(api: Api) -> None:
+    """A heartbeat is one UPDATE and remembers no nonce: it moves last_heartbeat_at forward to its signed
+    `created`; its replay (same signature, inside the window) and an older heartbeat arriving late change
+    nothing and are answered with the stored liveness; a heartbeat that changes nothing for another reason is
+    refused for that reason (another provider's site, an unknown site), and so is its replay."""
+    cap = await capacity(api)
+    cri = cap.site["cri"]
+    path = f"/v1/sites/{cri}/heartbeat"
+    now = int(time.time())
+    before = await api.counts()
+    headers = signed(cap.provider, "POST", path, b"", created=now + 2)  # beats the registration's own time
+    got, beat = await send(api, "POST", path, b"", headers)
+    assert got == 200 and beat["cri"] == cri
+    assert beat["last_heartbeat_at"] == await _stored_beat(api, cri) == min(now + 2, beat["last_heartbeat_at"])
+    assert beat["live_until"] == beat["last_heartbeat_at"] + api.svc.settings.heartbeat_timeout_seconds
+    assert await api.counts() == before  # no nonce row, no other row
+    stored = beat["last_heartbeat_at"]
+    for replay in (headers, signed(cap.provider, "POST", path, b"", created=now - 60)):  # a replay; an older beat
+        got, again = await send(api, "POST", path, b"", replay)
+        assert (got, again["last_heartbeat_at"]) == (200, stored), again
+        assert await _stored_beat(api, cri) == stored and await api.counts() == before
+    # a signed `created` ahead of the server's clock counts as now, never as the future
+    ahead = signed(cap.provider, "POST", path, b"", created=int(time.time()) + 200)
+    got, later = await send(api, "POST", path, b"", ahead)
+    assert got == 200 and later["last_heartbeat_at"] <= int(time.time()) and later["last_heartbeat_at"] >= stored
     other = await api.provider()
     theirs = signed(other, "POST", path, b"")
-    got, problem = await send(api, "POST", path, b"", theirs)
-    assert (got, problem["code"]) == (403, "not_owner")
-    await assert_refused(api, "POST", path, b"", theirs, 401, "nonce_replayed")
+    for _ in range(2):  # refused, and its replay refused for the same reason
+        got, problem = await send(api, "POST", path, b"", theirs)
+        assert (got, problem["code"]) == (403, "not_owner")
     me = await cap.provider.me()
     unknown = f"/v1/sites/{mint_site_cri(api.svc.settings.authority, 'CN-SH', me['operator_code'])}/heartbeat"
     got, problem = await send(api, "POST", unknown, b"", signed(cap.provider, "POST", unknown, b""))

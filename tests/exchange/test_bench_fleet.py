@@ -24,3 +24,5 @@ def test_bench_fleet_small(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["requests_completed"] == sum(k["completed"] for k in kinds.values())
     assert [r["status"] for r in data["rounds"]] == ["completed"]
     assert "fleet: seeding 6 sites" in captured.err
+    assert data["heartbeats_presigned"] is True and data["warmup_seconds"] == 2 and data["warmup_errors"] == 0
+    assert data["client_cpu_ms_per_request"] is not None

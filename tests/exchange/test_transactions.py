@@ -15,7 +15,7 @@ from sqlalchemy.pool import NullPool
 from exchange.services.nonces import NonceClaim, NonceStore
 from exchange.storage.engine import make_engine, make_sessionmaker
 from exchange.storage.participants import Participant, SeenNonce
-from exchange.storage.transactions import Prepared, Transaction, in_transaction
+from exchange.storage.transactions import Prepared, Transaction, execute_alone, in_transaction
 from federation.errors import SignatureError
 
 NOW = 1_700_000_000
@@ -112,3 +112,14 @@ async def test_nonce_store_on_a_prepared_transaction_refuses_a_replay(sessions: 
     store._last_purge = 0.0  # the purge is due: expired rows go in the same transaction
     await remember("n2", NOW + 10_000)
     assert await _nonces(sessions) == [("n2", NOW + 10_300)]
+
+
+async def test_one_statement_alone_commits_and_counts_and_raises_integrity_error(sessions: Any) -> None:
+    """execute_alone: one statement as its own transaction (PostgreSQL autocommit on an engine)."""
+    assert await execute_alone(sessions, _INSERT_NONCE, {"key_id": "tx-k", "nonce": "a", "expires_at": NOW}) == 1
+    assert await _nonces(sessions) == [("a", NOW)]
+    with pytest.raises(IntegrityError):
+        await execute_alone(sessions, _INSERT_NONCE, {"key_id": "tx-k", "nonce": "a", "expires_at": NOW})
+    # the connection is usable again afterwards, and the failed statement left nothing
+    assert await execute_alone(sessions, _INSERT_NONCE, {"key_id": "tx-k", "nonce": "b", "expires_at": 1}) == 1
+    assert await _nonces(sessions) == [("a", NOW), ("b", 1)]

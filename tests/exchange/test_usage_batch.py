@@ -119,3 +119,25 @@ async def test_batch_refuses_bad_bodies_naming_the_field(market: Market) -> None
     with pytest.raises(RemoteError) as info:
         await market.provider.request("POST", "/v1/usage/batch", {"reports": too_many})
     assert info.value.status in (413, 422)
+
+
+async def test_batch_checks_later_reports_against_earlier_ones_of_the_same_batch(market: Market) -> None:
+    """Reports accepted earlier in a batch count as stored for the later ones: a repeat is a duplicate of it, an
+    earlier seq after a later one is out of order, and the contract's capacity includes them."""
+    a = await confirmed(market)  # 2 devices x 4 h = 480 device-minutes
+    market.clock.now = T0 + 4 * HOUR
+    reports = [
+        env(market, a["id"], "q", 2, T0 + HOUR, T0 + 2 * HOUR, 120),  # seq 1 not seen yet: gap
+        env(market, a["id"], "q", 1, T0, T0 + HOUR, 120),  # arrives after seq 2: out of order
+        env(market, a["id"], "q", 2, T0 + HOUR, T0 + 2 * HOUR, 120),  # identical to the first: duplicate
+        env(market, a["id"], "r", 1, T0, T0 + 2 * HOUR, 240),  # 480 reported with this one: still fits
+        env(market, a["id"], "r", 2, T0 + 2 * HOUR, T0 + 3 * HOUR, 1),  # one minute more than the contract has
+    ]
+    result = await market.provider.report_usage_batch(reports)
+    items = result["results"]
+    assert [r["status"] for r in items] == ["accepted", "accepted", "duplicate", "accepted", "refused"]
+    assert items[0]["flags"] == ["gap"] and items[1]["flags"] == ["out_of_order"]
+    assert items[2]["id"] == items[0]["id"] and items[2]["log_index"] == items[0]["log_index"]
+    assert items[4]["error"]["reason"] == "exceeds_contract_capacity"
+    stored = (await market.buyer.request("GET", f"/v1/contracts/{a['id']}/usage"))["items"]
+    assert sorted((u["meter_id"], u["seq"]) for u in stored) == [("q", 1), ("q", 2), ("r", 1)]

@@ -54,6 +54,7 @@ class World:
     contract_id: str  # confirmed
     unconfirmed_id: str
     open_order_id: str  # an open order nothing fills
+    regulator_id: str  # a participant the operator may suspend or reinstate
 
     @property
     def api(self) -> Api:
@@ -65,7 +66,7 @@ class World:
         m = self.market
         if path.startswith(("/v1/sites", "/v1/pools", "/v1/offers")) or path.endswith(("/confirm", "/usage")):
             return m.provider
-        if path.startswith(("/v1/settlements", "/v1/rounds")):
+        if path.startswith(("/v1/settlements", "/v1/rounds", "/v1/participants/")) and path != "/v1/participants/me":
             return m.operator
         if path.startswith("/v1/audit"):
             return self.regulator
@@ -95,6 +96,7 @@ async def make_world(market: Market) -> World:
         contract["id"],
         unconfirmed["id"],
         order["id"],
+        (await regulator.me())["id"],
     )
 
 

@@ -94,6 +94,7 @@ ENDPOINTS: dict[tuple[str, str], Endpoint] = {
         lambda w: {"role": "buyer", "name": "Newcomer", "public_key": w.newcomer.key.public.to_base64()},
         skip_leaves=frozenset({"public_key"}),  # a changed key is refused as 401 (not the key that signed)
     ),
+    ("POST", "/v1/participants/{id}/status"): Endpoint(_operator, lambda w: {"status": "active"}),
     ("POST", "/v1/sites"): Endpoint(
         _provider,
         lambda w: {"region": "CN-SH", "name": "Node 2", "pue": "1.2", "green_share": "0.5", "interconnect": "RoCE"},
@@ -199,6 +200,8 @@ def concrete(w: World, template: str, suffix: str = "") -> str:
         value = w.contract_id
     elif template.startswith("/v1/peers/"):
         value = "PX"
+    elif template.startswith("/v1/participants/"):
+        value = w.regulator_id
     else:
         value = "0190a000-0000-7000-8000-000000000000"
     for placeholder in ("{cri}", "{id}", "{authority}"):

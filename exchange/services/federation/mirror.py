@@ -21,6 +21,9 @@ from federation.peering import VerifiedPeerMessage
 from identifiers.errors import ValidationError
 from identifiers.ids import new_id_str
 
+#: session.info key: contracts this transaction found not to be mirrored (no owner-side peer contract)
+_LOCAL_CONTRACTS = "hetex_unmirrored_contracts"
+
 
 class Mirror:
     """Queues and delivers mirrored records (owner side) and keeps the ones peers mirror here (buyer side)."""
@@ -35,8 +38,12 @@ class Mirror:
         signed record for the buyer's exchange when `contract_id` is a cross-exchange contract owned here."""
         if record_type not in MIRRORABLE:
             raise ValidationError(f"record_type must be one of {sorted(MIRRORABLE)}", field="record_type")
+        local = session.info.setdefault(_LOCAL_CONTRACTS, set())
+        if contract_id in local:  # already looked up in this transaction (a usage batch: one lookup per contract)
+            return False
         pc = await session.get(PeerContract, contract_id)
         if pc is None or pc.side != "owner":
+            local.add(contract_id)
             return False
         item = {
             "record_type": record_type,
