@@ -90,6 +90,10 @@ async def test_wrongly_flagged_peer_is_restored_after_its_proofs_verify(
                 fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
             await b.fed.summaries.publish_summary()
             assert await a.fed.outbound.forward_order(order) == {"status": "no_peer"}
+            # nor when a hub routes the order to B: the buyer skips a flagged owner (specs/federation.md 9.4)
+            assert await a.fed.outbound.forward_order(order, [("B", 2, H100, "CN-NM")]) == {"status": "no_peer"}
+            (skipped,) = await a.fed.events.recent(kind="skipped_flagged_owner")
+            assert skipped["peer"] == "B" and skipped["detail"] == {"order_id": order}
 
             # only the operator may re-verify
             async with HetexClient(a.url, SigningKey.generate()) as buyer:
