@@ -261,6 +261,21 @@ def test_rewritten_member_log_is_detected_and_stays_flagged(fabric: dict[str, Pr
 
     for p in (h, a, b):
         wait_for(lambda p=p: log_status(p, "C") == "inconsistent", 30, f"{p.authority} flags C", 0.2)
+    # H still holds the last summary the old C sent (7 free MI300X), but its rounds leave C out: no route
+    rounds = h.get("/v1/federation/hub")["rounds"]
+    with fedkit.db_session(a.db_url) as s:
+        order = fedkit.seed_order(s, fedkit.seed_buyer(s), devices=2, models=[MI300X], limit_fen=3000)
+
+    def round_with_order() -> dict[str, Any] | None:
+        hub = h.get("/v1/federation/hub")
+        return hub if hub["rounds"] > rounds and hub["last_round"]["orders"] >= 1 else None
+
+    hub = wait_for(round_with_order, 30, "a hub round with A's order")
+    assert "C" in hub["members"] and hub["last_round"]["members"] == ["A", "B"] and hub["last_round"]["routes"] == 0
+    assert fedkit.order_row(a.db_url, order)["status"] == "open"
+    skipped = a.get("/v1/federation/events?kind=skipped_flagged_owner&limit=1000")["events"]
+    assert all(e["detail"]["order_id"] != order for e in skipped)  # not routed at all, so not skipped either
+
     (ev,) = open_evidence(a, "C")
     assert (
         ev["kept"]["size"] == size and ev["seen"]["size"] == size + 5 and f"not consistent with {size}" in ev["problem"]
