@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,7 @@ async def test_hub_does_not_clear_on_a_member_it_flagged_until_restored(tmp_path
         with b.seed() as s:
             fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
         with a.seed() as s:
-            fedkit.seed_order(s, fedkit.seed_buyer(s), devices=2, models=[H100], limit_fen=3000)
+            order = fedkit.seed_order(s, fedkit.seed_buyer(s), devices=2, models=[H100], limit_fen=3000)
         for m in (a, b):
             await m.svc.hub.publish()
         flagged = await h.svc.hub.hub_round()
@@ -192,6 +193,10 @@ async def test_hub_does_not_clear_on_a_member_it_flagged_until_restored(tmp_path
             await m.svc.hub.publish()
         restored = await h.svc.hub.hub_round()
         assert restored["status"] == "cleared" and "B" in restored["members"] and restored["routes"] == 1, restored
+        deadline = time.monotonic() + 20
+        while fedkit.order_row(a.db_url, order)["status"] != "filled":  # A asks B for the routed devices
+            assert time.monotonic() < deadline, "order routed to B not filled"
+            await asyncio.sleep(0.05)
     finally:
         for ex in (h, a, b):
             await fedkit.stop_exchange(ex)
