@@ -60,6 +60,7 @@ CLIENT: tuple[tuple[str, str, str], ...] = (
     ("HETEX_TEST_CRASH_AFTER", "", "test hook: a settlement batch exits after its N-th record"),
     ("HETEX_TEST_EXPORT_DELAY", "", "test hook: an audit export waits this many seconds once running"),
     ("HETEX_TEST_ROUND_DELAY", "", "test hook: a round waits this many seconds after its snapshot"),
+    ("HETEX_TEST_CORRUPT_PROOF", "", "test hook: the first consistency proof from this peer arrives corrupted"),
     ("HETEX_FUZZ_SEED", "20261203", "test suite: seed of the audit-bundle mutation fuzzer"),
     ("HETEX_FUZZ_COUNT", "5000", "test suite: how many mutants the audit fuzzer runs"),
     ("HETEX_FUZZ_KEYS", "", "test suite: participant keys file for the schemathesis signing hook"),

@@ -501,7 +501,7 @@ class HubService:
     async def hub_round(self) -> dict[str, Any]:
         """Clear members' demand on members' curves; send each buyer exchange its routes."""
         now = self.clock()
-        fresh = {m: s for m, s in self.supply.items() if s.expires_at > now}
+        fresh = await self._fresh_supply(now)
         mono = time.monotonic()
         wall = time.time()
         ttl = self.settings.federation_summary_ttl_seconds
@@ -571,7 +571,7 @@ class HubService:
         if not self.is_hub:
             return None
         now = self.clock()
-        fresh = {m: s for m, s in self.supply.items() if s.expires_at > now and m != buyer}
+        fresh = {m: s for m, s in (await self._fresh_supply(now)).items() if m != buyer}
         if not fresh:
             return None
         slot = Counter(s.slot_seconds for s in fresh.values()).most_common(1)[0][0]
@@ -625,6 +625,15 @@ class HubService:
             )
             for r in routes
         ]
+
+    async def _fresh_supply(self, now: int) -> dict[str, SupplySummary]:
+        """Members' unexpired summaries, except those of members whose log we flagged `inconsistent` (their
+        summaries are no longer used, specs/federation.md 5, until the operator's reverify restores them)."""
+        fresh = {m: s for m, s in self.supply.items() if s.expires_at > now}
+        if not fresh:
+            return fresh
+        flagged = await self.federation.peers.flagged()
+        return {m: s for m, s in fresh.items() if m not in flagged}
 
     def _all_reported(self, fresh: Mapping[str, SupplySummary], wall: float) -> bool:
         """A coupled fabric clears once (1) every coupled member with a fresh summary said it finished the

@@ -2,11 +2,18 @@
 
 Never called inside a database transaction: callers read what they need, commit, then talk to peers.
 A peer that is down, slow or partitioned surfaces as PeerUnavailableError (never a hang).
+
+Test hook (tests only, documented here): environment variable HETEX_TEST_CORRUPT_PROOF=<authority> makes
+the first consistency proof this process fetches from that peer arrive with one hash flipped, as a fault
+in transit would leave it (once per process; later proofs are as the peer sent them).
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +23,10 @@ from yarl import URL
 
 from federation.peering import LocalIdentity, PeerIdentity, new_message, sign_peer_get, sign_peer_request
 from identifiers.errors import HetexError
+
+log = logging.getLogger(__name__)
+
+CORRUPT_PROOF_ENV = "HETEX_TEST_CORRUPT_PROOF"
 
 
 class PeerUnavailableError(HetexError):
@@ -45,6 +56,7 @@ class PeerClient:
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
         self.sent: Counter[str] = Counter()
+        self._corrupt_proof_from = os.environ.get(CORRUPT_PROOF_ENV) or None  # test hook (module docstring)
 
     @property
     def me(self) -> LocalIdentity:
@@ -88,7 +100,21 @@ class PeerClient:
         url = peer.url.rstrip("/") + path
         headers = sign_peer_get(url, self.me) if signed else {}
         self.sent["get"] += 1
-        return await self._do("GET", url, b"", headers, peer)
+        data = await self._do("GET", url, b"", headers, peer)
+        if self._corrupt_proof_from == peer.authority and path.startswith("/v1/federation/consistency"):
+            data = self._corrupted(data)
+        return data
+
+    def _corrupted(self, proof: Any) -> Any:
+        """Test hook: the proof with its first hash flipped (once; see the module docstring)."""
+        hashes = proof.get("hashes") if isinstance(proof, dict) else None
+        if not hashes:
+            return proof
+        self._corrupt_proof_from = None
+        first = bytearray(base64.b64decode(hashes[0]))
+        first[0] ^= 0xFF
+        log.warning("test hook %s: consistency proof corrupted", CORRUPT_PROOF_ENV)
+        return {**proof, "hashes": [base64.b64encode(bytes(first)).decode(), *hashes[1:]]}
 
     async def _do(self, method: str, url: str, body: bytes, headers: dict[str, str], peer: PeerIdentity) -> Any:
         try:

@@ -317,8 +317,10 @@ async def start_exchange(
 
 
 async def stop_exchange(ex: Exchange) -> None:
-    """Stop serving and release the database."""
+    """Stop serving and release the database (route tasks a hub's routes started are cancelled first: one
+    still running would hold a connection past the engine's disposal, and its thread keeps pytest alive)."""
     await ex.server.close()
+    await ex.svc.hub.close()
     await ex.fed.close()
     await ex.svc.close()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,10 @@ async def test_wrongly_flagged_peer_is_restored_after_its_proofs_verify(
                 fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
             await b.fed.summaries.publish_summary()
             assert await a.fed.outbound.forward_order(order) == {"status": "no_peer"}
+            # nor when a hub routes the order to B: the buyer skips a flagged owner (specs/federation.md 9.4)
+            assert await a.fed.outbound.forward_order(order, [("B", 2, H100, "CN-NM")]) == {"status": "no_peer"}
+            (skipped,) = await a.fed.events.recent(kind="skipped_flagged_owner")
+            assert skipped["peer"] == "B" and skipped["detail"] == {"order_id": order}
 
             # only the operator may re-verify
             async with HetexClient(a.url, SigningKey.generate()) as buyer:
@@ -156,3 +161,42 @@ async def test_rewritten_log_stays_flagged_with_its_evidence(
             assert len(await a.fed.events.recent(kind="log_reverify_failed")) == 3
         finally:
             await fedkit.stop_exchange(b2)
+
+
+async def test_hub_does_not_clear_on_a_member_it_flagged_until_restored(tmp_path: Path) -> None:
+    """A member's log flagged at the hub: its summaries are no longer used (specs/federation.md 5), so the
+    hub's rounds leave its curves out and route nothing to it; restored, it is routed to again."""
+    h = await fedkit.start_exchange(tmp_path, "H", federation_hub_mode=True, federation_hub_round_interval_seconds=0)
+    a, b = [
+        await fedkit.start_exchange(tmp_path, m, federation_hub="H", federation_forward_after_seconds=0)
+        for m in ("A", "B")
+    ]
+    try:
+        await fedkit.peer_all([h, a, b])
+        peer_b = await h.fed.peers.peer("B")
+        await grow(b, 3, "x")
+        assert (await h.fed.resync.check_peer_log(peer_b))["status"] == "consistent"
+        await grow(b, 2, "y")
+        corrupt_next_proof(h)
+        assert (await h.fed.resync.check_peer_log(peer_b))["status"] == "inconsistent"
+        with b.seed() as s:
+            fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
+        with a.seed() as s:
+            order = fedkit.seed_order(s, fedkit.seed_buyer(s), devices=2, models=[H100], limit_fen=3000)
+        for m in (a, b):
+            await m.svc.hub.publish()
+        flagged = await h.svc.hub.hub_round()
+        assert flagged["status"] == "cleared" and flagged["members"] == ["A"] and flagged["routes"] == 0, flagged
+
+        assert (await h.fed.recovery.reverify("B"))["restored"] is True
+        for m in (a, b):
+            await m.svc.hub.publish()
+        restored = await h.svc.hub.hub_round()
+        assert restored["status"] == "cleared" and "B" in restored["members"] and restored["routes"] == 1, restored
+        deadline = time.monotonic() + 20
+        while fedkit.order_row(a.db_url, order)["status"] != "filled":  # A asks B for the routed devices
+            assert time.monotonic() < deadline, "order routed to B not filled"
+            await asyncio.sleep(0.05)
+    finally:
+        for ex in (h, a, b):
+            await fedkit.stop_exchange(ex)

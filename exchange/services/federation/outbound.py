@@ -157,7 +157,12 @@ class BuyerSide:
         known: dict[str, PeerIdentity] = {}
         reroutes = 0
         if plan is not None:
-            known = {p.authority: p for p in await self.peers.peers()}
+            # a hub does not know which owners we flagged `inconsistent`: their routes are skipped here (the
+            # order is then short and released, or not offered at all), as is a reroute to one of them
+            flagged = await self.peers.flagged()
+            known = {p.authority: p for p in await self.peers.peers() if p.authority not in flagged}
+            for owner in sorted({owner for owner, *_ in plan} & flagged):
+                await self.events.record("skipped_flagged_owner", owner, {"order_id": order.id})
             for owner, n, model, region in plan:
                 if owner not in known:
                     continue

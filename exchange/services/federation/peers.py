@@ -112,6 +112,11 @@ class PeerDirectory:
         async with self.ctx.sessions() as session:
             return [peer_identity(r) for r in await peer_rows(session)]
 
+    async def flagged(self) -> set[str]:
+        """Active peers whose log is flagged `inconsistent` (not traded with until re-verified)."""
+        async with self.ctx.sessions() as session:
+            return {r.authority for r in await peer_rows(session) if r.log_status == "inconsistent"}
+
     async def by_key_id(self) -> dict[str, PeerIdentity]:
         """Active peers by key id, cached for a second (one query less per inbound message)."""
         cached = self._cache
