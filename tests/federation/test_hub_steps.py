@@ -104,7 +104,7 @@ async def test_routed_order_is_held_for_the_slot_the_hub_placed_it_in(tmp_path: 
     try:
         await fedkit.peer_all([h, a, b])
         now = int(time.time())
-        next_hour = now - now % H + H
+        next_hour = -(-(now + 60) // H) * H  # the first hour on the grid at or after the order's earliest start
         with b.seed() as s:
             pool = fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=4, ask_fen=1000)
             offer = s.get(Offer, pool.offer_id)
