@@ -16,7 +16,15 @@ from matching.mip import count_candidates, solve_mip, to_placer
 from matching.model import ClearingResult, Market, RoundStats, Unfilled, validate_market
 from matching.placement import Piece, Placer
 from matching.polish import polish
-from matching.prices import POTENTIALS_RULE, class_prices, compute_duals, potentials, price_pieces
+from matching.prices import (
+    LP_DUALS_RULE,
+    POTENTIALS_RULE,
+    class_prices,
+    compute_duals,
+    lp_duals,
+    potentials,
+    price_pieces,
+)
 from matching.relaxation import Network, Relaxation, build_network, relax
 from matching.repair import place_within_flow
 from matching.repair import repair as fast_repair
@@ -413,6 +421,9 @@ def finalize(
         if rel.method == "mcf" and rel.graph is not None:
             duals = potentials(net, rel.graph)
             method_p = "potentials"
+        elif rel.pi is not None and rel.mu is not None:
+            duals = lp_duals(net, rel.pi, rel.mu)
+            method_p = "lp-duals"
         else:
             # the time-indexed LP's optimum is the dual optimum (same model): pass 1 is not needed
             known = rel.method == "lp-glop" or all(o.quantity_scu is None for o in prep.market.orders)
@@ -424,6 +435,8 @@ def finalize(
     priced, rule = price_pieces(pieces, net, duals, prep.market.fee_bps)
     if method_p == "potentials":
         rule = POTENTIALS_RULE
+    elif method_p == "lp-duals":
+        rule = LP_DUALS_RULE
     price_s = time.perf_counter() - t0
     wanted = prices and bool(pieces)
     aud = audit(prep, priced, [p.pool for p in pieces], net, duals, rule, prices_wanted=wanted)

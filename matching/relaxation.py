@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from ortools.graph.python import min_cost_flow
@@ -55,6 +56,8 @@ class Relaxation:
     exact_int: bool = True
     extra: dict[str, float] = field(default_factory=dict)
     graph: FlowGraph | None = None  # the solved min-cost flow network (for node potentials)
+    pi: np.ndarray | None = None  # the LP's group-row duals (fen per device for the lease), when solved as an LP
+    mu: np.ndarray | None = None  # the LP's segment-row duals (rent per device of a capacity segment)
 
 
 @dataclass
@@ -303,17 +306,28 @@ def solve_mcf(net: Network, *, edge_mask: np.ndarray | None = None, free: np.nda
     )
 
 
-def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
-    """Time-indexed aggregated LP with GLOP: the general relaxation (any start slots, SCU orders exact).
+@dataclass
+class LpArrays:
+    """The time-indexed LP as sparse arrays: columns (active order edges, then pool edges), rows (orders
+    with more than one edge, groups, segments), maximise obj.x (fen per device-hour x slots / 3600 units)."""
 
-    The constraint matrix is assembled as sparse arrays and handed to the solver in one call. time_limit is
-    in GLOP's deterministic seconds (no caller sets one today)."""
-    import scipy.sparse as sp  # the array interface of OR-Tools' model builder takes a scipy CSR matrix
-    from ortools.linear_solver.python import model_builder_helper as mbh
+    active: np.ndarray
+    lb: np.ndarray
+    ub: np.ndarray
+    obj: np.ndarray
+    row_lo: np.ndarray
+    row_hi: np.ndarray
+    mat: Any  # scipy.sparse CSR matrix
+    order_rows: int
+    groups: int
+    segments: int
 
-    t0 = time.perf_counter()
+
+def lp_arrays(net: Network) -> LpArrays:
+    """Assemble the time-indexed aggregated LP (any start slots, SCU orders exact) as sparse arrays."""
+    import scipy.sparse as sp
+
     prep = net.prep
-    E = len(prep.e_order)
     active = np.nonzero(net.e_group >= 0)[0]
     A, F, S = len(active), len(net.f_pool), len(net.s_pool)
     scale = 1.0 / 3600.0
@@ -347,8 +361,23 @@ def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
     )
     c_lo = np.concatenate([np.full(R1, -np.inf), np.zeros(G), np.full(S, -np.inf)])
     c_hi = np.concatenate([np.ones(R1), np.zeros(G), net.s_cap.astype(np.float64)])
+    return LpArrays(active, lb, ub, obj, c_lo, c_hi, mat, R1, G, S)
+
+
+def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
+    """Time-indexed aggregated LP with GLOP: the general relaxation (any start slots, SCU orders exact).
+
+    The constraint matrix is assembled as sparse arrays and handed to the solver in one call. time_limit is
+    in GLOP's deterministic seconds (no caller sets one today)."""
+    from ortools.linear_solver.python import model_builder_helper as mbh
+
+    t0 = time.perf_counter()
+    prep = net.prep
+    E = len(prep.e_order)
+    lp = lp_arrays(net)
+    A = len(lp.active)
     model = mbh.ModelBuilderHelper()
-    model.fill_model_from_sparse_data(lb, ub, obj, c_lo, c_hi, mat)  # type: ignore[arg-type]
+    model.fill_model_from_sparse_data(lp.lb, lp.ub, lp.obj, lp.row_lo, lp.row_hi, lp.mat)  # type: ignore[arg-type]
     model.set_maximize(True)
     solver = mbh.ModelSolverHelper("glop")
     if time_limit:  # GLOP's deterministic work limit, never the wall clock (same result on any machine)
@@ -359,8 +388,11 @@ def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
         raise RuntimeError(f"LP relaxation failed: status {solver.status()}")
     v = np.asarray(solver.variable_values(), dtype=np.float64)
     x = np.zeros(E, dtype=np.float64)
-    x[active] = v[:A]
+    x[lp.active] = v[:A]
     y = v[A:]
+    # row duals of the optimal basis: with the objective maximised, a binding <= row has a dual >= 0
+    d = np.asarray(solver.dual_values(), dtype=np.float64)
+    g0 = lp.order_rows
     return Relaxation(
         x=x,
         y=y,
@@ -369,6 +401,8 @@ def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
         solve_seconds=time.perf_counter() - t0,
         exact_int=False,
         extra={"lp_solve": time.perf_counter() - t1},
+        pi=d[g0 : g0 + lp.groups].copy(),
+        mu=d[g0 + lp.groups :].copy(),
     )
 
 
