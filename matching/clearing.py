@@ -386,9 +386,11 @@ def clear(
 ) -> ClearingResult:
     """Clear a market snapshot: allocations, minimum equilibrium prices, statistics and audit.
 
-    `time_limit` is a deterministic work limit (OR-Tools deterministic seconds) for the price LP, never
-    the wall clock, so the same snapshot gives the same result on any machine and under any load; a step
-    stopped by its limit is named in `stats.limits_hit`. Only the `*_seconds` statistics vary by machine.
+    `time_limit` is a deterministic work limit (OR-Tools deterministic seconds) for the price LP, which
+    runs only for a relaxation without row duals (the flow's potentials and the time-indexed LP's own duals
+    need none); never the wall clock, so the same snapshot gives the same result on any machine and under
+    any load; a step stopped by its limit is named in `stats.limits_hit`. Only the `*_seconds` statistics
+    vary by machine.
     """
     validate_market(market)
     t0 = time.perf_counter()
