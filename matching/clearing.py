@@ -25,7 +25,7 @@ from matching.prices import (
     potentials,
     price_pieces,
 )
-from matching.relaxation import Network, Relaxation, build_network, relax
+from matching.relaxation import Network, Relaxation, build_network, relax, resolve_lp
 from matching.repair import place_within_flow
 from matching.repair import repair as fast_repair
 from matching.restricted import LOOSE_GAP, restricted_mip, root_bound
@@ -115,12 +115,25 @@ def repair_and_place(prep: Prepared, net: Network, rel: Relaxation, placer: Plac
     if not _repair(prep, net, rel, b, split_first=False):
         return a
     _insert_gangs(prep, b)
-    c = _resolve_singles(prep, b)
+    c = _resolve_singles(prep, b, net, rel)
     best = max((a, b, c), key=lambda p: p.welfare_units())
     return best
 
 
-def _resolve_singles(prep: Prepared, src: Placer) -> Placer:
+def _units_relaxation(
+    prep: Prepared, mask: np.ndarray, free: np.ndarray, net: Network | None, rel: Relaxation | None
+) -> tuple[Network, Relaxation]:
+    """The relaxation of the order edges in mask on the capacity free: a warm re-solve of the clearing's LP
+    when it holds its solver (matching.relaxation.resolve_lp), else a new network solved from scratch."""
+    if net is not None and rel is not None:
+        again = resolve_lp(net, rel, mask, free)
+        if again is not None:
+            return net, again
+    net2 = build_network(prep, edge_mask=mask, free=free)
+    return net2, relax(net2)
+
+
+def _resolve_singles(prep: Prepared, src: Placer, net: Network | None = None, rel: Relaxation | None = None) -> Placer:
     """Keep the multi-device orders of src where they are and re-solve every single-device order
     optimally (a min-cost flow on the capacity left), then fill leftovers."""
     out = Placer(prep)
@@ -130,8 +143,7 @@ def _resolve_singles(prep: Prepared, src: Placer) -> Placer:
             out.commit([pc])
     seqs = [o.seq for o in prep.market.orders]
     if unit.any():
-        net2 = build_network(prep, edge_mask=unit[prep.e_order], free=out.free)
-        rel2 = relax(net2)
+        net2, rel2 = _units_relaxation(prep, unit[prep.e_order], out.free, net, rel)
         items = []
         for o in np.nonzero(unit)[0].tolist():
             es = prep.order_edges[o]
@@ -279,8 +291,7 @@ def _repair(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, *, sp
     # single-device orders: re-solve on the capacity left (integral for unit demands)
     if unit.any():
         mask = unit[prep.e_order]
-        net2 = build_network(prep, edge_mask=mask, free=placer.free)
-        rel2 = relax(net2)
+        net2, rel2 = _units_relaxation(prep, mask, placer.free, net, rel)
         items = []
         for o in np.nonzero(unit)[0].tolist():
             es = prep.order_edges[o]
@@ -428,7 +439,7 @@ def finalize(
             method_p = "lp-duals"
         else:
             # the time-indexed LP's optimum is the dual optimum (same model): pass 1 is not needed
-            known = rel.method == "lp-glop" or all(o.quantity_scu is None for o in prep.market.orders)
+            known = rel.method in ("lp-glop", "lp-highs") or all(o.quantity_scu is None for o in prep.market.orders)
             duals = compute_duals(net, rel.value if known else None, time_limit=time_limit)
             method_p = "dual-lp" if duals.ok else "pay-as-ask"
     pieces = sorted(placer.pieces, key=lambda p: (p.order, p.pool))

@@ -26,7 +26,13 @@ def test_same_snapshot_same_bytes_even_under_load(monkeypatch: pytest.MonkeyPatc
                 mp.setattr(clearing, "EXACT_MAX_COLUMNS", 0)
             return clear(m).canonical_json()
 
-    ms = [generate("gang", 300, 40, 3), generate("nodes", 400, 120, 3), generate("gang", 400, 70, 3)]
+    # windows: the time-indexed LP (HiGHS) and the repair's warm re-solves from its basis
+    ms = [
+        generate("gang", 300, 40, 3),
+        generate("nodes", 400, 120, 3),
+        generate("gang", 400, 70, 3),
+        generate("windows", 600, 100, 2),
+    ]
     first = [run(i, m) for i, m in enumerate(ms)]
     assert '"bound_fen":616176' in first[2].replace(" ", "")  # the integer root bound (LP bound 625,351)
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
