@@ -1,5 +1,6 @@
 """The aggregated relaxation in device units: a min-cost flow when every order starts in the current slot,
-else the time-indexed LP (HiGHS' dual simplex; its basis is kept for the repair's warm re-solves). Its optimum is the welfare upper bound reported per round.
+else the time-indexed LP (HiGHS' dual simplex; its basis is kept for the repair's warm re-solves). Its optimum
+is the welfare upper bound reported per round.
 
 Network: order o -> group j = (class, lease L, gang g, start k, billing mode) -> pool p -> pool capacity
 segments -> sink. A pool's capacity rows are the segments between the starts and ends of the leases that
