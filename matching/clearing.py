@@ -16,8 +16,16 @@ from matching.mip import count_candidates, solve_mip, to_placer
 from matching.model import ClearingResult, Market, RoundStats, Unfilled, validate_market
 from matching.placement import Piece, Placer
 from matching.polish import polish
-from matching.prices import POTENTIALS_RULE, class_prices, compute_duals, potentials, price_pieces
-from matching.relaxation import Network, Relaxation, build_network, relax
+from matching.prices import (
+    LP_DUALS_RULE,
+    POTENTIALS_RULE,
+    class_prices,
+    compute_duals,
+    lp_duals,
+    potentials,
+    price_pieces,
+)
+from matching.relaxation import Network, Relaxation, build_network, relax, resolve_lp
 from matching.repair import place_within_flow
 from matching.repair import repair as fast_repair
 from matching.restricted import LOOSE_GAP, restricted_mip, root_bound
@@ -107,12 +115,25 @@ def repair_and_place(prep: Prepared, net: Network, rel: Relaxation, placer: Plac
     if not _repair(prep, net, rel, b, split_first=False):
         return a
     _insert_gangs(prep, b)
-    c = _resolve_singles(prep, b)
+    c = _resolve_singles(prep, b, net, rel)
     best = max((a, b, c), key=lambda p: p.welfare_units())
     return best
 
 
-def _resolve_singles(prep: Prepared, src: Placer) -> Placer:
+def _units_relaxation(
+    prep: Prepared, mask: np.ndarray, free: np.ndarray, net: Network | None, rel: Relaxation | None
+) -> tuple[Network, Relaxation]:
+    """The relaxation of the order edges in mask on the capacity free: a warm re-solve of the clearing's LP
+    when it holds its solver (matching.relaxation.resolve_lp), else a new network solved from scratch."""
+    if net is not None and rel is not None:
+        again = resolve_lp(net, rel, mask, free)
+        if again is not None:
+            return net, again
+    net2 = build_network(prep, edge_mask=mask, free=free)
+    return net2, relax(net2)
+
+
+def _resolve_singles(prep: Prepared, src: Placer, net: Network | None = None, rel: Relaxation | None = None) -> Placer:
     """Keep the multi-device orders of src where they are and re-solve every single-device order
     optimally (a min-cost flow on the capacity left), then fill leftovers."""
     out = Placer(prep)
@@ -122,8 +143,7 @@ def _resolve_singles(prep: Prepared, src: Placer) -> Placer:
             out.commit([pc])
     seqs = [o.seq for o in prep.market.orders]
     if unit.any():
-        net2 = build_network(prep, edge_mask=unit[prep.e_order], free=out.free)
-        rel2 = relax(net2)
+        net2, rel2 = _units_relaxation(prep, unit[prep.e_order], out.free, net, rel)
         items = []
         for o in np.nonzero(unit)[0].tolist():
             es = prep.order_edges[o]
@@ -271,8 +291,7 @@ def _repair(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, *, sp
     # single-device orders: re-solve on the capacity left (integral for unit demands)
     if unit.any():
         mask = unit[prep.e_order]
-        net2 = build_network(prep, edge_mask=mask, free=placer.free)
-        rel2 = relax(net2)
+        net2, rel2 = _units_relaxation(prep, mask, placer.free, net, rel)
         items = []
         for o in np.nonzero(unit)[0].tolist():
             es = prep.order_edges[o]
@@ -378,9 +397,11 @@ def clear(
 ) -> ClearingResult:
     """Clear a market snapshot: allocations, minimum equilibrium prices, statistics and audit.
 
-    `time_limit` is a deterministic work limit (OR-Tools deterministic seconds) for the price LP, never
-    the wall clock, so the same snapshot gives the same result on any machine and under any load; a step
-    stopped by its limit is named in `stats.limits_hit`. Only the `*_seconds` statistics vary by machine.
+    `time_limit` is a deterministic work limit (OR-Tools deterministic seconds) for the price LP, which
+    runs only for a relaxation without row duals (the flow's potentials and the time-indexed LP's own duals
+    need none); never the wall clock, so the same snapshot gives the same result on any machine and under
+    any load; a step stopped by its limit is named in `stats.limits_hit`. Only the `*_seconds` statistics
+    vary by machine.
     """
     validate_market(market)
     t0 = time.perf_counter()
@@ -413,9 +434,12 @@ def finalize(
         if rel.method == "mcf" and rel.graph is not None:
             duals = potentials(net, rel.graph)
             method_p = "potentials"
+        elif rel.pi is not None and rel.mu is not None:
+            duals = lp_duals(net, rel.pi, rel.mu)
+            method_p = "lp-duals"
         else:
             # the time-indexed LP's optimum is the dual optimum (same model): pass 1 is not needed
-            known = rel.method == "lp-glop" or all(o.quantity_scu is None for o in prep.market.orders)
+            known = rel.method in ("lp-glop", "lp-highs") or all(o.quantity_scu is None for o in prep.market.orders)
             duals = compute_duals(net, rel.value if known else None, time_limit=time_limit)
             method_p = "dual-lp" if duals.ok else "pay-as-ask"
     pieces = sorted(placer.pieces, key=lambda p: (p.order, p.pool))
@@ -424,6 +448,8 @@ def finalize(
     priced, rule = price_pieces(pieces, net, duals, prep.market.fee_bps)
     if method_p == "potentials":
         rule = POTENTIALS_RULE
+    elif method_p == "lp-duals":
+        rule = LP_DUALS_RULE
     price_s = time.perf_counter() - t0
     wanted = prices and bool(pieces)
     aud = audit(prep, priced, [p.pool for p in pieces], net, duals, rule, prices_wanted=wanted)

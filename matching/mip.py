@@ -27,7 +27,7 @@ import numpy as np
 
 from matching.eligibility import Prepared
 from matching.placement import Piece, Placer
-from matching.relaxation import Network, segment_caps
+from matching.relaxation import Network, edge_caps, pair_index, segment_caps
 
 
 @dataclass
@@ -132,7 +132,7 @@ def solve_mip(
         return None
     caps = segment_caps(net, free)
     F = len(net.f_pool)
-    f_of = {(int(g), int(p)): f for f, (g, p) in enumerate(zip(net.f_group.tolist(), net.f_pool.tolist(), strict=True))}
+    f_of = pair_index(net)
     # columns: unit order edges (binary), pool edges carrying units (integer), then gang candidates
     ue_mask = om[prep.e_order] & units[prep.e_order] & (net.e_group >= 0)
     if unit_edges is not None:
@@ -147,9 +147,7 @@ def solve_mip(
         -(net.f_cost[uf] // slot).astype(np.float64),
     ]
     lb: list[np.ndarray] = [np.zeros(n_x), np.zeros(n_y)]
-    ub: list[np.ndarray] = [np.ones(n_x), caps[[int(net.f_segs[f].min()) for f in uf]].astype(np.float64)]
-    if n_y:
-        ub[1] = np.array([float(caps[net.f_segs[f]].min()) for f in uf])
+    ub: list[np.ndarray] = [np.ones(n_x), edge_caps(net, caps, uf).astype(np.float64)]
     integ: list[np.ndarray] = [np.ones(n_x), np.ones(n_y)]
     rows = _Rows()
     # unit orders with several edges: at most one
@@ -178,9 +176,14 @@ def solve_mip(
     seg_terms_s: list[np.ndarray] = []
     seg_terms_v: list[np.ndarray] = []
     if n_y:
-        ln = np.array([len(net.f_segs[f]) for f in uf], dtype=np.int64)
+        if net.f_first is not None and net.f_last is not None:
+            ln = net.f_last[uf] - net.f_first[uf] + 1
+            within = np.arange(int(ln.sum())) - np.repeat(np.cumsum(ln) - ln, ln)
+            seg_terms_s.append(np.repeat(net.f_first[uf], ln) + within)
+        else:
+            ln = np.array([len(net.f_segs[f]) for f in uf], dtype=np.int64)
+            seg_terms_s.append(np.concatenate([net.f_segs[f] for f in uf]))
         seg_terms_c.append(np.repeat(n_x + np.arange(n_y), ln))
-        seg_terms_s.append(np.concatenate([net.f_segs[f] for f in uf]))
         seg_terms_v.append(np.ones(int(ln.sum())))
     # multi-device orders
     col = n_x + n_y
@@ -405,7 +408,7 @@ def _hint_vector(
     x0 = np.zeros(n_cols)
     x_of = {int(e): i for i, e in enumerate(ue.tolist())}
     y_of = {int(f): len(ue) + i for i, f in enumerate(uf.tolist())}
-    f_of = {(int(g), int(p)): f for f, (g, p) in enumerate(zip(net.f_group.tolist(), net.f_pool.tolist(), strict=True))}
+    f_of = pair_index(net)
     units = unit_order_mask(prep)
     mk = prep.market
     for pc in hint.pieces:

@@ -94,5 +94,39 @@ def test_clearing_names_its_prices_method() -> None:
     assert r.stats.prices_method == "potentials" and r.prices and r.audit.ok
     assert {c.name: c.violations for c in r.audit.checks}["prices"] == 0
     w = clear(generate("windows", 300, 50, 4))
-    assert w.stats.prices_method == "dual-lp" and w.prices
+    assert w.stats.prices_method == "lp-duals" and w.prices and w.audit.ok
     assert clear(generate("scale", 100, 20, 1), prices=False).stats.prices_method == "none"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets(future=True))
+def test_lp_row_duals_are_equilibrium_prices_of_the_relaxation(m: Market) -> None:
+    # the time-indexed LP's own row duals (floored at the cheapest ask): supply rows hold everywhere and bind
+    # where the LP uses a pool; a served edge's price is at most its value, an order the LP leaves out
+    # values none of its groups above the price (no envy in the relaxation)
+    from matching.prices import lp_duals
+    from matching.relaxation import solve_lp
+
+    prep = prepare(m)
+    net = build_network(prep)
+    if not (net.e_group >= 0).any():
+        return
+    rel = solve_lp(net)
+    assert rel.pi is not None and rel.mu is not None
+    d = lp_duals(net, rel.pi, rel.mu)
+    a = net.f_cost / 3600.0
+    w = net.e_weight / 3600.0
+    tol = 1e-6 * max(1.0, float(np.abs(w).max(initial=0.0)))
+    rent = np.array([d.mu[s].sum() for s in net.f_segs])
+    j_f = net.f_group
+    assert (d.mu >= 0).all()
+    assert (d.pi[j_f] - rent <= a + tol).all()
+    used = rel.y > 1e-7
+    assert np.abs(d.pi[j_f] - rent - a)[used].max(initial=0.0) <= tol
+    act = np.nonzero(net.e_group >= 0)[0]
+    served = rel.x[act] > 1e-7  # prices and values are per device for the lease
+    assert (d.pi[net.e_group[act]] <= w[act] + tol)[served].all()
+    out = np.ones(prep.n_orders, dtype=bool)
+    out[prep.e_order[act][served]] = False
+    lost = out[prep.e_order[act]]
+    assert (d.pi[net.e_group[act]] >= w[act] - tol)[lost].all()
