@@ -48,7 +48,7 @@ class Settings(BaseModel):
     round_slot_seconds: int = Field(default=300, ge=1, le=86_400)
     round_max_start_slots: int = Field(default=4, ge=1, le=96)
     shutdown_grace_seconds: float = Field(default=10, ge=0, le=3600)  # SIGTERM: drain requests / finish the round
-    round_process: Literal["auto", "on", "off"] = "auto"  # `hetex serve`: rounds in a child process (round_worker.py)
+    round_process: Literal["on", "off"] = "on"  # `hetex serve`: rounds in a child process (round_worker.py)
     checkpoint_interval_seconds: float = Field(default=10, ge=0)
     fee_bps: int = Field(default=100, ge=0, le=10_000)
     disclosure_min_orders: int = Field(default=3, ge=1)  # public class prices need this many contracted orders
@@ -103,9 +103,17 @@ class Settings(BaseModel):
 
     @property
     def rounds_in_child(self) -> bool:
-        """`hetex serve` runs whole rounds in a child process: `on`, or `auto` on PostgreSQL (SQLite has one
-        writer, which the round would take from the requests' process)."""
-        return self.round_process == "on" or (self.round_process == "auto" and not self.is_sqlite)
+        """`hetex serve` runs whole rounds in a child process (`on`, the default), except on an in-memory SQLite
+        database, which another process cannot open."""
+        return self.round_process == "on" and not self.is_memory_sqlite
+
+    @property
+    def is_memory_sqlite(self) -> bool:
+        """An in-memory SQLite database (private to one process)."""
+        if not self.is_sqlite:
+            return False
+        path = self.database_url.split("://", 1)[1].lstrip("/")
+        return path == "" or path.startswith(":memory:") or "mode=memory" in path
 
     @property
     def is_sqlite(self) -> bool:

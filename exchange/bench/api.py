@@ -240,7 +240,8 @@ async def _real_app(database_url: str, port: int) -> web.Application:
 
     # the seeding process's key directory when it passes one (round-under-load), else a scratch one
     key_dir = Path(os.environ.get("HETEX_KEY_DIR") or Path(tempfile.gettempdir()) / "hetex-bench-keys")
-    settings = Settings(database_url=database_url, key_dir=key_dir, public_base_url=f"http://127.0.0.1:{port}")
+    # HETEX_* from the environment apply (e.g. HETEX_ROUND_PROCESS for a before/after run)
+    settings = Settings.from_env(database_url=database_url, key_dir=key_dir, public_base_url=f"http://127.0.0.1:{port}")
     svc = await build_services(settings, serving=True)
     assert svc.engine is not None
     await upgrade_engine(svc.engine)

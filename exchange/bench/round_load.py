@@ -56,6 +56,13 @@ class Keys:
     providers: list[tuple[SigningKey, list[str]]]
 
 
+def _rounds_in_worker(pg_url: str | None) -> bool:
+    """Whether the bench servers (the same HETEX_* environment) run rounds in a worker process."""
+    from exchange.settings import Settings
+
+    return Settings.from_env(database_url=pg_url or "sqlite:///bench.db").rounds_in_child
+
+
 async def seed_market(url: str, key_dir: Path, *, orders: int, pools: int, seed: int) -> Keys:
     """Write the market (directly through the storage layer: seeding is not what is measured)."""
     from exchange.composition import build_services
@@ -340,6 +347,8 @@ async def run_round_load_bench(
         "seeded_pools": pools,
         "seed": seed,
         "database": "sqlite (temporary file, WAL)" if pg_url is None else "postgresql (temporary databases)",
+        # where the servers ran the round (HETEX_ROUND_PROCESS, exchange/services/round_worker.py)
+        "rounds_in_worker_process": _rounds_in_worker(pg_url),
         "cpu_count": os.cpu_count(),
         "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "idle": idle,
@@ -396,7 +405,8 @@ def format_result(r: dict[str, Any]) -> str:
         [
             f"bench round-under-load: {r['seeded_orders']} orders, {r['seeded_pools']} pools, {r['clients']} clients "
             f"(one order each per {r['client_interval_seconds']} s), "
-            f"amendments {r['amend_rate_target_per_second']}/s target, {r['cpu_count']} CPUs, {r['database']}",
+            f"amendments {r['amend_rate_target_per_second']}/s target, {r['cpu_count']} CPUs, {r['database']}, "
+            f"rounds {'in a worker process' if r['rounds_in_worker_process'] else 'in the server process'}",
             f"  idle round        : {i['wall_seconds']} s  ({i['allocations']} allocations, "
             f"{i['contracts']} contracts, {i['dropped_allocations']} dropped)",
             f"  round under load  : {b['wall_seconds']} s  ({b['allocations']} allocations, "

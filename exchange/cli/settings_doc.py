@@ -45,7 +45,7 @@ SERVICE: dict[str, str] = {
     "http_body_timeout_seconds": "a request body must arrive within this (else 408)",
     "http_keepalive_seconds": "idle keep-alive connections close after this",
     "http_max_connections_per_address": "open connections one client address may hold",
-    "round_process": "`hetex serve`: clearing rounds in a child process (auto: on PostgreSQL, off on SQLite)",
+    "round_process": "`hetex serve`: clearing rounds in a child process of their own (on|off)",
     "shutdown_grace_seconds": "on SIGTERM: time for in-flight requests and the running round (also --shutdown-grace)",
 }
 

@@ -64,7 +64,7 @@ def gone(pids: set[int], within: float) -> bool:
 
 
 def serve(url: str, keys: Path, port: int, *, delay: float | None) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HETEX_ROUND_PROCESS": "on"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HETEX_ROUND_PROCESS": "on"}  # the default, stated
     env.pop(KILL_HOOK_ENV, None)
     env.pop(DELAY_HOOK_ENV, None)
     if delay is not None:
@@ -74,11 +74,12 @@ def serve(url: str, keys: Path, port: int, *, delay: float | None) -> subprocess
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_settings_choose_the_worker_by_database() -> None:
+def test_settings_choose_the_worker() -> None:
     assert Settings(database_url="postgresql://u@h/db").rounds_in_child
-    assert not Settings(database_url="sqlite:///x.db").rounds_in_child
-    assert Settings(database_url="sqlite:///x.db", round_process="on").rounds_in_child
+    assert Settings(database_url="sqlite:////tmp/x.db").rounds_in_child
     assert not Settings(database_url="postgresql://u@h/db", round_process="off").rounds_in_child
+    for memory in ("sqlite+aiosqlite://", "sqlite:///:memory:", "sqlite+aiosqlite:///file:x?mode=memory&uri=true"):
+        assert not Settings(database_url=memory).rounds_in_child, memory  # another process cannot open it
 
 
 def test_domain_errors_cross_the_process_boundary_whole() -> None:
