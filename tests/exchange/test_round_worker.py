@@ -25,7 +25,7 @@ from exchange.services.rounds import DELAY_HOOK_ENV, KILL_HOOK_ENV
 from exchange.settings import Settings
 from identifiers.errors import ValidationError
 from tests.exchange.test_rounds_processes import ROOT, assert_never_oversold, finish, populate, round_process, state
-from tests.exchange.test_serve_shutdown import add_operator, free_port, up, wait_for
+from tests.exchange.test_serve_shutdown import add_operator, free_port, round_running, up, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -136,14 +136,7 @@ async def test_kill_9_of_the_server_takes_its_round_worker_along(
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_for(lambda: up(session, proc, base))
-            client = HetexClient(base, operator, session=session, timeout=120)
-            trigger = asyncio.create_task(client.request("POST", "/v1/rounds"))
-
-            async def running() -> bool:
-                return any(r.status == "running" for r in (await state(url))["rounds"])
-
-            await wait_for(running)
+            trigger = await round_running(session, proc, base, operator, url)
             workers = children(proc.pid)
             assert workers
             proc.kill()

@@ -73,6 +73,22 @@ async def up(session: aiohttp.ClientSession, proc: subprocess.Popen[str], base: 
         return False
 
 
+async def round_running(
+    session: aiohttp.ClientSession, proc: subprocess.Popen[str], base: str, operator: SigningKey, url: str
+) -> asyncio.Task[Any]:
+    """Once the server is up: trigger a round as the operator and wait until its row is `running`; the
+    trigger's task (its answer comes when the round ends)."""
+    await wait_for(lambda: up(session, proc, base))
+    client = HetexClient(base, operator, session=session, timeout=120)
+    trigger = asyncio.create_task(client.request("POST", "/v1/rounds"))
+
+    async def running() -> bool:
+        return any(r.status == "running" for r in (await state(url))["rounds"])
+
+    await wait_for(running)
+    return trigger
+
+
 async def sigterm_mid_round(url: str, keys: Path, *, delay: float, grace: float) -> tuple[int, str, Any]:
     """Serve, trigger a round, SIGTERM while it runs; (exit code, log, what the trigger got)."""
     operator = await add_operator(url, keys)
@@ -81,14 +97,7 @@ async def sigterm_mid_round(url: str, keys: Path, *, delay: float, grace: float)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_for(lambda: up(session, proc, base))
-            client = HetexClient(base, operator, session=session, timeout=120)
-            trigger = asyncio.create_task(client.request("POST", "/v1/rounds"))
-
-            async def running() -> bool:
-                return any(r.status == "running" for r in (await state(url))["rounds"])
-
-            await wait_for(running)
+            trigger = await round_running(session, proc, base, operator, url)
             proc.send_signal(signal.SIGTERM)
             got: Any = (await asyncio.gather(trigger, return_exceptions=True))[0]
             code, _out, err = await finish(proc, 60)
