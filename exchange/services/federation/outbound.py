@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -37,6 +37,9 @@ MAX_REROUTES = 4  # regional hubs re-routing one order in a pass (a hub under a 
 FORWARD_CONCURRENCY = 4
 
 
+SKIPS_REMEMBERED = 10_000
+
+
 class BuyerSide:
     """Forwards open local orders to peers (first phase: holds), then hands the holds to Commits."""
 
@@ -58,6 +61,20 @@ class BuyerSide:
         self.orders_committed = 0
         self._next_try: dict[str, float] = {}
         self._forward_lock = asyncio.Lock()
+        #: (owner, order) pairs whose skip is already recorded: a hub routes the order there every round, and
+        #: one event per pair says it (not one row per hub round)
+        self._skips_noted: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def _first_skip(self, owner: str, order_id: str) -> bool:
+        """True the first time (in this process, of the last SKIPS_REMEMBERED) a route of `order_id` to the
+        flagged `owner` is skipped."""
+        key = (owner, order_id)
+        if key in self._skips_noted:
+            return False
+        self._skips_noted[key] = None
+        if len(self._skips_noted) > SKIPS_REMEMBERED:
+            self._skips_noted.popitem(last=False)
+        return True
 
     async def _shortfall_in(
         self,
@@ -162,7 +179,8 @@ class BuyerSide:
             flagged = await self.peers.flagged()
             known = {p.authority: p for p in await self.peers.peers() if p.authority not in flagged}
             for owner in sorted({owner for owner, *_ in plan} & flagged):
-                await self.events.record("skipped_flagged_owner", owner, {"order_id": order.id})
+                if self._first_skip(owner, order.id):
+                    await self.events.record("skipped_flagged_owner", owner, {"order_id": order.id})
             for owner, n, model, region in plan:
                 if owner not in known:
                     continue
