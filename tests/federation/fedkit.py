@@ -347,6 +347,21 @@ async def federation(tmp_path: Path, authorities: Sequence[str], **settings: Any
                 await stop_exchange(ex)
 
 
+@contextlib.asynccontextmanager
+async def hub_fabric(
+    tmp_path: Path, authorities: Sequence[str], **member_settings: Any
+) -> AsyncIterator[tuple[Exchange, list[Exchange]]]:
+    """A hub H (hub rounds run by the test) and members naming it, all in process and peered; stopped after."""
+    h = await start_exchange(tmp_path, "H", federation_hub_mode=True, federation_hub_round_interval_seconds=0)
+    members = [await start_exchange(tmp_path, a, federation_hub="H", **member_settings) for a in authorities]
+    try:
+        await peer_all([h, *members])
+        yield h, members
+    finally:
+        for ex in (h, *members):
+            await stop_exchange(ex)
+
+
 async def publish_all(exchanges: Sequence[Exchange]) -> None:
     """Every exchange publishes its summary to its peers."""
     await asyncio.gather(*(ex.fed.summaries.publish_summary() for ex in exchanges))

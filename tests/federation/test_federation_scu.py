@@ -90,14 +90,8 @@ async def test_hub_member_sends_its_scu_orders_to_the_hub_not_to_peers(tmp_path:
 
 
 async def test_scu_order_through_the_hub_filled_by_two_owners_exactly(tmp_path: Path) -> None:
-    h = await fedkit.start_exchange(tmp_path, "H", federation_hub_mode=True, federation_hub_round_interval_seconds=0)
-    members = [
-        await fedkit.start_exchange(tmp_path, m, federation_hub="H", federation_forward_after_seconds=0)
-        for m in ("A", "B", "C")
-    ]
-    a, b, c = members
-    try:
-        await fedkit.peer_all([h, *members])
+    async with fedkit.hub_fabric(tmp_path, ["A", "B", "C"], federation_forward_after_seconds=0) as (h, members):
+        a, b, c = members
         order = seed_scu_order(a, "12", [MI300X], limit_fen_per_scu_hour=1000)  # ceil(12 / 4.1891) = 3 devices
         with b.seed() as s:  # 2 cheap devices: not enough alone
             fedkit.seed_pool(s, "B", region="CN-NM", model=MI300X, devices=2, ask_fen=2000)
@@ -122,9 +116,6 @@ async def test_scu_order_through_the_hub_filled_by_two_owners_exactly(tmp_path: 
         assert a.fed.ctx.client.sent["order_offer"] == 2 and a.fed.ctx.client.sent["hold_commit"] == 2
         # filled: the next demand to the hub no longer carries it
         assert await a.svc.hub.unmet_demand() == []
-    finally:
-        for ex in (h, *members):
-            await fedkit.stop_exchange(ex)
 
 
 def test_local_clearing_sees_only_the_scu_not_filled_elsewhere() -> None:

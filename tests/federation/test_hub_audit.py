@@ -31,14 +31,8 @@ def _records(bundle: Path) -> list[dict[str, object]]:
 
 
 async def test_hub_audit_export_covers_cross_exchange_contracts_and_member_checkpoints(tmp_path: Path) -> None:
-    h = await fedkit.start_exchange(tmp_path, "H", federation_hub_mode=True, federation_hub_round_interval_seconds=0)
-    members = [
-        await fedkit.start_exchange(tmp_path, m, federation_hub="H", federation_forward_after_seconds=0)
-        for m in ("A", "B", "C")
-    ]
-    a, b, c = members
-    try:
-        await fedkit.peer_all([h, *members])
+    async with fedkit.hub_fabric(tmp_path, ["A", "B", "C"], federation_forward_after_seconds=0) as (h, members):
+        a, b, c = members
         with b.seed() as s:
             fedkit.seed_pool(s, "B", region="CN-NM", model=H100, devices=8, ask_fen=2000)
         with c.seed() as s:
@@ -78,9 +72,6 @@ async def test_hub_audit_export_covers_cross_exchange_contracts_and_member_check
             else:
                 assert body["peer_authority"] == "A" and body["note"].startswith("a.hetex.test/log\n")
         assert seen == {("B", 4), ("C", 8)}
-    finally:
-        for ex in (h, *members):
-            await fedkit.stop_exchange(ex)
 
 
 async def test_hub_audit_verify_refuses_a_one_sided_contract_and_a_forged_member_checkpoint(tmp_path: Path) -> None:

@@ -28,13 +28,8 @@ async def _until(cond: Callable[[], bool]) -> None:
 
 
 async def test_coupled_hub_gives_local_capacity_to_the_higher_value_remote_order(tmp_path: Path) -> None:
-    h = await fedkit.start_exchange(tmp_path, "H", federation_hub_mode=True, federation_hub_round_interval_seconds=0)
-    members = [
-        await fedkit.start_exchange(tmp_path, m, federation_hub="H", federation_hub_coupled=True) for m in ("A", "B")
-    ]
-    a, b = members
-    try:
-        await fedkit.peer_all([h, a, b])
+    async with fedkit.hub_fabric(tmp_path, ["A", "B"], federation_hub_coupled=True) as (h, members):
+        a, b = members
         with a.seed() as s:
             h100 = fedkit.seed_pool(s, "A", region="CN-SH", model=H100, devices=4, ask_fen=1000)
             h20 = fedkit.seed_pool(s, "A", region="CN-SH", model=H20, devices=2, ask_fen=500, operator="PR2")
@@ -69,9 +64,6 @@ async def test_coupled_hub_gives_local_capacity_to_the_higher_value_remote_order
             await m.svc.hub.publish()
         again = await h.svc.hub.hub_round()
         assert again["status"] == "cleared" and again["orders"] == 1 and again["routes"] == 0
-    finally:
-        for ex in (h, *members):
-            await fedkit.stop_exchange(ex)
 
 
 async def test_forwarded_order_is_priced_by_the_local_rounds_rule(tmp_path: Path) -> None:

@@ -56,13 +56,8 @@ def test_restricted_round_sees_only_the_routed_steps_and_devices() -> None:
 
 
 async def test_coupled_member_leaves_the_step_routed_to_a_remote_order(tmp_path: Path) -> None:
-    h = await fedkit.start_exchange(tmp_path, "H", federation_hub_mode=True, federation_hub_round_interval_seconds=0)
-    members = [
-        await fedkit.start_exchange(tmp_path, m, federation_hub="H", federation_hub_coupled=True) for m in ("A", "B")
-    ]
-    a, b = members
-    try:
-        await fedkit.peer_all([h, a, b])
+    async with fedkit.hub_fabric(tmp_path, ["A", "B"], federation_hub_coupled=True) as (h, members):
+        a, b = members
         with a.seed() as s:
             cheap = fedkit.seed_pool(s, "A", region="CN-SH", model=H100, devices=6, ask_fen=1000)
             dear = fedkit.seed_pool(s, "A", region="CN-SH", model=H100, devices=4, ask_fen=2000, operator="PR2")
@@ -86,23 +81,14 @@ async def test_coupled_member_leaves_the_step_routed_to_a_remote_order(tmp_path:
         assert (local, dear.pool_id) in made  # the hub's plan: A's own order on its 2000 step
         assert [c.devices for c in fedkit.contracts_on_pool(a.db_url, cheap.pool_id)] == [6]  # B's, at 1000
         assert b.svc.hub.counts.get("routed_unfilled", 0) == 0
-    finally:
-        for ex in (h, *members):
-            await fedkit.stop_exchange(ex)
 
 
 async def test_routed_order_is_held_for_the_slot_the_hub_placed_it_in(tmp_path: Path) -> None:
     """A's order may start from a minute on; B's capacity opens at the next hour: the hub places the order
     in a slot of its grid from then on, and A asks B for that window (asking for the
     order's earliest start was refused no_capacity, and the order went back to the hub every round)."""
-    h = await fedkit.start_exchange(tmp_path, "H", federation_hub_mode=True, federation_hub_round_interval_seconds=0)
-    members = [
-        await fedkit.start_exchange(tmp_path, m, federation_hub="H", federation_forward_after_seconds=0)
-        for m in ("A", "B")
-    ]
-    a, b = members
-    try:
-        await fedkit.peer_all([h, a, b])
+    async with fedkit.hub_fabric(tmp_path, ["A", "B"], federation_forward_after_seconds=0) as (h, members):
+        a, b = members
         now = int(time.time())
         next_hour = -(-(now + 60) // H) * H  # the first hour on the grid at or after the order's earliest start
         with b.seed() as s:
@@ -127,6 +113,3 @@ async def test_routed_order_is_held_for_the_slot_the_hub_placed_it_in(tmp_path: 
         # clears the same welfare, so which one the engine picks is not fixed), never the earliest start
         assert made.devices == 4 and made.end_at - made.start_at == H
         assert made.start_at % H == 0 and made.start_at >= next_hour
-    finally:
-        for ex in (h, *members):
-            await fedkit.stop_exchange(ex)
