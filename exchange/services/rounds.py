@@ -86,6 +86,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hetex.rounds")
 
 KILL_HOOK_ENV = "HETEX_TEST_KILL_ROUND"
+ABANDON_LOCK_WAIT_SECONDS = 5.0  # shutdown: how long to wait for a killed round worker's lock to go
 DELAY_HOOK_ENV = "HETEX_TEST_ROUND_DELAY"
 OPEN_ORDER_STATUSES = ("open", "partially_filled")
 RELEASED_CONTRACT_STATUSES = ("cancelled",)
@@ -779,10 +780,15 @@ class RoundService:
         return RoundSummary(**{**summary.__dict__, "seconds": round(time.perf_counter() - t0, 6)})
 
     async def _mark_running_abandoned(self, error: str) -> None:
-        """After killing the worker mid-round: its `running` row (no process runs it any more) is abandoned."""
-        async with self.sessions.begin() as session:
-            stmt = update(Round).where(Round.status == "running")
-            await session.execute(stmt.values(status="abandoned", finished_at=now_s(), error=error))
+        """After killing the worker mid-round: mark `running` rows abandoned under the round lock (free once the
+        dead child's connection or file lock is gone). If another process holds the lock, its round is the one
+        running (ours was still waiting for the lock): nothing is marked, and the next round sweeps ours."""
+        try:
+            async with self.lock.hold(ABANDON_LOCK_WAIT_SECONDS), self.sessions.begin() as session:
+                stmt = update(Round).where(Round.status == "running")
+                await session.execute(stmt.values(status="abandoned", finished_at=now_s(), error=error))
+        except RoundBusyError:
+            log.warning("another process is running a round; the abandoned one is marked by the next round")
 
     async def _mark_failed(self, round_id: str, exc: Exception) -> None:
         await self._mark_ended(round_id, "failed", f"{type(exc).__name__}: {exc}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 
 from exchange.client import HetexClient
 from exchange.services.round_lock import RoundBusyError
@@ -154,3 +155,33 @@ async def test_kill_9_of_the_server_takes_its_round_worker_along(
     assert [r.status for r in st["rounds"]] == ["abandoned", "completed"]
     assert len(st["contracts"]) > 0 and st["log_size"] == len(st["contracts"])
     assert_never_oversold(st)
+
+
+async def test_shutdown_leaves_another_process_running_round_alone(
+    fresh_db_factory: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed worker's round was maybe still waiting for the lock that another process holds for its own
+    round: the shutdown's mark must not touch that round's `running` row (it takes the round lock first)."""
+    from exchange.composition import build_services
+    from exchange.services import rounds as rounds_module
+    from exchange.storage.rounds import Round
+    from identifiers.ids import new_id_str
+
+    monkeypatch.setattr(rounds_module, "ABANDON_LOCK_WAIT_SECONDS", 0.3)
+    url = fresh_db_factory()
+    other = await build_services(Settings(database_url=url, key_dir=tmp_path / "keys"))
+    ours = await build_services(Settings(database_url=url, key_dir=tmp_path / "keys"))
+    try:
+        async with other.rounds.lock.hold(5):  # the other process's round is running
+            async with other.sessions.begin() as s:
+                s.add(Round(id=new_id_str(), started_at=1, status="running", trigger="interval", market_now=1,
+                            method="mcf", orders_count=0, offers_count=0))  # fmt: skip
+            await ours.rounds._mark_running_abandoned("the exchange shut down during the round")
+            async with ours.sessions() as s:
+                assert [r.status for r in (await s.scalars(select(Round))).all()] == ["running"]
+        await ours.rounds._mark_running_abandoned("the exchange shut down during the round")  # lock free now
+        async with ours.sessions() as s:
+            assert [r.status for r in (await s.scalars(select(Round))).all()] == ["abandoned"]
+    finally:
+        await other.close()
+        await ours.close()
