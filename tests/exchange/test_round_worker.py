@@ -25,8 +25,15 @@ from exchange.services.round_lock import RoundBusyError
 from exchange.services.rounds import DELAY_HOOK_ENV, KILL_HOOK_ENV
 from exchange.settings import Settings
 from identifiers.errors import ValidationError
-from tests.exchange.test_rounds_processes import ROOT, assert_never_oversold, finish, populate, round_process, state
-from tests.exchange.test_serve_shutdown import add_operator, free_port, round_running, up, wait_for
+from tests.exchange.test_rounds_processes import ROOT, assert_never_oversold, finish, populate, state
+from tests.exchange.test_serve_shutdown import (
+    add_operator,
+    free_port,
+    next_round_clears_after_abandoned,
+    round_running,
+    up,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -149,12 +156,7 @@ async def test_kill_9_of_the_server_takes_its_round_worker_along(
     assert isinstance(got, BaseException)  # the trigger's connection died with the server
     assert await asyncio.to_thread(gone, workers, 10), "the round worker outlived its server"
     # no orphan holds the round lock: the next round runs at once, marks the dead one abandoned and clears
-    rc, _out, rerr = await finish(round_process(url, keys))
-    assert rc == 0, rerr[-2000:]
-    st = await state(url)
-    assert [r.status for r in st["rounds"]] == ["abandoned", "completed"]
-    assert len(st["contracts"]) > 0 and st["log_size"] == len(st["contracts"])
-    assert_never_oversold(st)
+    await next_round_clears_after_abandoned(url, keys)
 
 
 async def test_shutdown_leaves_another_process_running_round_alone(
