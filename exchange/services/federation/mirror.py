@@ -23,6 +23,8 @@ from identifiers.ids import new_id_str
 
 #: session.info key: contracts this transaction found not to be mirrored (no owner-side peer contract)
 _LOCAL_CONTRACTS = "hetex_unmirrored_contracts"
+#: session.info key: the peer contracts prepare_mirror read in this transaction, by contract id
+_OWNED_CONTRACTS = "hetex_peer_contracts"
 
 
 class Mirror:
@@ -30,6 +32,18 @@ class Mirror:
 
     def __init__(self, ctx: FederationContext) -> None:
         self.ctx = ctx
+
+    async def prepare_mirror(self, session: AsyncSession, contract_ids: list[str]) -> None:
+        """Hook for usage before it takes the log lock: look up, in one query, which of `contract_ids` are
+        cross-exchange contracts owned here, so enqueue_mirror after the append reads nothing."""
+        local = session.info.setdefault(_LOCAL_CONTRACTS, set())
+        wanted = [cid for cid in contract_ids if cid not in local]
+        if not wanted:
+            return
+        stmt = select(PeerContract).where(PeerContract.contract_id.in_(wanted))
+        found = {pc.contract_id: pc for pc in await session.scalars(stmt)}
+        local.update(cid for cid in wanted if cid not in found or found[cid].side != "owner")
+        session.info.setdefault(_OWNED_CONTRACTS, {}).update((cid, pc) for cid, pc in found.items())
 
     async def enqueue_mirror(
         self, session: AsyncSession, contract_id: str, record_type: str, record_id: str, envelope: Mapping[str, Any]
@@ -41,7 +55,7 @@ class Mirror:
         local = session.info.setdefault(_LOCAL_CONTRACTS, set())
         if contract_id in local:  # already looked up in this transaction (a usage batch: one lookup per contract)
             return False
-        pc = await session.get(PeerContract, contract_id)
+        pc = session.info.get(_OWNED_CONTRACTS, {}).get(contract_id) or await session.get(PeerContract, contract_id)
         if pc is None or pc.side != "owner":
             local.add(contract_id)
             return False
