@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, false, func, insert, literal_column, or_, select, text, union_all, update
+from sqlalchemy import Table, and_, bindparam, false, func, insert, literal_column, or_, select, text, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.canonical import fast_canonical_bytes
@@ -32,6 +32,7 @@ from exchange.services.lease import Fence
 from exchange.storage.base import now_s
 from exchange.storage.ledger import COUNTER_ROW_ID, LogCounter, LogEntry, LogNode
 from exchange.storage.ledger import Checkpoint as CheckpointRow
+from exchange.storage.transactions import Prepared, Transaction
 from federation.dsse import envelope_from_bytes, record_payload_type, verify_envelope
 from federation.errors import EnvelopeError, NoteError
 from federation.keys import SigningKey
@@ -52,6 +53,7 @@ log = logging.getLogger("hetex.ledger")
 
 _ENTRIES: Table = LogEntry.__table__  # type: ignore[assignment]
 _NODES: Table = LogNode.__table__  # type: ignore[assignment]
+_COUNTER: Table = LogCounter.__table__  # type: ignore[assignment]
 
 VERIFY_CHUNK = 4096
 PROOF_BATCH = 256
@@ -73,6 +75,31 @@ class AppendedRecord:
     leaf_hash: bytes
     envelope: dict[str, Any]
     payload: bytes
+
+
+_APPEND_STATEMENTS: dict[tuple[tuple[Table, int], ...], Prepared] = {}
+
+
+def _append_statement(shape: tuple[tuple[Table, int], ...]) -> Prepared:
+    """The PostgreSQL append for `shape` ((table, row count) of each insert): the counter update with every insert
+    as a data-modifying CTE, run on the driver (exchange.storage.transactions): built and compiled once per shape.
+    Parameters: counter_next, counter_frontier, and w<n>_<i>_<column> for row i of insert n."""
+    hit = _APPEND_STATEMENTS.get(shape)
+    if hit is None:
+        counter = _COUNTER.c
+        stmt = (
+            update(_COUNTER)
+            .where(counter.id == COUNTER_ROW_ID)
+            .values(
+                next_index=bindparam("counter_next", type_=counter.next_index.type),
+                frontier=bindparam("counter_frontier", type_=counter.frontier.type),
+            )
+        )
+        for n, (table, count) in enumerate(shape):
+            rows = [{c.key: bindparam(f"w{n}_{i}_{c.key}", type_=c.type) for c in table.c} for i in range(count)]
+            stmt = stmt.add_cte(insert(table).values(rows).cte(f"append_{n}"))
+        hit = _APPEND_STATEMENTS[shape] = Prepared(stmt)
+    return hit
 
 
 #: rows to write with appended records, given them: (table, rows) pairs (append_signed_many)
@@ -411,10 +438,14 @@ class LedgerService:
         )
         if session.get_bind().dialect.name == "postgresql":
             # one statement: every insert a data-modifying CTE of the counter update (one round trip under the lock)
-            for n, (table, table_rows) in enumerate(writes):
-                if table_rows:
-                    counter = counter.add_cte(insert(table).values(table_rows).cte(f"append_{n}"))
-            await session.execute(counter)
+            shape = tuple((table, len(table_rows)) for table, table_rows in writes if table_rows)
+            params: dict[str, Any] = {"counter_next": cr.size, "counter_frontier": b"".join(cr.hashes)}
+            for n, (_table, table_rows) in enumerate((t, r) for t, r in writes if r):
+                for i, row in enumerate(table_rows):
+                    params.update((f"w{n}_{i}_{key}", value) for key, value in row.items())
+            conn = await session.connection()
+            raw = await conn.get_raw_connection()
+            await Transaction(conn.dialect, raw.driver_connection).execute(_append_statement(shape), params)
             return out
         # Core inserts on the tables (not the ORM bulk path): the same SQL, a fraction of the overhead
         for table, table_rows in writes:
