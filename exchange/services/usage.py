@@ -8,17 +8,19 @@ so concurrent reports for one contract serialize.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
 from sqlalchemy import Integer, Table, and_, cast, func, literal_column, null, or_, select, union_all
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from exchange.services.canonical import fast_canonical_bytes
 from exchange.services.contracts import ContractNotFoundError, Log, billable_end
@@ -268,6 +270,98 @@ class _Verified:
     signer: str
 
 
+LEAD, ALONE, DONE = "lead", "alone", "done"
+
+
+@dataclass
+class _Waiting:
+    """A batch whose checked reports wait for a leader: its reports and how it learns the outcome."""
+
+    checked: list[_Checked]
+    outcome: asyncio.Future[str]
+
+
+@dataclass
+class GroupAppender:
+    """Group append of usage batches in one process (PostgreSQL, sessions bound to an engine).
+
+    Every log append holds the single log counter row lock until its transaction commits, so batches that append
+    one by one form a convoy: each waits for the holder's round trips, and under load for the holder's event loop.
+    Here a batch that has its accepted reports while another batch of this process is appending waits instead
+    (its transaction stays open, holding its contracts' locks and its nonce); the next leader writes the reports
+    of every batch waiting, with its own, in ITS transaction (one counter lock, one statement), commits, and only
+    then lets them commit (their nonces). So one lock hold serves every batch that arrived during the previous one.
+
+    A batch's reports are checked under its own contract locks and stay under them until the leader committed
+    them, so the sequence and capacity rules hold as when each batch appends alone. If the leader's transaction
+    fails, every batch of its group appends its own reports alone, in its own transaction: one failing batch
+    does not take the others' reports with it. Waits cannot cycle: a leader waits only for the counter lock (whose
+    holders wait for nothing in this process) and for KEY SHARE on its group's contracts, which the batches'
+    FOR NO KEY UPDATE does not block."""
+
+    enabled: bool
+    write: Callable[[AsyncSession, list[_Checked]], Awaitable[None]]
+    _leading: bool = False
+    _queue: list[_Waiting] = field(default_factory=list)
+    #: groups a leader wrote, and the batches in them (its own included)
+    groups: int = 0
+    batches: int = 0
+
+    async def append(self, session: AsyncSession, checked: list[_Checked]) -> None:
+        """Append `checked` in this transaction, or have a leader append them (with its own) in its transaction."""
+        if not checked:
+            return
+        role = LEAD
+        if not self.enabled:
+            role = ALONE
+        elif self._leading:
+            waiting = _Waiting(checked, asyncio.get_running_loop().create_future())
+            self._queue.append(waiting)
+            try:
+                role = await waiting.outcome
+            except asyncio.CancelledError:
+                if waiting in self._queue:  # not taken by a leader yet
+                    self._queue.remove(waiting)
+                elif waiting.outcome.done() and not waiting.outcome.cancelled() and waiting.outcome.result() == LEAD:
+                    self._hand_on()  # made leader as it was cancelled: the lead passes on
+                raise
+        else:
+            self._leading = True
+        if role == DONE:
+            return
+        if role == ALONE:
+            await self.write(session, checked)
+            return
+        group, self._queue = self._queue, []
+        session.info[_LED_GROUP] = group
+        await self.write(session, [c for batch in [checked, *(w.checked for w in group)] for c in batch])
+        self.groups += 1
+        self.batches += 1 + len(group)
+
+    def finished(self, session: AsyncSession, committed: bool) -> None:
+        """After a transaction that used append(): a leader tells its group whether their reports are committed
+        (done) or not (each appends alone), and hands the lead to the next waiting batch."""
+        group: list[_Waiting] | None = session.info.pop(_LED_GROUP, None)
+        if group is None:
+            return
+        for waiting in group:
+            if not waiting.outcome.done():
+                waiting.outcome.set_result(DONE if committed else ALONE)
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        """The lead passes to the first waiting batch (it writes those waiting by then), or nobody leads."""
+        while self._queue:
+            nxt = self._queue.pop(0)
+            if not nxt.outcome.done():
+                nxt.outcome.set_result(LEAD)
+                return
+        self._leading = False
+
+
+_LED_GROUP = "hetex_usage_led_group"
+
+
 class UsageService:
     """Accepts node-signed usage for contracts and lists it back to the parties."""
 
@@ -283,6 +377,10 @@ class UsageService:
         self.nonce_store = nonces or NonceStore()
         self.ledger = ledger
         self.clock = clock
+        bind = sessions.kw.get("bind")
+        grouped = isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql"
+        #: group append of concurrent batches (PostgreSQL): see GroupAppender
+        self.appends = GroupAppender(grouped, self._write)
         #: Hook run in the transaction before records of these contracts are logged (its reads, outside the lock).
         self.before_logged: Callable[[AsyncSession, list[str]], Awaitable[Any]] | None = None
         #: Hook run in the transaction after a record is logged (contract id, record type, id, envelope).
@@ -331,14 +429,19 @@ class UsageService:
         rules run in memory, and the accepted reports are written with their log entries in one append."""
         peeked = [_peek_contract_id(envelope) for envelope in envelopes]
         outcomes: list[tuple[int, str, Any]] = []  # (index, status, the report's row, or the refusal)
-        async with self.sessions.begin() as session:
+        async with self._batch_transaction() as (session, appends):
             if nonce is not None:
                 await self.nonce_store.remember(session, nonce)
             wanted = sorted({cid for cid in peeked if cid is not None})
             contracts: dict[str, Contract] = {}
             if wanted:
+                # FOR NO KEY UPDATE: batches of one contract serialize, and a group append (another batch's
+                # transaction inserting this batch's reports, whose foreign key takes KEY SHARE) is not blocked
                 rows = await session.scalars(
-                    select(Contract).where(Contract.id.in_(wanted)).order_by(Contract.id).with_for_update()
+                    select(Contract)
+                    .where(Contract.id.in_(wanted))
+                    .order_by(Contract.id)
+                    .with_for_update(key_share=True)
                 )
                 contracts = {c.id: c for c in rows.all()}
             state = _BatchState()
@@ -372,7 +475,7 @@ class UsageService:
                     state.accept(checked.row)
                     accepted.append(checked)
                     outcomes.append((index, "accepted", checked.row))
-            await self._write(session, accepted)  # one log append writing every accepted report
+            await appends.append(session, accepted)  # one log append, maybe with other batches' reports
         if nonce is not None:
             nonce.remembered = True
         results = [
@@ -381,6 +484,18 @@ class UsageService:
         ]
         counts = {status: sum(1 for r in results if r["status"] == status) for status in BATCH_STATUSES}
         return {"results": results, **counts}
+
+    @contextlib.asynccontextmanager
+    async def _batch_transaction(self) -> AsyncIterator[tuple[AsyncSession, GroupAppender]]:
+        """A batch's transaction; after it ends, a group leader tells its group whether their reports committed."""
+        async with self.sessions() as session:
+            committed = False
+            try:
+                async with session.begin():
+                    yield session, self.appends
+                committed = True
+            finally:
+                self.appends.finished(session, committed)
 
     async def _verify(
         self,
