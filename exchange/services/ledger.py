@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, false, func, insert, literal_column, or_, select, text, union_all, update
+from sqlalchemy import Table, and_, false, func, insert, literal_column, or_, select, text, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.canonical import fast_canonical_bytes
@@ -32,7 +33,7 @@ from exchange.services.lease import Fence
 from exchange.storage.base import now_s
 from exchange.storage.ledger import COUNTER_ROW_ID, LogCounter, LogEntry, LogNode
 from exchange.storage.ledger import Checkpoint as CheckpointRow
-from exchange.storage.transactions import Prepared, Transaction
+from exchange.storage.transactions import translated_error
 from federation.dsse import envelope_from_bytes, record_payload_type, verify_envelope
 from federation.errors import EnvelopeError, NoteError
 from federation.keys import SigningKey
@@ -77,29 +78,26 @@ class AppendedRecord:
     payload: bytes
 
 
-_APPEND_STATEMENTS: dict[tuple[tuple[Table, int], ...], Prepared] = {}
+def _append_sql(tables: tuple[Table, ...]) -> str:
+    """The PostgreSQL append into `tables`: the counter update ($1 next index, $2 frontier) with one insert per table
+    as a data-modifying CTE whose rows are ONE JSON parameter ($3, $4, ...: an array of objects by column name,
+    json_populate_recordset). One statement text whatever the number of rows, so it is prepared once per
+    connection (a statement per row count was a new parse and plan for almost every group append)."""
+    ctes = ", ".join(
+        f"append_{n} AS (INSERT INTO {t.name} ({', '.join(c.name for c in t.c)}) "
+        f"SELECT {', '.join(c.name for c in t.c)} FROM json_populate_recordset(NULL::{t.name}, ${n + 3}::json))"
+        for n, t in enumerate(tables)
+    )
+    return f"WITH {ctes} UPDATE log_counter SET next_index = $1, frontier = $2 WHERE id = {COUNTER_ROW_ID}"
 
 
-def _append_statement(shape: tuple[tuple[Table, int], ...]) -> Prepared:
-    """The PostgreSQL append for `shape` ((table, row count) of each insert): the counter update with every insert
-    as a data-modifying CTE, run on the driver (exchange.storage.transactions): built and compiled once per shape.
-    Parameters: counter_next, counter_frontier, and w<n>_<i>_<column> for row i of insert n."""
-    hit = _APPEND_STATEMENTS.get(shape)
-    if hit is None:
-        counter = _COUNTER.c
-        stmt = (
-            update(_COUNTER)
-            .where(counter.id == COUNTER_ROW_ID)
-            .values(
-                next_index=bindparam("counter_next", type_=counter.next_index.type),
-                frontier=bindparam("counter_frontier", type_=counter.frontier.type),
-            )
-        )
-        for n, (table, count) in enumerate(shape):
-            rows = [{c.key: bindparam(f"w{n}_{i}_{c.key}", type_=c.type) for c in table.c} for i in range(count)]
-            stmt = stmt.add_cte(insert(table).values(rows).cte(f"append_{n}"))
-        hit = _APPEND_STATEMENTS[shape] = Prepared(stmt)
-    return hit
+def _json_rows(table: Table, rows: list[dict[str, Any]]) -> str:
+    """`rows` of `table` as the JSON json_populate_recordset reads: bytes as bytea hex text, JSON columns nested."""
+
+    def value(v: Any) -> Any:
+        return "\\x" + v.hex() if isinstance(v, bytes | bytearray | memoryview) else v
+
+    return json.dumps([{k: value(v) for k, v in row.items()} for row in rows], separators=(",", ":"))
 
 
 #: rows to write with appended records, given them: (table, rows) pairs (append_signed_many)
@@ -438,14 +436,16 @@ class LedgerService:
         )
         if session.get_bind().dialect.name == "postgresql":
             # one statement: every insert a data-modifying CTE of the counter update (one round trip under the lock)
-            shape = tuple((table, len(table_rows)) for table, table_rows in writes if table_rows)
-            params: dict[str, Any] = {"counter_next": cr.size, "counter_frontier": b"".join(cr.hashes)}
-            for n, (_table, table_rows) in enumerate((t, r) for t, r in writes if r):
-                for i, row in enumerate(table_rows):
-                    params.update((f"w{n}_{i}_{key}", value) for key, value in row.items())
+            present = [(table, table_rows) for table, table_rows in writes if table_rows]
+            sql = _append_sql(tuple(table for table, _rows in present))
+            args = [_json_rows(table, table_rows) for table, table_rows in present]
             conn = await session.connection()
             raw = await conn.get_raw_connection()
-            await Transaction(conn.dialect, raw.driver_connection).execute(_append_statement(shape), params)
+            driver: Any = raw.driver_connection
+            try:
+                await driver.execute(sql, cr.size, b"".join(cr.hashes), *args)
+            except Exception as exc:
+                raise translated_error(exc, sql, args) from exc
             return out
         # Core inserts on the tables (not the ORM bulk path): the same SQL, a fraction of the overhead
         for table, table_rows in writes:

@@ -88,7 +88,7 @@ class Transaction:
             status: str = await self.driver.execute(sql, *args)
             return int(status.rsplit(" ", 1)[-1])
         except Exception as exc:
-            raise _translated(exc, sql, args) from exc
+            raise translated_error(exc, sql, args) from exc
 
     async def begin(self) -> None:
         """BEGIN (SQLite: IMMEDIATE, taking the write lock up front as exchange.storage.engine does)."""
@@ -99,21 +99,21 @@ class Transaction:
                 self._pg = self.driver.transaction()
                 await self._pg.start()
         except Exception as exc:
-            raise _translated(exc, "BEGIN", []) from exc
+            raise translated_error(exc, "BEGIN", []) from exc
 
     async def commit(self) -> None:
         """COMMIT."""
         try:
             await (self.driver.commit() if self.sqlite else self._pg.commit())
         except Exception as exc:
-            raise _translated(exc, "COMMIT", []) from exc
+            raise translated_error(exc, "COMMIT", []) from exc
 
     async def rollback(self) -> None:
         """ROLLBACK."""
         await (self.driver.rollback() if self.sqlite else self._pg.rollback())
 
 
-def _translated(exc: Exception, sql: str, args: list[Any]) -> Exception:
+def translated_error(exc: Exception, sql: str, args: list[Any]) -> Exception:
     """A driver error as the SQLAlchemy exception its ORM path raises; any other exception unchanged."""
     kinds = {cls.__name__ for cls in type(exc).__mro__}
     if isinstance(exc, sqlite3.IntegrityError) or "IntegrityConstraintViolationError" in kinds:
