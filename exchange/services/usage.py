@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
-from sqlalchemy import Integer, Table, and_, cast, func, literal_column, null, or_, select, union_all
+from sqlalchemy import Integer, Table, and_, bindparam, cast, func, literal_column, null, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from exchange.services.canonical import fast_canonical_bytes
@@ -171,23 +172,30 @@ _USAGE: Table = UsageReport.__table__  # type: ignore[assignment]
 _SUM_COLUMNS = ("contract_id", "device_minutes")
 
 
-def _reads_statement(reports: list[tuple[str, UsagePayload]], contract_ids: list[str]) -> Any:
+@functools.lru_cache(maxsize=256)
+def _reads_statement(reports: int, contracts: int) -> Any:
     """ONE statement for everything a batch's rules read (after the contracts are locked): for report k (tagged
-    k) the stored reports of its meter that its checks look at (the same or a later seq, the previous seq, and
-    any whose period overlaps: in-order reporting gives just the previous one), and for contract j (tagged -1-j)
-    one row whose device_minutes is the contract's stored usage. Rows have the columns of usage_reports."""
+    k; parameters r<k>_contract, _meter, _seq, _start, _end) the stored reports of its meter that its checks look
+    at (the same or a later seq, the previous seq, and any whose period overlaps: in-order reporting gives just
+    the previous one), and for contract j (tagged -1-j; parameter c<j>) one row whose device_minutes is the
+    contract's stored usage. Rows have the columns of usage_reports. Built once per (reports, contracts) count, so
+    SQLAlchemy's compiled form is found by the statement's memoized cache key."""
     c = _USAGE.c
     branches: list[Any] = []
-    for k, (contract_id, p) in enumerate(reports):
-        same_meter = (c.contract_id == contract_id, c.meter_id == p.meter_id)
-        previous = select(func.max(c.seq)).where(*same_meter, c.seq < p.seq).scalar_subquery()
-        overlaps = and_(c.period_start < p.period_end, c.period_end > p.period_start)
+    for k in range(reports):
+        same_meter = (c.contract_id == bindparam(f"r{k}_contract"), c.meter_id == bindparam(f"r{k}_meter"))
+        seq = bindparam(f"r{k}_seq", type_=c.seq.type)
+        previous = select(func.max(c.seq)).where(*same_meter, c.seq < seq).scalar_subquery()
+        overlaps = and_(
+            c.period_start < bindparam(f"r{k}_end", type_=c.period_start.type),
+            c.period_end > bindparam(f"r{k}_start", type_=c.period_end.type),
+        )
         branches.append(
             select(literal_column(str(k), Integer).label("k"), *c).where(
-                *same_meter, or_(c.seq >= p.seq, c.seq == previous, overlaps)
+                *same_meter, or_(c.seq >= seq, c.seq == previous, overlaps)
             )
         )
-    for j, contract_id in enumerate(contract_ids):
+    for j in range(contracts):
         columns = [
             c.contract_id
             if col.name == "contract_id"
@@ -197,8 +205,24 @@ def _reads_statement(reports: list[tuple[str, UsagePayload]], contract_ids: list
             for col in c
         ]
         tag = literal_column(str(-1 - j), Integer).label("k")
-        branches.append(select(tag, *columns).where(c.contract_id == contract_id).group_by(c.contract_id))
+        branches.append(select(tag, *columns).where(c.contract_id == bindparam(f"c{j}")).group_by(c.contract_id))
     return branches[0] if len(branches) == 1 else union_all(*branches)
+
+
+def _reads_params(reports: list[tuple[str, UsagePayload]], contract_ids: list[str]) -> dict[str, Any]:
+    """The parameters of _reads_statement for these reports and contracts."""
+    params: dict[str, Any] = {f"c{j}": cid for j, cid in enumerate(contract_ids)}
+    for k, (cid, p) in enumerate(reports):
+        params.update(
+            {
+                f"r{k}_contract": cid,
+                f"r{k}_meter": p.meter_id,
+                f"r{k}_seq": p.seq,
+                f"r{k}_start": p.period_start,
+                f"r{k}_end": p.period_end,
+            }
+        )
+    return params
 
 
 def _flags(neighbours: list[Any], p: UsagePayload) -> list[str]:
@@ -232,8 +256,9 @@ class _BatchState:
         if not reports:
             return
         contract_ids = sorted({cid for _k, cid, _p in reports})
-        stmt = _reads_statement([(cid, p) for _k, cid, p in reports], contract_ids)
-        for row in (await session.execute(stmt)).all():
+        pairs = [(cid, p) for _k, cid, p in reports]
+        stmt = _reads_statement(len(pairs), len(contract_ids))
+        for row in (await session.execute(stmt, _reads_params(pairs, contract_ids))).all():
             if row.k >= 0:
                 self._neighbours.setdefault(reports[row.k][0], []).append(row)
             else:
