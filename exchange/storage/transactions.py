@@ -142,6 +142,27 @@ async def execute_alone(sessions: async_sessionmaker[AsyncSession], prepared: Pr
     return await in_transaction(sessions, one)
 
 
+async def fetch_alone(
+    sessions: async_sessionmaker[AsyncSession], prepared: Prepared, params: dict[str, Any]
+) -> list[Any] | None:
+    """The rows of ONE prepared SELECT run alone in autocommit on PostgreSQL (one round trip: no BEGIN, no ROLLBACK),
+    as the driver's records (by column name); None when `sessions` is not bound to a PostgreSQL engine (the caller
+    reads through a session then)."""
+    bind = sessions.kw["bind"]
+    if not (isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql"):
+        return None
+    sql, binds = prepared.compiled(bind.dialect, tuple(params))
+    args = [(params[name] if literal is _MISSING else literal) for name, _proc, literal in binds]
+    args = [value if proc is None else proc(value) for value, (_n, proc, _l) in zip(args, binds, strict=True)]
+    async with bind.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        try:
+            return list(await driver.fetch(sql, *args))
+        except Exception as exc:
+            raise translated_error(exc, sql, args) from exc
+
+
 async def in_transaction(sessions: async_sessionmaker[AsyncSession], fn: Callable[[Transaction], Awaitable[T]]) -> T:
     """await fn(transaction) in one transaction of the database `sessions` is bound to: COMMIT, or ROLLBACK and
     re-raise when fn raises."""
