@@ -90,6 +90,7 @@ async def build_services(
     usage = UsageService(sessions, ledger, nonces=nonces)
     settlement = SettlementService(sessions, ledger, load_tier_table)
     usage.on_logged = settlement.on_logged = federation.mirror.enqueue_mirror  # cross-exchange contracts are mirrored
+    usage.before_logged = federation.mirror.prepare_mirror  # its lookup made before the log lock
     contracts = ContractService(sessions, ledger, catalogue, load_tier_table, fee_bps=settings.fee_bps)
     rounds = RoundService(
         sessions,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import insert, or_, select
+from sqlalchemy import Table, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.billing.compute_tier import TierTable
@@ -62,7 +62,11 @@ class Log(Protocol):
     ) -> Any: ...
 
     async def append_signed_many(
-        self, session: AsyncSession, records: Sequence[tuple[str, str, dict[str, Any]]]
+        self,
+        session: AsyncSession,
+        records: Sequence[tuple[str, str, dict[str, Any]]],
+        *,
+        rows: Callable[[Sequence[Any]], Sequence[tuple[Table, list[dict[str, Any]]]]] | None = None,
     ) -> Sequence[Any]: ...
 
     def sign_records(

@@ -246,6 +246,11 @@ class IdentityService:
 
     # ------------------------------------------------------------------------------------ signing
 
+    def last_signer(self) -> tuple[str, SigningKey] | None:
+        """The (key id, key) this process last read as current (signer_for), without a read: a guess to sign
+        with ahead of a lock, to be checked against signer_for under it."""
+        return self._current
+
     def _need_current(self) -> tuple[str, SigningKey]:
         if self._current is None:
             raise ExchangeKeyMissingError(f"the exchange key is not loaded in this process: {FIX_INIT}")

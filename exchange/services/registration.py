@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StrictInt, model_validator
-from sqlalchemy import Select, Table, bindparam, func, or_, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from exchange.services.fields import (
@@ -25,11 +25,11 @@ from exchange.services.fields import (
     ascii_decimal,
     decimal_schema,
 )
+from exchange.services.heartbeats import HeartbeatWriter
 from exchange.services.principals import Principal, SignedRequest
 from exchange.services.records import add_record
 from exchange.services.resolve import pool_view, site_view
 from exchange.storage.registration import Offer, Pool, Site
-from exchange.storage.transactions import Prepared, execute_alone
 from identifiers.catalogue import Catalogue
 from identifiers.cri import Cri, mint_pool_cri, mint_site_cri, parse_cri
 from identifiers.errors import ConflictError, GoneError, NotFoundError, ValidationError
@@ -375,21 +375,6 @@ def _overlaps(s1: int, e1: int | None, s2: int, e2: int | None) -> bool:
 # --------------------------------------------------------------------------------------------- service
 
 
-_SITES: Table = Site.__table__  # type: ignore[assignment]
-# a heartbeat: the caller's own active site, by CRI, moved forward to the beat's time only (bind names are not
-# column names, so nothing else is SET). A replay, or an older heartbeat arriving late, matches no row.
-_HEARTBEAT = Prepared(
-    update(_SITES)
-    .where(
-        _SITES.c.cri == bindparam("beat_cri"),
-        _SITES.c.provider_id == bindparam("beat_provider"),
-        _SITES.c.status == "active",
-        or_(_SITES.c.last_heartbeat_at.is_(None), _SITES.c.last_heartbeat_at < bindparam("beat_at")),
-    )
-    .values(last_heartbeat_at=bindparam("beat_at"))
-)
-
-
 @dataclass
 class RegistrationService:
     """Sites, pools and offers of providers; every change stored with its signed request."""
@@ -401,6 +386,11 @@ class RegistrationService:
     heartbeat_timeout_seconds: int = 900
     #: the service clock: offer windows that already ended are refused against it
     clock: Callable[[], int] = _now
+    #: writes heartbeats (grouped on PostgreSQL, exchange.services.heartbeats)
+    heartbeats: HeartbeatWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.heartbeats = HeartbeatWriter(self.sessions)
 
     # sites -----------------------------------------------------------------------------------------
 
@@ -501,8 +491,7 @@ class RegistrationService:
             raise ValidationError("cri: expected a site CRI, got a pool CRI", field="cri")
         now = _now()
         beat = now if created is None else min(created, now)
-        params = {"beat_cri": str(cri), "beat_provider": who.id, "beat_at": beat}
-        if await execute_alone(self.sessions, _HEARTBEAT, params) != 1:
+        if not await self.heartbeats.beat(str(cri), who.id, beat):
             async with self.sessions() as session:
                 site = await self._site(session, cri_text)
             who.require_owner(site.provider_id, f"site {site.cri}")

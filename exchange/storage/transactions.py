@@ -88,7 +88,7 @@ class Transaction:
             status: str = await self.driver.execute(sql, *args)
             return int(status.rsplit(" ", 1)[-1])
         except Exception as exc:
-            raise _translated(exc, sql, args) from exc
+            raise translated_error(exc, sql, args) from exc
 
     async def begin(self) -> None:
         """BEGIN (SQLite: IMMEDIATE, taking the write lock up front as exchange.storage.engine does)."""
@@ -99,21 +99,21 @@ class Transaction:
                 self._pg = self.driver.transaction()
                 await self._pg.start()
         except Exception as exc:
-            raise _translated(exc, "BEGIN", []) from exc
+            raise translated_error(exc, "BEGIN", []) from exc
 
     async def commit(self) -> None:
         """COMMIT."""
         try:
             await (self.driver.commit() if self.sqlite else self._pg.commit())
         except Exception as exc:
-            raise _translated(exc, "COMMIT", []) from exc
+            raise translated_error(exc, "COMMIT", []) from exc
 
     async def rollback(self) -> None:
         """ROLLBACK."""
         await (self.driver.rollback() if self.sqlite else self._pg.rollback())
 
 
-def _translated(exc: Exception, sql: str, args: list[Any]) -> Exception:
+def translated_error(exc: Exception, sql: str, args: list[Any]) -> Exception:
     """A driver error as the SQLAlchemy exception its ORM path raises; any other exception unchanged."""
     kinds = {cls.__name__ for cls in type(exc).__mro__}
     if isinstance(exc, sqlite3.IntegrityError) or "IntegrityConstraintViolationError" in kinds:
@@ -140,6 +140,27 @@ async def execute_alone(sessions: async_sessionmaker[AsyncSession], prepared: Pr
         return await tx.execute(prepared, params)
 
     return await in_transaction(sessions, one)
+
+
+async def fetch_alone(
+    sessions: async_sessionmaker[AsyncSession], prepared: Prepared, params: dict[str, Any]
+) -> list[Any] | None:
+    """The rows of ONE prepared SELECT run alone in autocommit on PostgreSQL (one round trip: no BEGIN, no ROLLBACK),
+    as the driver's records (by column name); None when `sessions` is not bound to a PostgreSQL engine (the caller
+    reads through a session then)."""
+    bind = sessions.kw["bind"]
+    if not (isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql"):
+        return None
+    sql, binds = prepared.compiled(bind.dialect, tuple(params))
+    args = [(params[name] if literal is _MISSING else literal) for name, _proc, literal in binds]
+    args = [value if proc is None else proc(value) for value, (_n, proc, _l) in zip(args, binds, strict=True)]
+    async with bind.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        try:
+            return list(await driver.fetch(sql, *args))
+        except Exception as exc:
+            raise translated_error(exc, sql, args) from exc
 
 
 async def in_transaction(sessions: async_sessionmaker[AsyncSession], fn: Callable[[Transaction], Awaitable[T]]) -> T:

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from exchange.cli.main import main
+from exchange.cli.usage import build_usage_envelope
 from exchange.services.identity import IdentityService, key_file
 from exchange.storage.engine import make_engine, make_sessionmaker
+from federation.canonical import canonical_bytes
 from federation.dsse import verify_envelope
-from federation.keys import key_id_hex, load_signing_key
+from federation.keys import SigningKey, key_id_hex, load_signing_key
 from federation.merkle import verify_consistency
 from federation.note import verify_checkpoint
 from tests.dbs import run_async
@@ -113,3 +115,42 @@ def test_cli_rotate_key_and_running_service_follows(
     assert new_id == out["current"]
     assert main(["ledger", "verify", "--database-url", url, "--key-dir", str(key_dir)]) == 0
     assert "ok: 5 entries and 2 checkpoints" in capsys.readouterr().out  # 4 records and the rotation
+
+
+async def test_signed_many_countersigns_with_the_key_current_under_the_lock(db: Any, tmp_path: Path) -> None:
+    """append_signed_many countersigns before the log lock with the key this process last used; after a
+    rotation by another process that guess is stale, and the records are countersigned again with the new key."""
+    ledger = await make_ledger(db.sessions, tmp_path / "keys")
+    node = SigningKey.generate()
+
+    def usage(seq: int) -> dict[str, Any]:
+        return build_usage_envelope(
+            node,
+            "node-key",
+            contract_id="c-1",
+            meter_id="m",
+            seq=seq,
+            period_start=60 * seq,
+            period_end=60 * seq + 60,
+            device_minutes=1,
+            availability_bps=10_000,
+        )
+
+    async def append(seq: int) -> Any:
+        async with db.sessions.begin() as session:
+            return (await ledger.append_signed_many(session, [("usage", f"u-{seq}", usage(seq))]))[0]
+
+    before = await append(1)
+    old_id = ledger.identity.key_id
+    operator = IdentityService(db.sessions, tmp_path / "keys", ORIGIN)  # another process: `hetex admin rotate-key`
+    await operator.load()
+    _old, new_info = await operator.rotate(ledger, overlap_seconds=0)
+    assert ledger.identity.last_signer() is not None and ledger.identity.last_signer()[0] == old_id  # stale guess
+    after = await append(2)
+    ring = await ledger.identity.keyring()
+    signers = [[s["keyid"] for s in r.envelope["signatures"]] for r in (before, after)]
+    assert signers == [["node-key", old_id], ["node-key", new_info.key_id]]
+    for r in (before, after):
+        exchange_only = {**r.envelope, "signatures": r.envelope["signatures"][1:]}
+        verify_envelope(exchange_only, ring)
+        assert r.payload == canonical_bytes(r.envelope)  # the stored bytes are the countersigned envelope

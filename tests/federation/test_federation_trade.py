@@ -269,6 +269,15 @@ async def test_mirror_usage_to_buyer_exchange(tmp_path: Path) -> None:
         ring = await a.fed.peers.peer_keyring()
         verify_envelope(entry.envelope, ring, payload_type="application/vnd.hetex.usage+json")
         assert (await a.svc.ledger.verify_log()).ok
+        # a usage batch looks its contracts up once before the log lock (prepare_mirror); a contract found local
+        # is remembered by the process, an owned cross-exchange contract is still mirrored in every transaction
+        assert b.svc.usage.before_logged == b.fed.mirror.prepare_mirror
+        local_id = "01890000-0000-7000-8000-000000000001"
+        for record in ("u-2", "u-3"):
+            async with b.svc.sessions.begin() as s:
+                await b.fed.mirror.prepare_mirror(s, [owned["contract_id"], local_id])
+                assert not await b.fed.mirror.enqueue_mirror(s, local_id, "usage", record, appended.envelope)
+                assert await b.fed.mirror.enqueue_mirror(s, owned["contract_id"], "usage", record, appended.envelope)
 
 
 async def test_resolve_redirects_to_owning_peer(tmp_path: Path) -> None:

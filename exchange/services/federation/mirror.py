@@ -4,7 +4,7 @@ sent to the buyer's exchange (durable outbox, retried) and appended to its log t
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select, update
@@ -23,6 +23,10 @@ from identifiers.ids import new_id_str
 
 #: session.info key: contracts this transaction found not to be mirrored (no owner-side peer contract)
 _LOCAL_CONTRACTS = "hetex_unmirrored_contracts"
+#: session.info key: the peer contracts prepare_mirror read in this transaction, by contract id
+_OWNED_CONTRACTS = "hetex_peer_contracts"
+#: most contract ids a process remembers as not mirrored (then it forgets them all and looks them up again)
+UNMIRRORED_CACHE_MAX = 1_000_000
 
 
 class Mirror:
@@ -30,6 +34,34 @@ class Mirror:
 
     def __init__(self, ctx: FederationContext) -> None:
         self.ctx = ctx
+        #: existing contracts found to have no owner-side peer contract. That stays true: the owner side's
+        #: PeerContract row is written in the transaction that creates the contract (inbound commit), and a
+        #: buyer-side row never turns into an owner-side one; so the lookup is made once per contract per process
+        self._unmirrored: set[str] = set()
+
+    def _known_unmirrored(self, contract_id: str) -> bool:
+        return contract_id in self._unmirrored
+
+    def _remember_unmirrored(self, contract_ids: Iterable[str]) -> None:
+        if len(self._unmirrored) >= UNMIRRORED_CACHE_MAX:
+            self._unmirrored.clear()
+        self._unmirrored.update(contract_ids)
+
+    async def prepare_mirror(self, session: AsyncSession, contract_ids: list[str]) -> None:
+        """Hook for usage before it takes the log lock: look up, in one query, which of `contract_ids` (existing
+        contracts) are cross-exchange contracts owned here, so enqueue_mirror after the append reads nothing;
+        contracts this process already knows to be local are not looked up again."""
+        local = session.info.setdefault(_LOCAL_CONTRACTS, set())
+        local.update(cid for cid in contract_ids if self._known_unmirrored(cid))
+        wanted = [cid for cid in contract_ids if cid not in local]
+        if not wanted:
+            return
+        stmt = select(PeerContract).where(PeerContract.contract_id.in_(wanted))
+        found = {pc.contract_id: pc for pc in await session.scalars(stmt)}
+        unmirrored = [cid for cid in wanted if cid not in found or found[cid].side != "owner"]
+        local.update(unmirrored)
+        self._remember_unmirrored(unmirrored)
+        session.info.setdefault(_OWNED_CONTRACTS, {}).update((cid, pc) for cid, pc in found.items())
 
     async def enqueue_mirror(
         self, session: AsyncSession, contract_id: str, record_type: str, record_id: str, envelope: Mapping[str, Any]
@@ -41,7 +73,7 @@ class Mirror:
         local = session.info.setdefault(_LOCAL_CONTRACTS, set())
         if contract_id in local:  # already looked up in this transaction (a usage batch: one lookup per contract)
             return False
-        pc = await session.get(PeerContract, contract_id)
+        pc = session.info.get(_OWNED_CONTRACTS, {}).get(contract_id) or await session.get(PeerContract, contract_id)
         if pc is None or pc.side != "owner":
             local.add(contract_id)
             return False
