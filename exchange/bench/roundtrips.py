@@ -65,7 +65,18 @@ async def measure(pg_url: str, repetitions: int = 5) -> dict[str, list[int]]:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             fleet = await seed_fleet(url, Path(tmp) / "keys", 1)
-            svc = await build_services(Settings(database_url=url, key_dir=Path(tmp) / "keys"))
+            # no background duty writes during the count (checkpoints, federation loops; lease renewed once a minute)
+            settings = Settings(
+                database_url=url,
+                key_dir=Path(tmp) / "keys",
+                checkpoint_interval_seconds=0,
+                federation_summary_interval_seconds=0,
+                federation_sync_interval_seconds=0,
+                federation_forward_interval_seconds=0,
+                federation_sweep_interval_seconds=0,
+                lease_poll_seconds=60,
+            )
+            svc = await build_services(settings)
             client = TestClient(TestServer(create_app(svc)))
             await client.start_server()
             try:
