@@ -15,7 +15,8 @@ from matching.eligibility import Prepared, prepare
 from matching.mip import count_candidates, solve_mip, to_placer
 from matching.model import ClearingResult, Market, RoundStats, Unfilled, validate_market
 from matching.placement import Piece, Placer
-from matching.polish import polish
+from matching.polish import FLOW_MAX_COLUMNS, polish
+from matching.polish import MAX_COLUMNS as POLISH_MAX_COLUMNS
 from matching.prices import (
     LP_DUALS_RULE,
     POTENTIALS_RULE,
@@ -366,7 +367,9 @@ def exact_polish(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, 
                 gap_tolerance = max(gap_tolerance, PROVEN_TOLERANCE)
         if placer.welfare_units() >= bound * (1 - gap_tolerance):
             return placer
-        return polish(prep, net, rel, placer, gap_tolerance=gap_tolerance, bound=bound)
+        flow = rel.method == "mcf"
+        cap = FLOW_MAX_COLUMNS if flow else POLISH_MAX_COLUMNS
+        return polish(prep, net, rel, placer, gap_tolerance=gap_tolerance, bound=bound, split=flow, max_columns=cap)
     res = solve_mip(prep, net, node_limit=EXACT_NODE_LIMIT, hint=placer)
     if res is None or res.status == "failed":
         return placer
