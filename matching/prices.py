@@ -33,7 +33,7 @@ import numpy as np
 
 from matching.model import Allocation, ClassPrice
 from matching.placement import Piece
-from matching.relaxation import SITE_K_RADIX, FlowGraph, Network
+from matching.relaxation import NODE_GANG, SITE_K_RADIX, FlowGraph, Network
 
 PRICING_RULE = (
     "min-CE duals of the aggregated LP (pass 2: min sum pi + sum mu at optimal dual value); "
@@ -345,7 +345,7 @@ def price_pieces(
 
 def _group_gang(net: Network, j: int) -> int:
     """The gang size a group's posted price is for: its piece size, or a site-co-located gang's need."""
-    if net.g_site is not None and net.g_site[j]:
+    if net.g_site is not None and net.g_site[j] > NODE_GANG:
         return int(net.g_site[j]) // SITE_K_RADIX
     return int(net.g_gang[j])
 
