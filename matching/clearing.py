@@ -29,7 +29,7 @@ from matching.prices import (
 from matching.relaxation import Network, Relaxation, build_network, relax, resolve_lp
 from matching.repair import place_within_flow
 from matching.repair import repair as fast_repair
-from matching.restricted import LOOSE_GAP, restricted_mip, root_bound
+from matching.restricted import LOOSE_GAP, RESTRICTED_GAP, restricted_mip, root_bound
 
 METHODS = ("mcf", "greedy", "fifo")
 
@@ -359,8 +359,10 @@ def exact_polish(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, 
     everyone = np.ones(prep.n_orders, dtype=bool)
     if count_candidates(prep, everyone) > EXACT_MAX_COLUMNS:
         bound = rel.value
-        if placer.welfare_units() < rel.value * (1 - LOOSE_GAP):
+        loose = placer.welfare_units() < rel.value * (1 - LOOSE_GAP)
+        if placer.welfare_units() < rel.value * (1 - RESTRICTED_GAP):
             placer = restricted_mip(prep, net, rel, placer)
+        if loose:
             bound, placer = root_bound(prep, net, rel, placer)
             if bound < rel.value:
                 prep.proven_bound = bound
