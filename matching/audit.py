@@ -47,11 +47,11 @@ def audit(
         pool = mk.pools[p]
         oi = o_ix[a.order_id]
         order = mk.orders[oi]
-        q = Fraction(a.devices * (a.end - a.start), 3600)
+        q_3600 = a.devices * (a.end - a.start)  # device-hours x 3600
         lim = limit_for(order, pool.model, pool.scu)
-        if lim is None or a.buyer_price_fen > lim or a.buyer_pays > lim * q:
+        if lim is None or a.buyer_price_fen > lim or a.buyer_pays * 3600 > lim * q_3600:
             ir_b += 1
-        if a.provider_price_fen < pool.ask_fen or a.provider_receives < pool.ask_fen * q:
+        if a.provider_price_fen < pool.ask_fen or a.provider_receives * 3600 < pool.ask_fen * q_3600:
             ir_p += 1
         if a.buyer_pays != a.provider_receives + a.fee or a.fee < 0:
             balanced = False
@@ -94,6 +94,7 @@ def audit(
     envy = 0
     details: list[str] = []
     if net is not None and duals is not None and duals.ok:
+        posted: dict[int, tuple[Fraction, int]] = {}  # group -> (price per device-hour, floor(price + 1))
         for oi, order in enumerate(mk.orders):
             if order.id in by_order:
                 continue
@@ -101,10 +102,12 @@ def audit(
                 j = int(net.e_group[e])
                 if j < 0:
                     continue
-                hours = Fraction(int(net.g_lease[j]) * slot, 3600)
-                price = Fraction(repr(float(duals.pi[j]))) / hours
+                if j not in posted:
+                    price = Fraction(repr(float(duals.pi[j]))) / Fraction(int(net.g_lease[j]) * slot, 3600)
+                    posted[j] = (price, _floor(price + 1))
+                price, most = posted[j]
                 lim = int(prep.e_limit[e])
-                if lim > price + 1:  # 1 fen per device-hour of rounding tolerance
+                if lim > most:  # lim > price + 1 (1 fen per device-hour of rounding tolerance); lim is whole
                     envy += 1
                     if len(details) < MAX_DETAILS:
                         details.append(f"{order.id}: limit {lim} > posted {float(price):.2f} in group {j}")
@@ -141,6 +144,11 @@ def audit(
         ),
         envy_details=tuple(details),
     )
+
+
+def _floor(x: Fraction) -> int:
+    """The largest whole number not above x."""
+    return x.numerator // x.denominator
 
 
 def _node_fit(prep: Prepared, priced: list[PricedPiece], pieces_pool: list[int], o_ix: dict[str, int]) -> int:

@@ -240,7 +240,7 @@ def test_partition_b_killed_after_hold_converges(fed: dict[str, Proc]) -> None:
 
     with fedkit.db_session(a.db_url) as s:  # A keeps clearing locally while B is gone
         local = fedkit.seed_order(s, buyer, devices=4, models=[ASCEND], limit_fen=3000)
-    wait_for(lambda: fedkit.order_row(a.db_url, local)["status"] == "filled", 8, "a round at A fills it, B down")
+    wait_for(lambda: fedkit.order_row(a.db_url, local)["status"] == "filled", 20, "a round at A fills it, B down")
     assert fedkit.order_row(a.db_url, remote)["status"] == "open"
     wait_for(lambda: {p["authority"]: p for p in a.get("/v1/federation/peers")["peers"]}["B"]["reachable"] is False,
              5, "A marks B unreachable")  # fmt: skip
