@@ -15,7 +15,8 @@ from matching.eligibility import Prepared, prepare
 from matching.mip import count_candidates, solve_mip, to_placer
 from matching.model import ClearingResult, Market, RoundStats, Unfilled, validate_market
 from matching.placement import Piece, Placer
-from matching.polish import polish
+from matching.polish import FLOW_MAX_COLUMNS, polish
+from matching.polish import MAX_COLUMNS as POLISH_MAX_COLUMNS
 from matching.prices import (
     LP_DUALS_RULE,
     POTENTIALS_RULE,
@@ -28,7 +29,7 @@ from matching.prices import (
 from matching.relaxation import Network, Relaxation, build_network, relax, resolve_lp
 from matching.repair import place_within_flow
 from matching.repair import repair as fast_repair
-from matching.restricted import LOOSE_GAP, restricted_mip, root_bound
+from matching.restricted import LOOSE_GAP, RESTRICTED_GAP, restricted_mip, root_bound
 
 METHODS = ("mcf", "greedy", "fifo")
 
@@ -358,15 +359,19 @@ def exact_polish(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, 
     everyone = np.ones(prep.n_orders, dtype=bool)
     if count_candidates(prep, everyone) > EXACT_MAX_COLUMNS:
         bound = rel.value
-        if placer.welfare_units() < rel.value * (1 - LOOSE_GAP):
+        loose = placer.welfare_units() < rel.value * (1 - LOOSE_GAP)
+        if placer.welfare_units() < rel.value * (1 - RESTRICTED_GAP):
             placer = restricted_mip(prep, net, rel, placer)
+        if loose:
             bound, placer = root_bound(prep, net, rel, placer)
             if bound < rel.value:
                 prep.proven_bound = bound
                 gap_tolerance = max(gap_tolerance, PROVEN_TOLERANCE)
         if placer.welfare_units() >= bound * (1 - gap_tolerance):
             return placer
-        return polish(prep, net, rel, placer, gap_tolerance=gap_tolerance, bound=bound)
+        flow = rel.method == "mcf"
+        cap = FLOW_MAX_COLUMNS if flow else POLISH_MAX_COLUMNS
+        return polish(prep, net, rel, placer, gap_tolerance=gap_tolerance, bound=bound, split=flow, max_columns=cap)
     res = solve_mip(prep, net, node_limit=EXACT_NODE_LIMIT, hint=placer)
     if res is None or res.status == "failed":
         return placer

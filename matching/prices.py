@@ -32,7 +32,7 @@ import numpy as np
 
 from matching.model import Allocation, ClassPrice
 from matching.placement import Piece
-from matching.relaxation import FlowGraph, Network
+from matching.relaxation import NODE_GANG, SITE_K_RADIX, FlowGraph, Network
 
 PRICING_RULE = (
     "min-CE duals of the aggregated LP (pass 2: min sum pi + sum mu at optimal dual value); "
@@ -395,6 +395,13 @@ def price_pieces(
     return out, (PRICING_RULE if use else FALLBACK_RULE)
 
 
+def _group_gang(net: Network, j: int) -> int:
+    """The gang size a group's posted price is for: its piece size, or a site-co-located gang's need."""
+    if net.g_site is not None and net.g_site[j] > NODE_GANG:
+        return int(net.g_site[j]) // SITE_K_RADIX
+    return int(net.g_gang[j])
+
+
 def class_prices(net: Network, duals: Duals | None) -> list[ClassPrice]:
     """Posted prices per group (class, gang, lease, start): buyer price per device-hour and class rent."""
     if duals is None or not duals.ok:
@@ -412,7 +419,7 @@ def class_prices(net: Network, duals: Duals | None) -> list[ClassPrice]:
             ClassPrice(
                 region=region,
                 model=model,
-                gang=int(net.g_gang[j]),
+                gang=_group_gang(net, j),
                 lease_slots=L,
                 start=prep.slot0 + int(net.g_start[j]) * prep.slot_seconds,
                 buyer_price=bp,

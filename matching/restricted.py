@@ -21,9 +21,10 @@ from matching.relaxation import Network, Relaxation
 
 UNIT_TOP_EDGES = 2  # best-paying edges kept per single-device order (2: 0.11% below the optimum, 4: 0.05% at 2x work)
 NODE_LIMIT = 50  # branch-and-bound nodes of the restricted model (deterministic)
-MAX_COLUMNS = 20_000  # a restricted model larger than this is skipped and named "restricted" in limits_hit
+MAX_COLUMNS = 25_000  # a restricted model larger than this is skipped and named "restricted" in limits_hit
 BOUND_MAX_COLUMNS = 60_000  # the full model's root bound is computed only up to this size ("bound" otherwise)
 LOOSE_GAP = 0.005  # an allocation this far below the LP bound: the bound may be loose, try the integer steps
+RESTRICTED_GAP = 0.002  # ... this far below it: the restricted model runs (when within its size cap)
 
 
 def unit_edge_mask(
@@ -55,9 +56,11 @@ def restricted_columns(prep: Prepared, mask: np.ndarray) -> int:
 def restricted_mip(prep: Prepared, net: Network, rel: Relaxation, placer: Placer) -> Placer:
     """The better of the allocation and the restricted integer model's best solution (warm-started from it)."""
     mask = unit_edge_mask(prep, net, rel, placer)
-    if restricted_columns(prep, mask) > MAX_COLUMNS:
-        prep.limits_hit.append("restricted")
-        return placer
+    if restricted_columns(prep, mask) > MAX_COLUMNS:  # without the best-paying edges (LP support + current)
+        mask = unit_edge_mask(prep, net, rel, placer, top=0)
+        if restricted_columns(prep, mask) > MAX_COLUMNS:
+            prep.limits_hit.append("restricted")
+            return placer
     res = solve_mip(prep, net, node_limit=NODE_LIMIT, hint=placer, unit_edges=mask)
     if res is None or res.status == "failed":
         return placer

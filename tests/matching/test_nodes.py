@@ -86,3 +86,15 @@ def test_node_shape_in_snapshot_json() -> None:
     d = Market.from_json(m.to_json())
     assert d.pools[0].nodes == 4 and d.pools[0].devices_per_node == 8
     assert d.orders[0].colocation == "node"
+
+
+def test_flow_bound_counts_a_node_gang_only_on_pools_with_a_node_that_holds_it() -> None:
+    # an 8-device node gang: P1 is cheap but has nodes of 4, P2 dearer with a node of 8. The bound is
+    # (1000 - 300) x 8 fen; a flow that ignored node sizes put the gang on P1 and reported (1000 - 100) x 8.
+    from matching.baselines import lp_bound
+
+    m = Market(now=NOW, pools=(pool("P1", 8, 4, ask=100), pool("P2", 8, 8, ask=300)), orders=(gang("G", 8),))
+    assert lp_bound(m) == 5600
+    r = clear(m)
+    assert r.stats.welfare_fen == r.stats.bound_fen == 5600
+    assert [(a.pool_id, a.devices) for a in r.allocations] == [("P2", 8)]
