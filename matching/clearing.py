@@ -74,12 +74,14 @@ def _place_least_displacing(prep: Prepared, placer: Placer, slack: np.ndarray, o
 def _place_on_flow(
     prep: Prepared, net: Network, rel: Relaxation, placer: Placer, items: list[tuple[int, int]]
 ) -> list[int]:
-    """Place (order, edge) pairs on the pools the flow used in the edge's group (best value, best fit),
-    else on any pool of that class; returns the orders that did not fit."""
+    """Place (order, edge) pairs on the pools the flow used in the edge's group (best value, best fit);
+    those that do not fit there go on any pool of that class after every other pair is placed (so they
+    do not take capacity the flow gave to others); returns the orders that did not fit."""
     budget = np.asarray(rel.y, dtype=np.float64).copy()
     f_order = np.argsort(net.f_group, kind="stable")
     g_bounds = np.searchsorted(net.f_group[f_order], np.arange(len(net.g_class) + 1))
     failed = []
+    later = []
     for o, e in items:
         j = int(net.e_group[e])
         fs = f_order[g_bounds[j] : g_bounds[j + 1]]
@@ -97,6 +99,8 @@ def _place_on_flow(
                     if f is not None:
                         budget[f] -= pc.devices
                 continue
+        later.append((o, e))
+    for o, e in later:
         if not placer.place(o, np.array([e])):
             failed.append(o)
     return failed
@@ -148,7 +152,7 @@ def _resolve_singles(prep: Prepared, src: Placer, net: Network | None = None, re
         for o in np.nonzero(unit)[0].tolist():
             es = prep.order_edges[o]
             xs = rel2.x[es]
-            if xs.max() > 0.5:
+            if xs.sum() > 0.5:
                 e = int(es[int(np.argmax(xs))])
                 items.append((-int(prep.e_limit[e]), seqs[o], int(o), e))
         items.sort()
@@ -296,7 +300,7 @@ def _repair(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, *, sp
         for o in np.nonzero(unit)[0].tolist():
             es = prep.order_edges[o]
             xs = rel2.x[es]
-            if xs.max() > 0.5:
+            if xs.sum() > 0.5:
                 e = int(es[int(np.argmax(xs))])
                 items.append((-int(prep.e_limit[e]), seqs[o], int(o), e))
         items.sort()
