@@ -106,15 +106,23 @@ def _place_on_flow(
     return failed
 
 
+# Above this many LP columns only strategy A runs: B and C each cost a warm re-solve of the LP, over 150 CPU s
+# apiece on windows 56,000 x 10,000 (2.77 million columns; 7,000 x 1,200 has 215,277 and keeps all three).
+ONE_PASS_COLUMNS = 1_000_000
+
+
 def repair_and_place(prep: Prepared, net: Network, rel: Relaxation, placer: Placer | None = None) -> Placer:
     """Turn the relaxation into an integral allocation; the better of two gang-repair orders.
 
     Gangs the relaxation serves whole in one group are always placed first. Gangs it splits are placed
     either before the single-device orders (strategy A) or after them into what is left (strategy B);
-    both are run from the same state and the one with the higher welfare is kept.
+    both are run from the same state and the one with the higher welfare is kept (A alone on an LP of more
+    than ONE_PASS_COLUMNS columns).
     """
     a = Placer(prep)
     _repair(prep, net, rel, a, split_first=True)
+    if rel.lp is not None and rel.lp.mat.shape[1] > ONE_PASS_COLUMNS:
+        return a
     b = Placer(prep)
     if not _repair(prep, net, rel, b, split_first=False):
         return a
