@@ -75,12 +75,14 @@ def _place_least_displacing(prep: Prepared, placer: Placer, slack: np.ndarray, o
 def _place_on_flow(
     prep: Prepared, net: Network, rel: Relaxation, placer: Placer, items: list[tuple[int, int]]
 ) -> list[int]:
-    """Place (order, edge) pairs on the pools the flow used in the edge's group (best value, best fit),
-    else on any pool of that class; returns the orders that did not fit."""
+    """Place (order, edge) pairs on the pools the flow used in the edge's group (best value, best fit);
+    those that do not fit there go on any pool of that class after every other pair is placed (so they
+    do not take capacity the flow gave to others); returns the orders that did not fit."""
     budget = np.asarray(rel.y, dtype=np.float64).copy()
     f_order = np.argsort(net.f_group, kind="stable")
     g_bounds = np.searchsorted(net.f_group[f_order], np.arange(len(net.g_class) + 1))
     failed = []
+    later = []
     for o, e in items:
         j = int(net.e_group[e])
         fs = f_order[g_bounds[j] : g_bounds[j + 1]]
@@ -98,9 +100,16 @@ def _place_on_flow(
                     if f is not None:
                         budget[f] -= pc.devices
                 continue
+        later.append((o, e))
+    for o, e in later:
         if not placer.place(o, np.array([e])):
             failed.append(o)
     return failed
+
+
+# Above this many LP columns only strategy A runs: B and C each cost a warm re-solve of the LP, over 150 CPU s
+# apiece on windows 56,000 x 10,000 (2.77 million columns; 7,000 x 1,200 has 215,277 and keeps all three).
+ONE_PASS_COLUMNS = 1_000_000
 
 
 def repair_and_place(prep: Prepared, net: Network, rel: Relaxation, placer: Placer | None = None) -> Placer:
@@ -108,10 +117,13 @@ def repair_and_place(prep: Prepared, net: Network, rel: Relaxation, placer: Plac
 
     Gangs the relaxation serves whole in one group are always placed first. Gangs it splits are placed
     either before the single-device orders (strategy A) or after them into what is left (strategy B);
-    both are run from the same state and the one with the higher welfare is kept.
+    both are run from the same state and the one with the higher welfare is kept (A alone on an LP of more
+    than ONE_PASS_COLUMNS columns).
     """
     a = Placer(prep)
     _repair(prep, net, rel, a, split_first=True)
+    if rel.lp is not None and rel.lp.mat.shape[1] > ONE_PASS_COLUMNS:
+        return a
     b = Placer(prep)
     if not _repair(prep, net, rel, b, split_first=False):
         return a
@@ -149,7 +161,7 @@ def _resolve_singles(prep: Prepared, src: Placer, net: Network | None = None, re
         for o in np.nonzero(unit)[0].tolist():
             es = prep.order_edges[o]
             xs = rel2.x[es]
-            if xs.max() > 0.5:
+            if xs.sum() > 0.5:
                 e = int(es[int(np.argmax(xs))])
                 items.append((-int(prep.e_limit[e]), seqs[o], int(o), e))
         items.sort()
@@ -297,7 +309,7 @@ def _repair(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, *, sp
         for o in np.nonzero(unit)[0].tolist():
             es = prep.order_edges[o]
             xs = rel2.x[es]
-            if xs.max() > 0.5:
+            if xs.sum() > 0.5:
                 e = int(es[int(np.argmax(xs))])
                 items.append((-int(prep.e_limit[e]), seqs[o], int(o), e))
         items.sort()

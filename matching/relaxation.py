@@ -398,7 +398,8 @@ def solve_mcf(net: Network, *, edge_mask: np.ndarray | None = None, free: np.nda
 @dataclass
 class LpArrays:
     """The time-indexed LP as sparse arrays: columns (active order edges, then pool edges), rows (orders
-    with more than one edge, groups, segments), maximise obj.x (fen per device-hour x slots / 3600 units)."""
+    with more than one edge, groups, then the capacity segments `seg_rows` that can bind), maximise obj.x
+    (fen per device-hour x slots / 3600 units)."""
 
     active: np.ndarray
     lb: np.ndarray
@@ -409,7 +410,32 @@ class LpArrays:
     mat: Any  # scipy.sparse CSR matrix
     order_rows: int
     groups: int
-    segments: int
+    segments: int  # segment rows in the LP (len(seg_rows))
+    seg_rows: np.ndarray | None = None  # segment of each segment row, in row order (None: every segment)
+
+
+def binding_segments(net: Network, caps: np.ndarray) -> np.ndarray:
+    """Segments whose capacity row can bind (mask); the others are implied by an earlier row of their pool.
+
+    Along a pool's segments, a breakpoint where no pool edge starts only ends leases: every lease running
+    after it ran before it, so the load can only fall. In a run of segments from one that some lease starts
+    in, a row is implied by the run's lowest capacity so far when its own capacity is not lower. On
+    `windows` 7,000 x 1,200 this keeps 10,254 of 25,159 segment rows (the feasible set is the same)."""
+    S = len(net.s_pool)
+    if not S:
+        return np.zeros(0, dtype=bool)
+    H = int(max(int(net.s_hi.max()), 0)) + 1
+    starts = np.unique(net.f_pool * H + net.g_start[net.f_group])
+    head = np.ones(S, dtype=bool)
+    head[1:] = net.s_pool[1:] != net.s_pool[:-1]
+    head |= np.isin(net.s_pool * H + net.s_lo, starts)
+    run = np.cumsum(head)
+    big = float(caps.max()) + 1.0
+    v = caps.astype(np.float64) - run * big  # each run below every earlier one: one running minimum suffices
+    low = np.minimum.accumulate(v)
+    keep = head.copy()
+    keep[1:] |= v[1:] < low[:-1]
+    return keep
 
 
 def lp_arrays(net: Network) -> LpArrays:
@@ -418,7 +444,9 @@ def lp_arrays(net: Network) -> LpArrays:
 
     prep = net.prep
     active = np.nonzero(net.e_group >= 0)[0]
-    A, F, S = len(active), len(net.f_pool), len(net.s_pool)
+    A, F = len(active), len(net.f_pool)
+    seg_rows = np.nonzero(binding_segments(net, net.s_cap))[0]
+    S = len(seg_rows)
     scale = 1.0 / 3600.0
     lb = np.zeros(A + F)
     ub = np.concatenate([prep.e_n[active].astype(np.float64), np.full(F, np.inf)])
@@ -438,19 +466,38 @@ def lp_arrays(net: Network) -> LpArrays:
     cols += [np.arange(A), A + np.arange(F)]
     vals += [np.ones(A), -np.ones(F)]
     # segment rows: sum of y_f over the pool edges covering the segment <= capacity
-    seg_len = np.array([len(x) for x in net.f_segs], dtype=np.int64)
     if F:
-        rows.append(R1 + G + np.concatenate(net.f_segs))
-        cols.append(A + np.repeat(np.arange(F), seg_len))
-        vals.append(np.ones(int(seg_len.sum())))
+        row_of = np.full(len(net.s_pool), -1, dtype=np.int64)
+        row_of[seg_rows] = np.arange(S)
+        seg_len = np.array([len(x) for x in net.f_segs], dtype=np.int64)
+        r = row_of[np.concatenate(net.f_segs)]
+        c = np.repeat(np.arange(F), seg_len)
+        rows.append(R1 + G + r[r >= 0])
+        cols.append(A + c[r >= 0])
+        vals.append(np.ones(int((r >= 0).sum())))
     n_rows = R1 + G + S
     mat = sp.csr_matrix(
         (np.concatenate(vals).astype(np.float64), (np.concatenate(rows), np.concatenate(cols))),
         shape=(n_rows, A + F),
     )
     c_lo = np.concatenate([np.full(R1, -np.inf), np.zeros(G), np.full(S, -np.inf)])
-    c_hi = np.concatenate([np.ones(R1), np.zeros(G), net.s_cap.astype(np.float64)])
-    return LpArrays(active, lb, ub, obj, c_lo, c_hi, mat, R1, G, S)
+    c_hi = np.concatenate([np.ones(R1), np.zeros(G), net.s_cap[seg_rows].astype(np.float64)])
+    return LpArrays(active, lb, ub, obj, c_lo, c_hi, mat, R1, G, S, seg_rows)
+
+
+def segment_duals(net: Network, lp: LpArrays, row_dual: np.ndarray) -> np.ndarray:
+    """Dual of every capacity segment from the LP's row duals (0 for a segment whose row was left out)."""
+    d = row_dual[lp.order_rows + lp.groups :]
+    if lp.seg_rows is None:
+        return d.copy()
+    mu = np.zeros(len(net.s_pool), dtype=np.float64)
+    mu[lp.seg_rows] = d
+    return mu
+
+
+# HiGHS' presolve was half of the LP's time on windows 7,000 x 1,200 (its dependent-equations search; 7.6 CPU s
+# with it, 3.8 without, 44k instead of 34k dual simplex iterations) and found little to remove.
+LP_PRESOLVE = "off"
 
 
 def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
@@ -469,6 +516,7 @@ def solve_lp(net: Network, *, time_limit: float | None = None) -> Relaxation:
     h.setOptionValue("threads", 1)
     h.setOptionValue("random_seed", 0)
     h.setOptionValue("solver", "simplex")
+    h.setOptionValue("presolve", LP_PRESOLVE)
     if time_limit:
         h.setOptionValue("simplex_iteration_limit", int(time_limit))
     mat = lp.mat.tocsc()
@@ -514,10 +562,44 @@ def _read_lp(net: Network, lp: LpArrays, h: Any, t0: float, t1: float, *, duals:
         exact_int=False,
         extra={"lp_solve": time.perf_counter() - t1},
         pi=None if d is None else d[g0 : g0 + lp.groups].copy(),
-        mu=None if d is None else d[g0 + lp.groups :].copy(),
+        mu=None if d is None else segment_duals(net, lp, d),
         solver=h,
         lp=lp,
     )
+
+
+def _add_binding_rows(net: Network, lp: LpArrays, h: Any, caps: np.ndarray) -> None:
+    """Add to the solver (and lp) the segment rows that can bind under the capacities caps but were left
+    out as implied under the first ones (a gang placed late in a pool's horizon lowers a later segment)."""
+    import scipy.sparse as sp
+
+    if lp.seg_rows is None:
+        return
+    need = binding_segments(net, caps)
+    need[lp.seg_rows] = False
+    new = np.nonzero(need)[0]
+    if not len(new):
+        return
+    A = len(lp.active)
+    seg_len = np.array([len(x) for x in net.f_segs], dtype=np.int64)
+    all_s = np.concatenate(net.f_segs) if len(net.f_segs) else np.zeros(0, dtype=np.int64)
+    all_f = np.repeat(np.arange(len(net.f_pool)), seg_len)
+    pos = np.full(len(net.s_pool), -1, dtype=np.int64)
+    pos[new] = np.arange(len(new))
+    r = pos[all_s]
+    block = sp.csr_matrix(
+        (np.ones(int((r >= 0).sum())), (r[r >= 0], A + all_f[r >= 0])), shape=(len(new), lp.mat.shape[1])
+    )
+    lo = np.full(len(new), -np.inf)
+    hi = caps[new].astype(np.float64)
+    h.addRows(
+        len(new), lo, hi, int(block.nnz), block.indptr[:-1].astype(np.int32), block.indices.astype(np.int32), block.data
+    )
+    lp.mat = sp.vstack([lp.mat, block], format="csr")
+    lp.row_lo = np.concatenate([lp.row_lo, lo])
+    lp.row_hi = np.concatenate([lp.row_hi, hi])
+    lp.seg_rows = np.concatenate([lp.seg_rows, new])
+    lp.segments += len(new)
 
 
 def resolve_lp(net: Network, rel: Relaxation, edge_mask: np.ndarray, free: np.ndarray) -> Relaxation | None:
@@ -532,10 +614,13 @@ def resolve_lp(net: Network, rel: Relaxation, edge_mask: np.ndarray, free: np.nd
     cols = np.arange(A, dtype=np.int32)
     ub = np.where(edge_mask[lp.active], lp.ub[:A], 0.0)
     h.changeColsBounds(A, cols, lp.lb[:A], ub)
+    caps = segment_caps(net, free)
+    _add_binding_rows(net, lp, h, caps)
     S = lp.segments
     n_rows = lp.order_rows + lp.groups + S
     rows = np.arange(n_rows - S, n_rows, dtype=np.int32)
-    h.changeRowsBounds(S, rows, lp.row_lo[n_rows - S :], segment_caps(net, free).astype(np.float64))
+    seg = np.arange(S) if lp.seg_rows is None else lp.seg_rows
+    h.changeRowsBounds(S, rows, lp.row_lo[n_rows - S :], caps[seg].astype(np.float64))
     out = _read_lp(net, lp, h, t0, time.perf_counter(), duals=False)
     out.solver = None  # the basis moved on; the caller's relaxation keeps the solver
     out.lp = None
