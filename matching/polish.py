@@ -25,7 +25,7 @@ from matching.relaxation import Network, Relaxation
 
 NODE_LIMIT = 200  # branch-and-bound nodes per neighbourhood (deterministic)
 MAX_COLUMNS = 30_000  # a neighbourhood larger than this is skipped (HiGHS' root work grows faster than its size)
-TOTAL_COLUMNS = 1_500_000  # all neighbourhoods of one clearing together, at most
+TOTAL_COLUMNS = 600_000  # all neighbourhoods of one clearing together, at most (56k markets: specs/matching.md)
 MARKET_MULTIPLE = 2  # ... and at most this many times the whole market's columns (a work budget that scales)
 MIN_BUDGET = 60_000  # ... but never less than this (small markets polish fully)
 # On a min-cost-flow market the neighbourhoods are cheap (0.03-0.3 CPU s for 2-14k columns on prices 7,000 x
