@@ -27,7 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -84,12 +85,14 @@ class Kind:
 
     target_per_second: float
     latencies: list[float] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)  # perf_counter at each request's start (slow_seconds)
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
 
-    def record(self, seconds: float, ok: bool, error: str = "") -> None:
+    def record(self, seconds: float, ok: bool, error: str = "", started: float = 0.0) -> None:
         """Count one finished request."""
         self.latencies.append(seconds)
+        self.started.append(started)
         if not ok:
             self.errors += 1
             if len(self.error_samples) < 3:
@@ -336,7 +339,7 @@ async def drive(
                 error = "" if ok else str(result["results"][0].get("error"))
             except (RemoteError, aiohttp.ClientError, TimeoutError) as exc:
                 ok, error = False, f"{type(exc).__name__}: {exc}"
-            kinds[kind].record(time.perf_counter() - t0, ok, error)
+            kinds[kind].record(time.perf_counter() - t0, ok, error, t0)
 
         async def heartbeat(i: int) -> None:
             await timed("heartbeat", clients[i].heartbeat(fleet.sites[i].cri))
@@ -383,6 +386,7 @@ async def drive(
             rounds.append(
                 {
                     "round": k,
+                    "at_s": round(t0 - t_start, 1),  # into the measured window
                     "started_late_s": round(t0 - due, 3),
                     "wall_s": round(time.perf_counter() - t0, 3),
                     "status": status,
@@ -494,7 +498,21 @@ async def drive(
         "kinds": {name: k.figures(window) for name, k in kinds.items()},
         "rounds": rounds,
         "rounds_kept_period": kept,
+        "slow_seconds": _slow_seconds(kinds.values(), t_start),
     }
+
+
+#: a request slower than this counts in slow_seconds
+SLOW_SECONDS = 0.1
+
+
+def _slow_seconds(kinds: Iterable[Kind], t_start: float, top: int = 10) -> list[list[int]]:
+    """Where the tail is: [second of the window, requests started in it that took > SLOW_SECONDS], the `top`
+    seconds with the most, in time order (compare with the rounds' at_s)."""
+    slow = Counter(
+        int(t0 - t_start) for k in kinds for lat, t0 in zip(k.latencies, k.started, strict=True) if lat > SLOW_SECONDS
+    )
+    return sorted([second, count] for second, count in slow.most_common(top))
 
 
 async def run_fleet(

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hetex.rounds.worker")
 
+#: the round worker runs at this niceness: a round is batch work with a period of a minute, requests wait for an
+#: answer, so where both want the cores the scheduler gives the serving processes about three times the round's share
+ROUND_WORKER_NICE = 5
+
 _LOOP: asyncio.AbstractEventLoop | None = None
 _SERVICES: Services | None = None
 
@@ -63,6 +67,8 @@ def _init(settings: Settings, parent_pid: int, log_level: int) -> None:
     """Child initializer: follow the parent's life, log like it, build the services and load the key."""
     global _LOOP, _SERVICES
     die_with_parent(parent_pid)
+    with contextlib.suppress(OSError):
+        os.nice(ROUND_WORKER_NICE)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s [round worker] %(message)s")
     from exchange.composition import build_services

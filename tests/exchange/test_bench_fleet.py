@@ -26,3 +26,14 @@ def test_bench_fleet_small(capsys: pytest.CaptureFixture[str]) -> None:
     assert "fleet: seeding 6 sites" in captured.err
     assert data["heartbeats_presigned"] is True and data["warmup_seconds"] == 2 and data["warmup_errors"] == 0
     assert data["client_cpu_ms_per_request"] is not None
+
+
+def test_slow_seconds_counts_slow_requests_by_the_second_they_started() -> None:
+    from exchange.bench.fleet import Kind, _slow_seconds
+
+    beat, batch = Kind(333.0), Kind(33.0)
+    for at, seconds in [(100.2, 0.01), (100.7, 0.5), (101.1, 0.2), (101.9, 0.15), (103.0, 0.05), (105.5, 2.0)]:
+        beat.record(seconds, True, started=at)
+    batch.record(0.3, True, started=101.5)
+    assert _slow_seconds([beat, batch], t_start=100.0) == [[0, 1], [1, 3], [5, 1]]
+    assert _slow_seconds([beat, batch], t_start=100.0, top=1) == [[1, 3]]
