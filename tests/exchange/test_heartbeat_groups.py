@@ -4,16 +4,28 @@ share one UPDATE, and each still gets the outcome it would get alone; SQLite wri
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 
-from exchange.bench.fleet import seed_fleet
+from exchange.bench.fleet import Fleet, seed_fleet
 from exchange.services.heartbeats import HeartbeatWriter
 from exchange.storage.engine import make_engine, make_sessionmaker
 from exchange.storage.registration import Site
+
+
+@asynccontextmanager
+async def _fleet(url: str, keys: Path, sites: int) -> AsyncIterator[tuple[Fleet, Any]]:
+    """`sites` seeded fleet sites in the database at `url`, and a session factory on it (disposed after)."""
+    fleet = await seed_fleet(url, keys, sites)
+    engine = make_engine(url)
+    try:
+        yield fleet, make_sessionmaker(engine)
+    finally:
+        await engine.dispose()
 
 
 async def _stored(sessions: Any) -> dict[str, tuple[str, int | None]]:
@@ -25,11 +37,7 @@ async def _stored(sessions: Any) -> dict[str, tuple[str, int | None]]:
 async def test_concurrent_heartbeats_each_get_their_own_outcome(
     backend: str, fresh_db_factory: Callable[[], str], tmp_path: Path
 ) -> None:
-    url = fresh_db_factory()
-    fleet = await seed_fleet(url, tmp_path / "keys", 5)
-    engine = make_engine(url)
-    sessions = make_sessionmaker(engine)
-    try:
+    async with _fleet(fresh_db_factory(), tmp_path / "keys", 5) as (fleet, sessions):
         sites = await _stored(sessions)
         cris = [s.cri for s in fleet.sites]
         owner = {cri: sites[cri][0] for cri in cris}
@@ -58,18 +66,12 @@ async def test_concurrent_heartbeats_each_get_their_own_outcome(
             True,
         ]
         assert (await _stored(sessions))[cris[1]][1] == t + 9
-    finally:
-        await engine.dispose()
 
 
 async def test_a_failed_group_is_retried_one_heartbeat_at_a_time(
     backend: str, fresh_db_factory: Callable[[], str], tmp_path: Path
 ) -> None:
-    url = fresh_db_factory()
-    fleet = await seed_fleet(url, tmp_path / "keys", 3)
-    engine = make_engine(url)
-    sessions = make_sessionmaker(engine)
-    try:
+    async with _fleet(fresh_db_factory(), tmp_path / "keys", 3) as (fleet, sessions):
         sites = await _stored(sessions)
         t = max(at or 0 for _p, at in sites.values()) + 100
         writer = HeartbeatWriter(sessions)
@@ -85,5 +87,3 @@ async def test_a_failed_group_is_retried_one_heartbeat_at_a_time(
         assert moved == [True, True, True, False]
         assert [(await _stored(sessions))[c][1] for c in cris] == [t, t, t]
         assert len(failures) == (1 if backend == "pg" else 0)
-    finally:
-        await engine.dispose()
