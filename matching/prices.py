@@ -259,15 +259,6 @@ class PricedPiece:
     fee_target: int
 
 
-def piece_rent(net: Network | None, duals: Duals | None, pc: Piece) -> float:
-    """Rent in fen per device for the piece's lease: sum of the rents of its pool's segments it overlaps."""
-    if net is None or duals is None or not duals.ok or not len(net.s_pool):
-        return 0.0
-    lo = np.searchsorted(net.s_pool, pc.pool, side="left")
-    hi = np.searchsorted(net.s_pool, pc.pool, side="right")
-    return _rent_in(net, duals, int(lo), int(hi), pc.k, pc.lease)
-
-
 def _rent_in(net: Network, duals: Duals, lo: int, hi: int, k: int, lease: int) -> float:
     """Sum of the rents of segments lo..hi-1 that overlap slots [k, k + lease), as numpy sums them."""
     if hi <= lo:

@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import tempfile
 from asyncio import selector_events
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import asyncpg
 
 from exchange.bench.ladder import DEFAULT_PG
 
@@ -60,34 +57,18 @@ async def measure(pg_url: str, repetitions: int = 5) -> dict[str, list[int]]:
 
     from exchange.api.app import create_app
     from exchange.bench.fleet import seed_fleet, usage_envelopes
+    from exchange.bench.ladder import bench_database
+    from exchange.bench.quiet import quiet_settings
     from exchange.client import HetexClient
     from exchange.composition import build_services
-    from exchange.settings import Settings
     from exchange.storage import engine as engine_module
 
-    admin_url = pg_url.replace("+asyncpg", "")
-    name = "hetex_rt_" + secrets.token_hex(4)
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f"CREATE DATABASE {name}")
-    await admin.close()
-    base_url = admin_url.rsplit("/", 1)[0]
-    url = f"{base_url.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
     out: dict[str, list[int]] = {"heartbeat": [], "usage_batch_4_meters": []}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with bench_database("postgresql", Path(tmp), pg_url) as url:
             fleet = await seed_fleet(url, Path(tmp) / "keys", 1)
             # no background duty writes during the count (checkpoints, federation loops; lease renewed once a minute)
-            settings = Settings(
-                database_url=url,
-                key_dir=Path(tmp) / "keys",
-                checkpoint_interval_seconds=0,
-                federation_summary_interval_seconds=0,
-                federation_sync_interval_seconds=0,
-                federation_forward_interval_seconds=0,
-                federation_sweep_interval_seconds=0,
-                lease_poll_seconds=60,
-            )
-            svc = await build_services(settings)
+            svc = await build_services(quiet_settings(url, Path(tmp) / "keys", lease_poll_seconds=60))
             client = TestClient(TestServer(create_app(svc)))
             await client.start_server()
             ping_after = engine_module.PING_AFTER_IDLE_SECONDS
@@ -125,10 +106,6 @@ async def measure(pg_url: str, repetitions: int = 5) -> dict[str, list[int]]:
                 engine_module.PING_AFTER_IDLE_SECONDS = ping_after
                 await client.close()
                 await svc.close()
-    finally:
-        admin = await asyncpg.connect(admin_url)
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        await admin.close()
     return out
 
 

@@ -190,20 +190,13 @@ async def _time(
 
 async def run_bench(*, orders: int, pools: int, rounds: int, repeat: int, seed_value: int = 7) -> dict[str, Any]:
     """Seed, serve, time every page and /healthz; the result as a dict."""
+    from exchange.bench.quiet import quiet_settings
     from exchange.cli.serve import prepare
-    from exchange.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="hetex-bench-web-") as tmp:
-        settings = Settings(
-            database_url=f"sqlite+aiosqlite:///{Path(tmp) / 'hetex.db'}",
-            key_dir=Path(tmp) / "keys",
-            exports_dir=Path(tmp) / "exports",
-            checkpoint_interval_seconds=0,
-            # no peers: keep the federation loops (forwarding, summaries, sync) from competing for the loop
-            federation_forward_interval_seconds=0,
-            federation_summary_interval_seconds=0,
-            federation_sync_interval_seconds=0,
-            federation_sweep_interval_seconds=0,
+        # no peers: keep checkpoints and the federation loops from competing for the loop
+        settings = quiet_settings(
+            f"sqlite+aiosqlite:///{Path(tmp) / 'hetex.db'}", Path(tmp) / "keys", exports_dir=Path(tmp) / "exports"
         )
         app = await prepare(settings)
         runner = web.AppRunner(app, access_log=None)
