@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from exchange.client import HetexClient
 from exchange.services.round_lock import RoundBusyError
+from exchange.services.round_worker import ROUND_WORKER_NICE
 from exchange.services.rounds import DELAY_HOOK_ENV, KILL_HOOK_ENV
 from exchange.settings import Settings
 from identifiers.errors import ValidationError
@@ -116,6 +117,8 @@ async def test_round_over_http_runs_in_the_worker(fresh_db_factory: Callable[[],
             first = await client.request("POST", "/v1/rounds")
             second = await client.request("POST", "/v1/rounds")  # the same worker serves the next round
             workers = children(proc.pid)
+            server_nice = os.getpriority(os.PRIO_PROCESS, proc.pid)
+            child_nice = {os.getpriority(os.PRIO_PROCESS, p) for p in workers if alive(p)}
         proc.send_signal(signal.SIGTERM)
         code, _out, err = await finish(proc, 60)
     finally:
@@ -125,6 +128,7 @@ async def test_round_over_http_runs_in_the_worker(fresh_db_factory: Callable[[],
     assert first["status"] == "completed" and first["contracts"], first
     assert second["status"] == "completed"
     assert workers, "the server has a round worker child"
+    assert server_nice + ROUND_WORKER_NICE in child_nice, (server_nice, child_nice)  # rounds yield to requests
     assert "round worker process" in err and "[round worker]" in err  # the round logged from the worker
     st = await state(url)
     assert [r.status for r in st["rounds"]] == ["completed", "completed"]
