@@ -19,10 +19,12 @@ from matching.polish import FLOW_MAX_COLUMNS, polish
 from matching.polish import MAX_COLUMNS as POLISH_MAX_COLUMNS
 from matching.prices import (
     LP_DUALS_RULE,
+    LP_MIN_DUALS_RULE,
     POTENTIALS_RULE,
     class_prices,
     compute_duals,
     lp_duals,
+    lp_min_duals,
     potentials,
     price_pieces,
 )
@@ -452,8 +454,11 @@ def finalize(
             duals = potentials(net, rel.graph)
             method_p = "potentials"
         elif rel.pi is not None and rel.mu is not None:
-            duals = lp_duals(net, rel.pi, rel.mu)
-            method_p = "lp-duals"
+            duals = lp_min_duals(net, rel)
+            method_p = "lp-min-duals"
+            if duals is None:  # the step check failed twice: the basis' own duals, an equilibrium all the same
+                duals = lp_duals(net, rel.pi, rel.mu)
+                method_p = "lp-duals"
         else:
             # the time-indexed LP's optimum is the dual optimum (same model): pass 1 is not needed
             known = rel.method in ("lp-glop", "lp-highs") or all(o.quantity_scu is None for o in prep.market.orders)
@@ -467,6 +472,8 @@ def finalize(
         rule = POTENTIALS_RULE
     elif method_p == "lp-duals":
         rule = LP_DUALS_RULE
+    elif method_p == "lp-min-duals":
+        rule = LP_MIN_DUALS_RULE
     price_s = time.perf_counter() - t0
     wanted = prices and bool(pieces)
     aud = audit(prep, priced, [p.pool for p in pieces], net, duals, rule, prices_wanted=wanted)

@@ -70,6 +70,7 @@ class Relaxation:
     mu: np.ndarray | None = None  # the LP's segment-row duals (rent per device of a capacity segment)
     solver: Any = field(default=None, repr=False)  # the HiGHS instance holding the LP's basis (warm re-solves)
     lp: LpArrays | None = field(default=None, repr=False)  # the LP as solved
+    basis: Any = field(default=None, repr=False)  # HiGHS' optimal basis of the LP as solved (the price pass)
 
 
 @dataclass
@@ -553,6 +554,7 @@ def _read_lp(net: Network, lp: LpArrays, h: Any, t0: float, t1: float, *, duals:
     g0 = lp.order_rows
     # row duals (HiGHS: column dual = cost - A^T row dual): a binding <= row of this maximisation has a dual >= 0
     d = np.asarray(sol.row_dual, dtype=np.float64) if duals else None
+    basis = h.getBasis() if duals else None
     return Relaxation(
         x=x,
         y=v[A:],
@@ -565,6 +567,7 @@ def _read_lp(net: Network, lp: LpArrays, h: Any, t0: float, t1: float, *, duals:
         mu=None if d is None else segment_duals(net, lp, d),
         solver=h,
         lp=lp,
+        basis=basis,
     )
 
 
@@ -624,6 +627,76 @@ def resolve_lp(net: Network, rel: Relaxation, edge_mask: np.ndarray, free: np.nd
     out = _read_lp(net, lp, h, t0, time.perf_counter(), duals=False)
     out.solver = None  # the basis moved on; the caller's relaxation keeps the solver
     out.lp = None
+    return out
+
+
+# Step of the price pass's perturbation, in devices: small enough that the LP's value stays linear in it (on
+# `windows` 2,000 x 350, 1e-2 crossed a breakpoint and the check below refused it; 1e-3 to 1e-5 gave the same
+# duals), large against HiGHS' 1e-7 feasibility tolerance. The pass retries once with a step 100x smaller.
+MIN_DUAL_STEP = 1e-3
+
+
+@dataclass
+class MinDuals:
+    """Row duals of the LP re-solved with its right-hand side moved by `step`: the minimum optimal duals."""
+
+    pi: np.ndarray  # per group (0 for a group with no order edge)
+    mu: np.ndarray  # per capacity segment
+    step: float
+    iterations: int
+
+
+def min_duals(net: Network, rel: Relaxation) -> MinDuals | None:
+    """The optimal duals of the time-indexed LP that minimise sum pi + sum mu (buyer-optimal prices), from a
+    warm re-solve instead of a second LP; None when rel holds no solver or the check fails at every step.
+
+    The LP's value V is concave and piecewise linear in its right-hand side b; for a small step t > 0 along d
+    the duals of the LP at b + t d are exactly the optimal duals at b that minimise d.y (the directional
+    derivative). With d = 1 on every group row (a sliver of free supply in each group) and every capacity row,
+    that is min sum pi + sum mu over the optimal duals, the second pass of the dual LP. The re-solve starts
+    from the first optimum's basis (the repair's re-solves moved the solver on; rows they added are implied
+    under the first capacities and enter as basic), and is checked: V(b + t d) - V(b) = t d.y holds exactly
+    when y is optimal at b (weak duality gives >=), else the step crossed a breakpoint. Afterwards the
+    solver holds the first LP again (bounds restored; its basis is the perturbed optimum's)."""
+    import highspy
+
+    h, lp, basis = rel.solver, rel.lp, rel.basis
+    if h is None or lp is None or basis is None:
+        return None
+    A = len(lp.active)
+    G, R1, S = lp.groups, lp.order_rows, lp.segments
+    seg = np.arange(S) if lp.seg_rows is None else lp.seg_rows
+    nonempty = np.zeros(G, dtype=bool)
+    nonempty[net.e_group[lp.active]] = True  # an empty group row moved off 0 would be infeasible
+    g_rows = (R1 + np.nonzero(nonempty)[0]).astype(np.int32)
+    s_rows = np.arange(R1 + G, R1 + G + S, dtype=np.int32)
+    s_lo = np.full(S, -np.inf)
+    s_cap = net.s_cap[seg].astype(np.float64)
+    h.changeColsBounds(A, np.arange(A, dtype=np.int32), lp.lb[:A], lp.ub[:A])
+    v0 = rel.value / 3600.0
+    out = None
+    for step in (MIN_DUAL_STEP, MIN_DUAL_STEP / 100):
+        h.changeRowsBounds(len(g_rows), g_rows, np.full(len(g_rows), step), np.full(len(g_rows), step))
+        h.changeRowsBounds(S, s_rows, s_lo, s_cap + step)
+        start = highspy.HighsBasis()
+        extra = R1 + G + S - len(basis.row_status)
+        start.col_status = list(basis.col_status)
+        start.row_status = list(basis.row_status) + [highspy.HighsBasisStatus.kBasic] * extra
+        start.valid = True
+        h.setBasis(start)
+        h.run()
+        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            continue
+        d = np.asarray(h.getSolution().row_dual, dtype=np.float64)
+        pi = np.where(nonempty, d[R1 : R1 + G], 0.0)
+        dy = float(pi.sum() + d[R1 + G : R1 + G + S].sum())
+        excess = float(h.getInfo().objective_function_value) - v0 - step * dy
+        if abs(excess) <= 1e-6 * step * max(1.0, abs(dy)) + 1e-9 * max(1.0, abs(v0)):
+            it = int(h.getInfo().simplex_iteration_count)
+            out = MinDuals(pi, segment_duals(net, lp, d), step, it)
+            break
+    h.changeRowsBounds(len(g_rows), g_rows, np.zeros(len(g_rows)), np.zeros(len(g_rows)))
+    h.changeRowsBounds(S, s_rows, s_lo, s_cap)
     return out
 
 

@@ -73,8 +73,8 @@ def test_price_limit_hit_is_recorded_and_fails_the_audit() -> None:
     ok = _clear_with_dual_lp(m, 30.0)
     assert ok.stats.limits_hit == () and ok.audit.ok and ok.prices and ok.stats.prices_method == "dual-lp"
     assert {c.name: c.violations for c in ok.audit.checks}["prices"] == 0
-    own = clear(m)  # the LP relaxation's own row duals: no second LP, so no price limit to hit
-    assert own.stats.prices_method == "lp-duals" and own.audit.ok and own.prices
+    own = clear(m)  # the LP's minimum duals by a warm re-solve: no second LP, so no price limit to hit
+    assert own.stats.prices_method == "lp-min-duals" and own.audit.ok and own.prices
     assert {c.name: c.violations for c in own.audit.checks}["prices"] == 0
 
 

@@ -94,7 +94,7 @@ def test_clearing_names_its_prices_method() -> None:
     assert r.stats.prices_method == "potentials" and r.prices and r.audit.ok
     assert {c.name: c.violations for c in r.audit.checks}["prices"] == 0
     w = clear(generate("windows", 300, 50, 4))
-    assert w.stats.prices_method == "lp-duals" and w.prices and w.audit.ok
+    assert w.stats.prices_method == "lp-min-duals" and w.prices and w.audit.ok
     assert clear(generate("scale", 100, 20, 1), prices=False).stats.prices_method == "none"
 
 
@@ -130,3 +130,54 @@ def test_lp_row_duals_are_equilibrium_prices_of_the_relaxation(m: Market) -> Non
     out[prep.e_order[act][served]] = False
     lost = out[prep.e_order[act]]
     assert (d.pi[net.e_group[act]] >= w[act] - tol)[lost].all()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets(future=True))
+def test_lp_min_duals_are_the_minimum_optimal_duals(m: Market) -> None:
+    # the warm re-solve with the right-hand side moved by a step gives optimal duals of the LP (dual feasible,
+    # binding where the LP uses a pool) whose sum pi + sum mu equals the dual LP's minimum (pass 2, prices
+    # free) and is never above the basis' own duals
+    from matching.relaxation import min_duals, solve_lp
+
+    prep = prepare(m)
+    net = build_network(prep)
+    if not (net.e_group >= 0).any():
+        return
+    rel = solve_lp(net)
+    assert rel.pi is not None and rel.mu is not None
+    md = min_duals(net, rel)
+    assert md is not None
+    ref = compute_duals(net, rel.value, floors=False)
+    assert ref.ok
+    w = net.e_weight / 3600.0
+    tol = 1e-6 * max(1.0, float(np.abs(w).max(initial=0.0))) * max(1, len(net.g_class) + len(net.s_pool))
+    assert abs(float(md.pi.sum() + md.mu.sum()) - float(ref.pi.sum() + ref.mu.sum())) <= tol
+    nonempty = np.zeros(len(net.g_class), dtype=bool)
+    nonempty[net.e_group[net.e_group >= 0]] = True
+    assert float(md.pi.sum() + md.mu.sum()) <= float(rel.pi[nonempty].sum() + rel.mu.sum()) + tol
+    a = net.f_cost / 3600.0
+    rent = np.array([md.mu[s].sum() for s in net.f_segs])
+    one = 1e-6 * max(1.0, float(np.abs(w).max(initial=0.0)))
+    assert (md.mu >= -one).all()
+    assert (md.pi[net.f_group] - rent <= a + one).all()
+    used = rel.y > 1e-7
+    assert np.abs(md.pi[net.f_group] - rent - a)[used].max(initial=0.0) <= one
+
+
+def test_windows_clearing_posts_minimum_lp_prices() -> None:
+    # a clearing on the time-indexed LP posts the minimum duals (not the basis' own), and they pass the audit
+    w = clear(generate("windows", 400, 60, 3))
+    assert w.stats.prices_method == "lp-min-duals" and w.prices and w.audit.ok
+    assert {c.name: c.violations for c in w.audit.checks}["prices"] == 0
+
+
+def test_a_step_that_crosses_a_breakpoint_falls_back_to_the_basis_duals(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # a step so large the LP's value is no longer linear in it fails the check at both tries: the clearing
+    # posts the basis' own duals (an equilibrium all the same) and names them
+    import matching.relaxation as relaxation
+
+    m = generate("windows", 400, 60, 3)
+    monkeypatch.setattr(relaxation, "MIN_DUAL_STEP", 1e4)
+    r = clear(m)
+    assert r.stats.prices_method == "lp-duals" and r.prices and r.audit.ok
