@@ -235,7 +235,7 @@ def potentials(net: Network, graph: FlowGraph) -> Duals:
         np.minimum.at(floor, net.f_group, net.f_cost.astype(np.float64) / 3600.0)
     floor[~np.isfinite(floor)] = 0.0
     pi = np.maximum(pi, floor)
-    sd = dist[graph.s_node : graph.s_node + S]
+    sd = dist[graph.s_map] if graph.s_map is not None else dist[graph.s_node : graph.s_node + S]
     prev_same = np.zeros(S, dtype=bool)
     prev_same[1:] = net.s_pool[1:] == net.s_pool[:-1]
     nxt = np.where(prev_same, np.arange(S) - 1, -1)

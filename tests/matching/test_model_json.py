@@ -66,3 +66,23 @@ def test_bad_snapshots_are_refused(patch: dict, field: str) -> None:
         Market.from_json(json.dumps(base))
     assert ei.value.field == field
     assert ei.value.code == "invalid_market"
+
+
+def test_result_schema_names_every_prices_method() -> None:
+    # the schema's enum is the engine's list: a method added to one and not the other fails here
+    from matching.prices import PRICES_METHODS
+
+    found = [v for v in _walk(_schema("clearing-result.schema.json")) if isinstance(v, dict) and "prices_method" in v]
+    assert found and tuple(found[0]["prices_method"]["enum"]) == PRICES_METHODS
+
+
+def _walk(node: object) -> list[object]:
+    """Every dict and list inside a JSON value, depth first."""
+    out: list[object] = [node]
+    if isinstance(node, dict):
+        for v in node.values():
+            out += _walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            out += _walk(v)
+    return out

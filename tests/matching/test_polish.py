@@ -11,9 +11,9 @@ from matching.repair import repair
 
 
 def test_cluster_over_the_cap_is_split_into_its_seeds_neighbourhoods() -> None:
-    # tightness 400 x 70 seed 1: one cluster merges several seeds; with the cap set to its largest seed's
+    # tightness 800 x 140 seed 1: one cluster merges several seeds; with the cap set to its largest seed's
     # own neighbourhood the merged one is over it, so without splitting that cluster is skipped
-    prep = prepare(generate("tightness", 400, 70, 1))
+    prep = prepare(generate("tightness", 800, 140, 1))
     net = build_network(prep)
     rel = relax(net)
     start = repair(prep, net, rel)
