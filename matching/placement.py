@@ -49,6 +49,8 @@ class Placer:
         self.filled = np.zeros(prep.n_orders, dtype=bool)
         self._bill_ok: dict[tuple[int, str], np.ndarray] = {}
         self.node_used: dict[int, np.ndarray] = {}  # pool -> [nodes, H] devices of single-node gangs
+        self._welfare = 0  # welfare of the live pieces in cost units, kept as pieces come and go
+        self._live: tuple[np.ndarray, np.ndarray] | None = None  # (orders, pools) of live pieces, until a change
 
     def copy(self) -> Placer:
         """An independent copy of the state (capacity, pieces, node use)."""
@@ -62,6 +64,8 @@ class Placer:
         out.filled = self.filled.copy()
         out._bill_ok = self._bill_ok
         out.node_used = {k: v.copy() for k, v in self.node_used.items()}
+        out._welfare = self._welfare
+        out._live = self._live
         return out
 
     def is_node_gang(self, order: int, devices: int) -> bool:
@@ -229,6 +233,8 @@ class Placer:
             i = len(self._pieces)
             self._pieces.append(pc)
             self._alive.append(True)
+            self._welfare += self._piece_welfare(pc)
+            self._live = None
             self.by_pool.setdefault(pc.pool, []).append(i)
             self.by_order.setdefault(pc.order, []).append(i)
         if pieces:
@@ -263,6 +269,9 @@ class Placer:
             edges.tolist(),
             strict=True,
         )
+        self._live = None
+        ask = self.prep.pool_ask[pools].astype(np.int64)
+        self._welfare += int(((limits.astype(np.int64) - ask) * leases.astype(np.int64)).sum()) * self.prep.slot_seconds
         for i, (o, p, k, L, lim, e) in enumerate(rows, start=base):
             self._pieces.append(Piece(o, p, 1, k, L, lim, e))
             self._alive.append(True)
@@ -274,6 +283,17 @@ class Placer:
     def pieces(self) -> list[Piece]:
         """The pieces currently committed."""
         return [pc for pc, a in zip(self._pieces, self._alive, strict=True) if a]
+
+    def live_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Order and pool of every live piece as arrays, cached until the next commit or removal (the
+        polish asks once per neighbourhood of an unchanged placement)."""
+        if self._live is None:
+            live = self.pieces
+            self._live = (
+                np.array([pc.order for pc in live], dtype=np.int64),
+                np.array([pc.pool for pc in live], dtype=np.int64),
+            )
+        return self._live
 
     def pool_pieces(self, pool: int) -> list[tuple[int, Piece]]:
         """Live pieces on a pool with their indices."""
@@ -292,6 +312,8 @@ class Placer:
                 if pc.node >= 0:
                     self.node_used[pc.pool][pc.node, pc.k : pc.k + pc.lease] -= pc.devices
                 self._alive[i] = False
+                self._welfare -= self._piece_welfare(pc)
+                self._live = None
         self.filled[order] = False
 
     def place(
@@ -312,9 +334,11 @@ class Placer:
         return True
 
     def welfare_units(self) -> int:
-        """Welfare of the committed pieces in cost units (fen x slot_seconds per device-slot / 3600)."""
-        prep = self.prep
-        tot = 0
-        for pc in self.pieces:  # live pieces only
-            tot += (pc.limit - int(prep.pool_ask[pc.pool])) * pc.devices * pc.lease * prep.slot_seconds
-        return tot
+        """Welfare of the committed pieces in cost units (fen x slot_seconds per device-slot / 3600), kept
+        up to date by commit and remove (summing the pieces each time was 5.6 of 87.7 CPU s of the polish
+        on `leases` 56,000 x 10,000)."""
+        return self._welfare
+
+    def _piece_welfare(self, pc: Piece) -> int:
+        """One piece's welfare in cost units."""
+        return (int(pc.limit) - int(self.prep.pool_ask[pc.pool])) * pc.devices * pc.lease * self.prep.slot_seconds

@@ -92,11 +92,11 @@ def _neighbourhood(prep: Prepared, cur: Placer, classes: set[int]) -> np.ndarray
     inc[sorted(classes)] = True
     touch = np.zeros(prep.n_orders, dtype=bool)
     touch[prep.e_order[inc[prep.e_class]]] = True
-    om = np.zeros(prep.n_orders, dtype=bool)
-    for o in np.nonzero(touch)[0].tolist():
-        pcs = cur.order_pieces(o)
-        om[o] = not pcs or any(inc[int(prep.pool_class[pc.pool])] for pc in pcs)
-    return om
+    po, pp = cur.live_arrays()
+    om = np.ones(prep.n_orders, dtype=bool)
+    om[po] = False  # orders with pieces: only where a piece is in the classes
+    om[po[inc[prep.pool_class[pp]]]] = True
+    return om & touch
 
 
 def polish(

@@ -285,11 +285,13 @@ def edge_caps(net: Network, caps: np.ndarray, fs: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=caps.dtype)
     if net.f_first is None or net.f_last is None:
         return np.array([caps[net.f_segs[f]].min() for f in fs.tolist()], dtype=caps.dtype)
-    ext = np.concatenate([caps, caps[:1]])
-    idx = np.empty(2 * len(fs), dtype=np.int64)
-    idx[0::2] = net.f_first[fs]
-    idx[1::2] = net.f_last[fs] + 1
-    return np.minimum.reduceat(ext, idx)[0::2]
+    # gather each edge's own segments and reduce those: a reduceat over the whole array also reduced the
+    # spans between edges (19.7 of 87.7 CPU s on `leases` 56,000 x 10,000)
+    first = net.f_first[fs]
+    lens = net.f_last[fs] - first + 1
+    offs = np.cumsum(lens) - lens
+    idx = np.repeat(first - offs, lens) + np.arange(int(lens.sum()))
+    return np.minimum.reduceat(caps[idx], offs)
 
 
 def segment_caps(net: Network, free: np.ndarray) -> np.ndarray:

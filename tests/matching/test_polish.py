@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from matching import polish as po
 from matching.eligibility import prepare
 from matching.generators import generate
 from matching.mip import count_candidates
+from matching.model import Market
 from matching.relaxation import build_network, relax
 from matching.repair import repair
+
+from .markets import markets
 
 
 def test_cluster_over_the_cap_is_split_into_its_seeds_neighbourhoods() -> None:
@@ -26,3 +33,22 @@ def test_cluster_over_the_cap_is_split_into_its_seeds_neighbourhoods() -> None:
     split = po.polish(prep, net, rel, start.copy(), gap_tolerance=1e-4, max_columns=cap, split=True)
     assert split.welfare_units() > skipped.welfare_units() >= start.welfare_units()
     assert split.welfare_units() <= rel.value
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets(future=True), st.randoms(use_true_random=False))
+def test_neighbourhood_is_the_unfilled_and_the_placed_there(m: Market, rnd) -> None:  # type: ignore[no-untyped-def]
+    # orders with an edge in the classes that are unfilled or have a piece in them, also after removals
+    prep = prepare(m)
+    net = build_network(prep)
+    cur = repair(prep, net, relax(net))
+    for o in range(prep.n_orders):
+        if cur.filled[o] and rnd.random() < 0.3:
+            cur.remove(o)
+    classes = {c for c in range(len(prep.classes)) if rnd.random() < 0.5}
+    want = np.zeros(prep.n_orders, dtype=bool)
+    for o in range(prep.n_orders):
+        edges = [e for e in range(len(prep.e_order)) if prep.e_order[e] == o and int(prep.e_class[e]) in classes]
+        pcs = cur.order_pieces(o)
+        want[o] = bool(edges) and (not pcs or any(int(prep.pool_class[pc.pool]) in classes for pc in pcs))
+    assert (po._neighbourhood(prep, cur, classes) == want).all()
