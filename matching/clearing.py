@@ -15,7 +15,7 @@ from matching.eligibility import Prepared, prepare
 from matching.mip import count_candidates, solve_mip, to_placer
 from matching.model import ClearingResult, Market, RoundStats, Unfilled, validate_market
 from matching.placement import Piece, Placer
-from matching.polish import FLOW_MAX_COLUMNS, polish
+from matching.polish import FLOW_MARKET_MULTIPLE, FLOW_MAX_COLUMNS, MARKET_MULTIPLE, polish
 from matching.polish import MAX_COLUMNS as POLISH_MAX_COLUMNS
 from matching.prices import (
     LP_DUALS_RULE,
@@ -385,7 +385,18 @@ def exact_polish(prep: Prepared, net: Network, rel: Relaxation, placer: Placer, 
             return placer
         flow = rel.method == "mcf"
         cap = FLOW_MAX_COLUMNS if flow else POLISH_MAX_COLUMNS
-        return polish(prep, net, rel, placer, gap_tolerance=gap_tolerance, bound=bound, split=flow, max_columns=cap)
+        multiple = FLOW_MARKET_MULTIPLE if flow else MARKET_MULTIPLE
+        return polish(
+            prep,
+            net,
+            rel,
+            placer,
+            gap_tolerance=gap_tolerance,
+            bound=bound,
+            split=flow,
+            max_columns=cap,
+            multiple=multiple,
+        )
     res = solve_mip(prep, net, node_limit=EXACT_NODE_LIMIT, hint=placer)
     if res is None or res.status == "failed":
         return placer

@@ -52,3 +52,15 @@ def test_neighbourhood_is_the_unfilled_and_the_placed_there(m: Market, rnd) -> N
         pcs = cur.order_pieces(o)
         want[o] = bool(edges) and (not pcs or any(int(prep.pool_class[pc.pool]) in classes for pc in pcs))
     assert (po._neighbourhood(prep, cur, classes) == want).all()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets(future=True))
+def test_class_shortfalls_add_up_to_the_gap(m: Market) -> None:
+    # the per-class shortfall that ranks the neighbourhoods sums to the relaxation's value minus the allocation's
+    prep = prepare(m)
+    net = build_network(prep)
+    rel = relax(net)
+    cur = repair(prep, net, rel)
+    short = po.class_shortfall(prep, net, rel, cur)
+    assert abs(float(short.sum()) - (rel.value - cur.welfare_units())) <= 1e-6 * max(1.0, abs(rel.value))
