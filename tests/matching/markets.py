@@ -179,3 +179,21 @@ def check_feasible(m: Market, allocations) -> list[str]:
             if devs > n or (o.all_or_nothing and devs != n):
                 problems.append(f"{oid}: {devs} devices for SCU order needing {n}")
     return problems
+
+
+def repaired_then_thinned(m: Market, rnd, share: float):  # type: ignore[no-untyped-def]
+    """The market's fast repair (prep, network, relaxation, placer) with a random share of the filled orders
+    removed again (a placement that went through commits and removals)."""
+    from matching.eligibility import prepare
+    from matching.relaxation import build_network, relax
+    from matching.repair import repair
+
+    prep = prepare(m)
+    net = build_network(prep)
+    rel = relax(net)
+    placer = repair(prep, net, rel)
+    kept = placer.copy()
+    for o in range(prep.n_orders):
+        if placer.filled[o] and rnd.random() < share:
+            placer.remove(o)
+    return prep, net, rel, placer, kept

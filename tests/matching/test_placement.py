@@ -5,12 +5,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from matching.eligibility import prepare
 from matching.model import Market
-from matching.relaxation import build_network, relax
-from matching.repair import repair
 
-from .markets import markets
+from .markets import markets, repaired_then_thinned
 
 
 def _summed(placer) -> int:  # type: ignore[no-untyped-def]
@@ -23,13 +20,6 @@ def _summed(placer) -> int:  # type: ignore[no-untyped-def]
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(markets(future=True), st.randoms(use_true_random=False))
 def test_running_welfare_matches_the_pieces(m: Market, rnd) -> None:  # type: ignore[no-untyped-def]
-    prep = prepare(m)
-    net = build_network(prep)
-    placer = repair(prep, net, relax(net))
+    _, _, _, placer, before = repaired_then_thinned(m, rnd, 0.5)
     assert placer.welfare_units() == _summed(placer)
-    other = placer.copy()
-    for o in range(prep.n_orders):
-        if placer.filled[o] and rnd.random() < 0.5:
-            placer.remove(o)
-    assert placer.welfare_units() == _summed(placer)
-    assert other.welfare_units() == _summed(other)  # the copy is independent
+    assert before.welfare_units() == _summed(before)  # the copy taken before the removals is independent

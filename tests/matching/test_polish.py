@@ -14,7 +14,7 @@ from matching.model import Market
 from matching.relaxation import build_network, relax
 from matching.repair import repair
 
-from .markets import markets
+from .markets import markets, repaired_then_thinned
 
 
 def test_cluster_over_the_cap_is_split_into_its_seeds_neighbourhoods() -> None:
@@ -39,12 +39,7 @@ def test_cluster_over_the_cap_is_split_into_its_seeds_neighbourhoods() -> None:
 @given(markets(future=True), st.randoms(use_true_random=False))
 def test_neighbourhood_is_the_unfilled_and_the_placed_there(m: Market, rnd) -> None:  # type: ignore[no-untyped-def]
     # orders with an edge in the classes that are unfilled or have a piece in them, also after removals
-    prep = prepare(m)
-    net = build_network(prep)
-    cur = repair(prep, net, relax(net))
-    for o in range(prep.n_orders):
-        if cur.filled[o] and rnd.random() < 0.3:
-            cur.remove(o)
+    prep, _, _, cur, _ = repaired_then_thinned(m, rnd, 0.3)
     classes = {c for c in range(len(prep.classes)) if rnd.random() < 0.5}
     want = np.zeros(prep.n_orders, dtype=bool)
     for o in range(prep.n_orders):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -105,24 +106,16 @@ def test_lp_row_duals_are_equilibrium_prices_of_the_relaxation(m: Market) -> Non
     # where the LP uses a pool; a served edge's price is at most its value, an order the LP leaves out
     # values none of its groups above the price (no envy in the relaxation)
     from matching.prices import lp_duals
-    from matching.relaxation import solve_lp
 
-    prep = prepare(m)
-    net = build_network(prep)
-    if not (net.e_group >= 0).any():
+    solved = _solved_lp(m)
+    if solved is None:
         return
-    rel = solve_lp(net)
+    prep, net, rel = solved
     assert rel.pi is not None and rel.mu is not None
     d = lp_duals(net, rel.pi, rel.mu)
-    a = net.f_cost / 3600.0
     w = net.e_weight / 3600.0
     tol = 1e-6 * max(1.0, float(np.abs(w).max(initial=0.0)))
-    rent = np.array([d.mu[s].sum() for s in net.f_segs])
-    j_f = net.f_group
-    assert (d.mu >= 0).all()
-    assert (d.pi[j_f] - rent <= a + tol).all()
-    used = rel.y > 1e-7
-    assert np.abs(d.pi[j_f] - rent - a)[used].max(initial=0.0) <= tol
+    _assert_supply_rows(net, rel, d.pi, d.mu, tol)
     act = np.nonzero(net.e_group >= 0)[0]
     served = rel.x[act] > 1e-7  # prices and values are per device for the lease
     assert (d.pi[net.e_group[act]] <= w[act] + tol)[served].all()
@@ -138,13 +131,12 @@ def test_lp_min_duals_are_the_minimum_optimal_duals(m: Market) -> None:
     # the warm re-solve with the right-hand side moved by a step gives optimal duals of the LP (dual feasible,
     # binding where the LP uses a pool) whose sum pi + sum mu equals the dual LP's minimum (pass 2, prices
     # free) and is never above the basis' own duals
-    from matching.relaxation import min_duals, solve_lp
+    from matching.relaxation import min_duals
 
-    prep = prepare(m)
-    net = build_network(prep)
-    if not (net.e_group >= 0).any():
+    solved = _solved_lp(m)
+    if solved is None:
         return
-    rel = solve_lp(net)
+    _, net, rel = solved
     assert rel.pi is not None and rel.mu is not None
     md = min_duals(net, rel)
     assert md is not None
@@ -156,13 +148,29 @@ def test_lp_min_duals_are_the_minimum_optimal_duals(m: Market) -> None:
     nonempty = np.zeros(len(net.g_class), dtype=bool)
     nonempty[net.e_group[net.e_group >= 0]] = True
     assert float(md.pi.sum() + md.mu.sum()) <= float(rel.pi[nonempty].sum() + rel.mu.sum()) + tol
+    _assert_supply_rows(net, rel, md.pi, md.mu, 1e-6 * max(1.0, float(np.abs(w).max(initial=0.0))))
+
+
+def _solved_lp(m: Market) -> tuple[Any, Any, Any] | None:
+    """The market's time-indexed LP solved (prep, network, relaxation); None with no order edge."""
+    from matching.relaxation import solve_lp
+
+    prep = prepare(m)
+    net = build_network(prep)
+    if not (net.e_group >= 0).any():
+        return None
+    return prep, net, solve_lp(net)
+
+
+def _assert_supply_rows(net: Any, rel: Any, pi: np.ndarray, mu: np.ndarray, tol: float) -> None:
+    """Rents are non-negative, no group's price exceeds a pool's ask + rent, and it equals it where the LP uses
+    the pool (dual feasibility and complementary slackness on the supply side)."""
     a = net.f_cost / 3600.0
-    rent = np.array([md.mu[s].sum() for s in net.f_segs])
-    one = 1e-6 * max(1.0, float(np.abs(w).max(initial=0.0)))
-    assert (md.mu >= -one).all()
-    assert (md.pi[net.f_group] - rent <= a + one).all()
+    rent = np.array([mu[s].sum() for s in net.f_segs])
+    assert (mu >= -tol).all()
+    assert (pi[net.f_group] - rent <= a + tol).all()
     used = rel.y > 1e-7
-    assert np.abs(md.pi[net.f_group] - rent - a)[used].max(initial=0.0) <= one
+    assert np.abs(pi[net.f_group] - rent - a)[used].max(initial=0.0) <= tol
 
 
 def test_windows_clearing_posts_minimum_lp_prices() -> None:
