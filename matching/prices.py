@@ -97,11 +97,7 @@ def compute_duals(
     orders, u_of = np.unique(prep.e_order[active], return_inverse=True)
     U = len(orders)
     # a group's price is never below the cheapest ask it can reach (inframarginal: pi = min ask)
-    floor = np.zeros(G)
-    if F:
-        floor[:] = np.inf
-        np.minimum.at(floor, net.f_group, a)
-        floor[~np.isfinite(floor)] = 0.0
+    floor = ask_floor(net)
     cap = net.s_cap.astype(np.float64)
     A = len(active)
     seg_len = np.array([len(x) for x in net.f_segs], dtype=np.int64)
@@ -229,12 +225,7 @@ def potentials(net: Network, graph: FlowGraph) -> Duals:
     inf = np.iinfo(np.int64).max
     scale = graph.unit / 3600.0  # integer cost -> fen per device for the lease
     gd = dist[graph.g_node : graph.g_node + G]
-    pi = np.where(gd < inf, -gd.astype(np.float64), -np.inf) * scale
-    floor = np.full(G, np.inf)
-    if len(net.f_pool):
-        np.minimum.at(floor, net.f_group, net.f_cost.astype(np.float64) / 3600.0)
-    floor[~np.isfinite(floor)] = 0.0
-    pi = np.maximum(pi, floor)
+    pi = np.maximum(np.where(gd < inf, -gd.astype(np.float64), -np.inf) * scale, ask_floor(net))
     sd = dist[graph.s_map] if graph.s_map is not None else dist[graph.s_node : graph.s_node + S]
     prev_same = np.zeros(S, dtype=bool)
     prev_same[1:] = net.s_pool[1:] == net.s_pool[:-1]
