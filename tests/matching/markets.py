@@ -197,3 +197,32 @@ def repaired_then_thinned(m: Market, rnd, share: float):  # type: ignore[no-unty
         if placer.filled[o] and rnd.random() < share:
             placer.remove(o)
     return prep, net, rel, placer, kept
+
+
+def plain_pool(
+    pid: str, *, site: str = "S0", region: str = "CN-SH", devices: int = 8, per_node: int = 8, ask: int = 100
+) -> Pool:
+    """One pool of model M-A with the given shape and ask (hand-built markets)."""
+    return Pool(
+        id=pid,
+        site=site,
+        region=region,
+        model="M-A",
+        family="fa",
+        memory_gb=80,
+        scu=None,
+        stack="CUDA",
+        domestic=False,
+        devices=devices,
+        devices_per_node=per_node,
+        ask_fen=ask,
+    )
+
+
+def pool_admits(m: Market, o: Order, p: Pool, lease_slots: int) -> bool:
+    """The brute-force oracles' eligibility: the order has a limit for the pool's model at or above its ask,
+    accepts the model and the region, and the lease is not below the pool's minimum."""
+    lim = limit_for(o, p.model, p.scu)
+    if lim is None or lim < p.ask_fen or not model_acceptable(o, p):
+        return False
+    return region_allowed(o, p.region, m.latency_ms) and lease_slots * m.slot_seconds >= p.min_lease_seconds

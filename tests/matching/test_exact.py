@@ -10,10 +10,10 @@ from fractions import Fraction
 from hypothesis import HealthCheck, given, settings
 
 from matching.clearing import clear
-from matching.eligibility import limit_for, model_acceptable, region_allowed
+from matching.eligibility import limit_for
 from matching.model import Market
 
-from .markets import markets
+from .markets import markets, pool_admits
 from .test_clearing_properties import welfare
 
 
@@ -33,11 +33,10 @@ def brute_force(m: Market) -> Fraction:
             starts = [s for s in starts if s <= o.start_latest]
         opts = [None]
         for p in m.pools:
+            if not pool_admits(m, o, p, L):
+                continue
             lim = limit_for(o, p.model, p.scu)
-            if lim is None or lim < p.ask_fen or not model_acceptable(o, p):
-                continue
-            if not region_allowed(o, p.region, m.latency_ms) or L * slot < p.min_lease_seconds:
-                continue
+            assert lim is not None
             n = o.quantity_devices if o.quantity_devices is not None else math.ceil(o.quantity_scu / p.scu)
             need = n if o.all_or_nothing else (min(n, o.min_fill_devices) if o.quantity_scu is None else 1)
             for s in starts:

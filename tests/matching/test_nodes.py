@@ -8,24 +8,13 @@ import pytest
 from matching.clearing import clear
 from matching.model import Market, Order, Pool
 
+from .markets import plain_pool
+
 NOW = 1_767_225_600
 
 
 def pool(pid: str, devices: int, per_node: int, ask: int = 100) -> Pool:
-    return Pool(
-        id=pid,
-        site="S0",
-        region="CN-BJ",
-        model="M-A",
-        family="fa",
-        memory_gb=80,
-        scu=None,
-        stack="CUDA",
-        domestic=False,
-        devices=devices,
-        devices_per_node=per_node,
-        ask_fen=ask,
-    )
+    return plain_pool(pid, region="CN-BJ", devices=devices, per_node=per_node, ask=ask)
 
 
 def gang(oid: str, n: int, limit: int = 1000, seq: int = 0) -> Order:

@@ -11,28 +11,15 @@ from hypothesis import HealthCheck, assume, given, settings
 
 from matching.baselines import lp_bound
 from matching.clearing import clear
-from matching.eligibility import limit_for, model_acceptable, region_allowed
+from matching.eligibility import limit_for
 from matching.model import Market, Order, Pool
 
-from .markets import NOW, markets
+from .markets import NOW, markets, plain_pool, pool_admits
 from .test_clearing_properties import welfare
 
 
 def _pool(i: int, site: str, ask: int) -> Pool:
-    return Pool(
-        id=f"P{i}",
-        site=site,
-        region="CN-SH",
-        model="M-A",
-        family="fa",
-        memory_gb=80,
-        scu=None,
-        stack="CUDA",
-        domestic=False,
-        devices=8,
-        devices_per_node=8,
-        ask_fen=ask,
-    )
+    return plain_pool(f"P{i}", site=site, ask=ask)
 
 
 def test_flow_serves_a_site_gang_only_where_one_site_holds_it() -> None:
@@ -72,10 +59,7 @@ def _options(m: Market, o: Order) -> list[tuple[tuple[str, int], ...]]:
     L = -(-o.duration_seconds // slot)
     ok = []
     for p in m.pools:
-        lim = limit_for(o, p.model, p.scu)
-        if lim is None or lim < p.ask_fen or not model_acceptable(o, p):
-            continue
-        if not region_allowed(o, p.region, m.latency_ms) or L * slot < p.min_lease_seconds:
+        if not pool_admits(m, o, p, L):
             continue
         if p.window_end is not None and m.now - m.now % slot + L * slot > p.window_end:
             continue
